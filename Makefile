@@ -1,0 +1,44 @@
+# bigtrain: `make demo` and `make test` are the two commands; both set up the environment first when needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+WHEELS := .cache/wheels
+STAMP := $(VENV)/.bigtrain-setup
+DEMO_DIR ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast clean help
+
+help:
+	@echo "make setup      create $(VENV) and install the pinned stack (Horovod built once, cached in $(WHEELS))"
+	@echo "make demo       sample images -> spark-submit preprocessing -> horovodrun -np 2 training -> test metrics"
+	@echo "make test       the full test suite (what CI runs)"
+	@echo "make test-fast  tests that need neither Spark nor horovodrun"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/runtime.txt requirements/petastorm.txt requirements/dev.txt scripts/build_horovod.sh
+	@bash scripts/check_java.sh
+	@$(PYTHON) -c 'import sys; v=sys.version_info[:2]; sys.exit(0 if v==(3,11) else "error: bigtrain needs Python 3.11 (found %d.%d); set PYTHON=/path/to/python3.11" % v)'
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -r requirements/runtime.txt -r requirements/dev.txt
+	$(VPY) -m pip install -q --no-deps -r requirements/petastorm.txt
+	bash scripts/build_horovod.sh $(VPY) $(WHEELS)
+	$(VPY) -m pip install -q $(WHEELS)/horovod-0.28.1-*.whl
+	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(VPY) -c 'import horovod.torch, petastorm, pyspark, torch; print("stack ok: torch", torch.__version__, "pyspark", pyspark.__version__, "petastorm", petastorm.__version__)'
+	@touch $(STAMP)
+
+demo: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh $(DEMO_DIR)
+
+test: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m pytest -m "not spark and not horovod and not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

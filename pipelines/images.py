@@ -1,0 +1,140 @@
+"""Pure transforms of the image path: decode, convert, resize and encode files; attach labels.
+
+``decode_image_batch`` is plain pandas/Pillow (testable without Spark); ``decode_images`` runs it on the executors
+in Arrow batches through ``mapInPandas``. No transform here builds a session, names a path or runs an action.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Iterator
+from urllib.parse import unquote
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from pipelines.schemas import DECODED_SCHEMA, image_unischema
+
+
+@dataclass(frozen=True)
+class DecodeParams:
+    image_size: int
+    channels: int              # 1 (grayscale "L") or 3 (RGB)
+    codec: str                 # png | jpeg | raw, see pipelines.schemas.IMAGE_CODECS
+    max_pixels: int            # width*height above this is rejected as absurd (decompression bombs)
+    min_side: int              # a side below this is rejected as absurd (1x4000 strips, empty images)
+    max_aspect_ratio: float    # long side / short side above this is rejected
+
+
+class RejectedImage(Exception):
+    """Raised inside the decode step; its message becomes the record's rejection reason."""
+
+
+def split_relpath(path: str, root_url: str) -> tuple[str | None, str | None]:
+    """(relative path, class folder) of a file URL below ``root_url``; the class is None for files in the root."""
+    prefix = root_url.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        return None, None
+    relpath = unquote(path[len(prefix):])
+    head, sep, _ = relpath.partition("/")
+    return relpath, (head if sep else None)
+
+
+def to_array(content: bytes, params: DecodeParams) -> np.ndarray:
+    """Decode one file's bytes to a uint8 array of shape (N, N) or (N, N, 3); RejectedImage if unusable."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not content:
+        raise RejectedImage("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(content))
+            width, height = img.size
+            _check_dimensions(width, height, params)
+            img.load()
+    except RejectedImage:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise RejectedImage(f"not a readable image: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports truncation and corruption as these
+        raise RejectedImage(f"corrupt or truncated image: {exc}") from None
+    img = _to_mode(img, "L" if params.channels == 1 else "RGB")
+    img = img.resize((params.image_size, params.image_size), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _check_dimensions(width: int, height: int, params: DecodeParams) -> None:
+    if width * height > params.max_pixels:
+        raise RejectedImage(f"absurd dimensions {width}x{height}: more than {params.max_pixels} pixels")
+    if min(width, height) < params.min_side:
+        raise RejectedImage(f"absurd dimensions {width}x{height}: a side is below {params.min_side} pixels")
+    if max(width, height) / min(width, height) > params.max_aspect_ratio:
+        raise RejectedImage(f"absurd dimensions {width}x{height}: aspect ratio above {params.max_aspect_ratio}")
+
+
+def _to_mode(img, mode: str):
+    """Convert colour mode; transparent pixels are composited on white rather than turning black."""
+    from PIL import Image
+
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 256).clip(0, 255).astype(np.uint8))
+    return img.convert(mode)
+
+
+def decode_image_batch(batch: pd.DataFrame, *, root_url: str, params: DecodeParams) -> pd.DataFrame:
+    """One Arrow batch of ``binaryFile`` rows (path, content) -> rows of DECODED_SCHEMA. Never raises per file."""
+    field = image_unischema(params.image_size, params.channels, params.codec).fields["image"]
+    out = {"path": [], "relpath": [], "class_name": [], "image": [], "reason": []}
+    for path, content in zip(batch["path"], batch["content"]):
+        relpath, class_name = split_relpath(path, root_url)
+        image, reason = None, None
+        if relpath is None:
+            reason = f"outside the input root {root_url}"
+        elif class_name is None:
+            reason = "missing label: file is directly in the input root, not in a class folder"
+        else:
+            try:
+                image = bytes(field.codec.encode(field, to_array(content, params)))
+            except RejectedImage as exc:
+                reason = str(exc)
+            except Exception as exc:  # noqa: BLE001 - one bad file must never fail the job; keep the reason
+                reason = f"decode failed: {type(exc).__name__}: {exc}"
+        for key, value in zip(out, (path, relpath, class_name, image, reason)):
+            out[key].append(value)
+    return pd.DataFrame(out, columns=list(out))
+
+
+def decode_images(files: DataFrame, *, root_url: str, params: DecodeParams) -> DataFrame:
+    """``binaryFile`` DataFrame -> DECODED_SCHEMA, decoded in Arrow batches on the executors."""
+    def decode_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            yield decode_image_batch(batch, root_url=root_url, params=params)
+
+    return files.select("path", "content").mapInPandas(decode_partition, schema=DECODED_SCHEMA)
+
+
+def assign_labels(decoded: DataFrame, *, class_to_index: dict[str, int]) -> DataFrame:
+    """Add the integer ``label`` from the class map; a class missing from the map rejects the row, never drops it."""
+    mapping = F.create_map(*[x for name, idx in sorted(class_to_index.items()) for x in (F.lit(name), F.lit(idx))])
+    label = mapping[F.col("class_name")] if class_to_index else F.lit(None).cast("int")
+    return (decoded
+            .withColumn("label", label.cast("int"))
+            .withColumn("reason", F.when(F.col("reason").isNull() & F.col("label").isNull(),
+                                         F.concat(F.lit("missing label: class folder "),
+                                                  F.coalesce(F.col("class_name"), F.lit("?")),
+                                                  F.lit(" is not in the class map")))
+                        .otherwise(F.col("reason"))))
+
+
+def class_map(class_names: list[str]) -> dict[str, int]:
+    """Class folder names -> contiguous indices in sorted order, so the same folders always give the same map."""
+    return {name: idx for idx, name in enumerate(sorted(set(class_names)))}

@@ -1,0 +1,84 @@
+"""The on-disk layout of a bigtrain dataset, shared by the Spark jobs and the training loader (no Spark import).
+
+    <dataset>/metadata.json     kind, class map, image shape or vocabulary, rows per split and class, config
+    <dataset>/train/            a Petastorm dataset (Parquet + _common_metadata holding the Unischema)
+    <dataset>/validation/
+    <dataset>/test/
+    <dataset>/rejected/         Parquet: every input record that was not used, with its path and reason
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+from urllib.parse import urlparse
+
+METADATA_FILE = "metadata.json"
+REJECTED_DIR = "rejected"
+FORMAT_VERSION = 1
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing, incomplete or does not match what its metadata says."""
+
+
+def to_url(path_or_url: str) -> str:
+    """A local path becomes an absolute ``file://`` URL; URLs (s3://, hdfs://, file://) pass through."""
+    if urlparse(path_or_url).scheme and "://" in path_or_url:
+        return path_or_url.rstrip("/")
+    return "file://" + os.path.abspath(os.path.expanduser(path_or_url))
+
+
+def join(url: str, *parts: str) -> str:
+    return "/".join([url.rstrip("/"), *parts])
+
+
+def _fs(url: str):
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def write_metadata(dataset_url: str, metadata: dict[str, Any]) -> None:
+    fs, path = _fs(join(dataset_url, METADATA_FILE))
+    tmp = path + ".tmp"
+    with fs.open(tmp, "w") as fh:
+        json.dump(metadata, fh, indent=2, sort_keys=True)
+    fs.mv(tmp, path)
+
+
+def read_metadata(dataset_url: str) -> dict[str, Any]:
+    url = join(dataset_url, METADATA_FILE)
+    fs, path = _fs(url)
+    if not fs.exists(path):
+        raise DatasetError(f"{url} not found: {dataset_url} is not a bigtrain dataset "
+                           "(write one with `bigtrain preprocess-images`), or its job did not finish")
+    with fs.open(path, "r") as fh:
+        try:
+            metadata = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{url} is not valid JSON: {exc}") from None
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise DatasetError(f"{url}: format_version {metadata.get('format_version')!r}, this bigtrain reads {FORMAT_VERSION}")
+    return metadata
+
+
+def row_group_sizes(split_url: str) -> list[int]:
+    """Rows of every row group of a Parquet dataset, in Petastorm's order (files sorted by path, then row group).
+
+    Petastorm shards by position in exactly this order (``index % shard_count == cur_shard``), so the loader can
+    tell in advance how many rows each rank will read.
+    """
+    import pyarrow.parquet as pq
+
+    fs, path = _fs(split_url)
+    if not fs.exists(path):
+        raise DatasetError(f"split {split_url} does not exist")
+    files = sorted(p for p in fs.find(path) if p.endswith(".parquet") and not os.path.basename(p).startswith(("_", ".")))
+    sizes = []
+    for file in files:
+        with fs.open(file, "rb") as fh:
+            meta = pq.ParquetFile(fh).metadata
+            sizes.extend(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    return sizes

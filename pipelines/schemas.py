@@ -1,0 +1,49 @@
+"""Schemas, side by side: the Spark ``StructType`` of each intermediate and the Petastorm ``Unischema`` written to disk.
+
+The training loader reads the Unischema back from the dataset, so this module is the one place that says what a
+row of an image dataset is.
+"""
+from __future__ import annotations
+
+import numpy as np
+from pyspark.sql import types as T
+
+IMAGE_CODECS = ("png", "jpeg", "raw")
+
+# Output of the decode step (pipelines.images.decode_image_batch): one row per input file, accepted or not.
+DECODED_SCHEMA = T.StructType([
+    T.StructField("path", T.StringType(), False),        # the file's URL as Spark listed it
+    T.StructField("relpath", T.StringType(), True),      # path below the input root, URL-decoded
+    T.StructField("class_name", T.StringType(), True),   # first folder below the input root
+    T.StructField("image", T.BinaryType(), True),        # encoded with the dataset codec; null when rejected
+    T.StructField("reason", T.StringType(), True),       # why the file was rejected; null when accepted
+])
+
+# The rejected-records output written next to the dataset.
+REJECTED_SCHEMA = T.StructType([
+    T.StructField("path", T.StringType(), False),
+    T.StructField("relpath", T.StringType(), True),
+    T.StructField("class_name", T.StringType(), True),
+    T.StructField("reason", T.StringType(), False),
+])
+
+
+def image_shape(image_size: int, channels: int) -> tuple[int, ...]:
+    """Grayscale is stored as (H, W) because OpenCV's image codecs only take (H, W) or (H, W, 3)."""
+    return (image_size, image_size) if channels == 1 else (image_size, image_size, 3)
+
+
+def image_unischema(image_size: int, channels: int, codec: str):
+    """The Petastorm schema of one split of an image dataset."""
+    from petastorm.codecs import CompressedImageCodec, NdarrayCodec, ScalarCodec
+    from petastorm.unischema import Unischema, UnischemaField
+
+    if codec not in IMAGE_CODECS:
+        raise ValueError(f"image codec {codec!r} is not one of {IMAGE_CODECS}")
+    image_codec = NdarrayCodec() if codec == "raw" else CompressedImageCodec(codec, quality=95)
+    return Unischema("ImageRow", [
+        UnischemaField("sample_id", np.int64, (), ScalarCodec(T.LongType()), False),
+        UnischemaField("relpath", np.str_, (), ScalarCodec(T.StringType()), False),
+        UnischemaField("label", np.int32, (), ScalarCodec(T.IntegerType()), False),
+        UnischemaField("image", np.uint8, image_shape(image_size, channels), image_codec, False),
+    ])
