@@ -33,9 +33,17 @@ class RejectedImage(Exception):
     """Raised inside the decode step; its message becomes the record's rejection reason."""
 
 
+def _normalise_url(url: str) -> str:
+    """Hadoop lists local files as ``file:/a/b``; users write ``file:///a/b``. Compare them in one form."""
+    if url.startswith("file:"):
+        return "file:/" + url[len("file:"):].lstrip("/")
+    return url
+
+
 def split_relpath(path: str, root_url: str) -> tuple[str | None, str | None]:
     """(relative path, class folder) of a file URL below ``root_url``; the class is None for files in the root."""
-    prefix = root_url.rstrip("/") + "/"
+    prefix = _normalise_url(root_url).rstrip("/") + "/"
+    path = _normalise_url(path)
     if not path.startswith(prefix):
         return None, None
     relpath = unquote(path[len(prefix):])
@@ -98,7 +106,7 @@ def decode_image_batch(batch: pd.DataFrame, *, root_url: str, params: DecodePara
         relpath, class_name = split_relpath(path, root_url)
         image, reason = None, None
         if relpath is None:
-            reason = f"outside the input root {root_url}"
+            reason = f"outside the input root ({root_url})"
         elif class_name is None:
             reason = "missing label: file is directly in the input root, not in a class folder"
         else:

@@ -1,0 +1,69 @@
+"""Helpers every job entry point shares: logging, the config flags, and a clean exit on user errors."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from typing import Callable
+
+from jobs.config import ConfigError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class UsageError(ValueError):
+    """A command-line value is wrong; the message names the flag."""
+
+
+def setup_logging(*, quiet: bool = False, rank: int = 0) -> None:
+    """INFO on rank 0, WARNING elsewhere, so a multi-process run prints one story."""
+    level = logging.WARNING if (quiet or rank != 0) else logging.INFO
+    prefix = "" if rank == 0 else f"[rank {rank}] "
+    logging.basicConfig(level=level, format=prefix + LOG_FORMAT, stream=sys.stderr, force=True)
+    # petastorm 0.13 uses pyarrow's legacy dataset API (STACK.md pins pyarrow 14 for it); its deprecation
+    # warnings say nothing a bigtrain user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm(\.|$)")
+    for noisy in ("py4j", "petastorm", "pyarrow", "horovod"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("configuration")
+    group.add_argument("--config", metavar="FILE", help="YAML file layered over conf/bigtrain.yaml")
+    group.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
+                       help="override one config key, e.g. --set train.momentum=0.8 (repeatable)")
+
+
+def positive_int(flag: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a whole number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{flag} must be positive, got {value}")
+        return value
+    return parse
+
+
+def positive_float(flag: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{flag} must be positive, got {value}")
+        return value
+    return parse
+
+
+def run_main(body: Callable[[], int]) -> int:
+    """Run a job body; configuration and usage errors end in one clear line and exit code 2."""
+    try:
+        return body()
+    except (ConfigError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

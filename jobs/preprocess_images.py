@@ -1,0 +1,184 @@
+"""Preprocess an image-folder dataset into Petastorm datasets (train/validation/test) with Spark.
+
+Launch:
+    spark-submit --master 'local[*]' jobs/preprocess_images.py --input data/images --output data/images_ds
+    bigtrain preprocess-images --input data/images --output data/images_ds --image-size 32 --channels 3
+On a cluster, ship the code with --py-files (see README) and use --master spark://HOST:7077, yarn or k8s://...
+
+Input: one folder per class below --input (the folder name is the label). Output (see pipelines.layout): one
+Petastorm dataset per split, a `rejected/` Parquet table of every file that could not be used with the reason,
+and `metadata.json` with the class map and the counts. Files read = rows written + files rejected, always.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from jobs.common import UsageError, add_config_flags, positive_int, run_main, setup_logging
+from jobs.config import load_section, require
+
+log = logging.getLogger("bigtrain.preprocess_images")
+
+
+@dataclass(frozen=True)
+class PreprocessImagesConfig:
+    master: str
+    image_size: int
+    channels: Literal[1, 3]
+    codec: Literal["png", "jpeg", "raw"]
+    splits: dict[str, float]
+    row_group_size_mb: int
+    ranks: int
+    max_pixels: int
+    min_side: int
+    max_aspect_ratio: float
+    spark_conf: dict[str, str] = field(default_factory=dict)
+
+    def validate(self, prefix: str) -> None:
+        from pipelines.splits import validate_fractions
+
+        require(4 <= self.image_size <= 4096, f"{prefix}.image_size", f"must be in [4, 4096], got {self.image_size}")
+        require(self.row_group_size_mb > 0, f"{prefix}.row_group_size_mb", "must be positive")
+        require(self.ranks >= 1, f"{prefix}.ranks", f"must be at least 1, got {self.ranks}")
+        require(self.min_side >= 1, f"{prefix}.min_side", "must be at least 1")
+        require(self.max_aspect_ratio >= 1, f"{prefix}.max_aspect_ratio", "must be at least 1")
+        try:
+            validate_fractions(self.splits, key=f"{prefix}.splits")
+        except ValueError as exc:
+            require(False, f"{prefix}.splits", str(exc))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bigtrain preprocess-images",
+        description="Decode, convert, resize and split an image-folder dataset into Petastorm datasets with Spark.",
+        epilog="Config keys (section preprocess_images in conf/bigtrain.yaml) can be set with --set "
+               "preprocess_images.KEY=VALUE; flags win over config.")
+    parser.add_argument("--input", required=True, metavar="DIR_OR_URL",
+                        help="root folder with one sub-folder per class (local path, file://, hdfs://, s3a://)")
+    parser.add_argument("--output", required=True, metavar="DIR_OR_URL",
+                        help="where the dataset is written (train/, validation/, test/, rejected/, metadata.json)")
+    parser.add_argument("--image-size", type=positive_int("--image-size"), metavar="N", help="resize to N x N")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 = grayscale, 3 = RGB")
+    parser.add_argument("--codec", choices=("png", "jpeg", "raw"), help="storage of the image column")
+    parser.add_argument("--train-fraction", type=float, metavar="F")
+    parser.add_argument("--validation-fraction", type=float, metavar="F")
+    parser.add_argument("--test-fraction", type=float, metavar="F")
+    parser.add_argument("--row-group-size-mb", type=positive_int("--row-group-size-mb"), metavar="MB", help="Parquet row-group size")
+    parser.add_argument("--ranks", type=positive_int("--ranks"), metavar="N",
+                        help="training processes expected: each split is written as a multiple of N row groups")
+    parser.add_argument("--master", help="Spark master (default: spark-submit's, else config preprocess_images.master, "
+                                         "local[*])")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and the summary")
+    add_config_flags(parser)
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> PreprocessImagesConfig:
+    fractions = {"train": args.train_fraction, "validation": args.validation_fraction, "test": args.test_fraction}
+    overrides = list(args.overrides)
+    for name, value in fractions.items():
+        if value is not None:
+            overrides.append(f"preprocess_images.splits.{name}={value}")
+    flags = {"image_size": args.image_size, "channels": args.channels, "codec": args.codec,
+             "row_group_size_mb": args.row_group_size_mb, "ranks": args.ranks}
+    return load_section("preprocess_images", PreprocessImagesConfig, config_file=args.config,
+                        overrides=overrides, flags=flags)
+
+
+def resolve_master(flag: str | None, config_master: str) -> str | None:
+    """Explicit --master wins; else spark-submit's own --master (None: leave it); else the config default."""
+    if flag:
+        return flag
+    if "PYSPARK_GATEWAY_PORT" in os.environ:  # launched by spark-submit, which already chose the master
+        return None
+    return config_master
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(quiet=args.quiet)
+    return run_main(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines import layout, storage
+
+    config = load_config(args)
+    input_url, output_url = layout.to_url(args.input), layout.to_url(args.output)
+    if input_url.startswith("file://") and not os.path.isdir(input_url[len("file://"):]):
+        raise UsageError(f"--input {args.input}: no such directory")
+    if input_url.rstrip("/") == output_url.rstrip("/"):
+        raise UsageError(f"--output {args.output} must differ from --input")
+    spark = storage.build_spark(app_name="bigtrain-preprocess-images", master=resolve_master(args.master, config.master),
+                                conf=config.spark_conf)
+    try:
+        start = time.monotonic()
+        summary = preprocess_images(spark, input_url=input_url, output_url=output_url, config=config)
+        summary["seconds"] = round(time.monotonic() - start, 1)
+    finally:
+        spark.stop()
+    print(format_summary(summary), file=sys.stdout)
+    return 0
+
+
+def preprocess_images(spark, *, input_url: str, output_url: str, config: PreprocessImagesConfig) -> dict:
+    """Extract (binaryFile), transform (decode, label, split), load (Petastorm splits, rejected, metadata)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from pipelines import images, layout, splits, storage
+    from pipelines.schemas import image_shape, image_unischema
+
+    params = images.DecodeParams(image_size=config.image_size, channels=config.channels, codec=config.codec,
+                                 max_pixels=config.max_pixels, min_side=config.min_side,
+                                 max_aspect_ratio=config.max_aspect_ratio)
+    storage.remove_metadata(output_url)
+    files = storage.read_binary_files(spark, input_url)
+    decoded = images.decode_images(files, root_url=input_url, params=params).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        names = [r["class_name"] for r in decoded.select("class_name").where(F.col("class_name").isNotNull())
+                 .distinct().collect()]
+        class_to_index = images.class_map(names)
+        log.info("%d classes: %s", len(class_to_index), ", ".join(class_to_index))
+        records = splits.with_sample_id(splits.assign_split(images.assign_labels(decoded, class_to_index=class_to_index),
+                                                            fractions=config.splits))
+        summary = storage.write_splits(
+            spark, records, output_url=output_url,
+            schema=image_unischema(config.image_size, config.channels, config.codec),
+            label_names=list(class_to_index), row_group_size_mb=config.row_group_size_mb, ranks=config.ranks,
+            rejected_columns=["path", "relpath", "class_name", "reason"], size_column="image")
+    finally:
+        decoded.unpersist()
+    layout.write_metadata(output_url, {
+        "format_version": layout.FORMAT_VERSION, "kind": "image", "input": input_url,
+        "classes": list(class_to_index), "class_to_index": class_to_index,
+        "image": {"size": config.image_size, "channels": config.channels, "codec": config.codec,
+                  "shape": list(image_shape(config.image_size, config.channels))},
+        "splits": {name: {k: v for k, v in info.items() if k != "url"} for name, info in summary["splits"].items()},
+        "files_read": summary["files_read"], "rejected": summary["rejected"],
+        "rejected_by_reason": summary["rejected_by_reason"], "config": asdict(config),
+    })
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"preprocess-images: {summary['files_read']} files read = {summary['rows_written']} rows written "
+             f"+ {summary['rejected']} rejected ({summary['seconds']}s)",
+             f"  output: {summary['output']}"]
+    for split, info in summary["splits"].items():
+        per_class = ", ".join(f"{name}={n}" for name, n in info["per_class"].items())
+        lines.append(f"  {split:<10} {info['rows']:>8} rows in {info['row_groups']} row groups  [{per_class}]")
+    if summary["rejected"]:
+        reasons = ", ".join(f"{reason} ({n})" for reason, n in summary["rejected_by_reason"].items())
+        lines.append(f"  rejected   {summary['rejected']:>8} files -> {summary['rejected_url']}: {reasons}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

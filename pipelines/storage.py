@@ -1,0 +1,146 @@
+"""The one module that owns Spark sessions, reading and writing for the preprocessing jobs."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipelines import layout
+
+log = logging.getLogger(__name__)
+
+
+def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | None = None) -> SparkSession:
+    """A SparkSession for a job. ``master=None`` leaves it to spark-submit (``--master`` on its command line).
+
+    In local mode the Python workers must be this interpreter (the one with bigtrain installed), not whatever
+    ``python3`` is first on PATH.
+    """
+    builder = SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    if (master or "").startswith("local") and "PYSPARK_PYTHON" not in os.environ:
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+    builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    # petastorm 0.13 runs on pyarrow's deprecated legacy API in the Python workers too; its FutureWarnings there
+    # would bury the job's own log.
+    builder = builder.config("spark.executorEnv.PYTHONWARNINGS", "ignore::FutureWarning")
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, str(value))
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("BIGTRAIN_SPARK_LOG_LEVEL", "WARN"))
+    return spark
+
+
+def read_binary_files(spark: SparkSession, root_url: str) -> DataFrame:
+    """Every file below ``root_url`` (recursively) as (path, modificationTime, length, content).
+
+    Spark's file listing skips names starting with ``.`` or ``_`` (Hadoop's hidden-file rule); everything else
+    is read and must come out of the job as either a row or a rejected record.
+    """
+    return (spark.read.format("binaryFile")
+            .option("recursiveFileLookup", "true")
+            .load(root_url))
+
+
+def row_groups_for(num_rows: int, num_bytes: int, *, row_group_size_mb: int, shard_multiple: int) -> int:
+    """How many files (one row group each) to write a split as.
+
+    Enough that each stays under ~80% of the row-group size (so Parquet never cuts a second, tiny row group),
+    rounded up to a multiple of ``shard_multiple`` (the number of training ranks expected), and never more than
+    there are rows. Spark's round-robin ``repartition`` then makes them equal to within one row.
+    """
+    if num_rows == 0:
+        return 0
+    by_size = math.ceil(num_bytes / (0.8 * row_group_size_mb * 1024 * 1024))
+    wanted = max(shard_multiple, math.ceil(max(by_size, 1) / shard_multiple) * shard_multiple)
+    return min(wanted, num_rows)
+
+
+def write_petastorm(spark: SparkSession, df: DataFrame, *, url: str, schema, row_group_size_mb: int,
+                    num_files: int) -> None:
+    """Write ``df`` (already holding codec-encoded columns) as a Petastorm dataset at ``url``."""
+    from petastorm.etl.dataset_metadata import materialize_dataset
+
+    columns = [F.col(name) for name in schema.fields]
+    with materialize_dataset(spark, url, schema, row_group_size_mb=row_group_size_mb):
+        (df.select(*columns)
+           .repartition(max(num_files, 1))
+           .write.mode("overwrite")
+           .parquet(url))
+
+
+def write_rejected(df: DataFrame, *, url: str) -> None:
+    df.coalesce(1).write.mode("overwrite").parquet(url)
+
+
+def remove_metadata(output_url: str) -> None:
+    """Drop an old dataset's metadata.json before rewriting it, so a job that dies half-way leaves no dataset
+    that claims to be complete (readers refuse a dataset without metadata)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(layout.join(output_url, layout.METADATA_FILE))
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def write_splits(spark: SparkSession, records: DataFrame, *, output_url: str, schema, label_names: list[str],
+                 row_group_size_mb: int, ranks: int, rejected_columns: list[str],
+                 size_column: str) -> dict[str, Any]:
+    """Write accepted records (``reason`` null) as one Petastorm dataset per split and the rest to ``rejected/``.
+
+    ``records`` holds every input record once, with ``split``, ``label``, ``reason`` and the ``schema`` columns.
+    ``size_column`` (the row's main payload) sizes the row groups. It is computed once (persisted), counted with one aggregation, written, and the written row counts are read
+    back from the Parquet footers: the summary's numbers are what is on disk, and a mismatch is an error.
+    """
+    from pyspark import StorageLevel
+
+    from pipelines.splits import SPLITS
+
+    records = records.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        category = F.substring_index(F.col("reason"), ":", 1)
+        stats = (records.groupBy("split", "label", category.alias("category"))
+                 .agg(F.count(F.lit(1)).alias("rows"),
+                      F.sum(F.length(F.col(size_column))).alias("bytes"))
+                 .collect())
+        accepted = [r for r in stats if r["category"] is None]
+        rejected = [r for r in stats if r["category"] is not None]
+        splits = {}
+        for split in SPLITS:
+            rows = sum(r["rows"] for r in accepted if r["split"] == split)
+            size = sum(r["bytes"] or 0 for r in accepted if r["split"] == split)
+            per_class = {name: 0 for name in label_names}
+            for r in accepted:
+                if r["split"] == split:
+                    per_class[label_names[r["label"]]] += r["rows"]
+            url = layout.join(output_url, split)
+            num_files = row_groups_for(rows, size, row_group_size_mb=row_group_size_mb, shard_multiple=ranks)
+            log.info("writing split %s: %d rows, %.1f MB, %d row groups -> %s", split, rows, size / 2**20, num_files, url)
+            write_petastorm(spark, records.where(F.col("reason").isNull() & (F.col("split") == split)),
+                            url=url, schema=schema, row_group_size_mb=row_group_size_mb, num_files=num_files)
+            sizes = layout.row_group_sizes(url)
+            if sum(sizes) != rows:
+                raise layout.DatasetError(f"split {url}: {sum(sizes)} rows on disk, {rows} expected")
+            splits[split] = {"rows": rows, "row_groups": len(sizes), "per_class": per_class, "url": url}
+        rejected_url = layout.join(output_url, layout.REJECTED_DIR)
+        write_rejected(records.where(F.col("reason").isNotNull()).select(*rejected_columns), url=rejected_url)
+        by_reason: dict[str, int] = {}
+        for r in rejected:
+            by_reason[r["category"]] = by_reason.get(r["category"], 0) + r["rows"]
+        files_read = sum(r["rows"] for r in stats)
+        rows_written = sum(s["rows"] for s in splits.values())
+        rejected_total = sum(by_reason.values())
+        if files_read != rows_written + rejected_total:
+            raise layout.DatasetError(f"{output_url}: {files_read} read != {rows_written} written + {rejected_total} rejected")
+        return {"files_read": files_read, "rows_written": rows_written, "rejected": rejected_total,
+                "rejected_by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
+                "rejected_url": rejected_url, "splits": splits, "output": output_url}
+    finally:
+        records.unpersist()
+
