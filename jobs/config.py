@@ -103,7 +103,12 @@ def from_dict(cls: type[T], data: Any, *, prefix: str) -> T:
     obj = cls(**values)
     validate = getattr(obj, "validate", None)
     if validate is not None:
-        validate(prefix)
+        try:
+            validate(prefix)
+        except ConfigError:
+            raise
+        except ValueError as exc:  # dataclasses outside jobs/ raise plain ValueErrors that already name the key
+            raise ConfigError(str(exc)) from None
     return obj
 
 

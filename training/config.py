@@ -1,0 +1,54 @@
+"""The training configuration (section ``train`` of conf/bigtrain.yaml); saved inside every checkpoint."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+class TrainConfigError(ValueError):
+    pass
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise TrainConfigError(f"config key {key}: {message}")
+
+
+@dataclass(frozen=True)
+class CnnConfig:
+    conv_channels: list[int]
+    hidden: int
+    dropout: float
+
+    def validate(self, prefix: str) -> None:
+        _require(len(self.conv_channels) == 2 and all(c > 0 for c in self.conv_channels),
+                 f"{prefix}.conv_channels", f"must be two positive integers, got {self.conv_channels}")
+        _require(self.hidden > 0, f"{prefix}.hidden", f"must be positive, got {self.hidden}")
+        _require(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    scale_lr: bool
+    momentum: float
+    weight_decay: float
+    seed: int
+    model: Literal["auto", "cnn"]
+    cnn: CnnConfig
+    loader_workers: int
+    shuffle_buffer: int
+    log_every: int
+    progress_bar: Literal["auto", "always", "never"]
+
+    def validate(self, prefix: str) -> None:
+        _require(self.epochs >= 1, f"{prefix}.epochs", f"must be at least 1, got {self.epochs}")
+        _require(self.batch_size >= 1, f"{prefix}.batch_size", f"must be at least 1, got {self.batch_size}")
+        _require(self.lr > 0, f"{prefix}.lr", f"must be positive, got {self.lr}")
+        _require(0.0 <= self.momentum < 1.0, f"{prefix}.momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(self.weight_decay >= 0, f"{prefix}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.loader_workers >= 1, f"{prefix}.loader_workers", f"must be at least 1, got {self.loader_workers}")
+        _require(self.shuffle_buffer >= 0, f"{prefix}.shuffle_buffer", f"must be >= 0, got {self.shuffle_buffer}")
+        _require(self.log_every >= 1, f"{prefix}.log_every", f"must be at least 1, got {self.log_every}")

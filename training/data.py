@@ -1,0 +1,223 @@
+"""Petastorm to PyTorch: each rank streams its own shard of a split, in batches, with equal steps on every rank.
+
+Sharding follows Petastorm (``cur_shard``/``shard_count`` assign row groups by position). Because the preprocessing
+job writes row groups of near-equal size, shards are near-equal, but never assumed equal:
+
+* every rank computes, from the Parquet footers, how many rows each rank's shard holds (``plan_shard``);
+* a training epoch runs ``ceil(max_rows_of_any_rank / batch_size)`` steps on every rank, a rank whose shard is
+  smaller topping up its last batches from a fresh pass over its own shard (so allreduce never waits on a rank
+  that has stopped);
+* the first pass over the shard is counted, and a count that differs from the footers is an error
+  (``DataCoverageError``), never a silently short epoch;
+* with fewer row groups than ranks, each rank reads every row group and keeps every ``world``-th row.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from pipelines import layout
+from training import petastorm_fixes
+
+log = logging.getLogger(__name__)
+petastorm_fixes.install()  # Petastorm 0.13.1's thread pool can end a read early; see training/petastorm_fixes.py
+
+
+class DataCoverageError(RuntimeError):
+    """The rows a rank or an epoch delivered differ from what the dataset holds."""
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    name: str
+    url: str
+    rows: int
+    row_group_sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    url: str
+    metadata: dict[str, Any]
+    splits: dict[str, SplitInfo]
+
+    @property
+    def kind(self) -> str:
+        return self.metadata["kind"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata["classes"])
+
+
+def load_dataset_info(dataset_url: str) -> DatasetInfo:
+    """Metadata plus each split's row groups; a split whose files disagree with the metadata is refused."""
+    url = layout.to_url(dataset_url)
+    metadata = layout.read_metadata(url)
+    splits = {}
+    for name, info in metadata["splits"].items():
+        split_url = layout.join(url, name)
+        sizes = tuple(layout.row_group_sizes(split_url)) if info["rows"] else ()
+        if sum(sizes) != info["rows"]:
+            raise layout.DatasetError(f"split {split_url}: metadata.json says {info['rows']} rows, "
+                                      f"the Parquet files hold {sum(sizes)}: the dataset is incomplete or was altered")
+        splits[name] = SplitInfo(name, split_url, info["rows"], sizes)
+    return DatasetInfo(url, metadata, splits)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    rank: int
+    world: int
+    by_row_group: bool        # False: fewer row groups than ranks, so every rank reads all and keeps every world-th row
+    local_rows: int           # rows this rank's shard holds
+    rows_per_rank: tuple[int, ...]
+
+    @property
+    def max_rows(self) -> int:
+        return max(self.rows_per_rank)
+
+    def steps(self, batch_size: int) -> int:
+        """Training steps per epoch, the same on every rank."""
+        return math.ceil(self.max_rows / batch_size)
+
+
+def plan_shard(row_group_sizes: tuple[int, ...] | list[int], rank: int, world: int) -> ShardPlan:
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside a world of {world}")
+    total = sum(row_group_sizes)
+    if len(row_group_sizes) >= world:
+        per_rank = tuple(sum(n for i, n in enumerate(row_group_sizes) if i % world == r) for r in range(world))
+        return ShardPlan(rank, world, True, per_rank[rank], per_rank)
+    per_rank = tuple(len(range(r, total, world)) for r in range(world))
+    return ShardPlan(rank, world, False, per_rank[rank], per_rank)
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    fields: tuple[str, ...]
+    workers: int = 2
+    shuffle: bool = True
+    shuffle_buffer: int = 1024
+    seed: int = 0
+
+
+def _reader_kwargs(plan: ShardPlan, options: ReadOptions, pass_seed: int) -> dict[str, Any]:
+    if plan.by_row_group:
+        return dict(cur_shard=plan.rank, shard_count=plan.world, workers_count=options.workers,
+                    shuffle_row_groups=options.shuffle, shuffle_rows=options.shuffle, seed=pass_seed)
+    # One worker and no shuffling keep the row order fixed, so "every world-th row" is a partition of the split.
+    return dict(workers_count=1, shuffle_row_groups=False, shuffle_rows=False)
+
+
+def read_shard_once(split: SplitInfo, plan: ShardPlan, options: ReadOptions, pass_seed: int) -> Iterator[Any]:
+    """Every row of this rank's shard exactly once (rows are Petastorm namedtuples with decoded fields)."""
+    from petastorm import make_reader
+
+    if split.rows == 0:
+        return
+    reader = make_reader(split.url, schema_fields=list(options.fields), reader_pool_type="thread", num_epochs=1,
+                         **_reader_kwargs(plan, options, pass_seed))
+    try:
+        for position, row in enumerate(reader):
+            if plan.by_row_group or position % plan.world == plan.rank:
+                yield row
+    finally:  # not `with reader:`, whose exit prints "Cache cleanup complete." to stdout on every pass
+        reader.stop()
+        reader.join()
+
+
+def shuffled(rows: Iterator[Any], buffer_size: int, rng: np.random.Generator) -> Iterator[Any]:
+    """Shuffle a stream through a bounded buffer (memory stays at ``buffer_size`` rows)."""
+    if buffer_size <= 1:
+        yield from rows
+        return
+    buffer: list[Any] = []
+    for row in rows:
+        if len(buffer) < buffer_size:
+            buffer.append(row)
+            continue
+        i = int(rng.integers(buffer_size))
+        buffer[i], row = row, buffer[i]
+        yield row
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class EpochCounter:
+    """Counts the first-pass rows of one epoch on this rank and checks them against the plan."""
+
+    def __init__(self, split: SplitInfo, plan: ShardPlan):
+        self.split, self.plan, self.first_pass_rows, self.padding_rows = split, plan, 0, 0
+
+    def check_first_pass(self) -> None:
+        if self.first_pass_rows != self.plan.local_rows:
+            raise DataCoverageError(
+                f"rank {self.plan.rank}/{self.plan.world} read {self.first_pass_rows} rows of split "
+                f"{self.split.url}, but its shard holds {self.plan.local_rows} (Parquet footers): refusing to train "
+                "on silently missing data")
+
+
+def training_batches(split: SplitInfo, plan: ShardPlan, options: ReadOptions, *, batch_size: int, epoch: int,
+                     collate: Callable[[list[Any]], Any], counter: EpochCounter) -> Iterator[Any]:
+    """Exactly ``plan.steps(batch_size)`` full batches: the shard once, then padding from fresh passes if short."""
+    steps = plan.steps(batch_size)
+    rng = np.random.default_rng([options.seed, epoch, plan.rank])
+    needed = steps * batch_size
+    pending: list[Any] = []
+    emitted = 0
+    pass_index = 0
+    while emitted < steps:
+        first_pass = pass_index == 0
+        delivered = 0
+        rows = read_shard_once(split, plan, options, pass_seed=options.seed + 7919 * epoch + pass_index)
+        source = shuffled(rows, options.shuffle_buffer if options.shuffle else 0, rng)
+        for row in source:
+            delivered += 1
+            if first_pass:
+                counter.first_pass_rows += 1
+            elif emitted * batch_size + len(pending) >= needed:
+                break
+            else:
+                counter.padding_rows += 1
+            pending.append(row)
+            if len(pending) == batch_size and emitted < steps:
+                yield collate(pending)
+                emitted += 1
+                pending = []
+        if first_pass:
+            counter.check_first_pass()
+        elif delivered == 0:
+            raise DataCoverageError(f"rank {plan.rank}: a padding pass over {split.url} delivered no rows")
+        pass_index += 1
+
+
+def evaluation_batches(split: SplitInfo, plan: ShardPlan, options: ReadOptions, *, batch_size: int,
+                       collate: Callable[[list[Any]], Any]) -> Iterator[Any]:
+    """This rank's shard exactly once, in batches (the last may be short), with no shuffling."""
+    eval_options = ReadOptions(options.fields, options.workers, shuffle=False, shuffle_buffer=0, seed=options.seed)
+    pending: list[Any] = []
+    for row in read_shard_once(split, plan, eval_options, pass_seed=options.seed):
+        pending.append(row)
+        if len(pending) == batch_size:
+            yield collate(pending)
+            pending = []
+    if pending:
+        yield collate(pending)
+
+
+def image_collate(rows: list[Any]):
+    """Petastorm rows -> (images float32 (B, C, H, W) in [0, 1], labels int64 (B,), sample ids int64 (B,))."""
+    import torch
+
+    images = np.stack([row.image for row in rows])
+    if images.ndim == 3:  # grayscale is stored as (H, W)
+        images = images[:, :, :, None]
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float().div_(255.0)
+    y = torch.from_numpy(np.fromiter((row.label for row in rows), dtype=np.int64, count=len(rows)))
+    ids = torch.from_numpy(np.fromiter((row.sample_id for row in rows), dtype=np.int64, count=len(rows)))
+    return x, y, ids
