@@ -1,0 +1,31 @@
+"""The ``bigtrain`` command: one subcommand per job; ``bigtrain SUBCOMMAND --help`` explains each."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "generate-images": ("jobs.generate_sample", "write the sample image-folder dataset"),
+    "preprocess-images": ("jobs.preprocess_images", "Spark: image folders -> Petastorm train/validation/test"),
+    "train": ("jobs.train", "train and evaluate a model on a dataset (run under horovodrun for many processes)"),
+}
+
+USAGE = "usage: bigtrain SUBCOMMAND [--help] [ARGS...]\n\nsubcommands:\n" + "\n".join(
+    f"  {name:<20} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"error: unknown subcommand {name!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
