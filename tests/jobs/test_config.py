@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from jobs.config import ConfigError, from_dict, load_section, parse_overrides
+from jobs.preprocess_images import PreprocessImagesConfig
+from training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Inner:
+    size: int
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str
+    ratio: float
+    flag: bool
+    mode: Literal["a", "b"]
+    inner: Inner
+    weights: dict[str, float]
+
+
+GOOD = {"name": "x", "ratio": 1, "flag": True, "mode": "a", "inner": {"size": 3}, "weights": {"w": 0.5}}
+
+
+def test_from_dict_builds_nested_dataclasses_and_widens_int_to_float():
+    obj = from_dict(Outer, GOOD, prefix="s")
+    assert obj == Outer("x", 1.0, True, "a", Inner(3), {"w": 0.5})
+    assert isinstance(obj.ratio, float)
+
+
+@pytest.mark.parametrize("patch, key", [
+    ({"ratio": "fast"}, "s.ratio"),
+    ({"flag": "yes"}, "s.flag"),
+    ({"mode": "c"}, "s.mode"),
+    ({"inner": {"size": 2.5}}, "s.inner.size"),
+    ({"inner": {"size": True}}, "s.inner.size"),
+    ({"weights": {"w": "heavy"}}, "s.weights.w"),
+])
+def test_wrong_types_name_the_key(patch, key):
+    with pytest.raises(ConfigError, match=rf"{key}\b"):
+        from_dict(Outer, {**GOOD, **patch}, prefix="s")
+
+
+def test_unknown_and_missing_keys_are_named():
+    with pytest.raises(ConfigError, match=r"unknown config key s\.colour"):
+        from_dict(Outer, {**GOOD, "colour": 1}, prefix="s")
+    incomplete = dict(GOOD)
+    del incomplete["ratio"]
+    with pytest.raises(ConfigError, match=r"s\.ratio is missing"):
+        from_dict(Outer, incomplete, prefix="s")
+
+
+def test_parse_overrides_nests_keys_and_parses_yaml_scalars():
+    assert parse_overrides(["train.lr=0.5", "train.cnn.hidden=64", "a.b=true", "a.c=text"]) == {
+        "train": {"lr": 0.5, "cnn": {"hidden": 64}}, "a": {"b": True, "c": "text"}}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["train.lr"])
+
+
+def test_committed_defaults_load_for_every_section():
+    train = load_section("train", TrainConfig)
+    assert train.epochs >= 1 and train.cnn.conv_channels == [32, 64]
+    images = load_section("preprocess_images", PreprocessImagesConfig)
+    assert images.splits == {"train": 0.8, "validation": 0.1, "test": 0.1}
+
+
+def test_layers_apply_in_order_flags_last(tmp_path):
+    user = tmp_path / "user.yaml"
+    user.write_text("train:\n  epochs: 3\n  lr: 0.2\n")
+    config = load_section("train", TrainConfig, config_file=str(user), overrides=["train.lr=0.3", "train.seed=7"],
+                          flags={"seed": 9, "batch_size": None})
+    assert (config.epochs, config.lr, config.seed) == (3, 0.3, 9)
+    assert config.batch_size == load_section("train", TrainConfig).batch_size
+
+
+def test_validation_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"train\.batch_size"):
+        load_section("train", TrainConfig, overrides=["train.batch_size=0"])
+    with pytest.raises(ConfigError, match=r"preprocess_images\.splits"):
+        load_section("preprocess_images", PreprocessImagesConfig, overrides=["preprocess_images.splits.test=0.5"])
+    with pytest.raises(ConfigError, match=r"train\.cnn\.dropout"):
+        load_section("train", TrainConfig, overrides=["train.cnn.dropout=1.5"])
+    with pytest.raises(ConfigError, match=r"unknown config key train\.learning_rate"):
+        load_section("train", TrainConfig, overrides=["train.learning_rate=0.1"])
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_section("train", TrainConfig, config_file=str(tmp_path / "nope.yaml"))

@@ -1,0 +1,54 @@
+"""The Spark side of the image transforms, on DataFrames built in the test."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from pipelines.images import DecodeParams, assign_labels, decode_images
+from pipelines.storage import row_groups_for
+
+pytestmark = pytest.mark.spark
+ROOT = "file:/in"
+
+
+def png(colour) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (12, 12), colour).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_decode_images_runs_in_batches_and_keeps_every_row(spark):
+    rows = [(f"{ROOT}/{'red' if i % 2 else 'blue'}/{i}.png", png((i, 0, 0))) for i in range(40)]
+    rows += [(f"{ROOT}/red/bad.png", b"nope"), (f"{ROOT}/loose.png", png((1, 1, 1)))]
+    files = spark.createDataFrame(rows, "path string, content binary").repartition(3)
+    params = DecodeParams(image_size=4, channels=1, codec="raw", max_pixels=10**6, min_side=2, max_aspect_ratio=5.0)
+    out = {r["path"]: r for r in decode_images(files, root_url=ROOT, params=params).collect()}
+    assert len(out) == 42
+    assert sum(r["reason"] is None for r in out.values()) == 40
+    assert "not a readable image" in out[f"{ROOT}/red/bad.png"]["reason"]
+    assert "missing label" in out[f"{ROOT}/loose.png"]["reason"]
+
+
+def test_assign_labels_maps_classes_and_rejects_unknown_ones(spark):
+    decoded = spark.createDataFrame(
+        [("p1", "a/1", "a", b"x", None), ("p2", "b/2", "b", b"x", None), ("p3", "zz/3", "zz", b"x", None),
+         ("p4", "4", None, None, "missing label: file is directly in the input root")],
+        "path string, relpath string, class_name string, image binary, reason string")
+    out = {r["path"]: r for r in assign_labels(decoded, class_to_index={"a": 0, "b": 1}).collect()}
+    assert (out["p1"]["label"], out["p2"]["label"]) == (0, 1)
+    assert out["p1"]["reason"] is None
+    assert out["p3"]["label"] is None and "class folder zz is not in the class map" in out["p3"]["reason"]
+    assert out["p4"]["reason"].startswith("missing label: file is directly")
+
+
+@pytest.mark.parametrize("rows, size_mb, ranks, expected", [
+    (0, 0, 4, 0),                 # an empty split writes nothing
+    (1000, 10, 4, 4),             # small: one row group per expected rank
+    (3, 10, 4, 3),                # never more row groups than rows
+    (1000, 120 * 2**20, 4, 8),    # 120 MB at 32 MB row groups, 80% fill -> 5 by size -> rounded up to 2 x 4
+    (10**6, 1000 * 2**20, 3, 42), # ceil(1000 / 25.6) = 40 -> next multiple of 3
+])
+def test_row_groups_are_a_multiple_of_the_expected_ranks(rows, size_mb, ranks, expected):
+    assert row_groups_for(rows, size_mb, row_group_size_mb=32, shard_multiple=ranks) == expected

@@ -1,0 +1,110 @@
+"""The decode step as plain pandas (no Spark): colour modes, resizing, every rejection reason."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipelines.images import DecodeParams, class_map, decode_image_batch, split_relpath, to_array
+from pipelines.schemas import image_unischema
+
+ROOT = "file:/data/imgs"
+
+
+def params(**kw) -> DecodeParams:
+    base = dict(image_size=8, channels=3, codec="png", max_pixels=10_000_000, min_side=4, max_aspect_ratio=10.0)
+    return DecodeParams(**{**base, **kw})
+
+
+def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    img.save(out, fmt)
+    return out.getvalue()
+
+
+def decode_field(codec: str, size: int, channels: int, data: bytes) -> np.ndarray:
+    field = image_unischema(size, channels, codec).fields["image"]
+    return field.codec.decode(field, data)
+
+
+def test_split_relpath_takes_the_first_folder_as_class_and_unquotes():
+    assert split_relpath("file:/data/imgs/cat/a.png", "file:///data/imgs") == ("cat/a.png", "cat")
+    assert split_relpath("file:/data/imgs/big%20cat/sub/a%2Bb.png", "file:/data/imgs/") == ("big cat/sub/a+b.png", "big cat")
+    assert split_relpath("file:/data/imgs/a.png", ROOT) == ("a.png", None)
+    assert split_relpath("file:/elsewhere/a.png", ROOT) == (None, None)
+    assert split_relpath("s3a://bucket/x/dog/1.jpg", "s3a://bucket/x") == ("dog/1.jpg", "dog")
+
+
+def test_class_map_is_sorted_and_contiguous():
+    assert class_map(["zebra", "ant", "moth", "ant"]) == {"ant": 0, "moth": 1, "zebra": 2}
+
+
+@pytest.mark.parametrize("mode, colour, channels, expected", [
+    ("RGB", (200, 10, 30), 3, [200, 10, 30]),
+    ("L", 77, 3, [77, 77, 77]),
+    ("RGB", (255, 0, 0), 1, [76]),             # ITU-R 601-2 luma: 0.299 * 255
+    ("RGBA", (0, 0, 0, 0), 3, [255, 255, 255]),  # fully transparent composites on white
+    ("LA", (0, 255), 1, [0]),
+])
+def test_colour_conversion(mode, colour, channels, expected):
+    arr = to_array(encode(Image.new(mode, (20, 12), colour)), params(channels=channels))
+    assert arr.shape == ((8, 8, 3) if channels == 3 else (8, 8))
+    assert arr.dtype == np.uint8
+    assert np.all(np.abs(arr.reshape(-1, channels).astype(int) - expected) <= 1)
+
+
+def test_palette_with_transparency_and_16_bit_grey():
+    pal = Image.new("P", (10, 10), 0)
+    pal.putpalette([10, 20, 30] * 256)
+    pal.info["transparency"] = 0
+    assert np.all(to_array(encode(pal), params()) == 255)
+    grey16 = Image.fromarray(np.full((10, 10), 40000, dtype=np.uint16))
+    arr = to_array(encode(grey16), params(channels=1))
+    assert np.all(np.abs(arr.astype(int) - 40000 // 256) <= 1)
+
+
+def test_resize_keeps_the_picture():
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:, :30] = 255  # left half white
+    arr = to_array(encode(Image.fromarray(img)), params(image_size=10))
+    assert arr.shape == (10, 10, 3)
+    assert arr[:, :4].min() > 200 and arr[:, 6:].max() < 50
+
+
+@pytest.mark.parametrize("codec", ["png", "jpeg", "raw"])
+def test_batch_encodes_with_the_dataset_codec(codec):
+    data = encode(Image.new("RGB", (30, 30), (0, 128, 255)), "JPEG")
+    out = decode_image_batch(pd.DataFrame({"path": [f"{ROOT}/blue/x.jpg"], "content": [data]}),
+                             root_url=ROOT, params=params(codec=codec))
+    row = out.iloc[0]
+    assert row["reason"] is None and row["class_name"] == "blue" and row["relpath"] == "blue/x.jpg"
+    decoded = decode_field(codec, 8, 3, row["image"])
+    assert decoded.shape == (8, 8, 3)
+    assert np.all(np.abs(decoded.astype(int) - [0, 128, 255]) <= 6)
+
+
+def test_every_bad_file_gets_a_reason_and_the_batch_survives():
+    good = encode(Image.new("RGB", (30, 30), (1, 2, 3)), "JPEG")
+    cases = {
+        f"{ROOT}/a/good.jpg": (good, None),
+        f"{ROOT}/a/empty.png": (b"", "empty file"),
+        f"{ROOT}/a/text.png": (b"hello, not an image", "not a readable image"),
+        f"{ROOT}/a/trunc.jpg": (good[: len(good) // 2], "corrupt or truncated image"),
+        f"{ROOT}/a/strip.png": (encode(Image.new("L", (400, 2))), "absurd dimensions 400x2"),
+        f"{ROOT}/a/huge.png": (encode(Image.new("L", (5000, 5000))), "absurd dimensions 5000x5000"),
+        f"{ROOT}/a/long.png": (encode(Image.new("L", (500, 20))), "aspect ratio"),
+        f"{ROOT}/rootfile.png": (good, "missing label"),
+        "file:/other/a/x.png": (good, "outside the input root"),
+    }
+    batch = pd.DataFrame({"path": list(cases), "content": [c for c, _ in cases.values()]})
+    out = decode_image_batch(batch, root_url=ROOT, params=params(max_pixels=1_000_000)).set_index("path")
+    assert len(out) == len(cases)
+    for path, (_, reason) in cases.items():
+        if reason is None:
+            assert out.loc[path, "reason"] is None and out.loc[path, "image"] is not None
+        else:
+            assert reason in out.loc[path, "reason"], (path, out.loc[path, "reason"])
+            assert out.loc[path, "image"] is None
