@@ -33,7 +33,7 @@ class RejectedImage(Exception):
     """Raised inside the decode step; its message becomes the record's rejection reason."""
 
 
-def _normalise_url(url: str) -> str:
+def normalise_url(url: str) -> str:
     """Hadoop lists local files as ``file:/a/b``; users write ``file:///a/b``. Compare them in one form."""
     if url.startswith("file:"):
         return "file:/" + url[len("file:"):].lstrip("/")
@@ -42,8 +42,8 @@ def _normalise_url(url: str) -> str:
 
 def split_relpath(path: str, root_url: str) -> tuple[str | None, str | None]:
     """(relative path, class folder) of a file URL below ``root_url``; the class is None for files in the root."""
-    prefix = _normalise_url(root_url).rstrip("/") + "/"
-    path = _normalise_url(path)
+    prefix = normalise_url(root_url).rstrip("/") + "/"
+    path = normalise_url(path)
     if not path.startswith(prefix):
         return None, None
     relpath = unquote(path[len(prefix):])
@@ -128,6 +128,17 @@ def decode_images(files: DataFrame, *, root_url: str, params: DecodeParams) -> D
             yield decode_image_batch(batch, root_url=root_url, params=params)
 
     return files.select("path", "content").mapInPandas(decode_partition, schema=DECODED_SCHEMA)
+
+
+def files_not_read(listed_paths: DataFrame, decoded: DataFrame, *, root_url: str, params: DecodeParams) -> DataFrame:
+    """Files the listing holds but the scan never delivered, as rejected DECODED_SCHEMA rows.
+
+    Spark's file sources silently skip zero-byte files; ``listed_paths`` (one ``path`` column, normalised with
+    ``normalise_url``) comes from the same listing the scan used, so every file Spark saw is accounted for.
+    """
+    read_paths = decoded.select(F.regexp_replace("path", r"^file:/+", "file:/").alias("path"))
+    missing = listed_paths.join(read_paths, "path", "left_anti").withColumn("content", F.lit(b"").cast("binary"))
+    return decode_images(missing, root_url=root_url, params=params)
 
 
 def assign_labels(decoded: DataFrame, *, class_to_index: dict[str, int]) -> DataFrame:

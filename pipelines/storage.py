@@ -48,6 +48,14 @@ def read_binary_files(spark: SparkSession, root_url: str) -> DataFrame:
             .load(root_url))
 
 
+def listed_paths(spark: SparkSession, files: DataFrame) -> DataFrame:
+    """The files Spark's listing found for ``files`` (zero-byte ones included, which its scan skips), as a
+    DataFrame of normalised ``path``s."""
+    from pipelines.images import normalise_url
+
+    return spark.createDataFrame([(normalise_url(p),) for p in files.inputFiles()], "path string")
+
+
 def row_groups_for(num_rows: int, num_bytes: int, *, row_group_size_mb: int, shard_multiple: int) -> int:
     """How many files (one row group each) to write a split as.
 
@@ -62,6 +70,42 @@ def row_groups_for(num_rows: int, num_bytes: int, *, row_group_size_mb: int, sha
     return min(wanted, num_rows)
 
 
+_ROW_BITS = 33  # monotonically_increasing_id() = partition index << 33 | row index within the partition
+
+
+def balanced_repartition(df: DataFrame, num_partitions: int) -> DataFrame:
+    """Exactly ``num_partitions`` partitions whose sizes differ by at most one row.
+
+    Spark's round-robin ``repartition(n)`` starts each input partition at a random target, so many small input
+    partitions give uneven outputs (seen: 5/3/3 rows). Here every row gets a contiguous index (per-partition counts
+    plus its position), and index % n is routed to partition index % n through keys whose Murmur3 hash (what
+    ``repartition(n, col)`` uses) lands exactly there. ``df`` must be deterministic (e.g. persisted).
+    """
+    spark = df.sparkSession
+    mid = F.monotonically_increasing_id()
+    with_mid = df.withColumn("_bt_mid", mid)
+    counts = sorted((r["pid"], r["rows"]) for r in with_mid.groupBy(F.shiftright("_bt_mid", _ROW_BITS).alias("pid"))
+                    .agg(F.count(F.lit(1)).alias("rows")).collect())
+    offsets, total = [], 0
+    for pid, rows in counts:
+        offsets.extend([F.lit(pid), F.lit(total)])
+        total += rows
+    if total == 0:
+        return df.repartition(max(num_partitions, 1))
+    candidates = spark.range(0, 64 * num_partitions).select("id", F.pmod(F.hash("id"), F.lit(num_partitions)).alias("p"))
+    keys: dict[int, int] = {}
+    for row in candidates.collect():
+        keys.setdefault(row["p"], row["id"])
+    if len(keys) != num_partitions:
+        raise RuntimeError(f"no hash key found for {num_partitions - len(keys)} of {num_partitions} partitions")
+    key_of = F.create_map(*[x for p, k in sorted(keys.items()) for x in (F.lit(p), F.lit(k).cast("long"))])
+    offset = F.create_map(*offsets)[F.shiftright("_bt_mid", _ROW_BITS)]
+    index = offset + F.col("_bt_mid").bitwiseAND(F.lit((1 << _ROW_BITS) - 1))
+    return (with_mid.withColumn("_bt_key", key_of[F.pmod(index, F.lit(num_partitions))])
+            .repartition(num_partitions, "_bt_key")
+            .drop("_bt_mid", "_bt_key"))
+
+
 def write_petastorm(spark: SparkSession, df: DataFrame, *, url: str, schema, row_group_size_mb: int,
                     num_files: int) -> None:
     """Write ``df`` (already holding codec-encoded columns) as a Petastorm dataset at ``url``."""
@@ -69,8 +113,7 @@ def write_petastorm(spark: SparkSession, df: DataFrame, *, url: str, schema, row
 
     columns = [F.col(name) for name in schema.fields]
     with materialize_dataset(spark, url, schema, row_group_size_mb=row_group_size_mb):
-        (df.select(*columns)
-           .repartition(max(num_files, 1))
+        (balanced_repartition(df.select(*columns), max(num_files, 1))
            .write.mode("overwrite")
            .parquet(url))
 

@@ -52,3 +52,20 @@ def test_assign_labels_maps_classes_and_rejects_unknown_ones(spark):
 ])
 def test_row_groups_are_a_multiple_of_the_expected_ranks(rows, size_mb, ranks, expected):
     assert row_groups_for(rows, size_mb, row_group_size_mb=32, shard_multiple=ranks) == expected
+
+
+@pytest.mark.parametrize("rows, parts", [(1000, 7), (11, 3), (5, 8)])
+def test_balanced_repartition_makes_partitions_equal_to_one_row(spark, rows, parts):
+    from pyspark.sql import functions as F
+
+    from pipelines.storage import balanced_repartition
+
+    # Many small, uneven input partitions: the case where round-robin repartition() was seen to give 5/3/3.
+    df = spark.range(rows).repartition(23, (F.col("id") % 5)).persist()
+    out = balanced_repartition(df, parts)
+    sizes = [r["n"] for r in out.groupBy(F.spark_partition_id().alias("p")).agg(F.count(F.lit(1)).alias("n")).collect()]
+    assert sum(sizes) == rows and out.rdd.getNumPartitions() == parts
+    assert sorted(r["id"] for r in out.collect()) == list(range(rows))
+    if rows >= parts:
+        assert len(sizes) == parts and max(sizes) - min(sizes) <= 1
+    df.unpersist()

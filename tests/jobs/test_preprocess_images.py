@@ -1,0 +1,141 @@
+"""The preprocessing job end to end: images -> Spark -> Petastorm -> the loader, and its command line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from jobs.preprocess_images import main
+from pipelines.layout import read_metadata, to_url
+from pipelines.splits import SPLITS
+from tests.conftest import REPO, subprocess_env, tool
+from training.data import ReadOptions, evaluation_batches, image_collate, load_dataset_info, plan_shard
+
+pytestmark = pytest.mark.spark
+
+
+def source_files(root: Path) -> tuple[dict[str, str], list[str]]:
+    """(relpath -> class folder) of the usable sample files, and the relpaths of the unusable ones."""
+    good, bad = {}, []
+    for path in root.rglob("*"):
+        if path.is_file():
+            rel = path.relative_to(root).as_posix()
+            (bad.append(rel) if path.name.startswith("bad_") else good.__setitem__(rel, rel.split("/")[0]))
+    return good, bad
+
+
+def read_split(split, fields=("image", "label", "sample_id", "relpath")):
+    """Every row of a split through the training loader (a world of one), as a list of namedtuples."""
+    rows = []
+    plan = plan_shard(split.row_group_sizes, 0, 1)
+    for batch in evaluation_batches(split, plan, ReadOptions(fields), batch_size=7, collate=list):
+        rows.extend(batch)
+    return rows
+
+
+def test_every_image_arrives_once_with_its_label_and_shape(image_dataset, sample_images):
+    good, bad = source_files(sample_images)
+    info = load_dataset_info(str(image_dataset))
+    classes = sorted(set(good.values()))
+    assert info.metadata["class_to_index"] == {name: i for i, name in enumerate(classes)}
+    seen = {}
+    for name in SPLITS:
+        for row in read_split(info.splits[name]):
+            assert row.relpath not in seen, f"{row.relpath} read twice"
+            seen[row.relpath] = name
+            assert classes[row.label] == good[row.relpath]
+            assert row.image.shape == (16, 16, 3) and row.image.dtype == np.uint8
+    assert set(seen) == set(good)
+    counts = {name: sum(1 for s in seen.values() if s == name) for name in SPLITS}
+    assert counts == {name: info.metadata["splits"][name]["rows"] for name in SPLITS}
+
+
+def test_counts_add_up_and_rejects_are_kept_with_reasons(image_dataset, sample_images):
+    good, bad = source_files(sample_images)
+    meta = read_metadata(to_url(str(image_dataset)))
+    assert meta["files_read"] == len(good) + len(bad)
+    assert meta["rejected"] == len(bad)
+    assert sum(s["rows"] for s in meta["splits"].values()) == len(good)
+    rejected = pq.read_table(image_dataset / "rejected").to_pylist()
+    assert sorted(r["relpath"] for r in rejected) == sorted(bad)
+    assert all(r["reason"] for r in rejected)
+    reasons = " | ".join(r["reason"] for r in rejected)
+    for expected in ("missing label", "not a readable image", "corrupt or truncated", "absurd dimensions", "empty file"):
+        assert expected in reasons
+
+
+def test_splits_are_written_in_row_groups_for_the_expected_ranks(image_dataset):
+    info = load_dataset_info(str(image_dataset))
+    for split in info.splits.values():
+        assert len(split.row_group_sizes) == min(3, split.rows)
+        assert max(split.row_group_sizes) - min(split.row_group_sizes) <= 1
+
+
+def run_job(args, capsys):
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--channels", "2", "--channels"),
+    ("--image-size", "0", "--image-size"),
+    ("--image-size", "big", "--image-size"),
+    ("--codec", "gif", "--codec"),
+])
+def test_bad_flags_are_named(tmp_path, capsys, flag, value, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--input", str(tmp_path), "--output", str(tmp_path / "o"), flag, value])
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_bad_config_and_paths_are_named(tmp_path, capsys):
+    code, err = run_job(["--input", str(tmp_path), "--output", str(tmp_path / "o"),
+                         "--set", "preprocess_images.colour=red"], capsys)
+    assert code == 2 and "preprocess_images.colour" in err
+    code, err = run_job(["--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")], capsys)
+    assert code == 2 and "--input" in err and "missing" in err
+    code, err = run_job(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--train-fraction", "0.95"], capsys)
+    assert code == 2 and "preprocess_images.splits" in err
+
+
+def make_unseen_folder(root: Path) -> int:
+    """Grayscale and colour, PNG and JPEG, odd sizes, three classes the generator never makes."""
+    rng = np.random.default_rng(11)
+    n = 0
+    for label, (name, level) in enumerate([("dark", 30), ("mid", 128), ("light", 225)]):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            h, w = int(rng.integers(9, 70)), int(rng.integers(9, 70))
+            pixels = np.clip(rng.normal(level, 10, (h, w)), 0, 255).astype(np.uint8)
+            img = Image.fromarray(pixels, "L") if i % 2 else Image.fromarray(np.stack([pixels] * 3, -1), "RGB")
+            img.save(root / name / f"{i}.{'png' if i % 3 else 'jpg'}")
+            n += 1
+    return n
+
+
+@pytest.mark.slow
+def test_spark_submit_and_train_on_an_unseen_folder(tmp_path):
+    images, dataset, model = tmp_path / "imgs", tmp_path / "ds", tmp_path / "model"
+    n = make_unseen_folder(images)
+    env = subprocess_env()
+    done = subprocess.run([tool("spark-submit"), "--master", "local[2]", str(REPO / "jobs" / "preprocess_images.py"),
+                           "--input", str(images), "--output", str(dataset), "--channels", "1", "--image-size", "20",
+                           "--ranks", "2", "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{n} files read = {n} rows written + 0 rejected" in done.stdout
+    meta = json.loads((dataset / "metadata.json").read_text())
+    assert meta["classes"] == ["dark", "light", "mid"] and meta["image"]["shape"] == [20, 20]
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), "--data", str(dataset), "--output",
+                           str(model), "--epochs", "2", "--batch-size", "4", "--no-progress"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert metrics["test_rows"] == meta["splits"]["test"]["rows"]
+    assert set(metrics["per_class_accuracy"]) == {"dark", "light", "mid"}
