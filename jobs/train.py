@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_section("train", TrainConfig, config_file=args.config, overrides=args.overrides, flags=flags)
     dist = init_distributed(args.backend)
     setup_logging(rank=dist.rank)
-    metrics = train(config, data_url=args.data, output_dir=args.output, dist=dist)
+    metrics = train(config, data_url=args.data, output_dir=args.output, dist=dist).metrics
     if dist.rank == 0:
         print(f"train: test accuracy {metrics['test_accuracy']:.4f} on {metrics['test_rows']} rows "
               f"({metrics['world_size']} ranks); outputs in {args.output}")

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,15 @@ CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
 
 
-def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist) -> dict[str, Any]:
-    """Train on ``data_url``'s train split, validate every epoch, evaluate on test; returns (and on rank 0 writes)
-    the metrics. Rank 0 writes ``checkpoint.pt`` and ``metrics.json`` into ``output_dir``."""
+@dataclass
+class TrainResult:
+    metrics: dict[str, Any]
+    model: torch.nn.Module
+
+
+def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist) -> TrainResult:
+    """Train on ``data_url``'s train split, validate every epoch, evaluate on test; returns the metrics and the
+    trained model. Rank 0 writes ``checkpoint.pt`` and ``metrics.json`` into ``output_dir``."""
     output_dir = Path(output_dir)
     threads = set_threads(dist)
     info = load_dataset_info(data_url)
@@ -79,7 +85,7 @@ def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist) -
         write_json(output_dir / METRICS_FILE, metrics)
         log.info("test accuracy %.4f, loss %.4f on %d rows; wrote %s and %s", test["accuracy"], test["loss"],
                  test["rows"], output_dir / CHECKPOINT_FILE, output_dir / METRICS_FILE)
-    return metrics
+    return TrainResult(metrics, model)
 
 
 def _fmt(value: float | None) -> str:

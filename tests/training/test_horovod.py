@@ -1,0 +1,56 @@
+"""Real horovodrun runs with two processes talking over Gloo."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO, subprocess_env, tool
+
+pytestmark = [pytest.mark.horovod, pytest.mark.spark]
+
+
+def horovodrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [tool("horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, *args]
+    done = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"horovodrun failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+def test_two_ranks_read_disjoint_shards_and_keep_identical_weights(image_dataset, tmp_path):
+    horovodrun([str(REPO / "tests" / "training" / "horovod_worker.py"), str(image_dataset), str(tmp_path)], tmp_path)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["size"] for r in ranks] == [2, 2] and sorted(r["rank"] for r in ranks) == [0, 1]
+    train_ids = pq.read_table(image_dataset / "train", columns=["sample_id"]).column("sample_id").to_pylist()
+    shards = [set(r["shard"]) for r in ranks]
+    assert shards[0] and shards[1] and not shards[0] & shards[1]
+    assert shards[0] | shards[1] == set(train_ids) and sum(len(r["shard"]) for r in ranks) == len(train_ids)
+    assert len(shards[0]) != len(shards[1])  # 3 row groups over 2 ranks: uneven shards, still equal steps
+    assert ranks[0]["steps"] == ranks[1]["steps"]
+    assert [r["first_pass"] for r in ranks] == [len(r["shard"]) for r in ranks]
+    weights = [np.load(tmp_path / f"weights_rank{r}.npy") for r in range(2)]
+    assert np.array_equal(weights[0], weights[1])
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
+
+
+def test_train_job_under_horovodrun_logs_once_and_writes_outputs(image_dataset, tmp_path):
+    done = horovodrun([str(REPO / "jobs" / "train.py"), "--data", str(image_dataset), "--output", str(tmp_path / "m"),
+                       "--epochs", "2", "--batch-size", "8", "--no-progress"], tmp_path)
+    assert done.stdout.count("train: test accuracy") == 1
+    everything = done.stdout + done.stderr
+    assert "INFO bigtrain.train: epoch 2/2" in everything  # rank 0 logs ...
+    assert "INFO" not in _rank1_lines(done)                # ... rank 1 does not
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and len(metrics["history"]) == 2
+    assert (tmp_path / "m" / "checkpoint.pt").is_file()
+
+
+def _rank1_lines(done: subprocess.CompletedProcess) -> str:
+    return "\n".join(line for line in (done.stdout + done.stderr).splitlines() if line.startswith("[1]"))

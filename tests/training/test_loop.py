@@ -1,0 +1,47 @@
+"""The training loop in one process (a world of one): it learns, evaluates every test row, and saves safely."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from jobs.config import load_section
+from training.config import TrainConfig
+from training.distributed import SingleProcess
+from training.loop import train
+
+pytestmark = pytest.mark.spark
+
+
+def test_training_learns_and_writes_metrics_and_a_safe_checkpoint(image_dataset, tmp_path):
+    config = load_section("train", TrainConfig, overrides=["train.epochs=6", "train.batch_size=16", "train.lr=0.05",
+                                                          "train.progress_bar=never"])
+    metrics = train(config, data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess()).metrics
+    meta = json.loads((image_dataset / "metadata.json").read_text())
+    history = metrics["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert all(h["train_rows"] == meta["splits"]["train"]["rows"] for h in history)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["test_rows"] == meta["splits"]["test"]["rows"]
+    assert set(written["per_class_accuracy"]) == set(meta["classes"])
+    assert 0.0 <= written["test_accuracy"] <= 1.0 and written["test_loss"] > 0
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert checkpoint["classes"] == meta["classes"] and checkpoint["config"]["epochs"] == 6
+    assert checkpoint["model_state"]["classifier.4.weight"].shape[0] == len(meta["classes"])
+
+
+def test_an_empty_train_split_is_refused(image_dataset, tmp_path):
+    import shutil
+
+    from pipelines.layout import DatasetError
+
+    copy = tmp_path / "ds"
+    shutil.copytree(image_dataset, copy)
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["splits"]["train"]["rows"] = 0
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    shutil.rmtree(copy / "train")
+    config = load_section("train", TrainConfig, overrides=["train.epochs=1"])
+    with pytest.raises(DatasetError, match="train is empty"):
+        train(config, data_url=str(copy), output_dir=tmp_path / "out", dist=SingleProcess())
