@@ -61,9 +61,15 @@ def positive_float(flag: str) -> Callable[[str], float]:
 
 
 def run_main(body: Callable[[], int]) -> int:
-    """Run a job body; configuration and usage errors end in one clear line and exit code 2."""
+    """Run a job body. Configuration and usage errors end in one clear line and exit code 2; a dataset that is
+    missing, incomplete or read short ends in one clear line and exit code 1. Anything else keeps its traceback."""
+    from pipelines.layout import DatasetError
+
     try:
         return body()
     except (ConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

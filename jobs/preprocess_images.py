@@ -66,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=positive_int("--image-size"), metavar="N", help="resize to N x N")
     parser.add_argument("--channels", type=int, choices=(1, 3), help="1 = grayscale, 3 = RGB")
     parser.add_argument("--codec", choices=("png", "jpeg", "raw"), help="storage of the image column")
-    parser.add_argument("--train-fraction", type=float, metavar="F")
-    parser.add_argument("--validation-fraction", type=float, metavar="F")
-    parser.add_argument("--test-fraction", type=float, metavar="F")
+    parser.add_argument("--train-fraction", type=float, metavar="F", help="share of files in train (default 0.8)")
+    parser.add_argument("--validation-fraction", type=float, metavar="F", help="share in validation (default 0.1)")
+    parser.add_argument("--test-fraction", type=float, metavar="F",
+                        help="share in test (default 0.1); the three must add up to 1")
     parser.add_argument("--row-group-size-mb", type=positive_int("--row-group-size-mb"), metavar="MB", help="Parquet row-group size")
     parser.add_argument("--ranks", type=positive_int("--ranks"), metavar="N",
                         help="training processes expected: each split is written as a multiple of N row groups")

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 petastorm_fixes.install()  # Petastorm 0.13.1's thread pool can end a read early; see training/petastorm_fixes.py
 
 
-class DataCoverageError(RuntimeError):
+class DataCoverageError(layout.DatasetError):
     """The rows a rank or an epoch delivered differ from what the dataset holds."""
 
 

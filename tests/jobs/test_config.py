@@ -93,3 +93,11 @@ def test_validation_errors_name_the_key():
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_section("train", TrainConfig, config_file=str(tmp_path / "nope.yaml"))
+
+
+def test_train_job_names_a_missing_dataset(tmp_path, capsys):
+    from jobs.train import main
+
+    assert main(["--data", str(tmp_path / "nothing"), "--output", str(tmp_path / "o"), "--backend", "single"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nothing/metadata.json not found" in err
