@@ -56,7 +56,7 @@ def to_array(content: bytes, params: DecodeParams) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     if not content:
-        raise RejectedImage("empty file")
+        raise RejectedImage("empty file: zero bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -77,11 +77,11 @@ def to_array(content: bytes, params: DecodeParams) -> np.ndarray:
 
 def _check_dimensions(width: int, height: int, params: DecodeParams) -> None:
     if width * height > params.max_pixels:
-        raise RejectedImage(f"absurd dimensions {width}x{height}: more than {params.max_pixels} pixels")
+        raise RejectedImage(f"absurd dimensions: {width}x{height} is more than {params.max_pixels} pixels")
     if min(width, height) < params.min_side:
-        raise RejectedImage(f"absurd dimensions {width}x{height}: a side is below {params.min_side} pixels")
+        raise RejectedImage(f"absurd dimensions: {width}x{height} has a side below {params.min_side} pixels")
     if max(width, height) / min(width, height) > params.max_aspect_ratio:
-        raise RejectedImage(f"absurd dimensions {width}x{height}: aspect ratio above {params.max_aspect_ratio}")
+        raise RejectedImage(f"absurd dimensions: {width}x{height} has an aspect ratio above {params.max_aspect_ratio}")
 
 
 def _to_mode(img, mode: str):
@@ -106,7 +106,7 @@ def decode_image_batch(batch: pd.DataFrame, *, root_url: str, params: DecodePara
         relpath, class_name = split_relpath(path, root_url)
         image, reason = None, None
         if relpath is None:
-            reason = f"outside the input root ({root_url})"
+            reason = f"outside the input root: {root_url}"
         elif class_name is None:
             reason = "missing label: file is directly in the input root, not in a class folder"
         else:
@@ -130,14 +130,15 @@ def decode_images(files: DataFrame, *, root_url: str, params: DecodeParams) -> D
     return files.select("path", "content").mapInPandas(decode_partition, schema=DECODED_SCHEMA)
 
 
-def files_not_read(listed_paths: DataFrame, decoded: DataFrame, *, root_url: str, params: DecodeParams) -> DataFrame:
-    """Files the listing holds but the scan never delivered, as rejected DECODED_SCHEMA rows.
+def files_not_read(listed_paths: DataFrame, files: DataFrame, *, root_url: str, params: DecodeParams) -> DataFrame:
+    """Files the listing holds but the ``binaryFile`` scan ``files`` never delivers, as rejected DECODED_SCHEMA rows.
 
     Spark's file sources silently skip zero-byte files; ``listed_paths`` (one ``path`` column, normalised with
-    ``normalise_url``) comes from the same listing the scan used, so every file Spark saw is accounted for.
+    ``normalise_url``) comes from the listing the scan used, so every file Spark saw is accounted for. Only the
+    scan's ``path`` column is used, so no file content is read for this.
     """
-    read_paths = decoded.select(F.regexp_replace("path", r"^file:/+", "file:/").alias("path"))
-    missing = listed_paths.join(read_paths, "path", "left_anti").withColumn("content", F.lit(b"").cast("binary"))
+    scanned = files.select(F.regexp_replace("path", r"^file:/+", "file:/").alias("path"))
+    missing = listed_paths.join(scanned, "path", "left_anti").withColumn("content", F.lit(b"").cast("binary"))
     return decode_images(missing, root_url=root_url, params=params)
 
 

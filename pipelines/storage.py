@@ -137,53 +137,49 @@ def write_splits(spark: SparkSession, records: DataFrame, *, output_url: str, sc
                  size_column: str) -> dict[str, Any]:
     """Write accepted records (``reason`` null) as one Petastorm dataset per split and the rest to ``rejected/``.
 
-    ``records`` holds every input record once, with ``split``, ``label``, ``reason`` and the ``schema`` columns.
-    ``size_column`` (the row's main payload) sizes the row groups. It is computed once (persisted), counted with one aggregation, written, and the written row counts are read
-    back from the Parquet footers: the summary's numbers are what is on disk, and a mismatch is an error.
+    ``records`` holds every input record once, with ``split``, ``label``, ``reason`` and the ``schema`` columns;
+    it is read once for the counts and once per output, so it should derive cheaply from persisted data.
+    ``size_column`` (the row's main payload) sizes the row groups. Row counts are read back from the Parquet
+    footers: the summary's numbers are what is on disk, and a mismatch is an error.
     """
-    from pyspark import StorageLevel
-
     from pipelines.splits import SPLITS
 
-    records = records.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        category = F.substring_index(F.col("reason"), ":", 1)
-        stats = (records.groupBy("split", "label", category.alias("category"))
-                 .agg(F.count(F.lit(1)).alias("rows"),
-                      F.sum(F.length(F.col(size_column))).alias("bytes"))
-                 .collect())
-        accepted = [r for r in stats if r["category"] is None]
-        rejected = [r for r in stats if r["category"] is not None]
-        splits = {}
-        for split in SPLITS:
-            rows = sum(r["rows"] for r in accepted if r["split"] == split)
-            size = sum(r["bytes"] or 0 for r in accepted if r["split"] == split)
-            per_class = {name: 0 for name in label_names}
-            for r in accepted:
-                if r["split"] == split:
-                    per_class[label_names[r["label"]]] += r["rows"]
-            url = layout.join(output_url, split)
-            num_files = row_groups_for(rows, size, row_group_size_mb=row_group_size_mb, shard_multiple=ranks)
-            log.info("writing split %s: %d rows, %.1f MB, %d row groups -> %s", split, rows, size / 2**20, num_files, url)
-            write_petastorm(spark, records.where(F.col("reason").isNull() & (F.col("split") == split)),
-                            url=url, schema=schema, row_group_size_mb=row_group_size_mb, num_files=num_files)
-            sizes = layout.row_group_sizes(url)
-            if sum(sizes) != rows:
-                raise layout.DatasetError(f"split {url}: {sum(sizes)} rows on disk, {rows} expected")
-            splits[split] = {"rows": rows, "row_groups": len(sizes), "per_class": per_class, "url": url}
-        rejected_url = layout.join(output_url, layout.REJECTED_DIR)
-        write_rejected(records.where(F.col("reason").isNotNull()).select(*rejected_columns), url=rejected_url)
-        by_reason: dict[str, int] = {}
-        for r in rejected:
-            by_reason[r["category"]] = by_reason.get(r["category"], 0) + r["rows"]
-        files_read = sum(r["rows"] for r in stats)
-        rows_written = sum(s["rows"] for s in splits.values())
-        rejected_total = sum(by_reason.values())
-        if files_read != rows_written + rejected_total:
-            raise layout.DatasetError(f"{output_url}: {files_read} read != {rows_written} written + {rejected_total} rejected")
-        return {"files_read": files_read, "rows_written": rows_written, "rejected": rejected_total,
-                "rejected_by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
-                "rejected_url": rejected_url, "splits": splits, "output": output_url}
-    finally:
-        records.unpersist()
+    stats = (records.groupBy("split", "label", F.substring_index("reason", ":", 1).alias("category"))
+             .agg(F.count(F.lit(1)).alias("rows"), F.sum(F.length(size_column)).alias("bytes"))
+             .collect())
+    accepted = [r for r in stats if r["category"] is None]
+    splits = {}
+    for split in SPLITS:
+        mine = [r for r in accepted if r["split"] == split]
+        rows, size = sum(r["rows"] for r in mine), sum(r["bytes"] or 0 for r in mine)
+        url = layout.join(output_url, split)
+        num_files = row_groups_for(rows, size, row_group_size_mb=row_group_size_mb, shard_multiple=ranks)
+        log.info("writing split %s: %d rows, %.1f MB, %d row groups -> %s", split, rows, size / 2**20, num_files, url)
+        write_petastorm(spark, records.where(F.col("reason").isNull() & (F.col("split") == split)),
+                        url=url, schema=schema, row_group_size_mb=row_group_size_mb, num_files=num_files)
+        on_disk = layout.row_group_sizes(url)
+        if sum(on_disk) != rows:
+            raise layout.DatasetError(f"split {url}: {sum(on_disk)} rows on disk, {rows} expected")
+        per_class = {name: 0 for name in label_names}
+        for r in mine:
+            per_class[label_names[r["label"]]] += r["rows"]
+        splits[split] = {"rows": rows, "row_groups": len(on_disk), "per_class": per_class, "url": url}
+    rejected_url = layout.join(output_url, layout.REJECTED_DIR)
+    write_rejected(records.where(F.col("reason").isNotNull()).select(*rejected_columns), url=rejected_url)
+    return summarise(stats, splits, output_url=output_url, rejected_url=rejected_url)
 
+
+def summarise(stats: list, splits: dict[str, dict], *, output_url: str, rejected_url: str) -> dict[str, Any]:
+    """The job summary; records read must equal rows written plus records rejected, or the job fails."""
+    by_reason: dict[str, int] = {}
+    for r in stats:
+        if r["category"] is not None:
+            by_reason[r["category"]] = by_reason.get(r["category"], 0) + r["rows"]
+    files_read = sum(r["rows"] for r in stats)
+    rows_written = sum(s["rows"] for s in splits.values())
+    rejected = sum(by_reason.values())
+    if files_read != rows_written + rejected:
+        raise layout.DatasetError(f"{output_url}: {files_read} read != {rows_written} written + {rejected} rejected")
+    return {"files_read": files_read, "rows_written": rows_written, "rejected": rejected,
+            "rejected_by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
+            "rejected_url": rejected_url, "splits": splits, "output": output_url}
