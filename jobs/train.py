@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(rank=dist.rank)
     metrics = train(config, data_url=args.data, output_dir=args.output, dist=dist).metrics
     if dist.rank == 0:
-        print(f"train: test accuracy {metrics['test_accuracy']:.4f} on {metrics['test_rows']} rows "
+        accuracy = "n/a" if metrics["test_accuracy"] is None else f"{metrics['test_accuracy']:.4f}"
+        print(f"train: test accuracy {accuracy} on {metrics['test_rows']} rows "
               f"({metrics['world_size']} ranks); outputs in {args.output}")
     return 0
 

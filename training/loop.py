@@ -73,6 +73,8 @@ def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist) -
                      record["train_loss"], record["train_accuracy"], _fmt(record.get("val_loss")),
                      _fmt(record.get("val_accuracy")), record["seconds"])
     test = evaluate(model, info.splits["test"], options, config.batch_size, dist, len(info.classes), check_ids=True)
+    if test["rows"] == 0 and dist.rank == 0:
+        log.warning("the test split of %s is empty: test metrics are null", info.url)
     metrics = {
         "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_rows": test["rows"],
         "per_class_accuracy": dict(zip(info.classes, test["per_class_accuracy"])),
@@ -83,7 +85,7 @@ def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist) -
     if dist.rank == 0:
         save_checkpoint(output_dir / CHECKPOINT_FILE, model, config, info)
         write_json(output_dir / METRICS_FILE, metrics)
-        log.info("test accuracy %.4f, loss %.4f on %d rows; wrote %s and %s", test["accuracy"], test["loss"],
+        log.info("test accuracy %s, loss %s on %d rows; wrote %s and %s", _fmt(test["accuracy"]), _fmt(test["loss"]),
                  test["rows"], output_dir / CHECKPOINT_FILE, output_dir / METRICS_FILE)
     return TrainResult(metrics, model)
 
@@ -152,7 +154,10 @@ def evaluate(model, split: SplitInfo, options: ReadOptions, batch_size: int, dis
         unique = int(torch.unique(dist.allgather(local, name=f"ids_{split.name}")).numel())
         if unique != split.rows:
             raise DataCoverageError(f"evaluation of {split.url} saw {unique} distinct rows of {split.rows}")
-    return {"loss": float(loss_sum / max(rows, 1)), "accuracy": float(correct.sum() / max(rows, 1)), "rows": rows,
+    if rows == 0:
+        return {"loss": None, "accuracy": None, "rows": 0, "per_class_accuracy": [None] * num_classes,
+                "per_class_rows": [0] * num_classes}
+    return {"loss": float(loss_sum / rows), "accuracy": float(correct.sum() / rows), "rows": rows,
             "per_class_accuracy": [float(c / t) if t else None for c, t in zip(correct, total)],
             "per_class_rows": [int(t) for t in total]}
 

@@ -45,3 +45,17 @@ def test_an_empty_train_split_is_refused(image_dataset, tmp_path):
     config = load_section("train", TrainConfig, overrides=["train.epochs=1"])
     with pytest.raises(DatasetError, match="train is empty"):
         train(config, data_url=str(copy), output_dir=tmp_path / "out", dist=SingleProcess())
+
+
+def test_an_empty_test_split_gives_null_test_metrics_not_zero(image_dataset, tmp_path):
+    import shutil
+
+    copy = tmp_path / "ds"
+    shutil.copytree(image_dataset, copy)
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["splits"]["test"]["rows"] = 0
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    shutil.rmtree(copy / "test")
+    config = load_section("train", TrainConfig, overrides=["train.epochs=1", "train.progress_bar=never"])
+    metrics = train(config, data_url=str(copy), output_dir=tmp_path / "out", dist=SingleProcess()).metrics
+    assert metrics["test_rows"] == 0 and metrics["test_accuracy"] is None and metrics["test_loss"] is None
