@@ -5,9 +5,12 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "generate-images": ("jobs.generate_sample", "write the sample image-folder dataset"),
-    "preprocess-images": ("jobs.preprocess_images", "Spark: image folders -> Petastorm train/validation/test"),
-    "train": ("jobs.train", "train and evaluate a model on a dataset (run under horovodrun for many processes)"),
+    "generate-images": ("jobs.generate_sample:main_images", "write the sample image-folder dataset"),
+    "generate-texts": ("jobs.generate_sample:main_texts", "write the sample text dataset (JSON Lines)"),
+    "preprocess-images": ("jobs.preprocess_images:main", "Spark: image folders -> Petastorm train/validation/test"),
+    "preprocess-sequences": ("jobs.preprocess_sequences:main",
+                             "Spark: JSON Lines/CSV/Parquet text or token ids -> Petastorm train/validation/test"),
+    "train": ("jobs.train:main", "train and evaluate a model on a dataset (run under horovodrun for many processes)"),
 }
 
 USAGE = "usage: bigtrain SUBCOMMAND [--help] [ARGS...]\n\nsubcommands:\n" + "\n".join(
@@ -23,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"error: unknown subcommand {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    return module.main(rest)
+    module_name, function = SUBCOMMANDS[name][0].split(":")
+    return getattr(importlib.import_module(module_name), function)(rest)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from typing import Callable
@@ -73,3 +74,26 @@ def run_main(body: Callable[[], int]) -> int:
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def format_summary(summary: dict, *, job: str, unit: str) -> str:
+    """The closing summary of a preprocessing job: read = written + rejected, per split and class, rejects by reason."""
+    lines = [f"{job}: {summary['records_read']} {unit} read = {summary['rows_written']} rows written "
+             f"+ {summary['rejected']} rejected ({summary['seconds']}s)",
+             f"  output: {summary['output']}"]
+    for split, info in summary["splits"].items():
+        per_class = ", ".join(f"{name}={n}" for name, n in info["per_class"].items())
+        lines.append(f"  {split:<10} {info['rows']:>8} rows in {info['row_groups']} row groups  [{per_class}]")
+    if summary["rejected"]:
+        reasons = ", ".join(f"{reason} ({n})" for reason, n in summary["rejected_by_reason"].items())
+        lines.append(f"  rejected   {summary['rejected']:>8} {unit} -> {summary['rejected_url']}: {reasons}")
+    return "\n".join(lines)
+
+
+def resolve_master(flag: str | None, config_master: str) -> str | None:
+    """Explicit --master wins; else spark-submit's own --master (None: leave it); else the config default."""
+    if flag:
+        return flag
+    if "PYSPARK_GATEWAY_PORT" in os.environ:  # launched by spark-submit, which already chose the master
+        return None
+    return config_master

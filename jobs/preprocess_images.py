@@ -19,7 +19,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from jobs.common import UsageError, add_config_flags, positive_int, run_main, setup_logging
+from jobs.common import (UsageError, add_config_flags, format_summary, positive_int, resolve_master, run_main,
+                         setup_logging)
 from jobs.config import load_section, require
 
 log = logging.getLogger("bigtrain.preprocess_images")
@@ -92,15 +93,6 @@ def load_config(args: argparse.Namespace) -> PreprocessImagesConfig:
                         overrides=overrides, flags=flags)
 
 
-def resolve_master(flag: str | None, config_master: str) -> str | None:
-    """Explicit --master wins; else spark-submit's own --master (None: leave it); else the config default."""
-    if flag:
-        return flag
-    if "PYSPARK_GATEWAY_PORT" in os.environ:  # launched by spark-submit, which already chose the master
-        return None
-    return config_master
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet)
@@ -124,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         summary["seconds"] = round(time.monotonic() - start, 1)
     finally:
         spark.stop()
-    print(format_summary(summary), file=sys.stdout)
+    print(format_summary(summary, job="preprocess-images", unit="files"), file=sys.stdout)
     return 0
 
 
@@ -133,7 +125,7 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from pipelines import images, layout, splits, storage
+    from pipelines import images, labels, layout, splits, storage
     from pipelines.schemas import image_shape, image_unischema
 
     params = images.DecodeParams(image_size=config.image_size, channels=config.channels, codec=config.codec,
@@ -147,9 +139,9 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
     try:
         names = [r["class_name"] for r in decoded.select("class_name").where(F.col("class_name").isNotNull())
                  .distinct().collect()]
-        class_to_index = images.class_map(names)
+        class_to_index = labels.class_map(names)
         log.info("%d classes: %s", len(class_to_index), ", ".join(class_to_index))
-        records = splits.with_sample_id(splits.assign_split(images.assign_labels(decoded, class_to_index=class_to_index),
+        records = splits.with_sample_id(splits.assign_split(labels.assign_labels(decoded, class_to_index=class_to_index),
                                                             fractions=config.splits))
         summary = storage.write_splits(
             spark, records, output_url=output_url,
@@ -164,23 +156,10 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
         "image": {"size": config.image_size, "channels": config.channels, "codec": config.codec,
                   "shape": list(image_shape(config.image_size, config.channels))},
         "splits": {name: {k: v for k, v in info.items() if k != "url"} for name, info in summary["splits"].items()},
-        "files_read": summary["files_read"], "rejected": summary["rejected"],
+        "records_read": summary["records_read"], "rejected": summary["rejected"],
         "rejected_by_reason": summary["rejected_by_reason"], "config": asdict(config),
     })
     return summary
-
-
-def format_summary(summary: dict) -> str:
-    lines = [f"preprocess-images: {summary['files_read']} files read = {summary['rows_written']} rows written "
-             f"+ {summary['rejected']} rejected ({summary['seconds']}s)",
-             f"  output: {summary['output']}"]
-    for split, info in summary["splits"].items():
-        per_class = ", ".join(f"{name}={n}" for name, n in info["per_class"].items())
-        lines.append(f"  {split:<10} {info['rows']:>8} rows in {info['row_groups']} row groups  [{per_class}]")
-    if summary["rejected"]:
-        reasons = ", ".join(f"{reason} ({n})" for reason, n in summary["rejected_by_reason"].items())
-        lines.append(f"  rejected   {summary['rejected']:>8} files -> {summary['rejected_url']}: {reasons}")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

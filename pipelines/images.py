@@ -140,21 +140,3 @@ def files_not_read(listed_paths: DataFrame, files: DataFrame, *, root_url: str, 
     scanned = files.select(F.regexp_replace("path", r"^file:/+", "file:/").alias("path"))
     missing = listed_paths.join(scanned, "path", "left_anti").withColumn("content", F.lit(b"").cast("binary"))
     return decode_images(missing, root_url=root_url, params=params)
-
-
-def assign_labels(decoded: DataFrame, *, class_to_index: dict[str, int]) -> DataFrame:
-    """Add the integer ``label`` from the class map; a class missing from the map rejects the row, never drops it."""
-    mapping = F.create_map(*[x for name, idx in sorted(class_to_index.items()) for x in (F.lit(name), F.lit(idx))])
-    label = mapping[F.col("class_name")] if class_to_index else F.lit(None).cast("int")
-    return (decoded
-            .withColumn("label", label.cast("int"))
-            .withColumn("reason", F.when(F.col("reason").isNull() & F.col("label").isNull(),
-                                         F.concat(F.lit("missing label: class folder "),
-                                                  F.coalesce(F.col("class_name"), F.lit("?")),
-                                                  F.lit(" is not in the class map")))
-                        .otherwise(F.col("reason"))))
-
-
-def class_map(class_names: list[str]) -> dict[str, int]:
-    """Class folder names -> contiguous indices in sorted order, so the same folders always give the same map."""
-    return {name: idx for idx, name in enumerate(sorted(set(class_names)))}

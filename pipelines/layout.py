@@ -5,6 +5,7 @@
     <dataset>/validation/
     <dataset>/test/
     <dataset>/rejected/         Parquet: every input record that was not used, with its path and reason
+    <dataset>/vocab.json        sequence datasets: the tokens in id order (0 padding, 1 unknown)
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 METADATA_FILE = "metadata.json"
+VOCAB_FILE = "vocab.json"
 REJECTED_DIR = "rejected"
 FORMAT_VERSION = 1
 
@@ -40,12 +42,27 @@ def _fs(url: str):
     return fs, path
 
 
-def write_metadata(dataset_url: str, metadata: dict[str, Any]) -> None:
-    fs, path = _fs(join(dataset_url, METADATA_FILE))
+def write_json(dataset_url: str, name: str, data: Any) -> None:
+    """Write ``<dataset>/<name>`` through a temporary file, so a reader never sees half of it."""
+    fs, path = _fs(join(dataset_url, name))
     tmp = path + ".tmp"
     with fs.open(tmp, "w") as fh:
-        json.dump(metadata, fh, indent=2, sort_keys=True)
+        json.dump(data, fh, indent=2, sort_keys=True, ensure_ascii=False)
     fs.mv(tmp, path)
+
+
+def write_metadata(dataset_url: str, metadata: dict[str, Any]) -> None:
+    """metadata.json is written last: its presence says the dataset is complete."""
+    write_json(dataset_url, METADATA_FILE, metadata)
+
+
+def read_vocabulary(dataset_url: str) -> list[str]:
+    url = join(dataset_url, VOCAB_FILE)
+    fs, path = _fs(url)
+    if not fs.exists(path):
+        raise DatasetError(f"{url} not found: a sequence dataset keeps its vocabulary there")
+    with fs.open(path, "r") as fh:
+        return json.load(fh)
 
 
 def read_metadata(dataset_url: str) -> dict[str, Any]:

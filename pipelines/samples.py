@@ -124,3 +124,82 @@ def write_bad_files(root: Path, classes: tuple[str, ...], count: int, rng: np.ra
         name, data = payloads[i % len(payloads)]
         folder = root if i == len(payloads) else root / classes[i % len(classes)]
         (folder / f"bad_{i:03d}_{name}").write_bytes(data)
+
+
+# ----- text -----------------------------------------------------------------------------------------------------
+POSITIVE = ("good", "great", "excellent", "wonderful", "fun", "brilliant", "enjoyable", "superb", "charming")
+NEGATIVE = ("bad", "terrible", "awful", "boring", "poor", "dull", "horrible", "weak", "clumsy")
+SUBJECTS = ("the movie", "the film", "the plot", "the acting", "the soundtrack", "the ending", "the story",
+            "the cast", "the pacing", "the script", "the café scene", "the déjà vu twist")
+VERBS = ("was", "is", "felt", "seemed")
+INTENSIFIERS = ("", "", "very", "really", "quite", "so")
+NEGATORS = ("not", "never", "not at all")
+FILLERS = ("honestly", "i", "think", "overall", "in", "my", "view", "to", "be", "fair", "this", "time", "again",
+           "yesterday", "we", "watched", "it", "with", "friends", "at", "home", "on", "a", "rainy", "sunday", "evening",
+           "so", "well", "and", "then", "after", "dinner", "naïve", "me", "expected", "more", "or", "less", "🙂")
+
+
+def render_review(rng: np.random.Generator) -> tuple[str, str]:
+    """One review and its label. The adjective's polarity is flipped by a negator directly before it (or before
+    its intensifier); half the reviews also carry a negator elsewhere that flips nothing. Bag-of-words features
+    cannot tell the two apart (about 75% at best); a model that reads word order can."""
+    positive = rng.random() < 0.5
+    adjective = str(rng.choice(POSITIVE if positive else NEGATIVE))
+    negated = rng.random() < 0.5
+    words = [str(w) for w in rng.choice(FILLERS, size=int(rng.integers(0, 10)))]
+    if rng.random() < 0.5:  # a negator that does not negate the adjective
+        words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(NEGATORS)))
+    words += [str(rng.choice(SUBJECTS)), str(rng.choice(VERBS))]
+    if negated:
+        words.append(str(rng.choice(NEGATORS)))
+    words += [w for w in [str(rng.choice(INTENSIFIERS)), adjective] if w]
+    words += [str(w) for w in rng.choice(FILLERS, size=int(rng.integers(0, 8)))]
+    text = " ".join(words)
+    if rng.random() < 0.3:
+        text = text[0].upper() + text[1:] + rng.choice([".", "!", " ..."])
+    return text, "positive" if positive != negated else "negative"
+
+
+BAD_LINES = (
+    b'{"text": "the plot was good", "label": "positive"',        # broken JSON
+    b'{"text": "the film was \xff\xfe bad", "label": "negative"}',  # invalid UTF-8
+    b'{"label": "positive"}',                                       # missing text field
+    b'{"text": "the story was not dull"}',                          # missing label
+    b'{"text": "   ", "label": "negative"}',                        # empty text
+    b'{"text": "the cast was weak", "label": null}',                # null label
+    b'{"text": 42, "label": "positive"}',                           # text of the wrong type
+    b'["the ending was great", "positive"]',                        # not an object
+    b'',                                                            # empty line
+)
+
+
+def generate_texts(output: str | Path, *, records: int, files: int = 1, bad_lines: int = 0, seed: int = 0,
+                   fmt: str = "jsonl") -> dict[str, int]:
+    """Write ``records`` reviews (plus ``bad_lines`` unusable lines) over ``files`` files; returns label counts."""
+    import csv
+    import json
+
+    rng = np.random.default_rng(seed)
+    root = Path(output)
+    root.mkdir(parents=True, exist_ok=True)
+    lines: list[bytes] = []
+    counts: dict[str, int] = {}
+    for _ in range(records):
+        text, label = render_review(rng)
+        counts[label] = counts.get(label, 0) + 1
+        if fmt == "jsonl":
+            lines.append(json.dumps({"text": text, "label": label}, ensure_ascii=False).encode("utf-8"))
+        else:
+            out = io.StringIO()
+            csv.writer(out).writerow([text, label])
+            lines.append(out.getvalue().rstrip("\r\n").encode("utf-8"))
+    for i in range(bad_lines if fmt == "jsonl" else 0):
+        lines.insert(int(rng.integers(0, len(lines) + 1)), BAD_LINES[i % len(BAD_LINES)])
+    per_file = math.ceil(len(lines) / files)
+    for f in range(files):
+        chunk = lines[f * per_file:(f + 1) * per_file]
+        header = [b"text,label"] if fmt == "csv" else []
+        (root / f"part-{f:05d}.{fmt}").write_bytes(b"\n".join(header + chunk) + b"\n")
+    log.info("wrote %d reviews (%s) + %d unusable lines in %d %s files to %s", records,
+             ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), bad_lines, files, fmt, root)
+    return counts

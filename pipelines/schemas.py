@@ -47,3 +47,27 @@ def image_unischema(image_size: int, channels: int, codec: str):
         UnischemaField("label", np.int32, (), ScalarCodec(T.IntegerType()), False),
         UnischemaField("image", np.uint8, image_shape(image_size, channels), image_codec, False),
     ])
+
+
+# Rejected records of the sequence path: where the record came from, why, and what it said.
+REJECTED_SEQUENCE_COLUMNS = ["source", "reason", "raw_text"]
+
+
+def sequence_unischema():
+    """The Petastorm schema of one split of a sequence dataset.
+
+    ``tokens`` holds the token ids without padding, as little-endian bytes of the dtype named in metadata.json
+    (uint16 for vocabularies up to 65,536, else int32): Petastorm's columnar reader refuses ragged list columns
+    ("Length of all values in column ... are expected to be the same length"), while bytes read fast in both of
+    its modes. ``length`` is the true (truncated) length.
+    """
+    from petastorm.codecs import ScalarCodec
+    from petastorm.unischema import Unischema, UnischemaField
+
+    return Unischema("SequenceRow", [
+        UnischemaField("sample_id", np.int64, (), ScalarCodec(T.LongType()), False),
+        UnischemaField("source", np.str_, (), ScalarCodec(T.StringType()), False),
+        UnischemaField("label", np.int32, (), ScalarCodec(T.IntegerType()), False),
+        UnischemaField("length", np.int32, (), ScalarCodec(T.IntegerType()), False),
+        UnischemaField("tokens", np.bytes_, (), ScalarCodec(T.BinaryType()), False),
+    ])

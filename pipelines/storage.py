@@ -48,6 +48,53 @@ def read_binary_files(spark: SparkSession, root_url: str) -> DataFrame:
             .load(root_url))
 
 
+TEXT_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+def detect_format(input_url: str) -> str:
+    """jsonl, csv or parquet, from the extension of the input file or of the files in the input folder."""
+    import fsspec
+
+    def kind(name: str) -> str | None:
+        name = name[:-3] if name.endswith(".gz") else name
+        return next((fmt for ext, fmt in TEXT_FORMATS.items() if name.endswith(ext)), None)
+
+    fs, path = fsspec.core.url_to_fs(input_url)
+    if not fs.exists(path):
+        raise FileNotFoundError(input_url)
+    if not fs.isdir(path):
+        names = [path]
+    else:
+        names = [p for p in fs.find(path) if not os.path.basename(p).startswith((".", "_"))][:10_000]
+    kinds = {kind(n) for n in names}
+    known = kinds - {None}
+    if len(known) != 1:
+        found = sorted({os.path.splitext(n)[1] or "(none)" for n in names})[:10]
+        raise ValueError(f"cannot tell the format of {input_url} (extensions found: {', '.join(found) or 'no files'}); "
+                         "pass --format jsonl|csv|parquet")
+    return known.pop()
+
+
+def read_text_lines(spark: SparkSession, input_url: str) -> DataFrame:
+    """Every line of every file below ``input_url`` as raw bytes (no decoding: invalid UTF-8 stays visible), with
+    the file and the block of the file it came from (for line numbers)."""
+    lines = spark.read.option("recursiveFileLookup", "true").text(input_url)
+    return lines.select(F.col("_metadata.file_path").alias("file_path"),
+                        F.col("_metadata.file_block_start").alias("block_start"),
+                        F.col("value").cast("binary").alias("raw"))
+
+
+def read_parquet_records(spark: SparkSession, input_url: str, columns: list[str]) -> DataFrame:
+    """Rows of Parquet files as JSON objects of ``columns`` (raw bytes), so they parse like JSON Lines."""
+    rows = spark.read.option("recursiveFileLookup", "true").parquet(input_url)
+    missing = [c for c in columns if c not in rows.columns]
+    if missing:
+        raise ValueError(f"{input_url}: no column {missing[0]!r} (columns: {', '.join(rows.columns)})")
+    return rows.select(F.col("_metadata.file_path").alias("file_path"),
+                       F.col("_metadata.file_block_start").alias("block_start"),
+                       F.to_json(F.struct(*columns)).cast("binary").alias("raw"))
+
+
 def listed_paths(spark: SparkSession, files: DataFrame) -> DataFrame:
     """The files Spark's listing found for ``files`` (zero-byte ones included, which its scan skips), as a
     DataFrame of normalised ``path``s."""
@@ -175,11 +222,11 @@ def summarise(stats: list, splits: dict[str, dict], *, output_url: str, rejected
     for r in stats:
         if r["category"] is not None:
             by_reason[r["category"]] = by_reason.get(r["category"], 0) + r["rows"]
-    files_read = sum(r["rows"] for r in stats)
+    records_read = sum(r["rows"] for r in stats)
     rows_written = sum(s["rows"] for s in splits.values())
     rejected = sum(by_reason.values())
-    if files_read != rows_written + rejected:
-        raise layout.DatasetError(f"{output_url}: {files_read} read != {rows_written} written + {rejected} rejected")
-    return {"files_read": files_read, "rows_written": rows_written, "rejected": rejected,
+    if records_read != rows_written + rejected:
+        raise layout.DatasetError(f"{output_url}: {records_read} read != {rows_written} written + {rejected} rejected")
+    return {"records_read": records_read, "rows_written": rows_written, "rejected": rejected,
             "rejected_by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
             "rejected_url": rejected_url, "splits": splits, "output": output_url}

@@ -59,7 +59,7 @@ def test_every_image_arrives_once_with_its_label_and_shape(image_dataset, sample
 def test_counts_add_up_and_rejects_are_kept_with_reasons(image_dataset, sample_images):
     good, bad = source_files(sample_images)
     meta = read_metadata(to_url(str(image_dataset)))
-    assert meta["files_read"] == len(good) + len(bad)
+    assert meta["records_read"] == len(good) + len(bad)
     assert meta["rejected"] == len(bad)
     assert sum(s["rows"] for s in meta["splits"].values()) == len(good)
     rejected = pq.read_table(image_dataset / "rejected").to_pylist()

@@ -6,7 +6,8 @@ import io
 import pytest
 from PIL import Image
 
-from pipelines.images import DecodeParams, assign_labels, decode_images
+from pipelines.images import DecodeParams, decode_images
+from pipelines.labels import assign_labels
 from pipelines.storage import row_groups_for
 
 pytestmark = pytest.mark.spark
@@ -39,7 +40,7 @@ def test_assign_labels_maps_classes_and_rejects_unknown_ones(spark):
     out = {r["path"]: r for r in assign_labels(decoded, class_to_index={"a": 0, "b": 1}).collect()}
     assert (out["p1"]["label"], out["p2"]["label"]) == (0, 1)
     assert out["p1"]["reason"] is None
-    assert out["p3"]["label"] is None and "class folder zz is not in the class map" in out["p3"]["reason"]
+    assert out["p3"]["label"] is None and "class_name zz is not in the label map" in out["p3"]["reason"]
     assert out["p4"]["reason"].startswith("missing label: file is directly")
 
 

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipelines.images import DecodeParams, class_map, decode_image_batch, split_relpath, to_array
+from pipelines.images import DecodeParams, decode_image_batch, split_relpath, to_array
+from pipelines.labels import class_map
 from pipelines.schemas import image_unischema
 
 ROOT = "file:/data/imgs"
@@ -40,6 +41,7 @@ def test_split_relpath_takes_the_first_folder_as_class_and_unquotes():
 
 def test_class_map_is_sorted_and_contiguous():
     assert class_map(["zebra", "ant", "moth", "ant"]) == {"ant": 0, "moth": 1, "zebra": 2}
+    assert class_map(["10", "2", "1", "neg"]) == {"1": 0, "2": 1, "10": 2, "neg": 3}
 
 
 @pytest.mark.parametrize("mode, colour, channels, expected", [

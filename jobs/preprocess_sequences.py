@@ -1,0 +1,219 @@
+"""Preprocess text or token sequences (JSON Lines, CSV or Parquet) into Petastorm datasets with Spark.
+
+Launch:
+    spark-submit --master 'local[*]' jobs/preprocess_sequences.py --input data/texts --output data/texts_ds
+    bigtrain preprocess-sequences --input reviews.jsonl --output ds --text-field review --label-field stars
+    bigtrain preprocess-sequences --input events.parquet --output ds --tokens-field event_ids --label-field churned
+
+Every line (or Parquet row) is one record. It is decoded as strict UTF-8, parsed, normalised and tokenised on the
+executors; the vocabulary (most frequent tokens; 0 = padding, 1 = unknown) and the label map are built with Spark
+and saved beside the dataset (vocab.json, metadata.json). Records that cannot be used go to `rejected/` with their
+source (`file:line`) and reason. Records read = rows written + records rejected, always.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from jobs.common import (UsageError, add_config_flags, format_summary, positive_int, resolve_master, run_main,
+                         setup_logging)
+from jobs.config import load_section, require
+
+log = logging.getLogger("bigtrain.preprocess_sequences")
+
+
+@dataclass(frozen=True)
+class PreprocessSequencesConfig:
+    master: str
+    format: Literal["auto", "jsonl", "csv", "parquet"]
+    text_field: str
+    label_field: str
+    tokens_field: str             # "" = tokenise text_field instead
+    tokenizer: Literal["word", "char"]
+    lowercase: bool
+    max_length: int
+    vocab_size: int
+    min_count: int
+    labels: list[str]             # [] = every label seen; else only these, the rest rejected
+    split_key: Literal["content", "source"]
+    splits: dict[str, float]
+    row_group_size_mb: int
+    ranks: int
+    spark_conf: dict[str, str] = field(default_factory=dict)
+
+    def validate(self, prefix: str) -> None:
+        from pipelines.splits import validate_fractions
+
+        require(self.max_length >= 1, f"{prefix}.max_length", f"must be at least 1, got {self.max_length}")
+        require(self.vocab_size >= 3, f"{prefix}.vocab_size", f"must be at least 3 (2 reserved ids), got {self.vocab_size}")
+        require(self.min_count >= 1, f"{prefix}.min_count", f"must be at least 1, got {self.min_count}")
+        require(self.row_group_size_mb > 0, f"{prefix}.row_group_size_mb", "must be positive")
+        require(self.ranks >= 1, f"{prefix}.ranks", f"must be at least 1, got {self.ranks}")
+        require(bool(self.label_field), f"{prefix}.label_field", "must name a field")
+        require(bool(self.text_field or self.tokens_field), f"{prefix}.text_field", "or tokens_field must name a field")
+        try:
+            validate_fractions(self.splits, key=f"{prefix}.splits")
+        except ValueError as exc:
+            require(False, f"{prefix}.splits", str(exc))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bigtrain preprocess-sequences",
+        description="Tokenise text (or take integer token sequences), build the vocabulary and label map, split, and "
+                    "write Petastorm datasets with Spark.",
+        epilog="Config keys (section preprocess_sequences in conf/bigtrain.yaml) can be set with --set "
+               "preprocess_sequences.KEY=VALUE; flags win over config.")
+    parser.add_argument("--input", required=True, metavar="PATH",
+                        help="a .jsonl/.csv/.parquet file or a folder of them (local, file://, hdfs://, s3a://)")
+    parser.add_argument("--output", required=True, metavar="DIR_OR_URL", help="where the dataset is written")
+    parser.add_argument("--format", choices=("auto", "jsonl", "csv", "parquet"), help="default: from the extension")
+    parser.add_argument("--text-field", metavar="NAME", help="field holding the text (default: text)")
+    parser.add_argument("--label-field", metavar="NAME", help="field holding the label (default: label)")
+    parser.add_argument("--tokens-field", metavar="NAME",
+                        help="field holding integer token ids, used instead of tokenising --text-field")
+    parser.add_argument("--tokenizer", choices=("word", "char"), help="word (default) or character level")
+    parser.add_argument("--max-length", type=positive_int("--max-length"), metavar="N",
+                        help="keep the first N tokens; the true length is stored")
+    parser.add_argument("--vocab-size", type=positive_int("--vocab-size"), metavar="N",
+                        help="vocabulary size including the 2 reserved ids (0 padding, 1 unknown)")
+    parser.add_argument("--min-count", type=positive_int("--min-count"), metavar="N",
+                        help="tokens seen fewer times map to unknown")
+    parser.add_argument("--ranks", type=positive_int("--ranks"), metavar="N",
+                        help="training processes expected: each split is written as a multiple of N row groups")
+    parser.add_argument("--master", help="Spark master (default: spark-submit's, else config, local[*])")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and the summary")
+    add_config_flags(parser)
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> PreprocessSequencesConfig:
+    flags = {"format": args.format, "text_field": args.text_field, "label_field": args.label_field,
+             "tokens_field": args.tokens_field, "tokenizer": args.tokenizer, "max_length": args.max_length,
+             "vocab_size": args.vocab_size, "min_count": args.min_count, "ranks": args.ranks}
+    return load_section("preprocess_sequences", PreprocessSequencesConfig, config_file=args.config,
+                        overrides=args.overrides, flags=flags)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(quiet=args.quiet)
+    return run_main(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines import layout, storage
+
+    config = load_config(args)
+    input_url, output_url = layout.to_url(args.input), layout.to_url(args.output)
+    try:
+        fmt = storage.detect_format(input_url) if config.format == "auto" else config.format
+    except FileNotFoundError:
+        raise UsageError(f"--input {args.input}: no such file or directory") from None
+    except ValueError as exc:
+        raise UsageError(f"--input {args.input}: {exc}") from None
+    spark = storage.build_spark(app_name="bigtrain-preprocess-sequences",
+                                master=resolve_master(args.master, config.master), conf=config.spark_conf)
+    try:
+        start = time.monotonic()
+        summary = preprocess_sequences(spark, input_url=input_url, output_url=output_url, fmt=fmt, config=config)
+        summary["seconds"] = round(time.monotonic() - start, 1)
+    finally:
+        spark.stop()
+    print(format_summary(summary, job="preprocess-sequences", unit="records"))
+    return 0
+
+
+def read_records(spark, *, input_url: str, fmt: str, config: PreprocessSequencesConfig):
+    """(source, file_path, raw) of every record, and the CSV header of each file (empty for other formats)."""
+    import fsspec
+    from pyspark.sql import functions as F
+
+    from pipelines import storage, text
+
+    if fmt == "parquet":
+        columns = [c for c in (config.text_field if not config.tokens_field else "", config.tokens_field,
+                               config.label_field) if c]
+        try:
+            lines = storage.read_parquet_records(spark, input_url, columns)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        lines = storage.read_text_lines(spark, input_url)
+    numbered = text.number_lines(lines)
+    counts = [(r["file_path"], r["block_start"], r["count"])
+              for r in numbered.groupBy("file_path", "block_start").count().collect()]
+    offsets = spark.createDataFrame(text.block_line_offsets(counts), "file_path string, block_start long, lines_before long")
+    fs, path = fsspec.core.url_to_fs(input_url)
+    root = input_url if fs.isdir(path) else input_url.rsplit("/", 1)[0]
+    records = text.with_line_numbers(numbered, offsets, root_url=root)
+    headers: dict[str, list[str]] = {}
+    if fmt == "csv":
+        import csv
+
+        for r in records.where(F.col("line") == 1).select("file_path", "raw").collect():
+            headers[r["file_path"]] = next(csv.reader([bytes(r["raw"]).decode("utf-8", errors="replace")]), [])
+        records = records.where(F.col("line") > 1)
+    return records, headers
+
+
+def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
+                         config: PreprocessSequencesConfig) -> dict:
+    """Extract (lines with their source), transform (parse, tokenise, vocabulary, labels, ids, split), load."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from pipelines import labels, layout, splits, storage, text
+    from pipelines.schemas import REJECTED_SEQUENCE_COLUMNS, sequence_unischema
+
+    storage.remove_metadata(output_url)
+    records, headers = read_records(spark, input_url=input_url, fmt=fmt, config=config)
+    params = text.ParseParams(fmt=fmt, text_field=config.text_field, label_field=config.label_field,
+                              tokens_field=config.tokens_field or None, tokenizer=config.tokenizer,
+                              lowercase=config.lowercase)
+    parsed = text.parse_lines(records, params=params, headers=headers).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        accepted = parsed.where(F.col("reason").isNull())
+        seen = [r["label_name"] for r in accepted.select("label_name").distinct().collect()]
+        class_to_index = labels.class_map(config.labels or seen)
+        top = [r["token"] for r in text.top_tokens(text.token_counts(parsed), vocab_size=config.vocab_size,
+                                                   min_count=config.min_count).collect()]
+        vocabulary = text.make_vocabulary(top)
+        dtype = text.token_dtype(len(vocabulary))
+        log.info("%d labels, vocabulary of %d tokens (%s), max length %d", len(class_to_index), len(vocabulary),
+                 dtype, config.max_length)
+        labelled = labels.assign_labels(parsed, class_to_index=class_to_index, name_col="label_name")
+        encoded = text.map_to_ids(labelled, vocabulary=spark.sparkContext.broadcast(vocabulary),
+                                  max_length=config.max_length, dtype=dtype)
+        key = "split_key" if config.split_key == "content" else "source"
+        rows = splits.with_sample_id(splits.assign_split(encoded, fractions=config.splits, key_col=key), key_col="source")
+        summary = storage.write_splits(
+            spark, rows, output_url=output_url, schema=sequence_unischema(), label_names=list(class_to_index),
+            row_group_size_mb=config.row_group_size_mb, ranks=config.ranks,
+            rejected_columns=REJECTED_SEQUENCE_COLUMNS, size_column="tokens")
+        lengths = accepted.select(F.size("tokens").alias("n")).agg(
+            F.max("n").alias("max"), F.avg("n").alias("mean"),
+            F.sum(F.when(F.col("n") > config.max_length, 1).otherwise(0)).alias("truncated")).first()
+    finally:
+        parsed.unpersist()
+    layout.write_json(output_url, layout.VOCAB_FILE, vocabulary)
+    layout.write_metadata(output_url, {
+        "format_version": layout.FORMAT_VERSION, "kind": "sequence", "input": input_url, "input_format": fmt,
+        "classes": list(class_to_index), "class_to_index": class_to_index,
+        "sequence": {"vocab_size": len(vocabulary), "vocab_file": layout.VOCAB_FILE, "token_dtype": dtype,
+                     "max_length": config.max_length, "tokenizer": config.tokenizer,
+                     "tokens_field": config.tokens_field or None, "pad_id": 0, "unk_id": 1,
+                     "longest": lengths["max"], "mean_length": lengths["mean"], "truncated": lengths["truncated"]},
+        "splits": {name: {k: v for k, v in info.items() if k != "url"} for name, info in summary["splits"].items()},
+        "records_read": summary["records_read"], "csv_header_lines": len(headers), "rejected": summary["rejected"],
+        "rejected_by_reason": summary["rejected_by_reason"], "config": asdict(config),
+    })
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())
