@@ -33,9 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=positive_int("--epochs"), metavar="N")
     parser.add_argument("--batch-size", type=positive_int("--batch-size"), metavar="N", help="per rank")
     parser.add_argument("--lr", type=positive_float("--lr"), metavar="X",
-                        help="learning rate per rank (scaled by the number of ranks unless train.scale_lr=false)")
+                        help="learning rate per rank, scaled by the number of ranks unless train.scale_lr=false "
+                             "(default: the model's, cnn 0.01 with sgd, rnn/lstm/gru 0.002 with adam)")
     parser.add_argument("--seed", type=int, metavar="N")
-    parser.add_argument("--model", choices=("auto", "cnn"), help="default: what the dataset calls for")
+    parser.add_argument("--model", choices=("auto", "cnn", "rnn", "lstm", "gru"),
+                        help="default (auto): what the dataset calls for, cnn for images, lstm for sequences")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"))
     parser.add_argument("--loader-workers", type=positive_int("--loader-workers"), metavar="N",
                         help="Petastorm reader threads per rank")
     parser.add_argument("--backend", choices=("auto", "horovod", "single"), default="auto",
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from training.loop import train
 
     flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-             "model": args.model, "loader_workers": args.loader_workers,
+             "model": args.model, "optimizer": args.optimizer, "loader_workers": args.loader_workers,
              "progress_bar": "never" if args.no_progress else None}
     config = load_section("train", TrainConfig, config_file=args.config, overrides=args.overrides, flags=flags)
     dist = init_distributed(args.backend)

@@ -28,16 +28,33 @@ class CnnConfig:
 
 
 @dataclass(frozen=True)
+class RnnConfig:
+    embed_dim: int
+    hidden: int
+    layers: int
+    bidirectional: bool
+    dropout: float
+
+    def validate(self, prefix: str) -> None:
+        for name in ("embed_dim", "hidden", "layers"):
+            _require(getattr(self, name) > 0, f"{prefix}.{name}", f"must be positive, got {getattr(self, name)}")
+        _require(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int
     batch_size: int
-    lr: float
+    lr: float | None
     scale_lr: bool
     momentum: float
     weight_decay: float
     seed: int
-    model: Literal["auto", "cnn"]
+    optimizer: Literal["auto", "sgd", "adam"]
+    model: Literal["auto", "cnn", "rnn", "lstm", "gru"]
     cnn: CnnConfig
+    rnn: RnnConfig
+    length_bucketing: bool
     loader_workers: int
     shuffle_buffer: int
     log_every: int
@@ -46,7 +63,7 @@ class TrainConfig:
     def validate(self, prefix: str) -> None:
         _require(self.epochs >= 1, f"{prefix}.epochs", f"must be at least 1, got {self.epochs}")
         _require(self.batch_size >= 1, f"{prefix}.batch_size", f"must be at least 1, got {self.batch_size}")
-        _require(self.lr > 0, f"{prefix}.lr", f"must be positive, got {self.lr}")
+        _require(self.lr is None or self.lr > 0, f"{prefix}.lr", f"must be positive (or null for auto), got {self.lr}")
         _require(0.0 <= self.momentum < 1.0, f"{prefix}.momentum", f"must be in [0, 1), got {self.momentum}")
         _require(self.weight_decay >= 0, f"{prefix}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _require(self.loader_workers >= 1, f"{prefix}.loader_workers", f"must be at least 1, got {self.loader_workers}")

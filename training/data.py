@@ -104,6 +104,8 @@ class ReadOptions:
     shuffle: bool = True
     shuffle_buffer: int = 1024
     seed: int = 0
+    columnar: bool = False                       # Petastorm's make_batch_reader (whole row groups as columns)
+    sort_key: Callable[[Any], Any] | None = None  # training: batch rows of similar key (length) together
 
 
 def _reader_kwargs(plan: ShardPlan, options: ReadOptions, pass_seed: int) -> dict[str, Any]:
@@ -114,21 +116,62 @@ def _reader_kwargs(plan: ShardPlan, options: ReadOptions, pass_seed: int) -> dic
     return dict(workers_count=1, shuffle_row_groups=False, shuffle_rows=False)
 
 
+def _columnar_rows(reader, fields: tuple[str, ...]) -> Iterator[Any]:
+    """Rows out of make_batch_reader's column batches (one per row group), as light namedtuples."""
+    row_type = _row_type(fields)
+    for batch in reader:
+        yield from map(row_type._make, zip(*(getattr(batch, name) for name in fields)))
+
+
+_ROW_TYPES: dict[tuple[str, ...], type] = {}
+
+
+def _row_type(fields: tuple[str, ...]) -> type:
+    import collections
+
+    if fields not in _ROW_TYPES:
+        _ROW_TYPES[fields] = collections.namedtuple("Row", fields)
+    return _ROW_TYPES[fields]
+
+
 def read_shard_once(split: SplitInfo, plan: ShardPlan, options: ReadOptions, pass_seed: int) -> Iterator[Any]:
-    """Every row of this rank's shard exactly once (rows are Petastorm namedtuples with decoded fields)."""
-    from petastorm import make_reader
+    """Every row of this rank's shard exactly once (namedtuples of the requested fields)."""
+    from petastorm import make_batch_reader, make_reader
 
     if split.rows == 0:
         return
-    reader = make_reader(split.url, schema_fields=list(options.fields), reader_pool_type="thread", num_epochs=1,
-                         **_reader_kwargs(plan, options, pass_seed))
+    make = make_batch_reader if options.columnar else make_reader
+    reader = make(split.url, schema_fields=list(options.fields), reader_pool_type="thread", num_epochs=1,
+                  **_reader_kwargs(plan, options, pass_seed))
     try:
-        for position, row in enumerate(reader):
+        rows = _columnar_rows(reader, options.fields) if options.columnar else iter(reader)
+        for position, row in enumerate(rows):
             if plan.by_row_group or position % plan.world == plan.rank:
                 yield row
     finally:  # not `with reader:`, whose exit prints "Cache cleanup complete." to stdout on every pass
         reader.stop()
         reader.join()
+
+
+def bucketed(rows: Iterator[Any], *, key: Callable[[Any], Any], batch_size: int, window_batches: int,
+             rng: np.random.Generator) -> Iterator[Any]:
+    """Within windows of ``window_batches`` batches, sort rows by ``key`` and emit batch-sized groups in random
+    order: batches hold rows of similar length (little padding) without ordering the epoch by length."""
+    window = batch_size * window_batches
+    buffer: list[Any] = []
+
+    def flush() -> Iterator[Any]:
+        buffer.sort(key=key)
+        groups = [buffer[i:i + batch_size] for i in range(0, len(buffer), batch_size)]
+        for g in rng.permutation(len(groups)):
+            yield from groups[g]
+        buffer.clear()
+
+    for row in rows:
+        buffer.append(row)
+        if len(buffer) == window:
+            yield from flush()
+    yield from flush()
 
 
 def shuffled(rows: Iterator[Any], buffer_size: int, rng: np.random.Generator) -> Iterator[Any]:
@@ -176,6 +219,8 @@ def training_batches(split: SplitInfo, plan: ShardPlan, options: ReadOptions, *,
         delivered = 0
         rows = read_shard_once(split, plan, options, pass_seed=options.seed + 7919 * epoch + pass_index)
         source = shuffled(rows, options.shuffle_buffer if options.shuffle else 0, rng)
+        if options.sort_key is not None:
+            source = bucketed(source, key=options.sort_key, batch_size=batch_size, window_batches=32, rng=rng)
         for row in source:
             delivered += 1
             if first_pass:
@@ -199,7 +244,8 @@ def training_batches(split: SplitInfo, plan: ShardPlan, options: ReadOptions, *,
 def evaluation_batches(split: SplitInfo, plan: ShardPlan, options: ReadOptions, *, batch_size: int,
                        collate: Callable[[list[Any]], Any]) -> Iterator[Any]:
     """This rank's shard exactly once, in batches (the last may be short), with no shuffling."""
-    eval_options = ReadOptions(options.fields, options.workers, shuffle=False, shuffle_buffer=0, seed=options.seed)
+    eval_options = ReadOptions(options.fields, options.workers, shuffle=False, shuffle_buffer=0, seed=options.seed,
+                               columnar=options.columnar)
     pending: list[Any] = []
     for row in read_shard_once(split, plan, eval_options, pass_seed=options.seed):
         pending.append(row)
@@ -210,14 +256,58 @@ def evaluation_batches(split: SplitInfo, plan: ShardPlan, options: ReadOptions, 
         yield collate(pending)
 
 
+def _labels_and_ids(rows: list[Any]):
+    import torch
+
+    y = torch.from_numpy(np.fromiter((row.label for row in rows), dtype=np.int64, count=len(rows)))
+    ids = torch.from_numpy(np.fromiter((row.sample_id for row in rows), dtype=np.int64, count=len(rows)))
+    return y, ids
+
+
 def image_collate(rows: list[Any]):
-    """Petastorm rows -> (images float32 (B, C, H, W) in [0, 1], labels int64 (B,), sample ids int64 (B,))."""
+    """Rows -> ((images float32 (B, C, H, W) in [0, 1],), labels int64 (B,), sample ids int64 (B,))."""
     import torch
 
     images = np.stack([row.image for row in rows])
     if images.ndim == 3:  # grayscale is stored as (H, W)
         images = images[:, :, :, None]
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float().div_(255.0)
-    y = torch.from_numpy(np.fromiter((row.label for row in rows), dtype=np.int64, count=len(rows)))
-    ids = torch.from_numpy(np.fromiter((row.sample_id for row in rows), dtype=np.int64, count=len(rows)))
-    return x, y, ids
+    return (x,), *_labels_and_ids(rows)
+
+
+def sequence_collate(rows: list[Any], *, dtype: str):
+    """Rows -> ((token ids int64 (B, T) padded with 0 to the longest in the batch, lengths int64 (B,)), labels, ids)."""
+    import torch
+
+    lengths = np.fromiter((row.length for row in rows), dtype=np.int64, count=len(rows))
+    tokens = np.zeros((len(rows), int(lengths.max())), dtype=np.int64)
+    for i, row in enumerate(rows):
+        tokens[i, :lengths[i]] = np.frombuffer(row.tokens, dtype=dtype)
+    return (torch.from_numpy(tokens), torch.from_numpy(lengths)), *_labels_and_ids(rows)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the loader and the loop need to know about a dataset kind."""
+    fields: tuple[str, ...]
+    collate: Callable[[list[Any]], Any]
+    columnar: bool
+    sort_key: Callable[[Any], Any] | None
+
+
+def task_for(metadata: dict[str, Any], *, length_bucketing: bool = True) -> Task:
+    """Images are read row by row (Petastorm decodes each image); sequences through the columnar reader."""
+    import functools
+
+    kind = metadata["kind"]
+    if kind == "image":
+        return Task(("image", "label", "sample_id"), image_collate, columnar=False, sort_key=None)
+    if kind == "sequence":
+        collate = functools.partial(sequence_collate, dtype=metadata["sequence"]["token_dtype"])
+        return Task(("tokens", "length", "label", "sample_id"), collate, columnar=True,
+                    sort_key=_length if length_bucketing else None)
+    raise layout.DatasetError(f"dataset kind {kind!r} is not image or sequence")
+
+
+def _length(row: Any) -> int:
+    return int(row.length)

@@ -19,13 +19,12 @@ import torch.nn.functional as F
 
 from pipelines.layout import DatasetError
 from training.config import TrainConfig
-from training.data import (DataCoverageError, DatasetInfo, EpochCounter, ReadOptions, SplitInfo, evaluation_batches,
-                           image_collate, load_dataset_info, plan_shard, training_batches)
+from training.data import (DataCoverageError, DatasetInfo, EpochCounter, ReadOptions, SplitInfo, Task,
+                           evaluation_batches, load_dataset_info, plan_shard, task_for, training_batches)
 from training.distributed import set_threads
-from training.models import build_model
+from training.models import DEFAULT_OPTIMIZER, build_model, resolve_model_name
 
 log = logging.getLogger("bigtrain.train")
-FIELDS = ("image", "label", "sample_id")
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
 
@@ -47,24 +46,31 @@ def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist) -
         raise DatasetError(f"split {train_split.url} is empty: nothing to train on")
     torch.manual_seed(config.seed)
     model = build_model(config.model, metadata=info.metadata, config=config)
-    lr = config.lr * (dist.size if config.scale_lr else 1)  # Horovod: scale the learning rate by the number of ranks
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    model_name = resolve_model_name(config.model, info.metadata)
+    default_optimizer, default_lr = DEFAULT_OPTIMIZER[model_name]
+    optimizer_name = default_optimizer if config.optimizer == "auto" else config.optimizer
+    base_lr = default_lr if config.lr is None else config.lr
+    lr = base_lr * (dist.size if config.scale_lr else 1)  # Horovod: scale the learning rate by the number of ranks
+    optimizer = make_optimizer(optimizer_name, config, model, lr)
     dist.broadcast_state(model, optimizer)
     optimizer = dist.distributed_optimizer(optimizer, model)
-    options = ReadOptions(FIELDS, workers=config.loader_workers, shuffle=True,
-                          shuffle_buffer=config.shuffle_buffer, seed=config.seed)
+    task = task_for(info.metadata, length_bucketing=config.length_bucketing)
+    options = ReadOptions(task.fields, workers=config.loader_workers, shuffle=True, shuffle_buffer=config.shuffle_buffer,
+                          seed=config.seed, columnar=task.columnar, sort_key=task.sort_key)
     plan = plan_shard(train_split.row_group_sizes, dist.rank, dist.size)
     if dist.rank == 0:
-        log.info("training %s on %s: %d train rows, %d ranks x %d threads, %d steps/epoch of %d, lr %.4g%s",
-                 type(model).__name__, info.url, train_split.rows, dist.size, threads, plan.steps(config.batch_size),
-                 config.batch_size, lr, "" if plan.by_row_group else " (fewer row groups than ranks: row sharding)")
+        log.info("training %s on %s: %d train rows, %d ranks x %d threads, %d steps/epoch of %d, %s lr %.4g%s",
+                 model_name, info.url, train_split.rows, dist.size, threads, plan.steps(config.batch_size),
+                 config.batch_size, optimizer_name, lr,
+                 "" if plan.by_row_group else " (fewer row groups than ranks: row sharding)")
         output_dir.mkdir(parents=True, exist_ok=True)
     history = []
     for epoch in range(config.epochs):
         start = time.monotonic()
-        record = {"epoch": epoch + 1, **train_epoch(model, optimizer, train_split, plan, options, config, epoch, dist)}
+        record = {"epoch": epoch + 1, **train_epoch(model, optimizer, task, train_split, plan, options, config, epoch,
+                                                          dist)}
         if info.splits["validation"].rows:
-            val = evaluate(model, info.splits["validation"], options, config.batch_size, dist, len(info.classes))
+            val = evaluate(model, task, info.splits["validation"], options, config.batch_size, dist, len(info.classes))
             record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         record["seconds"] = round(time.monotonic() - start, 2)
         history.append(record)
@@ -72,18 +78,19 @@ def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist) -
             log.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %s acc %s | %.1fs", epoch + 1, config.epochs,
                      record["train_loss"], record["train_accuracy"], _fmt(record.get("val_loss")),
                      _fmt(record.get("val_accuracy")), record["seconds"])
-    test = evaluate(model, info.splits["test"], options, config.batch_size, dist, len(info.classes), check_ids=True)
+    test = evaluate(model, task, info.splits["test"], options, config.batch_size, dist, len(info.classes),
+                    check_ids=True)
     if test["rows"] == 0 and dist.rank == 0:
         log.warning("the test split of %s is empty: test metrics are null", info.url)
     metrics = {
         "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_rows": test["rows"],
         "per_class_accuracy": dict(zip(info.classes, test["per_class_accuracy"])),
         "per_class_rows": dict(zip(info.classes, test["per_class_rows"])),
-        "history": history, "world_size": dist.size, "lr": lr, "dataset": info.url, "train_rows": train_split.rows,
+        "history": history, "world_size": dist.size, "lr": lr, "optimizer": optimizer_name, "model": model_name, "dataset": info.url, "train_rows": train_split.rows,
         "config": asdict(config),
     }
     if dist.rank == 0:
-        save_checkpoint(output_dir / CHECKPOINT_FILE, model, config, info)
+        save_checkpoint(output_dir / CHECKPOINT_FILE, model, model_name, config, info)
         write_json(output_dir / METRICS_FILE, metrics)
         log.info("test accuracy %s, loss %s on %d rows; wrote %s and %s", _fmt(test["accuracy"]), _fmt(test["loss"]),
                  test["rows"], output_dir / CHECKPOINT_FILE, output_dir / METRICS_FILE)
@@ -94,18 +101,24 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def train_epoch(model, optimizer, split: SplitInfo, plan, options: ReadOptions, config: TrainConfig, epoch: int,
-                dist) -> dict[str, float]:
+def make_optimizer(name: str, config: TrainConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def train_epoch(model, optimizer, task: Task, split: SplitInfo, plan, options: ReadOptions, config: TrainConfig,
+                epoch: int, dist) -> dict[str, float]:
     model.train()
     counter = EpochCounter(split, plan)
     steps = plan.steps(config.batch_size)
     sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
     progress = _progress(steps, f"epoch {epoch + 1}", config, dist)
     batches = training_batches(split, plan, options, batch_size=config.batch_size, epoch=epoch,
-                               collate=image_collate, counter=counter)
-    for step, (x, y, _ids) in enumerate(batches, start=1):
+                               collate=task.collate, counter=counter)
+    for step, (inputs, y, _ids) in enumerate(batches, start=1):
         optimizer.zero_grad()
-        logits = model(x)
+        logits = model(*inputs)
         loss = F.cross_entropy(logits, y)
         loss.backward()
         optimizer.step()
@@ -128,7 +141,7 @@ def train_epoch(model, optimizer, split: SplitInfo, plan, options: ReadOptions, 
 
 
 @torch.no_grad()
-def evaluate(model, split: SplitInfo, options: ReadOptions, batch_size: int, dist, num_classes: int,
+def evaluate(model, task: Task, split: SplitInfo, options: ReadOptions, batch_size: int, dist, num_classes: int,
              check_ids: bool = False) -> dict[str, Any]:
     """Loss and accuracy over every row of ``split``, each read exactly once across the ranks."""
     model.eval()
@@ -137,8 +150,8 @@ def evaluate(model, split: SplitInfo, options: ReadOptions, batch_size: int, dis
     correct = torch.zeros(num_classes, dtype=torch.float64)
     total = torch.zeros(num_classes, dtype=torch.float64)
     ids = []
-    for x, y, batch_ids in evaluation_batches(split, plan, options, batch_size=batch_size, collate=image_collate):
-        logits = model(x)
+    for inputs, y, batch_ids in evaluation_batches(split, plan, options, batch_size=batch_size, collate=task.collate):
+        logits = model(*inputs)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         hits = (logits.argmax(1) == y).double()
         correct.index_add_(0, y, hits)
@@ -172,13 +185,14 @@ def _progress(steps: int, desc: str, config: TrainConfig, dist):
     return tqdm(total=steps, desc=desc, unit="step", leave=False, file=sys.stderr)
 
 
-def save_checkpoint(path: Path, model, config: TrainConfig, info: DatasetInfo) -> None:
+def save_checkpoint(path: Path, model, model_name: str, config: TrainConfig, info: DatasetInfo) -> None:
     """Weights, config and class map, written atomically (a crash never leaves a half-written file behind).
 
     Only tensors and plain Python values go in, so ``torch.load(path, weights_only=True)`` can read it."""
-    payload = {"model_state": model.state_dict(), "model": type(model).__name__.lower(), "config": asdict(config),
+    payload = {"model_state": model.state_dict(), "model": model_name, "config": asdict(config),
                "classes": info.classes, "class_to_index": info.metadata["class_to_index"],
-               "dataset": {"url": info.url, "kind": info.kind, "image": info.metadata.get("image")}}
+               "dataset": {"url": info.url, "kind": info.kind, "image": info.metadata.get("image"),
+                           "sequence": info.metadata.get("sequence")}}
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)

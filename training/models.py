@@ -1,8 +1,16 @@
-"""Models. The CNN is the classic conv-pool-conv-pool-fc-fc network with its flattened size derived from the input."""
+"""Models. The CNN is the classic conv-pool-conv-pool-fc-fc network with its flattened size derived from the input;
+the RNN classifier family (rnn, lstm, gru) embeds token ids and classifies from each sequence's last real step."""
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+RNN_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+DEFAULT_MODEL = {"image": "cnn", "sequence": "lstm"}
+# (optimizer, learning rate per rank) that train each family well on the sample data; config can override both.
+# Plain SGD at 0.01 leaves the LSTM at chance on the sample texts after 8 epochs; Adam at 0.002 reaches 100%.
+DEFAULT_OPTIMIZER = {"cnn": ("sgd", 0.01), "rnn": ("adam", 0.002), "lstm": ("adam", 0.002), "gru": ("adam", 0.002)}
 
 
 class CNN(nn.Module):
@@ -24,11 +32,49 @@ class CNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+class RNNClassifier(nn.Module):
+    """Embedding -> RNN/LSTM/GRU over packed sequences -> linear.
+
+    Sequences are packed with their true lengths, so padding never enters the recurrence: the final hidden state is
+    the one after each sequence's last real token (and, bidirectionally, after its first), whatever the batch's
+    longest sequence. A sequence therefore gets the same logits alone or padded inside a batch.
+    """
+
+    def __init__(self, *, cell: str, vocab_size: int, num_classes: int, embed_dim: int = 64, hidden: int = 128,
+                 layers: int = 1, bidirectional: bool = True, dropout: float = 0.0):
+        super().__init__()
+        if cell not in RNN_CELLS:
+            raise ValueError(f"cell {cell!r} is not one of {', '.join(RNN_CELLS)}")
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.rnn = RNN_CELLS[cell](embed_dim, hidden, num_layers=layers, batch_first=True,
+                                   bidirectional=bidirectional, dropout=dropout if layers > 1 else 0.0)
+        self.directions = 2 if bidirectional else 1
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden * self.directions, num_classes)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(self.embedding(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, state = self.rnn(packed)
+        hidden = state[0] if isinstance(state, tuple) else state  # LSTM returns (h, c)
+        last = torch.cat(list(hidden[-self.directions:]), dim=1)  # the top layer, every direction
+        return self.head(self.dropout(last))
+
+
+def resolve_model_name(name: str, metadata: dict) -> str:
+    return DEFAULT_MODEL.get(metadata["kind"], "") if name == "auto" else name
+
+
 def build_model(name: str, *, metadata: dict, config) -> nn.Module:
     """The model ``name`` (or the one the dataset's ``kind`` calls for when ``auto``) for a dataset."""
     kind = metadata["kind"]
-    if name == "auto":
-        name = {"image": "cnn"}.get(kind, "")
+    name = resolve_model_name(name, metadata)
+    if name in RNN_CELLS:
+        if kind != "sequence":
+            raise ValueError(f"model {name} needs a sequence dataset, this one is {kind!r}")
+        r = config.rnn
+        return RNNClassifier(cell=name, vocab_size=metadata["sequence"]["vocab_size"],
+                             num_classes=len(metadata["classes"]), embed_dim=r.embed_dim, hidden=r.hidden,
+                             layers=r.layers, bidirectional=r.bidirectional, dropout=r.dropout)
     if name == "cnn":
         if kind != "image":
             raise ValueError(f"model cnn needs an image dataset, this one is {kind!r}")

@@ -15,7 +15,7 @@ from jobs.preprocess_images import main
 from pipelines.layout import read_metadata, to_url
 from pipelines.splits import SPLITS
 from tests.conftest import REPO, subprocess_env, tool
-from training.data import ReadOptions, evaluation_batches, image_collate, load_dataset_info, plan_shard
+from training.data import ReadOptions, evaluation_batches, load_dataset_info, plan_shard
 
 pytestmark = pytest.mark.spark
 

@@ -13,19 +13,22 @@ import torch
 
 from jobs.config import load_section
 from training.config import TrainConfig
-from training.data import EpochCounter, ReadOptions, image_collate, load_dataset_info, plan_shard, read_shard_once, training_batches
+from training.data import EpochCounter, ReadOptions, load_dataset_info, plan_shard, read_shard_once, task_for, training_batches
 from training.distributed import init_distributed
-from training.loop import FIELDS, train
+from training.loop import train
 
 
 def main(data: str, out: str) -> None:
     dist = init_distributed("horovod")
-    split = load_dataset_info(data).splits["train"]
+    info = load_dataset_info(data)
+    task = task_for(info.metadata)
+    split = info.splits["train"]
     plan = plan_shard(split.row_group_sizes, dist.rank, dist.size)
-    options = ReadOptions(FIELDS, workers=2, shuffle=True, shuffle_buffer=16, seed=1)
+    options = ReadOptions(task.fields, workers=2, shuffle=True, shuffle_buffer=16, seed=1, columnar=task.columnar,
+                          sort_key=task.sort_key)
     shard = [int(row.sample_id) for row in read_shard_once(split, plan, options, pass_seed=3)]
     counter = EpochCounter(split, plan)
-    steps = sum(1 for _ in training_batches(split, plan, options, batch_size=8, epoch=0, collate=image_collate,
+    steps = sum(1 for _ in training_batches(split, plan, options, batch_size=8, epoch=0, collate=task.collate,
                                             counter=counter))
     # A different seed per rank: each rank initialises different weights, so only the broadcast from rank 0 and
     # the gradient allreduce can make them agree at the end.
