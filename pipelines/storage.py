@@ -92,7 +92,7 @@ def read_parquet_records(spark: SparkSession, input_url: str, columns: list[str]
         raise ValueError(f"{input_url}: no column {missing[0]!r} (columns: {', '.join(rows.columns)})")
     return rows.select(F.col("_metadata.file_path").alias("file_path"),
                        F.col("_metadata.file_block_start").alias("block_start"),
-                       F.to_json(F.struct(*columns)).cast("binary").alias("raw"))
+                       F.to_json(F.struct(*columns), {"ignoreNullFields": "false"}).cast("binary").alias("raw"))
 
 
 def listed_paths(spark: SparkSession, files: DataFrame) -> DataFrame:

@@ -70,3 +70,27 @@ def subprocess_env() -> dict[str, str]:
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable
     env.pop("PYSPARK_GATEWAY_PORT", None)
     return env
+
+
+@pytest.fixture(scope="session")
+def sample_texts(tmp_path_factory) -> Path:
+    """800 sample reviews over 3 JSON Lines files, plus one line of each unusable kind."""
+    from pipelines.samples import BAD_LINES, generate_texts
+
+    root = tmp_path_factory.mktemp("sample-texts")
+    generate_texts(root, records=800, files=3, bad_lines=len(BAD_LINES), seed=5)
+    return root
+
+
+@pytest.fixture(scope="session")
+def text_dataset(spark, sample_texts, tmp_path_factory) -> Path:
+    """The sample texts through the real sequence job (in this session's Spark), 3 row groups per split."""
+    from jobs.config import load_section
+    from jobs.preprocess_sequences import PreprocessSequencesConfig, preprocess_sequences
+    from pipelines.layout import to_url
+
+    out = tmp_path_factory.mktemp("text-dataset") / "ds"
+    config = load_section("preprocess_sequences", PreprocessSequencesConfig, flags={"ranks": 3, "max_length": 24})
+    preprocess_sequences(spark, input_url=to_url(str(sample_texts)), output_url=to_url(str(out)), fmt="jsonl",
+                         config=config)
+    return out

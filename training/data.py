@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -25,6 +26,9 @@ from training import petastorm_fixes
 
 log = logging.getLogger(__name__)
 petastorm_fixes.install()  # Petastorm 0.13.1's thread pool can end a read early; see training/petastorm_fixes.py
+# Sequence datasets hold only plain Parquet types (ScalarCodec), which make_batch_reader reads as they are; its
+# warning that a Petastorm dataset wants make_reader is about codec-encoded fields.
+warnings.filterwarnings("ignore", message=r"Please use make_reader", category=UserWarning)
 
 
 class DataCoverageError(layout.DatasetError):

@@ -22,11 +22,13 @@ def horovodrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return done
 
 
-def test_two_ranks_read_disjoint_shards_and_keep_identical_weights(image_dataset, tmp_path):
-    horovodrun([str(REPO / "tests" / "training" / "horovod_worker.py"), str(image_dataset), str(tmp_path)], tmp_path)
+@pytest.mark.parametrize("dataset_fixture", ["image_dataset", "text_dataset"])
+def test_two_ranks_read_disjoint_shards_and_keep_identical_weights(dataset_fixture, request, tmp_path):
+    dataset = request.getfixturevalue(dataset_fixture)
+    horovodrun([str(REPO / "tests" / "training" / "horovod_worker.py"), str(dataset), str(tmp_path)], tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["size"] for r in ranks] == [2, 2] and sorted(r["rank"] for r in ranks) == [0, 1]
-    train_ids = pq.read_table(image_dataset / "train", columns=["sample_id"]).column("sample_id").to_pylist()
+    train_ids = pq.read_table(dataset / "train", columns=["sample_id"]).column("sample_id").to_pylist()
     shards = [set(r["shard"]) for r in ranks]
     assert shards[0] and shards[1] and not shards[0] & shards[1]
     assert shards[0] | shards[1] == set(train_ids) and sum(len(r["shard"]) for r in ranks) == len(train_ids)

@@ -21,3 +21,53 @@ def test_build_model_follows_the_dataset_kind():
     assert isinstance(build_model("auto", metadata=meta, config=config), CNN)
     with pytest.raises(ValueError, match="kind 'text'"):
         build_model("auto", metadata={**meta, "kind": "text"}, config=config)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_padding_does_not_change_a_prediction(cell, bidirectional):
+    from training.models import RNNClassifier
+
+    torch.manual_seed(0)
+    model = RNNClassifier(cell=cell, vocab_size=50, num_classes=3, embed_dim=8, hidden=16, layers=2,
+                          bidirectional=bidirectional, dropout=0.3).eval()
+    short = torch.tensor([[5, 9, 2]])
+    alone = model(short, torch.tensor([3]))
+    batch = torch.zeros(3, 11, dtype=torch.long)
+    batch[0, :11] = torch.arange(1, 12)
+    batch[1, :3] = short[0]  # the same sequence, padded to 11 inside the batch
+    batch[2, :7] = torch.arange(20, 27)
+    together = model(batch, torch.tensor([11, 3, 7]))
+    torch.testing.assert_close(together[1:2], alone, rtol=1e-5, atol=1e-6)
+    # ... and the prediction comes from the last real step, not from position max_length - 1:
+    other_tail = batch.clone()
+    other_tail[1, 3:] = 42  # garbage after the true end
+    torch.testing.assert_close(model(other_tail, torch.tensor([11, 3, 7]))[1:2], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_sequence_collate_pads_to_the_longest_in_the_batch():
+    import collections
+
+    import numpy as np
+
+    from training.data import sequence_collate
+
+    Row = collections.namedtuple("Row", "tokens length label sample_id")
+    rows = [Row(np.array([4, 5], "<u2").tobytes(), 2, 1, 10), Row(np.array([7, 8, 9, 3], "<u2").tobytes(), 4, 0, 11)]
+    (tokens, lengths), y, ids = sequence_collate(rows, dtype="<u2")
+    assert tokens.tolist() == [[4, 5, 0, 0], [7, 8, 9, 3]] and lengths.tolist() == [2, 4]
+    assert y.tolist() == [1, 0] and ids.tolist() == [10, 11]
+
+
+def test_bucketing_groups_similar_lengths_and_keeps_every_row():
+    import numpy as np
+
+    from training.data import bucketed
+
+    lengths = list(np.random.default_rng(0).integers(1, 100, 640))
+    out = list(bucketed(iter(lengths), key=lambda n: n, batch_size=8, window_batches=10, rng=np.random.default_rng(1)))
+    assert sorted(out) == sorted(lengths)
+    batches = [out[i:i + 8] for i in range(0, len(out), 8)]
+    spread = np.mean([max(b) - min(b) for b in batches])
+    assert spread < 15  # random batches of 8 from 1..99 spread ~70
+    assert [max(b) for b in batches] != sorted(max(b) for b in batches)  # batch order is not by length

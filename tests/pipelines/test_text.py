@@ -1,0 +1,126 @@
+"""The sequence transforms: tokeniser, parsing and rejection reasons (plain Python), and on small DataFrames
+built here: line numbers across file blocks, vocabulary, ids and truncation, labels, split stability."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.labels import assign_labels, class_map
+from pipelines.text import (RESERVED, ParseParams, RejectedRecord, block_line_offsets, make_vocabulary, map_to_ids,
+                            normalise, parse_record, token_counts, token_dtype, tokenise, top_tokens)
+
+JSONL = ParseParams(fmt="jsonl", text_field="text", label_field="label", tokens_field=None, tokenizer="word",
+                    lowercase=True)
+
+
+def test_normalise_and_tokenise():
+    assert normalise("  The  CAFÉ\u00a0was\tﬁne  ", lowercase=True) == "the café was fine"  # NFKC folds the ligature
+    assert tokenise("don't stop, it's good!", "word") == ["don't", "stop", ",", "it's", "good", "!"]
+    assert tokenise("naïve 🙂 ok", "word") == ["naïve", "🙂", "ok"]
+    assert tokenise("ab c", "char") == ["a", "b", " ", "c"]
+
+
+def test_parse_record_returns_tokens_label_and_split_key():
+    tokens, label, key = parse_record(b'{"text": "Not GOOD at all", "label": "neg", "extra": 1}', JSONL)
+    assert (tokens, label, key) == (["not", "good", "at", "all"], "neg", "not good at all")
+    assert parse_record(b'{"text": "x", "label": 3}', JSONL)[1] == "3"
+    assert parse_record(b'{"text": "x", "label": 3.0}', JSONL)[1] == "3"
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b'{"text": "a", "label": "p"', "broken JSON"),
+    (b'[1, 2]', "broken JSON: a line must hold an object"),
+    (b'{"text": "caf\xe9", "label": "p"}', "invalid UTF-8"),
+    (b'{"label": "p"}', "missing field: text field 'text'"),
+    (b'{"text": "a"}', "missing field: label field 'label'"),
+    (b'{"text": "a", "label": null}', "missing label"),
+    (b'{"text": "a", "label": "  "}', "missing label"),
+    (b'{"text": "a", "label": [1]}', "unmappable label"),
+    (b'{"text": "a", "label": 0.5}', "unmappable label"),
+    (b'{"text": 7, "label": "p"}', "wrong type"),
+    (b'{"text": " \\t ", "label": "p"}', "empty text"),
+    (b'   ', "empty line"),
+])
+def test_every_bad_record_kind_has_a_reason(raw, reason):
+    with pytest.raises(RejectedRecord, match=reason):
+        parse_record(raw, JSONL)
+
+
+def test_csv_records_and_given_token_ids():
+    csv_params = ParseParams(fmt="csv", text_field="text", label_field="label", tokens_field=None, tokenizer="word",
+                             lowercase=False)
+    assert parse_record(b'"Hello, world",pos', csv_params, ["text", "label"])[:2] == (["Hello", ",", "world"], "pos")
+    with pytest.raises(RejectedRecord, match="3 cells, the header has 2"):
+        parse_record(b"a,b,c", csv_params, ["text", "label"])
+    ids = ParseParams(fmt="jsonl", text_field="", label_field="y", tokens_field="ids", tokenizer="word", lowercase=True)
+    assert parse_record(b'{"ids": [5, 0, 17], "y": 1}', ids)[:2] == (["5", "0", "17"], "1")
+    for bad in (b'{"ids": [1, -2], "y": 1}', b'{"ids": "x", "y": 1}', b'{"ids": [], "y": 1}', b'{"ids": [true], "y": 1}'):
+        with pytest.raises(RejectedRecord):
+            parse_record(bad, ids)
+
+
+def test_block_line_offsets_count_lines_before_each_block():
+    counts = [("b", 0, 4), ("a", 100, 3), ("a", 0, 5), ("a", 200, 2)]
+    assert block_line_offsets(counts) == [("a", 0, 0), ("a", 100, 5), ("a", 200, 8), ("b", 0, 0)]
+
+
+def test_vocabulary_keeps_reserved_ids_first():
+    vocab = make_vocabulary(["the", "<unk>", "a"])
+    assert vocab[:2] == list(RESERVED) == ["<pad>", "<unk>"] and vocab[2:] == ["the", "a"]
+    assert token_dtype(65536) == "<u2" and token_dtype(65537) == "<i4"
+
+
+@pytest.mark.spark
+def test_top_tokens_break_ties_by_token_and_respect_min_count(spark):
+    parsed = spark.createDataFrame(
+        [(["b", "a", "c", "c"], None), (["d", "a", "b"], None), (["zzz"] * 9, "broken JSON: x")],
+        "tokens array<string>, reason string")
+    counts = token_counts(parsed)  # rejected records do not count
+    assert [r["token"] for r in top_tokens(counts, vocab_size=10, min_count=1).collect()] == ["a", "b", "c", "d"]
+    assert [r["token"] for r in top_tokens(counts, vocab_size=4, min_count=1).collect()] == ["a", "b"]
+    assert [r["token"] for r in top_tokens(counts, vocab_size=10, min_count=2).collect()] == ["a", "b", "c"]
+
+
+@pytest.mark.spark
+def test_ids_truncation_and_true_length(spark):
+    vocab = make_vocabulary(["the", "good"])
+    parsed = spark.createDataFrame([(["the", "good", "movie", "the"], None), (["good"], None), (None, "empty line")],
+                                   "tokens array<string>, reason string")
+    rows = map_to_ids(parsed, vocabulary=vocab, max_length=3, dtype="<u2").collect()
+    assert [list(np.frombuffer(r["tokens"], "<u2")) for r in rows[:2]] == [[2, 3, 1], [3]]  # movie -> unknown (1)
+    assert [r["length"] for r in rows] == [3, 1, None] and rows[2]["tokens"] is None
+
+
+@pytest.mark.spark
+def test_fixed_label_list_rejects_labels_it_cannot_map(spark):
+    mapping = class_map(["pos", "neg"])
+    df = spark.createDataFrame([("pos", None), ("meh", None), ("neg", None)], "label_name string, reason string")
+    out = assign_labels(df, class_to_index=mapping, name_col="label_name").collect()
+    assert [r["label"] for r in out] == [1, None, 0]
+    assert "label_name meh is not in the label map" in out[1]["reason"]
+
+
+@pytest.mark.spark
+def test_line_numbers_are_exact_across_file_blocks(spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    from pipelines import storage, text
+
+    lines = [f'{{"i": {i}, "pad": "{"x" * (i % 37)}"}}' for i in range(3000)]
+    (tmp_path / "big.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "small.jsonl").write_text('{"i": 0}\n\n{"i": 2}\n')
+    previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "8192")  # the big file is read as ~12 blocks
+    try:
+        scanned = storage.read_text_lines(spark, f"file://{tmp_path}")
+        assert scanned.select("block_start").distinct().count() > 5
+        numbered = text.number_lines(scanned)
+        counts = [(r[0], r[1], r[2]) for r in numbered.groupBy("file_path", "block_start").count().collect()]
+        offsets = spark.createDataFrame(text.block_line_offsets(counts), "file_path string, block_start long, lines_before long")
+        got = {r["source"]: bytes(r["raw"]) for r in
+               text.with_line_numbers(numbered, offsets, root_url=f"file://{tmp_path}").select("source", "raw").collect()}
+    finally:
+        spark.conf.set("spark.sql.files.maxPartitionBytes", previous)
+    assert len(got) == 3003
+    assert all(got[f"big.jsonl:{i + 1}"] == lines[i].encode() for i in range(3000))
+    assert got["small.jsonl:2"] == b"" and got["small.jsonl:3"] == b'{"i": 2}'
