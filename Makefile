@@ -8,11 +8,12 @@ STAMP := $(VENV)/.bigtrain-setup
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast clean help
+.PHONY: setup demo demo-images demo-text test test-fast clean help
 
 help:
 	@echo "make setup      create $(VENV) and install the pinned stack (Horovod built once, cached in $(WHEELS))"
-	@echo "make demo       sample images -> spark-submit preprocessing -> horovodrun -np 2 training -> test metrics"
+	@echo "make demo       images and texts: sample data -> spark-submit preprocessing -> horovodrun -np 2 -> test metrics"
+	@echo "make demo-images / make demo-text   one of the two"
 	@echo "make test       the full test suite (what CI runs)"
 	@echo "make test-fast  tests that need neither Spark nor horovodrun"
 
@@ -32,7 +33,13 @@ $(STAMP): pyproject.toml requirements/runtime.txt requirements/petastorm.txt req
 	@touch $(STAMP)
 
 demo: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh $(DEMO_DIR)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh $(DEMO_DIR) all
+
+demo-images: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh $(DEMO_DIR) images
+
+demo-text: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh $(DEMO_DIR) texts
 
 test: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m pytest $(PYTEST_ARGS)

@@ -1,34 +1,60 @@
 #!/usr/bin/env bash
-# The demo: sample images -> spark-submit preprocessing -> horovodrun -np 2 training on CPU -> test metrics.
-# Usage: scripts/demo.sh [DEMO_DIR]   (make demo runs it with the virtual environment on PATH)
+# The demo: sample data -> spark-submit preprocessing -> horovodrun -np 2 training on CPU -> test metrics,
+# for images (CNN) and for text (LSTM).
+# Usage: scripts/demo.sh [DEMO_DIR] [all|images|texts]   (make demo runs it with the virtual environment on PATH)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${1:-runs/demo}
+WHAT=${2:-all}
 NP=${BIGTRAIN_DEMO_NP:-2}
 export PYSPARK_PYTHON=${PYSPARK_PYTHON:-$(command -v python)}
 export PYSPARK_DRIVER_PYTHON=${PYSPARK_DRIVER_PYTHON:-$PYSPARK_PYTHON}
 start=$(date +%s)
 
-echo "== 1/3 generate sample images -> $DEMO_DIR/images"
-rm -rf "$DEMO_DIR"
-bigtrain generate-images --output "$DEMO_DIR/images"
+run_images() {
+  local dir="$DEMO_DIR/images"
+  rm -rf "$dir"
+  echo "== images 1/3: bigtrain generate-images -> $dir/raw"
+  bigtrain generate-images --output "$dir/raw"
+  echo "== images 2/3: spark-submit jobs/preprocess_images.py -> $dir/dataset"
+  spark-submit --master "local[*]" jobs/preprocess_images.py \
+    --input "$dir/raw" --output "$dir/dataset" --image-size 32 --channels 3 --ranks "$NP"
+  echo "== images 3/3: horovodrun -np $NP python jobs/train.py -> $dir/model"
+  horovodrun -np "$NP" -H "localhost:$NP" python jobs/train.py \
+    --data "$dir/dataset" --output "$dir/model" --no-progress
+}
 
-echo "== 2/3 spark-submit jobs/preprocess_images.py -> $DEMO_DIR/dataset"
-spark-submit --master "local[*]" jobs/preprocess_images.py \
-  --input "$DEMO_DIR/images" --output "$DEMO_DIR/dataset" --image-size 32 --channels 3 --ranks "$NP"
+run_texts() {
+  local dir="$DEMO_DIR/texts"
+  rm -rf "$dir"
+  echo "== texts 1/3: bigtrain generate-texts -> $dir/raw"
+  bigtrain generate-texts --output "$dir/raw"
+  echo "== texts 2/3: spark-submit jobs/preprocess_sequences.py -> $dir/dataset"
+  spark-submit --master "local[*]" jobs/preprocess_sequences.py \
+    --input "$dir/raw" --output "$dir/dataset" --text-field text --label-field label --max-length 64 --ranks "$NP"
+  echo "== texts 3/3: horovodrun -np $NP python jobs/train.py (LSTM) -> $dir/model"
+  horovodrun -np "$NP" -H "localhost:$NP" python jobs/train.py \
+    --data "$dir/dataset" --output "$dir/model" --no-progress
+}
 
-echo "== 3/3 horovodrun -np $NP python jobs/train.py -> $DEMO_DIR/model"
-horovodrun -np "$NP" -H "localhost:$NP" python jobs/train.py \
-  --data "$DEMO_DIR/dataset" --output "$DEMO_DIR/model" --no-progress
+case "$WHAT" in
+  all) run_images; run_texts ;;
+  images) run_images ;;
+  texts) run_texts ;;
+  *) echo "error: unknown demo '$WHAT' (all, images or texts)" >&2; exit 2 ;;
+esac
 
-python - "$DEMO_DIR" "$start" <<'PY'
-import json, sys, time
-demo, start = sys.argv[1], int(sys.argv[2])
-m = json.load(open(f"{demo}/model/metrics.json"))
-print()
-print(f"demo finished in {time.time() - start:.0f}s: test accuracy {m['test_accuracy']:.4f} on {m['test_rows']} test "
-      f"images, {m['world_size']} Horovod ranks, {len(m['history'])} epochs")
-print(f"  raw images        {demo}/images")
-print(f"  dataset           {demo}/dataset  (train/ validation/ test/ Petastorm, rejected/, metadata.json)")
-print(f"  model + metrics   {demo}/model/checkpoint.pt, {demo}/model/metrics.json")
+python - "$DEMO_DIR" "$start" "$WHAT" <<'PY'
+import json, os, sys, time
+demo, start, what = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+print(f"\ndemo finished in {time.time() - start:.0f}s")
+for kind, model in (("images", "CNN"), ("texts", "LSTM")):
+    path = f"{demo}/{kind}/model/metrics.json"
+    if what not in ("all", kind) or not os.path.exists(path):
+        continue
+    m = json.load(open(path))
+    print(f"  {kind:<6} {model:<4}: test accuracy {m['test_accuracy']:.4f} on {m['test_rows']} test rows, "
+          f"{m['world_size']} Horovod ranks, {len(m['history'])} epochs")
+    print(f"           raw data {demo}/{kind}/raw, dataset {demo}/{kind}/dataset "
+          f"(train/ validation/ test/ rejected/ metadata.json), model {demo}/{kind}/model (checkpoint.pt, metrics.json)")
 PY
