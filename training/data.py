@@ -209,38 +209,90 @@ class EpochCounter:
                 "on silently missing data")
 
 
+PADDING_RESERVOIR_ROWS = 8192  # padding up to this many rows comes from memory; more is re-read from the shard
+
+
+class Reservoir:
+    """A uniform random sample of ``size`` rows of a stream (Algorithm R), kept to pad a short shard without
+    reading it again."""
+
+    def __init__(self, size: int, rng: np.random.Generator):
+        self.size, self.rng, self.rows, self.seen = size, rng, [], 0
+
+    def offer(self, row: Any) -> None:
+        self.seen += 1
+        if len(self.rows) < self.size:
+            self.rows.append(row)
+        else:
+            j = int(self.rng.integers(self.seen))
+            if j < self.size:
+                self.rows[j] = row
+
+    def cycle(self) -> Iterator[Any]:
+        while self.rows:
+            yield from (self.rows[i] for i in self.rng.permutation(len(self.rows)))
+
+
 def training_batches(split: SplitInfo, plan: ShardPlan, options: ReadOptions, *, batch_size: int, epoch: int,
                      collate: Callable[[list[Any]], Any], counter: EpochCounter) -> Iterator[Any]:
-    """Exactly ``plan.steps(batch_size)`` full batches: the shard once, then padding from fresh passes if short."""
+    """Exactly ``plan.steps(batch_size)`` full batches: the shard once, then padding rows of the same shard.
+
+    Padding (the rows a shorter shard needs to fill the last batches) is drawn from a random sample of the first
+    pass kept in memory; only if more than PADDING_RESERVOIR_ROWS are needed is the shard read again.
+    """
     steps = plan.steps(batch_size)
     rng = np.random.default_rng([options.seed, epoch, plan.rank])
-    needed = steps * batch_size
+    padding = steps * batch_size - plan.local_rows
+    reservoir = Reservoir(padding, rng) if 0 < padding <= PADDING_RESERVOIR_ROWS else None
+    rows = _padded_rows(split, plan, options, batch_size, epoch, rng, counter, reservoir)
+    batches = _batched(rows, batch_size)
+    try:
+        for _ in range(steps):
+            yield collate(next(batches))
+    finally:  # stop the readers of a pass that is only partly consumed
+        batches.close()
+        rows.close()
+
+
+def _batched(rows: Iterator[Any], batch_size: int) -> Iterator[list[Any]]:
     pending: list[Any] = []
-    emitted = 0
-    pass_index = 0
-    while emitted < steps:
-        first_pass = pass_index == 0
-        delivered = 0
+    for row in rows:
+        pending.append(row)
+        if len(pending) == batch_size:
+            yield pending
+            pending = []
+
+
+def _padded_rows(split: SplitInfo, plan: ShardPlan, options: ReadOptions, batch_size: int, epoch: int,
+                 rng: np.random.Generator, counter: EpochCounter, reservoir: Reservoir | None) -> Iterator[Any]:
+    """The shard's rows once (counted), then padding rows without end (the caller takes what it needs)."""
+    def pass_rows(pass_index: int) -> Iterator[Any]:
         rows = read_shard_once(split, plan, options, pass_seed=options.seed + 7919 * epoch + pass_index)
         source = shuffled(rows, options.shuffle_buffer if options.shuffle else 0, rng)
         if options.sort_key is not None:
             source = bucketed(source, key=options.sort_key, batch_size=batch_size, window_batches=32, rng=rng)
-        for row in source:
+        return source
+
+    for row in pass_rows(0):
+        counter.first_pass_rows += 1
+        if counter.first_pass_rows > plan.local_rows:
+            counter.check_first_pass()  # more rows than the shard holds: fail now, not after training on them
+        if reservoir is not None:
+            reservoir.offer(row)
+        yield row
+    counter.check_first_pass()
+    if reservoir is not None:
+        for row in reservoir.cycle():
+            counter.padding_rows += 1
+            yield row
+    pass_index = 1
+    while True:
+        delivered = 0
+        for row in pass_rows(pass_index):
             delivered += 1
-            if first_pass:
-                counter.first_pass_rows += 1
-            elif emitted * batch_size + len(pending) >= needed:
-                break
-            else:
-                counter.padding_rows += 1
-            pending.append(row)
-            if len(pending) == batch_size and emitted < steps:
-                yield collate(pending)
-                emitted += 1
-                pending = []
-        if first_pass:
-            counter.check_first_pass()
-        elif delivered == 0:
+            counter.padding_rows += 1
+            yield row
+        if delivered == 0:
             raise DataCoverageError(f"rank {plan.rank}: a padding pass over {split.url} delivered no rows")
         pass_index += 1
 

@@ -135,3 +135,21 @@ def test_thread_pool_fix_waits_for_the_ventilator():
         pool._ventilator = NotFinished()
         assert pool.all_workers_done() is expected
     assert petastorm.reader.ThreadPool is OrderedEndThreadPool  # installed by importing training.data
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("reservoir_rows, passes", [(8192, 1), (0, 2)])
+def test_padding_comes_from_memory_unless_too_large(image_dataset, monkeypatch, reservoir_rows, passes):
+    import training.data as data
+
+    calls = []
+    real = data.read_shard_once
+    monkeypatch.setattr(data, "read_shard_once", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(data, "PADDING_RESERVOIR_ROWS", reservoir_rows)
+    split = load_dataset_info(str(image_dataset)).splits["train"]
+    plan = plan_shard(split.row_group_sizes, 1, 2)  # the smaller of two uneven shards
+    counter = EpochCounter(split, plan)
+    batches = list(training_batches(split, plan, FIELDS, batch_size=6, epoch=0, collate=list, counter=counter))
+    assert len(batches) == plan.steps(6) and counter.padding_rows == plan.steps(6) * 6 - plan.local_rows > 0
+    assert len(calls) == passes
+    assert {r.sample_id for b in batches for r in b} == set(ids_of(real(split, plan, FIELDS, pass_seed=0)))
