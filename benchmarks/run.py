@@ -1,0 +1,111 @@
+"""bigtrain's benchmarks: every figure measured side by side in one run and reported as a ratio.
+
+Usage:
+    make bench                                   # quick size
+    .venv/bin/python -m benchmarks.run --size 4  # 4x the quick size
+    .venv/bin/python -m benchmarks.run --size smoke --only loader,codecs
+
+Writes the table to stdout and JSON to --output (default runs/bench/results.json).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+
+SIZES = {"smoke": 0.1, "quick": 1.0}
+GROUPS = ("loader", "codecs", "preprocess", "stall", "distributed", "growth")
+BASE_PER_CLASS, BASE_TEXTS = 100, 8000
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="quick", help="smoke | quick | a multiple of quick (e.g. 4)")
+    parser.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated subset of {', '.join(GROUPS)}")
+    parser.add_argument("--output", default="runs/bench/results.json")
+    parser.add_argument("--work", default="runs/bench/work", help="scratch folder for generated data")
+    args = parser.parse_args(argv)
+    try:
+        args.scale = SIZES[args.size] if args.size in SIZES else float(args.size)
+    except ValueError:
+        parser.error(f"--size {args.size!r}: expected smoke, quick or a number")
+    args.groups = [g.strip() for g in args.only.split(",") if g.strip()]
+    unknown = sorted(set(args.groups) - set(GROUPS))
+    if unknown:
+        parser.error(f"--only: unknown group {unknown[0]!r} (groups: {', '.join(GROUPS)})")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from benchmarks import common, growth, loader, preprocess, train_bench
+    from jobs.common import setup_logging
+    from pipelines.samples import generate_images, generate_texts
+    from pipelines.storage import build_spark
+
+    setup_logging(quiet=True)
+    logging.getLogger("benchmarks").setLevel(logging.INFO)
+    work = os.path.abspath(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    per_class, n_texts = max(2, int(BASE_PER_CLASS * args.scale)), max(200, int(BASE_TEXTS * args.scale))
+    say = lambda text: print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)  # noqa: E731
+    say(f"size {args.size}: {per_class * 10} images, {n_texts} texts; work folder {work}")
+    raw_images, raw_texts = os.path.join(work, "raw-images"), os.path.join(work, "raw-texts")
+    generate_images(raw_images, per_class=per_class, seed=1)
+    generate_texts(raw_texts, records=n_texts, files=4, seed=1)
+    spark = build_spark(app_name="bigtrain-bench", master="local[2]",
+                        conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "8",
+                              "spark.ui.showConsoleProgress": "false"})
+    results: list[common.Result] = []
+    try:
+        image_ds, text_ds = os.path.join(work, "images-ds"), os.path.join(work, "texts-ds")
+        preprocess.run_image_job(spark, raw_images, image_ds)
+        from jobs.config import load_section
+        from jobs.preprocess_sequences import PreprocessSequencesConfig, preprocess_sequences
+        from pipelines.layout import to_url
+        preprocess_sequences(spark, input_url=to_url(raw_texts), output_url=to_url(text_ds), fmt="jsonl",
+                             config=load_section("preprocess_sequences", PreprocessSequencesConfig, flags={"ranks": 2}))
+        if "loader" in args.groups:
+            say("loader throughput")
+            results += loader.loader_results("images", image_ds, workers=2)
+            results += loader.loader_results("texts", text_ds, workers=2)
+        if "codecs" in args.groups:
+            say("image codecs")
+            results += preprocess.codec_results(spark, raw_images, os.path.join(work, "codecs"))
+        if "preprocess" in args.groups:
+            say("preprocessing throughput")
+            results += preprocess.image_results(spark, raw_images, os.path.join(work, "pre-images"), per_class * 10)
+            results += preprocess.text_results(spark, raw_texts, os.path.join(work, "pre-texts"), n_texts)
+        if "stall" in args.groups:
+            say("data stall")
+            results += train_bench.stall_results("images", image_ds)
+            results += train_bench.stall_results("texts", text_ds)
+        if "distributed" in args.groups:
+            say("distributed overhead")
+            horovodrun = shutil.which("horovodrun") or os.path.join(os.path.dirname(sys.executable), "horovodrun")
+            results += train_bench.distributed_results(horovodrun)
+        if "growth" in args.groups:
+            say("growth 1x / 4x / 16x")
+            raws, counts = {1: raw_images}, {1: per_class * 10}
+            for factor in (4, 16):
+                raws[factor] = os.path.join(work, f"raw-images-x{factor}")
+                generate_images(raws[factor], per_class=per_class * factor, seed=factor)
+                counts[factor] = per_class * factor * 10
+            results += growth.growth_results(spark, raws, os.path.join(work, "growth"), counts)
+    finally:
+        spark.stop()
+    meta = {"size": args.size, "images": per_class * 10, "texts": n_texts, "cores": common.cores(),
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "python": platform.python_version(),
+            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    print(common.table(results))
+    common.write_json(args.output, results, meta)
+    say(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

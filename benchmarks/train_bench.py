@@ -1,0 +1,89 @@
+"""Data stall (step time with the real loader / step time on the same batches in memory) and the distributed
+overhead of Horovod (two processes against one on the same cores; allreduce against memcpy bandwidth)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from benchmarks.common import Result, check, cores
+from jobs.config import load_section
+from training.config import TrainConfig
+from training.data import EpochCounter, ReadOptions, load_dataset_info, plan_shard, task_for, training_batches
+from training.loop import make_optimizer
+from training.models import DEFAULT_OPTIMIZER, build_model, resolve_model_name
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _setup(dataset: str):
+    config = load_section("train", TrainConfig)
+    info = load_dataset_info(dataset)
+    task, split = task_for(info.metadata), info.splits["train"]
+    name = resolve_model_name("auto", info.metadata)
+    torch.manual_seed(0)
+    model = build_model(name, metadata=info.metadata, config=config)
+    optimizer_name, lr = DEFAULT_OPTIMIZER[name]
+    optimizer = make_optimizer(optimizer_name, config, model, lr)
+    plan = plan_shard(split.row_group_sizes, 0, 1)
+    options = ReadOptions(task.fields, workers=config.loader_workers, shuffle=True,
+                          shuffle_buffer=config.shuffle_buffer, seed=1, columnar=task.columnar, sort_key=task.sort_key)
+
+    def batches():
+        return training_batches(split, plan, options, batch_size=config.batch_size, epoch=0, collate=task.collate,
+                                counter=EpochCounter(split, plan))
+    return name, model, optimizer, batches
+
+
+def _step(model, optimizer, batch) -> None:
+    inputs, y, _ = batch
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(model(*inputs), y).backward()
+    optimizer.step()
+
+
+def stall_results(name: str, dataset: str) -> list[Result]:
+    torch.set_num_threads(cores())
+    model_name, model, optimizer, batches = _setup(dataset)
+    held = list(batches())
+    for batch in held[:3]:
+        _step(model, optimizer, batch)  # warm-up
+    timings = {}
+    for label in ("loader", "memory", "loader2", "memory2"):
+        start = time.perf_counter()
+        for batch in (batches() if label.startswith("loader") else held):
+            _step(model, optimizer, batch)
+        timings[label] = time.perf_counter() - start
+    loader_s, memory_s = min(timings["loader"], timings["loader2"]), min(timings["memory"], timings["memory2"])
+    stall = 1 - memory_s / loader_s
+    return [Result(f"stall/{name}", f"{model_name}: step time with loader / in memory", loader_s / memory_s, "x",
+                   f"{len(held)} steps: {loader_s:.2f}s with the loader, {memory_s:.2f}s in memory; "
+                   f"stall {max(stall, 0):.1%} of step time", "stall <= 10%", check(stall, "<=", 0.10))]
+
+
+def distributed_results(horovodrun: str) -> list[Result]:
+    worker = os.path.join(HERE, "dist_worker.py")
+    n = cores()
+    one = _run_worker([sys.executable, worker, "--threads", str(n)])
+    two = _run_worker([horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, worker,
+                       "--threads", str(max(1, n // 2))])
+    return [
+        Result("distributed", "horovodrun -np 2 / one process, same cores", two["samples_per_s"] / one["samples_per_s"],
+               "", f"np 2: {two['samples_per_s']:,.0f} samples/s ({max(1, n // 2)} threads each); "
+                   f"np 1: {one['samples_per_s']:,.0f} samples/s ({n} threads)"),
+        Result("distributed", "allreduce / memcpy bandwidth", two["allreduce_gb_s"] / two["memcpy_gb_s"], "",
+               f"allreduce {two['allreduce_gb_s']:.2f} GB/s over Gloo (2 ranks, 64 MB); memcpy "
+               f"{two['memcpy_gb_s']:.2f} GB/s"),
+    ]
+
+
+def _run_worker(cmd: list[str]) -> dict:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    line = next(l for l in done.stdout.splitlines() if "BENCH " in l)
+    return json.loads(line.split("BENCH ", 1)[1])
