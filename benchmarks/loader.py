@@ -17,11 +17,15 @@ Row = collections.namedtuple("Row", "tokens length label sample_id")
 
 
 def bigtrain_loader(dataset: str, workers: int) -> tuple[callable, int]:
+    from jobs.config import load_section
+    from training.config import TrainConfig
+
+    config = load_section("train", TrainConfig)
     info = load_dataset_info(dataset)
-    task, split = task_for(info.metadata), info.splits["train"]
+    task, split = task_for(info.metadata, decode_threads=workers), info.splits["train"]
     plan = plan_shard(split.row_group_sizes, 0, 1)
-    options = ReadOptions(task.fields, workers=workers, shuffle=True, shuffle_buffer=1024, seed=1,
-                          columnar=task.columnar, sort_key=task.sort_key)
+    options = ReadOptions(task.fields, workers=workers, shuffle=True, shuffle_buffer=config.shuffle_buffer, seed=1,
+                          columnar=task.columnar, sort_key=task.sort_key, prefetch=config.prefetch_batches)
 
     def run() -> int:
         n = 0

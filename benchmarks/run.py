@@ -17,9 +17,9 @@ import shutil
 import sys
 import time
 
-SIZES = {"smoke": 0.1, "quick": 1.0}
+SIZES = {"smoke": 0.05, "quick": 1.0}
 GROUPS = ("loader", "codecs", "preprocess", "stall", "distributed", "growth")
-BASE_PER_CLASS, BASE_TEXTS = 100, 8000
+BASE_PER_CLASS, BASE_TEXTS, GROWTH_PER_CLASS = 400, 20000, 100  # quick: 4,000 images, 20,000 texts; growth 1x = 1,000
 
 
 def parse_args(argv):
@@ -90,11 +90,12 @@ def main(argv=None) -> int:
             results += train_bench.distributed_results(horovodrun)
         if "growth" in args.groups:
             say("growth 1x / 4x / 16x")
-            raws, counts = {1: raw_images}, {1: per_class * 10}
-            for factor in (4, 16):
+            base = max(2, int(GROWTH_PER_CLASS * args.scale))
+            raws, counts = {}, {}
+            for factor in (1, 4, 16):
                 raws[factor] = os.path.join(work, f"raw-images-x{factor}")
-                generate_images(raws[factor], per_class=per_class * factor, seed=factor)
-                counts[factor] = per_class * factor * 10
+                generate_images(raws[factor], per_class=base * factor, seed=factor)
+                counts[factor] = base * factor * 10
             results += growth.growth_results(spark, raws, os.path.join(work, "growth"), counts)
     finally:
         spark.stop()

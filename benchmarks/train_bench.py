@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def _setup(dataset: str):
     config = load_section("train", TrainConfig)
     info = load_dataset_info(dataset)
-    task, split = task_for(info.metadata), info.splits["train"]
+    task, split = task_for(info.metadata, decode_threads=config.loader_workers), info.splits["train"]
     name = resolve_model_name("auto", info.metadata)
     torch.manual_seed(0)
     model = build_model(name, metadata=info.metadata, config=config)
@@ -31,7 +31,8 @@ def _setup(dataset: str):
     optimizer = make_optimizer(optimizer_name, config, model, lr)
     plan = plan_shard(split.row_group_sizes, 0, 1)
     options = ReadOptions(task.fields, workers=config.loader_workers, shuffle=True,
-                          shuffle_buffer=config.shuffle_buffer, seed=1, columnar=task.columnar, sort_key=task.sort_key)
+                          shuffle_buffer=config.shuffle_buffer, seed=1, columnar=task.columnar, sort_key=task.sort_key,
+                          prefetch=config.prefetch_batches)
 
     def batches():
         return training_batches(split, plan, options, batch_size=config.batch_size, epoch=0, collate=task.collate,

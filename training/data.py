@@ -110,6 +110,7 @@ class ReadOptions:
     seed: int = 0
     columnar: bool = False                       # Petastorm's make_batch_reader (whole row groups as columns)
     sort_key: Callable[[Any], Any] | None = None  # training: batch rows of similar key (length) together
+    prefetch: int = 0                            # batches collated ahead in a background thread (0: none)
 
 
 def _reader_kwargs(plan: ShardPlan, options: ReadOptions, pass_seed: int) -> dict[str, Any]:
@@ -244,14 +245,63 @@ def training_batches(split: SplitInfo, plan: ShardPlan, options: ReadOptions, *,
     rng = np.random.default_rng([options.seed, epoch, plan.rank])
     padding = steps * batch_size - plan.local_rows
     reservoir = Reservoir(padding, rng) if 0 < padding <= PADDING_RESERVOIR_ROWS else None
-    rows = _padded_rows(split, plan, options, batch_size, epoch, rng, counter, reservoir)
-    batches = _batched(rows, batch_size)
+
+    def produce() -> Iterator[Any]:
+        rows = _padded_rows(split, plan, options, batch_size, epoch, rng, counter, reservoir)
+        batches = _batched(rows, batch_size)
+        try:
+            for _ in range(steps):
+                yield collate(next(batches))
+        finally:  # stop the readers of a pass that is only partly consumed
+            batches.close()
+            rows.close()
+
+    yield from prefetched(produce(), options.prefetch)
+
+
+def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Run ``items`` (reading, decoding, collating) in a background thread, ``depth`` items ahead, so the next
+    batch is being prepared while the model trains on this one. Errors surface in the caller, in order."""
+    import queue
+    import threading
+
+    if depth <= 0:
+        yield from items
+        return
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put((done, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+            buffer.put((done, exc))
+        finally:
+            items.close()
+
+    thread = threading.Thread(target=work, name="bigtrain-prefetch", daemon=True)
+    thread.start()
     try:
-        for _ in range(steps):
-            yield collate(next(batches))
-    finally:  # stop the readers of a pass that is only partly consumed
-        batches.close()
-        rows.close()
+        while True:
+            item, error = buffer.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _batched(rows: Iterator[Any], batch_size: int) -> Iterator[list[Any]]:
@@ -301,7 +351,7 @@ def evaluation_batches(split: SplitInfo, plan: ShardPlan, options: ReadOptions, 
                        collate: Callable[[list[Any]], Any]) -> Iterator[Any]:
     """This rank's shard exactly once, in batches (the last may be short), with no shuffling."""
     eval_options = ReadOptions(options.fields, options.workers, shuffle=False, shuffle_buffer=0, seed=options.seed,
-                               columnar=options.columnar)
+                               columnar=options.columnar, prefetch=options.prefetch)
     pending: list[Any] = []
     for row in read_shard_once(split, plan, eval_options, pass_seed=options.seed):
         pending.append(row)
@@ -320,11 +370,37 @@ def _labels_and_ids(rows: list[Any]):
     return y, ids
 
 
-def image_collate(rows: list[Any]):
-    """Rows -> ((images float32 (B, C, H, W) in [0, 1],), labels int64 (B,), sample ids int64 (B,))."""
+class ImageDecoder:
+    """Decodes a batch of stored images (PNG or JPEG bytes, or .npy bytes for the raw codec) on a thread pool:
+    OpenCV releases the GIL while decoding, so the threads really run in parallel."""
+
+    def __init__(self, codec: str, threads: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.codec = codec
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="bigtrain-decode") if threads > 1 else None
+
+    def decode(self, value: bytes) -> np.ndarray:
+        import io
+
+        import cv2
+
+        if self.codec == "raw":
+            return np.load(io.BytesIO(value))
+        image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
+        return image[:, :, ::-1] if image.ndim == 3 else image  # OpenCV decodes to BGR
+
+    def __call__(self, values: list[bytes]) -> list[np.ndarray]:
+        return list(self.pool.map(self.decode, values)) if self.pool else [self.decode(v) for v in values]
+
+
+def image_collate(rows: list[Any], decoder: ImageDecoder | None = None):
+    """Rows -> ((images float32 (B, C, H, W) in [0, 1],), labels int64 (B,), sample ids int64 (B,)).
+
+    With a ``decoder`` the rows hold the stored bytes (columnar reading) and are decoded here, as a batch."""
     import torch
 
-    images = np.stack([row.image for row in rows])
+    images = np.stack(decoder([row.image for row in rows]) if decoder else [row.image for row in rows])
     if images.ndim == 3:  # grayscale is stored as (H, W)
         images = images[:, :, :, None]
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float().div_(255.0)
@@ -351,13 +427,16 @@ class Task:
     sort_key: Callable[[Any], Any] | None
 
 
-def task_for(metadata: dict[str, Any], *, length_bucketing: bool = True) -> Task:
-    """Images are read row by row (Petastorm decodes each image); sequences through the columnar reader."""
+def task_for(metadata: dict[str, Any], *, length_bucketing: bool = True, decode_threads: int = 2) -> Task:
+    """Both kinds are read through Petastorm's columnar reader (make_batch_reader): images arrive as their stored
+    bytes and are decoded a batch at a time on ``decode_threads`` threads; sequences are already compact ids."""
     import functools
 
     kind = metadata["kind"]
     if kind == "image":
-        return Task(("image", "label", "sample_id"), image_collate, columnar=False, sort_key=None)
+        decoder = ImageDecoder(metadata["image"]["codec"], decode_threads)
+        return Task(("image", "label", "sample_id"), functools.partial(image_collate, decoder=decoder),
+                    columnar=True, sort_key=None)
     if kind == "sequence":
         collate = functools.partial(sequence_collate, dtype=metadata["sequence"]["token_dtype"])
         return Task(("tokens", "length", "label", "sample_id"), collate, columnar=True,

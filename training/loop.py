@@ -54,9 +54,10 @@ def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist) -
     optimizer = make_optimizer(optimizer_name, config, model, lr)
     dist.broadcast_state(model, optimizer)
     optimizer = dist.distributed_optimizer(optimizer, model)
-    task = task_for(info.metadata, length_bucketing=config.length_bucketing)
+    task = task_for(info.metadata, length_bucketing=config.length_bucketing, decode_threads=config.loader_workers)
     options = ReadOptions(task.fields, workers=config.loader_workers, shuffle=True, shuffle_buffer=config.shuffle_buffer,
-                          seed=config.seed, columnar=task.columnar, sort_key=task.sort_key)
+                          seed=config.seed, columnar=task.columnar, sort_key=task.sort_key,
+                          prefetch=config.prefetch_batches)
     plan = plan_shard(train_split.row_group_sizes, dist.rank, dist.size)
     if dist.rank == 0:
         log.info("training %s on %s: %d train rows, %d ranks x %d threads, %d steps/epoch of %d, %s lr %.4g%s",
