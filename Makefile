@@ -8,7 +8,8 @@ STAMP := $(VENV)/.bigtrain-setup
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-images demo-text test test-fast clean help
+.PHONY: setup demo demo-images demo-text test test-fast bench clean help
+BENCH_ARGS ?= --size quick
 
 help:
 	@echo "make setup      create $(VENV) and install the pinned stack (Horovod built once, cached in $(WHEELS))"
@@ -16,6 +17,7 @@ help:
 	@echo "make demo-images / make demo-text   one of the two"
 	@echo "make test       the full test suite (what CI runs)"
 	@echo "make test-fast  tests that need neither Spark nor horovodrun"
+	@echo "make bench      benchmarks (BENCH_ARGS='--size 4' to scale up); table on stdout, JSON in runs/bench/"
 
 setup: $(STAMP)
 
@@ -46,6 +48,9 @@ test: setup
 
 test-fast: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m pytest -m "not spark and not horovod and not slow" $(PYTEST_ARGS)
+
+bench: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -134,7 +134,7 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
     storage.remove_metadata(output_url)
     files = storage.read_binary_files(spark, input_url)
     decoded = images.decode_images(files, root_url=input_url, params=params)
-    unread = images.files_not_read(storage.listed_paths(spark, files), files, root_url=input_url, params=params)
+    unread = images.files_not_read(storage.listed_paths(spark, files), files, root_url=input_url)
     decoded = decoded.unionByName(unread).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         names = [r["class_name"] for r in decoded.select("class_name").where(F.col("class_name").isNotNull())

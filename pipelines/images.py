@@ -130,13 +130,19 @@ def decode_images(files: DataFrame, *, root_url: str, params: DecodeParams) -> D
     return files.select("path", "content").mapInPandas(decode_partition, schema=DECODED_SCHEMA)
 
 
-def files_not_read(listed_paths: DataFrame, files: DataFrame, *, root_url: str, params: DecodeParams) -> DataFrame:
+def files_not_read(listed_paths: DataFrame, files: DataFrame, *, root_url: str) -> DataFrame:
     """Files the listing holds but the ``binaryFile`` scan ``files`` never delivers, as rejected DECODED_SCHEMA rows.
 
     Spark's file sources silently skip zero-byte files; ``listed_paths`` (one ``path`` column, normalised with
     ``normalise_url``) comes from the listing the scan used, so every file Spark saw is accounted for. Only the
-    scan's ``path`` column is used, so no file content is read for this.
+    scan's ``path`` column is read, and the rows are built with SQL expressions (no Python worker).
     """
+    prefix = normalise_url(root_url).rstrip("/") + "/"
     scanned = files.select(F.regexp_replace("path", r"^file:/+", "file:/").alias("path"))
-    missing = listed_paths.join(scanned, "path", "left_anti").withColumn("content", F.lit(b"").cast("binary"))
-    return decode_images(missing, root_url=root_url, params=params)
+    missing = listed_paths.join(scanned, "path", "left_anti")
+    relpath = F.when(F.col("path").startswith(prefix), F.expr(f"substring(path, {len(prefix) + 1})"))
+    class_name = F.regexp_extract(relpath, r"^([^/]+)/", 1)
+    return missing.select(
+        "path", relpath.alias("relpath"), F.when(class_name != "", class_name).alias("class_name"),
+        F.lit(None).cast("binary").alias("image"),
+        F.lit("empty file: zero bytes (Spark's file scan skips such files)").alias("reason"))

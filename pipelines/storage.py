@@ -128,7 +128,6 @@ def balanced_repartition(df: DataFrame, num_partitions: int) -> DataFrame:
     plus its position), and index % n is routed to partition index % n through keys whose Murmur3 hash (what
     ``repartition(n, col)`` uses) lands exactly there. ``df`` must be deterministic (e.g. persisted).
     """
-    spark = df.sparkSession
     mid = F.monotonically_increasing_id()
     with_mid = df.withColumn("_bt_mid", mid)
     counts = sorted((r["pid"], r["rows"]) for r in with_mid.groupBy(F.shiftright("_bt_mid", _ROW_BITS).alias("pid"))
@@ -139,18 +138,46 @@ def balanced_repartition(df: DataFrame, num_partitions: int) -> DataFrame:
         total += rows
     if total == 0:
         return df.repartition(max(num_partitions, 1))
-    candidates = spark.range(0, 64 * num_partitions).select("id", F.pmod(F.hash("id"), F.lit(num_partitions)).alias("p"))
     keys: dict[int, int] = {}
-    for row in candidates.collect():
-        keys.setdefault(row["p"], row["id"])
-    if len(keys) != num_partitions:
-        raise RuntimeError(f"no hash key found for {num_partitions - len(keys)} of {num_partitions} partitions")
+    candidate = 0
+    while len(keys) < num_partitions:  # the first long key that Spark's hash partitioning sends to each partition
+        keys.setdefault(spark_hash_long(candidate) % num_partitions, candidate)
+        candidate += 1
     key_of = F.create_map(*[x for p, k in sorted(keys.items()) for x in (F.lit(p), F.lit(k).cast("long"))])
     offset = F.create_map(*offsets)[F.shiftright("_bt_mid", _ROW_BITS)]
     index = offset + F.col("_bt_mid").bitwiseAND(F.lit((1 << _ROW_BITS) - 1))
     return (with_mid.withColumn("_bt_key", key_of[F.pmod(index, F.lit(num_partitions))])
             .repartition(num_partitions, "_bt_key")
             .drop("_bt_mid", "_bt_key"))
+
+
+def _int32(x: int) -> int:
+    x &= 0xFFFFFFFF
+    return x - (1 << 32) if x & 0x80000000 else x
+
+
+def _rotl32(x: int, r: int) -> int:
+    x &= 0xFFFFFFFF
+    return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF
+
+
+def spark_hash_long(value: int, seed: int = 42) -> int:
+    """Spark's ``hash()`` of a LongType value (Murmur3_x86_32.hashLong with seed 42), as a signed 32-bit int."""
+    def mix_k1(k1: int) -> int:
+        return (_rotl32((k1 * 0xCC9E2D51) & 0xFFFFFFFF, 15) * 0x1B873593) & 0xFFFFFFFF
+
+    def mix_h1(h1: int, k1: int) -> int:
+        return (_rotl32(h1 ^ k1, 13) * 5 + 0xE6546B64) & 0xFFFFFFFF
+
+    value &= 0xFFFFFFFFFFFFFFFF
+    h1 = mix_h1(mix_h1(seed & 0xFFFFFFFF, mix_k1(value & 0xFFFFFFFF)), mix_k1(value >> 32))
+    h1 ^= 8
+    h1 ^= h1 >> 16
+    h1 = (h1 * 0x85EBCA6B) & 0xFFFFFFFF
+    h1 ^= h1 >> 13
+    h1 = (h1 * 0xC2B2AE35) & 0xFFFFFFFF
+    h1 ^= h1 >> 16
+    return _int32(h1)
 
 
 def write_petastorm(spark: SparkSession, df: DataFrame, *, url: str, schema, row_group_size_mb: int,

@@ -287,7 +287,9 @@ def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
             buffer.put((done, exc))
         finally:
-            items.close()
+            close = getattr(items, "close", None)
+            if close is not None:  # generators: stop their readers in the thread that ran them
+                close()
 
     thread = threading.Thread(target=work, name="bigtrain-prefetch", daemon=True)
     thread.start()

@@ -70,3 +70,14 @@ def test_balanced_repartition_makes_partitions_equal_to_one_row(spark, rows, par
     if rows >= parts:
         assert len(sizes) == parts and max(sizes) - min(sizes) <= 1
     df.unpersist()
+
+
+def test_spark_hash_long_matches_sparks_hash(spark):
+    from pyspark.sql import functions as F
+
+    from pipelines.storage import spark_hash_long
+
+    values = list(range(-50, 200)) + [2**31, -(2**31) - 1, 2**62 + 12345, -(2**63)]
+    df = spark.createDataFrame([(v,) for v in values], "v long")
+    got = {r["v"]: r["h"] for r in df.select("v", F.hash("v").alias("h")).collect()}
+    assert all(spark_hash_long(v) == got[v] for v in values)

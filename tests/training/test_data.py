@@ -154,3 +154,38 @@ def test_padding_comes_from_memory_unless_too_large(image_dataset, monkeypatch, 
     padding_passes = 0 if reservoir_rows else -(-counter.padding_rows // plan.local_rows)  # ceil
     assert len(calls) == 1 + padding_passes
     assert {r.sample_id for b in batches for r in b} == set(ids_of(real(split, plan, FIELDS, pass_seed=0)))
+
+
+def test_prefetched_keeps_order_surfaces_errors_and_stops_early():
+    import threading
+
+    from training.data import prefetched
+
+    assert list(prefetched(iter(range(100)), depth=3)) == list(range(100))
+
+    def failing():
+        yield 1
+        raise DataCoverageError("short shard")
+
+    out = []
+    with pytest.raises(DataCoverageError, match="short shard"):
+        for item in prefetched(failing(), depth=2):
+            out.append(item)
+    assert out == [1]
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    stream = prefetched(endless(), depth=2)
+    assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
+    stream.close()
+    assert closed.wait(5)
+    assert not any(t.name == "bigtrain-prefetch" for t in threading.enumerate())
