@@ -185,11 +185,14 @@ def shuffled(rows: Iterator[Any], buffer_size: int, rng: np.random.Generator) ->
         yield from rows
         return
     buffer: list[Any] = []
+    draws: list[int] = []
     for row in rows:
         if len(buffer) < buffer_size:
             buffer.append(row)
             continue
-        i = int(rng.integers(buffer_size))
+        if not draws:  # random slots drawn 4,096 at a time: one numpy call per row would dominate
+            draws = rng.integers(buffer_size, size=4096).tolist()
+        i = draws.pop()
         buffer[i], row = row, buffer[i]
         yield row
     rng.shuffle(buffer)
@@ -219,15 +222,18 @@ class Reservoir:
 
     def __init__(self, size: int, rng: np.random.Generator):
         self.size, self.rng, self.rows, self.seen = size, rng, [], 0
+        self._uniform: list[float] = []
 
     def offer(self, row: Any) -> None:
         self.seen += 1
         if len(self.rows) < self.size:
             self.rows.append(row)
-        else:
-            j = int(self.rng.integers(self.seen))
-            if j < self.size:
-                self.rows[j] = row
+            return
+        if not self._uniform:  # drawn 4,096 at a time: one numpy call per row would cost more than the row
+            self._uniform = self.rng.random(4096).tolist()
+        j = int(self._uniform.pop() * self.seen)
+        if j < self.size:
+            self.rows[j] = row
 
     def cycle(self) -> Iterator[Any]:
         while self.rows:
@@ -379,7 +385,7 @@ class ImageDecoder:
     def __init__(self, codec: str, threads: int):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.codec = codec
+        self.codec, self.threads = codec, threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="bigtrain-decode") if threads > 1 else None
 
     def decode(self, value: bytes) -> np.ndarray:
@@ -392,8 +398,16 @@ class ImageDecoder:
         image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
         return image[:, :, ::-1] if image.ndim == 3 else image  # OpenCV decodes to BGR
 
+    def decode_all(self, values: list[bytes]) -> list[np.ndarray]:
+        return [self.decode(v) for v in values]
+
     def __call__(self, values: list[bytes]) -> list[np.ndarray]:
-        return list(self.pool.map(self.decode, values)) if self.pool else [self.decode(v) for v in values]
+        if self.pool is None:
+            return self.decode_all(values)
+        # One task per thread, not per image: a future costs about as much as decoding a small image.
+        step = -(-len(values) // self.threads)
+        chunks = self.pool.map(self.decode_all, [values[i:i + step] for i in range(0, len(values), step)])
+        return [image for chunk in chunks for image in chunk]
 
 
 def image_collate(rows: list[Any], decoder: ImageDecoder | None = None):
