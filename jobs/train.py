@@ -30,17 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
                "flags win over config.")
     parser.add_argument("--data", required=True, metavar="DIR_OR_URL", help="a dataset written by a preprocess job")
     parser.add_argument("--output", required=True, metavar="DIR", help="where checkpoint.pt and metrics.json go")
-    parser.add_argument("--epochs", type=positive_int("--epochs"), metavar="N")
+    parser.add_argument("--epochs", type=positive_int("--epochs"), metavar="N", help="passes over the train split "
+                        "(default: train.epochs, 8)")
     parser.add_argument("--batch-size", type=positive_int("--batch-size"), metavar="N", help="per rank")
     parser.add_argument("--lr", type=positive_float("--lr"), metavar="X",
                         help="learning rate per rank, scaled by the number of ranks unless train.scale_lr=false "
                              "(default: the model's, cnn 0.01 with sgd, rnn/lstm/gru 0.002 with adam)")
-    parser.add_argument("--seed", type=int, metavar="N")
+    parser.add_argument("--seed", type=int, metavar="N", help="seeds initial weights and shuffling (default 42)")
     parser.add_argument("--model", choices=("auto", "cnn", "rnn", "lstm", "gru"),
                         help="default (auto): what the dataset calls for, cnn for images, lstm for sequences")
-    parser.add_argument("--optimizer", choices=("sgd", "adam"))
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), help="default: the model's (see --lr)")
     parser.add_argument("--loader-workers", type=positive_int("--loader-workers"), metavar="N",
-                        help="Petastorm reader threads per rank")
+                        help="Petastorm reader and image-decoding threads per rank")
     parser.add_argument("--backend", choices=("auto", "horovod", "single"), default="auto",
                         help="auto: Horovod when installed (a world of one without horovodrun)")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
