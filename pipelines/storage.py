@@ -30,6 +30,8 @@ def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | Non
     # petastorm 0.13 runs on pyarrow's deprecated legacy API in the Python workers too; its FutureWarnings there
     # would bury the job's own log.
     builder = builder.config("spark.executorEnv.PYTHONWARNINGS", "ignore::FutureWarning")
+    # Spark's stage progress bar when a person watches (a terminal), not in logs that schedulers keep.
+    builder = builder.config("spark.ui.showConsoleProgress", str(sys.stderr.isatty()).lower())
     for key, value in (conf or {}).items():
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()

@@ -31,31 +31,30 @@ def test_training_learns_and_writes_metrics_and_a_safe_checkpoint(image_dataset,
     assert checkpoint["model_state"]["classifier.4.weight"].shape[0] == len(meta["classes"])
 
 
-def test_an_empty_train_split_is_refused(image_dataset, tmp_path):
+def without_split(dataset, tmp_path, split: str):
+    """A copy of ``dataset`` whose ``split`` is empty (no files, 0 rows in metadata.json)."""
     import shutil
 
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["splits"][split]["rows"] = 0
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    shutil.rmtree(copy / split)
+    return copy
+
+
+def test_an_empty_train_split_is_refused(image_dataset, tmp_path):
     from pipelines.layout import DatasetError
 
-    copy = tmp_path / "ds"
-    shutil.copytree(image_dataset, copy)
-    meta = json.loads((copy / "metadata.json").read_text())
-    meta["splits"]["train"]["rows"] = 0
-    (copy / "metadata.json").write_text(json.dumps(meta))
-    shutil.rmtree(copy / "train")
+    copy = without_split(image_dataset, tmp_path, "train")
     config = load_section("train", TrainConfig, overrides=["train.epochs=1"])
     with pytest.raises(DatasetError, match="train is empty"):
         train(config, data_url=str(copy), output_dir=tmp_path / "out", dist=SingleProcess())
 
 
 def test_an_empty_test_split_gives_null_test_metrics_not_zero(image_dataset, tmp_path):
-    import shutil
-
-    copy = tmp_path / "ds"
-    shutil.copytree(image_dataset, copy)
-    meta = json.loads((copy / "metadata.json").read_text())
-    meta["splits"]["test"]["rows"] = 0
-    (copy / "metadata.json").write_text(json.dumps(meta))
-    shutil.rmtree(copy / "test")
+    copy = without_split(image_dataset, tmp_path, "test")
     config = load_section("train", TrainConfig, overrides=["train.epochs=1", "train.progress_bar=never"])
     metrics = train(config, data_url=str(copy), output_dir=tmp_path / "out", dist=SingleProcess()).metrics
     assert metrics["test_rows"] == 0 and metrics["test_accuracy"] is None and metrics["test_loss"] is None
