@@ -8,7 +8,7 @@ STAMP := $(VENV)/.bigtrain-setup
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-images demo-text test test-fast bench clean help
+.PHONY: setup demo demo-images demo-text test test-fast bench dist clean help
 BENCH_ARGS ?= --size quick
 
 help:
@@ -17,6 +17,7 @@ help:
 	@echo "make demo-images / make demo-text   one of the two"
 	@echo "make test       the full test suite (what CI runs)"
 	@echo "make test-fast  tests that need neither Spark nor horovodrun"
+	@echo "make dist       dist/bigtrain-src.zip, the code spark-submit --py-files ships to a cluster"
 	@echo "make bench      benchmarks (BENCH_ARGS='--size 4' to scale up); table on stdout, JSON in runs/bench/"
 
 setup: $(STAMP)
@@ -52,5 +53,8 @@ test-fast: setup
 bench: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m benchmarks.run $(BENCH_ARGS)
 
+dist: setup
+	$(VPY) scripts/make_dist.py dist/bigtrain-src.zip
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs dist .pytest_cache

@@ -36,6 +36,22 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def read_defaults() -> dict[str, Any]:
+    """conf/bigtrain.yaml from the checkout, or the copy packed into jobs/ by `make dist` when the code runs from
+    the zip that spark-submit --py-files shipped."""
+    if DEFAULTS_FILE.is_file():
+        return read_yaml(DEFAULTS_FILE)
+    import pkgutil
+
+    packed = pkgutil.get_data("jobs", "bigtrain.yaml")
+    if packed is None:
+        raise ConfigError(f"config file {DEFAULTS_FILE} does not exist, and jobs/bigtrain.yaml is not packed")
+    data = yaml.safe_load(packed.decode("utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ConfigError("jobs/bigtrain.yaml must hold a mapping of sections")
+    return data
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """``["train.lr=0.1", "images.splits.test=0.2"]`` -> nested dict. Values are parsed as YAML scalars."""
     nested: dict[str, Any] = {}
@@ -69,7 +85,7 @@ def load_section(section: str, cls: type[T], *, config_file: str | None = None,
 
     ``flags`` are the job's explicit command-line flags (``None`` values mean "not given" and are ignored).
     """
-    layers = [read_yaml(DEFAULTS_FILE)]
+    layers = [read_defaults()]
     if LOCAL_FILE.is_file():
         layers.append(read_yaml(LOCAL_FILE))
     if config_file:

@@ -94,3 +94,97 @@ def text_dataset(spark, sample_texts, tmp_path_factory) -> Path:
     preprocess_sequences(spark, input_url=to_url(str(sample_texts)), output_url=to_url(str(out)), fmt="jsonl",
                          config=config)
     return out
+
+
+def _free_port(preferred: int) -> int:
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError("no free port")
+
+
+def _wait_for(path: Path, text: str, process, timeout: float = 90) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.5)
+    log = path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
+    raise RuntimeError(f"{text!r} did not appear in {path}:\n{log}")
+
+
+@pytest.fixture(scope="session")
+def standalone_cluster(tmp_path_factory):
+    """A real Spark standalone cluster on this machine: a master and two workers (1 core, 1 GB each, their own work
+    directories), started from the Spark that pyspark ships, stopped afterwards. Yields the master URL."""
+    import subprocess
+
+    from pyspark.find_spark_home import _find_spark_home
+
+    spark_class = str(Path(_find_spark_home()) / "bin" / "spark-class")
+    root = tmp_path_factory.mktemp("standalone")
+    port = _free_port(7077)
+    env = {**subprocess_env(), "SPARK_LOG_DIR": str(root), "SPARK_NO_DAEMONIZE": "1"}
+    processes = []
+
+    def start(name: str, *args: str):
+        log = root / f"{name}.log"
+        handle = log.open("w")
+        process = subprocess.Popen([spark_class, *args], stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=root)
+        processes.append(process)
+        return process, log
+
+    try:
+        master, master_log = start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                                   "--port", str(port), "--webui-port", str(_free_port(0)))
+        _wait_for(master_log, "I have been elected leader", master)
+        url = f"spark://127.0.0.1:{port}"
+        for i in range(2):
+            work = root / f"worker{i}"
+            work.mkdir()
+            worker, log = start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1",
+                                "--cores", "1", "--memory", "1g", "--work-dir", str(work),
+                                "--webui-port", str(_free_port(0)))
+            _wait_for(log, "Successfully registered with master", worker)
+        yield url
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except Exception:  # noqa: BLE001 - make sure nothing outlives the tests
+                process.kill()
+
+
+@pytest.fixture(scope="session")
+def python_without_bigtrain(tmp_path_factory) -> str:
+    """An interpreter that has every dependency but not bigtrain itself (the editable install's .pth is skipped),
+    as on a cluster where only the zip shipped with --py-files brings the code."""
+    import sysconfig
+
+    wrapper = tmp_path_factory.mktemp("python") / "python"
+    site = sysconfig.get_paths()["purelib"]
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{site}${{PYTHONPATH:+:$PYTHONPATH}}" exec {sys.executable} -S "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+@pytest.fixture(scope="session")
+def dist_zip(tmp_path_factory) -> Path:
+    import subprocess
+
+    out = tmp_path_factory.mktemp("dist") / "bigtrain-src.zip"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_dist.py"), str(out)], check=True,
+                   capture_output=True, env=subprocess_env())
+    return out

@@ -1,0 +1,29 @@
+"""Build dist/bigtrain-src.zip: what `spark-submit --py-files` ships to the executors (and the driver, when the
+project is not installed there): the pipelines, training and jobs packages, with conf/bigtrain.yaml inside as the
+jobs package's defaults.
+
+Usage: python scripts/make_dist.py [OUTPUT_ZIP]
+"""
+from __future__ import annotations
+
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("pipelines", "training", "jobs")
+
+
+def build(output: Path) -> Path:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(output, "w", zipfile.ZIP_DEFLATED) as archive:
+        for package in PACKAGES:
+            for path in sorted((ROOT / package).rglob("*.py")):
+                archive.write(path, path.relative_to(ROOT).as_posix())
+        archive.write(ROOT / "conf" / "bigtrain.yaml", "jobs/bigtrain.yaml")
+    return output
+
+
+if __name__ == "__main__":
+    out = build(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "dist" / "bigtrain-src.zip")
+    print(f"wrote {out} ({out.stat().st_size // 1024} KB): spark-submit --py-files {out} jobs/<job>.py ...")
