@@ -65,10 +65,23 @@ def read_vocabulary(dataset_url: str) -> list[str]:
         return json.load(fh)
 
 
+def _exists(fs, path: str, url: str) -> bool:
+    """fs.exists, with storage errors (unreachable endpoint, refused credentials) turned into a DatasetError that
+    names the URL and says where the settings come from."""
+    try:
+        return fs.exists(path)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read {url}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - botocore's errors do not derive from OSError
+        raise DatasetError(f"cannot read {url}: {type(exc).__name__}: {exc} (object storage endpoint and credentials "
+                           "come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION)"
+                           ) from exc
+
+
 def read_metadata(dataset_url: str) -> dict[str, Any]:
     url = join(dataset_url, METADATA_FILE)
     fs, path = _fs(url)
-    if not fs.exists(path):
+    if not _exists(fs, path, url):
         raise DatasetError(f"{url} not found: {dataset_url} is not a bigtrain dataset "
                            "(write one with `bigtrain preprocess-images`), or its job did not finish")
     with fs.open(path, "r") as fh:

@@ -188,3 +188,20 @@ def dist_zip(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, str(REPO / "scripts" / "make_dist.py"), str(out)], check=True,
                    capture_output=True, env=subprocess_env())
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3-compatible server (moto's server mode) on 127.0.0.1; yields the environment that points
+    fsspec/s3fs (and so Petastorm and bigtrain) at it."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield {"AWS_ACCESS_KEY_ID": "bigtrain-test", "AWS_SECRET_ACCESS_KEY": "bigtrain-test",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    server.stop()

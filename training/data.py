@@ -139,6 +139,37 @@ def _row_type(fields: tuple[str, ...]) -> type:
     return _ROW_TYPES[fields]
 
 
+def legacy_filesystem(url: str):
+    """For object stores: the fsspec filesystem wrapped in pyarrow's legacy interface, or None for local files.
+
+    Petastorm 0.13.1 hands s3:// datasets to pyarrow 14 as a bare fsspec filesystem, which sends them down the new
+    Dataset API, and that refuses Petastorm's ``validate_schema`` argument ("Keyword 'validate_schema' is not yet
+    supported with the new Dataset API"). Wrapped, they take the legacy path that local files take. Credentials and
+    endpoint come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...).
+    """
+    import fsspec
+
+    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    if scheme == "file":
+        return None
+    return _legacy_wrapper()(fsspec.filesystem(scheme))
+
+
+def _legacy_wrapper():
+    """pyarrow's DaskFileSystem (the legacy wrapper of an fsspec filesystem) with the two methods it leaves out;
+    its S3FSWrapper calls a private s3fs method that is a coroutine in current s3fs."""
+    from pyarrow.filesystem import DaskFileSystem
+
+    class FsspecLegacyFileSystem(DaskFileSystem):
+        def isdir(self, path):
+            return self.fs.isdir(path)
+
+        def isfile(self, path):
+            return self.fs.isfile(path)
+
+    return FsspecLegacyFileSystem
+
+
 def read_shard_once(split: SplitInfo, plan: ShardPlan, options: ReadOptions, pass_seed: int) -> Iterator[Any]:
     """Every row of this rank's shard exactly once (namedtuples of the requested fields)."""
     from petastorm import make_batch_reader, make_reader
@@ -147,7 +178,7 @@ def read_shard_once(split: SplitInfo, plan: ShardPlan, options: ReadOptions, pas
         return
     make = make_batch_reader if options.columnar else make_reader
     reader = make(split.url, schema_fields=list(options.fields), reader_pool_type="thread", num_epochs=1,
-                  **_reader_kwargs(plan, options, pass_seed))
+                  filesystem=legacy_filesystem(split.url), **_reader_kwargs(plan, options, pass_seed))
     try:
         rows = _columnar_rows(reader, options.fields) if options.columnar else iter(reader)
         for position, row in enumerate(rows):
