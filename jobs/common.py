@@ -97,3 +97,14 @@ def resolve_master(flag: str | None, config_master: str) -> str | None:
     if "PYSPARK_GATEWAY_PORT" in os.environ:  # launched by spark-submit, which already chose the master
         return None
     return config_master
+
+
+def check_connectors(spark, urls: dict[str, str]) -> None:
+    """A UsageError naming the flag when Spark cannot reach one of the URLs (missing Hadoop connector)."""
+    from pipelines import storage
+
+    for flag, url in urls.items():
+        try:
+            storage.require_connector(spark, url)
+        except storage.MissingConnectorError as exc:
+            raise UsageError(f"{flag} {exc}") from None

@@ -19,8 +19,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from jobs.common import (UsageError, add_config_flags, format_summary, positive_int, resolve_master, run_main,
-                         setup_logging)
+from jobs.common import (UsageError, add_config_flags, check_connectors, format_summary, positive_int,
+                         resolve_master, run_main, setup_logging)
 from jobs.config import load_section, require
 
 log = logging.getLogger("bigtrain.preprocess_sequences")
@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     spark = storage.build_spark(app_name="bigtrain-preprocess-sequences",
                                 master=resolve_master(args.master, config.master), conf=config.spark_conf)
     try:
+        check_connectors(spark, {"--input": input_url, "--output": output_url})
         start = time.monotonic()
         summary = preprocess_sequences(spark, input_url=input_url, output_url=output_url, fmt=fmt, config=config)
         summary["seconds"] = round(time.monotonic() - start, 1)

@@ -39,6 +39,35 @@ def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | Non
     return spark
 
 
+HADOOP_FILESYSTEMS = {  # URL scheme -> (Hadoop class, what provides it)
+    "s3a": ("org.apache.hadoop.fs.s3a.S3AFileSystem",
+            "the Hadoop S3 connector: spark-submit --packages org.apache.hadoop:hadoop-aws:3.3.4"),
+    "gs": ("com.google.cloud.hadoop.fs.gcs.GoogleHadoopFileSystem", "the GCS connector jar"),
+    "abfs": ("org.apache.hadoop.fs.azurebfs.AzureBlobFileSystem",
+             "spark-submit --packages org.apache.hadoop:hadoop-azure:3.3.4"),
+}
+
+
+class MissingConnectorError(ValueError):
+    """Spark cannot reach a URL's storage: its Hadoop connector is not on the classpath."""
+
+
+def require_connector(spark: SparkSession, url: str) -> None:
+    """Fail before any work when Spark has no file system for ``url`` (s3a://, gs://, abfs://; s3:// is not one)."""
+    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    if scheme in ("s3", "s3n"):
+        raise MissingConnectorError(f"{url}: Spark reaches object storage through s3a://, not {scheme}:// "
+                                    f"(use s3a://{url.split('://', 1)[1]})")
+    if scheme not in HADOOP_FILESYSTEMS:
+        return
+    class_name, provider = HADOOP_FILESYSTEMS[scheme]
+    try:
+        spark.sparkContext._jvm.java.lang.Class.forName(class_name)
+    except Exception:  # noqa: BLE001 - py4j wraps the ClassNotFoundException
+        raise MissingConnectorError(f"{url}: Spark has no {scheme}:// file system ({class_name} is not on the "
+                                    f"classpath); add {provider}") from None
+
+
 def read_binary_files(spark: SparkSession, root_url: str) -> DataFrame:
     """Every file below ``root_url`` (recursively) as (path, modificationTime, length, content).
 

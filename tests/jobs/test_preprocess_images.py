@@ -139,3 +139,13 @@ def test_spark_submit_and_train_on_an_unseen_folder(tmp_path):
     metrics = json.loads((model / "metrics.json").read_text())
     assert metrics["test_rows"] == meta["splits"]["test"]["rows"]
     assert set(metrics["per_class_accuracy"]) == {"dark", "light", "mid"}
+
+
+@pytest.mark.slow
+def test_a_missing_s3a_connector_is_named(tmp_path):
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / "preprocess_images.py"), "--input",
+                           str(tmp_path / "imgs"), "--output", "s3a://bucket/ds", "--master", "local[1]"],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "--output s3a://bucket/ds: Spark has no s3a:// file system" in done.stderr and "hadoop-aws" in done.stderr
