@@ -16,7 +16,7 @@ class SingleProcess:
     """World of one: what the loop sees under plain ``python jobs/train.py`` when Horovod is not installed."""
 
     name = "single"
-    rank, size, local_rank, local_size = 0, 1, 0, 1
+    rank, size, local_rank, local_size, hosts = 0, 1, 0, 1, 1
 
     def allreduce_sum(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
         return tensor
@@ -46,6 +46,7 @@ class HorovodBackend:
         self.hvd = hvd
         self.rank, self.size = hvd.rank(), hvd.size()
         self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
+        self.hosts = hvd.cross_size()  # Horovod: ranks with the same local rank, one per host
 
     def allreduce_sum(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
         return self.hvd.allreduce(tensor, op=self.hvd.Sum, name=name)  # Horovod: sum a metric over ranks

@@ -60,8 +60,8 @@ def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist) -
                           prefetch=config.prefetch_batches)
     plan = plan_shard(train_split.row_group_sizes, dist.rank, dist.size)
     if dist.rank == 0:
-        log.info("training %s on %s: %d train rows, %d ranks x %d threads, %d steps/epoch of %d, %s lr %.4g%s",
-                 model_name, info.url, train_split.rows, dist.size, threads, plan.steps(config.batch_size),
+        log.info("training %s on %s: %d train rows, %d ranks on %d hosts x %d threads, %d steps/epoch of %d, %s lr %.4g%s",
+                 model_name, info.url, train_split.rows, dist.size, dist.hosts, threads, plan.steps(config.batch_size),
                  config.batch_size, optimizer_name, lr,
                  "" if plan.by_row_group else " (fewer row groups than ranks: row sharding)")
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +87,7 @@ def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist) -
         "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_rows": test["rows"],
         "per_class_accuracy": dict(zip(info.classes, test["per_class_accuracy"])),
         "per_class_rows": dict(zip(info.classes, test["per_class_rows"])),
-        "history": history, "world_size": dist.size, "lr": lr, "optimizer": optimizer_name, "model": model_name, "dataset": info.url, "train_rows": train_split.rows,
+        "history": history, "world_size": dist.size, "hosts": dist.hosts, "lr": lr, "optimizer": optimizer_name, "model": model_name, "dataset": info.url, "train_rows": train_split.rows,
         "config": asdict(config),
     }
     if dist.rank == 0:

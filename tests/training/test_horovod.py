@@ -56,3 +56,23 @@ def test_train_job_under_horovodrun_logs_once_and_writes_outputs(image_dataset, 
 
 def _rank1_lines(done: subprocess.CompletedProcess) -> str:
     return "\n".join(line for line in (done.stdout + done.stderr).splitlines() if line.startswith("[1]"))
+
+
+def test_horovodrun_over_two_host_names_with_a_hostfile(image_dataset, tmp_path):
+    """Two names for this machine (localhost and its host name) are two hosts to Horovod: each gets one rank,
+    Gloo talks over the loopback interface named with --network-interface, and no ssh is needed."""
+    import socket
+
+    hostname = socket.gethostname()
+    if hostname in ("localhost", "127.0.0.1"):
+        pytest.skip("this machine's host name is localhost itself")
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text(f"localhost slots=1\n{hostname} slots=1\n")
+    cmd = [tool("horovodrun"), "-np", "2", "-hostfile", str(hostfile), "--network-interface", "lo", "--gloo",
+           sys.executable, str(REPO / "jobs" / "train.py"), "--data", str(image_dataset), "--output",
+           str(tmp_path / "m"), "--epochs", "1", "--batch-size", "8", "--no-progress"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["hosts"] == 2
+    assert "2 ranks on 2 hosts" in done.stdout + done.stderr
