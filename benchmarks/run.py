@@ -10,7 +10,6 @@ Writes the table to stdout and JSON to --output (default runs/bench/results.json
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import platform
 import shutil
@@ -48,7 +47,6 @@ def main(argv=None) -> int:
     from pipelines.storage import build_spark
 
     setup_logging(quiet=True)
-    logging.getLogger("benchmarks").setLevel(logging.INFO)
     work = os.path.abspath(args.work)
     shutil.rmtree(work, ignore_errors=True)
     per_class, n_texts = max(2, int(BASE_PER_CLASS * args.scale)), max(200, int(BASE_TEXTS * args.scale))

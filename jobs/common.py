@@ -11,6 +11,7 @@ from typing import Callable
 from jobs.config import ConfigError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+OUR_LOGGERS = ("bigtrain", "pipelines", "training", "jobs", "benchmarks")
 
 
 class UsageError(ValueError):
@@ -21,13 +22,14 @@ def setup_logging(*, quiet: bool = False, rank: int = 0) -> None:
     """INFO on rank 0, WARNING elsewhere, so a multi-process run prints one story."""
     level = logging.WARNING if (quiet or rank != 0) else logging.INFO
     prefix = "" if rank == 0 else f"[rank {rank}] "
-    logging.basicConfig(level=level, format=prefix + LOG_FORMAT, stream=sys.stderr, force=True)
+    # Libraries log at WARNING; bigtrain's own loggers at `level` (py4j reports its retried connections at INFO).
+    logging.basicConfig(level=logging.WARNING, format=prefix + LOG_FORMAT, stream=sys.stderr, force=True)
+    for ours in OUR_LOGGERS:
+        logging.getLogger(ours).setLevel(level)
     # petastorm 0.13 uses pyarrow's legacy dataset API (STACK.md pins pyarrow 14 for it); its deprecation
     # warnings say nothing a bigtrain user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm(\.|$)")
-    for noisy in ("py4j", "petastorm", "pyarrow", "horovod"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,8 @@ Launch:
     python jobs/train.py --data runs/demo/dataset --output runs/demo/model          # one process
     bigtrain train --data runs/demo/dataset --output runs/demo/model --epochs 5
     horovodrun -np 8 -H host1:4,host2:4 python jobs/train.py --data s3://bucket/ds --output /shared/model
+    spark-submit --master spark://master:7077 --py-files dist/bigtrain-src.zip jobs/train.py --launcher spark \
+        --num-proc 8 --data s3://bucket/ds --output /shared/model     # ranks on the Spark executors
 
 Writes (rank 0): <output>/checkpoint.pt (weights, config, class map; loads with torch.load(weights_only=True))
 and <output>/metrics.json (test_accuracy, test_loss, test_rows, per-class accuracy, per-epoch history).
@@ -45,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=("auto", "horovod", "single"), default="auto",
                         help="auto: Horovod when installed (a world of one without horovodrun)")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    launch = parser.add_argument_group("launching on a Spark cluster")
+    launch.add_argument("--launcher", choices=("direct", "spark"), default="direct",
+                        help="direct: this process is a rank (horovodrun or plain python); spark: run --num-proc ranks "
+                             "on the executors of a Spark cluster with horovod.spark.run")
+    launch.add_argument("--num-proc", type=positive_int("--num-proc"), metavar="N",
+                        help="ranks for --launcher spark (default: the cluster's default parallelism)")
+    launch.add_argument("--master", help="Spark master for --launcher spark (default: spark-submit's, else local[*])")
     add_config_flags(parser)
     return parser
 
@@ -63,13 +72,40 @@ def run(args: argparse.Namespace) -> int:
              "model": args.model, "optimizer": args.optimizer, "loader_workers": args.loader_workers,
              "progress_bar": "never" if args.no_progress else None}
     config = load_section("train", TrainConfig, config_file=args.config, overrides=args.overrides, flags=flags)
+    if args.launcher == "spark":
+        return run_spark(args, config)
     dist = init_distributed(args.backend)
     setup_logging(rank=dist.rank)
     metrics = train(config, data_url=args.data, output_dir=args.output, dist=dist).metrics
     if dist.rank == 0:
-        accuracy = "n/a" if metrics["test_accuracy"] is None else f"{metrics['test_accuracy']:.4f}"
-        print(f"train: test accuracy {accuracy} on {metrics['test_rows']} rows "
-              f"({metrics['world_size']} ranks); outputs in {args.output}")
+        report(metrics, args.output)
+    return 0
+
+
+def report(metrics: dict, output: str) -> None:
+    accuracy = "n/a" if metrics["test_accuracy"] is None else f"{metrics['test_accuracy']:.4f}"
+    print(f"train: test accuracy {accuracy} on {metrics['test_rows']} rows ({metrics['world_size']} ranks); "
+          f"outputs in {output}")
+
+
+def run_spark(args: argparse.Namespace, config) -> int:
+    """--launcher spark: the same loop as Horovod ranks inside Spark tasks (horovod.spark.run)."""
+    import os
+    from dataclasses import asdict
+
+    from jobs.common import resolve_master
+    from pipelines import storage
+    from training.spark_launch import run_on_spark
+
+    setup_logging()
+    spark = storage.build_spark(app_name="bigtrain-train", master=resolve_master(args.master, "local[*]"))
+    try:
+        num_proc = args.num_proc or spark.sparkContext.defaultParallelism
+        metrics = run_on_spark(spark, config=asdict(config), data_url=args.data,
+                               output_dir=os.path.abspath(args.output), num_proc=num_proc)
+    finally:
+        spark.stop()
+    report(metrics, args.output)
     return 0
 
 

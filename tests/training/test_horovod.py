@@ -76,3 +76,21 @@ def test_horovodrun_over_two_host_names_with_a_hostfile(image_dataset, tmp_path)
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["hosts"] == 2
     assert "2 ranks on 2 hosts" in done.stdout + done.stderr
+
+
+def test_training_launched_on_spark_matches_horovodrun(image_dataset, tmp_path):
+    """--launcher spark runs the same loop as Horovod ranks inside Spark tasks (horovod.spark.run); with one reader
+    thread per rank the data order is fixed, so both launchers train the same model."""
+    common = ["--data", str(image_dataset), "--epochs", "2", "--batch-size", "8", "--no-progress",
+              "--loader-workers", "1"]
+    horovodrun([str(REPO / "jobs" / "train.py"), "--output", str(tmp_path / "hvd"), *common], tmp_path)
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), "--launcher", "spark", "--master",
+                           "local[2]", "--num-proc", "2", "--output", str(tmp_path / "spark"), *common],
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    by_hvd, by_spark = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("hvd", "spark"))
+    assert by_spark["world_size"] == by_hvd["world_size"] == 2
+    for a, b in zip(by_hvd["history"], by_spark["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    assert by_spark["test_loss"] == pytest.approx(by_hvd["test_loss"], rel=1e-4)
