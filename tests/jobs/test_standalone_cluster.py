@@ -15,13 +15,14 @@ from tests.conftest import REPO, subprocess_env, tool
 pytestmark = [pytest.mark.cluster, pytest.mark.spark, pytest.mark.slow]
 
 
-def submit(cluster: str, python: str, dist_zip, job: str, args: list[str], cwd) -> subprocess.CompletedProcess:
+def submit(cluster: str, python: str, dist_zip, job: str, args: list[str], cwd,
+           quiet: bool = True) -> subprocess.CompletedProcess:
     script = cwd / job
     shutil.copy(REPO / "jobs" / job, script)  # the entry script alone; everything it imports comes from the zip
     env = {**subprocess_env(), "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}
     cmd = [tool("spark-submit"), "--master", cluster, "--py-files", str(dist_zip),
            "--conf", f"spark.pyspark.python={python}", "--conf", "spark.executor.memory=768m",
-           "--conf", "spark.sql.shuffle.partitions=4", str(script), *args, "--quiet"]
+           "--conf", "spark.sql.shuffle.partitions=4", str(script), *args] + (["--quiet"] if quiet else [])
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     return done
@@ -60,3 +61,16 @@ def test_the_sequence_job_on_the_cluster_writes_the_local_dataset(standalone_clu
         assert cluster_meta[key] == local_meta[key], key
     assert (out / "vocab.json").read_text() == (text_dataset / "vocab.json").read_text()
     assert rows_by_split(out, "source") == rows_by_split(text_dataset, "source")
+
+
+def test_training_runs_on_the_cluster_executors(standalone_cluster, python_without_bigtrain, dist_zip, image_dataset,
+                                                tmp_path):
+    """spark-submit jobs/train.py --launcher spark: the Horovod ranks are tasks on the two workers."""
+    out = tmp_path / "model"
+    done = submit(standalone_cluster, python_without_bigtrain, dist_zip, "train.py",
+                  ["--launcher", "spark", "--num-proc", "2", "--data", str(image_dataset), "--output", str(out),
+                   "--epochs", "1", "--batch-size", "8", "--no-progress"], tmp_path, quiet=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["test_rows"] == json.loads(
+        (image_dataset / "metadata.json").read_text())["splits"]["test"]["rows"]
+    assert "train: test accuracy" in done.stdout
