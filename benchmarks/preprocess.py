@@ -7,7 +7,6 @@ import os
 import shutil
 import time
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 

@@ -102,7 +102,6 @@ def test_fixed_label_list_rejects_labels_it_cannot_map(spark):
 
 @pytest.mark.spark
 def test_line_numbers_are_exact_across_file_blocks(spark, tmp_path):
-    from pyspark.sql import functions as F
 
     from pipelines import storage, text
 

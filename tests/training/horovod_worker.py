@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from jobs.config import load_section
 from training.config import TrainConfig
