@@ -7,6 +7,9 @@ WHEELS := .cache/wheels
 STAMP := $(VENV)/.bigtrain-setup
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
+# Local runs: Spark binds to loopback (not the first network interface it finds) and logs warnings only.
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export SPARK_SUBMIT_OPTS ?= -Dlog4j2.configurationFile=file:$(CURDIR)/conf/log4j2.properties
 
 .PHONY: setup demo demo-images demo-text test test-fast bench dist clean help
 BENCH_ARGS ?= --size quick
