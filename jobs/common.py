@@ -110,3 +110,23 @@ def check_connectors(spark, urls: dict[str, str]) -> None:
             storage.require_connector(spark, url)
         except storage.MissingConnectorError as exc:
             raise UsageError(f"{flag} {exc}") from None
+
+
+def run_preprocessing(*, job: str, unit: str, master: str | None, spark_conf: dict[str, str], input_url: str,
+                      output_url: str, body: Callable[..., dict]) -> int:
+    """The shared life of a preprocessing job: a session, the storage checks, ``body(spark)`` timed, the session
+    stopped whatever happens, and the summary printed (read = written + rejected)."""
+    import time
+
+    from pipelines import storage
+
+    spark = storage.build_spark(app_name=f"bigtrain-{job}", master=master, conf=spark_conf)
+    try:
+        check_connectors(spark, {"--input": input_url, "--output": output_url})
+        start = time.monotonic()
+        summary = body(spark)
+        summary["seconds"] = round(time.monotonic() - start, 1)
+    finally:
+        spark.stop()
+    print(format_summary(summary, job=job, unit=unit))
+    return 0

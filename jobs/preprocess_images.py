@@ -15,12 +15,11 @@ import argparse
 import logging
 import os
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from jobs.common import (UsageError, add_config_flags, check_connectors, format_summary, positive_int,
-                         resolve_master, run_main, setup_logging)
+from jobs.common import (UsageError, add_config_flags, positive_int, resolve_master, run_main, run_preprocessing,
+                         setup_logging)
 from jobs.config import load_section, require
 
 log = logging.getLogger("bigtrain.preprocess_images")
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines import layout, storage
+    from pipelines import layout
 
     config = load_config(args)
     input_url, output_url = layout.to_url(args.input), layout.to_url(args.output)
@@ -108,17 +107,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--input {args.input}: no such directory")
     if input_url.rstrip("/") == output_url.rstrip("/"):
         raise UsageError(f"--output {args.output} must differ from --input")
-    spark = storage.build_spark(app_name="bigtrain-preprocess-images", master=resolve_master(args.master, config.master),
-                                conf=config.spark_conf)
-    try:
-        check_connectors(spark, {"--input": input_url, "--output": output_url})
-        start = time.monotonic()
-        summary = preprocess_images(spark, input_url=input_url, output_url=output_url, config=config)
-        summary["seconds"] = round(time.monotonic() - start, 1)
-    finally:
-        spark.stop()
-    print(format_summary(summary, job="preprocess-images", unit="files"), file=sys.stdout)
-    return 0
+    return run_preprocessing(
+        job="preprocess-images", unit="files", master=resolve_master(args.master, config.master),
+        spark_conf=config.spark_conf, input_url=input_url, output_url=output_url,
+        body=lambda spark: preprocess_images(spark, input_url=input_url, output_url=output_url, config=config))
 
 
 def preprocess_images(spark, *, input_url: str, output_url: str, config: PreprocessImagesConfig) -> dict:

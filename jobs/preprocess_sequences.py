@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from jobs.common import (UsageError, add_config_flags, check_connectors, format_summary, positive_int,
-                         resolve_master, run_main, setup_logging)
+from jobs.common import (UsageError, add_config_flags, positive_int, resolve_master, run_main, run_preprocessing,
+                         setup_logging)
 from jobs.config import load_section, require
 
 log = logging.getLogger("bigtrain.preprocess_sequences")
@@ -116,17 +115,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--input {args.input}: no such file or directory") from None
     except ValueError as exc:
         raise UsageError(f"--input {args.input}: {exc}") from None
-    spark = storage.build_spark(app_name="bigtrain-preprocess-sequences",
-                                master=resolve_master(args.master, config.master), conf=config.spark_conf)
-    try:
-        check_connectors(spark, {"--input": input_url, "--output": output_url})
-        start = time.monotonic()
-        summary = preprocess_sequences(spark, input_url=input_url, output_url=output_url, fmt=fmt, config=config)
-        summary["seconds"] = round(time.monotonic() - start, 1)
-    finally:
-        spark.stop()
-    print(format_summary(summary, job="preprocess-sequences", unit="records"))
-    return 0
+    return run_preprocessing(
+        job="preprocess-sequences", unit="records", master=resolve_master(args.master, config.master),
+        spark_conf=config.spark_conf, input_url=input_url, output_url=output_url,
+        body=lambda spark: preprocess_sequences(spark, input_url=input_url, output_url=output_url, fmt=fmt,
+                                                config=config))
 
 
 def read_records(spark, *, input_url: str, fmt: str, config: PreprocessSequencesConfig):
