@@ -39,41 +39,43 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                        help="override one config key, e.g. --set train.momentum=0.8 (repeatable)")
 
 
-def positive_int(flag: str) -> Callable[[str], int]:
+def positive_int(flag: str, *, allow_zero: bool = False) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} must be a whole number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{flag} must be positive, got {value}")
+        if value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"{flag} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
         return value
     return parse
 
 
-def positive_float(flag: str) -> Callable[[str], float]:
+def positive_float(flag: str, *, allow_zero: bool = False) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} must be a number, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{flag} must be positive, got {value}")
+        if not (value > 0 or (allow_zero and value == 0)):
+            raise argparse.ArgumentTypeError(f"{flag} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
         return value
     return parse
 
 
 def run_main(body: Callable[[], int]) -> int:
     """Run a job body. Configuration and usage errors end in one clear line and exit code 2; a dataset that is
-    missing, incomplete or read short ends in one clear line and exit code 1. Anything else keeps its traceback."""
+    missing, incomplete or read short, or a checkpoint that is altered or foreign, ends in one clear line and exit
+    code 1. Anything else keeps its traceback."""
     from pipelines.layout import DatasetError
+    from training.checkpoint import CheckpointError
 
     try:
         return body()
     except (ConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except DatasetError as exc:
+    except (DatasetError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from jobs.common import add_config_flags, positive_float, positive_int, run_main, setup_logging
+from jobs.common import UsageError, add_config_flags, positive_float, positive_int, run_main, setup_logging
 from jobs.config import load_section
 
 log = logging.getLogger("bigtrain.train")
@@ -44,9 +44,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--optimizer", choices=("sgd", "adam"), help="default: the model's (see --lr)")
     parser.add_argument("--loader-workers", type=positive_int("--loader-workers"), metavar="N",
                         help="Petastorm reader and image-decoding threads per rank")
-    parser.add_argument("--backend", choices=("auto", "horovod", "single"), default="auto",
-                        help="auto: Horovod when installed (a world of one without horovodrun)")
+    parser.add_argument("--backend", choices=("auto", "horovod", "torch", "single"), default="auto",
+                        help="horovod: Horovod (horovodrun); torch: PyTorch DDP (torchrun; Gloo on CPU, NCCL on GPU); "
+                             "single: one process; auto: torch under torchrun, else Horovod when installed "
+                             "(a world of one without horovodrun)")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    recovery = parser.add_argument_group("checkpoints, resume and elastic runs")
+    resume_flags = recovery.add_mutually_exclusive_group()
+    resume_flags.add_argument("--resume", dest="resume", action="store_const", const="require",
+                              help="continue from the newest resume point in <output>/checkpoints, or fail if there "
+                                   "is none (default, train.resume=auto: continue when there is one)")
+    resume_flags.add_argument("--no-resume", dest="resume", action="store_const", const="never",
+                              help="start over even if <output>/checkpoints holds resume points")
+    recovery.add_argument("--checkpoint-every-steps", type=positive_int("--checkpoint-every-steps", allow_zero=True), metavar="N",
+                          help="a resume point every N optimizer steps, on top of one per epoch (0: epoch ends only)")
+    recovery.add_argument("--elastic", action="store_true",
+                          help="Horovod Elastic: survive workers leaving or joining (launch with horovodrun "
+                               "--min-np/--max-np --host-discovery-script; see README)")
+    knobs = parser.add_argument_group("optimisation")
+    knobs.add_argument("--lr-schedule", choices=("constant", "step", "cosine"),
+                       help="after warmup: constant, step (x train.lr_gamma every train.lr_step_epochs), cosine")
+    knobs.add_argument("--warmup-epochs", type=positive_float("--warmup-epochs", allow_zero=True), metavar="X",
+                       help="linear learning-rate warmup over the first X epochs (fractions allowed)")
+    knobs.add_argument("--backward-passes-per-step", type=positive_int("--backward-passes-per-step"), metavar="K",
+                       help="gradient accumulation: one optimizer step per K batches (effective batch K x batch size)")
+    knobs.add_argument("--fp16-compression", action="store_true", default=None,
+                       help="allreduce gradients in float16 (half the bytes on the wire)")
+    knobs.add_argument("--grad-clip-norm", type=positive_float("--grad-clip-norm"), metavar="X",
+                       help="clip the global gradient norm to X")
+    knobs.add_argument("--weight-decay", type=positive_float("--weight-decay", allow_zero=True), metavar="X")
+    knobs.add_argument("--mixed-precision", action="store_true", default=None,
+                       help="autocast and gradient scaling on GPU (a logged no-op on CPU)")
+    knobs.add_argument("--early-stopping-patience", type=positive_int("--early-stopping-patience", allow_zero=True), metavar="N",
+                       help="stop after N epochs without validation loss improving (0: off)")
     launch = parser.add_argument_group("launching on a Spark cluster")
     launch.add_argument("--launcher", choices=("direct", "spark"), default="direct",
                         help="direct: this process is a rank (horovodrun or plain python); spark: run --num-proc ranks "
@@ -70,13 +100,21 @@ def run(args: argparse.Namespace) -> int:
 
     flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
              "model": args.model, "optimizer": args.optimizer, "loader_workers": args.loader_workers,
-             "progress_bar": "never" if args.no_progress else None}
+             "progress_bar": "never" if args.no_progress else None, "resume": args.resume,
+             "checkpoint_every_steps": args.checkpoint_every_steps, "lr_schedule": args.lr_schedule,
+             "warmup_epochs": args.warmup_epochs, "backward_passes_per_step": args.backward_passes_per_step,
+             "fp16_compression": args.fp16_compression, "grad_clip_norm": args.grad_clip_norm,
+             "weight_decay": args.weight_decay, "mixed_precision": args.mixed_precision,
+             "early_stopping_patience": args.early_stopping_patience}
     config = load_section("train", TrainConfig, config_file=args.config, overrides=args.overrides, flags=flags)
     if args.launcher == "spark":
         return run_spark(args, config)
     dist = init_distributed(args.backend)
     setup_logging(rank=dist.rank)
-    metrics = train(config, data_url=args.data, output_dir=args.output, dist=dist).metrics
+    if args.elastic and dist.name != "horovod":
+        raise UsageError(f"--elastic needs the Horovod backend (this run uses {dist.name}); launch it with "
+                         "horovodrun --min-np N --max-np M --host-discovery-script SCRIPT")
+    metrics = train(config, data_url=args.data, output_dir=args.output, dist=dist, elastic=args.elastic).metrics
     if dist.rank == 0:
         report(metrics, args.output)
     return 0

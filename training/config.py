@@ -60,6 +60,19 @@ class TrainConfig:
     shuffle_buffer: int
     log_every: int
     progress_bar: Literal["auto", "always", "never"]
+    lr_schedule: Literal["constant", "step", "cosine"] = "constant"
+    warmup_epochs: float = 0.0
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.1
+    backward_passes_per_step: int = 1
+    fp16_compression: bool = False
+    grad_clip_norm: float | None = None
+    mixed_precision: bool = False
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 2
+    resume: Literal["auto", "require", "never"] = "auto"
 
     def validate(self, prefix: str) -> None:
         _require(self.epochs >= 1, f"{prefix}.epochs", f"must be at least 1, got {self.epochs}")
@@ -71,3 +84,19 @@ class TrainConfig:
         _require(self.prefetch_batches >= 0, f"{prefix}.prefetch_batches", f"must be >= 0, got {self.prefetch_batches}")
         _require(self.shuffle_buffer >= 0, f"{prefix}.shuffle_buffer", f"must be >= 0, got {self.shuffle_buffer}")
         _require(self.log_every >= 1, f"{prefix}.log_every", f"must be at least 1, got {self.log_every}")
+        _require(0 <= self.warmup_epochs <= self.epochs, f"{prefix}.warmup_epochs",
+                 f"must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+        _require(self.lr_step_epochs >= 1, f"{prefix}.lr_step_epochs", f"must be at least 1, got {self.lr_step_epochs}")
+        _require(0 < self.lr_gamma <= 1, f"{prefix}.lr_gamma", f"must be in (0, 1], got {self.lr_gamma}")
+        _require(self.backward_passes_per_step >= 1, f"{prefix}.backward_passes_per_step",
+                 f"must be at least 1, got {self.backward_passes_per_step}")
+        _require(self.grad_clip_norm is None or self.grad_clip_norm > 0, f"{prefix}.grad_clip_norm",
+                 f"must be positive (or null for no clipping), got {self.grad_clip_norm}")
+        _require(self.early_stopping_patience >= 0, f"{prefix}.early_stopping_patience",
+                 f"must be >= 0 (0 = off), got {self.early_stopping_patience}")
+        _require(self.early_stopping_min_delta >= 0, f"{prefix}.early_stopping_min_delta",
+                 f"must be >= 0, got {self.early_stopping_min_delta}")
+        _require(self.checkpoint_every_steps >= 0, f"{prefix}.checkpoint_every_steps",
+                 f"must be >= 0 (0 = at epoch ends only), got {self.checkpoint_every_steps}")
+        _require(self.keep_checkpoints >= 1, f"{prefix}.keep_checkpoints",
+                 f"must be at least 1, got {self.keep_checkpoints}")

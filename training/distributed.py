@@ -1,15 +1,19 @@
-"""The distributed glue: one small interface the training loop uses, backed by Horovod or by a single process.
+"""The distributed glue: one small interface the training loop uses, backed by Horovod, by PyTorch
+DistributedDataParallel (``torchrun``), or by a single process.
 
-Every line that exists only because training is distributed is marked ``# Horovod:``.
+Every line that exists only because training is distributed is marked ``# Horovod:`` (or ``# DDP:``).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 
 import torch
 
 log = logging.getLogger(__name__)
+BACKENDS = ("auto", "horovod", "torch", "single")
 
 
 class SingleProcess:
@@ -24,18 +28,37 @@ class SingleProcess:
     def allgather(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
         return tensor
 
+    def broadcast_object(self, obj, name: str):
+        return obj
+
     def broadcast_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         pass
 
-    def distributed_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> torch.optim.Optimizer:
+    def wrap_model(self, model: torch.nn.Module, *, fp16_compression: bool = False) -> torch.nn.Module:
+        return model
+
+    def distributed_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, *,
+                              backward_passes_per_step: int = 1, fp16_compression: bool = False):
         return optimizer
+
+    def no_sync(self, model: torch.nn.Module):
+        """Context for a backward pass whose gradients are accumulated, not yet averaged over ranks."""
+        return contextlib.nullcontext()
+
+    def synchronize(self, optimizer) -> None:
+        """Finish averaging gradients over ranks now (before clipping them)."""
+
+    def skip_synchronize(self, optimizer):
+        return contextlib.nullcontext()
 
     def barrier(self) -> None:
         pass
 
 
-class HorovodBackend:
-    """Horovod over Gloo (CPU) or NCCL (GPU); ``hvd.init()`` also works as a world of one without horovodrun."""
+class HorovodBackend(SingleProcess):
+    """Horovod over Gloo (CPU) or NCCL (GPU); ``hvd.init()`` also works as a world of one without horovodrun.
+
+    rank and size are read from Horovod each time: under ``--elastic`` they change when workers leave or join."""
 
     name = "horovod"
 
@@ -44,9 +67,12 @@ class HorovodBackend:
 
         hvd.init()  # Horovod: join the job started by horovodrun (or a world of one)
         self.hvd = hvd
-        self.rank, self.size = hvd.rank(), hvd.size()
-        self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
-        self.hosts = hvd.cross_size()  # Horovod: ranks with the same local rank, one per host
+
+    rank = property(lambda self: self.hvd.rank())
+    size = property(lambda self: self.hvd.size())
+    local_rank = property(lambda self: self.hvd.local_rank())
+    local_size = property(lambda self: self.hvd.local_size())
+    hosts = property(lambda self: self.hvd.cross_size())  # Horovod: ranks with the same local rank, one per host
 
     def allreduce_sum(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
         return self.hvd.allreduce(tensor, op=self.hvd.Sum, name=name)  # Horovod: sum a metric over ranks
@@ -54,30 +80,127 @@ class HorovodBackend:
     def allgather(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
         return self.hvd.allgather(tensor, name=name)  # Horovod: concatenate along dim 0 over ranks
 
+    def broadcast_object(self, obj, name: str):
+        return self.hvd.broadcast_object(obj, root_rank=0, name=name)  # Horovod: rank 0's copy everywhere
+
     def broadcast_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         # Horovod: every rank starts from rank 0's weights and optimizer state.
         self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
-    def distributed_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> torch.optim.Optimizer:
-        # Horovod: average gradients over ranks with allreduce before each step.
-        return self.hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+    def distributed_optimizer(self, optimizer, model, *, backward_passes_per_step=1, fp16_compression=False):
+        # Horovod: average gradients over ranks with allreduce, once every backward_passes_per_step backward passes.
+        compression = self.hvd.Compression.fp16 if fp16_compression else self.hvd.Compression.none
+        return self.hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
+                                             compression=compression,
+                                             backward_passes_per_step=backward_passes_per_step)
+
+    def synchronize(self, optimizer) -> None:
+        optimizer.synchronize()  # Horovod: wait for the gradient allreduce so clipping sees averaged gradients
+
+    def skip_synchronize(self, optimizer):
+        return optimizer.skip_synchronize()  # Horovod: step() must not allreduce a second time
 
     def barrier(self) -> None:
         self.hvd.allreduce(torch.zeros(1), name="barrier")  # Horovod: wait for every rank
 
 
+class TorchBackend(SingleProcess):
+    """PyTorch DistributedDataParallel: Gloo on CPU, NCCL on GPU, in a world set up by ``torchrun`` (which sets
+    RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT)."""
+
+    name = "torch"
+
+    def __init__(self):
+        import torch.distributed as tdist
+
+        missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+        if missing:
+            raise RuntimeError(f"--backend torch needs the environment torchrun sets ({', '.join(missing)} missing): "
+                               "launch with `torchrun --nproc_per_node N jobs/train.py --backend torch ...`")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if not tdist.is_initialized():
+            tdist.init_process_group(backend)  # DDP: join the world torchrun started
+        self.tdist = tdist
+        self.rank, self.size = tdist.get_rank(), tdist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.local_size = int(os.environ.get("LOCAL_WORLD_SIZE", self.size))
+        names: list = [None] * self.size
+        tdist.all_gather_object(names, socket.gethostname())  # DDP: count the hosts taking part
+        self.hosts = len(set(names))
+
+    def allreduce_sum(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        out = tensor.clone()
+        self.tdist.all_reduce(out)  # DDP: sum a metric over ranks
+        return out
+
+    def allgather(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        # DDP: all_gather needs equal shapes, so gather the lengths, pad to the longest, trim after.
+        count = torch.tensor([tensor.shape[0]], dtype=torch.int64)
+        counts = [torch.zeros_like(count) for _ in range(self.size)]
+        self.tdist.all_gather(counts, count)
+        longest = int(max(c.item() for c in counts))
+        padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype)
+        padded[:tensor.shape[0]] = tensor
+        parts = [torch.zeros_like(padded) for _ in range(self.size)]
+        self.tdist.all_gather(parts, padded)
+        return torch.cat([p[:int(c.item())] for p, c in zip(parts, counts)])
+
+    def broadcast_object(self, obj, name: str):
+        holder = [obj]
+        self.tdist.broadcast_object_list(holder, src=0)  # DDP: rank 0's copy everywhere
+        return holder[0]
+
+    def broadcast_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        # DDP: the DistributedDataParallel wrapper broadcasts rank 0's weights; optimizer state is sent here.
+        for tensor in model.state_dict().values():
+            self.tdist.broadcast(tensor, src=0)
+        state = self.broadcast_object(optimizer.state_dict(), "optimizer")
+        if self.rank != 0:
+            optimizer.load_state_dict(state)
+
+    def wrap_model(self, model: torch.nn.Module, *, fp16_compression: bool = False) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model)  # DDP: gradients averaged over ranks during backward
+        if fp16_compression:
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            wrapped.register_comm_hook(None, default_hooks.fp16_compress_hook)  # DDP: allreduce in float16
+        return wrapped
+
+    def no_sync(self, model: torch.nn.Module):
+        return model.no_sync()  # DDP: accumulate locally, allreduce on the last backward pass of the group
+
+    def barrier(self) -> None:
+        self.tdist.barrier()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (what checkpoints hold)."""
+    return getattr(model, "module", model)
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("LOCAL_RANK" in os.environ and "HOROVOD_RANK" not in os.environ
+                                                    and "MASTER_ADDR" in os.environ)
+
+
 def init_distributed(backend: str = "auto"):
-    """``auto``: Horovod when it is installed, else a single process. ``horovod``: Horovod or an error."""
-    if backend not in ("auto", "horovod", "single"):
-        raise ValueError(f"backend {backend!r} is not one of auto, horovod, single")
+    """``auto``: DDP under torchrun, else Horovod when installed, else a single process. ``horovod`` and ``torch``:
+    that backend or an error."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "single":
         return SingleProcess()
+    if backend == "torch" or (backend == "auto" and launched_by_torchrun()):
+        return TorchBackend()
     try:
         return HorovodBackend()
     except ImportError as exc:
         if backend == "horovod":
-            raise RuntimeError(f"Horovod is not importable ({exc}); run `make setup`") from exc
+            raise RuntimeError(f"Horovod is not importable ({exc}); run `make setup`, or use --backend torch "
+                               "under torchrun") from exc
         log.warning("Horovod is not installed: training in a single process")
         return SingleProcess()
 

@@ -1,10 +1,13 @@
 """The training loop: data-parallel SGD over Petastorm shards, validation every epoch, test evaluation at the end.
 
 Everything comes in as arguments (config, dataset URL, output folder, distributed backend), so the same code runs
-under horovodrun, as one plain process, and in tests.
+under horovodrun (also elastic), under torchrun with DDP, as one plain process, and in tests. Rank 0 writes resume
+points every ``checkpoint_every_steps`` optimizer steps and at each epoch end, and a run continues from the newest
+one (``train.resume``), ending with the same weights as a run that was never interrupted.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,14 +21,17 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.layout import DatasetError
+from training import checkpoint, resume
 from training.config import TrainConfig
-from training.data import (DataCoverageError, DatasetInfo, EpochCounter, ReadOptions, SplitInfo, Task,
-                           evaluation_batches, load_dataset_info, plan_shard, task_for, training_batches)
-from training.distributed import set_threads
+from training.data import (DataCoverageError, DatasetInfo, EpochCounter, ReadOptions, Task, evaluation_batches,
+                           load_dataset_info, plan_shard, task_for, training_batches)
+from training.distributed import set_threads, unwrap
 from training.models import DEFAULT_OPTIMIZER, build_model, resolve_model_name
+from training.resume import Progress
+from training.schedule import lr_factor
 
 log = logging.getLogger("bigtrain.train")
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FILE = checkpoint.FINAL_FILE
 METRICS_FILE = "metrics.json"
 
 
@@ -35,71 +41,168 @@ class TrainResult:
     model: torch.nn.Module
 
 
-def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist) -> TrainResult:
+@dataclass
+class Run:
+    """One training run's fixed parts, shared by the epoch loop, checkpoints and the elastic wrapper."""
+    config: TrainConfig
+    info: DatasetInfo
+    output_dir: Path
+    model: torch.nn.Module          # wrapped for DDP where the backend needs it
+    optimizer: torch.optim.Optimizer
+    model_name: str
+    optimizer_name: str
+    base_lr: float                  # per rank, before scaling by the world size and the schedule
+    task: Task
+    options: ReadOptions
+    device: torch.device
+    scaler: Any                     # torch.amp.GradScaler, enabled only for mixed precision on GPU
+    identity: str                   # the dataset snapshot the run trains on
+    metrics_log: Any = None         # reports.MetricsLog on rank 0
+
+    def peak_lr(self, dist) -> float:
+        return self.base_lr * (dist.size if self.config.scale_lr else 1)  # Horovod: scale the lr by the ranks
+
+    def base_payload(self) -> dict[str, Any]:
+        return checkpoint.base_payload(unwrap(self.model), self.model_name, self.config, self.info)
+
+
+def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist, elastic: bool = False) -> TrainResult:
     """Train on ``data_url``'s train split, validate every epoch, evaluate on test; returns the metrics and the
-    trained model. Rank 0 writes ``checkpoint.pt`` and ``metrics.json`` into ``output_dir``."""
-    output_dir = Path(output_dir)
+    trained model. Rank 0 writes checkpoints, ``metrics.json``, ``metrics.jsonl``, TensorBoard events and the
+    evaluation report into ``output_dir``."""
     threads = set_threads(dist)
+    run = prepare(config, data_url, Path(output_dir), dist)
+    progress, resumed_from = start_or_resume(run, dist)
+    if dist.rank == 0:
+        plan = plan_shard(run.info.splits["train"].row_group_sizes, 0, dist.size)
+        log.info("training %s on %s (snapshot %s): %d train rows, %d ranks on %d hosts x %d threads (%s), "
+                 "%d steps/epoch of %d, %s lr %.4g%s", run.model_name, run.info.url, run.identity,
+                 run.info.splits["train"].rows, dist.size, dist.hosts, threads, dist.name,
+                 plan.steps(config.batch_size), config.batch_size, run.optimizer_name, run.peak_lr(dist),
+                 "" if plan.by_row_group else " (fewer row groups than ranks: row sharding)")
+    try:
+        if elastic:
+            from training.elastic import fit_elastic
+
+            progress = fit_elastic(run, progress, dist)
+        else:
+            fit(run, progress, dist)
+        return finish(run, progress, dist, resumed_from)
+    finally:
+        if run.metrics_log is not None:
+            run.metrics_log.close()
+
+
+def prepare(config: TrainConfig, data_url: str, output_dir: Path, dist) -> Run:
     info = load_dataset_info(data_url)
-    train_split = info.splits["train"]
-    if train_split.rows == 0:
-        raise DatasetError(f"split {train_split.url} is empty: nothing to train on")
+    if info.splits["train"].rows == 0:
+        raise DatasetError(f"split {info.splits['train'].url} is empty: nothing to train on")
     torch.manual_seed(config.seed)
-    model = build_model(config.model, metadata=info.metadata, config=config)
+    device = torch.device("cuda", dist.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    model = build_model(config.model, metadata=info.metadata, config=config).to(device)
     model_name = resolve_model_name(config.model, info.metadata)
     default_optimizer, default_lr = DEFAULT_OPTIMIZER[model_name]
     optimizer_name = default_optimizer if config.optimizer == "auto" else config.optimizer
     base_lr = default_lr if config.lr is None else config.lr
-    lr = base_lr * (dist.size if config.scale_lr else 1)  # Horovod: scale the learning rate by the number of ranks
-    optimizer = make_optimizer(optimizer_name, config, model, lr)
-    dist.broadcast_state(model, optimizer)
-    optimizer = dist.distributed_optimizer(optimizer, model)
+    amp = config.mixed_precision and device.type == "cuda"
+    if config.mixed_precision and not amp and dist.rank == 0:
+        log.info("train.mixed_precision: no GPU here, training in float32 on CPU (the setting only acts on GPU)")
     task = task_for(info.metadata, length_bucketing=config.length_bucketing, decode_threads=config.loader_workers)
     options = ReadOptions(task.fields, workers=config.loader_workers, shuffle=True, shuffle_buffer=config.shuffle_buffer,
                           seed=config.seed, columnar=task.columnar, sort_key=task.sort_key,
                           prefetch=config.prefetch_batches)
-    plan = plan_shard(train_split.row_group_sizes, dist.rank, dist.size)
+    wrapped = dist.wrap_model(model, fp16_compression=config.fp16_compression)
+    optimizer = make_optimizer(optimizer_name, config, model, base_lr)
+    optimizer = dist.distributed_optimizer(optimizer, model, backward_passes_per_step=config.backward_passes_per_step,
+                                           fp16_compression=config.fp16_compression)
+    from training.checkpoint import dataset_identity
+
+    return Run(config, info, output_dir, wrapped, optimizer, model_name, optimizer_name, base_lr, task, options, device,
+               torch.amp.GradScaler(device.type, enabled=amp), dataset_identity(info))
+
+
+def start_or_resume(run: Run, dist) -> tuple[Progress, str | None]:
+    """A fresh Progress, or the one of the newest resume point (read on rank 0 and broadcast, so the output folder
+    need not be shared); model, optimizer and random states restored on every rank."""
+    found: tuple[str, Any] = ("none", None)
     if dist.rank == 0:
-        log.info("training %s on %s: %d train rows, %d ranks on %d hosts x %d threads, %d steps/epoch of %d, %s lr %.4g%s",
-                 model_name, info.url, train_split.rows, dist.size, dist.hosts, threads, plan.steps(config.batch_size),
-                 config.batch_size, optimizer_name, lr,
-                 "" if plan.by_row_group else " (fewer row groups than ranks: row sharding)")
-        output_dir.mkdir(parents=True, exist_ok=True)
-    history = []
-    for epoch in range(config.epochs):
+        try:
+            path = resume.find_point(run.config, run.output_dir)
+            if path is not None:
+                payload = checkpoint.load(path)
+                resume.check_compatible(payload, path, run.config, run.identity, run.model_name)
+                found = ("ok", (str(path), payload))
+        except checkpoint.CheckpointError as exc:
+            found = ("error", str(exc))
+    found = dist.broadcast_object(found, name="resume_point")  # every rank raises together, none is left waiting
+    if found[0] == "error":
+        raise checkpoint.CheckpointError(found[1])
+    if found[0] == "none":
+        dist.broadcast_state(unwrap(run.model), run.optimizer)
+        return Progress(world=dist.size), None
+    path, payload = found[1]
+    unwrap(run.model).load_state_dict(payload["model_state"])
+    run.optimizer.load_state_dict(payload["optimizer_state"])
+    resume.set_random_states(payload["random"])
+    progress = Progress(**payload["progress"])
+    if dist.rank == 0:
+        log.info("resuming from %s: epoch %d, batch %d of it, optimizer step %d", path, progress.epoch + 1,
+                 progress.step, progress.global_step)
+    return progress, path
+
+
+def fit(run: Run, progress: Progress, dist, commit=None) -> None:
+    """Epochs from ``progress`` on until ``config.epochs`` or early stopping. ``commit(progress)`` is called at
+    every resume point (the elastic wrapper passes Horovod's state commit)."""
+    config = run.config
+    while progress.epoch < config.epochs and not progress.stopped_early:
         start = time.monotonic()
-        record = {"epoch": epoch + 1, **train_epoch(model, optimizer, task, train_split, plan, options, config, epoch,
-                                                          dist)}
-        if info.splits["validation"].rows:
-            val = evaluate(model, task, info.splits["validation"], options, config.batch_size, dist, len(info.classes))
+        record = {"epoch": progress.epoch + 1, **train_epoch(run, progress, dist, commit)}
+        if run.info.splits["validation"].rows:
+            val = evaluate(run, run.info.splits["validation"], dist)
             record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         record["seconds"] = round(time.monotonic() - start, 2)
-        history.append(record)
+        progress.history.append(record)
+        progress.epoch += 1
+        progress.start_epoch_over()
+        update_early_stopping(progress, record, config)
         if dist.rank == 0:
-            log.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %s acc %s | %.1fs", epoch + 1, config.epochs,
-                     record["train_loss"], record["train_accuracy"], _fmt(record.get("val_loss")),
-                     _fmt(record.get("val_accuracy")), record["seconds"])
-    test = evaluate(model, task, info.splits["test"], options, config.batch_size, dist, len(info.classes),
-                    check_ids=True)
-    if test["rows"] == 0 and dist.rank == 0:
-        log.warning("the test split of %s is empty: test metrics are null", info.url)
-    metrics = {
-        "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_rows": test["rows"],
-        "per_class_accuracy": dict(zip(info.classes, test["per_class_accuracy"])),
-        "per_class_rows": dict(zip(info.classes, test["per_class_rows"])),
-        "history": history, "world_size": dist.size, "hosts": dist.hosts, "lr": lr, "optimizer": optimizer_name, "model": model_name, "dataset": info.url, "train_rows": train_split.rows,
-        "config": asdict(config),
-    }
+            log.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %s acc %s | lr %.3g | data stall %.0f%% | %.1fs",
+                     record["epoch"], config.epochs, record["train_loss"], record["train_accuracy"],
+                     _fmt(record.get("val_loss")), _fmt(record.get("val_accuracy")), record["lr"],
+                     100 * record["data_stall"], record["seconds"])
+            metrics_log(run, progress.history[:-1]).log_epoch(record)
+            if progress.stopped_early:
+                log.info("early stopping: val_loss has not improved by more than %g for %d epochs",
+                         config.early_stopping_min_delta, config.early_stopping_patience)
+        save_resume_point(run, progress, dist, commit)
+
+
+def metrics_log(run: Run, history: list[dict[str, Any]]):
+    """Rank 0's metrics.jsonl and TensorBoard writer, opened on first use (under --elastic, rank 0 may change)."""
+    if run.metrics_log is None:
+        from training.reports import MetricsLog
+
+        run.metrics_log = MetricsLog(run.output_dir, history=history)
+    return run.metrics_log
+
+
+def update_early_stopping(progress: Progress, record: dict[str, Any], config: TrainConfig) -> None:
+    val_loss = record.get("val_loss")
+    if config.early_stopping_patience == 0 or val_loss is None:
+        return
+    if progress.best_val_loss is None or val_loss < progress.best_val_loss - config.early_stopping_min_delta:
+        progress.best_val_loss, progress.bad_epochs = val_loss, 0
+    else:
+        progress.bad_epochs += 1
+        progress.stopped_early = progress.bad_epochs >= config.early_stopping_patience
+
+
+def save_resume_point(run: Run, progress: Progress, dist, commit) -> None:
     if dist.rank == 0:
-        save_checkpoint(output_dir / CHECKPOINT_FILE, model, model_name, config, info)
-        write_json(output_dir / METRICS_FILE, metrics)
-        log.info("test accuracy %s, loss %s on %d rows; wrote %s and %s", _fmt(test["accuracy"]), _fmt(test["loss"]),
-                 test["rows"], output_dir / CHECKPOINT_FILE, output_dir / METRICS_FILE)
-    return TrainResult(metrics, model)
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+        resume.save_point(run.output_dir, run.base_payload(), run.optimizer, progress, run.config.keep_checkpoints)
+    if commit is not None:
+        commit(progress)
 
 
 def make_optimizer(name: str, config: TrainConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -108,59 +211,126 @@ def make_optimizer(name: str, config: TrainConfig, model: torch.nn.Module, lr: f
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def train_epoch(model, optimizer, task: Task, split: SplitInfo, plan, options: ReadOptions, config: TrainConfig,
-                epoch: int, dist) -> dict[str, float]:
-    model.train()
+def train_epoch(run: Run, progress: Progress, dist, commit=None) -> dict[str, float]:
+    """One pass over the train split from ``progress.step`` on; returns the epoch's metrics over all ranks."""
+    config, split = run.config, run.info.splits["train"]
+    plan = plan_shard(split.row_group_sizes, dist.rank, dist.size)
+    if progress.world != dist.size:  # elastic: the shards were re-planned, a saved position means nothing now
+        if progress.step and dist.rank == 0:
+            log.warning("world size changed from %d to %d during epoch %d: it starts over on the new shards",
+                        progress.world, dist.size, progress.epoch + 1)
+        progress.start_epoch_over()
+        progress.world = dist.size
+    run.model.train()
     counter = EpochCounter(split, plan)
     steps = plan.steps(config.batch_size)
-    sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
-    progress = _progress(steps, f"epoch {epoch + 1}", config, dist)
-    batches = training_batches(split, plan, options, batch_size=config.batch_size, epoch=epoch,
-                               collate=task.collate, counter=counter)
-    for step, (inputs, y, _ids) in enumerate(batches, start=1):
-        optimizer.zero_grad()
-        logits = model(*inputs)
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
-        optimizer.step()
-        sums += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{sums[0] / sums[2]:.4f}")
-        elif dist.rank == 0 and step % config.log_every == 0:
-            log.info("epoch %d step %d/%d: loss %.4f", epoch + 1, step, steps, sums[0] / sums[2])
-    if progress is not None:
-        progress.close()
+    k = config.backward_passes_per_step
+    local = torch.zeros(5, dtype=torch.float64)  # loss * n, correct, n, seconds waiting for data, seconds in steps
+    base = torch.tensor(progress.sums + progress.stall, dtype=torch.float64) if dist.rank == 0 else torch.zeros(5,
+                                                                                                   dtype=torch.float64)
+    progress_bar = _progress(steps, f"epoch {progress.epoch + 1}", config, dist, initial=progress.step)
+    batches = training_batches(split, plan, run.options, batch_size=config.batch_size, epoch=progress.epoch,
+                               collate=run.task.collate, counter=counter)
+    skip, waited_since = progress.step, time.monotonic()
+    for index, (inputs, y, _ids) in enumerate(batches):
+        if index < skip:  # trained before the interruption: read (same order) and passed over
+            waited_since = time.monotonic()
+            continue
+        got = time.monotonic()
+        group_start = index - index % k
+        group_size = min(k, steps - group_start)
+        last_of_group = index + 1 == group_start + group_size
+        loss, hits = _forward_backward(run, inputs, y, group_size, dist, sync=last_of_group)
+        local[:3] += torch.tensor([loss * len(y), hits, len(y)], dtype=torch.float64)
+        progress.step = index + 1
+        if last_of_group:
+            _optimizer_step(run, dist, lr=run.peak_lr(dist) * lr_factor(config, progress.epoch + progress.step / steps))
+            progress.global_step += 1
+            every = config.checkpoint_every_steps
+            if every and progress.global_step % every == 0 and progress.step < steps:
+                totals = base + dist.allreduce_sum(local, name=f"partial_{progress.global_step}")
+                progress.sums, progress.stall = totals[:3].tolist(), totals[3:].tolist()
+                save_resume_point(run, progress, dist, commit)
+        now = time.monotonic()
+        local[3:] += torch.tensor([got - waited_since, now - got], dtype=torch.float64)
+        waited_since = now
+        _report_step(progress_bar, progress, steps, local, config, dist)
+    if progress_bar is not None:
+        progress_bar.close()
     coverage = torch.tensor([counter.first_pass_rows, counter.padding_rows], dtype=torch.float64)
-    totals = dist.allreduce_sum(torch.cat([sums, coverage]), name=f"train_epoch_{epoch}")
-    delivered = int(totals[3])
+    totals = dist.allreduce_sum(torch.cat([local, coverage]), name=f"train_epoch_{progress.epoch}") + torch.cat(
+        [base, torch.zeros(2, dtype=torch.float64)])
+    delivered = int(totals[5])
     if delivered != split.rows:  # every rank raises together: no rank is left waiting in a collective
-        raise DataCoverageError(f"epoch {epoch + 1}: the ranks read {delivered} distinct rows of {split.url}, "
+        raise DataCoverageError(f"epoch {progress.epoch + 1}: the ranks read {delivered} distinct rows of {split.url}, "
                                 f"the split holds {split.rows}")
+    waiting, busy = float(totals[3]), float(totals[4])
     return {"train_loss": float(totals[0] / totals[2]), "train_accuracy": float(totals[1] / totals[2]),
-            "train_rows": delivered, "padding_rows": int(totals[4])}
+            "train_rows": delivered, "padding_rows": int(totals[6]), "lr": run.optimizer.param_groups[0]["lr"],
+            "data_stall": round(waiting / (waiting + busy), 4) if waiting + busy > 0 else 0.0}
+
+
+def _forward_backward(run: Run, inputs, y, group_size: int, dist, *, sync: bool) -> tuple[float, int]:
+    """One batch's loss and gradients. The loss is divided by the batches per optimizer step, so k accumulated
+    batches of b rows give the gradient of one batch of k*b rows."""
+    inputs, y = tuple(t.to(run.device) for t in inputs), y.to(run.device)
+    with contextlib.ExitStack() as stack:
+        if not sync:
+            stack.enter_context(dist.no_sync(run.model))  # DDP: allreduce only on the group's last backward pass
+        with torch.autocast(run.device.type, enabled=run.scaler.is_enabled()):
+            logits = run.model(*inputs)
+            loss = F.cross_entropy(logits, y)
+        run.scaler.scale(loss / group_size).backward()
+    return loss.item(), int((logits.argmax(1) == y).sum().item())
+
+
+def _optimizer_step(run: Run, dist, *, lr: float) -> None:
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    clip = run.config.grad_clip_norm
+    if clip is not None or run.scaler.is_enabled():
+        dist.synchronize(run.optimizer)  # Horovod: averaged gradients before unscaling and clipping them
+        run.scaler.unscale_(run.optimizer)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(unwrap(run.model).parameters(), clip)
+        with dist.skip_synchronize(run.optimizer):
+            run.scaler.step(run.optimizer)
+    else:
+        run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad()
+
+
+def _report_step(progress_bar, progress: Progress, steps: int, local: torch.Tensor, config: TrainConfig, dist) -> None:
+    loss = float(local[0] / local[2]) if local[2] else float("nan")
+    if progress_bar is not None:
+        progress_bar.update(1)
+        progress_bar.set_postfix(loss=f"{loss:.4f}")
+    elif dist.rank == 0 and progress.step % config.log_every == 0:
+        stall = float(local[3] / (local[3] + local[4])) if local[3] + local[4] > 0 else 0.0
+        log.info("epoch %d step %d/%d: loss %.4f, data stall %.0f%%", progress.epoch + 1, progress.step, steps, loss,
+                 100 * stall)
 
 
 @torch.no_grad()
-def evaluate(model, task: Task, split: SplitInfo, options: ReadOptions, batch_size: int, dist, num_classes: int,
-             check_ids: bool = False) -> dict[str, Any]:
-    """Loss and accuracy over every row of ``split``, each read exactly once across the ranks."""
+def evaluate(run: Run, split, dist, check_ids: bool = False) -> dict[str, Any]:
+    """Loss, accuracy and confusion matrix over every row of ``split``, each read exactly once across the ranks."""
+    model = run.model
     model.eval()
+    num_classes = len(run.info.classes)
     plan = plan_shard(split.row_group_sizes, dist.rank, dist.size)
     loss_sum = torch.zeros(1, dtype=torch.float64)
-    correct = torch.zeros(num_classes, dtype=torch.float64)
-    total = torch.zeros(num_classes, dtype=torch.float64)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64)  # row: true class, column: predicted
     ids = []
-    for inputs, y, batch_ids in evaluation_batches(split, plan, options, batch_size=batch_size, collate=task.collate):
-        logits = model(*inputs)
+    for inputs, y, batch_ids in evaluation_batches(split, plan, run.options, batch_size=run.config.batch_size,
+                                                   collate=run.task.collate):
+        logits = model(*(t.to(run.device) for t in inputs)).float().cpu()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        hits = (logits.argmax(1) == y).double()
-        correct.index_add_(0, y, hits)
-        total.index_add_(0, y, torch.ones_like(hits))
+        confusion.index_add_(0, y * num_classes + logits.argmax(1), torch.ones(len(y), dtype=torch.float64))
         ids.append(batch_ids)
-    totals = dist.allreduce_sum(torch.cat([loss_sum, correct, total]), name=f"eval_{split.name}")
-    loss_sum, correct, total = totals[0], totals[1:1 + num_classes], totals[1 + num_classes:]
-    rows = int(total.sum())
+    totals = dist.allreduce_sum(torch.cat([loss_sum, confusion]), name=f"eval_{split.name}")
+    loss_sum, confusion = totals[0], totals[1:].reshape(num_classes, num_classes)
+    rows = int(confusion.sum())
     if rows != split.rows:
         raise DataCoverageError(f"evaluation read {rows} rows of {split.url}, the split holds {split.rows}")
     if check_ids:
@@ -168,35 +338,56 @@ def evaluate(model, task: Task, split: SplitInfo, options: ReadOptions, batch_si
         unique = int(torch.unique(dist.allgather(local, name=f"ids_{split.name}")).numel())
         if unique != split.rows:
             raise DataCoverageError(f"evaluation of {split.url} saw {unique} distinct rows of {split.rows}")
-    if rows == 0:
-        return {"loss": None, "accuracy": None, "rows": 0, "per_class_accuracy": [None] * num_classes,
-                "per_class_rows": [0] * num_classes}
-    return {"loss": float(loss_sum / rows), "accuracy": float(correct.sum() / rows), "rows": rows,
-            "per_class_accuracy": [float(c / t) if t else None for c, t in zip(correct, total)],
-            "per_class_rows": [int(t) for t in total]}
+    per_class_rows = confusion.sum(1)
+    return {"loss": float(loss_sum / rows) if rows else None,
+            "accuracy": float(confusion.diagonal().sum() / rows) if rows else None, "rows": rows,
+            "per_class_accuracy": [float(c / t) if t else None for c, t in zip(confusion.diagonal(), per_class_rows)],
+            "per_class_rows": [int(t) for t in per_class_rows], "confusion": confusion.long()}
 
 
-def _progress(steps: int, desc: str, config: TrainConfig, dist):
+def finish(run: Run, progress: Progress, dist, resumed_from: str | None) -> TrainResult:
+    """Test evaluation; on rank 0 the final checkpoint, metrics.json and the evaluation report."""
+    info = run.info
+    test = evaluate(run, info.splits["test"], dist, check_ids=True)
+    if test["rows"] == 0 and dist.rank == 0:
+        log.warning("the test split of %s is empty: test metrics are null", info.url)
+    metrics = {
+        "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_rows": test["rows"],
+        "per_class_accuracy": dict(zip(info.classes, test["per_class_accuracy"])),
+        "per_class_rows": dict(zip(info.classes, test["per_class_rows"])),
+        "history": progress.history, "epochs_completed": progress.epoch, "stopped_early": progress.stopped_early,
+        "world_size": dist.size, "hosts": dist.hosts, "backend": dist.name, "lr": run.peak_lr(dist),
+        "optimizer": run.optimizer_name, "model": run.model_name, "dataset": info.url, "snapshot_id": run.identity,
+        "train_rows": info.splits["train"].rows, "resumed_from": resumed_from, "config": asdict(run.config),
+    }
+    if dist.rank == 0:
+        from training.reports import classification_report, write_evaluation_report
+
+        final = checkpoint.save(run.output_dir / CHECKPOINT_FILE,
+                                {**run.base_payload(), "epoch": progress.epoch, "global_step": progress.global_step})
+        write_json(run.output_dir / METRICS_FILE, metrics)
+        written = []
+        if test["rows"]:
+            report = classification_report(test["confusion"].numpy(), info.classes)
+            written = write_evaluation_report(run.output_dir, report, progress.history)
+        log.info("test accuracy %s, loss %s on %d rows; wrote %s, %s%s", _fmt(test["accuracy"]), _fmt(test["loss"]),
+                 test["rows"], final, run.output_dir / METRICS_FILE,
+                 "".join(f", {p.name}" for p in written))
+    return TrainResult(metrics, unwrap(run.model))
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _progress(steps: int, desc: str, config: TrainConfig, dist, initial: int = 0):
     if dist.rank != 0 or config.progress_bar == "never":
         return None
     if config.progress_bar == "auto" and not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 
-    return tqdm(total=steps, desc=desc, unit="step", leave=False, file=sys.stderr)
-
-
-def save_checkpoint(path: Path, model, model_name: str, config: TrainConfig, info: DatasetInfo) -> None:
-    """Weights, config and class map, written atomically (a crash never leaves a half-written file behind).
-
-    Only tensors and plain Python values go in, so ``torch.load(path, weights_only=True)`` can read it."""
-    payload = {"model_state": model.state_dict(), "model": model_name, "config": asdict(config),
-               "classes": info.classes, "class_to_index": info.metadata["class_to_index"],
-               "dataset": {"url": info.url, "kind": info.kind, "image": info.metadata.get("image"),
-                           "sequence": info.metadata.get("sequence")}}
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    return tqdm(total=steps, initial=initial, desc=desc, unit="step", leave=False, file=sys.stderr)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

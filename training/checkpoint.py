@@ -1,0 +1,172 @@
+"""Checkpoints: written atomically with a SHA-256 sidecar, read without running pickled code.
+
+    <output>/checkpoint.pt + checkpoint.json            the final model (what predict and users load)
+    <output>/checkpoints/step-000123.pt + .json         resume points: every N steps and at each epoch end
+
+A checkpoint ``X.pt`` is complete only when its sidecar ``X.json`` (size, SHA-256, epoch, step) exists and matches:
+both files are written to a temporary name, flushed and renamed, the sidecar last, so a crash at any moment leaves
+either the previous resume point or a complete new one. Loading checks the digest before ``torch.load`` sees a
+byte, then loads with ``weights_only=True`` (tensors and plain values only: a foreign or tampered file never runs
+code) and checks the payload says it is a bigtrain checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("bigtrain.train")
+FORMAT = "bigtrain-checkpoint"
+VERSION = 2
+FINAL_FILE = "checkpoint.pt"
+RESUME_DIR = "checkpoints"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, altered, foreign, or belongs to another dataset or model."""
+
+
+def sidecar_of(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def save(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (tensors and plain values) to ``path`` and its sidecar, atomically; returns ``path``."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
+    data = buffer.getvalue()
+    _write_atomic(path, data)
+    info = {"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "epoch": payload.get("epoch"), "step": payload.get("step"), "global_step": payload.get("global_step"),
+            "snapshot_id": (payload.get("dataset") or {}).get("snapshot_id")}
+    _write_atomic(sidecar_of(path), json.dumps(info, indent=2, sort_keys=True).encode())
+    return path
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """The payload of a bigtrain checkpoint, verified against its sidecar; CheckpointError names what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    sidecar = sidecar_of(path)
+    if not sidecar.is_file():
+        raise CheckpointError(f"checkpoint {path} has no {sidecar.name} beside it: it is incomplete (a crash while "
+                              "saving) or was not written by bigtrain")
+    try:
+        info = json.loads(sidecar.read_text())
+        expected = info["sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint sidecar {sidecar} is unreadable: {exc}") from None
+    import torch
+
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(f"checkpoint {path} does not match the SHA-256 in {sidecar.name}: the file was altered "
+                              "or truncated; refusing to load it")
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # runs no pickled code
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ... for foreign content
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely (weights_only=True): "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a bigtrain checkpoint (no format marker {FORMAT!r})")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {payload.get('version')!r}, this bigtrain reads "
+                              f"{VERSION}")
+    return payload
+
+
+def model_metadata(payload: dict[str, Any]) -> dict[str, Any]:
+    """The part of a dataset's metadata that builds the model: kind, classes, image shape or vocabulary size."""
+    dataset = payload["dataset"]
+    return {"kind": dataset["kind"], "classes": payload["classes"], "class_to_index": payload["class_to_index"],
+            "image": dataset.get("image"), "sequence": dataset.get("sequence")}
+
+
+def build_model(payload: dict[str, Any]):
+    """The trained model of a loaded checkpoint, in eval mode."""
+    from jobs.config import from_dict
+    from training.config import TrainConfig
+    from training.models import build_model as build
+
+    config = from_dict(TrainConfig, payload["config"], prefix="checkpoint config")
+    model = build(payload["model"], metadata=model_metadata(payload), config=config)
+    model.load_state_dict(payload["model_state"])
+    return model.eval()
+
+
+def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """``(model, payload)`` from a checkpoint file, verified and safely loaded."""
+    payload = load(path)
+    return build_model(payload), payload
+
+
+def base_payload(model, model_name: str, config, info) -> dict[str, Any]:
+    """What every checkpoint holds: weights, model name, config, class map, the dataset's identity, and what predict
+    needs to treat raw inputs as preprocessing did (the job's config; the vocabulary of a sequence dataset)."""
+    from pipelines import layout
+
+    vocabulary = layout.read_vocabulary(info.url) if info.kind == "sequence" else None
+    return {"model_state": model.state_dict(), "model": model_name, "config": asdict(config),
+            "classes": info.classes, "class_to_index": info.metadata["class_to_index"],
+            "dataset": {"url": info.url, "kind": info.kind, "image": info.metadata.get("image"),
+                        "sequence": info.metadata.get("sequence"), "snapshot_id": dataset_identity(info),
+                        "preprocess": info.metadata.get("config"),  # how raw inputs were turned into rows
+                        "vocabulary": vocabulary}}
+
+
+def dataset_identity(info) -> str:
+    """The committed snapshot's id where the dataset has one, else a digest of its metadata (class map, rows per
+    split, shape or vocabulary): resuming against other data is refused either way."""
+    snapshot = getattr(info, "snapshot_id", None)
+    if snapshot:
+        return str(snapshot)
+    canonical = json.dumps({k: v for k, v in info.metadata.items() if k not in ("created", "config", "elapsed")},
+                           sort_keys=True, default=str)
+    return "metadata-" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def resume_points(output_dir: str | Path) -> list[Path]:
+    """Complete resume checkpoints (sidecar present), oldest first."""
+    folder = Path(output_dir) / RESUME_DIR
+    if not folder.is_dir():
+        return []
+    points = []
+    for sidecar in folder.glob("step-*.json"):
+        checkpoint = sidecar.with_suffix(".pt")
+        if checkpoint.is_file():
+            points.append(checkpoint)
+    return sorted(points)
+
+
+def latest_resume_point(output_dir: str | Path) -> Path | None:
+    points = resume_points(output_dir)
+    return points[-1] if points else None
+
+
+def prune(output_dir: str | Path, keep: int) -> None:
+    """Keep the newest ``keep`` resume points (and drop leftovers of interrupted saves)."""
+    folder = Path(output_dir) / RESUME_DIR
+    for old in resume_points(output_dir)[:-keep] if keep > 0 else []:
+        sidecar_of(old).unlink(missing_ok=True)  # sidecar first: a half-deleted point is never taken as complete
+        old.unlink(missing_ok=True)
+    for leftover in folder.glob(".*.tmp") if folder.is_dir() else []:
+        leftover.unlink(missing_ok=True)

@@ -1,0 +1,39 @@
+"""Elastic training on Horovod Elastic: ``horovodrun --min-np/--max-np --host-discovery-script ...`` starts the
+workers, ``hvd.elastic.run`` restarts the epoch loop when a worker dies or hosts come and go.
+
+At every resume point the loop commits a ``TorchState`` (model, optimizer and the run's ``Progress``) in memory.
+When a worker fails, the others roll back to the last commit, Horovod re-forms the ring without it, and the loop
+goes on: the train split is re-sharded for the new world size (an epoch cut short starts over on the new shards),
+and the learning rate follows the new size where ``train.scale_lr`` is set.
+"""
+from __future__ import annotations
+
+import logging
+
+from training.distributed import unwrap
+
+log = logging.getLogger("bigtrain.train")
+
+
+def fit_elastic(run, progress, dist):
+    """Run ``training.loop.fit`` under ``hvd.elastic.run``; returns the final Progress."""
+    import horovod.torch as hvd
+
+    from training.loop import fit
+
+    # Horovod: what is rolled back to on a failure and sent to workers that join.
+    state = hvd.elastic.TorchState(model=unwrap(run.model), optimizer=run.optimizer, progress=progress)
+
+    def on_reset() -> None:
+        if dist.rank == 0:
+            log.warning("elastic: the workers changed, training goes on with %d ranks from epoch %d, optimizer step %d",
+                        dist.size, state.progress.epoch + 1, state.progress.global_step)
+
+    state.register_reset_callbacks([on_reset])
+
+    @hvd.elastic.run  # Horovod: on HorovodInternalError restore the last commit, re-rendezvous, call again
+    def elastic_fit(state):
+        fit(run, state.progress, dist, commit=lambda _progress: state.commit())
+        return state.progress
+
+    return elastic_fit(state)

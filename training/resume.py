@@ -1,0 +1,104 @@
+"""Resume points: what a run has done so far (``Progress``), saved with the model and optimizer every N optimizer
+steps and at each epoch end, and the checks that a run may continue from one.
+
+The loader's position is the number of batches of the current epoch already trained: the loader replays the epoch
+with the same seed (so the same order, exactly so with ``loader_workers=1``; Petastorm interleaves several reader
+threads by timing) and the loop skips those batches. Random states (torch, numpy, python) are restored, so dropout
+draws the same masks as a run that was never interrupted.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training import checkpoint
+from training.checkpoint import CheckpointError
+
+log = logging.getLogger("bigtrain.train")
+# Config keys a resumed run must share with the checkpoint: they shape the model, the optimizer state or what a
+# saved loader position means. Others (epochs, logging, loader threads, checkpoint cadence) may change.
+MUST_MATCH = ("model", "optimizer", "cnn", "rnn", "batch_size", "backward_passes_per_step", "seed",
+              "length_bucketing", "shuffle_buffer")
+
+
+@dataclass
+class Progress:
+    epoch: int = 0                  # epochs completed
+    step: int = 0                   # batches of the current epoch already trained (the loader's position)
+    global_step: int = 0            # optimizer steps so far
+    world: int = 1                  # the world size ``step`` refers to
+    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # this epoch so far, all ranks: loss*n, hits, n
+    stall: list[float] = field(default_factory=lambda: [0.0, 0.0])      # seconds waiting for data, seconds in steps
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_loss: float | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+
+    def start_epoch_over(self) -> None:
+        self.step, self.sums, self.stall = 0, [0.0, 0.0, 0.0], [0.0, 0.0]
+
+
+def random_states() -> dict[str, Any]:
+    """torch, numpy and python random states as tensors and plain values (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                      cached],
+            "python": random.getstate()}
+
+
+def set_random_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_point(output_dir: Path, base: dict[str, Any], optimizer, progress: Progress, keep: int) -> Path:
+    """Write a resume point (rank 0 only) and drop the older ones beyond ``keep``."""
+    path = output_dir / checkpoint.RESUME_DIR / f"step-{progress.global_step:09d}-e{progress.epoch}.pt"
+    payload = {**base, "optimizer_state": optimizer.state_dict(), "progress": asdict(progress),
+               "schedule": {"global_step": progress.global_step, "lr": [g["lr"] for g in optimizer.param_groups]},
+               "random": random_states(), "epoch": progress.epoch, "step": progress.step,
+               "global_step": progress.global_step}
+    checkpoint.save(path, payload)
+    checkpoint.prune(output_dir, keep)
+    return path
+
+
+def find_point(config, output_dir: Path) -> Path | None:
+    """The resume point this run continues from, by ``config.resume``; None to start fresh."""
+    latest = checkpoint.latest_resume_point(output_dir)
+    if config.resume == "never":
+        if latest is not None:
+            log.info("train.resume=never: starting over, ignoring %s", latest)
+        return None
+    if latest is None and config.resume == "require":
+        raise CheckpointError(f"train.resume=require (--resume) but {output_dir / checkpoint.RESUME_DIR} holds no "
+                              "complete checkpoint to continue from")
+    return latest
+
+
+def check_compatible(payload: dict[str, Any], path: Path, config, identity: str, model_name: str) -> None:
+    """Refuse to continue a checkpoint with another dataset, model or a config that changes what it means."""
+    saved = payload["dataset"].get("snapshot_id")
+    if saved != identity:
+        raise CheckpointError(
+            f"checkpoint {path} was trained on dataset snapshot {saved} ({payload['dataset'].get('url')}), but "
+            f"--data is snapshot {identity}: refusing to resume on other data (use a new --output, or "
+            "--no-resume to start over)")
+    if payload["model"] != model_name:
+        raise CheckpointError(f"checkpoint {path} holds a {payload['model']} model, this run trains {model_name}")
+    current = asdict(config)
+    changed = [k for k in MUST_MATCH if payload["config"].get(k) != current.get(k)]
+    if changed:
+        key = changed[0]
+        raise CheckpointError(f"checkpoint {path} was trained with train.{key}={payload['config'].get(key)!r}, "
+                              f"this run has {current.get(key)!r}: resuming would not continue the same run "
+                              "(use a new --output, or --no-resume)")
