@@ -18,6 +18,14 @@ class UsageError(ValueError):
     """A command-line value is wrong; the message names the flag."""
 
 
+# Exit codes a scheduler can act on (README "Production").
+EXIT_OK = 0            # done, or nothing to do
+EXIT_FAILED = 1        # a dataset is missing, damaged or refused; a stage failed
+EXIT_USAGE = 2         # a flag, config key or pipeline file is wrong
+EXIT_REJECTS = 3       # more input rejected than max_reject_fraction allows: nothing committed
+EXIT_LOCKED = 75       # another run holds the lock (EX_TEMPFAIL: try again later)
+
+
 def setup_logging(*, quiet: bool = False, rank: int = 0) -> None:
     """INFO on rank 0, WARNING elsewhere, so a multi-process run prints one story."""
     level = logging.WARNING if (quiet or rank != 0) else logging.INFO
@@ -37,6 +45,16 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", metavar="FILE", help="YAML file layered over conf/bigtrain.yaml")
     group.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
                        help="override one config key, e.g. --set train.momentum=0.8 (repeatable)")
+
+
+def add_snapshot_flags(parser: argparse.ArgumentParser, section: str) -> None:
+    group = parser.add_argument_group("snapshots")
+    group.add_argument("--mode", choices=("incremental", "overwrite", "error"),
+                       help="incremental (default): process only new or changed input files, or nothing when none "
+                            "changed; overwrite: process every input again; error: refuse when the dataset exists")
+    group.add_argument("--max-reject-fraction", type=float, metavar="F",
+                       help=f"fail (exit {EXIT_REJECTS}, nothing committed) when more than this fraction of the "
+                            f"run's input is rejected (default: {section}.max_reject_fraction)")
 
 
 def positive_int(flag: str, *, allow_zero: bool = False) -> Callable[[str], int]:
@@ -82,9 +100,15 @@ def run_main(body: Callable[[], int]) -> int:
 
 def format_summary(summary: dict, *, job: str, unit: str) -> str:
     """The closing summary of a preprocessing job: read = written + rejected, per split and class, rejects by reason."""
+    if summary.get("unchanged"):
+        return (f"{job}: nothing to do: {summary['inputs']} input files and the config are unchanged since snapshot "
+                f"{summary['snapshot']} ({summary['rows_written']} rows, {summary['rejected']} rejected)\n"
+                f"  output: {summary['output']}")
     lines = [f"{job}: {summary['records_read']} {unit} read = {summary['rows_written']} rows written "
              f"+ {summary['rejected']} rejected ({summary['seconds']}s)",
-             f"  output: {summary['output']}"]
+             f"  output: {summary['output']}",
+             f"  snapshot {summary['snapshot']}: {summary['run']}; this run read {summary['processed'][0]} {unit}, "
+             f"rejected {summary['processed'][1]}"]
     for split, info in summary["splits"].items():
         per_class = ", ".join(f"{name}={n}" for name, n in info["per_class"].items())
         lines.append(f"  {split:<10} {info['rows']:>8} rows in {info['row_groups']} row groups  [{per_class}]")
@@ -114,6 +138,19 @@ def check_connectors(spark, urls: dict[str, str]) -> None:
             raise UsageError(f"{flag} {exc}") from None
 
 
+def dataset_lock(output_url: str):
+    """One writer at a time for a local dataset folder (its .bigtrain.lock); other storage relies on the pipeline
+    runner's lock (object stores have no flock)."""
+    import contextlib
+
+    from pipelines import locking
+
+    if not output_url.startswith("file://"):
+        return contextlib.nullcontext()
+    folder = output_url[len("file://"):]
+    return locking.hold(os.path.join(folder, ".bigtrain.lock"), what=f"a job writing {output_url}")
+
+
 def run_preprocessing(*, job: str, unit: str, master: str | None, spark_conf: dict[str, str], input_url: str,
                       output_url: str, body: Callable[..., dict]) -> int:
     """The shared life of a preprocessing job: a session, the storage checks, ``body(spark)`` timed, the session
@@ -122,13 +159,14 @@ def run_preprocessing(*, job: str, unit: str, master: str | None, spark_conf: di
 
     from pipelines import storage
 
-    spark = storage.build_spark(app_name=f"bigtrain-{job}", master=master, conf=spark_conf)
-    try:
-        check_connectors(spark, {"--input": input_url, "--output": output_url})
-        start = time.monotonic()
-        summary = body(spark)
-        summary["seconds"] = round(time.monotonic() - start, 1)
-    finally:
-        spark.stop()
+    with dataset_lock(output_url):
+        spark = storage.build_spark(app_name=f"bigtrain-{job}", master=master, conf=spark_conf)
+        try:
+            check_connectors(spark, {"--input": input_url, "--output": output_url})
+            start = time.monotonic()
+            summary = body(spark)
+            summary["seconds"] = round(time.monotonic() - start, 1)
+        finally:
+            spark.stop()
     print(format_summary(summary, job=job, unit=unit))
     return 0

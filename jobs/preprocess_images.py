@@ -18,8 +18,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from jobs.common import (UsageError, add_config_flags, positive_int, resolve_master, run_main, run_preprocessing,
-                         setup_logging)
+from jobs.common import (UsageError, add_config_flags, add_snapshot_flags, positive_int, resolve_master, run_main,
+                         run_preprocessing, setup_logging)
 from jobs.config import load_section, require
 
 log = logging.getLogger("bigtrain.preprocess_images")
@@ -38,6 +38,8 @@ class PreprocessImagesConfig:
     min_side: int
     max_aspect_ratio: float
     spark_conf: dict[str, str] = field(default_factory=dict)
+    mode: Literal["incremental", "overwrite", "error"] = "incremental"
+    max_reject_fraction: float = 0.1
 
     def validate(self, prefix: str) -> None:
         from pipelines.splits import validate_fractions
@@ -47,6 +49,8 @@ class PreprocessImagesConfig:
         require(self.ranks >= 1, f"{prefix}.ranks", f"must be at least 1, got {self.ranks}")
         require(self.min_side >= 1, f"{prefix}.min_side", "must be at least 1")
         require(self.max_aspect_ratio >= 1, f"{prefix}.max_aspect_ratio", "must be at least 1")
+        require(0 <= self.max_reject_fraction <= 1, f"{prefix}.max_reject_fraction",
+                f"must be in [0, 1], got {self.max_reject_fraction}")
         try:
             validate_fractions(self.splits, key=f"{prefix}.splits")
         except ValueError as exc:
@@ -62,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, metavar="DIR_OR_URL",
                         help="root folder with one sub-folder per class (local path, file://, hdfs://, s3a://)")
     parser.add_argument("--output", required=True, metavar="DIR_OR_URL",
-                        help="where the dataset is written (train/, validation/, test/, rejected/, metadata.json)")
+                        help="the dataset folder; each run commits a new snapshot below it (snapshots/<id>/)")
     parser.add_argument("--image-size", type=positive_int("--image-size"), metavar="N", help="resize to N x N")
     parser.add_argument("--channels", type=int, choices=(1, 3), help="1 = grayscale, 3 = RGB")
     parser.add_argument("--codec", choices=("png", "jpeg", "raw"), help="storage of the image column")
@@ -75,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training processes expected: each split is written as a multiple of N row groups")
     parser.add_argument("--master", help="Spark master (default: spark-submit's, else config preprocess_images.master, "
                                          "local[*])")
+    add_snapshot_flags(parser, "preprocess_images")
     parser.add_argument("--quiet", action="store_true", help="only warnings and the summary")
     add_config_flags(parser)
     return parser
@@ -87,7 +92,8 @@ def load_config(args: argparse.Namespace) -> PreprocessImagesConfig:
         if value is not None:
             overrides.append(f"preprocess_images.splits.{name}={value}")
     flags = {"image_size": args.image_size, "channels": args.channels, "codec": args.codec,
-             "row_group_size_mb": args.row_group_size_mb, "ranks": args.ranks}
+             "row_group_size_mb": args.row_group_size_mb, "ranks": args.ranks, "mode": args.mode,
+             "max_reject_fraction": args.max_reject_fraction}
     return load_section("preprocess_images", PreprocessImagesConfig, config_file=args.config,
                         overrides=overrides, flags=flags)
 
@@ -114,45 +120,64 @@ def run(args: argparse.Namespace) -> int:
 
 
 def preprocess_images(spark, *, input_url: str, output_url: str, config: PreprocessImagesConfig) -> dict:
-    """Extract (binaryFile), transform (decode, label, split), load (Petastorm splits, rejected, metadata)."""
-    from pyspark import StorageLevel
+    """Extract (binaryFile), transform (decode, label, split), load (Petastorm splits, rejected) into a new snapshot
+    of ``output_url``, committed last; only new or changed files are decoded (``config.mode``)."""
     from pyspark.sql import functions as F
 
-    from pipelines import images, labels, layout, splits, storage
+    from pipelines import images, incremental, labels, splits, storage
     from pipelines.schemas import image_shape, image_unischema
 
+    run = incremental.plan(spark, dataset_url=output_url, input_url=input_url, kind="image", config=asdict(config),
+                           mode=config.mode, relpath_of=lambda path: images.split_relpath(path, input_url)[0])
+    if run.nothing_to_do:
+        return incremental.unchanged_summary(run)
     params = images.DecodeParams(image_size=config.image_size, channels=config.channels, codec=config.codec,
                                  max_pixels=config.max_pixels, min_side=config.min_side,
                                  max_aspect_ratio=config.max_aspect_ratio)
-    storage.remove_metadata(output_url)
-    files = storage.read_binary_files(spark, input_url)
-    decoded = images.decode_images(files, root_url=input_url, params=params)
-    unread = images.files_not_read(storage.listed_paths(spark, files), files, root_url=input_url)
-    decoded = decoded.unionByName(unread).persist(StorageLevel.MEMORY_AND_DISK)
+    decoded = decode_files(spark, run.paths_to_read(), input_url=input_url, params=params)
     try:
         names = [r["class_name"] for r in decoded.select("class_name").where(F.col("class_name").isNotNull())
                  .distinct().collect()]
-        class_to_index = labels.class_map(names)
+        class_to_index = labels.class_map(names + (list(run.previous["class_to_index"]) if not run.full else []))
         log.info("%d classes: %s", len(class_to_index), ", ".join(class_to_index))
         records = splits.with_sample_id(splits.assign_split(labels.assign_labels(decoded, class_to_index=class_to_index),
                                                             fractions=config.splits))
+        processed = incremental.count_outcomes(records)
+        previous = incremental.previous_records(spark, run, key=F.col("relpath"), class_to_index=class_to_index)
+        if previous is not None:
+            records = records.unionByName(previous, allowMissingColumns=True)
         summary = storage.write_splits(
-            spark, records, output_url=output_url,
+            spark, records, output_url=run.snapshot_url,
             schema=image_unischema(config.image_size, config.channels, config.codec),
             label_names=list(class_to_index), row_group_size_mb=config.row_group_size_mb, ranks=config.ranks,
             rejected_columns=["path", "relpath", "class_name", "reason"], size_column="image")
     finally:
         decoded.unpersist()
-    layout.write_metadata(output_url, {
-        "format_version": layout.FORMAT_VERSION, "kind": "image", "input": input_url,
+    incremental.finish(run, {
+        "kind": "image", "input": input_url,
         "classes": list(class_to_index), "class_to_index": class_to_index,
         "image": {"size": config.image_size, "channels": config.channels, "codec": config.codec,
                   "shape": list(image_shape(config.image_size, config.channels))},
         "splits": {name: {k: v for k, v in info.items() if k != "url"} for name, info in summary["splits"].items()},
         "records_read": summary["records_read"], "rejected": summary["rejected"],
         "rejected_by_reason": summary["rejected_by_reason"], "config": asdict(config),
-    })
-    return summary
+    }, processed=processed, max_reject_fraction=config.max_reject_fraction)
+    return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed}
+
+
+def decode_files(spark, paths: list[str] | None, *, input_url: str, params):
+    """Decoded rows (persisted) of the files listed, or of every file below ``input_url`` when ``paths`` is None."""
+    from pyspark import StorageLevel
+
+    from pipelines import images, storage
+    from pipelines.schemas import DECODED_SCHEMA
+
+    if paths == []:  # an incremental run with files removed and none added
+        return spark.createDataFrame([], DECODED_SCHEMA)
+    files = storage.read_binary_files(spark, input_url if paths is None else paths)
+    decoded = images.decode_images(files, root_url=input_url, params=params)
+    unread = images.files_not_read(storage.listed_paths(spark, files), files, root_url=input_url)
+    return decoded.unionByName(unread).persist(StorageLevel.MEMORY_AND_DISK)
 
 
 if __name__ == "__main__":

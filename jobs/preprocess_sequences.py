@@ -18,8 +18,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from jobs.common import (UsageError, add_config_flags, positive_int, resolve_master, run_main, run_preprocessing,
-                         setup_logging)
+from jobs.common import (UsageError, add_config_flags, add_snapshot_flags, positive_int, resolve_master, run_main,
+                         run_preprocessing, setup_logging)
 from jobs.config import load_section, require
 
 log = logging.getLogger("bigtrain.preprocess_sequences")
@@ -43,6 +43,8 @@ class PreprocessSequencesConfig:
     row_group_size_mb: int
     ranks: int
     spark_conf: dict[str, str] = field(default_factory=dict)
+    mode: Literal["incremental", "overwrite", "error"] = "incremental"
+    max_reject_fraction: float = 0.1
 
     def validate(self, prefix: str) -> None:
         from pipelines.splits import validate_fractions
@@ -53,6 +55,8 @@ class PreprocessSequencesConfig:
         require(self.row_group_size_mb > 0, f"{prefix}.row_group_size_mb", "must be positive")
         require(self.ranks >= 1, f"{prefix}.ranks", f"must be at least 1, got {self.ranks}")
         require(bool(self.label_field), f"{prefix}.label_field", "must name a field")
+        require(0 <= self.max_reject_fraction <= 1, f"{prefix}.max_reject_fraction",
+                f"must be in [0, 1], got {self.max_reject_fraction}")
         require(bool(self.text_field or self.tokens_field), f"{prefix}.text_field", "or tokens_field must name a field")
         try:
             validate_fractions(self.splits, key=f"{prefix}.splits")
@@ -69,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                "preprocess_sequences.KEY=VALUE; flags win over config.")
     parser.add_argument("--input", required=True, metavar="PATH",
                         help="a .jsonl/.csv/.parquet file or a folder of them (local, file://, hdfs://, s3a://)")
-    parser.add_argument("--output", required=True, metavar="DIR_OR_URL", help="where the dataset is written")
+    parser.add_argument("--output", required=True, metavar="DIR_OR_URL",
+                        help="the dataset folder; each run commits a new snapshot below it (snapshots/<id>/)")
     parser.add_argument("--format", choices=("auto", "jsonl", "csv", "parquet"), help="default: from the extension")
     parser.add_argument("--text-field", metavar="NAME", help="field holding the text (default: text)")
     parser.add_argument("--label-field", metavar="NAME", help="field holding the label (default: label)")
@@ -85,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ranks", type=positive_int("--ranks"), metavar="N",
                         help="training processes expected: each split is written as a multiple of N row groups")
     parser.add_argument("--master", help="Spark master (default: spark-submit's, else config, local[*])")
+    add_snapshot_flags(parser, "preprocess_sequences")
     parser.add_argument("--quiet", action="store_true", help="only warnings and the summary")
     add_config_flags(parser)
     return parser
@@ -93,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 def load_config(args: argparse.Namespace) -> PreprocessSequencesConfig:
     flags = {"format": args.format, "text_field": args.text_field, "label_field": args.label_field,
              "tokens_field": args.tokens_field, "tokenizer": args.tokenizer, "max_length": args.max_length,
-             "vocab_size": args.vocab_size, "min_count": args.min_count, "ranks": args.ranks}
+             "vocab_size": args.vocab_size, "min_count": args.min_count, "ranks": args.ranks, "mode": args.mode,
+             "max_reject_fraction": args.max_reject_fraction}
     return load_section("preprocess_sequences", PreprocessSequencesConfig, config_file=args.config,
                         overrides=args.overrides, flags=flags)
 
@@ -122,9 +129,24 @@ def run(args: argparse.Namespace) -> int:
                                                 config=config))
 
 
-def read_records(spark, *, input_url: str, fmt: str, config: PreprocessSequencesConfig):
-    """(source, file_path, raw) of every record, and the CSV header of each file (empty for other formats)."""
+def input_root(input_url: str) -> str:
+    """The folder record sources are relative to: the input folder, or the input file's folder."""
     import fsspec
+
+    fs, path = fsspec.core.url_to_fs(input_url)
+    return input_url if fs.isdir(path) else input_url.rsplit("/", 1)[0]
+
+
+def relative_to(root: str):
+    from pipelines.images import normalise_url
+
+    prefix = normalise_url(root).rstrip("/") + "/"
+    return lambda path: normalise_url(path)[len(prefix):] if normalise_url(path).startswith(prefix) else path
+
+
+def read_records(spark, *, input_url: str, fmt: str, config: PreprocessSequencesConfig, paths: list[str] | None = None):
+    """(source, file_path, raw) of every record of ``paths`` (default: every file below ``input_url``), and the CSV
+    header of each file (empty for other formats)."""
     from pyspark.sql import functions as F
 
     from pipelines import storage, text
@@ -133,18 +155,16 @@ def read_records(spark, *, input_url: str, fmt: str, config: PreprocessSequences
         columns = [c for c in (config.text_field if not config.tokens_field else "", config.tokens_field,
                                config.label_field) if c]
         try:
-            lines = storage.read_parquet_records(spark, input_url, columns)
+            lines = storage.read_parquet_records(spark, paths or input_url, columns)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     else:
-        lines = storage.read_text_lines(spark, input_url)
+        lines = storage.read_text_lines(spark, paths or input_url)
     numbered = text.number_lines(lines)
     counts = [(r["file_path"], r["block_start"], r["count"])
               for r in numbered.groupBy("file_path", "block_start").count().collect()]
     offsets = spark.createDataFrame(text.block_line_offsets(counts), "file_path string, block_start long, lines_before long")
-    fs, path = fsspec.core.url_to_fs(input_url)
-    root = input_url if fs.isdir(path) else input_url.rsplit("/", 1)[0]
-    records = text.with_line_numbers(numbered, offsets, root_url=root)
+    records = text.with_line_numbers(numbered, offsets, root_url=input_root(input_url))
     headers: dict[str, list[str]] = {}
     if fmt == "csv":
         import csv
@@ -157,27 +177,31 @@ def read_records(spark, *, input_url: str, fmt: str, config: PreprocessSequences
 
 def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
                          config: PreprocessSequencesConfig) -> dict:
-    """Extract (lines with their source), transform (parse, tokenise, vocabulary, labels, ids, split), load."""
-    from pyspark import StorageLevel
+    """Extract (lines with their source), transform (parse, tokenise, vocabulary, labels, ids, split), load into a
+    new snapshot of ``output_url``, committed last. Incremental runs process only new or changed files and keep the
+    previous snapshot's vocabulary (new tokens map to unknown; --mode overwrite rebuilds it)."""
     from pyspark.sql import functions as F
 
-    from pipelines import labels, layout, splits, storage, text
+    from pipelines import incremental, labels, layout, splits, storage, text
     from pipelines.schemas import REJECTED_SEQUENCE_COLUMNS, sequence_unischema
 
-    storage.remove_metadata(output_url)
-    records, headers = read_records(spark, input_url=input_url, fmt=fmt, config=config)
-    params = text.ParseParams(fmt=fmt, text_field=config.text_field, label_field=config.label_field,
-                              tokens_field=config.tokens_field or None, tokenizer=config.tokenizer,
-                              lowercase=config.lowercase)
-    parsed = text.parse_lines(records, params=params, headers=headers).persist(StorageLevel.MEMORY_AND_DISK)
+    run = incremental.plan(spark, dataset_url=output_url, input_url=input_url, kind="sequence", config=asdict(config),
+                           mode=config.mode, relpath_of=relative_to(input_root(input_url)))
+    if run.nothing_to_do:
+        return incremental.unchanged_summary(run)
+    parsed, headers = parse_inputs(spark, run.paths_to_read(), input_url=input_url, fmt=fmt, config=config)
+    previous = None if run.full else run.previous
     try:
         accepted = parsed.where(F.col("reason").isNull())
         seen = [r["label_name"] for r in accepted.select("label_name").distinct().collect()]
-        class_to_index = labels.class_map(config.labels or seen)
-        top = [r["token"] for r in text.top_tokens(text.token_counts(parsed), vocab_size=config.vocab_size,
-                                                   min_count=config.min_count).collect()]
-        vocabulary = text.make_vocabulary(top)
-        dtype = text.token_dtype(len(vocabulary))
+        class_to_index = labels.class_map(config.labels or seen + list(previous["class_to_index"] if previous else []))
+        if previous:
+            vocabulary, dtype = layout.read_vocabulary(run.previous_url), previous["sequence"]["token_dtype"]
+        else:
+            top = [r["token"] for r in text.top_tokens(text.token_counts(parsed), vocab_size=config.vocab_size,
+                                                       min_count=config.min_count).collect()]
+            vocabulary = text.make_vocabulary(top)
+            dtype = text.token_dtype(len(vocabulary))
         log.info("%d labels, vocabulary of %d tokens (%s), max length %d", len(class_to_index), len(vocabulary),
                  dtype, config.max_length)
         labelled = labels.assign_labels(parsed, class_to_index=class_to_index, name_col="label_name")
@@ -185,28 +209,66 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
                                   max_length=config.max_length, dtype=dtype)
         key = "split_key" if config.split_key == "content" else "source"
         rows = splits.with_sample_id(splits.assign_split(encoded, fractions=config.splits, key_col=key), key_col="source")
+        processed = incremental.count_outcomes(rows)
+        carried = incremental.previous_records(spark, run, key=F.regexp_extract("source", r"^(.*):[0-9]+$", 1),
+                                               class_to_index=class_to_index)
+        if carried is not None:
+            rows = rows.unionByName(carried, allowMissingColumns=True)
         summary = storage.write_splits(
-            spark, rows, output_url=output_url, schema=sequence_unischema(), label_names=list(class_to_index),
+            spark, rows, output_url=run.snapshot_url, schema=sequence_unischema(), label_names=list(class_to_index),
             row_group_size_mb=config.row_group_size_mb, ranks=config.ranks,
             rejected_columns=REJECTED_SEQUENCE_COLUMNS, size_column="tokens")
-        lengths = accepted.select(F.size("tokens").alias("n")).agg(
-            F.max("n").alias("max"), F.avg("n").alias("mean"),
-            F.sum(F.when(F.col("n") > config.max_length, 1).otherwise(0)).alias("truncated")).first()
+        lengths = length_stats(accepted, config.max_length, previous)
     finally:
         parsed.unpersist()
-    layout.write_json(output_url, layout.VOCAB_FILE, vocabulary)
-    layout.write_metadata(output_url, {
-        "format_version": layout.FORMAT_VERSION, "kind": "sequence", "input": input_url, "input_format": fmt,
+    layout.write_json(run.snapshot_url, layout.VOCAB_FILE, vocabulary)
+    incremental.finish(run, {
+        "kind": "sequence", "input": input_url, "input_format": fmt,
         "classes": list(class_to_index), "class_to_index": class_to_index,
         "sequence": {"vocab_size": len(vocabulary), "vocab_file": layout.VOCAB_FILE, "token_dtype": dtype,
                      "max_length": config.max_length, "tokenizer": config.tokenizer,
-                     "tokens_field": config.tokens_field or None, "pad_id": 0, "unk_id": 1,
-                     "longest": lengths["max"], "mean_length": lengths["mean"], "truncated": lengths["truncated"]},
+                     "tokens_field": config.tokens_field or None, "pad_id": 0, "unk_id": 1, **lengths},
         "splits": {name: {k: v for k, v in info.items() if k != "url"} for name, info in summary["splits"].items()},
-        "records_read": summary["records_read"], "csv_header_lines": len(headers), "rejected": summary["rejected"],
-        "rejected_by_reason": summary["rejected_by_reason"], "config": asdict(config),
-    })
-    return summary
+        "records_read": summary["records_read"],
+        "csv_header_lines": len(headers) + (previous or {}).get("csv_header_lines", 0),
+        "rejected": summary["rejected"], "rejected_by_reason": summary["rejected_by_reason"], "config": asdict(config),
+    }, processed=processed, max_reject_fraction=config.max_reject_fraction)
+    return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed}
+
+
+def parse_inputs(spark, paths: list[str] | None, *, input_url: str, fmt: str, config: PreprocessSequencesConfig):
+    """Parsed records (persisted) of the files listed (None: every input file), and the CSV headers."""
+    from pyspark import StorageLevel
+
+    from pipelines import text
+
+    if paths == []:  # an incremental run with files removed and none added
+        return spark.createDataFrame([], text.PARSED_SCHEMA), {}
+    records, headers = read_records(spark, input_url=input_url, fmt=fmt, config=config, paths=paths)
+    params = text.ParseParams(fmt=fmt, text_field=config.text_field, label_field=config.label_field,
+                              tokens_field=config.tokens_field or None, tokenizer=config.tokenizer,
+                              lowercase=config.lowercase)
+    return text.parse_lines(records, params=params, headers=headers).persist(StorageLevel.MEMORY_AND_DISK), headers
+
+
+def length_stats(accepted, max_length: int, previous: dict | None) -> dict:
+    """Longest, mean and truncated sequence lengths of the accepted records; an incremental run adds the previous
+    snapshot's figures (they cover every record processed into the snapshot's lineage)."""
+    from pyspark.sql import functions as F
+
+    row = accepted.select(F.size("tokens").alias("n")).agg(
+        F.count(F.lit(1)).alias("rows"), F.max("n").alias("max"), F.avg("n").alias("mean"),
+        F.sum(F.when(F.col("n") > max_length, 1).otherwise(0)).alias("truncated")).first()
+    stats = {"longest": row["max"], "mean_length": row["mean"], "truncated": row["truncated"] or 0}
+    if not previous:
+        return stats
+    old = previous["sequence"]
+    old_rows = sum(s["rows"] for s in previous["splits"].values())
+    total = old_rows + row["rows"]
+    return {"longest": max((v for v in (old["longest"], row["max"]) if v is not None), default=None),
+            "mean_length": ((old["mean_length"] or 0) * old_rows + (row["mean"] or 0) * row["rows"]) / total
+            if total else None,
+            "truncated": old["truncated"] + (row["truncated"] or 0)}
 
 
 if __name__ == "__main__":

@@ -1,11 +1,20 @@
 """The on-disk layout of a bigtrain dataset, shared by the Spark jobs and the training loader (no Spark import).
 
-    <dataset>/metadata.json     kind, class map, image shape or vocabulary, rows per split and class, config
-    <dataset>/train/            a Petastorm dataset (Parquet + _common_metadata holding the Unischema)
-    <dataset>/validation/
-    <dataset>/test/
-    <dataset>/rejected/         Parquet: every input record that was not used, with its path and reason
-    <dataset>/vocab.json        sequence datasets: the tokens in id order (0 padding, 1 unknown)
+A dataset is a folder of immutable snapshots; each job run writes a new one and commits it by writing its
+``metadata.json`` (the manifest) last. The dataset's current snapshot is its newest committed one.
+
+    <dataset>/snapshots/<id>/metadata.json   the manifest: snapshot id and parent, kind, class map, image shape or
+                                             vocabulary, rows per split and class, every file with its rows, size
+                                             and sha256, schema fingerprints, input files consumed, config, version
+    <dataset>/snapshots/<id>/train/          a Petastorm dataset (Parquet + _common_metadata holding the Unischema)
+    <dataset>/snapshots/<id>/validation/
+    <dataset>/snapshots/<id>/test/
+    <dataset>/snapshots/<id>/rejected/       Parquet: every input record that was not used, with its path and reason
+    <dataset>/snapshots/<id>/vocab.json      sequence datasets: the tokens in id order (0 padding, 1 unknown)
+    <dataset>/snapshots/<id>/inputs.parquet  the input files the snapshot holds (path, size, modification time)
+
+A snapshot folder without metadata.json is uncommitted (being written, or left by a job that died) and no reader
+opens it. Readers take either the dataset folder (its current snapshot) or one snapshot folder (pinned).
 """
 from __future__ import annotations
 
@@ -17,7 +26,9 @@ from urllib.parse import urlparse
 METADATA_FILE = "metadata.json"
 VOCAB_FILE = "vocab.json"
 REJECTED_DIR = "rejected"
-FORMAT_VERSION = 1
+SNAPSHOTS_DIR = "snapshots"
+INPUTS_FILE = "inputs.parquet"
+FORMAT_VERSION = 2
 
 
 class DatasetError(RuntimeError):
@@ -90,8 +101,41 @@ def read_metadata(dataset_url: str) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{url} is not valid JSON: {exc}") from None
     if metadata.get("format_version") != FORMAT_VERSION:
-        raise DatasetError(f"{url}: format_version {metadata.get('format_version')!r}, this bigtrain reads {FORMAT_VERSION}")
+        raise DatasetError(f"{url}: format_version {metadata.get('format_version')!r}, this bigtrain reads {FORMAT_VERSION} "
+                           "(datasets written before snapshots: run the preprocessing job again)")
     return metadata
+
+
+def snapshot_ids(dataset_url: str) -> tuple[list[str], list[str]]:
+    """(committed, uncommitted) snapshot ids of a dataset folder, oldest first (ids sort in creation order)."""
+    url = join(dataset_url, SNAPSHOTS_DIR)
+    fs, path = _fs(url)
+    if not _exists(fs, path, url):
+        return [], []
+    committed, uncommitted = [], []
+    for entry in sorted(fs.ls(path, detail=False)):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith((".", "_")) or not fs.isdir(entry):
+            continue
+        (committed if fs.exists(entry.rstrip("/") + "/" + METADATA_FILE) else uncommitted).append(name)
+    return committed, uncommitted
+
+
+def resolve_snapshot(url: str) -> str:
+    """The snapshot a reader opens: ``url`` itself when it is a snapshot folder (pinned), else the dataset's newest
+    committed snapshot. Uncommitted snapshots are never returned; a dataset with none committed is an error."""
+    url = to_url(url)
+    fs, path = _fs(join(url, METADATA_FILE))
+    if _exists(fs, path, join(url, METADATA_FILE)):
+        return url
+    committed, uncommitted = snapshot_ids(url)
+    if committed:
+        return join(url, SNAPSHOTS_DIR, committed[-1])
+    if uncommitted:
+        raise DatasetError(f"{join(url, SNAPSHOTS_DIR, uncommitted[-1], METADATA_FILE)} not found: {url} has no "
+                           "committed snapshot, only uncommitted ones (a job is writing it, or died before its "
+                           "commit; rerun the job)")
+    return url  # not a dataset: read_metadata names the missing metadata.json
 
 
 def row_group_sizes(split_url: str) -> list[int]:

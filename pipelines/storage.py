@@ -68,8 +68,8 @@ def require_connector(spark: SparkSession, url: str) -> None:
                                     f"classpath); add {provider}") from None
 
 
-def read_binary_files(spark: SparkSession, root_url: str) -> DataFrame:
-    """Every file below ``root_url`` (recursively) as (path, modificationTime, length, content).
+def read_binary_files(spark: SparkSession, root_url: str | list[str]) -> DataFrame:
+    """Every file below ``root_url`` (recursively), or the files listed, as (path, modificationTime, length, content).
 
     Spark's file listing skips names starting with ``.`` or ``_`` (Hadoop's hidden-file rule); everything else
     is read and must come out of the job as either a row or a rejected record.
@@ -106,7 +106,7 @@ def detect_format(input_url: str) -> str:
     return known.pop()
 
 
-def read_text_lines(spark: SparkSession, input_url: str) -> DataFrame:
+def read_text_lines(spark: SparkSession, input_url: str | list[str]) -> DataFrame:
     """Every line of every file below ``input_url`` as raw bytes (no decoding: invalid UTF-8 stays visible), with
     the file and the block of the file it came from (for line numbers)."""
     lines = spark.read.option("recursiveFileLookup", "true").text(input_url)
@@ -115,9 +115,10 @@ def read_text_lines(spark: SparkSession, input_url: str) -> DataFrame:
                         F.col("value").cast("binary").alias("raw"))
 
 
-def read_parquet_records(spark: SparkSession, input_url: str, columns: list[str]) -> DataFrame:
+def read_parquet_records(spark: SparkSession, input_url: str | list[str], columns: list[str]) -> DataFrame:
     """Rows of Parquet files as JSON objects of ``columns`` (raw bytes), so they parse like JSON Lines."""
-    rows = spark.read.option("recursiveFileLookup", "true").parquet(input_url)
+    urls = [input_url] if isinstance(input_url, str) else input_url
+    rows = spark.read.option("recursiveFileLookup", "true").parquet(*urls)
     missing = [c for c in columns if c not in rows.columns]
     if missing:
         raise ValueError(f"{input_url}: no column {missing[0]!r} (columns: {', '.join(rows.columns)})")
@@ -225,16 +226,6 @@ def write_petastorm(spark: SparkSession, df: DataFrame, *, url: str, schema, row
 
 def write_rejected(df: DataFrame, *, url: str) -> None:
     df.coalesce(1).write.mode("overwrite").parquet(url)
-
-
-def remove_metadata(output_url: str) -> None:
-    """Drop an old dataset's metadata.json before rewriting it, so a job that dies half-way leaves no dataset
-    that claims to be complete (readers refuse a dataset without metadata)."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(layout.join(output_url, layout.METADATA_FILE))
-    if fs.exists(path):
-        fs.rm(path)
 
 
 def write_splits(spark: SparkSession, records: DataFrame, *, output_url: str, schema, label_names: list[str],

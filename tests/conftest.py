@@ -48,8 +48,21 @@ def image_dataset(spark, sample_images, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("image-dataset") / "ds"
     config = load_section("preprocess_images", PreprocessImagesConfig, flags={"image_size": 16, "ranks": 3})
-    preprocess_images(spark, input_url=to_url(str(sample_images)), output_url=to_url(str(out)), config=config)
-    return out
+    summary = preprocess_images(spark, input_url=to_url(str(sample_images)), output_url=to_url(str(out)), config=config)
+    return snapshot_path(summary)
+
+
+def snapshot_path(summary: dict) -> Path:
+    """The committed snapshot folder a preprocessing job wrote (``<dataset>/snapshots/<id>``): fixtures hand it
+    out, so tests read its metadata.json and splits directly, and readers take it as a pinned snapshot."""
+    return Path(summary["output"][len("file://"):])
+
+
+def current_snapshot(dataset: Path) -> Path:
+    """The current committed snapshot folder of a dataset folder a job wrote."""
+    from pipelines.layout import resolve_snapshot
+
+    return Path(resolve_snapshot(str(dataset))[len("file://"):])
 
 
 def tool(name: str) -> str:
@@ -91,9 +104,9 @@ def text_dataset(spark, sample_texts, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("text-dataset") / "ds"
     config = load_section("preprocess_sequences", PreprocessSequencesConfig, flags={"ranks": 3, "max_length": 24})
-    preprocess_sequences(spark, input_url=to_url(str(sample_texts)), output_url=to_url(str(out)), fmt="jsonl",
-                         config=config)
-    return out
+    summary = preprocess_sequences(spark, input_url=to_url(str(sample_texts)), output_url=to_url(str(out)),
+                                   fmt="jsonl", config=config)
+    return snapshot_path(summary)
 
 
 def _free_port(preferred: int) -> int:

@@ -45,8 +45,8 @@ class SplitInfo:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    url: str
-    metadata: dict[str, Any]
+    url: str                    # the snapshot folder read (a dataset folder resolves to its current snapshot)
+    metadata: dict[str, Any]    # the snapshot's metadata.json (its manifest)
     splits: dict[str, SplitInfo]
 
     @property
@@ -57,11 +57,21 @@ class DatasetInfo:
     def classes(self) -> list[str]:
         return list(self.metadata["classes"])
 
+    @property
+    def snapshot_id(self) -> str:
+        """The committed snapshot's id, the same every time it is read (checkpoints record it)."""
+        return self.metadata["snapshot"]["id"]
+
 
 def load_dataset_info(dataset_url: str) -> DatasetInfo:
-    """Metadata plus each split's row groups; a split whose files disagree with the metadata is refused."""
-    url = layout.to_url(dataset_url)
+    """Metadata plus each split's row groups, of a dataset's current committed snapshot (or of the snapshot folder
+    given, to pin one). Uncommitted snapshots are never read; files that disagree with the manifest (missing,
+    added, resized, altered: see pipelines.snapshots.reader_checksums) or with the split row counts are refused."""
+    from pipelines import snapshots
+
+    url = layout.resolve_snapshot(layout.to_url(dataset_url))
     metadata = layout.read_metadata(url)
+    snapshots.check_for_readers(url, metadata)
     splits = {}
     for name, info in metadata["splits"].items():
         split_url = layout.join(url, name)

@@ -14,7 +14,7 @@ from PIL import Image
 from jobs.preprocess_images import main
 from pipelines.layout import read_metadata, to_url
 from pipelines.splits import SPLITS
-from tests.conftest import REPO, subprocess_env, tool
+from tests.conftest import REPO, current_snapshot, subprocess_env, tool
 from training.data import ReadOptions, evaluation_batches, load_dataset_info, plan_shard
 
 pytestmark = pytest.mark.spark
@@ -130,7 +130,7 @@ def test_spark_submit_and_train_on_an_unseen_folder(tmp_path):
                            "--ranks", "2", "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{n} files read = {n} rows written + 0 rejected" in done.stdout
-    meta = json.loads((dataset / "metadata.json").read_text())
+    meta = json.loads((current_snapshot(dataset) / "metadata.json").read_text())
     assert meta["classes"] == ["dark", "light", "mid"] and meta["image"]["shape"] == [20, 20]
     done = subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), "--data", str(dataset), "--output",
                            str(model), "--epochs", "2", "--batch-size", "4", "--no-progress"],

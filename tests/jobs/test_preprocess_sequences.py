@@ -14,6 +14,7 @@ from pipelines.layout import read_vocabulary, to_url
 from pipelines.samples import BAD_LINES
 from pipelines.splits import SPLITS
 from pipelines.text import normalise, tokenise
+from tests.conftest import snapshot_path
 from training.data import ReadOptions, evaluation_batches, load_dataset_info, plan_shard, task_for
 
 pytestmark = pytest.mark.spark
@@ -88,10 +89,11 @@ def test_split_follows_content(text_dataset):
 
 
 def run_job(spark, tmp_path, source, fmt, **flags):
-    config = load_section("preprocess_sequences", PreprocessSequencesConfig, flags={"ranks": 2, **flags})
-    out = tmp_path / "out"
-    summary = preprocess_sequences(spark, input_url=to_url(str(source)), output_url=to_url(str(out)), fmt=fmt,
-                                   config=config)
+    config = load_section("preprocess_sequences", PreprocessSequencesConfig,
+                          flags={"ranks": 2, "max_reject_fraction": 1.0, **flags})
+    summary = preprocess_sequences(spark, input_url=to_url(str(source)), output_url=to_url(str(tmp_path / "out")),
+                                   fmt=fmt, config=config)
+    out = snapshot_path(summary)
     return summary, json.loads((out / "metadata.json").read_text()), out
 
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.splits import SPLITS
-from tests.conftest import REPO, subprocess_env, tool
+from tests.conftest import REPO, current_snapshot, subprocess_env, tool
 
 pytestmark = [pytest.mark.cluster, pytest.mark.spark, pytest.mark.slow]
 
@@ -45,6 +45,7 @@ def test_the_image_job_on_the_cluster_writes_the_local_dataset(standalone_cluste
     done = submit(standalone_cluster, python_without_bigtrain, dist_zip, "preprocess_images.py",
                   ["--input", str(sample_images), "--output", str(out), "--image-size", "16", "--ranks", "3"], tmp_path)
     assert "files read" in done.stdout
+    out = current_snapshot(out)
     cluster_meta, local_meta = (json.loads((d / "metadata.json").read_text()) for d in (out, image_dataset))
     for key in ("records_read", "rejected", "classes", "splits", "rejected_by_reason"):
         assert cluster_meta[key] == local_meta[key], key
@@ -56,6 +57,7 @@ def test_the_sequence_job_on_the_cluster_writes_the_local_dataset(standalone_clu
     out = tmp_path / "ds"
     submit(standalone_cluster, python_without_bigtrain, dist_zip, "preprocess_sequences.py",
            ["--input", str(sample_texts), "--output", str(out), "--ranks", "3", "--max-length", "24"], tmp_path)
+    out = current_snapshot(out)
     cluster_meta, local_meta = (json.loads((d / "metadata.json").read_text()) for d in (out, text_dataset))
     for key in ("records_read", "rejected", "classes", "splits", "rejected_by_reason"):
         assert cluster_meta[key] == local_meta[key], key

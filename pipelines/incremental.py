@@ -1,0 +1,197 @@
+"""One mechanism for every preprocessing job: decide what a run must do, carry the previous snapshot's rows
+forward, and commit a new snapshot.
+
+* ``plan``: list the inputs (path, size, modification time) and compare them with the current snapshot's. Same
+  inputs and config: nothing to do. New or changed files: only they are processed, and the rows of unchanged files
+  are carried over from the previous snapshot (rows of changed and removed files are dropped, so there are no
+  duplicates). Another config, or ``--mode overwrite``: everything is processed again.
+* ``previous_records``: the previous snapshot's rows and rejected records that stay, shaped like new records.
+* ``finish``: the error budget, ``inputs.parquet``, then the manifest (the commit).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipelines import layout, snapshots
+
+log = logging.getLogger(__name__)
+
+MODES = ("incremental", "overwrite", "error")
+IGNORED_CONFIG_KEYS = ("master", "spark_conf", "mode", "max_reject_fraction")  # do not change what is written
+
+
+class RejectBudgetError(layout.DatasetError):
+    """More of the run's input was rejected than the error budget allows; nothing was committed."""
+
+
+def config_fingerprint(config: dict[str, Any]) -> str:
+    kept = {k: v for k, v in config.items() if k not in IGNORED_CONFIG_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def bigtrain_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("bigtrain")
+    except metadata.PackageNotFoundError:  # running from the zip shipped with --py-files
+        return "unknown"
+
+
+def list_inputs(spark: SparkSession, input_url: str, relpath_of: Callable[[str], str]
+                ) -> dict[str, tuple[str, int, int]]:
+    """relative path -> (path, size, modification time in ms) of every file Spark reads below ``input_url``.
+
+    Spark's ``binaryFile`` listing with the content column pruned (no file is read); zero-byte files, which its
+    scan skips, come from the same listing with size 0.
+    """
+    from pipelines.images import normalise_url
+
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(input_url)
+    rows = files.select("path", "length", F.expr("unix_millis(modificationTime)").alias("mtime")).collect()
+    found = {normalise_url(r["path"]): (int(r["length"]), int(r["mtime"])) for r in rows}
+    for path in map(normalise_url, files.inputFiles()):
+        found.setdefault(path, (0, 0))
+    return {relpath_of(path): (path, size, mtime) for path, (size, mtime) in found.items()}
+
+
+@dataclass
+class RunPlan:
+    dataset_url: str
+    kind: str
+    input_url: str
+    mode: str
+    inputs: dict[str, tuple[str, int, int]]
+    config: dict[str, Any]
+    previous_url: str | None = None
+    previous: dict[str, Any] | None = None
+    diff: snapshots.InputDiff | None = None
+    full: bool = True
+    reason: str = "first snapshot"
+    snapshot_id: str | None = None
+    snapshot_url: str | None = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.full and self.diff is not None and not self.diff.any
+
+    def paths_to_read(self) -> list[str] | None:
+        """The input files to process, or None for the whole input."""
+        if self.full:
+            return None
+        return [self.inputs[k][0] for k in self.diff.added + self.diff.changed]
+
+
+def plan(spark: SparkSession, *, dataset_url: str, input_url: str, kind: str, config: dict[str, Any], mode: str,
+         relpath_of: Callable[[str], str]) -> RunPlan:
+    """What this run must do; when there is work, a fresh staging snapshot to write it to."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    run = RunPlan(dataset_url, kind, input_url, mode, list_inputs(spark, input_url, relpath_of), config)
+    committed, _ = layout.snapshot_ids(dataset_url)
+    if committed:
+        run.previous_url = layout.join(dataset_url, layout.SNAPSHOTS_DIR, committed[-1])
+        run.previous = layout.read_metadata(run.previous_url)
+        _decide(run)
+    if run.nothing_to_do:
+        log.info("inputs and config unchanged since snapshot %s: nothing to do", committed[-1])
+        return run
+    log.info("%s run: %s", "full" if run.full else "incremental", run.reason)
+    run.snapshot_id, run.snapshot_url = snapshots.begin(dataset_url)
+    return run
+
+
+def _decide(run: RunPlan) -> None:
+    prev = run.previous
+    if run.mode == "error":
+        raise layout.DatasetError(f"{run.dataset_url} already holds snapshot {prev['snapshot']['id']} and "
+                                  "--mode error refuses to write another (use --mode incremental or overwrite)")
+    if run.mode == "overwrite":
+        run.reason = "--mode overwrite: every input processed again"
+    elif prev.get("kind") != run.kind or prev.get("input") != run.input_url:
+        run.reason = f"the previous snapshot was a {prev.get('kind')} dataset of {prev.get('input')}"
+    elif prev["snapshot"]["config_fingerprint"] != config_fingerprint(run.config):
+        changed = sorted(k for k in run.config if k not in IGNORED_CONFIG_KEYS
+                         and prev.get("config", {}).get(k) != run.config[k])
+        run.reason = f"config changed ({', '.join(changed) or 'bigtrain version'}): every input processed again"
+    else:
+        problems = snapshots.check(run.previous_url, prev, checksums=False)
+        if problems:
+            raise layout.DatasetError(f"the previous snapshot is damaged: {problems[0]}; rerun with --mode overwrite")
+        run.diff = snapshots.diff_inputs({k: v[1:] for k, v in snapshots.read_inputs(run.previous_url).items()},
+                                         {k: v[1:] for k, v in run.inputs.items()})
+        run.full, run.reason = False, run.diff.describe()
+
+
+def previous_records(spark: SparkSession, run: RunPlan, *, key: Column,
+                     class_to_index: dict[str, int]) -> DataFrame | None:
+    """Rows and rejected records of the previous snapshot whose input file is unchanged, with ``split``, ``reason``
+    and ``label`` re-mapped to ``class_to_index`` (which must hold every previous class)."""
+    if run.full or not run.diff.unchanged:
+        return None
+    prev = run.previous
+    remap = {idx: class_to_index[name] for name, idx in prev["class_to_index"].items()}
+    label = F.create_map(*[F.lit(x) for pair in sorted(remap.items()) for x in pair])[F.col("label")].cast("int")
+    parts = [spark.read.parquet(layout.join(run.previous_url, name))
+             .withColumn("split", F.lit(name)).withColumn("reason", F.lit(None).cast("string"))
+             .withColumn("label", label)
+             for name, info in prev["splits"].items() if info["rows"]]
+    if prev.get("rejected"):
+        parts.append(spark.read.parquet(layout.join(run.previous_url, layout.REJECTED_DIR)))
+    if not parts:
+        return None
+    kept = spark.createDataFrame([(k,) for k in run.diff.unchanged], "_bt_key string")
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.unionByName(part, allowMissingColumns=True)
+    return out.withColumn("_bt_key", key).join(F.broadcast(kept), "_bt_key", "left_semi").drop("_bt_key")
+
+
+def count_outcomes(records: DataFrame) -> tuple[int, int]:
+    """(records, rejected) of this run's new records."""
+    counts = {r["ok"]: r["count"] for r in records.groupBy(F.col("reason").isNull().alias("ok")).count().collect()}
+    return counts.get(True, 0) + counts.get(False, 0), counts.get(False, 0)
+
+
+def finish(run: RunPlan, metadata: dict[str, Any], *, processed: tuple[int, int],
+           max_reject_fraction: float) -> dict[str, Any]:
+    """Check the error budget on this run's records, then commit the snapshot; returns the committed metadata."""
+    read, rejected = processed
+    if read and rejected / read > max_reject_fraction:
+        raise RejectBudgetError(
+            f"{rejected} of {read} records read in this run were rejected ({rejected / read:.1%}), more than "
+            f"max_reject_fraction {max_reject_fraction:.1%}: snapshot {run.snapshot_url} was not committed; the "
+            f"rejected records and their reasons are in {layout.join(run.snapshot_url, layout.REJECTED_DIR)}")
+    snapshots.write_inputs(run.snapshot_url, run.inputs)
+    diff = run.diff
+    metadata = {**metadata, "format_version": layout.FORMAT_VERSION, "snapshot": {
+        "id": run.snapshot_id, "parent": run.previous["snapshot"]["id"] if run.previous else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(run.started)),
+        "committed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run": "full" if run.full else "incremental", "reason": run.reason, "mode": run.mode,
+        "bigtrain_version": bigtrain_version(), "config_fingerprint": config_fingerprint(run.config),
+        "inputs": {"file": layout.INPUTS_FILE, "files": len(run.inputs),
+                   "bytes": sum(v[1] for v in run.inputs.values()),
+                   "processed": len(run.inputs) if run.full else len(diff.added) + len(diff.changed),
+                   "added": len(diff.added) if diff else None, "changed": len(diff.changed) if diff else None,
+                   "removed": len(diff.removed) if diff else None},
+        "records_processed": read, "rejected_processed": rejected}}
+    return snapshots.commit(run.snapshot_url, metadata)
+
+
+def unchanged_summary(run: RunPlan) -> dict[str, Any]:
+    prev = run.previous
+    splits = {name: {**info, "url": layout.join(run.previous_url, name)} for name, info in prev["splits"].items()}
+    return {"unchanged": True, "snapshot": prev["snapshot"]["id"], "output": run.previous_url,
+            "records_read": prev["records_read"], "rows_written": sum(s["rows"] for s in splits.values()),
+            "rejected": prev["rejected"], "rejected_by_reason": prev["rejected_by_reason"], "splits": splits,
+            "rejected_url": layout.join(run.previous_url, layout.REJECTED_DIR), "inputs": len(run.inputs)}
