@@ -1,0 +1,296 @@
+"""Batch inference with Spark: score a preprocessed dataset, or new raw inputs, with a trained checkpoint.
+
+Launch:
+    # a split of a bigtrain dataset (test by default; validation, train or all)
+    spark-submit --master 'local[*]' jobs/predict.py --checkpoint runs/cnn --data data/images_ds --split test \
+        --output runs/cnn/predictions
+    # new raw inputs, through the same preprocessing the training data had (the checkpoint keeps its config)
+    bigtrain predict --checkpoint runs/cnn/checkpoint.pt --input new_images/ --output runs/cnn/scored
+    bigtrain predict --checkpoint runs/lstm --input new_reviews.jsonl --output runs/lstm/scored
+On a cluster, ship the code with --py-files (see README); the checkpoint is read on the driver and broadcast, so
+executors need no access to it, and the model is built once per executor Python worker.
+
+Output: Parquet at --output, one row per input: id, source, split, label (the true class where known),
+predicted_index, predicted_class, top_probability, probabilities (in the order of `_predict.json`'s classes),
+reason (why an input could not be scored; its prediction is then null). Inputs read = scored + unusable, always.
+A checkpoint that is missing, altered or not bigtrain's is refused (exit 2), naming the file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from jobs.common import (UsageError, add_config_flags, check_connectors, positive_int, resolve_master, run_main,
+                         setup_logging)
+from jobs.config import load_section, require
+from pipelines.layout import DatasetError
+
+log = logging.getLogger("bigtrain.predict")
+SUMMARY_FILE = "_predict.json"  # a leading "_": Spark, pyarrow and pandas readers of the Parquet folder skip it
+
+
+class PredictionCountError(DatasetError):
+    """The predictions written are not one per input."""
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    master: str
+    split: Literal["test", "validation", "train", "all"]
+    format: Literal["auto", "jsonl", "csv", "parquet"]
+    batch_size: int
+    threads_per_task: int
+    spark_conf: dict[str, str] = field(default_factory=dict)
+
+    def validate(self, prefix: str) -> None:
+        require(self.batch_size >= 1, f"{prefix}.batch_size", f"must be at least 1, got {self.batch_size}")
+        require(self.threads_per_task >= 1, f"{prefix}.threads_per_task",
+                f"must be at least 1, got {self.threads_per_task}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bigtrain predict",
+        description="Score a preprocessed dataset split, or new raw images or texts, with a trained checkpoint, "
+                    "on Spark executors; write the predictions and class probabilities as Parquet.",
+        epilog="Config keys (section predict in conf/bigtrain.yaml) can be set with --set predict.KEY=VALUE; "
+               "flags win over config.")
+    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="a checkpoint.pt, or the training output folder holding one")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", metavar="DATASET", help="a bigtrain dataset (from preprocess-images/-sequences)")
+    source.add_argument("--input", metavar="PATH",
+                        help="raw inputs: a folder of image files, or .jsonl/.csv/.parquet text (file or folder)")
+    parser.add_argument("--split", choices=("test", "validation", "train", "all"),
+                        help="with --data: the split to score (default test)")
+    parser.add_argument("--format", choices=("auto", "jsonl", "csv", "parquet"),
+                        help="with --input text: the file format (default: from the extension)")
+    parser.add_argument("--output", required=True, metavar="DIR_OR_URL", help="where the Parquet predictions go")
+    parser.add_argument("--batch-size", type=positive_int("--batch-size"), metavar="N",
+                        help="rows per forward pass in each Spark task")
+    parser.add_argument("--master", help="Spark master (default: spark-submit's, else config predict.master)")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and the summary")
+    add_config_flags(parser)
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> PredictConfig:
+    flags = {"split": args.split, "format": args.format, "batch_size": args.batch_size}
+    return load_section("predict", PredictConfig, config_file=args.config, overrides=args.overrides, flags=flags)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(quiet=args.quiet)
+    return run_main(lambda: run(args))
+
+
+def load_checkpoint(path_text: str) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint file (``PATH`` or ``PATH/checkpoint.pt``) and its verified payload; a UsageError (exit 2)
+    with the CheckpointError's message, which names the file, when it cannot be used."""
+    from training import checkpoint
+
+    path = Path(path_text)
+    if path.is_dir():
+        path = path / checkpoint.FINAL_FILE
+    try:
+        return path, checkpoint.load(path)
+    except checkpoint.CheckpointError as exc:
+        raise UsageError(f"--checkpoint: {exc}") from None
+
+
+def check_dataset(payload: dict[str, Any], info, checkpoint_path: Path) -> None:
+    """The dataset must encode rows as the checkpoint's training data did: same kind, classes, image shape or
+    vocabulary. Otherwise the predictions would be confidently wrong, so refuse, naming both."""
+    from pipelines import layout
+
+    trained = payload["dataset"]
+    where = f"--data {info.url} does not match checkpoint {checkpoint_path} (trained on {trained.get('url')})"
+    if info.kind != trained["kind"]:
+        raise UsageError(f"{where}: a {info.kind} dataset, the model is for {trained['kind']} data")
+    if info.classes != list(payload["classes"]):
+        raise UsageError(f"{where}: classes {info.classes} differ from the model's {list(payload['classes'])}")
+    if info.kind == "image":
+        have, want = info.metadata["image"], trained["image"]
+        if (have["size"], have["channels"]) != (want["size"], want["channels"]):
+            raise UsageError(f"{where}: images are {have['size']}px x {have['channels']} channels, the model takes "
+                             f"{want['size']}px x {want['channels']}")
+    elif trained.get("vocabulary") is not None and layout.read_vocabulary(info.url) != trained["vocabulary"]:
+        raise UsageError(f"{where}: its vocabulary differs from the model's, so its token ids mean other words")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines import layout, storage
+    from training.data import load_dataset_info
+
+    config = load_config(args)
+    checkpoint_path, payload = load_checkpoint(args.checkpoint)
+    output_url = layout.to_url(args.output)
+    data = input_url = None
+    if args.data:
+        data = load_dataset_info(args.data)
+        check_dataset(payload, data, checkpoint_path)
+        if output_url.rstrip("/") == data.url.rstrip("/"):
+            raise UsageError(f"--output {args.output} must differ from --data")
+    else:
+        input_url = layout.to_url(args.input)
+        if input_url.startswith("file://") and not Path(input_url[len("file://"):]).exists():
+            raise UsageError(f"--input {args.input}: no such file or directory")
+        if output_url.rstrip("/") == input_url.rstrip("/"):
+            raise UsageError(f"--output {args.output} must differ from --input")
+    spark = storage.build_spark(app_name="bigtrain-predict", master=resolve_master(args.master, config.master),
+                                conf=config.spark_conf)
+    try:
+        check_connectors(spark, {"--output": output_url, **({"--input": input_url} if input_url else {})})
+        start = time.monotonic()
+        summary = predict(spark, checkpoint_path=checkpoint_path, payload=payload, output_url=output_url,
+                          data=data, input_url=input_url, config=config)
+        summary["seconds"] = round(time.monotonic() - start, 1)
+    finally:
+        spark.stop()
+    print(format_summary(summary))
+    return 0
+
+
+def _preprocess(payload: dict[str, Any], checkpoint_path: Path, *keys: str) -> list[Any]:
+    settings = payload["dataset"].get("preprocess")
+    if not settings:
+        raise UsageError(f"checkpoint {checkpoint_path} does not record how its data was preprocessed, so raw inputs "
+                         "cannot be prepared the same way: preprocess them and score the dataset with --data")
+    missing = [k for k in keys if k not in settings]
+    if missing:
+        raise UsageError(f"checkpoint {checkpoint_path}: its preprocessing config has no key {missing[0]!r}")
+    return [settings[k] for k in keys]
+
+
+def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data, input_url: str | None,
+                 config: PredictConfig):
+    """(rows to score, inputs read, the codec or token dtype the rows are in)."""
+    from pipelines import images, predict, storage, text
+
+    kind = payload["dataset"]["kind"]
+    if data is not None:
+        if config.split not in data.splits and config.split != "all":
+            raise UsageError(f"--split {config.split}: {data.url} has splits {', '.join(data.splits)}")
+        names = list(data.splits) if config.split == "all" else [config.split]
+        parts = [predict.dataset_rows(spark.read.parquet(data.splits[n].url), split=n, kind=kind, classes=data.classes)
+                 for n in names if data.splits[n].rows]
+        rows = parts[0] if parts else spark.createDataFrame([], predict.SCORING_SCHEMA)
+        for part in parts[1:]:
+            rows = rows.unionByName(part)
+        encoding = data.metadata["image"]["codec"] if kind == "image" else data.metadata["sequence"]["token_dtype"]
+        return rows, sum(data.splits[n].rows for n in names), encoding
+    if kind == "image":
+        size, channels, codec, max_pixels, min_side, ratio = _preprocess(
+            payload, checkpoint_path, "image_size", "channels", "codec", "max_pixels", "min_side", "max_aspect_ratio")
+        params = images.DecodeParams(image_size=size, channels=channels, codec=predict.raw_image_codec(codec),
+                                     max_pixels=max_pixels, min_side=min_side, max_aspect_ratio=ratio)
+        files = storage.read_binary_files(spark, input_url)
+        listed = storage.listed_paths(spark, files)
+        return (predict.raw_images(files, listed, root_url=input_url, params=params), listed.count(),
+                params.codec)
+    return _text_rows(spark, checkpoint_path=checkpoint_path, payload=payload, input_url=input_url, config=config)
+
+
+def _text_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], input_url: str, config: PredictConfig):
+    from jobs.preprocess_sequences import read_records
+    from pipelines import predict, storage, text
+
+    (text_field, label_field, tokens_field, tokenizer, lowercase, max_length) = _preprocess(
+        payload, checkpoint_path, "text_field", "label_field", "tokens_field", "tokenizer", "lowercase", "max_length")
+    try:
+        fmt = storage.detect_format(input_url) if config.format == "auto" else config.format
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"--input {input_url}: {exc}") from None
+    vocabulary = payload["dataset"].get("vocabulary")
+    if not vocabulary:
+        raise UsageError(f"checkpoint {checkpoint_path} holds no vocabulary: raw texts cannot be mapped to its ids")
+    # Read exactly as preprocess-sequences reads (same file:line sources); Parquet inputs need no label column.
+    reading = types.SimpleNamespace(text_field=text_field, tokens_field=tokens_field, label_field="")
+    records, headers = read_records(spark, input_url=input_url, fmt=fmt, config=reading)
+    params = text.ParseParams(fmt=fmt, text_field=text_field, label_field=label_field,
+                              tokens_field=tokens_field or None, tokenizer=tokenizer, lowercase=lowercase)
+    dtype = text.token_dtype(len(vocabulary))
+    rows = predict.raw_texts(records, params=params, headers=headers,
+                             vocabulary=spark.sparkContext.broadcast(vocabulary), max_length=max_length, dtype=dtype)
+    return rows, records.count(), dtype
+
+
+def predict(spark, *, checkpoint_path: Path, payload: dict[str, Any], output_url: str, data=None,
+            input_url: str | None = None, config: PredictConfig) -> dict[str, Any]:
+    """Extract (dataset split or raw inputs), transform (prepare, score on the executors), load (Parquet); returns
+    the summary, after checking that the output holds one row per input."""
+    from pyspark.sql import functions as F
+
+    from pipelines import predict as transforms
+    from training import checkpoint
+
+    kind = payload["dataset"]["kind"]
+    rows, inputs_read, encoding = scoring_rows(spark, checkpoint_path=checkpoint_path, payload=payload, data=data,
+                                               input_url=input_url, config=config)
+    blob = checkpoint_path.read_bytes()
+    source = transforms.ModelSource(
+        checkpoint=spark.sparkContext.broadcast((blob, checkpoint.sidecar_of(checkpoint_path).read_bytes())),
+        sha256=transforms.checkpoint_digest(blob), kind=kind, classes=tuple(payload["classes"]),
+        codec=encoding if kind == "image" else None, token_dtype=encoding if kind == "sequence" else None)
+    log.info("scoring %s with %s (%s, %d classes) -> %s", data.url if data else input_url, checkpoint_path,
+             payload["model"], len(payload["classes"]), output_url)
+    scored = transforms.score(rows, source=source, batch_size=config.batch_size, threads=config.threads_per_task)
+    scored.write.mode("overwrite").parquet(output_url)
+    written = spark.read.parquet(output_url)
+    stats = (written.groupBy(F.substring_index("reason", ":", 1).alias("category"), "predicted_class")
+             .count().collect())
+    summary = summarise(stats, inputs_read=inputs_read, output_url=output_url)
+    summary.update(checkpoint=str(checkpoint_path), checkpoint_sha256=source.sha256, classes=list(payload["classes"]),
+                   input=data.url if data else input_url, split=config.split if data else None)
+    _write_summary(output_url, summary)
+    return summary
+
+
+def summarise(stats: list, *, inputs_read: int, output_url: str) -> dict[str, Any]:
+    """Counts by outcome; inputs read must equal rows written (scored + unusable), or the job fails."""
+    scored = sum(r["count"] for r in stats if r["category"] is None)
+    unusable: dict[str, int] = {}
+    predicted: dict[str, int] = {}
+    for r in stats:
+        if r["category"] is not None:
+            unusable[r["category"]] = unusable.get(r["category"], 0) + r["count"]
+        else:
+            predicted[r["predicted_class"]] = predicted.get(r["predicted_class"], 0) + r["count"]
+    written = scored + sum(unusable.values())
+    if written != inputs_read:
+        raise PredictionCountError(f"{output_url}: {inputs_read} inputs read but {written} predictions written")
+    return {"inputs_read": inputs_read, "scored": scored, "unusable": sum(unusable.values()),
+            "unusable_by_reason": dict(sorted(unusable.items(), key=lambda kv: -kv[1])),
+            "predicted": dict(sorted(predicted.items(), key=lambda kv: -kv[1])), "output": output_url}
+
+
+def _write_summary(output_url: str, summary: dict[str, Any]) -> None:
+    import fsspec
+
+    from pipelines import layout
+
+    with fsspec.open(layout.join(output_url, SUMMARY_FILE), "w") as fh:
+        json.dump(summary, fh, indent=2)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"predict: read {summary['inputs_read']} = scored {summary['scored']} + unusable {summary['unusable']} "
+             f"({summary.get('seconds', '-')}s)",
+             f"  output: {summary['output']}"]
+    if summary["predicted"]:
+        lines.append("  predicted: " + ", ".join(f"{name}={n}" for name, n in summary["predicted"].items()))
+    if summary["unusable"]:
+        lines.append("  unusable:  " + ", ".join(f"{reason} ({n})" for reason, n in summary["unusable_by_reason"].items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

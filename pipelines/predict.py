@@ -1,0 +1,270 @@
+"""Pure transforms of batch inference: inputs -> rows to score -> predictions, on the executors.
+
+Every input becomes one row of ``SCORING_SCHEMA`` (the features as the training loader sees them: an image encoded
+with the dataset's codec, or token ids as bytes), usable or not; ``score`` turns each into one row of
+``PREDICTION_SCHEMA``, a null prediction with the reason when it could not be used. Rows in = rows out.
+
+Raw inputs go through the preprocessing jobs' own functions (``pipelines.images.to_array``, ``pipelines.text``'s
+normalising, tokenising and id mapping) with the checkpoint's copy of the preprocessing config and vocabulary, and
+through the training loader's collate functions, so a model sees at prediction what it saw in training.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from pipelines import images, text
+
+log = logging.getLogger(__name__)
+
+SCORING_SCHEMA = T.StructType([
+    T.StructField("id", T.LongType(), True),            # the dataset's sample_id; for raw inputs the same hash of source
+    T.StructField("source", T.StringType(), False),     # relpath (images) or file:line (sequences)
+    T.StructField("split", T.StringType(), True),       # the dataset split; null for raw inputs
+    T.StructField("label", T.StringType(), True),       # the true class where known (dataset rows, labelled raw lines)
+    T.StructField("features", T.BinaryType(), True),    # encoded image or token-id bytes; null when unusable
+    T.StructField("length", T.IntegerType(), True),     # tokens in ``features`` (sequences)
+    T.StructField("reason", T.StringType(), True),      # why the input cannot be scored; null when usable
+])
+PREDICTION_SCHEMA = T.StructType([f for f in SCORING_SCHEMA.fields if f.name not in ("features", "length", "reason")] + [
+    T.StructField("predicted_index", T.IntegerType(), True),
+    T.StructField("predicted_class", T.StringType(), True),
+    T.StructField("top_probability", T.DoubleType(), True),
+    T.StructField("probabilities", T.ArrayType(T.FloatType()), True),  # in the order of the checkpoint's classes
+    T.StructField("reason", T.StringType(), True),
+])
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What an executor needs to build the model: the checkpoint's verified bytes (a Spark Broadcast of
+    ``(checkpoint bytes, sidecar bytes)``, so executors need no access to the driver's file), and how its rows
+    are encoded."""
+    checkpoint: Any               # Broadcast[(bytes, bytes)] or the tuple itself (tests without Spark)
+    sha256: str
+    kind: str                     # image | sequence
+    classes: tuple[str, ...]
+    codec: str | None = None      # images: png | jpeg | raw
+    token_dtype: str | None = None  # sequences: '<u2' | '<i4'
+
+    def blobs(self) -> tuple[bytes, bytes]:
+        return self.checkpoint.value if hasattr(self.checkpoint, "value") else self.checkpoint
+
+
+_MODELS: dict[str, Any] = {}  # per Python worker (Spark reuses workers): each checkpoint is built once, not per task
+
+
+def model_for(source: ModelSource, threads: int):
+    """The checkpoint's model, built on this worker with ``training.checkpoint.load_model`` (verified against its
+    SHA-256, loaded with weights_only=True) and cached."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from training import checkpoint
+
+    torch.set_num_threads(threads)  # Spark already runs one task per core
+    if source.sha256 not in _MODELS:
+        data, sidecar = source.blobs()
+        with tempfile.TemporaryDirectory(prefix="bigtrain-predict-") as folder:
+            path = Path(folder) / checkpoint.FINAL_FILE
+            path.write_bytes(data)
+            checkpoint.sidecar_of(path).write_bytes(sidecar)
+            model, _ = checkpoint.load_model(path)
+        _MODELS.clear()  # one model per worker at a time: a long-lived worker must not pile up old checkpoints
+        _MODELS[source.sha256] = model
+    return _MODELS[source.sha256]
+
+
+def checkpoint_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def dataset_rows(split_df: DataFrame, *, split: str, kind: str, classes: list[str]) -> DataFrame:
+    """A split of a bigtrain dataset (its Petastorm Parquet read by Spark) -> SCORING_SCHEMA."""
+    names = F.array(*[F.lit(c) for c in classes])
+    label = F.element_at(names, F.col("label") + 1)
+    if kind == "image":
+        source, features, length = F.col("relpath"), F.col("image"), F.lit(None).cast("int")
+    else:
+        source, features, length = F.col("source"), F.col("tokens"), F.col("length").cast("int")
+    return split_df.select(F.col("sample_id").alias("id"), source.alias("source"), F.lit(split).alias("split"),
+                           label.alias("label"), features.alias("features"), length.alias("length"),
+                           F.lit(None).cast("string").alias("reason"))
+
+
+def _with_id(df: DataFrame) -> DataFrame:
+    """The id preprocessing gives the same record (``pipelines.splits.with_sample_id`` hashes relpath or source)."""
+    return df.withColumn("id", F.xxhash64("source")).select(*SCORING_SCHEMA.names)
+
+
+def raw_image_codec(codec: str) -> str:
+    """How raw images are carried to the scoring step. PNG and raw arrays are lossless, so the decoded array is
+    carried as .npy bytes (no PNG encode and decode per image); JPEG is lossy, so raw inputs go through it exactly
+    as the training images did."""
+    return "jpeg" if codec == "jpeg" else "raw"
+
+
+def prepare_image_batch(batch: pd.DataFrame, *, root_url: str, params: images.DecodeParams) -> pd.DataFrame:
+    """``binaryFile`` rows (path, content) -> SCORING_SCHEMA rows (no id yet); never raises per file."""
+    from pipelines.schemas import image_unischema
+
+    field = image_unischema(params.image_size, params.channels, params.codec).fields["image"]
+    out: dict[str, list] = {name: [] for name in SCORING_SCHEMA.names if name != "id"}
+    for path, content in zip(batch["path"], batch["content"]):
+        relpath, _ = images.split_relpath(path, root_url)
+        features, reason = None, None
+        try:
+            features = bytes(field.codec.encode(field, images.to_array(content, params)))
+        except images.RejectedImage as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one bad file must never fail the job; keep the reason
+            reason = f"decode failed: {type(exc).__name__}: {exc}"
+        for name, value in zip(out, (relpath or path, None, None, features, None, reason)):
+            out[name].append(value)
+    return pd.DataFrame(out, columns=list(out))
+
+
+def raw_images(files: DataFrame, listed_paths: DataFrame, *, root_url: str, params: images.DecodeParams) -> DataFrame:
+    """Every file Spark listed below ``root_url`` -> SCORING_SCHEMA, decoded on the executors; zero-byte files,
+    which Spark's file scan skips, come back as unusable rows (``pipelines.images.files_not_read``)."""
+    schema = T.StructType([f for f in SCORING_SCHEMA.fields if f.name != "id"])
+
+    def prepare(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            yield prepare_image_batch(batch, root_url=root_url, params=params)
+
+    decoded = files.select("path", "content").mapInPandas(prepare, schema=schema)
+    unread = images.files_not_read(listed_paths, files, root_url=root_url).select(
+        F.coalesce("relpath", "path").alias("source"), F.lit(None).cast("string").alias("split"),
+        F.lit(None).cast("string").alias("label"), F.lit(None).cast("binary").alias("features"),
+        F.lit(None).cast("int").alias("length"), "reason")
+    return _with_id(decoded.unionByName(unread))
+
+
+def parse_unlabelled(raw: bytes, params: text.ParseParams, header: list[str] | None) -> tuple[list[str], str | None]:
+    """One line -> (tokens, label or None). ``text.parse_record`` with the label optional: inputs to score
+    usually have none. The text goes through the same decoding, record parsing, normalising and tokenising."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise text.RejectedRecord(f"invalid UTF-8: byte {exc.start}: {exc.reason}") from None
+    if not line.strip():
+        raise text.RejectedRecord("empty line")
+    record = text._to_record(line, params, header)  # noqa: SLF001 - the one record parser of the package
+    label = record.get(params.label_field)
+    if isinstance(label, float) and label.is_integer():
+        label = int(label)  # as preprocessing names labels: 1.0 is "1"
+    label = None if label is None or isinstance(label, (dict, list)) else str(label).strip() or None
+    if params.tokens_field:
+        field = text._field(record, params.tokens_field, "tokens")  # noqa: SLF001
+        return text._given_tokens(field, params.tokens_field), label  # noqa: SLF001
+    value = text._field(record, params.text_field, "text")  # noqa: SLF001
+    if not isinstance(value, str):
+        raise text.RejectedRecord(f"wrong type: text field {params.text_field!r} is {type(value).__name__}, "
+                                  "not a string")
+    tokens = text.tokenise(text.normalise(value, lowercase=params.lowercase), params.tokenizer)
+    if not tokens:
+        raise text.RejectedRecord("empty text: no tokens after normalisation")
+    return tokens, label
+
+
+def prepare_text_batch(batch: pd.DataFrame, *, params: text.ParseParams, headers: dict[str, list[str]],
+                       vocabulary: list[str], max_length: int, dtype: str) -> pd.DataFrame:
+    """(source, file_path, raw) rows -> SCORING_SCHEMA rows (no id yet); never raises per record."""
+    index = {token: i for i, token in enumerate(vocabulary)}
+    out: dict[str, list] = {name: [] for name in SCORING_SCHEMA.names if name != "id"}
+    for source, file_path, raw in zip(batch["source"], batch["file_path"], batch["raw"]):
+        label = features = length = reason = None
+        try:
+            tokens, label = parse_unlabelled(bytes(raw), params, headers.get(file_path))
+            features, length = text.encode_ids(tokens, index, max_length, dtype)
+        except text.RejectedRecord as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one bad line must never fail the job; keep the reason
+            reason = f"parse failed: {type(exc).__name__}: {exc}"
+        for name, value in zip(out, (source, None, label, features, length, reason)):
+            out[name].append(value)
+    frame = pd.DataFrame(out, columns=list(out))
+    frame["length"] = pd.array(frame["length"], dtype="Int32")
+    return frame
+
+
+def raw_texts(records: DataFrame, *, params: text.ParseParams, headers: dict[str, list[str]], vocabulary,
+              max_length: int, dtype: str) -> DataFrame:
+    """Records read as ``preprocess-sequences`` reads them (source, file_path, raw) -> SCORING_SCHEMA.
+    ``vocabulary`` is a list of tokens in id order or a Spark Broadcast of one."""
+    schema = T.StructType([f for f in SCORING_SCHEMA.fields if f.name != "id"])
+
+    def prepare(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        words = vocabulary.value if hasattr(vocabulary, "value") else vocabulary
+        for batch in batches:
+            yield prepare_text_batch(batch, params=params, headers=headers, vocabulary=words,
+                                     max_length=max_length, dtype=dtype)
+
+    return _with_id(records.select("source", "file_path", "raw").mapInPandas(prepare, schema=schema))
+
+
+def _model_inputs(features: list[bytes], lengths: list[int], source: ModelSource, decoder):
+    """The tensors the training loader would make of these rows (its own collate functions)."""
+    from training import data
+
+    if source.kind == "image":
+        rows = [data._row_type(("image", "label", "sample_id"))(f, 0, 0) for f in features]  # noqa: SLF001
+        return data.image_collate(rows, decoder=decoder)[0]
+    rows = [data._row_type(("tokens", "length", "label", "sample_id"))(f, n, 0, 0)  # noqa: SLF001
+            for f, n in zip(features, lengths)]
+    return data.sequence_collate(rows, dtype=source.token_dtype)[0]
+
+
+def score_batch(batch: pd.DataFrame, *, model, source: ModelSource, batch_size: int) -> pd.DataFrame:
+    """SCORING_SCHEMA rows -> PREDICTION_SCHEMA rows, the usable ones through ``model`` ``batch_size`` at a time."""
+    import torch
+
+    from training.data import ImageDecoder
+
+    n = len(batch)
+    index = np.full(n, -1, dtype=np.int64)
+    top = np.full(n, np.nan)
+    probabilities: list[Any] = [None] * n
+    usable = np.flatnonzero(batch["reason"].isna().to_numpy())
+    decoder = ImageDecoder(source.codec, 1) if source.kind == "image" else None
+    features, lengths = batch["features"].to_numpy(), batch["length"].to_numpy()
+    with torch.no_grad():
+        for start in range(0, len(usable), batch_size):
+            rows = usable[start:start + batch_size]
+            sizes = [int(lengths[i]) for i in rows] if source.kind == "sequence" else []
+            inputs = _model_inputs([bytes(features[i]) for i in rows], sizes, source, decoder)
+            probs = torch.softmax(model(*inputs).float(), dim=1).numpy()
+            index[rows] = probs.argmax(axis=1)
+            top[rows] = probs.max(axis=1)
+            for i, p in zip(rows, probs):
+                probabilities[i] = p
+    scored = index >= 0
+    classes = source.classes
+    return pd.DataFrame({
+        "id": batch["id"], "source": batch["source"], "split": batch["split"], "label": batch["label"],
+        "predicted_index": pd.array([int(i) if ok else None for i, ok in zip(index, scored)], dtype="Int32"),
+        "predicted_class": [classes[i] if ok else None for i, ok in zip(index, scored)],
+        "top_probability": pd.array([float(t) if ok else None for t, ok in zip(top, scored)], dtype="Float64"),
+        "probabilities": probabilities, "reason": batch["reason"],
+    }, columns=PREDICTION_SCHEMA.names)
+
+
+def score(rows: DataFrame, *, source: ModelSource, batch_size: int, threads: int = 1) -> DataFrame:
+    """SCORING_SCHEMA -> PREDICTION_SCHEMA on the executors; the model is built there, once per Python worker."""
+    def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model = model_for(source, threads)
+        for batch in batches:
+            yield score_batch(batch, model=model, source=source, batch_size=batch_size)
+
+    return rows.select(*SCORING_SCHEMA.names).mapInPandas(predict, schema=PREDICTION_SCHEMA)
