@@ -84,18 +84,23 @@ def positive_float(flag: str, *, allow_zero: bool = False) -> Callable[[str], fl
 def run_main(body: Callable[[], int]) -> int:
     """Run a job body. Configuration and usage errors end in one clear line and exit code 2; a dataset that is
     missing, incomplete or read short, or a checkpoint that is altered or foreign, ends in one clear line and exit
-    code 1. Anything else keeps its traceback."""
+    code 1; more rejected input than max_reject_fraction allows in 3 (nothing committed), a lock held by another
+    run in 75. Anything else keeps its traceback."""
     from pipelines.layout import DatasetError
+    from pipelines.locking import LockHeld
     from training.checkpoint import CheckpointError
 
     try:
         return body()
     except (ConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except LockHeld as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
     except (DatasetError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_REJECTS if type(exc).__name__ == "RejectBudgetError" else EXIT_FAILED
 
 
 def format_summary(summary: dict, *, job: str, unit: str) -> str:

@@ -239,3 +239,20 @@ def read_inputs(snapshot_url: str) -> dict[str, tuple[str, int, int]]:
     with fs.open(path, "rb") as fh:
         rows = pq.read_table(fh).to_pylist()
     return {r["relpath"]: (r["path"], r["size"], r["mtime_ms"]) for r in rows}
+
+
+def verify(url: str, *, checksums: bool = True) -> tuple[str, dict[str, Any] | None, list[Problem]]:
+    """(snapshot URL, its metadata, problems) of a dataset's current snapshot or of one snapshot folder: every file
+    against the manifest, and each split's rows against the rows its files hold."""
+    snapshot_url = layout.resolve_snapshot(url)
+    try:
+        metadata = layout.read_metadata(snapshot_url)
+    except layout.DatasetError as exc:
+        return snapshot_url, None, [Problem(layout.join(snapshot_url, layout.METADATA_FILE), str(exc))]
+    problems = check(snapshot_url, metadata, checksums=checksums)
+    for split, info in metadata.get("splits", {}).items():
+        listed = sum(e.get("rows", 0) for rel, e in metadata.get("files", {}).items() if rel.startswith(split + "/"))
+        if listed != info["rows"]:
+            problems.append(Problem(layout.join(snapshot_url, split),
+                                    f"metadata.json says {info['rows']} rows, the manifest's files hold {listed}"))
+    return snapshot_url, metadata, problems

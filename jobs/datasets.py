@@ -1,0 +1,88 @@
+"""The snapshots of a dataset, with their counts and lineage.
+
+Launch:
+    bigtrain datasets list data/images_ds            # every snapshot, newest last; * marks the current one
+    bigtrain datasets show data/images_ds            # the current snapshot in detail (or a snapshot folder)
+    bigtrain datasets show data/images_ds --json     # its whole manifest
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jobs.common import EXIT_OK, run_main, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bigtrain datasets", description="The snapshots of a dataset.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    listing = sub.add_parser("list", help="every snapshot of a dataset, oldest first")
+    listing.add_argument("dataset", metavar="DATASET")
+    show = sub.add_parser("show", help="one snapshot: lineage, inputs, counts per split and class, files")
+    show.add_argument("dataset", metavar="DATASET_OR_SNAPSHOT")
+    show.add_argument("--json", action="store_true", help="print the whole manifest (metadata.json)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(quiet=True)
+    return run_main(lambda: list_snapshots(args.dataset) if args.action == "list" else show(args.dataset, args.json))
+
+
+def list_snapshots(dataset: str) -> int:
+    from pipelines import layout
+
+    url = layout.to_url(dataset)
+    committed, uncommitted = layout.snapshot_ids(url)
+    if not committed and not uncommitted:
+        raise layout.DatasetError(f"{layout.join(url, layout.SNAPSHOTS_DIR)} not found: {url} holds no snapshots")
+    print(f"{'':1} {'snapshot':<24} {'committed':<21} {'run':<12} {'train':>8} {'valid':>7} {'test':>7} "
+          f"{'rejected':>8} {'inputs':>7}  parent")
+    for sid in sorted(committed + uncommitted):
+        if sid in uncommitted:
+            print(f"  {sid:<24} {'(uncommitted)':<21}")
+            continue
+        meta = layout.read_metadata(layout.join(url, layout.SNAPSHOTS_DIR, sid))
+        snap, rows = meta["snapshot"], {k: v["rows"] for k, v in meta["splits"].items()}
+        mark = "*" if sid == committed[-1] else " "
+        print(f"{mark} {sid:<24} {snap['committed']:<21} {snap['run']:<12} {rows.get('train', 0):>8} "
+              f"{rows.get('validation', 0):>7} {rows.get('test', 0):>7} {meta['rejected']:>8} "
+              f"{snap['inputs']['files']:>7}  {snap['parent'] or '-'}")
+    return EXIT_OK
+
+
+def show(dataset: str, as_json: bool) -> int:
+    from pipelines import layout
+
+    url = layout.resolve_snapshot(layout.to_url(dataset))
+    meta = layout.read_metadata(url)
+    if as_json:
+        print(json.dumps(meta, indent=2, sort_keys=True))
+        return EXIT_OK
+    snap, inputs = meta["snapshot"], meta["snapshot"]["inputs"]
+    lines = [f"snapshot {snap['id']}  ({url})",
+             f"  kind {meta['kind']}, {len(meta['classes'])} classes, committed {snap['committed']} by bigtrain "
+             f"{snap['bigtrain_version']}, parent {snap['parent'] or '-'}",
+             f"  run: {snap['run']} ({snap['reason']}); this run read {snap['records_processed']} records, "
+             f"rejected {snap['rejected_processed']}",
+             f"  inputs: {inputs['files']} files, {inputs['bytes']} bytes below {meta['input']} "
+             f"({inputs['processed']} processed in this run; list in {inputs['file']})",
+             f"  config fingerprint {snap['config_fingerprint']}; schema "
+             + ", ".join(f"{k} {v}" for k, v in meta.get("schema_fingerprints", {}).items())]
+    for split, info in meta["splits"].items():
+        per_class = ", ".join(f"{name}={n}" for name, n in info["per_class"].items())
+        lines.append(f"  {split:<10} {info['rows']:>8} rows in {info['row_groups']} row groups  [{per_class}]")
+    reasons = ", ".join(f"{r} ({n})" for r, n in meta["rejected_by_reason"].items())
+    lines.append(f"  rejected   {meta['rejected']:>8} records{': ' + reasons if reasons else ''}")
+    if meta.get("sequence"):
+        lines.append(f"  vocabulary {meta['sequence']['vocab_size']} tokens ({meta['sequence']['token_dtype']})")
+    lines.append(f"  files      {len(meta['files'])}, {sum(f['bytes'] for f in meta['files'].values())} bytes "
+                 "(sha256 of each in metadata.json)")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
