@@ -7,6 +7,7 @@ known and of the declared type; errors name the key (``train.batch_size``) and t
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -19,6 +20,7 @@ DEFAULTS_FILE = CONF_DIR / "bigtrain.yaml"
 LOCAL_FILE = CONF_DIR / "local" / "bigtrain.yaml"
 
 T = TypeVar("T")
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -159,6 +161,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"config key {key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-9 (no dot) as a string; it is a number to anyone writing it
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {key}: expected a number, got {value!r}")
         return float(value)

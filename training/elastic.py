@@ -25,6 +25,9 @@ def fit_elastic(run, progress, dist):
     state = hvd.elastic.TorchState(model=unwrap(run.model), optimizer=run.optimizer, progress=progress)
 
     def on_reset() -> None:
+        from jobs.common import setup_logging
+
+        setup_logging(rank=dist.rank)  # Horovod: ranks are renumbered; rank 0 (maybe another process now) logs
         if dist.rank == 0:
             log.warning("elastic: the workers changed, training goes on with %d ranks from epoch %d, optimizer step %d",
                         dist.size, state.progress.epoch + 1, state.progress.global_step)

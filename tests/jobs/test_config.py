@@ -101,3 +101,9 @@ def test_train_job_names_a_missing_dataset(tmp_path, capsys):
     assert main(["--data", str(tmp_path / "nothing"), "--output", str(tmp_path / "o"), "--backend", "single"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "nothing/metadata.json not found" in err
+
+
+@pytest.mark.parametrize("text, number", [("1e-9", 1e-9), ("2E3", 2000.0), ("-1.5e-2", -0.015), (".5e1", 5.0)])
+def test_exponent_numbers_that_yaml_reads_as_strings_are_numbers(text, number):
+    parsed = parse_overrides([f"ratio={text}"])["ratio"]
+    assert from_dict(Outer, {**GOOD, "ratio": parsed}, prefix="s").ratio == number

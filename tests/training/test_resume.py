@@ -1,0 +1,143 @@
+"""Resume points: a run killed with SIGKILL mid-epoch continues to the same weights; altered, foreign or mismatched
+checkpoints are refused with errors that name the file and the reason."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from jobs.config import load_section
+from tests.conftest import REPO, subprocess_env
+from training import checkpoint
+from training.checkpoint import CheckpointError
+from training.config import TrainConfig
+from training.distributed import SingleProcess
+from training.loop import train
+
+pytestmark = pytest.mark.spark
+
+
+def config(*overrides: str) -> TrainConfig:
+    return load_section("train", TrainConfig, overrides=["train.epochs=1", "train.batch_size=16",
+                                                        "train.progress_bar=never", "train.loader_workers=1",
+                                                        *overrides])
+
+
+def run_train_job(*args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "jobs" / "train.py"), "--backend", "single", "--no-progress",
+                             "--loader-workers", "1", *args], env=subprocess_env(), **popen)
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(image_dataset, tmp_path):
+    common = ["--data", str(image_dataset), "--epochs", "2", "--batch-size", "8", "--checkpoint-every-steps", "2"]
+    whole = run_train_job(*common, "--output", str(tmp_path / "whole"), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+    assert whole.wait(timeout=300) == 0, whole.stderr.read().decode()[-3000:]
+
+    killed = run_train_job(*common, "--output", str(tmp_path / "killed"), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    points = tmp_path / "killed" / "checkpoints"
+    deadline = time.monotonic() + 240
+    while not list(points.glob("step-000000004-e0.json")):  # optimizer step 4 of epoch 1: mid-epoch
+        assert killed.poll() is None and time.monotonic() < deadline, "the run ended before its 4th step"
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=60) == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "checkpoint.pt").exists()
+
+    resumed = run_train_job(*common, "--output", str(tmp_path / "killed"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    log = resumed.stderr.read().decode()
+    assert resumed.wait(timeout=300) == 0, log[-3000:]
+    assert "resuming from" in log and "epoch 1, batch" in log
+    a, b = (checkpoint.load(tmp_path / d / "checkpoint.pt")["model_state"] for d in ("whole", "killed"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+    histories = [json.loads((tmp_path / d / "metrics.json").read_text())["history"] for d in ("whole", "killed")]
+    for before, after in zip(*histories):
+        assert after["train_loss"] == pytest.approx(before["train_loss"], rel=1e-5)
+        assert after["train_rows"] == before["train_rows"]
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_a_finished_run_continues_when_given_more_epochs(image_dataset, tmp_path):
+    train(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
+    metrics = train(config("train.epochs=2"), data_url=str(image_dataset), output_dir=tmp_path,
+                    dist=SingleProcess()).metrics
+    assert metrics["resumed_from"] and [h["epoch"] for h in metrics["history"]] == [1, 2]
+    with pytest.raises(CheckpointError, match="holds no complete checkpoint"):
+        train(config("train.resume=require"), data_url=str(image_dataset), output_dir=tmp_path / "new",
+              dist=SingleProcess())
+
+
+def test_resuming_on_another_dataset_or_with_another_batch_size_is_refused(image_dataset, text_dataset, tmp_path):
+    train(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
+    with pytest.raises(CheckpointError, match=r"trained on dataset snapshot .* refusing to resume on other data"):
+        train(config("train.epochs=2"), data_url=str(text_dataset), output_dir=tmp_path, dist=SingleProcess())
+    with pytest.raises(CheckpointError, match=r"train\.batch_size=16, this run has 8"):
+        train(config("train.epochs=2", "train.batch_size=8"), data_url=str(image_dataset), output_dir=tmp_path,
+              dist=SingleProcess())
+    fresh = train(config("train.epochs=2", "train.resume=never"), data_url=str(image_dataset), output_dir=tmp_path,
+                  dist=SingleProcess()).metrics
+    assert fresh["resumed_from"] is None and len(fresh["history"]) == 2
+
+
+def test_an_altered_checkpoint_is_refused_before_it_is_unpickled(image_dataset, tmp_path):
+    train(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
+    point = checkpoint.latest_resume_point(tmp_path)
+    data = bytearray(point.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    point.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{point.name} does not match the SHA-256"):
+        train(config("train.epochs=2"), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
+    final = tmp_path / "checkpoint.pt"
+    final.write_bytes(final.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match="altered or truncated"):
+        checkpoint.load(final)
+
+
+class NotWeights:
+    """Pickled as a class reference: loading it would import and run code."""
+
+
+def _sign(path) -> None:
+    """Write a correct sidecar, so only the payload itself decides."""
+    import hashlib
+
+    data = path.read_bytes()
+    checkpoint.sidecar_of(path).write_text(json.dumps({"sha256": hashlib.sha256(data).hexdigest()}))
+
+
+def test_foreign_checkpoints_are_refused(tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save({"weight": torch.zeros(2)}, plain)
+    _sign(plain)
+    with pytest.raises(CheckpointError, match="is not a bigtrain checkpoint"):
+        checkpoint.load(plain)
+    code = tmp_path / "code.pt"
+    torch.save({"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "x": NotWeights()}, code)
+    _sign(code)
+    with pytest.raises(CheckpointError, match=r"cannot be loaded safely \(weights_only=True\)"):
+        checkpoint.load(code)
+    unsigned = tmp_path / "unsigned.pt"
+    torch.save({"format": checkpoint.FORMAT}, unsigned)
+    with pytest.raises(CheckpointError, match="has no unsigned.json beside it"):
+        checkpoint.load(unsigned)
+
+
+def test_train_job_exits_1_naming_an_altered_checkpoint(image_dataset, tmp_path):
+    train(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
+    point = checkpoint.latest_resume_point(tmp_path)
+    point.write_bytes(point.read_bytes() + b"x")
+    job = run_train_job("--data", str(image_dataset), "--output", str(tmp_path), "--epochs", "2",
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 1
+    assert f"error: checkpoint {point} does not match the SHA-256" in err.decode()
