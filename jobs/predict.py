@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data:
         data = load_dataset_info(args.data)
         check_dataset(payload, data, checkpoint_path)
-        if output_url.rstrip("/") == data.url.rstrip("/"):
+        if output_url.rstrip("/") in (layout.to_url(args.data).rstrip("/"), data.url.rstrip("/")):
             raise UsageError(f"--output {args.output} must differ from --data")
     else:
         input_url = layout.to_url(args.input)
