@@ -200,7 +200,10 @@ def test_a_job_killed_mid_write_leaves_the_last_snapshot_intact_and_the_next_run
                            start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while not list((ds / "snapshots").glob("*/train")) and job.poll() is None and time.monotonic() < deadline:
+        def writing() -> bool:  # the new snapshot's first split has begun
+            return any(p.parent.name != first["snapshot"] for p in (ds / "snapshots").glob("*/train"))
+
+        while not writing() and job.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         os.killpg(job.pid, signal.SIGKILL)  # the driver (Python and its JVM), mid-write
