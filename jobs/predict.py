@@ -137,8 +137,9 @@ def run(args: argparse.Namespace) -> int:
     if args.data:
         data = load_dataset_info(args.data)
         check_dataset(payload, data, checkpoint_path)
-        if output_url.rstrip("/") in (layout.to_url(args.data).rstrip("/"), data.url.rstrip("/")):
-            raise UsageError(f"--output {args.output} must differ from --data")
+        dataset_root = layout.to_url(args.data).rstrip("/") + "/"
+        if (output_url.rstrip("/") + "/").startswith(dataset_root):
+            raise UsageError(f"--output {args.output} must lie outside the --data dataset {args.data}")
     else:
         input_url = layout.to_url(args.input)
         if input_url.startswith("file://") and not Path(input_url[len("file://"):]).exists():

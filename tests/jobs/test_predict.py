@@ -165,3 +165,28 @@ def test_cli_scores_raw_texts_end_to_end(text_checkpoint, sample_texts, tmp_path
     lines = sum(len(p.read_bytes().split(b"\n")) - 1 for p in sample_texts.glob("*.jsonl"))
     assert f"predict: read {lines} = scored {lines - 7} + unusable 7" in result.stdout
     assert len(pd.read_parquet(out)) == lines
+
+
+def test_an_output_inside_the_dataset_is_refused(image_checkpoint, image_dataset):
+    result = _cli("--checkpoint", str(image_checkpoint), "--data", str(image_dataset),
+                  "--output", str(image_dataset / "predictions"))
+    assert result.returncode == 2
+    assert f"--output {image_dataset / 'predictions'} must lie outside the --data dataset" in result.stderr
+
+
+def test_raw_csv_lines_are_prepared_like_preprocessing_with_the_label_optional():
+    from pipelines import predict, text
+
+    params = text.ParseParams(fmt="csv", text_field="review", label_field="stars", tokens_field=None,
+                              tokenizer="word", lowercase=True)
+    vocabulary = ["<pad>", "<unk>", "the", "plot", "was", "good"]
+    batch = pd.DataFrame({"source": ["a.csv:2", "a.csv:3", "a.csv:4", "b.csv:1"],
+                          "file_path": ["a.csv", "a.csv", "a.csv", "b.csv"],
+                          "raw": [b"The  PLOT was good!,5", b'"the plot",', b"only one cell", b"x,y"]})
+    rows = predict.prepare_text_batch(batch, params=params, headers={"a.csv": ["review", "stars"]},
+                                      vocabulary=vocabulary, max_length=3, dtype="<u2")
+    assert rows["reason"].tolist()[:3] == [None, None, "broken CSV: 1 cells, the header has 2"]
+    assert rows["reason"][3] == "broken CSV: the file has no header line"
+    assert np.frombuffer(rows["features"][0], "<u2").tolist() == [2, 3, 4] and rows["length"][0] == 3  # truncated
+    assert rows["label"].tolist()[:2] == ["5", None]  # an empty label cell is no label, not a rejection
+    assert np.frombuffer(rows["features"][1], "<u2").tolist() == [2, 3]
