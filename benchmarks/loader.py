@@ -37,7 +37,7 @@ def bigtrain_loader(dataset: str, workers: int) -> tuple[callable, int]:
 
 
 def _files(dataset: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(dataset, "train", "*.parquet")))
+    return sorted(glob.glob(os.path.join(train_dir(dataset), "*.parquet")))
 
 
 def _decode_image(value: bytes, codec: str) -> np.ndarray:
@@ -78,13 +78,18 @@ def pyarrow_loop(dataset: str) -> callable:
     return run
 
 
+def train_dir(dataset: str) -> str:
+    """The train split's folder in the dataset's current snapshot (<dataset>/snapshots/<id>/train)."""
+    return load_dataset_info(dataset).splits["train"].url[len("file://"):]
+
+
 def petastorm_plain(dataset: str) -> callable:
     """(b) What a user gets without bigtrain: make_reader + petastorm.pytorch.DataLoader, defaults."""
     from petastorm import make_reader
     from petastorm.pytorch import DataLoader
 
     fields = ["image", "label"] if load_dataset_info(dataset).kind == "image" else ["tokens", "length", "label"]
-    url = "file://" + os.path.abspath(os.path.join(dataset, "train"))
+    url = "file://" + train_dir(dataset)
 
     def run() -> int:
         n = 0

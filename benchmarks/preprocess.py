@@ -143,14 +143,14 @@ def text_results(spark, raw: str, work: str, n_lines: int) -> list[Result]:
 
 def codec_results(spark, raw: str, work: str) -> list[Result]:
     """Bytes per sample and loader throughput for each image codec, on the same images."""
-    from benchmarks.loader import bigtrain_loader
+    from benchmarks.loader import bigtrain_loader, train_dir
     from benchmarks.common import best_rate
 
     results, rates = [], {}
     for codec in ("png", "jpeg", "raw"):
         out = os.path.join(work, f"codec-{codec}")
         run_image_job(spark, raw, out, codec=codec)
-        files = glob.glob(os.path.join(out, "train", "*.parquet"))
+        files = glob.glob(os.path.join(train_dir(out), "*.parquet"))
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         size = sum(os.path.getsize(f) for f in files) / rows
         loader, _ = bigtrain_loader(out, workers=2)
