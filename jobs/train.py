@@ -108,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
              "early_stopping_patience": args.early_stopping_patience}
     config = load_section("train", TrainConfig, config_file=args.config, overrides=args.overrides, flags=flags)
     if args.launcher == "spark":
+        if args.elastic:
+            raise UsageError("--elastic runs under horovodrun (--min-np/--max-np), not with --launcher spark")
         return run_spark(args, config)
     dist = init_distributed(args.backend)
     setup_logging(rank=dist.rank)
@@ -127,7 +129,8 @@ def report(metrics: dict, output: str) -> None:
 
 
 def run_spark(args: argparse.Namespace, config) -> int:
-    """--launcher spark: the same loop as Horovod ranks inside Spark tasks (horovod.spark.run)."""
+    """--launcher spark: the same loop as Horovod ranks inside Spark tasks (horovod.spark.run), or with
+    --backend torch as DDP ranks started by Spark's TorchDistributor."""
     import os
     from dataclasses import asdict
 
@@ -140,7 +143,8 @@ def run_spark(args: argparse.Namespace, config) -> int:
     try:
         num_proc = args.num_proc or spark.sparkContext.defaultParallelism
         metrics = run_on_spark(spark, config=asdict(config), data_url=args.data,
-                               output_dir=os.path.abspath(args.output), num_proc=num_proc)
+                               output_dir=os.path.abspath(args.output), num_proc=num_proc,
+                               backend="torch" if args.backend == "torch" else "horovod")
     finally:
         spark.stop()
     report(metrics, args.output)

@@ -46,6 +46,20 @@ def test_torch_backend_under_torchrun_matches_horovodrun(image_dataset, tmp_path
         assert (tmp_path / "ddp" / name).is_file(), name
 
 
+def test_torch_backend_launched_on_spark_by_torch_distributor(image_dataset, tmp_path):
+    """--launcher spark --backend torch: Spark's TorchDistributor starts the DDP ranks in barrier tasks (no Horovod
+    involved); the run equals the same run under torchrun."""
+    common = ["--data", str(image_dataset), "--epochs", "1", "--batch-size", "8", "--no-progress",
+              "--loader-workers", "1", "--backend", "torch"]
+    run([sys.executable, TRAIN, "--launcher", "spark", "--master", "local[2]", "--num-proc", "2", "--output",
+         str(tmp_path / "spark"), *common], tmp_path)
+    run([tool("torchrun"), "--nproc_per_node", "2", TRAIN, "--output", str(tmp_path / "torchrun"), *common], tmp_path)
+    by_spark, by_torchrun = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("spark", "torchrun"))
+    assert by_spark["backend"] == "torch" and by_spark["world_size"] == 2
+    assert by_spark["history"][0]["train_loss"] == pytest.approx(by_torchrun["history"][0]["train_loss"], rel=1e-4)
+    assert by_spark["test_loss"] == pytest.approx(by_torchrun["test_loss"], rel=1e-4)
+
+
 def test_torch_backend_without_torchrun_says_how_to_launch(image_dataset, tmp_path):
     env = {k: v for k, v in subprocess_env().items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     done = subprocess.run([sys.executable, TRAIN, "--backend", "torch", "--data", str(image_dataset), "--output",
