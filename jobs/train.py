@@ -4,12 +4,17 @@ Launch:
     horovodrun -np 2 -H localhost:2 python jobs/train.py --data runs/demo/dataset --output runs/demo/model
     python jobs/train.py --data runs/demo/dataset --output runs/demo/model          # one process
     bigtrain train --data runs/demo/dataset --output runs/demo/model --epochs 5
+    torchrun --nproc_per_node 2 jobs/train.py --backend torch --data runs/demo/dataset --output runs/demo/model
+    horovodrun -np 3 --min-np 2 --max-np 3 --host-discovery-script scripts/discover_hosts.sh \
+        python jobs/train.py --elastic --data runs/demo/dataset --output runs/demo/model --checkpoint-every-steps 20
     horovodrun -np 8 -H host1:4,host2:4 python jobs/train.py --data s3://bucket/ds --output /shared/model
     spark-submit --master spark://master:7077 --py-files dist/bigtrain-src.zip jobs/train.py --launcher spark \
         --num-proc 8 --data s3://bucket/ds --output /shared/model     # ranks on the Spark executors
 
-Writes (rank 0): <output>/checkpoint.pt (weights, config, class map; loads with torch.load(weights_only=True))
-and <output>/metrics.json (test_accuracy, test_loss, test_rows, per-class accuracy, per-epoch history).
+Writes (rank 0): <output>/checkpoint.pt + checkpoint.json (weights, config, class map, dataset snapshot; SHA-256;
+loads with training.checkpoint.load_model), <output>/checkpoints/ (resume points: the same command run again
+continues from the newest), metrics.json (test metrics, per-epoch history), metrics.jsonl and tensorboard/ (per
+epoch), evaluation.json, confusion_matrix.png and training_curves.png.
 """
 from __future__ import annotations
 
@@ -26,8 +31,10 @@ log = logging.getLogger("bigtrain.train")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bigtrain train",
-        description="Train on a preprocessed bigtrain dataset (Petastorm) with Horovod, validate every epoch, "
-                    "evaluate on the test split. Run under horovodrun for several processes.",
+        description="Train on a preprocessed bigtrain dataset (Petastorm), data-parallel with Horovod or PyTorch DDP, "
+                    "validate every epoch, evaluate on the test split. Run under horovodrun (or torchrun with "
+                    "--backend torch) for several processes. Running the same command again resumes from the newest "
+                    "checkpoint in --output.",
         epilog="Config keys (section train in conf/bigtrain.yaml) can be set with --set train.KEY=VALUE; "
                "flags win over config.")
     parser.add_argument("--data", required=True, metavar="DIR_OR_URL", help="a dataset written by a preprocess job")
@@ -79,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after N epochs without validation loss improving (0: off)")
     launch = parser.add_argument_group("launching on a Spark cluster")
     launch.add_argument("--launcher", choices=("direct", "spark"), default="direct",
-                        help="direct: this process is a rank (horovodrun or plain python); spark: run --num-proc ranks "
-                             "on the executors of a Spark cluster with horovod.spark.run")
+                        help="direct: this process is a rank (horovodrun, torchrun or plain python); spark: run "
+                             "--num-proc ranks on the executors of a Spark cluster with horovod.spark.run (with "
+                             "--backend torch: Spark's TorchDistributor)")
     launch.add_argument("--num-proc", type=positive_int("--num-proc"), metavar="N",
                         help="ranks for --launcher spark (default: the cluster's default parallelism)")
     launch.add_argument("--master", help="Spark master for --launcher spark (default: spark-submit's, else local[*])")
