@@ -174,7 +174,7 @@ def _preprocess(payload: dict[str, Any], checkpoint_path: Path, *keys: str) -> l
 def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data, input_url: str | None,
                  config: PredictConfig):
     """(rows to score, inputs read, the codec or token dtype the rows are in)."""
-    from pipelines import images, predict, storage, text
+    from pipelines import images, predict, storage
 
     kind = payload["dataset"]["kind"]
     if data is not None:
