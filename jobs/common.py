@@ -88,6 +88,7 @@ def run_main(body: Callable[[], int]) -> int:
     run in 75. Anything else keeps its traceback."""
     from pipelines.layout import DatasetError
     from pipelines.locking import LockHeld
+    from pipelines.snapshots import RejectBudgetError
     from training.checkpoint import CheckpointError
 
     try:
@@ -100,7 +101,7 @@ def run_main(body: Callable[[], int]) -> int:
         return EXIT_LOCKED
     except (DatasetError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_REJECTS if type(exc).__name__ == "RejectBudgetError" else EXIT_FAILED
+        return EXIT_REJECTS if isinstance(exc, RejectBudgetError) else EXIT_FAILED
 
 
 def format_summary(summary: dict, *, job: str, unit: str) -> str:

@@ -21,15 +21,12 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines import layout, snapshots
+from pipelines.snapshots import RejectBudgetError
 
 log = logging.getLogger(__name__)
 
 MODES = ("incremental", "overwrite", "error")
 IGNORED_CONFIG_KEYS = ("master", "spark_conf", "mode", "max_reject_fraction")  # do not change what is written
-
-
-class RejectBudgetError(layout.DatasetError):
-    """More of the run's input was rejected than the error budget allows; nothing was committed."""
 
 
 def config_fingerprint(config: dict[str, Any]) -> str:

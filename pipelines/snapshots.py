@@ -114,6 +114,10 @@ def commit(snapshot_url: str, metadata: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
+class RejectBudgetError(layout.DatasetError):
+    """More of a run's input was rejected than its error budget allows; the snapshot was not committed."""
+
+
 @dataclass(frozen=True)
 class Problem:
     url: str
