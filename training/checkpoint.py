@@ -163,9 +163,10 @@ def latest_resume_point(output_dir: str | Path) -> Path | None:
 
 
 def prune(output_dir: str | Path, keep: int) -> None:
-    """Keep the newest ``keep`` resume points (and drop leftovers of interrupted saves)."""
+    """Keep the newest ``keep`` resume points, none with 0 (and drop leftovers of interrupted saves)."""
     folder = Path(output_dir) / RESUME_DIR
-    for old in resume_points(output_dir)[:-keep] if keep > 0 else []:
+    points = resume_points(output_dir)
+    for old in points[:len(points) - keep] if keep < len(points) else []:
         sidecar_of(old).unlink(missing_ok=True)  # sidecar first: a half-deleted point is never taken as complete
         old.unlink(missing_ok=True)
     for leftover in folder.glob(".*.tmp") if folder.is_dir() else []:

@@ -76,8 +76,10 @@ def find_point(config, output_dir: Path) -> Path | None:
     """The resume point this run continues from, by ``config.resume``; None to start fresh."""
     latest = checkpoint.latest_resume_point(output_dir)
     if config.resume == "never":
-        if latest is not None:
-            log.info("train.resume=never: starting over, ignoring %s", latest)
+        if latest is not None:  # removed, or the new run's early points would sort below the old run's later ones
+            log.info("train.resume=never: starting over; removing the resume points of the previous run in %s",
+                     output_dir / checkpoint.RESUME_DIR)
+            checkpoint.prune(output_dir, keep=0)
         return None
     if latest is None and config.resume == "require":
         raise CheckpointError(f"train.resume=require (--resume) but {output_dir / checkpoint.RESUME_DIR} holds no "

@@ -84,9 +84,11 @@ def test_resuming_on_another_dataset_or_with_another_batch_size_is_refused(image
     with pytest.raises(CheckpointError, match=r"train\.batch_size=16, this run has 8"):
         train(config("train.epochs=2", "train.batch_size=8"), data_url=str(image_dataset), output_dir=tmp_path,
               dist=SingleProcess())
-    fresh = train(config("train.epochs=2", "train.resume=never"), data_url=str(image_dataset), output_dir=tmp_path,
-                  dist=SingleProcess()).metrics
+    fresh = train(config("train.epochs=2", "train.resume=never", "train.batch_size=8"), data_url=str(text_dataset),
+                  output_dir=tmp_path, dist=SingleProcess()).metrics
     assert fresh["resumed_from"] is None and len(fresh["history"]) == 2
+    points = checkpoint.resume_points(tmp_path)  # only the new run's: the old ones cannot be picked up by mistake
+    assert points and all(checkpoint.load(p)["dataset"]["snapshot_id"] == fresh["snapshot_id"] for p in points)
 
 
 def test_an_altered_checkpoint_is_refused_before_it_is_unpickled(image_dataset, tmp_path):
@@ -141,3 +143,26 @@ def test_train_job_exits_1_naming_an_altered_checkpoint(image_dataset, tmp_path)
     _, err = job.communicate(timeout=300)
     assert job.returncode == 1
     assert f"error: checkpoint {point} does not match the SHA-256" in err.decode()
+
+
+def test_resume_is_refused_once_the_dataset_has_a_new_snapshot_but_works_pinned_to_the_old_one(spark, tmp_path):
+    from tests.jobs.test_snapshots import sequences, write_partition
+
+    src, ds, out = tmp_path / "raw", tmp_path / "ds", tmp_path / "model"
+    write_partition(src, "date=2026-11-27", 40)
+    first = sequences(spark, src, ds)
+    small = ["train.batch_size=8", "train.rnn.hidden=8", "train.rnn.embed_dim=8"]
+    trained = train(config(*small), data_url=str(ds), output_dir=out, dist=SingleProcess()).metrics
+    assert trained["snapshot_id"] == first["snapshot"]
+    assert checkpoint.load(out / "checkpoint.pt")["dataset"]["snapshot_id"] == first["snapshot"]
+
+    write_partition(src, "date=2026-11-28", 20, start=40)
+    second = sequences(spark, src, ds)
+    assert second["snapshot"] != first["snapshot"]
+    with pytest.raises(CheckpointError, match=rf"snapshot {first['snapshot']} .* but --data is snapshot "
+                                              rf"{second['snapshot']}"):
+        train(config(*small, "train.epochs=2"), data_url=str(ds), output_dir=out, dist=SingleProcess())
+    pinned = ds / "snapshots" / first["snapshot"]
+    resumed = train(config(*small, "train.epochs=2"), data_url=str(pinned), output_dir=out,
+                    dist=SingleProcess()).metrics
+    assert resumed["resumed_from"] and len(resumed["history"]) == 2
