@@ -55,6 +55,8 @@ for kind, model in (("images", "CNN"), ("texts", "LSTM")):
     m = json.load(open(path))
     print(f"  {kind:<6} {model:<4}: test accuracy {m['test_accuracy']:.4f} on {m['test_rows']} test rows, "
           f"{m['world_size']} Horovod ranks, {len(m['history'])} epochs")
-    print(f"           raw data {demo}/{kind}/raw, dataset {demo}/{kind}/dataset "
-          f"(train/ validation/ test/ rejected/ metadata.json), model {demo}/{kind}/model (checkpoint.pt, metrics.json)")
+    print(f"           raw data {demo}/{kind}/raw, dataset {demo}/{kind}/dataset/snapshots/{m['snapshot_id']} "
+          f"(train/ validation/ test/ rejected/ metadata.json)")
+    print(f"           model {demo}/{kind}/model (checkpoint.pt, metrics.json, metrics.jsonl, evaluation.json, "
+          f"confusion_matrix.png, training_curves.png, tensorboard/)")
 PY
