@@ -319,20 +319,25 @@ def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
     stop = threading.Event()
     done = object()
 
+    def put(entry) -> bool:
+        """Hand ``entry`` over unless the consumer has gone (it stopped early or raised): a blocking put on a full
+        queue nobody reads would leave the consumer's join waiting forever."""
+        while not stop.is_set():
+            try:
+                buffer.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        buffer.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((item, None)):
                     return
-            buffer.put((done, None))
+            put((done, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
-            buffer.put((done, exc))
+            put((done, exc))
         finally:
             close = getattr(items, "close", None)
             if close is not None:  # generators: stop their readers in the thread that ran them

@@ -189,3 +189,20 @@ def test_prefetched_keeps_order_surfaces_errors_and_stops_early():
     stream.close()
     assert closed.wait(5)
     assert not any(t.name == "bigtrain-prefetch" for t in threading.enumerate())
+
+
+def test_prefetched_never_hangs_when_the_consumer_fails_after_the_producer_finished():
+    """The training step raises (e.g. a lost Horovod peer) while the queue is full and the producer has nothing
+    left to read: closing the stream must return, not wait forever for the producer's final hand-over."""
+    import threading
+    import time
+
+    from training.data import prefetched
+
+    stream = prefetched(iter(range(3)), depth=2)
+    assert next(stream) == 0
+    time.sleep(0.3)  # the producer has queued the rest and now hands over "done" to a full queue
+    closer = threading.Thread(target=stream.close, daemon=True)
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive(), "closing the prefetch stream hung"
