@@ -60,6 +60,25 @@ def test_torch_backend_launched_on_spark_by_torch_distributor(image_dataset, tmp
     assert by_spark["test_loss"] == pytest.approx(by_torchrun["test_loss"], rel=1e-4)
 
 
+def test_horovod_fp16_compression_changes_the_run_only_by_rounding(image_dataset, tmp_path):
+    """With one reader thread per rank both runs see the same batches: float16 gradients on the wire give
+    (slightly) different weights, and about the same losses."""
+    common = ["--data", str(image_dataset), "--epochs", "1", "--batch-size", "8", "--no-progress",
+              "--loader-workers", "1"]
+    for name, extra in (("exact", []), ("fp16", ["--fp16-compression"])):
+        run([tool("horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, TRAIN, "--output",
+             str(tmp_path / name), *common, *extra], tmp_path)
+    from training import checkpoint
+
+    exact, fp16 = (checkpoint.load(tmp_path / d / "checkpoint.pt") for d in ("exact", "fp16"))
+    assert exact["config"]["fp16_compression"] is False and fp16["config"]["fp16_compression"] is True
+    differences = [float((exact["model_state"][k] - fp16["model_state"][k]).abs().max()) for k in exact["model_state"]]
+    assert 0 < max(differences) < 1e-2
+    losses = [json.loads((tmp_path / d / "metrics.json").read_text())["history"][0]["train_loss"]
+              for d in ("exact", "fp16")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-2)
+
+
 def test_torch_backend_without_torchrun_says_how_to_launch(image_dataset, tmp_path):
     env = {k: v for k, v in subprocess_env().items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     done = subprocess.run([sys.executable, TRAIN, "--backend", "torch", "--data", str(image_dataset), "--output",
