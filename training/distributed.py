@@ -124,10 +124,12 @@ class TorchBackend(SingleProcess):
         self.tdist = tdist
         self.rank, self.size = tdist.get_rank(), tdist.get_world_size()
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        self.local_size = int(os.environ.get("LOCAL_WORLD_SIZE", self.size))
         names: list = [None] * self.size
         tdist.all_gather_object(names, socket.gethostname())  # DDP: count the hosts taking part
         self.hosts = len(set(names))
+        # Ranks sharing this host: torchrun's LOCAL_WORLD_SIZE counts only its own processes, and Spark's
+        # TorchDistributor starts one torchrun per task, several of which may share a host.
+        self.local_size = max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), names.count(socket.gethostname()))
 
     def allreduce_sum(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
         out = tensor.clone()
