@@ -17,7 +17,7 @@ import sys
 import time
 
 SIZES = {"smoke": 0.05, "quick": 1.0}
-GROUPS = ("loader", "codecs", "preprocess", "stall", "distributed", "growth")
+GROUPS = ("loader", "codecs", "preprocess", "stall", "resilience", "distributed", "growth")
 BASE_PER_CLASS, BASE_TEXTS, GROWTH_PER_CLASS = 400, 20000, 100  # quick: 4,000 images, 20,000 texts; growth 1x = 1,000
 
 
@@ -86,6 +86,9 @@ def main(argv=None) -> int:
             say("data stall")
             results += train_bench.stall_results("images", image_ds)
             results += train_bench.stall_results("texts", text_ds)
+        if "resilience" in args.groups:
+            say("resume points")
+            results += train_bench.checkpoint_results("images", image_ds, work)
         if "distributed" in args.groups:
             say("distributed overhead")
             horovodrun = shutil.which("horovodrun") or os.path.join(os.path.dirname(sys.executable), "horovodrun")

@@ -88,3 +88,33 @@ def _run_worker(cmd: list[str]) -> dict:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     line = next(l for l in done.stdout.splitlines() if "BENCH " in l)
     return json.loads(line.split("BENCH ", 1)[1])
+
+
+def checkpoint_results(name: str, dataset: str, work: str) -> list[Result]:
+    """What resume points cost: an epoch of the real loop with a resume point after every optimizer step against
+    the same epoch with none (alternated, best of two each; the epoch's own clock, so test evaluation and reports
+    are not counted)."""
+    from training import checkpoint
+    from training.distributed import SingleProcess
+    from training.loop import train
+
+    def epoch_seconds(every: int, out: str) -> tuple[float, int]:
+        config = load_section("train", TrainConfig, overrides=[
+            "train.epochs=1", "train.progress_bar=never", "train.resume=never", "train.loader_workers=1",
+            f"train.checkpoint_every_steps={every}"])
+        metrics = train(config, data_url=dataset, output_dir=out, dist=SingleProcess()).metrics
+        steps = -(-metrics["train_rows"] // config.batch_size)
+        return metrics["history"][0]["seconds"], steps
+
+    torch.set_num_threads(cores())
+    timings: dict[int, list[float]] = {0: [], 1: []}
+    for every in (0, 1, 0, 1):
+        seconds, steps = epoch_seconds(every, os.path.join(work, f"ckpt-{name}-{every}"))
+        timings[every].append(seconds)
+    none, each = min(timings[0]), min(timings[1])
+    point = checkpoint.latest_resume_point(os.path.join(work, f"ckpt-{name}-1"))
+    size = os.path.getsize(point) if point else 0
+    saves = max(1, steps - 1)
+    return [Result(f"resilience/{name}", "epoch with a resume point every step / with none", each / none, "x",
+                   f"{steps} steps: {each:.2f}s with {saves} resume points ({size / 1e6:.1f} MB each, "
+                   f"{1000 * max(each - none, 0) / saves:.0f} ms per point), {none:.2f}s without")]
