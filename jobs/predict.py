@@ -137,15 +137,16 @@ def run(args: argparse.Namespace) -> int:
     if args.data:
         data = load_dataset_info(args.data)
         check_dataset(payload, data, checkpoint_path)
-        dataset_root = layout.to_url(args.data).rstrip("/") + "/"
+        dataset_root = data.url.split("/snapshots/")[0].rstrip("/") + "/"  # the dataset, also when given a snapshot
         if (output_url.rstrip("/") + "/").startswith(dataset_root):
-            raise UsageError(f"--output {args.output} must lie outside the --data dataset {args.data}")
+            raise UsageError(f"--output {args.output} must lie outside the --data dataset {dataset_root}")
     else:
         input_url = layout.to_url(args.input)
         if input_url.startswith("file://") and not Path(input_url[len("file://"):]).exists():
             raise UsageError(f"--input {args.input}: no such file or directory")
         if output_url.rstrip("/") == input_url.rstrip("/"):
             raise UsageError(f"--output {args.output} must differ from --input")
+    check_output(output_url, args.output)
     spark = storage.build_spark(app_name="bigtrain-predict", master=resolve_master(args.master, config.master),
                                 conf=config.spark_conf)
     try:
@@ -157,7 +158,27 @@ def run(args: argparse.Namespace) -> int:
     finally:
         spark.stop()
     print(format_summary(summary))
+    if summary["inputs_read"] and not summary["scored"]:
+        from pipelines.snapshots import RejectBudgetError
+
+        raise RejectBudgetError(f"none of the {summary['inputs_read']} inputs could be scored (see the reasons "
+                                f"above and in {summary['output']}): wrong --input for this model?")
     return 0
+
+
+def check_output(output_url: str, flag_value: str) -> None:
+    """Predictions replace an earlier prediction output only: a model, a dataset, a file or any other folder at
+    --output is refused rather than overwritten."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(output_url)
+    if not fs.exists(path):
+        return
+    if fs.isfile(path):
+        raise UsageError(f"--output {flag_value} is a file; predictions are written as a folder of Parquet files")
+    if fs.ls(path) and not fs.exists(path.rstrip("/") + "/" + SUMMARY_FILE):
+        raise UsageError(f"--output {flag_value} holds files that are not an earlier prediction output (no "
+                         f"{SUMMARY_FILE}): refusing to replace them; give a new or empty folder")
 
 
 def _preprocess(payload: dict[str, Any], checkpoint_path: Path, *keys: str) -> list[Any]:

@@ -174,6 +174,31 @@ def test_an_output_inside_the_dataset_is_refused(image_checkpoint, image_dataset
     assert f"--output {image_dataset / 'predictions'} must lie outside the --data dataset" in result.stderr
 
 
+def test_an_output_that_is_not_an_earlier_prediction_is_never_replaced(image_checkpoint, image_dataset, tmp_path):
+    model = image_checkpoint.parent
+    before = sorted(p.name for p in model.iterdir())
+    result = _cli("--checkpoint", str(image_checkpoint), "--data", str(image_dataset), "--output", str(model))
+    assert result.returncode == 2 and "holds files that are not an earlier prediction output" in result.stderr
+    assert sorted(p.name for p in model.iterdir()) == before
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    result = _cli("--checkpoint", str(image_checkpoint), "--data", str(image_dataset), "--output", str(notes))
+    assert result.returncode == 2 and f"--output {notes} is a file" in result.stderr
+    assert notes.read_text() == "mine"
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / job.SUMMARY_FILE).write_text("{}")
+    job.check_output(to_url(str(earlier)), str(earlier))  # an earlier prediction output may be replaced
+    job.check_output(to_url(str(tmp_path / "new")), "new")
+
+
+def test_inputs_of_which_none_can_be_scored_fail_with_exit_3(image_checkpoint, sample_texts, tmp_path):
+    result = _cli("--checkpoint", str(image_checkpoint), "--input", str(sample_texts), "--output",
+                  str(tmp_path / "out"), "--master", "local[1]", "--quiet")
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "none of the" in result.stderr and "inputs could be scored" in result.stderr
+
+
 def test_raw_csv_lines_are_prepared_like_preprocessing_with_the_label_optional():
     from pipelines import predict, text
 
