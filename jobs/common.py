@@ -90,16 +90,17 @@ def run_main(body: Callable[[], int]) -> int:
     from pipelines.locking import LockHeld
     from pipelines.snapshots import RejectBudgetError
     from training.checkpoint import CheckpointError
+    from training.errors import LaunchError, PeerLostError
 
     try:
         return body()
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, LaunchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except LockHeld as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_LOCKED
-    except (DatasetError, CheckpointError) as exc:
+    except (DatasetError, CheckpointError, PeerLostError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REJECTS if isinstance(exc, RejectBudgetError) else EXIT_FAILED
 
@@ -157,14 +158,38 @@ def dataset_lock(output_url: str):
     return locking.hold(os.path.join(folder, ".bigtrain.lock"), what=f"a job writing {output_url}")
 
 
+def check_apart(input_url: str, output_url: str) -> None:
+    """A UsageError naming both flags when the output is the input or one lies inside the other: a dataset written
+    inside its input is read back as input by the next run."""
+    source, target = _as_folder(input_url), _as_folder(output_url)
+    if source == target:
+        relation = "is the same folder as"
+    elif target.startswith(source):
+        relation = "is inside"
+    elif source.startswith(target):
+        relation = "contains"
+    else:
+        return
+    raise UsageError(f"--output {output_url} {relation} --input {input_url}: keep the dataset folder and the input "
+                     "apart, neither inside the other (the next run would read the dataset's own files as input)")
+
+
+def _as_folder(url: str) -> str:
+    if url.startswith("file://"):  # symlinks and .. resolved, so two spellings of one folder compare equal
+        url = "file://" + os.path.realpath(url[len("file://"):])
+    return url.rstrip("/") + "/"
+
+
 def run_preprocessing(*, job: str, unit: str, master: str | None, spark_conf: dict[str, str], input_url: str,
                       output_url: str, body: Callable[..., dict]) -> int:
-    """The shared life of a preprocessing job: a session, the storage checks, ``body(spark)`` timed, the session
-    stopped whatever happens, and the summary printed (read = written + rejected)."""
+    """The shared life of a preprocessing job: input and output kept apart, a session, the storage checks,
+    ``body(spark)`` timed, the session stopped whatever happens, and the summary printed (read = written +
+    rejected)."""
     import time
 
     from pipelines import storage
 
+    check_apart(input_url, output_url)
     with dataset_lock(output_url):
         spark = storage.build_spark(app_name=f"bigtrain-{job}", master=master, conf=spark_conf)
         try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from jobs.common import UsageError, add_config_flags, positive_float, positive_int, run_main, setup_logging
 from jobs.config import load_section
@@ -119,12 +120,21 @@ def run(args: argparse.Namespace) -> int:
         if args.elastic:
             raise UsageError("--elastic runs under horovodrun (--min-np/--max-np), not with --launcher spark")
         return run_spark(args, config)
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise UsageError(f"--output {args.output} is a file; training writes a folder there")
     dist = init_distributed(args.backend)
     setup_logging(rank=dist.rank)
     if args.elastic and dist.name != "horovod":
         raise UsageError(f"--elastic needs the Horovod backend (this run uses {dist.name}); launch it with "
                          "horovodrun --min-np N --max-np M --host-discovery-script SCRIPT")
-    metrics = train(config, data_url=args.data, output_dir=args.output, dist=dist, elastic=args.elastic).metrics
+    try:
+        metrics = train(config, data_url=args.data, output_dir=args.output, dist=dist, elastic=args.elastic).metrics
+    except dist.peer_errors as exc:
+        from training.errors import PeerLostError
+
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PeerLostError(f"rank {dist.rank}: another rank of this job failed or vanished ({detail[:200]}); run "
+                            "the same command again to resume from the last resume point in --output") from None
     if dist.rank == 0:
         report(metrics, args.output)
     return 0
@@ -132,8 +142,9 @@ def run(args: argparse.Namespace) -> int:
 
 def report(metrics: dict, output: str) -> None:
     accuracy = "n/a" if metrics["test_accuracy"] is None else f"{metrics['test_accuracy']:.4f}"
-    print(f"train: test accuracy {accuracy} on {metrics['test_rows']} rows ({metrics['world_size']} ranks); "
-          f"outputs in {output}")
+    ranks = metrics["world_size"]
+    print(f"train: test accuracy {accuracy} on {metrics['test_rows']} rows ({ranks} rank{'s' if ranks != 1 else ''}, "
+          f"{metrics['epochs_completed']} epochs); outputs in {output}")
 
 
 def run_spark(args: argparse.Namespace, config) -> int:

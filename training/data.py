@@ -442,6 +442,9 @@ class ImageDecoder:
         if self.codec == "raw":
             return np.load(io.BytesIO(value))
         image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
+        if image is None:  # the job wrote only decodable images: the stored bytes were damaged since
+            raise layout.DatasetError(f"a stored {self.codec} image cannot be decoded: the dataset's files were "
+                                      "damaged after it was written (`bigtrain verify DATASET` names the file)")
         return image[:, :, ::-1] if image.ndim == 3 else image  # OpenCV decodes to BGR
 
     def decode_all(self, values: list[bytes]) -> list[np.ndarray]:

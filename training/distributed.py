@@ -12,6 +12,8 @@ import socket
 
 import torch
 
+from training.errors import LaunchError
+
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "horovod", "torch", "single")
 
@@ -21,6 +23,7 @@ class SingleProcess:
 
     name = "single"
     rank, size, local_rank, local_size, hosts = 0, 1, 0, 1, 1
+    peer_errors: tuple[type[BaseException], ...] = ()  # what a collective raises when another rank is gone
 
     def allreduce_sum(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
         return tensor
@@ -67,6 +70,9 @@ class HorovodBackend(SingleProcess):
 
         hvd.init()  # Horovod: join the job started by horovodrun (or a world of one)
         self.hvd = hvd
+        from horovod.common.exceptions import HorovodInternalError
+
+        self.peer_errors = (HorovodInternalError,)
 
     rank = property(lambda self: self.hvd.rank())
     size = property(lambda self: self.hvd.size())
@@ -116,12 +122,13 @@ class TorchBackend(SingleProcess):
 
         missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
         if missing:
-            raise RuntimeError(f"--backend torch needs the environment torchrun sets ({', '.join(missing)} missing): "
-                               "launch with `torchrun --nproc_per_node N jobs/train.py --backend torch ...`")
+            raise LaunchError(f"--backend torch needs the environment torchrun sets ({', '.join(missing)} missing): "
+                              "launch with `torchrun --nproc_per_node N jobs/train.py --backend torch ...`")
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if not tdist.is_initialized():
             tdist.init_process_group(backend)  # DDP: join the world torchrun started
         self.tdist = tdist
+        self.peer_errors = (tdist.DistBackendError,)
         self.rank, self.size = tdist.get_rank(), tdist.get_world_size()
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         names: list = [None] * self.size
@@ -197,12 +204,15 @@ def init_distributed(backend: str = "auto"):
         return SingleProcess()
     if backend == "torch" or (backend == "auto" and launched_by_torchrun()):
         return TorchBackend()
+    if launched_by_torchrun():  # each process would train alone, all into the same --output
+        raise LaunchError("--backend horovod under torchrun: torchrun does not start Horovod ranks; launch with "
+                          "horovodrun, or use --backend torch")
     try:
         return HorovodBackend()
     except ImportError as exc:
         if backend == "horovod":
-            raise RuntimeError(f"Horovod is not importable ({exc}); run `make setup`, or use --backend torch "
-                               "under torchrun") from exc
+            raise LaunchError(f"Horovod is not importable ({exc}); run `make setup`, or use --backend torch "
+                              "under torchrun") from exc
         log.warning("Horovod is not installed: training in a single process")
         return SingleProcess()
 

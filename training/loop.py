@@ -71,7 +71,32 @@ def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist, e
     trained model. Rank 0 writes checkpoints, ``metrics.json``, ``metrics.jsonl``, TensorBoard events and the
     evaluation report into ``output_dir``."""
     threads = set_threads(dist)
-    run = prepare(config, data_url, Path(output_dir), dist)
+    with output_lock(Path(output_dir), dist):
+        return _train(config, data_url, Path(output_dir), dist, elastic, threads)
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: Path, dist):
+    """Rank 0 holds ``<output>/.bigtrain-train.lock`` for the whole run: two runs writing one output folder would
+    interleave their checkpoints. Every rank learns the outcome, so all fail together (LockHeld: exit 75)."""
+    from pipelines.locking import LockHeld, hold
+
+    with contextlib.ExitStack() as stack:
+        outcome = "ok"
+        if dist.rank == 0:
+            try:
+                output_dir.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(hold(str(output_dir / ".bigtrain-train.lock"), what=f"training into {output_dir}"))
+            except LockHeld as exc:
+                outcome = str(exc)
+        outcome = dist.broadcast_object(outcome, name="output_lock")
+        if outcome != "ok":
+            raise LockHeld(outcome)
+        yield
+
+
+def _train(config: TrainConfig, data_url: str, output_dir: Path, dist, elastic: bool, threads: int) -> TrainResult:
+    run = prepare(config, data_url, output_dir, dist)
     progress, resumed_from = start_or_resume(run, dist)
     if dist.rank == 0:
         plan = plan_shard(run.info.splits["train"].row_group_sizes, 0, dist.size)
@@ -145,7 +170,11 @@ def start_or_resume(run: Run, dist) -> tuple[Progress, str | None]:
     run.optimizer.load_state_dict(payload["optimizer_state"])
     resume.set_random_states(payload["random"])
     progress = Progress(**payload["progress"])
-    if dist.rank == 0:
+    if dist.rank == 0 and (progress.epoch >= run.config.epochs or progress.stopped_early):
+        log.info("the run in %s is complete (%d epochs%s, %s): evaluating it again; raise --epochs to train on, "
+                 "or --no-resume to start over", run.output_dir, progress.epoch,
+                 ", stopped early" if progress.stopped_early else "", path)
+    elif dist.rank == 0:
         log.info("resuming from %s: epoch %d, batch %d of it, optimizer step %d", path, progress.epoch + 1,
                  progress.step, progress.global_step)
     return progress, path

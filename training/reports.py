@@ -238,6 +238,8 @@ def plot_curves(history: list[dict], path: Path) -> Path:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(history) == 1:  # one point: matplotlib's tiny range has no integer inside but the epoch itself
+            ax.set_xticks([history[0]["epoch"]])
         ax.grid(alpha=0.3)
         if "accuracy" in title or "stall" in title:
             ax.set_ylim(0.0, 1.02)

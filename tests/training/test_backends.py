@@ -83,7 +83,7 @@ def test_torch_backend_without_torchrun_says_how_to_launch(image_dataset, tmp_pa
     env = {k: v for k, v in subprocess_env().items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     done = subprocess.run([sys.executable, TRAIN, "--backend", "torch", "--data", str(image_dataset), "--output",
                            str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "torchrun --nproc_per_node" in done.stderr
+    assert done.returncode == 2 and "torchrun --nproc_per_node" in done.stderr and "Traceback" not in done.stderr
 
 
 def _worker_pids(hostname: str) -> list[int]:
@@ -132,3 +132,16 @@ def test_elastic_run_survives_a_killed_worker(image_dataset, tmp_path):
     assert metrics["epochs_completed"] == 3 and [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
     assert metrics["world_size"] == 2
     assert all(h["train_rows"] == metrics["train_rows"] for h in metrics["history"])  # re-sharded, nothing lost
+
+
+def test_launch_mistakes_end_in_one_line_with_exit_2(image_dataset, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    done = subprocess.run([sys.executable, TRAIN, "--data", str(image_dataset), "--output", str(afile)],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and f"--output {afile} is a file" in done.stderr
+    env = {**subprocess_env(), "TORCHELASTIC_RUN_ID": "x", "LOCAL_RANK": "0"}
+    done = subprocess.run([sys.executable, TRAIN, "--backend", "horovod", "--data", str(image_dataset), "--output",
+                           str(tmp_path / "m")], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--backend horovod under torchrun" in done.stderr
+    assert "Traceback" not in done.stderr

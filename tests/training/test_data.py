@@ -206,3 +206,11 @@ def test_prefetched_never_hangs_when_the_consumer_fails_after_the_producer_finis
     closer.start()
     closer.join(5)
     assert not closer.is_alive(), "closing the prefetch stream hung"
+
+
+def test_a_damaged_stored_image_is_a_dataset_error_not_a_crash():
+    from pipelines.layout import DatasetError
+    from training.data import ImageDecoder
+
+    with pytest.raises(DatasetError, match=r"stored png image cannot be decoded.*bigtrain verify"):
+        ImageDecoder("png", 1).decode(b"\x89PNG\r\n\x1a\n damaged")

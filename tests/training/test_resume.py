@@ -166,3 +166,25 @@ def test_resume_is_refused_once_the_dataset_has_a_new_snapshot_but_works_pinned_
     resumed = train(config(*small, "train.epochs=2"), data_url=str(pinned), output_dir=out,
                     dist=SingleProcess()).metrics
     assert resumed["resumed_from"] and len(resumed["history"]) == 2
+
+
+def test_two_runs_into_one_output_folder_are_refused(image_dataset, tmp_path):
+    from pipelines.locking import LockHeld, hold
+
+    with hold(str(tmp_path / ".bigtrain-train.lock"), what="another training run"):
+        with pytest.raises(LockHeld, match=f"training into {tmp_path} is already running"):
+            train(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
+        job = run_train_job("--data", str(image_dataset), "--output", str(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+        _, err = job.communicate(timeout=300)
+        assert job.returncode == 75 and "is already running" in err.decode()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_rerunning_a_finished_run_says_it_is_complete(image_dataset, tmp_path, caplog):
+    import logging
+
+    train(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
+    with caplog.at_level(logging.INFO, logger="bigtrain.train"):
+        metrics = train(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess()).metrics
+    assert "is complete (1 epochs" in caplog.text and len(metrics["history"]) == 1
