@@ -6,7 +6,9 @@ Launch:
     bigtrain pipeline history conf/pipelines/nightly_images.yaml --last 10
 
 Stages run in order as subprocesses (`python -m jobs.cli SUBCOMMAND ...`); a stage whose inputs have not changed
-since its last successful run is skipped. A second run while one holds the pipeline's lock exits at once.
+since its last successful run is skipped. A second run while one holds the pipeline's lock exits at once (75) with
+one line saying so. A bare program name (a stage's launcher: or command:) is looked up on PATH, then next to this
+Python (the virtual environment's bin).
 
 Exit codes: 0 every stage ran or was skipped; 1 a stage failed (later stages not run; the history names it and its
 log); 2 the pipeline file or a flag is wrong; 3 a preprocessing stage rejected more input than max_reject_fraction
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="override a var of the file")
     run.add_argument("--force", action="store_true", help="run every stage, changed inputs or not")
     run.add_argument("--quiet", action="store_true", help="warnings only")
-    history = sub.add_parser("history", help="the recorded runs of a pipeline, oldest first")
+    history = sub.add_parser("history", help="the recorded runs of a pipeline, oldest first (by start time)")
     history.add_argument("file", metavar="PIPELINE_YAML")
     history.add_argument("--var", action="append", default=[], metavar="NAME=VALUE")
     history.add_argument("--last", type=int, default=20, metavar="N", help="show the last N runs (default 20)")
@@ -58,11 +60,10 @@ def execute(args: argparse.Namespace) -> int:
     except runner.PipelineError as exc:
         raise UsageError(str(exc)) from None
     if args.action == "run":
-        code = runs.run(pipeline, force=args.force)
-        record = runs.read_history(pipeline)[-1]
-        print(runs.format_history([record]).splitlines()[-1] if code != runs.EXIT_LOCKED
-              else f"error: {record['error']}", file=sys.stdout if code != runs.EXIT_LOCKED else sys.stderr)
-        return code
+        record = runs.run_recorded(pipeline, force=args.force)
+        print(runs.locked_message(record) if record["status"] == "locked"
+              else runs.format_history([record]).splitlines()[-1])
+        return record["exit_code"]
     records = runs.read_history(pipeline)[-args.last:]
     if args.json:
         print("\n".join(json.dumps(r, sort_keys=True) for r in records))

@@ -13,6 +13,10 @@ from typing import Iterator
 class LockHeld(RuntimeError):
     """Another process holds the lock; the message names the lock file and its holder."""
 
+    def __init__(self, message: str, *, path: str = "", holder: dict | None = None):
+        super().__init__(message)
+        self.path, self.holder = path, holder or {}
+
 
 @contextlib.contextmanager
 def hold(path: str, *, what: str) -> Iterator[None]:
@@ -26,10 +30,20 @@ def hold(path: str, *, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip() or "unknown"
-            raise LockHeld(f"{what} is already running (lock {path} held by {holder})") from None
+            raise LockHeld(f"{what} is already running (lock {path} held by {holder})", path=path,
+                           holder=_parse_holder(holder)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                   "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode(), 0)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _parse_holder(text: str) -> dict:
+    """The holder's {"pid", "host", "since"}, or {} when the lock file holds something else."""
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}

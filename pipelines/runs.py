@@ -2,10 +2,13 @@
 and the run history (``<state>/history.jsonl``, one record per run, appended)."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,30 +44,52 @@ def append_history(pipeline: Pipeline, record: dict[str, Any]) -> None:
 
 
 def read_history(pipeline: Pipeline) -> list[dict[str, Any]]:
+    """The recorded runs, oldest start first (the file is in order of completion: a run refused by the lock ends
+    before the run that holds it)."""
     path = pipeline.state / "history.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sorted(records, key=lambda r: (r["started"], r.get("started_unix", 0.0)))
 
 
 def run(pipeline: Pipeline, *, force: bool = False) -> int:
     """Run the pipeline under its lock; returns the exit code (0 ok, 1 a stage failed, 3 a stage rejected too much
     input, 75 another run holds the lock). Every run, refused ones included, is appended to the history."""
+    return run_recorded(pipeline, force=force)["exit_code"]
+
+
+def run_recorded(pipeline: Pipeline, *, force: bool = False) -> dict[str, Any]:
+    """``run``, returning the run's history record (its ``exit_code`` is what ``run`` returns). The record is
+    appended whatever happens, also when the runner itself raises."""
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
     record: dict[str, Any] = {"run": run_id, "pipeline": pipeline.name, "file": pipeline.file, "started": _now(),
-                              "stages": []}
-    start = time.monotonic()
+                              "started_unix": round(time.time(), 3), "stages": []}
+    start, code = time.monotonic(), EXIT_FAILED
     try:
         with locking.hold(str(pipeline.state / "lock"), what=f"pipeline {pipeline.name}"):
             code = _run_stages(pipeline, run_id, record, force=force)
     except locking.LockHeld as exc:
-        record.update(status="locked", error=str(exc))
+        # Not an error: the run holding the lock does the work (README: a scheduler does nothing on 75).
+        record.update(status="locked", error=str(exc), holder=exc.holder)
         code = EXIT_LOCKED
-        log.error("%s", exc)
-    record.update(ended=_now(), seconds=round(time.monotonic() - start, 1), exit_code=code)
-    record.setdefault("status", "ok" if code == EXIT_OK else "failed")
-    append_history(pipeline, record)
-    return code
+        log.debug("%s", exc)
+    except Exception as exc:
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        record.update(ended=_now(), seconds=round(time.monotonic() - start, 1), exit_code=code)
+        record.setdefault("status", "ok" if code == EXIT_OK else "failed")
+        append_history(pipeline, record)
+    return record
+
+
+def locked_message(record: dict[str, Any]) -> str:
+    """The one line a refused (locked) run prints."""
+    holder = record.get("holder") or {}
+    who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}" if holder
+           else "another process")
+    return f"pipeline {record['pipeline']}: already running ({who}), nothing done"
 
 
 def _run_stages(pipeline: Pipeline, run_id: str, record: dict[str, Any], *, force: bool) -> int:
@@ -84,6 +109,10 @@ def _run_stages(pipeline: Pipeline, run_id: str, record: dict[str, Any], *, forc
         if code != 0:
             entry["status"] = "failed"
             record["stages"] += [{"name": s.name, "status": "not run"} for s in pipeline.stages[index + 1:]]
+            if code is None:
+                entry["error"] = log_file.read_text().strip()
+                log.error("stage %s failed: %s", stage.name, entry["error"])
+                return EXIT_FAILED
             tail = log_file.read_text(errors="replace").splitlines()[-15:]
             log.error("stage %s failed (exit %d); last lines of %s:\n  %s", stage.name, code, log_file,
                       "\n  ".join(tail))
@@ -95,13 +124,29 @@ def _run_stages(pipeline: Pipeline, run_id: str, record: dict[str, Any], *, forc
     return EXIT_OK
 
 
-def _execute(stage: Stage, logs: Path) -> tuple[int, float, Path]:
+def program_path(name: str) -> str | None:
+    """Where a stage's program is: a path as given; a bare name on PATH or, failing that, next to this Python (the
+    virtual environment's bin, which a cron line calling .venv/bin/bigtrain does not put on PATH); else None."""
+    if os.sep in name:
+        return name
+    return shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
+
+
+def _execute(stage: Stage, logs: Path) -> tuple[int | None, float, Path]:
+    """(exit code, seconds, log file) of the stage's subprocess; the code is None when its program could not be
+    started, and the log file then holds the one-line reason."""
     logs.mkdir(parents=True, exist_ok=True)
     log_file = logs / f"{stage.name}.log"
     log.info("stage %s: %s", stage.name, " ".join(stage.argv))
-    start = time.monotonic()
+    start, program = time.monotonic(), program_path(stage.argv[0])
     with open(log_file, "w") as out:
-        code = subprocess.run(stage.argv, stdout=out, stderr=subprocess.STDOUT).returncode
+        try:
+            if program is None:
+                raise FileNotFoundError(errno.ENOENT, f"not found on PATH or in {os.path.dirname(sys.executable)}")
+            code = subprocess.run([program, *stage.argv[1:]], stdout=out, stderr=subprocess.STDOUT).returncode
+        except OSError as exc:  # not found, not executable, not a program
+            out.write(f"cannot start {stage.argv[0]}: {exc.strerror}\n")
+            code = None
     return code, round(time.monotonic() - start, 1), log_file
 
 

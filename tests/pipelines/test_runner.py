@@ -3,15 +3,20 @@ and exit codes a scheduler can act on; the example nightly pipeline on the sampl
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
 from pipelines import runner, runs
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO, VENV_BIN, subprocess_env
 
 
 def write_pipeline(tmp_path, stages, **extra):
@@ -71,13 +76,81 @@ def test_a_second_concurrent_run_exits_75_and_is_recorded(tmp_path):
             time.sleep(0.05)
         second = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=60)
         assert second.returncode == 75
-        assert f"pipeline t is already running (lock {tmp_path / 'state' / 'lock'} held by" in second.stderr
+        # One calm line (a scheduler does nothing on 75), not an ERROR log plus an "error:" echo.
+        assert re.fullmatch(rf"pipeline t: already running \(pid {first.pid} on {re.escape(socket.gethostname())} "
+                            r"since [0-9T:+-]+\), nothing done\n", second.stdout) and second.stderr == ""
     finally:
         go.write_text("")
         first.wait(timeout=60)
     assert first.returncode == 0, first.stderr
-    history = runs.read_history(runner.load(file))
-    assert [(r["status"], r["exit_code"]) for r in history] == [("locked", 75), ("ok", 0)]
+    history = runs.read_history(runner.load(file))  # oldest start first: the lock holder, then the run it refused
+    assert [(r["status"], r["exit_code"]) for r in history] == [("ok", 0), ("locked", 75)]
+    assert history[1]["holder"]["pid"] == first.pid
+
+
+def test_history_is_in_start_order_not_completion_order(tmp_path):
+    file = write_pipeline(tmp_path, [{"name": "a", "command": py("pass")}])
+    pipeline = runner.load(file)
+    late = {"run": "late", "started": "2026-11-29T04:59:04Z", "status": "locked", "exit_code": 75, "stages": []}
+    early = {"run": "early", "started": "2026-11-29T04:59:02Z", "status": "ok", "exit_code": 0, "stages": []}
+    same_second = [{"run": f"s{i}", "started": "2026-11-29T05:00:00Z", "started_unix": t, "status": "ok",
+                    "exit_code": 0, "stages": []} for i, t in ((2, 1795928400.9), (1, 1795928400.1))]
+    for record in (late, early, *same_second):  # appended as they completed
+        runs.append_history(pipeline, record)
+    assert [r["run"] for r in runs.read_history(pipeline)] == ["early", "late", "s1", "s2"]
+
+
+def clean_env() -> dict[str, str]:
+    """The cron situation: .venv/bin/bigtrain called by path, the virtual environment's bin not on PATH."""
+    env = subprocess_env()
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p and Path(p) != VENV_BIN)
+    return env
+
+
+def test_a_launcher_in_the_venv_bin_is_found_without_the_venv_on_path(tmp_path):
+    assert shutil.which("bigtrain", path=clean_env()["PATH"]) is None
+    file = write_pipeline(tmp_path, [{"name": "help", "launcher": ["bigtrain"], "command": ["datasets", "--help"]}])
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "pipeline", "run", file], cwd=REPO, env=clean_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert statuses(file) == [["ran"]]
+    assert "usage: bigtrain datasets" in (tmp_path / "state" / "logs").glob("*/help.log").__next__().read_text()
+
+
+def test_a_stage_whose_program_cannot_start_fails_with_one_line_and_is_recorded(tmp_path):
+    file = write_pipeline(tmp_path, [{"name": "train", "launcher": ["no-such-horovodrun", "-np", "2"],
+                                      "command": ["python", "-c", "pass"]},
+                                     {"name": "after", "command": py("pass")}])
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "pipeline", "run", file], cwd=REPO, env=clean_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    reason = f"cannot start no-such-horovodrun: not found on PATH or in {VENV_BIN}"
+    assert f"stage train failed: {reason}" in done.stderr
+    [record] = runs.read_history(runner.load(file))
+    assert (record["status"], record["exit_code"]) == ("failed", 1)
+    assert [(s["name"], s["status"], s.get("error")) for s in record["stages"]] == [
+        ("train", "failed", reason), ("after", "not run", None)]
+
+
+def test_a_program_that_is_not_executable_fails_the_stage(tmp_path):
+    script = tmp_path / "not-executable.sh"
+    script.write_text("#!/bin/sh\n")
+    pipeline = runner.load(write_pipeline(tmp_path, [{"name": "s", "command": [str(script)]}]))
+    assert runs.run(pipeline) == 1
+    assert runs.read_history(pipeline)[0]["stages"][0]["error"] == f"cannot start {script}: Permission denied"
+
+
+def test_the_run_is_recorded_even_when_the_runner_itself_raises(tmp_path, monkeypatch):
+    pipeline = runner.load(write_pipeline(tmp_path, [{"name": "s", "command": py("pass")}]))
+
+    def broken(stage):
+        raise KeyError("fingerprint")
+
+    monkeypatch.setattr(runs, "stage_fingerprint", broken)
+    with pytest.raises(KeyError):
+        runs.run(pipeline)
+    [record] = runs.read_history(pipeline)
+    assert (record["status"], record["exit_code"], record["error"]) == ("failed", 1, "KeyError: 'fingerprint'")
 
 
 @pytest.mark.parametrize("spec, message", [
