@@ -111,8 +111,6 @@ def run(args: argparse.Namespace) -> int:
     input_url, output_url = layout.to_url(args.input), layout.to_url(args.output)
     if input_url.startswith("file://") and not os.path.isdir(input_url[len("file://"):]):
         raise UsageError(f"--input {args.input}: no such directory")
-    if input_url.rstrip("/") == output_url.rstrip("/"):
-        raise UsageError(f"--output {args.output} must differ from --input")
     return run_preprocessing(
         job="preprocess-images", unit="files", master=resolve_master(args.master, config.master),
         spark_conf=config.spark_conf, input_url=input_url, output_url=output_url,
