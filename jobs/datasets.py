@@ -2,6 +2,7 @@
 
 Launch:
     bigtrain datasets list data/images_ds            # every snapshot, newest last; * marks the current one
+    bigtrain datasets list data/images_ds/snapshots/000002-20261129T040743Z   # the same, this one marked <-
     bigtrain datasets show data/images_ds            # the current snapshot in detail (or a snapshot folder)
     bigtrain datasets show data/images_ds --json     # its whole manifest
 """
@@ -18,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bigtrain datasets", description="The snapshots of a dataset.")
     sub = parser.add_subparsers(dest="action", required=True)
     listing = sub.add_parser("list", help="every snapshot of a dataset, oldest first")
-    listing.add_argument("dataset", metavar="DATASET")
+    listing.add_argument("dataset", metavar="DATASET_OR_SNAPSHOT",
+                         help="a dataset folder, or one of its snapshot folders (marked in the list)")
     show = sub.add_parser("show", help="one snapshot: lineage, inputs, counts per split and class, files")
     show.add_argument("dataset", metavar="DATASET_OR_SNAPSHOT")
     show.add_argument("--json", action="store_true", help="print the whole manifest (metadata.json)")
@@ -31,25 +33,38 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(lambda: list_snapshots(args.dataset) if args.action == "list" else show(args.dataset, args.json))
 
 
+def dataset_and_snapshot(url: str) -> tuple[str, str | None]:
+    """(dataset URL, snapshot id) of a snapshot folder (``<dataset>/snapshots/<id>``); (url, None) of anything else."""
+    from pipelines import layout
+
+    parent, _, name = url.rstrip("/").rpartition("/")
+    if parent.rpartition("/")[2] == layout.SNAPSHOTS_DIR and not any(layout.snapshot_ids(url)):
+        return parent.rpartition("/")[0], name
+    return url, None
+
+
 def list_snapshots(dataset: str) -> int:
     from pipelines import layout
 
-    url = layout.to_url(dataset)
+    url, given = dataset_and_snapshot(layout.to_url(dataset))
     committed, uncommitted = layout.snapshot_ids(url)
+    if given is not None and given not in committed + uncommitted:
+        raise layout.DatasetError(f"{dataset}: no snapshot {given} in {url}")
     if not committed and not uncommitted:
         raise layout.DatasetError(f"{layout.join(url, layout.SNAPSHOTS_DIR)} not found: {url} holds no snapshots")
     print(f"{'':1} {'snapshot':<24} {'committed':<21} {'run':<12} {'train':>8} {'valid':>7} {'test':>7} "
           f"{'rejected':>8} {'inputs':>7}  parent")
     for sid in sorted(committed + uncommitted):
+        marker = "  <- given" if sid == given else ""
         if sid in uncommitted:
-            print(f"  {sid:<24} {'(uncommitted)':<21}")
+            print(f"  {sid:<24} {'(uncommitted)':<21}{marker}")
             continue
         meta = layout.read_metadata(layout.join(url, layout.SNAPSHOTS_DIR, sid))
         snap, rows = meta["snapshot"], {k: v["rows"] for k, v in meta["splits"].items()}
         mark = "*" if sid == committed[-1] else " "
         print(f"{mark} {sid:<24} {snap['committed']:<21} {snap['run']:<12} {rows.get('train', 0):>8} "
               f"{rows.get('validation', 0):>7} {rows.get('test', 0):>7} {meta['rejected']:>8} "
-              f"{snap['inputs']['files']:>7}  {snap['parent'] or '-'}")
+              f"{snap['inputs']['files']:>7}  {snap['parent'] or '-'}{marker}")
     return EXIT_OK
 
 

@@ -245,9 +245,22 @@ def read_inputs(snapshot_url: str) -> dict[str, tuple[str, int, int]]:
     return {r["relpath"]: (r["path"], r["size"], r["mtime_ms"]) for r in rows}
 
 
+def _only_uncommitted(url: str) -> list[Problem]:
+    """One problem per uncommitted snapshot folder of a dataset that has no committed snapshot (else none: a
+    snapshot folder has no snapshots/ of its own)."""
+    committed, uncommitted = layout.snapshot_ids(url)
+    if committed:
+        return []
+    return [Problem(url, f"no committed snapshot; uncommitted folder {layout.SNAPSHOTS_DIR}/{sid} left by a run that "
+                         "did not finish (or one still writing it): rerun the job") for sid in uncommitted]
+
+
 def verify(url: str, *, checksums: bool = True) -> tuple[str, dict[str, Any] | None, list[Problem]]:
     """(snapshot URL, its metadata, problems) of a dataset's current snapshot or of one snapshot folder: every file
     against the manifest, and each split's rows against the rows its files hold."""
+    unfinished = _only_uncommitted(url)
+    if unfinished:
+        return url, None, unfinished
     snapshot_url = layout.resolve_snapshot(url)
     try:
         metadata = layout.read_metadata(snapshot_url)

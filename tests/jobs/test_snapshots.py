@@ -154,6 +154,42 @@ def test_readers_never_open_an_uncommitted_snapshot(image_dataset, tmp_path):
         load_dataset_info(str(ds))
 
 
+def test_verify_reports_a_dataset_with_only_an_uncommitted_snapshot_as_a_problem(image_dataset, tmp_path, capsys):
+    from jobs.verify import main as verify
+
+    ds = tmp_path / "ds"
+    shutil.copytree(image_dataset, ds / "snapshots" / "000001-20261128T020000Z",
+                    ignore=shutil.ignore_patterns("metadata.json"))
+    assert verify([str(ds)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [
+        f"verify {to_url(str(ds))}: 1 problem(s)",
+        f"  {to_url(str(ds))}: no committed snapshot; uncommitted folder snapshots/000001-20261128T020000Z left by "
+        "a run that did not finish (or one still writing it): rerun the job"] and captured.err == ""
+    assert verify([str(ds), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["problems"][0].endswith("rerun the job")
+
+
+def test_datasets_list_takes_a_snapshot_folder_and_marks_it(image_dataset, tmp_path, capsys):
+    from jobs.datasets import main as datasets
+
+    ds = tmp_path / "ds"
+    for sid in ("000001-20261127T020000Z", "000002-20261128T020000Z"):
+        shutil.copytree(image_dataset, ds / "snapshots" / sid)
+    shutil.copytree(image_dataset, ds / "snapshots" / "000003-20261129T020000Z",
+                    ignore=shutil.ignore_patterns("metadata.json"))
+    assert datasets(["list", str(ds)]) == 0
+    whole = capsys.readouterr().out
+    for given in ("000001-20261127T020000Z", "000003-20261129T020000Z"):
+        assert datasets(["list", str(ds / "snapshots" / given)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [line for line in lines if line.endswith("  <- given")] == [
+            line + "  <- given" for line in whole.splitlines() if given in line]
+        assert [line.removesuffix("  <- given") for line in lines] == whole.splitlines()
+    assert datasets(["list", str(ds / "snapshots" / "000009-20261130T020000Z")]) == 1
+    assert f"no snapshot 000009-20261130T020000Z in {to_url(str(ds))}" in capsys.readouterr().err
+
+
 def test_verify_reads_a_dataset_on_s3(s3_server, image_dataset, tmp_path, monkeypatch, capsys):
     import fsspec
     import s3fs
