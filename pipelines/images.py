@@ -6,6 +6,7 @@ in Arrow batches through ``mapInPandas``. No transform here builds a session, na
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
@@ -51,6 +52,15 @@ def split_relpath(path: str, root_url: str) -> tuple[str | None, str | None]:
     return relpath, (head if sep else None)
 
 
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _message(exc: Exception) -> str:
+    """Pillow's message without the repr of the in-memory file it read (``<_io.BytesIO object at 0x7f...>``), so
+    the same bad file gets the same reason in every run."""
+    return _OBJECT_REPR.sub("", str(exc))
+
+
 def to_array(content: bytes, params: DecodeParams) -> np.ndarray:
     """Decode one file's bytes to a uint8 array of shape (N, N) or (N, N, 3); RejectedImage if unusable."""
     from PIL import Image, UnidentifiedImageError
@@ -67,9 +77,9 @@ def to_array(content: bytes, params: DecodeParams) -> np.ndarray:
     except RejectedImage:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise RejectedImage(f"not a readable image: {exc}") from None
+        raise RejectedImage(f"not a readable image: {_message(exc)}") from None
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports truncation and corruption as these
-        raise RejectedImage(f"corrupt or truncated image: {exc}") from None
+        raise RejectedImage(f"corrupt or truncated image: {_message(exc)}") from None
     img = _to_mode(img, "L" if params.channels == 1 else "RGB")
     img = img.resize((params.image_size, params.image_size), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
