@@ -119,18 +119,24 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     return build_model(payload), payload
 
 
-def base_payload(model, model_name: str, config, info) -> dict[str, Any]:
-    """What every checkpoint holds: weights, model name, config, class map, the dataset's identity, and what predict
-    needs to treat raw inputs as preprocessing did (the job's config; the vocabulary of a sequence dataset)."""
+def base_payload(model, model_name: str, config, info, *, dataset: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What every checkpoint holds: weights, model name, config, class map, and ``dataset_entry(info)`` (pass it
+    in when saving often: it reads the vocabulary)."""
+    return {"model_state": model.state_dict(), "model": model_name, "config": asdict(config),
+            "classes": info.classes, "class_to_index": info.metadata["class_to_index"],
+            "dataset": dataset if dataset is not None else dataset_entry(info)}
+
+
+def dataset_entry(info) -> dict[str, Any]:
+    """The dataset's identity, and what predict needs to treat raw inputs as preprocessing did (the job's config;
+    the vocabulary of a sequence dataset)."""
     from pipelines import layout
 
     vocabulary = layout.read_vocabulary(info.url) if info.kind == "sequence" else None
-    return {"model_state": model.state_dict(), "model": model_name, "config": asdict(config),
-            "classes": info.classes, "class_to_index": info.metadata["class_to_index"],
-            "dataset": {"url": info.url, "kind": info.kind, "image": info.metadata.get("image"),
-                        "sequence": info.metadata.get("sequence"), "snapshot_id": dataset_identity(info),
-                        "preprocess": info.metadata.get("config"),  # how raw inputs were turned into rows
-                        "vocabulary": vocabulary}}
+    return {"url": info.url, "kind": info.kind, "image": info.metadata.get("image"),
+            "sequence": info.metadata.get("sequence"), "snapshot_id": dataset_identity(info),
+            "preprocess": info.metadata.get("config"),  # how raw inputs were turned into rows
+            "vocabulary": vocabulary}
 
 
 def dataset_identity(info) -> str:

@@ -56,14 +56,20 @@ class Run:
     options: ReadOptions
     device: torch.device
     scaler: Any                     # torch.amp.GradScaler, enabled only for mixed precision on GPU
-    identity: str                   # the dataset snapshot the run trains on
+    dataset: dict[str, Any]         # checkpoint.dataset_entry: identity, preprocessing config, vocabulary
     metrics_log: Any = None         # reports.MetricsLog on rank 0
+
+    @property
+    def identity(self) -> str:
+        """The dataset snapshot the run trains on."""
+        return self.dataset["snapshot_id"]
 
     def peak_lr(self, dist) -> float:
         return self.base_lr * (dist.size if self.config.scale_lr else 1)  # Horovod: scale the lr by the ranks
 
     def base_payload(self) -> dict[str, Any]:
-        return checkpoint.base_payload(unwrap(self.model), self.model_name, self.config, self.info)
+        return checkpoint.base_payload(unwrap(self.model), self.model_name, self.config, self.info,
+                                       dataset=self.dataset)
 
 
 def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist, elastic: bool = False) -> TrainResult:
@@ -140,10 +146,8 @@ def prepare(config: TrainConfig, data_url: str, output_dir: Path, dist) -> Run:
     optimizer = make_optimizer(optimizer_name, config, model, base_lr)
     optimizer = dist.distributed_optimizer(optimizer, model, backward_passes_per_step=config.backward_passes_per_step,
                                            fp16_compression=config.fp16_compression)
-    from training.checkpoint import dataset_identity
-
     return Run(config, info, output_dir, wrapped, optimizer, model_name, optimizer_name, base_lr, task, options, device,
-               torch.amp.GradScaler(device.type, enabled=amp), dataset_identity(info))
+               torch.amp.GradScaler(device.type, enabled=amp), checkpoint.dataset_entry(info))
 
 
 def start_or_resume(run: Run, dist) -> tuple[Progress, str | None]:
@@ -255,8 +259,8 @@ def train_epoch(run: Run, progress: Progress, dist, commit=None) -> dict[str, fl
     steps = plan.steps(config.batch_size)
     k = config.backward_passes_per_step
     local = torch.zeros(5, dtype=torch.float64)  # loss * n, correct, n, seconds waiting for data, seconds in steps
-    base = torch.tensor(progress.sums + progress.stall, dtype=torch.float64) if dist.rank == 0 else torch.zeros(5,
-                                                                                                   dtype=torch.float64)
+    # The resumed epoch's sums so far (over all ranks) are counted once, on rank 0.
+    base = torch.tensor(progress.sums + progress.stall if dist.rank == 0 else [0.0] * 5, dtype=torch.float64)
     progress_bar = _progress(steps, f"epoch {progress.epoch + 1}", config, dist, initial=progress.step)
     batches = training_batches(split, plan, run.options, batch_size=config.batch_size, epoch=progress.epoch,
                                collate=run.task.collate, counter=counter)
