@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="horovod: Horovod (horovodrun); torch: PyTorch DDP (torchrun; Gloo on CPU, NCCL on GPU); "
                              "single: one process; auto: torch under torchrun, else Horovod when installed "
                              "(a world of one without horovodrun)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                        help="auto (default): each process trains on its own GPU (cuda:LOCAL_RANK) when the host has "
+                             "GPUs, else on the CPU; cuda: fail if there is none; cpu: never use a GPU")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     recovery = parser.add_argument_group("checkpoints, resume and elastic runs")
     resume_flags = recovery.add_mutually_exclusive_group()
@@ -82,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="clip the global gradient norm to X")
     knobs.add_argument("--weight-decay", type=positive_float("--weight-decay", allow_zero=True), metavar="X")
     knobs.add_argument("--mixed-precision", action="store_true", default=None,
-                       help="autocast and gradient scaling on GPU (a logged no-op on CPU)")
+                       help="on GPU: autocast to bfloat16 where the GPU supports it (else float16 with gradient "
+                            "scaling); a logged no-op on CPU")
     knobs.add_argument("--early-stopping-patience", type=positive_int("--early-stopping-patience", allow_zero=True), metavar="N",
                        help="stop after N epochs without validation loss improving (0: off)")
     launch = parser.add_argument_group("launching on a Spark cluster")
@@ -114,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
              "warmup_epochs": args.warmup_epochs, "backward_passes_per_step": args.backward_passes_per_step,
              "fp16_compression": args.fp16_compression, "grad_clip_norm": args.grad_clip_norm,
              "weight_decay": args.weight_decay, "mixed_precision": args.mixed_precision,
-             "early_stopping_patience": args.early_stopping_patience}
+             "early_stopping_patience": args.early_stopping_patience, "device": args.device}
     config = load_section("train", TrainConfig, config_file=args.config, overrides=args.overrides, flags=flags)
     if args.launcher == "spark":
         if args.elastic:
@@ -122,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         return run_spark(args, config)
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise UsageError(f"--output {args.output} is a file; training writes a folder there")
-    dist = init_distributed(args.backend)
+    dist = init_distributed(args.backend, device=config.device)
     setup_logging(rank=dist.rank)
     if args.elastic and dist.name != "horovod":
         raise UsageError(f"--elastic needs the Horovod backend (this run uses {dist.name}); launch it with "

@@ -73,6 +73,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 2
     resume: Literal["auto", "require", "never"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def validate(self, prefix: str) -> None:
         _require(self.epochs >= 1, f"{prefix}.epochs", f"must be at least 1, got {self.epochs}")

@@ -13,6 +13,7 @@ job writes row groups of near-equal size, shards are near-equal, but never assum
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -25,7 +26,7 @@ from pipelines import layout
 from training import petastorm_fixes
 
 log = logging.getLogger(__name__)
-petastorm_fixes.install()  # Petastorm 0.13.1's thread pool can end a read early; see training/petastorm_fixes.py
+petastorm_fixes.install()  # Petastorm 0.13.1 can end a read early and unpickles schemas; see training/petastorm_fixes.py
 # Sequence datasets hold only plain Parquet types (ScalarCodec), which make_batch_reader reads as they are; its
 # warning that a Petastorm dataset wants make_reader is about codec-encoded fields.
 warnings.filterwarnings("ignore", message=r"Please use make_reader", category=UserWarning)
@@ -118,7 +119,11 @@ class ReadOptions:
     shuffle: bool = True
     shuffle_buffer: int = 1024
     seed: int = 0
-    columnar: bool = False                       # Petastorm's make_batch_reader (whole row groups as columns)
+    # True: Petastorm's make_batch_reader (whole row groups as columns, as Parquet stores them; never unpickles the
+    # stored schema). False: make_reader, which decodes Petastorm codecs (images to arrays) and for that needs the
+    # Unischema pickled in the dataset (and pyspark to unpickle it): only for reading a dataset the way plain
+    # Petastorm does; training and evaluation never use it.
+    columnar: bool = True
     sort_key: Callable[[Any], Any] | None = None  # training: batch rows of similar key (length) together
     prefetch: int = 0                            # batches collated ahead in a background thread (0: none)
 
@@ -187,8 +192,10 @@ def read_shard_once(split: SplitInfo, plan: ShardPlan, options: ReadOptions, pas
     if split.rows == 0:
         return
     make = make_batch_reader if options.columnar else make_reader
-    reader = make(split.url, schema_fields=list(options.fields), reader_pool_type="thread", num_epochs=1,
-                  filesystem=legacy_filesystem(split.url), **_reader_kwargs(plan, options, pass_seed))
+    schema = petastorm_fixes.arrow_schema_only() if options.columnar else contextlib.nullcontext()
+    with schema:  # columnar: the columns as Parquet stores them; the pickled schema is never loaded
+        reader = make(split.url, schema_fields=list(options.fields), reader_pool_type="thread", num_epochs=1,
+                      filesystem=legacy_filesystem(split.url), **_reader_kwargs(plan, options, pass_seed))
     try:
         rows = _columnar_rows(reader, options.fields) if options.columnar else iter(reader)
         for position, row in enumerate(rows):
@@ -460,15 +467,17 @@ class ImageDecoder:
 
 
 def image_collate(rows: list[Any], decoder: ImageDecoder | None = None):
-    """Rows -> ((images float32 (B, C, H, W) in [0, 1],), labels int64 (B,), sample ids int64 (B,)).
+    """Rows -> ((images uint8 (B, C, H, W),), labels int64 (B,), sample ids int64 (B,)).
 
-    With a ``decoder`` the rows hold the stored bytes (columnar reading) and are decoded here, as a batch."""
+    Images stay uint8 until they are on the training device (a quarter of float32's bytes to copy); the models
+    scale them to [0, 1] there. With a ``decoder`` the rows hold the stored bytes (columnar reading) and are
+    decoded here, as a batch."""
     import torch
 
     images = np.stack(decoder([row.image for row in rows]) if decoder else [row.image for row in rows])
     if images.ndim == 3:  # grayscale is stored as (H, W)
         images = images[:, :, :, None]
-    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float().div_(255.0)
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     return (x,), *_labels_and_ids(rows)
 
 
@@ -490,6 +499,7 @@ class Task:
     collate: Callable[[list[Any]], Any]
     columnar: bool
     sort_key: Callable[[Any], Any] | None
+    host_inputs: tuple[int, ...] = ()   # model inputs that stay on the host (sequence lengths, read by packing)
 
 
 def task_for(metadata: dict[str, Any], *, length_bucketing: bool = True, decode_threads: int = 2) -> Task:
@@ -505,7 +515,7 @@ def task_for(metadata: dict[str, Any], *, length_bucketing: bool = True, decode_
     if kind == "sequence":
         collate = functools.partial(sequence_collate, dtype=metadata["sequence"]["token_dtype"])
         return Task(("tokens", "length", "label", "sample_id"), collate, columnar=True,
-                    sort_key=_length if length_bucketing else None)
+                    sort_key=_length if length_bucketing else None, host_inputs=(1,))
     raise layout.DatasetError(f"dataset kind {kind!r} is not image or sequence")
 
 

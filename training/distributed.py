@@ -12,18 +12,22 @@ import socket
 
 import torch
 
+from training.device import pin_process, process_group_backend, select_device
 from training.errors import LaunchError
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "horovod", "torch", "single")
-
-
 class SingleProcess:
     """World of one: what the loop sees under plain ``python jobs/train.py`` when Horovod is not installed."""
 
     name = "single"
     rank, size, local_rank, local_size, hosts = 0, 1, 0, 1, 1
     peer_errors: tuple[type[BaseException], ...] = ()  # what a collective raises when another rank is gone
+
+    def __init__(self, device: str = "auto"):
+        self.device = select_device(device, 0, cuda_available=torch.cuda.is_available(),
+                                    device_count=torch.cuda.device_count())
+        pin_process(self.device)
 
     def allreduce_sum(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
         return tensor
@@ -65,7 +69,7 @@ class HorovodBackend(SingleProcess):
 
     name = "horovod"
 
-    def __init__(self):
+    def __init__(self, device: str = "auto"):
         import horovod.torch as hvd
 
         hvd.init()  # Horovod: join the job started by horovodrun (or a world of one)
@@ -73,6 +77,14 @@ class HorovodBackend(SingleProcess):
         from horovod.common.exceptions import HorovodInternalError
 
         self.peer_errors = (HorovodInternalError,)
+        # Horovod: one GPU per process, chosen by local rank; CUDA tensors go over NCCL (when Horovod was built
+        # with it), the CPU tensors of metrics and barriers over Gloo.
+        self.device = select_device(device, hvd.local_rank(), cuda_available=torch.cuda.is_available(),
+                                    device_count=torch.cuda.device_count())
+        pin_process(self.device)
+        if self.device.type == "cuda" and not hvd.nccl_built():
+            log.warning("Horovod was built without NCCL: gradients of CUDA tensors are copied through the host "
+                        "(rebuild with scripts/build_horovod.sh on a host with CUDA torch and nvcc)")
 
     rank = property(lambda self: self.hvd.rank())
     size = property(lambda self: self.hvd.size())
@@ -112,25 +124,28 @@ class HorovodBackend(SingleProcess):
 
 
 class TorchBackend(SingleProcess):
-    """PyTorch DistributedDataParallel: Gloo on CPU, NCCL on GPU, in a world set up by ``torchrun`` (which sets
-    RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT)."""
+    """PyTorch DistributedDataParallel in a world set up by ``torchrun`` (which sets RANK, WORLD_SIZE, LOCAL_RANK,
+    LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT): one process per GPU, NCCL for CUDA tensors and Gloo for CPU
+    tensors (``process_group_backend``); Gloo alone on CPU hosts."""
 
     name = "torch"
 
-    def __init__(self):
+    def __init__(self, device: str = "auto"):
         import torch.distributed as tdist
 
         missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
         if missing:
             raise LaunchError(f"--backend torch needs the environment torchrun sets ({', '.join(missing)} missing): "
                               "launch with `torchrun --nproc_per_node N jobs/train.py --backend torch ...`")
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.device = select_device(device, self.local_rank, cuda_available=torch.cuda.is_available(),
+                                    device_count=torch.cuda.device_count())
+        pin_process(self.device)  # DDP: this rank's GPU, before the process group starts
         if not tdist.is_initialized():
-            tdist.init_process_group(backend)  # DDP: join the world torchrun started
+            tdist.init_process_group(process_group_backend(self.device))  # DDP: join the world torchrun started
         self.tdist = tdist
         self.peer_errors = (tdist.DistBackendError,)
         self.rank, self.size = tdist.get_rank(), tdist.get_world_size()
-        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         names: list = [None] * self.size
         tdist.all_gather_object(names, socket.gethostname())  # DDP: count the hosts taking part
         self.hosts = len(set(names))
@@ -171,7 +186,9 @@ class TorchBackend(SingleProcess):
     def wrap_model(self, model: torch.nn.Module, *, fp16_compression: bool = False) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
-        wrapped = DistributedDataParallel(model)  # DDP: gradients averaged over ranks during backward
+        # DDP: gradients averaged over ranks during backward; on GPU, each process drives its own device.
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(model, device_ids=device_ids)
         if fp16_compression:
             from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
@@ -195,26 +212,26 @@ def launched_by_torchrun() -> bool:
                                                     and "MASTER_ADDR" in os.environ)
 
 
-def init_distributed(backend: str = "auto"):
+def init_distributed(backend: str = "auto", device: str = "auto"):
     """``auto``: DDP under torchrun, else Horovod when installed, else a single process. ``horovod`` and ``torch``:
-    that backend or an error."""
+    that backend or an error. ``device`` (auto, cpu, cuda): where this process trains; the backend pins it."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "single":
-        return SingleProcess()
+        return SingleProcess(device)
     if backend == "torch" or (backend == "auto" and launched_by_torchrun()):
-        return TorchBackend()
+        return TorchBackend(device)
     if launched_by_torchrun():  # each process would train alone, all into the same --output
         raise LaunchError("--backend horovod under torchrun: torchrun does not start Horovod ranks; launch with "
                           "horovodrun, or use --backend torch")
     try:
-        return HorovodBackend()
+        return HorovodBackend(device)
     except ImportError as exc:
         if backend == "horovod":
             raise LaunchError(f"Horovod is not importable ({exc}); run `make setup`, or use --backend torch "
                               "under torchrun") from exc
         log.warning("Horovod is not installed: training in a single process")
-        return SingleProcess()
+        return SingleProcess(device)
 
 
 def set_threads(dist) -> int:

@@ -8,6 +8,7 @@ one (``train.resume``), ending with the same weights as a run that was never int
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from training import checkpoint, resume
 from training.config import TrainConfig
 from training.data import (DataCoverageError, DatasetInfo, EpochCounter, ReadOptions, Task, evaluation_batches,
                            load_dataset_info, plan_shard, task_for, training_batches)
+from training.device import Precision, describe, pinned, precision_for, to_device
 from training.distributed import set_threads, unwrap
 from training.models import DEFAULT_OPTIMIZER, build_model, resolve_model_name
 from training.resume import Progress
@@ -54,8 +56,9 @@ class Run:
     base_lr: float                  # per rank, before scaling by the world size and the schedule
     task: Task
     options: ReadOptions
-    device: torch.device
-    scaler: Any                     # torch.amp.GradScaler, enabled only for mixed precision on GPU
+    device: torch.device            # the backend's: this rank's GPU, or the CPU
+    scaler: Any                     # torch.amp.GradScaler, enabled only for float16 mixed precision on GPU
+    precision: Precision            # autocast dtype (bfloat16 where the GPU has it) or float32
     dataset: dict[str, Any]         # checkpoint.dataset_entry: identity, preprocessing config, vocabulary
     metrics_log: Any = None         # reports.MetricsLog on rank 0
 
@@ -106,9 +109,10 @@ def _train(config: TrainConfig, data_url: str, output_dir: Path, dist, elastic: 
     progress, resumed_from = start_or_resume(run, dist)
     if dist.rank == 0:
         plan = plan_shard(run.info.splits["train"].row_group_sizes, 0, dist.size)
-        log.info("training %s on %s (snapshot %s): %d train rows, %d ranks on %d hosts x %d threads (%s), "
-                 "%d steps/epoch of %d, %s lr %.4g%s", run.model_name, run.info.url, run.identity,
-                 run.info.splits["train"].rows, dist.size, dist.hosts, threads, dist.name,
+        log.info("training %s on %s (snapshot %s): %d train rows, %d ranks on %d hosts x %d threads (%s; rank 0 on "
+                 "%s, %s), %d steps/epoch of %d, %s lr %.4g%s", run.model_name, run.info.url, run.identity,
+                 run.info.splits["train"].rows, dist.size, dist.hosts, threads, dist.name, describe(run.device),
+                 run.precision.name,
                  plan.steps(config.batch_size), config.batch_size, run.optimizer_name, run.peak_lr(dist),
                  "" if plan.by_row_group else " (fewer row groups than ranks: row sharding)")
     try:
@@ -129,16 +133,18 @@ def prepare(config: TrainConfig, data_url: str, output_dir: Path, dist) -> Run:
     if info.splits["train"].rows == 0:
         raise DatasetError(f"split {info.splits['train'].url} is empty: nothing to train on")
     torch.manual_seed(config.seed)
-    device = torch.device("cuda", dist.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    device = dist.device
     model = build_model(config.model, metadata=info.metadata, config=config).to(device)
     model_name = resolve_model_name(config.model, info.metadata)
     default_optimizer, default_lr = DEFAULT_OPTIMIZER[model_name]
     optimizer_name = default_optimizer if config.optimizer == "auto" else config.optimizer
     base_lr = default_lr if config.lr is None else config.lr
-    amp = config.mixed_precision and device.type == "cuda"
-    if config.mixed_precision and not amp and dist.rank == 0:
+    precision = precision_for(config.mixed_precision, device)
+    if config.mixed_precision and precision.autocast is None and dist.rank == 0:
         log.info("train.mixed_precision: no GPU here, training in float32 on CPU (the setting only acts on GPU)")
     task = task_for(info.metadata, length_bucketing=config.length_bucketing, decode_threads=config.loader_workers)
+    if device.type == "cuda":  # batches land in page-locked memory in the loader's thread: copies don't block
+        task = dataclasses.replace(task, collate=pinned(task.collate, task.host_inputs))
     options = ReadOptions(task.fields, workers=config.loader_workers, shuffle=True, shuffle_buffer=config.shuffle_buffer,
                           seed=config.seed, columnar=task.columnar, sort_key=task.sort_key,
                           prefetch=config.prefetch_batches)
@@ -147,7 +153,7 @@ def prepare(config: TrainConfig, data_url: str, output_dir: Path, dist) -> Run:
     optimizer = dist.distributed_optimizer(optimizer, model, backward_passes_per_step=config.backward_passes_per_step,
                                            fp16_compression=config.fp16_compression)
     return Run(config, info, output_dir, wrapped, optimizer, model_name, optimizer_name, base_lr, task, options, device,
-               torch.amp.GradScaler(device.type, enabled=amp), checkpoint.dataset_entry(info))
+               torch.amp.GradScaler(device.type, enabled=precision.scaled), precision, checkpoint.dataset_entry(info))
 
 
 def start_or_resume(run: Run, dist) -> tuple[Progress, str | None]:
@@ -259,12 +265,15 @@ def train_epoch(run: Run, progress: Progress, dist, commit=None) -> dict[str, fl
     steps = plan.steps(config.batch_size)
     k = config.backward_passes_per_step
     local = torch.zeros(5, dtype=torch.float64)  # loss * n, correct, n, seconds waiting for data, seconds in steps
+    # loss * n, correct, n summed where the model runs: reading them every step would wait for the GPU each time
+    on_device = torch.zeros(3, dtype=torch.float64, device=run.device)
     # The resumed epoch's sums so far (over all ranks) are counted once, on rank 0.
     base = torch.tensor(progress.sums + progress.stall if dist.rank == 0 else [0.0] * 5, dtype=torch.float64)
     progress_bar = _progress(steps, f"epoch {progress.epoch + 1}", config, dist, initial=progress.step)
     batches = training_batches(split, plan, run.options, batch_size=config.batch_size, epoch=progress.epoch,
                                collate=run.task.collate, counter=counter)
     skip, waited_since = progress.step, time.monotonic()
+    started, trained = waited_since, 0
     for index, (inputs, y, _ids) in enumerate(batches):
         if index < skip:  # trained before the interruption: read (same order) and passed over
             waited_since = time.monotonic()
@@ -274,25 +283,31 @@ def train_epoch(run: Run, progress: Progress, dist, commit=None) -> dict[str, fl
         group_size = min(k, steps - group_start)
         last_of_group = index + 1 == group_start + group_size
         loss, hits = _forward_backward(run, inputs, y, group_size, dist, sync=last_of_group)
-        local[:3] += torch.tensor([loss * len(y), hits, len(y)], dtype=torch.float64)
+        on_device[0] += loss.double() * len(y)
+        on_device[1] += hits
+        on_device[2] += len(y)
+        trained += len(y)
         progress.step = index + 1
         if last_of_group:
             _optimizer_step(run, dist, lr=run.peak_lr(dist) * lr_factor(config, progress.epoch + progress.step / steps))
             progress.global_step += 1
             every = config.checkpoint_every_steps
             if every and progress.global_step % every == 0 and progress.step < steps:
+                local[:3] = on_device.cpu()
                 totals = base + dist.allreduce_sum(local, name=f"partial_{progress.global_step}")
                 progress.sums, progress.stall = totals[:3].tolist(), totals[3:].tolist()
                 save_resume_point(run, progress, dist, commit)
         now = time.monotonic()
         local[3:] += torch.tensor([got - waited_since, now - got], dtype=torch.float64)
         waited_since = now
-        _report_step(progress_bar, progress, steps, local, config, dist)
+        _report_step(progress_bar, progress, steps, local, on_device, config, dist)
     if progress_bar is not None:
         progress_bar.close()
-    coverage = torch.tensor([counter.first_pass_rows, counter.padding_rows], dtype=torch.float64)
+    local[:3] = on_device.cpu()  # waits for the epoch's last step
+    seconds = time.monotonic() - started
+    coverage = torch.tensor([counter.first_pass_rows, counter.padding_rows, trained], dtype=torch.float64)
     totals = dist.allreduce_sum(torch.cat([local, coverage]), name=f"train_epoch_{progress.epoch}") + torch.cat(
-        [base, torch.zeros(2, dtype=torch.float64)])
+        [base, torch.zeros(3, dtype=torch.float64)])
     delivered = int(totals[5])
     if delivered != split.rows:  # every rank raises together: no rank is left waiting in a collective
         raise DataCoverageError(f"epoch {progress.epoch + 1}: the ranks read {delivered} distinct rows of {split.url}, "
@@ -300,21 +315,26 @@ def train_epoch(run: Run, progress: Progress, dist, commit=None) -> dict[str, fl
     waiting, busy = float(totals[3]), float(totals[4])
     return {"train_loss": float(totals[0] / totals[2]), "train_accuracy": float(totals[1] / totals[2]),
             "train_rows": delivered, "padding_rows": int(totals[6]), "lr": run.optimizer.param_groups[0]["lr"],
-            "data_stall": round(waiting / (waiting + busy), 4) if waiting + busy > 0 else 0.0}
+            "data_stall": round(waiting / (waiting + busy), 4) if waiting + busy > 0 else 0.0,
+            # rows trained by all ranks in this process's training time (this session's part of a resumed epoch)
+            "samples_per_second": round(float(totals[7]) / seconds, 1) if seconds > 0 else None}
 
 
-def _forward_backward(run: Run, inputs, y, group_size: int, dist, *, sync: bool) -> tuple[float, int]:
-    """One batch's loss and gradients. The loss is divided by the batches per optimizer step, so k accumulated
-    batches of b rows give the gradient of one batch of k*b rows."""
-    inputs, y = tuple(t.to(run.device) for t in inputs), y.to(run.device)
+def _forward_backward(run: Run, inputs, y, group_size: int, dist, *,
+                      sync: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's loss and gradients; returns the loss and the count of correct predictions as tensors on the
+    device (reading them here would make the host wait for the GPU). The loss is divided by the batches per
+    optimizer step, so k accumulated batches of b rows give the gradient of one batch of k*b rows."""
+    inputs = to_device(inputs, run.device, run.task.host_inputs)
+    y = y.to(run.device, non_blocking=True)
     with contextlib.ExitStack() as stack:
         if not sync:
             stack.enter_context(dist.no_sync(run.model))  # DDP: allreduce only on the group's last backward pass
-        with torch.autocast(run.device.type, enabled=run.scaler.is_enabled()):
+        with torch.autocast(run.device.type, dtype=run.precision.autocast, enabled=run.precision.autocast is not None):
             logits = run.model(*inputs)
             loss = F.cross_entropy(logits, y)
         run.scaler.scale(loss / group_size).backward()
-    return loss.item(), int((logits.argmax(1) == y).sum().item())
+    return loss.detach(), (logits.argmax(1) == y).sum()
 
 
 def _optimizer_step(run: Run, dist, *, lr: float) -> None:
@@ -334,12 +354,19 @@ def _optimizer_step(run: Run, dist, *, lr: float) -> None:
     run.optimizer.zero_grad()
 
 
-def _report_step(progress_bar, progress: Progress, steps: int, local: torch.Tensor, config: TrainConfig, dist) -> None:
-    loss = float(local[0] / local[2]) if local[2] else float("nan")
+def _report_step(progress_bar, progress: Progress, steps: int, local: torch.Tensor, on_device: torch.Tensor,
+                 config: TrainConfig, dist) -> None:
+    """The progress bar or a log line on rank 0. The running loss is read from the device only every
+    ``log_every`` steps: each read waits for the GPU to finish the step."""
     if progress_bar is not None:
         progress_bar.update(1)
+    if progress_bar is None and dist.rank != 0 or progress.step % config.log_every:
+        return
+    sums = on_device.cpu()
+    loss = float(sums[0] / sums[2]) if sums[2] else float("nan")
+    if progress_bar is not None:
         progress_bar.set_postfix(loss=f"{loss:.4f}")
-    elif dist.rank == 0 and progress.step % config.log_every == 0:
+    else:
         stall = float(local[3] / (local[3] + local[4])) if local[3] + local[4] > 0 else 0.0
         log.info("epoch %d step %d/%d: loss %.4f, data stall %.0f%%", progress.epoch + 1, progress.step, steps, loss,
                  100 * stall)
@@ -352,16 +379,21 @@ def evaluate(run: Run, split, dist, check_ids: bool = False) -> dict[str, Any]:
     model.eval()
     num_classes = len(run.info.classes)
     plan = plan_shard(split.row_group_sizes, dist.rank, dist.size)
-    loss_sum = torch.zeros(1, dtype=torch.float64)
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64)  # row: true class, column: predicted
+    # Summed on the model's device and read once at the end, not once per batch.
+    loss_sum = torch.zeros(1, dtype=torch.float64, device=run.device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=run.device)  # row: true class
     ids = []
     for inputs, y, batch_ids in evaluation_batches(split, plan, run.options, batch_size=run.config.batch_size,
                                                    collate=run.task.collate):
-        logits = model(*(t.to(run.device) for t in inputs)).float().cpu()
+        y = y.to(run.device, non_blocking=True)
+        with torch.autocast(run.device.type, dtype=run.precision.autocast, enabled=run.precision.autocast is not None):
+            logits = model(*to_device(inputs, run.device, run.task.host_inputs))
+        logits = logits.float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        confusion.index_add_(0, y * num_classes + logits.argmax(1), torch.ones(len(y), dtype=torch.float64))
+        confusion.index_add_(0, y * num_classes + logits.argmax(1),
+                             torch.ones(len(y), dtype=torch.float64, device=run.device))
         ids.append(batch_ids)
-    totals = dist.allreduce_sum(torch.cat([loss_sum, confusion]), name=f"eval_{split.name}")
+    totals = dist.allreduce_sum(torch.cat([loss_sum, confusion]).cpu(), name=f"eval_{split.name}")
     loss_sum, confusion = totals[0], totals[1:].reshape(num_classes, num_classes)
     rows = int(confusion.sum())
     if rows != split.rows:
@@ -390,6 +422,7 @@ def finish(run: Run, progress: Progress, dist, resumed_from: str | None) -> Trai
         "per_class_rows": dict(zip(info.classes, test["per_class_rows"])),
         "history": progress.history, "epochs_completed": progress.epoch, "stopped_early": progress.stopped_early,
         "world_size": dist.size, "hosts": dist.hosts, "backend": dist.name, "lr": run.peak_lr(dist),
+        "device": str(run.device), "precision": run.precision.name,
         "optimizer": run.optimizer_name, "model": run.model_name, "dataset": info.url, "snapshot_id": run.identity,
         "train_rows": info.splits["train"].rows, "resumed_from": resumed_from, "config": asdict(run.config),
     }

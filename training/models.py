@@ -29,6 +29,8 @@ class CNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:  # the loader's images: scaled here, on the model's device, not on the host
+            x = x.float().div_(255.0)
         return self.classifier(self.features(x))
 
 

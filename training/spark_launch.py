@@ -17,10 +17,11 @@ def train_rank(config: dict[str, Any], data_url: str, output_dir: str, backend: 
     from training.distributed import init_distributed
     from training.loop import train
 
-    dist = init_distributed(backend)  # Horovod: the ranks were started by horovod.spark.run (DDP: by torchrun)
+    train_config = from_dict(TrainConfig, config, prefix="train")
+    # Horovod: the ranks were started by horovod.spark.run (DDP: by torchrun); each pins its own GPU if it has one.
+    dist = init_distributed(backend, device=train_config.device)
     setup_logging(rank=dist.rank)
-    return train(from_dict(TrainConfig, config, prefix="train"), data_url=data_url, output_dir=output_dir,
-                 dist=dist).metrics
+    return train(train_config, data_url=data_url, output_dir=output_dir, dist=dist).metrics
 
 
 def run_on_spark(spark, *, config: dict[str, Any], data_url: str, output_dir: str, num_proc: int,
@@ -37,12 +38,24 @@ def run_on_spark(spark, *, config: dict[str, Any], data_url: str, output_dir: st
     return results[0]
 
 
+def gpus_per_task(conf: dict[str, str]) -> float:
+    """GPUs each Spark task is given (``spark.task.resource.gpu.amount``; 0 when the cluster schedules none).
+    What the executors have is what counts: the driver, where this runs, often has no GPU."""
+    value = conf.get("spark.task.resource.gpu.amount") or "0"
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"Spark conf spark.task.resource.gpu.amount={value!r} is not a number") from None
+
+
 def _run_with_torch_distributor(spark, *, config: dict[str, Any], data_url: str, output_dir: str,
                                 num_proc: int) -> dict[str, Any]:
-    import torch
     from pyspark.ml.torch.distributor import TorchDistributor
 
-    log.info("training on Spark (%s) with %d DDP ranks (TorchDistributor)", spark.sparkContext.master, num_proc)
-    # DDP: barrier tasks on the executors, each starting torchrun; Gloo on CPU, NCCL on GPU.
-    distributor = TorchDistributor(num_processes=num_proc, local_mode=False, use_gpu=torch.cuda.is_available())
+    use_gpu = config.get("device", "auto") != "cpu" and gpus_per_task(dict(spark.sparkContext.getConf().getAll())) > 0
+    log.info("training on Spark (%s) with %d DDP ranks (TorchDistributor, %s)", spark.sparkContext.master, num_proc,
+             "one GPU per task" if use_gpu else "CPU: the cluster schedules no GPUs (spark.task.resource.gpu.amount)")
+    # DDP: barrier tasks on the executors, each starting torchrun and seeing only its own GPUs; NCCL for CUDA
+    # tensors and Gloo for CPU ones on GPUs, Gloo alone on CPUs.
+    distributor = TorchDistributor(num_processes=num_proc, local_mode=False, use_gpu=use_gpu)
     return distributor.run(train_rank, config, data_url, output_dir, "torch")

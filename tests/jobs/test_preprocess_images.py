@@ -31,10 +31,12 @@ def source_files(root: Path) -> tuple[dict[str, str], list[str]]:
 
 
 def read_split(split, fields=("image", "label", "sample_id", "relpath")):
-    """Every row of a split through the training loader (a world of one), as a list of namedtuples."""
+    """Every row of a split through the loader (a world of one), as a list of namedtuples. Row reading is
+    Petastorm's own make_reader, decoding the images with the codecs of the Unischema the job stored: the
+    datasets stay Petastorm datasets that plain Petastorm can read."""
     rows = []
     plan = plan_shard(split.row_group_sizes, 0, 1)
-    for batch in evaluation_batches(split, plan, ReadOptions(fields), batch_size=7, collate=list):
+    for batch in evaluation_batches(split, plan, ReadOptions(fields, columnar=False), batch_size=7, collate=list):
         rows.extend(batch)
     return rows
 

@@ -1,0 +1,106 @@
+"""Device selection, DDP's backend string, mixed precision and batch movement: the logic that decides how a rank
+uses its GPU, checked here on CPU (the GPU runs themselves are scripts/gpu_check.sh)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from training.data import image_collate, sequence_collate, task_for
+from training.device import precision_for, process_group_backend, select_device, to_device
+from training.distributed import init_distributed
+from training.errors import LaunchError
+from training.models import CNN
+from training.spark_launch import gpus_per_task
+
+
+def test_each_local_rank_gets_its_own_gpu_and_cpu_hosts_get_the_cpu():
+    assert select_device("auto", 3, cuda_available=True, device_count=4) == torch.device("cuda", 3)
+    assert select_device("cuda", 0, cuda_available=True, device_count=1) == torch.device("cuda", 0)
+    assert select_device("auto", 1, cuda_available=False, device_count=0) == torch.device("cpu")
+    assert select_device("cpu", 0, cuda_available=True, device_count=8) == torch.device("cpu")
+
+
+def test_more_processes_than_gpus_is_refused_naming_both_counts():
+    with pytest.raises(LaunchError, match=r"local rank 2 has no GPU of its own: this host shows 2 GPU\(s\)"):
+        select_device("auto", 2, cuda_available=True, device_count=2)
+
+
+def test_asking_for_cuda_without_a_gpu_names_the_key():
+    with pytest.raises(LaunchError, match=r"train\.device is cuda .* no GPU"):
+        select_device("cuda", 0, cuda_available=False, device_count=0)
+    with pytest.raises(LaunchError, match=r"train\.device: 'tpu' is not one of auto, cpu, cuda"):
+        select_device("tpu", 0, cuda_available=False, device_count=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only host's behaviour")
+def test_backends_on_a_cpu_host_train_on_the_cpu_and_refuse_cuda():
+    assert init_distributed("single").device == torch.device("cpu")
+    with pytest.raises(LaunchError, match="no GPU"):
+        init_distributed("single", device="cuda")
+
+
+def test_ddp_on_gpus_has_gloo_for_cpu_tensors_beside_nccl():
+    """An NCCL-only group dies on the first CPU tensor (metric sums, ids, objects): seen on an H200."""
+    assert process_group_backend(torch.device("cuda", 1)) == "cpu:gloo,cuda:nccl"
+    assert process_group_backend(torch.device("cpu")) == "gloo"
+
+
+def test_a_device_mapped_group_carries_cpu_collectives_over_gloo(tmp_path):
+    """What the GPU backend string leaves to Gloo, through a real (world of one) process group of the same form:
+    tensor sums, all_gather of tensors and objects, object broadcast."""
+    import torch.distributed as tdist
+
+    store = tdist.FileStore(str(tmp_path / "store"), 1)
+    tdist.init_process_group("cpu:gloo", store=store, rank=0, world_size=1)
+    try:
+        sums = torch.tensor([1.5, 2.0], dtype=torch.float64)
+        tdist.all_reduce(sums)
+        gathered = [torch.zeros(3, dtype=torch.int64)]
+        tdist.all_gather(gathered, torch.arange(3))
+        names: list = [None]
+        tdist.all_gather_object(names, "host-a")
+        holder = [{"epoch": 2}]
+        tdist.broadcast_object_list(holder, src=0)
+    finally:
+        tdist.destroy_process_group()
+    assert sums.tolist() == [1.5, 2.0] and gathered[0].tolist() == [0, 1, 2]
+    assert names == ["host-a"] and holder == [{"epoch": 2}]
+
+
+def test_mixed_precision_is_bfloat16_where_the_gpu_has_it_else_float16_with_scaling():
+    gpu = torch.device("cuda", 0)
+    bf16 = precision_for(True, gpu, bf16_supported=True)
+    fp16 = precision_for(True, gpu, bf16_supported=False)
+    assert (bf16.autocast, bf16.scaled, bf16.name) == (torch.bfloat16, False, "bfloat16")
+    assert (fp16.autocast, fp16.scaled, fp16.name) == (torch.float16, True, "float16")
+    for precision in (precision_for(True, torch.device("cpu")), precision_for(False, gpu, bf16_supported=True)):
+        assert (precision.autocast, precision.scaled, precision.name) == (None, False, "float32")
+
+
+def test_images_cross_as_uint8_and_the_cnn_scales_them_on_its_device():
+    rows = [type("Row", (), {"image": np.full((6, 6, 3), v, np.uint8), "label": v % 2, "sample_id": v})()
+            for v in (0, 51, 255)]
+    (x,), y, ids = image_collate(rows)
+    assert x.dtype == torch.uint8 and x.shape == (3, 3, 6, 6) and y.tolist() == [0, 1, 1]
+    model = CNN(in_channels=3, image_size=6, num_classes=2).eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x.float() / 255.0))
+
+
+def test_sequence_lengths_stay_on_the_host_where_packing_reads_them():
+    task = task_for({"kind": "sequence", "sequence": {"token_dtype": "<u2"}})
+    rows = [type("Row", (), {"tokens": np.array([4, 5, 6], "<u2").tobytes(), "length": 3, "label": 0,
+                             "sample_id": 1})()]
+    inputs, _, _ = sequence_collate(rows, dtype="<u2")
+    assert task.host_inputs == (1,)
+    moved = to_device(inputs, torch.device("cpu"), task.host_inputs)
+    assert moved[1] is inputs[1] and torch.equal(moved[0], inputs[0])
+    assert task_for({"kind": "image", "image": {"codec": "png"}}).host_inputs == ()
+
+
+def test_torch_distributor_asks_for_gpus_only_where_spark_schedules_them():
+    assert gpus_per_task({"spark.task.resource.gpu.amount": "1"}) == 1.0
+    assert gpus_per_task({"spark.executor.cores": "4"}) == 0.0
+    with pytest.raises(ValueError, match=r"spark\.task\.resource\.gpu\.amount='one'"):
+        gpus_per_task({"spark.task.resource.gpu.amount": "one"})

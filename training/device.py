@@ -1,0 +1,100 @@
+"""Where a training process computes, and how batches get there.
+
+One process per GPU: the process with local rank ``i`` on a host trains on ``cuda:i`` (``select_device``), made
+its current device before any process group or CUDA tensor exists (``pin_process``). Batches are collated on the
+host as compact tensors (images uint8, token ids int64), pinned in the loader's thread when the device is a GPU,
+and copied with ``non_blocking=True`` (``to_device``), so the copy overlaps the previous step; the model scales
+images to [0, 1] on the device. Mixed precision is bfloat16 where the GPU has it (no loss scaling needed) and
+float16 with a GradScaler elsewhere (``precision_for``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from training.errors import LaunchError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def select_device(requested: str, local_rank: int, *, cuda_available: bool, device_count: int) -> torch.device:
+    """The device of the process with ``local_rank`` on its host: its own GPU where there are GPUs and
+    ``requested`` is auto or cuda, else the CPU. Under Spark's TorchDistributor each task sees only its own GPUs
+    (CUDA_VISIBLE_DEVICES) and runs as local rank 0, so the index is right there too."""
+    if requested not in DEVICES:
+        raise LaunchError(f"config key train.device: {requested!r} is not one of {', '.join(DEVICES)}")
+    if requested == "cpu" or (requested == "auto" and not cuda_available):
+        return torch.device("cpu")
+    if not cuda_available or device_count == 0:
+        raise LaunchError("train.device is cuda (--device cuda) but torch sees no GPU here "
+                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); "
+                          "use --device auto or cpu")
+    if local_rank >= device_count:
+        raise LaunchError(f"local rank {local_rank} has no GPU of its own: this host shows {device_count} GPU(s); "
+                          f"start at most {device_count} training processes per host (torchrun --nproc_per_node, "
+                          "horovodrun -H host:N)")
+    return torch.device("cuda", local_rank)
+
+
+def process_group_backend(device: torch.device) -> str:
+    """DDP's backend: NCCL for CUDA tensors (gradients, weights) and Gloo for the CPU tensors that bookkeeping
+    collectives carry (metric sums, row counts, test ids, pickled objects); Gloo alone on CPU hosts. An NCCL-only
+    group fails on the first CPU tensor ("No backend type associated with device type cpu")."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
+def pin_process(device: torch.device) -> None:
+    """Make ``device`` the process's current GPU: NCCL binds each rank to the current device, and a rank left on
+    cuda:0 would share that GPU with rank 0."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
+def describe(device: torch.device) -> str:
+    """``cuda:0 (NVIDIA H200)`` or ``cpu``: for logs and metrics.json."""
+    if device.type != "cuda":
+        return str(device)
+    return f"{device} ({torch.cuda.get_device_name(device)})"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the forward pass computes: ``autocast`` dtype (None: float32 throughout) and whether the loss needs
+    scaling (float16 gradients underflow without it; bfloat16 has float32's range)."""
+    autocast: torch.dtype | None
+    scaled: bool
+
+    @property
+    def name(self) -> str:
+        return "float32" if self.autocast is None else str(self.autocast).removeprefix("torch.")
+
+
+def precision_for(mixed_precision: bool, device: torch.device, *, bf16_supported: bool | None = None) -> Precision:
+    """float32 unless mixed precision was asked for on a GPU; then bfloat16 where the GPU supports it, else
+    float16 with loss scaling."""
+    if not mixed_precision or device.type != "cuda":
+        return Precision(None, False)
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported()
+    return Precision(torch.bfloat16, False) if bf16_supported else Precision(torch.float16, True)
+
+
+def to_device(inputs: tuple[torch.Tensor, ...], device: torch.device,
+              host_inputs: tuple[int, ...] = ()) -> tuple[torch.Tensor, ...]:
+    """The model inputs on ``device``, asynchronously (the source is pinned when the device is a GPU); the inputs
+    at ``host_inputs`` stay where they are (sequence lengths: packing reads them on the host, and a copy to the
+    GPU and back would wait for the GPU at every step)."""
+    return tuple(t if i in host_inputs else t.to(device, non_blocking=True) for i, t in enumerate(inputs))
+
+
+def pinned(collate: Callable[[list[Any]], Any], host_inputs: tuple[int, ...] = ()) -> Callable[[list[Any]], Any]:
+    """``collate`` whose batches come back in page-locked memory (model inputs and labels; not the sample ids,
+    which never leave the host): run by the loader's thread, it lets ``to_device`` copy without blocking."""
+    def collate_pinned(rows: list[Any]):
+        inputs, y, ids = collate(rows)
+        inputs = tuple(t if i in host_inputs else t.pin_memory() for i, t in enumerate(inputs))
+        return inputs, y.pin_memory(), ids
+
+    return collate_pinned
