@@ -481,11 +481,17 @@ def image_collate(rows: list[Any], decoder: ImageDecoder | None = None):
     return (x,), *_labels_and_ids(rows)
 
 
-def sequence_collate(rows: list[Any], *, dtype: str):
-    """Rows -> ((token ids int64 (B, T) padded with 0 to the longest in the batch, lengths int64 (B,)), labels, ids)."""
+def sequence_collate(rows: list[Any], *, dtype: str, longest_first: bool = False):
+    """Rows -> ((token ids int64 (B, T) padded with 0 to the longest in the batch, lengths int64 (B,)), labels, ids).
+
+    ``longest_first`` orders the batch by length, longest first (the order of rows in a training or evaluation
+    batch means nothing, and the RNNs then pack it without reordering on the GPU)."""
     import torch
 
     lengths = np.fromiter((row.length for row in rows), dtype=np.int64, count=len(rows))
+    if longest_first:
+        order = np.argsort(-lengths, kind="stable")
+        rows, lengths = [rows[i] for i in order], lengths[order]
     tokens = np.zeros((len(rows), int(lengths.max())), dtype=np.int64)
     for i, row in enumerate(rows):
         tokens[i, :lengths[i]] = np.frombuffer(row.tokens, dtype=dtype)
@@ -513,7 +519,7 @@ def task_for(metadata: dict[str, Any], *, length_bucketing: bool = True, decode_
         return Task(("image", "label", "sample_id"), functools.partial(image_collate, decoder=decoder),
                     columnar=True, sort_key=None)
     if kind == "sequence":
-        collate = functools.partial(sequence_collate, dtype=metadata["sequence"]["token_dtype"])
+        collate = functools.partial(sequence_collate, dtype=metadata["sequence"]["token_dtype"], longest_first=True)
         return Task(("tokens", "length", "label", "sample_id"), collate, columnar=True,
                     sort_key=_length if length_bucketing else None, host_inputs=(1,))
     raise layout.DatasetError(f"dataset kind {kind!r} is not image or sequence")

@@ -55,7 +55,11 @@ class RNNClassifier(nn.Module):
         self.head = nn.Linear(hidden * self.directions, num_classes)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = pack_padded_sequence(self.embedding(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        lengths = lengths.cpu()  # packing reads them on the host (the loader leaves them there)
+        # Rows already longest first (the training loader's batches) are packed as they are; otherwise packing
+        # reorders them with an index copied to the GPU, which makes the host wait for the GPU at every step.
+        longest_first = bool((lengths[:-1] >= lengths[1:]).all())
+        packed = pack_padded_sequence(self.embedding(tokens), lengths, batch_first=True, enforce_sorted=longest_first)
         _, state = self.rnn(packed)
         hidden = state[0] if isinstance(state, tuple) else state  # LSTM returns (h, c)
         last = torch.cat(list(hidden[-self.directions:]), dim=1)  # the top layer, every direction

@@ -47,13 +47,18 @@ class Progress:
 def random_states() -> dict[str, Any]:
     """torch, numpy and python random states as tensors and plain values (loadable with weights_only=True)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
-                                                      cached],
-            "python": random.getstate()}
+    states = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                        has_gauss, cached],
+              "python": random.getstate()}
+    if torch.cuda.is_initialized():  # dropout on a GPU draws from the current device's generator
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
 
 
 def set_random_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
     kind, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = states["python"]

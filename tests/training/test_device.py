@@ -104,3 +104,24 @@ def test_torch_distributor_asks_for_gpus_only_where_spark_schedules_them():
     assert gpus_per_task({"spark.executor.cores": "4"}) == 0.0
     with pytest.raises(ValueError, match=r"spark\.task\.resource\.gpu\.amount='one'"):
         gpus_per_task({"spark.task.resource.gpu.amount": "one"})
+
+
+def test_training_batches_of_sequences_come_longest_first_and_pack_to_the_same_logits():
+    """Longest-first batches are packed without a reordering index (a copy to the GPU and a wait at every step);
+    each row gets the logits it gets in the batch as given."""
+    from training.models import RNNClassifier
+
+    rows = [type("Row", (), {"tokens": np.arange(2, 2 + n, dtype="<u2").tobytes(), "length": n, "label": i % 2,
+                             "sample_id": 100 + i})() for i, n in enumerate((2, 5, 3, 6, 1))]
+    task = task_for({"kind": "sequence", "sequence": {"token_dtype": "<u2"}})
+    (tokens, lengths), y, ids = task.collate(rows)
+    assert lengths.tolist() == [6, 5, 3, 2, 1] and ids.tolist() == [103, 101, 102, 100, 104]
+    assert y.tolist() == [1, 1, 0, 0, 0]
+    (as_given, given_lengths), _, given_ids = sequence_collate(rows, dtype="<u2")
+    assert given_ids.tolist() == [100, 101, 102, 103, 104]
+    model = RNNClassifier(cell="lstm", vocab_size=16, num_classes=2).eval()
+    with torch.no_grad():
+        sorted_logits, given_logits = model(tokens, lengths), model(as_given, given_lengths)
+    by_id = dict(zip(given_ids.tolist(), given_logits))
+    for i, sample in enumerate(ids.tolist()):
+        assert torch.allclose(sorted_logits[i], by_id[sample], atol=1e-6)
