@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export SPARK_SUBMIT_OPTS ?= -Dlog4j2.configurationFile=file:$(CURDIR)/conf/log4j2.properties
 
-.PHONY: setup demo demo-images demo-text test test-fast bench dist clean help
+.PHONY: setup demo demo-images demo-text test test-fast bench dist clean help gpu-check gpu-check-data
 BENCH_ARGS ?= --size quick
 
 help:
@@ -22,18 +22,20 @@ help:
 	@echo "make test-fast  tests that need neither Spark nor horovodrun"
 	@echo "make dist       dist/bigtrain-src.zip, the code spark-submit --py-files ships to a cluster"
 	@echo "make bench      benchmarks (BENCH_ARGS='--size 4' to scale up); table on stdout, JSON in runs/bench/"
+	@echo "make gpu-check-data   small image and text datasets + offline wheels for a GPU host, in .cache/gpu_check (< 60 MiB)"
+	@echo "make gpu-check  on a GPU host (no venv, Java or Spark needed): CNN and LSTM with single/torchrun/horovodrun,"
+	@echo "                table + verdict in runs/gpu_check (GPU_CHECK_ARGS='--out DIR ...'; scripts/gpu_check.sh --help)"
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/runtime.txt requirements/petastorm.txt requirements/dev.txt scripts/build_horovod.sh
+$(STAMP): pyproject.toml requirements/runtime.txt requirements/petastorm.txt requirements/dev.txt scripts/build_horovod.sh scripts/horovod_build_env.py
 	@bash scripts/check_java.sh
 	@$(PYTHON) -c 'import sys; v=sys.version_info[:2]; sys.exit(0 if v==(3,11) else "error: bigtrain needs Python 3.11 (found %d.%d); set PYTHON=/path/to/python3.11" % v)'
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements/runtime.txt -r requirements/dev.txt
 	$(VPY) -m pip install -q --no-deps -r requirements/petastorm.txt
-	bash scripts/build_horovod.sh $(VPY) $(WHEELS)
-	$(VPY) -m pip install -q $(WHEELS)/horovod-0.28.1-*.whl
+	wheel=$$(bash scripts/build_horovod.sh $(VPY) $(WHEELS)) && $(VPY) -m pip install -q "$$wheel"
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(VPY) -c 'import horovod.torch, petastorm, pyspark, torch; print("stack ok: torch", torch.__version__, "pyspark", pyspark.__version__, "petastorm", petastorm.__version__)'
 	@touch $(STAMP)
@@ -58,6 +60,13 @@ bench: setup
 
 dist: setup
 	$(VPY) scripts/make_dist.py dist/bigtrain-src.zip
+
+gpu-check-data: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/gpu_check_data.sh
+
+# No setup: a GPU host has no venv; where this checkout has one (a CPU host), its python3 comes first on PATH.
+gpu-check:
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs dist .pytest_cache

@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PeerLostError(f"rank {dist.rank}: another rank of this job failed or vanished ({detail[:200]}); run "
                             "the same command again to resume from the last resume point in --output") from None
+    dist.close()
     if dist.rank == 0:
         report(metrics, args.output)
     return 0

@@ -61,6 +61,10 @@ class SingleProcess:
     def barrier(self) -> None:
         pass
 
+    def close(self) -> None:
+        """Leave the world after a run that ended well (not after an error: a rank still waiting in a collective
+        would then wait for this one's goodbye)."""
+
 
 class HorovodBackend(SingleProcess):
     """Horovod over Gloo (CPU) or NCCL (GPU); ``hvd.init()`` also works as a world of one without horovodrun.
@@ -82,9 +86,10 @@ class HorovodBackend(SingleProcess):
         self.device = select_device(device, hvd.local_rank(), cuda_available=torch.cuda.is_available(),
                                     device_count=torch.cuda.device_count())
         pin_process(self.device)
-        if self.device.type == "cuda" and not hvd.nccl_built():
-            log.warning("Horovod was built without NCCL: gradients of CUDA tensors are copied through the host "
-                        "(rebuild with scripts/build_horovod.sh on a host with CUDA torch and nvcc)")
+        if self.device.type == "cuda" and not hvd.nccl_built() and hvd.rank() == 0:
+            log.warning("this Horovod was built without NCCL (hvd.nccl_built() is false), so it cannot all-reduce "
+                        "CUDA tensors on the GPU: rebuild it with scripts/build_horovod.sh on a host with a CUDA "
+                        "torch and nvcc")
 
     rank = property(lambda self: self.hvd.rank())
     size = property(lambda self: self.hvd.size())
@@ -200,6 +205,12 @@ class TorchBackend(SingleProcess):
 
     def barrier(self) -> None:
         self.tdist.barrier()
+
+    def close(self) -> None:
+        # DDP: without it Gloo's threads outlive the interpreter and a rank can die at exit ("terminate called
+        # without an active exception", SIGABRT: pytorch/pytorch#190489), failing a run that trained well.
+        if self.tdist.is_initialized():
+            self.tdist.destroy_process_group()
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

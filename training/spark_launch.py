@@ -21,7 +21,9 @@ def train_rank(config: dict[str, Any], data_url: str, output_dir: str, backend: 
     # Horovod: the ranks were started by horovod.spark.run (DDP: by torchrun); each pins its own GPU if it has one.
     dist = init_distributed(backend, device=train_config.device)
     setup_logging(rank=dist.rank)
-    return train(train_config, data_url=data_url, output_dir=output_dir, dist=dist).metrics
+    metrics = train(train_config, data_url=data_url, output_dir=output_dir, dist=dist).metrics
+    dist.close()
+    return metrics
 
 
 def run_on_spark(spark, *, config: dict[str, Any], data_url: str, output_dir: str, num_proc: int,
