@@ -125,3 +125,18 @@ def test_training_batches_of_sequences_come_longest_first_and_pack_to_the_same_l
     by_id = dict(zip(given_ids.tolist(), given_logits))
     for i, sample in enumerate(ids.tolist()):
         assert torch.allclose(sorted_logits[i], by_id[sample], atol=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only host's behaviour")
+def test_train_job_with_device_cuda_on_a_cpu_host_exits_2_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, subprocess_env
+
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), "--backend", "single", "--device", "cuda",
+                           "--data", str(tmp_path / "no-dataset"), "--output", str(tmp_path / "out")],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: train.device is cuda (--device cuda) but torch sees no GPU")
