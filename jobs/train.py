@@ -5,6 +5,8 @@ Launch:
     python jobs/train.py --data runs/demo/dataset --output runs/demo/model          # one process
     bigtrain train --data runs/demo/dataset --output runs/demo/model --epochs 5
     torchrun --nproc_per_node 2 jobs/train.py --backend torch --data runs/demo/dataset --output runs/demo/model
+    torchrun --nproc_per_node 8 jobs/train.py --backend torch --mixed-precision --data s3://bucket/ds \
+        --output /shared/model                                        # one process per GPU (NCCL + Gloo)
     horovodrun -np 3 --min-np 2 --max-np 3 --host-discovery-script scripts/discover_hosts.sh \
         python jobs/train.py --elastic --data runs/demo/dataset --output runs/demo/model --checkpoint-every-steps 20
     horovodrun -np 8 -H host1:4,host2:4 python jobs/train.py --data s3://bucket/ds --output /shared/model
