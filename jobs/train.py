@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -177,5 +178,21 @@ def run_spark(args: argparse.Namespace, config) -> int:
     return 0
 
 
+def exit_without_teardown(code: int) -> None:
+    """End a torchrun worker without the interpreter's teardown, where Gloo's threads can abort a rank that has
+    finished ("terminate called without an active exception", SIGABRT, seen in the test suite under load even after
+    destroy_process_group; pytorch/pytorch#190489): torchrun would report the run as failed and kill the other
+    ranks. Every output is written and closed by now; the logs and streams are flushed here."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    from training.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        exit_without_teardown(exit_code)
+    sys.exit(exit_code)

@@ -208,8 +208,10 @@ class TorchBackend(SingleProcess):
 
     def close(self) -> None:
         # DDP: without it Gloo's threads outlive the interpreter and a rank can die at exit ("terminate called
-        # without an active exception", SIGABRT: pytorch/pytorch#190489), failing a run that trained well.
+        # without an active exception", SIGABRT: pytorch/pytorch#190489), failing a run that trained well. The
+        # barrier first: every rank (rank 0 has just written the outputs) leaves the group at the same moment.
         if self.tdist.is_initialized():
+            self.tdist.barrier()
             self.tdist.destroy_process_group()
 
 
