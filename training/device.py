@@ -38,6 +38,14 @@ def select_device(requested: str, local_rank: int, *, cuda_available: bool, devi
     return torch.device("cuda", local_rank)
 
 
+def take_device(requested: str, local_rank: int) -> torch.device:
+    """``select_device`` for the GPUs torch sees here, made the process's current device (``pin_process``)."""
+    device = select_device(requested, local_rank, cuda_available=torch.cuda.is_available(),
+                           device_count=torch.cuda.device_count())
+    pin_process(device)
+    return device
+
+
 def process_group_backend(device: torch.device) -> str:
     """DDP's backend: NCCL for CUDA tensors (gradients, weights) and Gloo for the CPU tensors that bookkeeping
     collectives carry (metric sums, row counts, test ids, pickled objects); Gloo alone on CPU hosts. An NCCL-only
@@ -69,6 +77,10 @@ class Precision:
     @property
     def name(self) -> str:
         return "float32" if self.autocast is None else str(self.autocast).removeprefix("torch.")
+
+    def context(self, device: torch.device):
+        """The forward pass's autocast block (a no-op for float32)."""
+        return torch.autocast(device.type, dtype=self.autocast, enabled=self.autocast is not None)
 
 
 def precision_for(mixed_precision: bool, device: torch.device, *, bf16_supported: bool | None = None) -> Precision:

@@ -12,11 +12,13 @@ import socket
 
 import torch
 
-from training.device import pin_process, process_group_backend, select_device
+from training.device import process_group_backend, take_device
 from training.errors import LaunchError
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "horovod", "torch", "single")
+
+
 class SingleProcess:
     """World of one: what the loop sees under plain ``python jobs/train.py`` when Horovod is not installed."""
 
@@ -25,9 +27,7 @@ class SingleProcess:
     peer_errors: tuple[type[BaseException], ...] = ()  # what a collective raises when another rank is gone
 
     def __init__(self, device: str = "auto"):
-        self.device = select_device(device, 0, cuda_available=torch.cuda.is_available(),
-                                    device_count=torch.cuda.device_count())
-        pin_process(self.device)
+        self.device = take_device(device, 0)
 
     def allreduce_sum(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
         return tensor
@@ -83,9 +83,7 @@ class HorovodBackend(SingleProcess):
         self.peer_errors = (HorovodInternalError,)
         # Horovod: one GPU per process, chosen by local rank; CUDA tensors go over NCCL (when Horovod was built
         # with it), the CPU tensors of metrics and barriers over Gloo.
-        self.device = select_device(device, hvd.local_rank(), cuda_available=torch.cuda.is_available(),
-                                    device_count=torch.cuda.device_count())
-        pin_process(self.device)
+        self.device = take_device(device, hvd.local_rank())
         if self.device.type == "cuda" and not hvd.nccl_built() and hvd.rank() == 0:
             log.warning("this Horovod was built without NCCL (hvd.nccl_built() is false), so it cannot all-reduce "
                         "CUDA tensors on the GPU: rebuild it with scripts/build_horovod.sh on a host with a CUDA "
@@ -143,9 +141,7 @@ class TorchBackend(SingleProcess):
             raise LaunchError(f"--backend torch needs the environment torchrun sets ({', '.join(missing)} missing): "
                               "launch with `torchrun --nproc_per_node N jobs/train.py --backend torch ...`")
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        self.device = select_device(device, self.local_rank, cuda_available=torch.cuda.is_available(),
-                                    device_count=torch.cuda.device_count())
-        pin_process(self.device)  # DDP: this rank's GPU, before the process group starts
+        self.device = take_device(device, self.local_rank)  # DDP: this rank's GPU, before the process group starts
         if not tdist.is_initialized():
             tdist.init_process_group(process_group_backend(self.device))  # DDP: join the world torchrun started
         self.tdist = tdist

@@ -273,7 +273,7 @@ def train_epoch(run: Run, progress: Progress, dist, commit=None) -> dict[str, fl
     batches = training_batches(split, plan, run.options, batch_size=config.batch_size, epoch=progress.epoch,
                                collate=run.task.collate, counter=counter)
     skip, waited_since = progress.step, time.monotonic()
-    started, trained = waited_since, 0
+    started = waited_since
     for index, (inputs, y, _ids) in enumerate(batches):
         if index < skip:  # trained before the interruption: read (same order) and passed over
             waited_since = time.monotonic()
@@ -286,7 +286,6 @@ def train_epoch(run: Run, progress: Progress, dist, commit=None) -> dict[str, fl
         on_device[0] += loss.double() * len(y)
         on_device[1] += hits
         on_device[2] += len(y)
-        trained += len(y)
         progress.step = index + 1
         if last_of_group:
             _optimizer_step(run, dist, lr=run.peak_lr(dist) * lr_factor(config, progress.epoch + progress.step / steps))
@@ -305,9 +304,9 @@ def train_epoch(run: Run, progress: Progress, dist, commit=None) -> dict[str, fl
         progress_bar.close()
     local[:3] = on_device.cpu()  # waits for the epoch's last step
     seconds = time.monotonic() - started
-    coverage = torch.tensor([counter.first_pass_rows, counter.padding_rows, trained], dtype=torch.float64)
+    coverage = torch.tensor([counter.first_pass_rows, counter.padding_rows], dtype=torch.float64)
     totals = dist.allreduce_sum(torch.cat([local, coverage]), name=f"train_epoch_{progress.epoch}") + torch.cat(
-        [base, torch.zeros(3, dtype=torch.float64)])
+        [base, torch.zeros(2, dtype=torch.float64)])
     delivered = int(totals[5])
     if delivered != split.rows:  # every rank raises together: no rank is left waiting in a collective
         raise DataCoverageError(f"epoch {progress.epoch + 1}: the ranks read {delivered} distinct rows of {split.url}, "
@@ -317,7 +316,7 @@ def train_epoch(run: Run, progress: Progress, dist, commit=None) -> dict[str, fl
             "train_rows": delivered, "padding_rows": int(totals[6]), "lr": run.optimizer.param_groups[0]["lr"],
             "data_stall": round(waiting / (waiting + busy), 4) if waiting + busy > 0 else 0.0,
             # rows trained by all ranks in this process's training time (this session's part of a resumed epoch)
-            "samples_per_second": round(float(totals[7]) / seconds, 1) if seconds > 0 else None}
+            "samples_per_second": round(float(totals[2] - base[2]) / seconds, 1) if seconds > 0 else None}
 
 
 def _forward_backward(run: Run, inputs, y, group_size: int, dist, *,
@@ -330,7 +329,7 @@ def _forward_backward(run: Run, inputs, y, group_size: int, dist, *,
     with contextlib.ExitStack() as stack:
         if not sync:
             stack.enter_context(dist.no_sync(run.model))  # DDP: allreduce only on the group's last backward pass
-        with torch.autocast(run.device.type, dtype=run.precision.autocast, enabled=run.precision.autocast is not None):
+        with run.precision.context(run.device):
             logits = run.model(*inputs)
             loss = F.cross_entropy(logits, y)
         run.scaler.scale(loss / group_size).backward()
@@ -386,7 +385,7 @@ def evaluate(run: Run, split, dist, check_ids: bool = False) -> dict[str, Any]:
     for inputs, y, batch_ids in evaluation_batches(split, plan, run.options, batch_size=run.config.batch_size,
                                                    collate=run.task.collate):
         y = y.to(run.device, non_blocking=True)
-        with torch.autocast(run.device.type, dtype=run.precision.autocast, enabled=run.precision.autocast is not None):
+        with run.precision.context(run.device):
             logits = model(*to_device(inputs, run.device, run.task.host_inputs))
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()

@@ -54,9 +54,12 @@ def _run_with_torch_distributor(spark, *, config: dict[str, Any], data_url: str,
                                 num_proc: int) -> dict[str, Any]:
     from pyspark.ml.torch.distributor import TorchDistributor
 
-    use_gpu = config.get("device", "auto") != "cpu" and gpus_per_task(dict(spark.sparkContext.getConf().getAll())) > 0
+    gpus = gpus_per_task(dict(spark.sparkContext.getConf().getAll()))
+    use_gpu = config.get("device", "auto") != "cpu" and gpus > 0
+    where = ("one GPU per task" if use_gpu else "CPU: train.device is cpu" if gpus > 0
+             else "CPU: the cluster schedules no GPUs (spark.task.resource.gpu.amount)")
     log.info("training on Spark (%s) with %d DDP ranks (TorchDistributor, %s)", spark.sparkContext.master, num_proc,
-             "one GPU per task" if use_gpu else "CPU: the cluster schedules no GPUs (spark.task.resource.gpu.amount)")
+             where)
     # DDP: barrier tasks on the executors, each starting torchrun and seeing only its own GPUs; NCCL for CUDA
     # tensors and Gloo for CPU ones on GPUs, Gloo alone on CPUs.
     distributor = TorchDistributor(num_processes=num_proc, local_mode=False, use_gpu=use_gpu)
