@@ -9,15 +9,18 @@ import numpy as np
 import torch
 
 from benchmarks.common import Result, best_rate, check, cores
-from training.data import (EpochCounter, ReadOptions, load_dataset_info, plan_shard, sequence_collate, task_for,
-                           training_batches)
+from dataset.info import load_dataset_info
+from training.batching import training_batches
+from training.collation import sequence_collate, task_for
+from training.reading import ReadOptions
+from training.shards import EpochCounter, plan_shard
 
 BATCH = 64
 Row = collections.namedtuple("Row", "tokens length label sample_id")
 
 
 def bigtrain_loader(dataset: str, workers: int) -> tuple[callable, int]:
-    from jobs.config import load_section
+    from core.config import load_section
     from training.config import TrainConfig
 
     config = load_section("train", TrainConfig)

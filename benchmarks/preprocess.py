@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.common import Result, check
-from jobs.config import load_section
+from core.config import load_section
+from core.paths import to_url
 from jobs.preprocess_images import PreprocessImagesConfig, preprocess_images
 from jobs.preprocess_sequences import PreprocessSequencesConfig, preprocess_sequences
 from pipelines import images
-from pipelines.layout import to_url
 
 
 def image_config(**flags) -> PreprocessImagesConfig:
@@ -99,7 +99,14 @@ def image_results(spark, raw: str, work: str, n_images: int) -> list[Result]:
 
 def plain_python_texts(raw: str, out: str) -> tuple[float, int]:
     """Parse, normalise, tokenise, count the vocabulary, map to ids and write, in one process."""
-    from pipelines.text import ParseParams, RejectedRecord, encode_ids, make_vocabulary, parse_record, token_dtype
+    from pipelines.text import (
+        ParseParams,
+        RejectedRecord,
+        encode_ids,
+        make_vocabulary,
+        parse_record,
+        token_dtype,
+    )
 
     params = ParseParams(fmt="jsonl", text_field="text", label_field="label", tokens_field=None, tokenizer="word",
                          lowercase=True)
@@ -143,8 +150,8 @@ def text_results(spark, raw: str, work: str, n_lines: int) -> list[Result]:
 
 def codec_results(spark, raw: str, work: str) -> list[Result]:
     """Bytes per sample and loader throughput for each image codec, on the same images."""
-    from benchmarks.loader import bigtrain_loader, train_dir
     from benchmarks.common import best_rate
+    from benchmarks.loader import bigtrain_loader, train_dir
 
     results, rates = [], {}
     for codec in ("png", "jpeg", "raw"):

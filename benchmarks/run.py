@@ -42,7 +42,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from benchmarks import common, growth, loader, preprocess, train_bench
-    from jobs.common import setup_logging
+    from core.logs import setup_logging
     from pipelines.samples import generate_images, generate_texts
     from pipelines.storage import build_spark
 
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     raw_images, raw_texts = os.path.join(work, "raw-images"), os.path.join(work, "raw-texts")
     generate_images(raw_images, per_class=per_class, seed=1)
     generate_texts(raw_texts, records=n_texts, files=4, seed=1)
-    from jobs.config import load_section
+    from core.config import load_section
     from jobs.preprocess_images import PreprocessImagesConfig
     from jobs.preprocess_sequences import PreprocessSequencesConfig
 
@@ -67,8 +67,8 @@ def main(argv=None) -> int:
     try:
         image_ds, text_ds = os.path.join(work, "images-ds"), os.path.join(work, "texts-ds")
         preprocess.run_image_job(spark, raw_images, image_ds)
+        from core.paths import to_url
         from jobs.preprocess_sequences import preprocess_sequences
-        from pipelines.layout import to_url
         preprocess_sequences(spark, input_url=to_url(raw_texts), output_url=to_url(text_ds), fmt="jsonl",
                              config=load_section("preprocess_sequences", PreprocessSequencesConfig, flags={"ranks": 2}))
         if "loader" in args.groups:

@@ -11,11 +11,15 @@ import time
 import torch
 
 from benchmarks.common import Result, check, cores
-from jobs.config import load_section
+from core.config import load_section
+from dataset.info import load_dataset_info
+from training.batching import training_batches
+from training.collation import task_for
 from training.config import TrainConfig
-from training.data import EpochCounter, ReadOptions, load_dataset_info, plan_shard, task_for, training_batches
 from training.loop import make_optimizer
 from training.models import DEFAULT_OPTIMIZER, build_model, resolve_model_name
+from training.reading import ReadOptions
+from training.shards import EpochCounter, plan_shard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

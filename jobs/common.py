@@ -2,42 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
 import os
 import sys
-import warnings
+import time
 from typing import Callable
 
-from jobs.config import ConfigError
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-OUR_LOGGERS = ("bigtrain", "pipelines", "training", "jobs", "benchmarks")
-
-
-class UsageError(ValueError):
-    """A command-line value is wrong; the message names the flag."""
-
-
-# Exit codes a scheduler can act on (README "Production").
-EXIT_OK = 0            # done, or nothing to do
-EXIT_FAILED = 1        # a dataset is missing, damaged or refused; a stage failed
-EXIT_USAGE = 2         # a flag, config key or pipeline file is wrong
-EXIT_REJECTS = 3       # more input rejected than max_reject_fraction allows: nothing committed
-EXIT_LOCKED = 75       # another run holds the lock (EX_TEMPFAIL: try again later)
-
-
-def setup_logging(*, quiet: bool = False, rank: int = 0) -> None:
-    """INFO on rank 0, WARNING elsewhere, so a multi-process run prints one story."""
-    level = logging.WARNING if (quiet or rank != 0) else logging.INFO
-    prefix = "" if rank == 0 else f"[rank {rank}] "
-    # Libraries log at WARNING; bigtrain's own loggers at `level` (py4j reports its retried connections at INFO).
-    logging.basicConfig(level=logging.WARNING, format=prefix + LOG_FORMAT, stream=sys.stderr, force=True)
-    for ours in OUR_LOGGERS:
-        logging.getLogger(ours).setLevel(level)
-    # petastorm 0.13 uses pyarrow's legacy dataset API (STACK.md pins pyarrow 14 for it); its deprecation
-    # warnings say nothing a bigtrain user can act on.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm(\.|$)")
+from core import locking
+from core.errors import EXIT_OK, EXIT_REJECTS, BigtrainError, UsageError
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -82,27 +54,15 @@ def positive_float(flag: str, *, allow_zero: bool = False) -> Callable[[str], fl
 
 
 def run_main(body: Callable[[], int]) -> int:
-    """Run a job body. Configuration and usage errors end in one clear line and exit code 2; a dataset that is
-    missing, incomplete or read short, or a checkpoint that is altered or foreign, ends in one clear line and exit
-    code 1; more rejected input than max_reject_fraction allows in 3 (nothing committed), a lock held by another
-    run in 75. Anything else keeps its traceback."""
-    from pipelines.layout import DatasetError
-    from pipelines.locking import LockHeld
-    from pipelines.snapshots import RejectBudgetError
-    from training.checkpoint import CheckpointError
-    from training.errors import LaunchError, PeerLostError
-
+    """Run a job body. A BigtrainError ends in one clear line and its exit code (core.errors: 2 configuration,
+    usage and launch errors; 1 a dataset missing, incomplete or read short, a checkpoint altered or foreign, a
+    lost peer; 3 more rejected input than max_reject_fraction allows, nothing committed; 75 a lock held by another
+    run). Anything else keeps its traceback."""
     try:
         return body()
-    except (ConfigError, UsageError, LaunchError) as exc:
+    except BigtrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except LockHeld as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
-    except (DatasetError, CheckpointError, PeerLostError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_REJECTS if isinstance(exc, RejectBudgetError) else EXIT_FAILED
+        return exc.exit_code
 
 
 def format_summary(summary: dict, *, job: str, unit: str) -> str:
@@ -136,7 +96,7 @@ def resolve_master(flag: str | None, config_master: str) -> str | None:
 
 def check_connectors(spark, urls: dict[str, str]) -> None:
     """A UsageError naming the flag when Spark cannot reach one of the URLs (missing Hadoop connector)."""
-    from pipelines import storage
+    from pipelines import storage  # pyspark
 
     for flag, url in urls.items():
         try:
@@ -148,10 +108,6 @@ def check_connectors(spark, urls: dict[str, str]) -> None:
 def dataset_lock(output_url: str):
     """One writer at a time for a local dataset folder (its .bigtrain.lock); other storage relies on the pipeline
     runner's lock (object stores have no flock)."""
-    import contextlib
-
-    from pipelines import locking
-
     if not output_url.startswith("file://"):
         return contextlib.nullcontext()
     folder = output_url[len("file://"):]
@@ -185,9 +141,7 @@ def run_preprocessing(*, job: str, unit: str, master: str | None, spark_conf: di
     """The shared life of a preprocessing job: input and output kept apart, a session, the storage checks,
     ``body(spark)`` timed, the session stopped whatever happens, and the summary printed (read = written +
     rejected)."""
-    import time
-
-    from pipelines import storage
+    from pipelines import storage  # pyspark
 
     check_apart(input_url, output_url)
     with dataset_lock(output_url):
@@ -200,4 +154,4 @@ def run_preprocessing(*, job: str, unit: str, master: str | None, spark_conf: di
         finally:
             spark.stop()
     print(format_summary(summary, job=job, unit=unit))
-    return 0
+    return EXIT_OK

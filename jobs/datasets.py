@@ -12,7 +12,11 @@ import argparse
 import json
 import sys
 
-from jobs.common import EXIT_OK, run_main, setup_logging
+from core.errors import EXIT_OK, DatasetError
+from core.logs import setup_logging
+from core.paths import join, to_url
+from dataset import layout
+from jobs.common import run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +39,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def dataset_and_snapshot(url: str) -> tuple[str, str | None]:
     """(dataset URL, snapshot id) of a snapshot folder (``<dataset>/snapshots/<id>``); (url, None) of anything else."""
-    from pipelines import layout
-
     parent, _, name = url.rstrip("/").rpartition("/")
     if parent.rpartition("/")[2] == layout.SNAPSHOTS_DIR and not any(layout.snapshot_ids(url)):
         return parent.rpartition("/")[0], name
@@ -44,14 +46,12 @@ def dataset_and_snapshot(url: str) -> tuple[str, str | None]:
 
 
 def list_snapshots(dataset: str) -> int:
-    from pipelines import layout
-
-    url, given = dataset_and_snapshot(layout.to_url(dataset))
+    url, given = dataset_and_snapshot(to_url(dataset))
     committed, uncommitted = layout.snapshot_ids(url)
     if given is not None and given not in committed + uncommitted:
-        raise layout.DatasetError(f"{dataset}: no snapshot {given} in {url}")
+        raise DatasetError(f"{dataset}: no snapshot {given} in {url}")
     if not committed and not uncommitted:
-        raise layout.DatasetError(f"{layout.join(url, layout.SNAPSHOTS_DIR)} not found: {url} holds no snapshots")
+        raise DatasetError(f"{join(url, layout.SNAPSHOTS_DIR)} not found: {url} holds no snapshots")
     print(f"{'':1} {'snapshot':<24} {'committed':<21} {'run':<12} {'train':>8} {'valid':>7} {'test':>7} "
           f"{'rejected':>8} {'inputs':>7}  parent")
     for sid in sorted(committed + uncommitted):
@@ -59,7 +59,7 @@ def list_snapshots(dataset: str) -> int:
         if sid in uncommitted:
             print(f"  {sid:<24} {'(uncommitted)':<21}{marker}")
             continue
-        meta = layout.read_metadata(layout.join(url, layout.SNAPSHOTS_DIR, sid))
+        meta = layout.read_metadata(join(url, layout.SNAPSHOTS_DIR, sid))
         snap, rows = meta["snapshot"], {k: v["rows"] for k, v in meta["splits"].items()}
         mark = "*" if sid == committed[-1] else " "
         print(f"{mark} {sid:<24} {snap['committed']:<21} {snap['run']:<12} {rows.get('train', 0):>8} "
@@ -69,9 +69,7 @@ def list_snapshots(dataset: str) -> int:
 
 
 def show(dataset: str, as_json: bool) -> int:
-    from pipelines import layout
-
-    url = layout.resolve_snapshot(layout.to_url(dataset))
+    url = layout.resolve_snapshot(to_url(dataset))
     meta = layout.read_metadata(url)
     if as_json:
         print(json.dumps(meta, indent=2, sort_keys=True))

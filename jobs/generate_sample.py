@@ -10,8 +10,9 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from jobs.common import add_config_flags, positive_int, run_main, setup_logging
-from jobs.config import load_section
+from core.config import load_section
+from core.logs import setup_logging
+from jobs.common import add_config_flags, positive_int, run_main
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,10 @@ import argparse
 import json
 import sys
 
-from jobs.common import EXIT_OK, EXIT_USAGE, UsageError, run_main, setup_logging
+from core.errors import EXIT_OK, EXIT_USAGE, UsageError
+from core.logs import setup_logging
+from jobs.cli import SUBCOMMANDS
+from jobs.common import run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from pipelines import runner, runs
+    from orchestration import runner, runs
 
     variables = {}
     for item in args.var:
@@ -55,10 +58,7 @@ def execute(args: argparse.Namespace) -> int:
         if not sep:
             raise UsageError(f"--var {item!r}: expected NAME=VALUE")
         variables[name] = value
-    try:
-        pipeline = runner.load(args.file, variables)
-    except runner.PipelineError as exc:
-        raise UsageError(str(exc)) from None
+    pipeline = runner.load(args.file, variables, subcommands=SUBCOMMANDS)  # PipelineError: a UsageError, exit 2
     if args.action == "run":
         record = runs.run_recorded(pipeline, force=args.force)
         print(runs.locked_message(record) if record["status"] == "locked"

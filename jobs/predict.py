@@ -27,10 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from jobs.common import (UsageError, add_config_flags, check_connectors, positive_int, resolve_master, run_main,
-                         setup_logging)
-from jobs.config import load_section, require
-from pipelines.layout import DatasetError
+from core.config import load_section, require
+from core.errors import CheckpointError, DatasetError, UsageError
+from core.logs import setup_logging
+from core.paths import join, to_url
+from dataset import layout
+from jobs.common import (
+    add_config_flags,
+    check_connectors,
+    positive_int,
+    resolve_master,
+    run_main,
+)
 
 log = logging.getLogger("bigtrain.predict")
 SUMMARY_FILE = "_predict.json"  # a leading "_": Spark, pyarrow and pandas readers of the Parquet folder skip it
@@ -102,15 +110,13 @@ def load_checkpoint(path_text: str) -> tuple[Path, dict[str, Any]]:
         path = path / checkpoint.FINAL_FILE
     try:
         return path, checkpoint.load(path)
-    except checkpoint.CheckpointError as exc:
+    except CheckpointError as exc:
         raise UsageError(f"--checkpoint: {exc}") from None
 
 
 def check_dataset(payload: dict[str, Any], info, checkpoint_path: Path) -> None:
     """The dataset must encode rows as the checkpoint's training data did: same kind, classes, image shape or
     vocabulary. Otherwise the predictions would be confidently wrong, so refuse, naming both."""
-    from pipelines import layout
-
     trained = payload["dataset"]
     where = f"--data {info.url} does not match checkpoint {checkpoint_path} (trained on {trained.get('url')})"
     if info.kind != trained["kind"]:
@@ -127,12 +133,12 @@ def check_dataset(payload: dict[str, Any], info, checkpoint_path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines import layout, storage
-    from training.data import load_dataset_info
+    from dataset.info import load_dataset_info
+    from pipelines import storage
 
     config = load_config(args)
     checkpoint_path, payload = load_checkpoint(args.checkpoint)
-    output_url = layout.to_url(args.output)
+    output_url = to_url(args.output)
     data = input_url = None
     if args.data:
         data = load_dataset_info(args.data)
@@ -141,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         if (output_url.rstrip("/") + "/").startswith(dataset_root):
             raise UsageError(f"--output {args.output} must lie outside the --data dataset {dataset_root}")
     else:
-        input_url = layout.to_url(args.input)
+        input_url = to_url(args.input)
         if input_url.startswith("file://") and not Path(input_url[len("file://"):]).exists():
             raise UsageError(f"--input {args.input}: no such file or directory")
         if output_url.rstrip("/") == input_url.rstrip("/"):
@@ -159,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         spark.stop()
     print(format_summary(summary))
     if summary["inputs_read"] and not summary["scored"]:
-        from pipelines.snapshots import RejectBudgetError
+        from core.errors import RejectBudgetError
 
         raise RejectBudgetError(f"none of the {summary['inputs_read']} inputs could be scored (see the reasons "
                                 f"above and in {summary['output']}): wrong --input for this model?")
@@ -195,7 +201,8 @@ def _preprocess(payload: dict[str, Any], checkpoint_path: Path, *keys: str) -> l
 def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data, input_url: str | None,
                  config: PredictConfig):
     """(rows to score, inputs read, the codec or token dtype the rows are in)."""
-    from pipelines import images, predict, storage
+    from inference import predict
+    from pipelines import images, storage
 
     kind = payload["dataset"]["kind"]
     if data is not None:
@@ -222,8 +229,9 @@ def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data,
 
 
 def _text_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], input_url: str, config: PredictConfig):
+    from inference import predict
     from jobs.preprocess_sequences import read_records
-    from pipelines import predict, storage, text
+    from pipelines import storage, text
 
     (text_field, label_field, tokens_field, tokenizer, lowercase, max_length) = _preprocess(
         payload, checkpoint_path, "text_field", "label_field", "tokens_field", "tokenizer", "lowercase", "max_length")
@@ -251,7 +259,7 @@ def predict(spark, *, checkpoint_path: Path, payload: dict[str, Any], output_url
     the summary, after checking that the output holds one row per input."""
     from pyspark.sql import functions as F
 
-    from pipelines import predict as transforms
+    from inference import predict as transforms
     from training import checkpoint
 
     kind = payload["dataset"]["kind"]
@@ -297,9 +305,7 @@ def summarise(stats: list, *, inputs_read: int, output_url: str) -> dict[str, An
 def _write_summary(output_url: str, summary: dict[str, Any]) -> None:
     import fsspec
 
-    from pipelines import layout
-
-    with fsspec.open(layout.join(output_url, SUMMARY_FILE), "w") as fh:
+    with fsspec.open(join(output_url, SUMMARY_FILE), "w") as fh:
         json.dump(summary, fh, indent=2)
 
 

@@ -5,7 +5,7 @@ Launch:
     bigtrain preprocess-images --input data/images --output data/images_ds --image-size 32 --channels 3
 On a cluster, ship the code with --py-files (see README) and use --master spark://HOST:7077, yarn or k8s://...
 
-Input: one folder per class below --input (the folder name is the label). Output (see pipelines.layout): one
+Input: one folder per class below --input (the folder name is the label). Output (see dataset.layout): one
 Petastorm dataset per split, a `rejected/` Parquet table of every file that could not be used with the reason,
 and `metadata.json` with the class map and the counts. Files read = rows written + files rejected, always.
 """
@@ -18,9 +18,18 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from jobs.common import (UsageError, add_config_flags, add_snapshot_flags, positive_int, resolve_master, run_main,
-                         run_preprocessing, setup_logging)
-from jobs.config import load_section, require
+from core.config import load_section, require
+from core.errors import UsageError
+from core.logs import setup_logging
+from core.paths import to_url
+from jobs.common import (
+    add_config_flags,
+    add_snapshot_flags,
+    positive_int,
+    resolve_master,
+    run_main,
+    run_preprocessing,
+)
 
 log = logging.getLogger("bigtrain.preprocess_images")
 
@@ -105,10 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines import layout
-
     config = load_config(args)
-    input_url, output_url = layout.to_url(args.input), layout.to_url(args.output)
+    input_url, output_url = to_url(args.input), to_url(args.output)
     if input_url.startswith("file://") and not os.path.isdir(input_url[len("file://"):]):
         raise UsageError(f"--input {args.input}: no such directory")
     return run_preprocessing(

@@ -18,9 +18,19 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from jobs.common import (UsageError, add_config_flags, add_snapshot_flags, positive_int, resolve_master, run_main,
-                         run_preprocessing, setup_logging)
-from jobs.config import load_section, require
+from core.config import load_section, require
+from core.errors import UsageError
+from core.logs import setup_logging
+from core.paths import to_url
+from dataset import layout
+from jobs.common import (
+    add_config_flags,
+    add_snapshot_flags,
+    positive_int,
+    resolve_master,
+    run_main,
+    run_preprocessing,
+)
 
 log = logging.getLogger("bigtrain.preprocess_sequences")
 
@@ -112,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines import layout, storage
+    from pipelines import storage
 
     config = load_config(args)
-    input_url, output_url = layout.to_url(args.input), layout.to_url(args.output)
+    input_url, output_url = to_url(args.input), to_url(args.output)
     try:
         fmt = storage.detect_format(input_url) if config.format == "auto" else config.format
     except FileNotFoundError:
@@ -138,7 +148,7 @@ def input_root(input_url: str) -> str:
 
 
 def relative_to(root: str):
-    from pipelines.images import normalise_url
+    from core.paths import normalise_url
 
     prefix = normalise_url(root).rstrip("/") + "/"
     return lambda path: normalise_url(path)[len(prefix):] if normalise_url(path).startswith(prefix) else path
@@ -182,7 +192,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
     previous snapshot's vocabulary (new tokens map to unknown; --mode overwrite rebuilds it)."""
     from pyspark.sql import functions as F
 
-    from pipelines import incremental, labels, layout, splits, storage, text
+    from pipelines import incremental, labels, splits, storage, text
     from pipelines.schemas import REJECTED_SEQUENCE_COLUMNS, sequence_unischema
 
     run = incremental.plan(spark, dataset_url=output_url, input_url=input_url, kind="sequence", config=asdict(config),
@@ -221,7 +231,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
         lengths = length_stats(accepted, config.max_length, previous)
     finally:
         parsed.unpersist()
-    layout.write_json(run.snapshot_url, layout.VOCAB_FILE, vocabulary)
+    layout.write_vocabulary(run.snapshot_url, vocabulary)
     incremental.finish(run, {
         "kind": "sequence", "input": input_url, "input_format": fmt,
         "classes": list(class_to_index), "class_to_index": class_to_index,

@@ -26,8 +26,16 @@ import os
 import sys
 from pathlib import Path
 
-from jobs.common import UsageError, add_config_flags, positive_float, positive_int, run_main, setup_logging
-from jobs.config import load_section
+from core.config import load_section
+from core.errors import UsageError
+from core.logs import setup_logging
+from jobs.common import (
+    add_config_flags,
+    positive_float,
+    positive_int,
+    resolve_master,
+    run_main,
+)
 
 log = logging.getLogger("bigtrain.train")
 
@@ -137,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         metrics = train(config, data_url=args.data, output_dir=args.output, dist=dist, elastic=args.elastic).metrics
     except dist.peer_errors as exc:
-        from training.errors import PeerLostError
+        from core.errors import PeerLostError
 
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PeerLostError(f"rank {dist.rank}: another rank of this job failed or vanished ({detail[:200]}); run "
@@ -161,7 +169,6 @@ def run_spark(args: argparse.Namespace, config) -> int:
     import os
     from dataclasses import asdict
 
-    from jobs.common import resolve_master
     from pipelines import storage
     from training.spark_launch import run_on_spark
 

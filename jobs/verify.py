@@ -12,7 +12,11 @@ import argparse
 import json
 import sys
 
-from jobs.common import EXIT_FAILED, EXIT_OK, run_main, setup_logging
+from core.errors import EXIT_FAILED, EXIT_OK
+from core.logs import setup_logging
+from core.paths import to_url
+from dataset import snapshots
+from jobs.common import run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,9 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines import layout, snapshots
-
-    url, metadata, problems = snapshots.verify(layout.to_url(args.dataset), checksums=not args.quick)
+    url, metadata, problems = snapshots.verify(to_url(args.dataset), checksums=not args.quick)
     files = (metadata or {}).get("files", {})
     if args.json:
         print(json.dumps({"snapshot": url, "ok": not problems, "problems": [str(p) for p in problems],

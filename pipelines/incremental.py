@@ -20,8 +20,9 @@ from typing import Any, Callable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines import layout, snapshots
-from pipelines.snapshots import RejectBudgetError
+from core.errors import DatasetError, RejectBudgetError
+from core.paths import join
+from dataset import layout, snapshots
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def list_inputs(spark: SparkSession, input_url: str, relpath_of: Callable[[str],
     Spark's ``binaryFile`` listing with the content column pruned (no file is read); zero-byte files, which its
     scan skips, come from the same listing with size 0.
     """
-    from pipelines.images import normalise_url
+    from core.paths import normalise_url
 
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(input_url)
     rows = files.select("path", "length", F.expr("unix_millis(modificationTime)").alias("mtime")).collect()
@@ -96,7 +97,7 @@ def plan(spark: SparkSession, *, dataset_url: str, input_url: str, kind: str, co
     run = RunPlan(dataset_url, kind, input_url, mode, list_inputs(spark, input_url, relpath_of), config)
     committed, _ = layout.snapshot_ids(dataset_url)
     if committed:
-        run.previous_url = layout.join(dataset_url, layout.SNAPSHOTS_DIR, committed[-1])
+        run.previous_url = join(dataset_url, layout.SNAPSHOTS_DIR, committed[-1])
         run.previous = layout.read_metadata(run.previous_url)
         _decide(run)
     if run.nothing_to_do:
@@ -110,7 +111,7 @@ def plan(spark: SparkSession, *, dataset_url: str, input_url: str, kind: str, co
 def _decide(run: RunPlan) -> None:
     prev = run.previous
     if run.mode == "error":
-        raise layout.DatasetError(f"{run.dataset_url} already holds snapshot {prev['snapshot']['id']} and "
+        raise DatasetError(f"{run.dataset_url} already holds snapshot {prev['snapshot']['id']} and "
                                   "--mode error refuses to write another (use --mode incremental or overwrite)")
     if run.mode == "overwrite":
         run.reason = "--mode overwrite: every input processed again"
@@ -123,7 +124,7 @@ def _decide(run: RunPlan) -> None:
     else:
         problems = snapshots.check(run.previous_url, prev, checksums=False)
         if problems:
-            raise layout.DatasetError(f"the previous snapshot is damaged: {problems[0]}; rerun with --mode overwrite")
+            raise DatasetError(f"the previous snapshot is damaged: {problems[0]}; rerun with --mode overwrite")
         run.diff = snapshots.diff_inputs({k: v[1:] for k, v in snapshots.read_inputs(run.previous_url).items()},
                                          {k: v[1:] for k, v in run.inputs.items()})
         run.full, run.reason = False, run.diff.describe()
@@ -138,12 +139,12 @@ def previous_records(spark: SparkSession, run: RunPlan, *, key: Column,
     prev = run.previous
     remap = {idx: class_to_index[name] for name, idx in prev["class_to_index"].items()}
     label = F.create_map(*[F.lit(x) for pair in sorted(remap.items()) for x in pair])[F.col("label")].cast("int")
-    parts = [spark.read.parquet(layout.join(run.previous_url, name))
+    parts = [spark.read.parquet(join(run.previous_url, name))
              .withColumn("split", F.lit(name)).withColumn("reason", F.lit(None).cast("string"))
              .withColumn("label", label)
              for name, info in prev["splits"].items() if info["rows"]]
     if prev.get("rejected"):
-        parts.append(spark.read.parquet(layout.join(run.previous_url, layout.REJECTED_DIR)))
+        parts.append(spark.read.parquet(join(run.previous_url, layout.REJECTED_DIR)))
     if not parts:
         return None
     kept = spark.createDataFrame([(k,) for k in run.diff.unchanged], "_bt_key string")
@@ -167,7 +168,7 @@ def finish(run: RunPlan, metadata: dict[str, Any], *, processed: tuple[int, int]
         raise RejectBudgetError(
             f"{rejected} of {read} records read in this run were rejected ({rejected / read:.1%}), more than "
             f"max_reject_fraction {max_reject_fraction:.1%}: snapshot {run.snapshot_url} was not committed; the "
-            f"rejected records and their reasons are in {layout.join(run.snapshot_url, layout.REJECTED_DIR)}")
+            f"rejected records and their reasons are in {join(run.snapshot_url, layout.REJECTED_DIR)}")
     snapshots.write_inputs(run.snapshot_url, run.inputs)
     diff = run.diff
     metadata = {**metadata, "format_version": layout.FORMAT_VERSION, "snapshot": {
@@ -187,8 +188,8 @@ def finish(run: RunPlan, metadata: dict[str, Any], *, processed: tuple[int, int]
 
 def unchanged_summary(run: RunPlan) -> dict[str, Any]:
     prev = run.previous
-    splits = {name: {**info, "url": layout.join(run.previous_url, name)} for name, info in prev["splits"].items()}
+    splits = {name: {**info, "url": join(run.previous_url, name)} for name, info in prev["splits"].items()}
     return {"unchanged": True, "snapshot": prev["snapshot"]["id"], "output": run.previous_url,
             "records_read": prev["records_read"], "rows_written": sum(s["rows"] for s in splits.values()),
             "rejected": prev["rejected"], "rejected_by_reason": prev["rejected_by_reason"], "splits": splits,
-            "rejected_url": layout.join(run.previous_url, layout.REJECTED_DIR), "inputs": len(run.inputs)}
+            "rejected_url": join(run.previous_url, layout.REJECTED_DIR), "inputs": len(run.inputs)}

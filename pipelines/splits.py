@@ -8,20 +8,9 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-SPLITS = ("train", "validation", "test")
+from dataset.layout import validate_fractions
+
 _BUCKETS = 1_000_000
-
-
-def validate_fractions(fractions: dict[str, float], key: str = "splits") -> None:
-    if set(fractions) != set(SPLITS):
-        raise ValueError(f"{key}: expected fractions for exactly {', '.join(SPLITS)}, got {', '.join(sorted(fractions))}")
-    for name, value in fractions.items():
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{key}.{name}: fraction {value} is outside [0, 1]")
-    if abs(sum(fractions.values()) - 1.0) > 1e-6:
-        raise ValueError(f"{key}: fractions must add up to 1, got {sum(fractions.values()):.6f}")
-    if fractions["train"] == 0.0:
-        raise ValueError(f"{key}.train: the train fraction must be above 0")
 
 
 def split_column(key: Column, fractions: dict[str, float]) -> Column:

@@ -10,7 +10,9 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines import layout
+from core.errors import DatasetError
+from core.paths import join
+from dataset import layout
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +132,7 @@ def read_parquet_records(spark: SparkSession, input_url: str | list[str], column
 def listed_paths(spark: SparkSession, files: DataFrame) -> DataFrame:
     """The files Spark's listing found for ``files`` (zero-byte ones included, which its scan skips), as a
     DataFrame of normalised ``path``s."""
-    from pipelines.images import normalise_url
+    from core.paths import normalise_url
 
     return spark.createDataFrame([(normalise_url(p),) for p in files.inputFiles()], "path string")
 
@@ -238,29 +240,27 @@ def write_splits(spark: SparkSession, records: DataFrame, *, output_url: str, sc
     ``size_column`` (the row's main payload) sizes the row groups. Row counts are read back from the Parquet
     footers: the summary's numbers are what is on disk, and a mismatch is an error.
     """
-    from pipelines.splits import SPLITS
-
     stats = (records.groupBy("split", "label", F.substring_index("reason", ":", 1).alias("category"))
              .agg(F.count(F.lit(1)).alias("rows"), F.sum(F.length(size_column)).alias("bytes"))
              .collect())
     accepted = [r for r in stats if r["category"] is None]
     splits = {}
-    for split in SPLITS:
+    for split in layout.SPLITS:
         mine = [r for r in accepted if r["split"] == split]
         rows, size = sum(r["rows"] for r in mine), sum(r["bytes"] or 0 for r in mine)
-        url = layout.join(output_url, split)
+        url = join(output_url, split)
         num_files = row_groups_for(rows, size, row_group_size_mb=row_group_size_mb, shard_multiple=ranks)
         log.info("writing split %s: %d rows, %.1f MB, %d row groups -> %s", split, rows, size / 2**20, num_files, url)
         write_petastorm(spark, records.where(F.col("reason").isNull() & (F.col("split") == split)),
                         url=url, schema=schema, row_group_size_mb=row_group_size_mb, num_files=num_files)
         on_disk = layout.row_group_sizes(url)
         if sum(on_disk) != rows:
-            raise layout.DatasetError(f"split {url}: {sum(on_disk)} rows on disk, {rows} expected")
+            raise DatasetError(f"split {url}: {sum(on_disk)} rows on disk, {rows} expected")
         per_class = {name: 0 for name in label_names}
         for r in mine:
             per_class[label_names[r["label"]]] += r["rows"]
         splits[split] = {"rows": rows, "row_groups": len(on_disk), "per_class": per_class, "url": url}
-    rejected_url = layout.join(output_url, layout.REJECTED_DIR)
+    rejected_url = join(output_url, layout.REJECTED_DIR)
     write_rejected(records.where(F.col("reason").isNotNull()).select(*rejected_columns), url=rejected_url)
     return summarise(stats, splits, output_url=output_url, rejected_url=rejected_url)
 
@@ -275,7 +275,7 @@ def summarise(stats: list, splits: dict[str, dict], *, output_url: str, rejected
     rows_written = sum(s["rows"] for s in splits.values())
     rejected = sum(by_reason.values())
     if records_read != rows_written + rejected:
-        raise layout.DatasetError(f"{output_url}: {records_read} read != {rows_written} written + {rejected} rejected")
+        raise DatasetError(f"{output_url}: {records_read} read != {rows_written} written + {rejected} rejected")
     return {"records_read": records_read, "rows_written": rows_written, "rejected": rejected,
             "rejected_by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
             "rejected_url": rejected_url, "splits": splits, "output": output_url}

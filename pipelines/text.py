@@ -196,7 +196,7 @@ def block_line_offsets(block_counts: list[tuple[str, int, int]]) -> list[tuple[s
 
 def with_line_numbers(numbered: DataFrame, offsets: DataFrame, *, root_url: str) -> DataFrame:
     """Add ``line`` (1-based, in the file) and ``source`` = '<path below root_url>:<line>'."""
-    from pipelines.images import normalise_url
+    from core.paths import normalise_url
 
     prefix = normalise_url(root_url).rstrip("/") + "/"
     path = "regexp_replace(file_path, '^file:/+', 'file:/')"

@@ -20,7 +20,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gpu_check_report import collect, last_error, name, verdict, write_results  # scripts/, next to this file
+from gpu_check_report import (  # scripts/, next to this file
+    collect,
+    last_error,
+    name,
+    verdict,
+    write_results,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = {"images": "cnn", "texts": "lstm"}

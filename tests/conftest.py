@@ -42,9 +42,9 @@ def sample_images(tmp_path_factory) -> Path:
 def image_dataset(spark, sample_images, tmp_path_factory) -> Path:
     """The sample images through the real preprocessing job (in this session's Spark), written as 3 row groups per
     split so that two ranks get uneven shards."""
-    from jobs.config import load_section
+    from core.config import load_section
+    from core.paths import to_url
     from jobs.preprocess_images import PreprocessImagesConfig, preprocess_images
-    from pipelines.layout import to_url
 
     out = tmp_path_factory.mktemp("image-dataset") / "ds"
     config = load_section("preprocess_images", PreprocessImagesConfig, flags={"image_size": 16, "ranks": 3})
@@ -60,7 +60,7 @@ def snapshot_path(summary: dict) -> Path:
 
 def current_snapshot(dataset: Path) -> Path:
     """The current committed snapshot folder of a dataset folder a job wrote."""
-    from pipelines.layout import resolve_snapshot
+    from dataset.layout import resolve_snapshot
 
     return Path(resolve_snapshot(str(dataset))[len("file://"):])
 
@@ -98,9 +98,12 @@ def sample_texts(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def text_dataset(spark, sample_texts, tmp_path_factory) -> Path:
     """The sample texts through the real sequence job (in this session's Spark), 3 row groups per split."""
-    from jobs.config import load_section
-    from jobs.preprocess_sequences import PreprocessSequencesConfig, preprocess_sequences
-    from pipelines.layout import to_url
+    from core.config import load_section
+    from core.paths import to_url
+    from jobs.preprocess_sequences import (
+        PreprocessSequencesConfig,
+        preprocess_sequences,
+    )
 
     out = tmp_path_factory.mktemp("text-dataset") / "ds"
     config = load_section("preprocess_sequences", PreprocessSequencesConfig, flags={"ranks": 3, "max_length": 24})

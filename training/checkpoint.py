@@ -15,10 +15,18 @@ import hashlib
 import io
 import json
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from core import atomic
+from core.config import from_dict
+from core.errors import CheckpointError
+from dataset import layout
+from training.config import TrainConfig
+from training.models import build_model as build
 
 log = logging.getLogger("bigtrain.train")
 FORMAT = "bigtrain-checkpoint"
@@ -27,37 +35,22 @@ FINAL_FILE = "checkpoint.pt"
 RESUME_DIR = "checkpoints"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete, altered, foreign, or belongs to another dataset or model."""
-
-
 def sidecar_of(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def save(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (tensors and plain values) to ``path`` and its sidecar, atomically; returns ``path``."""
-    import torch
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
     data = buffer.getvalue()
-    _write_atomic(path, data)
+    atomic.write_bytes(path, data)
     info = {"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
             "epoch": payload.get("epoch"), "step": payload.get("step"), "global_step": payload.get("global_step"),
             "snapshot_id": (payload.get("dataset") or {}).get("snapshot_id")}
-    _write_atomic(sidecar_of(path), json.dumps(info, indent=2, sort_keys=True).encode())
+    atomic.write_json(sidecar_of(path), info)
     return path
 
 
@@ -75,8 +68,6 @@ def load(path: str | Path) -> dict[str, Any]:
         expected = info["sha256"]
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint sidecar {sidecar} is unreadable: {exc}") from None
-    import torch
-
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != expected:
         raise CheckpointError(f"checkpoint {path} does not match the SHA-256 in {sidecar.name}: the file was altered "
@@ -103,10 +94,6 @@ def model_metadata(payload: dict[str, Any]) -> dict[str, Any]:
 
 def build_model(payload: dict[str, Any]):
     """The trained model of a loaded checkpoint, in eval mode."""
-    from jobs.config import from_dict
-    from training.config import TrainConfig
-    from training.models import build_model as build
-
     config = from_dict(TrainConfig, payload["config"], prefix="checkpoint config")
     model = build(payload["model"], metadata=model_metadata(payload), config=config)
     model.load_state_dict(payload["model_state"])
@@ -130,8 +117,6 @@ def base_payload(model, model_name: str, config, info, *, dataset: dict[str, Any
 def dataset_entry(info) -> dict[str, Any]:
     """The dataset's identity, and what predict needs to treat raw inputs as preprocessing did (the job's config;
     the vocabulary of a sequence dataset)."""
-    from pipelines import layout
-
     vocabulary = layout.read_vocabulary(info.url) if info.kind == "sequence" else None
     return {"url": info.url, "kind": info.kind, "image": info.metadata.get("image"),
             "sequence": info.metadata.get("sequence"), "snapshot_id": dataset_identity(info),
@@ -175,5 +160,5 @@ def prune(output_dir: str | Path, keep: int) -> None:
     for old in points[:len(points) - keep] if keep < len(points) else []:
         sidecar_of(old).unlink(missing_ok=True)  # sidecar first: a half-deleted point is never taken as complete
         old.unlink(missing_ok=True)
-    for leftover in folder.glob(".*.tmp") if folder.is_dir() else []:
+    for leftover in folder.glob(atomic.tmp_name("*")) if folder.is_dir() else []:
         leftover.unlink(missing_ok=True)

@@ -4,14 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-
-class TrainConfigError(ValueError):
-    pass
-
-
-def _require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise TrainConfigError(f"config key {key}: {message}")
+from core.config import require as _require
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from training.errors import LaunchError
+from core.errors import LaunchError
 
 DEVICES = ("auto", "cpu", "cuda")
 

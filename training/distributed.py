@@ -12,8 +12,8 @@ import socket
 
 import torch
 
+from core.errors import LaunchError
 from training.device import process_group_backend, take_device
-from training.errors import LaunchError
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "horovod", "torch", "single")

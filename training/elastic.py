@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import logging
 
+from core.logs import setup_logging
 from training.distributed import unwrap
 
 log = logging.getLogger("bigtrain.train")
 
 
-def fit_elastic(run, progress, dist):
-    """Run ``training.loop.fit`` under ``hvd.elastic.run``; returns the final Progress."""
+def fit_elastic(run, progress, dist, fit):
+    """Run ``fit`` (``training.loop.fit``, handed in: the loop calls this module) under ``hvd.elastic.run``;
+    returns the final Progress."""
     import horovod.torch as hvd
-
-    from training.loop import fit
 
     # Horovod: what is rolled back to on a failure and sent to workers that join.
     state = hvd.elastic.TorchState(model=unwrap(run.model), optimizer=run.optimizer, progress=progress)
 
     def on_reset() -> None:
-        from jobs.common import setup_logging
-
         setup_logging(rank=dist.rank)  # Horovod: ranks are renumbered; rank 0 (maybe another process now) logs
         if dist.rank == 0:
             log.warning("elastic: the workers changed, training goes on with %d ranks from epoch %d, optimizer step %d",

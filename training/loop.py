@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -21,16 +19,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pipelines.layout import DatasetError
+from core import atomic
+from core.errors import CheckpointError, DatasetError, LockHeld
+from core.locking import hold
+from dataset.info import DatasetInfo, load_dataset_info
 from training import checkpoint, resume
+from training.batching import evaluation_batches, training_batches
+from training.collation import Task, task_for
 from training.config import TrainConfig
-from training.data import (DataCoverageError, DatasetInfo, EpochCounter, ReadOptions, Task, evaluation_batches,
-                           load_dataset_info, plan_shard, task_for, training_batches)
 from training.device import Precision, describe, pinned, precision_for, to_device
 from training.distributed import set_threads, unwrap
+from training.elastic import fit_elastic
 from training.models import DEFAULT_OPTIMIZER, build_model, resolve_model_name
+from training.reading import ReadOptions
+from training.reports import MetricsLog, classification_report, write_evaluation_report
 from training.resume import Progress
 from training.schedule import lr_factor
+from training.shards import DataCoverageError, EpochCounter, plan_shard
 
 log = logging.getLogger("bigtrain.train")
 CHECKPOINT_FILE = checkpoint.FINAL_FILE
@@ -88,8 +93,6 @@ def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist, e
 def output_lock(output_dir: Path, dist):
     """Rank 0 holds ``<output>/.bigtrain-train.lock`` for the whole run: two runs writing one output folder would
     interleave their checkpoints. Every rank learns the outcome, so all fail together (LockHeld: exit 75)."""
-    from pipelines.locking import LockHeld, hold
-
     with contextlib.ExitStack() as stack:
         outcome = "ok"
         if dist.rank == 0:
@@ -117,9 +120,7 @@ def _train(config: TrainConfig, data_url: str, output_dir: Path, dist, elastic: 
                  "" if plan.by_row_group else " (fewer row groups than ranks: row sharding)")
     try:
         if elastic:
-            from training.elastic import fit_elastic
-
-            progress = fit_elastic(run, progress, dist)
+            progress = fit_elastic(run, progress, dist, fit)
         else:
             fit(run, progress, dist)
         return finish(run, progress, dist, resumed_from)
@@ -167,11 +168,11 @@ def start_or_resume(run: Run, dist) -> tuple[Progress, str | None]:
                 payload = checkpoint.load(path)
                 resume.check_compatible(payload, path, run.config, run.identity, run.model_name)
                 found = ("ok", (str(path), payload))
-        except checkpoint.CheckpointError as exc:
+        except CheckpointError as exc:
             found = ("error", str(exc))
     found = dist.broadcast_object(found, name="resume_point")  # every rank raises together, none is left waiting
     if found[0] == "error":
-        raise checkpoint.CheckpointError(found[1])
+        raise CheckpointError(found[1])
     if found[0] == "none":
         dist.broadcast_state(unwrap(run.model), run.optimizer)
         return Progress(world=dist.size), None
@@ -220,8 +221,6 @@ def fit(run: Run, progress: Progress, dist, commit=None) -> None:
 def metrics_log(run: Run, history: list[dict[str, Any]]):
     """Rank 0's metrics.jsonl and TensorBoard writer, opened on first use (under --elastic, rank 0 may change)."""
     if run.metrics_log is None:
-        from training.reports import MetricsLog
-
         run.metrics_log = MetricsLog(run.output_dir, history=history)
     return run.metrics_log
 
@@ -426,11 +425,9 @@ def finish(run: Run, progress: Progress, dist, resumed_from: str | None) -> Trai
         "train_rows": info.splits["train"].rows, "resumed_from": resumed_from, "config": asdict(run.config),
     }
     if dist.rank == 0:
-        from training.reports import classification_report, write_evaluation_report
-
         final = checkpoint.save(run.output_dir / CHECKPOINT_FILE,
                                 {**run.base_payload(), "epoch": progress.epoch, "global_step": progress.global_step})
-        write_json(run.output_dir / METRICS_FILE, metrics)
+        atomic.write_json(run.output_dir / METRICS_FILE, metrics)
         written = []
         if test["rows"]:
             report = classification_report(test["confusion"].numpy(), info.classes)
@@ -453,9 +450,3 @@ def _progress(steps: int, desc: str, config: TrainConfig, dist, initial: int = 0
     from tqdm import tqdm
 
     return tqdm(total=steps, initial=initial, desc=desc, unit="step", leave=False, file=sys.stderr)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)

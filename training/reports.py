@@ -11,6 +11,7 @@ Everything here runs on rank 0 only. Plots use matplotlib's object API on the Ag
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from core import atomic
 
 log = logging.getLogger("bigtrain.train")
 METRICS_FILE = "metrics.jsonl"
@@ -68,12 +71,8 @@ class MetricsLog:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.output_dir / METRICS_FILE
         history = list(history)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w") as fh:  # written aside and renamed: a crash here never leaves half the old history
-            fh.writelines(_json_line(r) for r in history)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        # written aside and renamed: a crash here never leaves half the old history
+        atomic.write_text(self.path, "".join(_json_line(r) for r in history))
         self._file = open(self.path, "a")
         self.tensorboard_dir = self.output_dir / TENSORBOARD_DIR
         self.writer = SummaryWriter(log_dir=str(self.tensorboard_dir),
@@ -180,9 +179,9 @@ def classification_report(confusion: Any, classes: list[str]) -> dict[str, Any]:
 
 
 def _save(figure, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    figure.savefig(tmp, dpi=100, bbox_inches="tight")
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lstrip("."), dpi=100, bbox_inches="tight")
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def plot_confusion(report: dict[str, Any], path: Path) -> Path:
@@ -257,9 +256,7 @@ def write_evaluation_report(output_dir: str | Path, report: dict[str, Any], hist
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path = output_dir / EVALUATION_FILE
-    tmp = json_path.with_name(f".{json_path.name}.tmp")
-    tmp.write_text(json.dumps(_plain(report), indent=2) + "\n")
-    os.replace(tmp, json_path)
+    atomic.write_text(json_path, json.dumps(_plain(report), indent=2) + "\n")
     paths = [json_path, plot_confusion(report, output_dir / CONFUSION_PNG),
              plot_curves(list(history), output_dir / CURVES_PNG)]
     log.info("evaluation report: %s", ", ".join(str(p) for p in paths))

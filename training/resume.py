@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.errors import CheckpointError
 from training import checkpoint
-from training.checkpoint import CheckpointError
 
 log = logging.getLogger("bigtrain.train")
 # Config keys a resumed run must share with the checkpoint: they shape the model, the optimizer state or what a

@@ -6,17 +6,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from core.config import from_dict
+from core.logs import setup_logging
+from training.config import TrainConfig
+from training.distributed import init_distributed
+from training.loop import train
+
 log = logging.getLogger("bigtrain.train")
 
 
 def train_rank(config: dict[str, Any], data_url: str, output_dir: str, backend: str = "horovod") -> dict[str, Any]:
     """Runs inside a Spark task (pickled there by horovod.spark.run or TorchDistributor); the rank's metrics."""
-    from jobs.common import setup_logging
-    from jobs.config import from_dict
-    from training.config import TrainConfig
-    from training.distributed import init_distributed
-    from training.loop import train
-
     train_config = from_dict(TrainConfig, config, prefix="train")
     # Horovod: the ranks were started by horovod.spark.run (DDP: by torchrun); each pins its own GPU if it has one.
     dist = init_distributed(backend, device=train_config.device)

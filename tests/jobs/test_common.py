@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.paths import to_url
 from jobs import preprocess_images, preprocess_sequences
-from pipelines.layout import to_url
 
 
 @pytest.mark.parametrize("job", [preprocess_images, preprocess_sequences])

@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
+from core.config import load_section
+from core.paths import to_url
+from dataset.info import load_dataset_info
 from jobs import predict as job
-from jobs.config import load_section
-from pipelines.layout import to_url
 from tests.conftest import REPO, subprocess_env
 from training import checkpoint
-from training.data import ImageDecoder, image_collate, load_dataset_info, sequence_collate
+from training.collation import ImageDecoder, image_collate, sequence_collate
 
 pytestmark = pytest.mark.spark
 
@@ -200,7 +201,8 @@ def test_inputs_of_which_none_can_be_scored_fail_with_exit_3(image_checkpoint, s
 
 
 def test_raw_csv_lines_are_prepared_like_preprocessing_with_the_label_optional():
-    from pipelines import predict, text
+    from inference import predict
+    from pipelines import text
 
     params = text.ParseParams(fmt="csv", text_field="review", label_field="stars", tokens_field=None,
                               tokenizer="word", lowercase=True)

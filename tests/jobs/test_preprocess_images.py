@@ -11,11 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from core.paths import to_url
+from dataset.info import load_dataset_info
+from dataset.layout import SPLITS, read_metadata
 from jobs.preprocess_images import main
-from pipelines.layout import read_metadata, to_url
-from pipelines.splits import SPLITS
 from tests.conftest import REPO, current_snapshot, subprocess_env, tool
-from training.data import ReadOptions, evaluation_batches, load_dataset_info, plan_shard
+from training.batching import evaluation_batches
+from training.reading import ReadOptions
+from training.shards import plan_shard
 
 pytestmark = pytest.mark.spark
 

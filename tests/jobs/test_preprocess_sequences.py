@@ -8,14 +8,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.config import load_section
-from jobs.preprocess_sequences import PreprocessSequencesConfig, main, preprocess_sequences
-from pipelines.layout import read_vocabulary, to_url
+from core.config import load_section
+from core.paths import to_url
+from dataset.info import load_dataset_info
+from dataset.layout import SPLITS, read_vocabulary
+from jobs.preprocess_sequences import (
+    PreprocessSequencesConfig,
+    main,
+    preprocess_sequences,
+)
 from pipelines.samples import BAD_LINES
-from pipelines.splits import SPLITS
 from pipelines.text import normalise, tokenise
 from tests.conftest import snapshot_path
-from training.data import ReadOptions, evaluation_batches, load_dataset_info, plan_shard, task_for
+from training.batching import evaluation_batches
+from training.collation import task_for
+from training.reading import ReadOptions
+from training.shards import plan_shard
 
 pytestmark = pytest.mark.spark
 

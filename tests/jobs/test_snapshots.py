@@ -13,15 +13,15 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.config import load_section
+from core.config import load_section
+from core.errors import DatasetError, RejectBudgetError
+from core.paths import to_url
+from dataset import layout, snapshots
+from dataset.info import load_dataset_info
+from dataset.layout import SPLITS
 from jobs.preprocess_images import PreprocessImagesConfig, preprocess_images
 from jobs.preprocess_sequences import PreprocessSequencesConfig, preprocess_sequences
-from pipelines import layout, snapshots
-from pipelines.incremental import RejectBudgetError
-from pipelines.layout import DatasetError, to_url
-from pipelines.splits import SPLITS
 from tests.conftest import REPO, snapshot_path, subprocess_env
-from training.data import load_dataset_info
 
 pytestmark = pytest.mark.spark
 

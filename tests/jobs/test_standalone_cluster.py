@@ -9,7 +9,7 @@ import subprocess
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.splits import SPLITS
+from dataset.layout import SPLITS
 from tests.conftest import REPO, current_snapshot, subprocess_env, tool
 
 pytestmark = [pytest.mark.cluster, pytest.mark.spark, pytest.mark.slow]

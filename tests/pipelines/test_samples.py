@@ -1,7 +1,6 @@
 """The sample data carries the signals the demo relies on."""
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.splits import SPLITS, assign_split, validate_fractions, with_sample_id
+from dataset.layout import SPLITS, validate_fractions
+from pipelines.splits import assign_split, with_sample_id
 
 pytestmark = pytest.mark.spark
 FRACTIONS = {"train": 0.7, "validation": 0.2, "test": 0.1}

@@ -6,8 +6,20 @@ import numpy as np
 import pytest
 
 from pipelines.labels import assign_labels, class_map
-from pipelines.text import (RESERVED, ParseParams, RejectedRecord, block_line_offsets, make_vocabulary, map_to_ids,
-                            normalise, parse_record, token_counts, token_dtype, tokenise, top_tokens)
+from pipelines.text import (
+    RESERVED,
+    ParseParams,
+    RejectedRecord,
+    block_line_offsets,
+    make_vocabulary,
+    map_to_ids,
+    normalise,
+    parse_record,
+    token_counts,
+    token_dtype,
+    tokenise,
+    top_tokens,
+)
 
 JSONL = ParseParams(fmt="jsonl", text_field="text", label_field="label", tokens_field=None, tokenizer="word",
                     lowercase=True)

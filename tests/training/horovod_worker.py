@@ -10,11 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.config import load_section
+from core.config import load_section
+from dataset.info import load_dataset_info
+from training.batching import training_batches
+from training.collation import task_for
 from training.config import TrainConfig
-from training.data import EpochCounter, ReadOptions, load_dataset_info, plan_shard, read_shard_once, task_for, training_batches
 from training.distributed import init_distributed
 from training.loop import train
+from training.reading import ReadOptions, read_shard_once
+from training.shards import EpochCounter, plan_shard
 
 
 def main(data: str, out: str) -> None:

@@ -7,8 +7,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from training.data import (DataCoverageError, EpochCounter, ReadOptions, evaluation_batches, load_dataset_info,
-                           plan_shard, read_shard_once, shuffled, training_batches)
+from dataset.info import load_dataset_info
+from training.batching import evaluation_batches, shuffled, training_batches
+from training.reading import ReadOptions, read_shard_once
+from training.shards import DataCoverageError, EpochCounter, plan_shard
 
 FIELDS = ReadOptions(("label", "sample_id"), workers=2, shuffle=True, shuffle_buffer=8, seed=5)
 
@@ -104,7 +106,7 @@ def test_metadata_that_disagrees_with_the_files_is_refused(image_dataset, tmp_pa
     import json
     import shutil
 
-    from pipelines.layout import DatasetError
+    from core.errors import DatasetError
 
     copy = tmp_path / "ds"
     shutil.copytree(image_dataset, copy)
@@ -120,9 +122,9 @@ def test_metadata_that_disagrees_with_the_files_is_refused(image_dataset, tmp_pa
 
 def test_thread_pool_fix_waits_for_the_ventilator():
     """The race in Petastorm's ThreadPool: nothing ventilated yet looks like 'all workers done'."""
+    import petastorm.reader
     from petastorm.workers_pool.thread_pool import ThreadPool
 
-    import petastorm.reader
     from training.petastorm_fixes import OrderedEndThreadPool
 
     class NotFinished:
@@ -134,18 +136,18 @@ def test_thread_pool_fix_waits_for_the_ventilator():
         pool._results_queues = [__import__("queue").Queue() for _ in range(2)]
         pool._ventilator = NotFinished()
         assert pool.all_workers_done() is expected
-    assert petastorm.reader.ThreadPool is OrderedEndThreadPool  # installed by importing training.data
+    assert petastorm.reader.ThreadPool is OrderedEndThreadPool  # installed by importing training.reading
 
 
 @pytest.mark.spark
 @pytest.mark.parametrize("reservoir_rows", [8192, 0])
 def test_padding_comes_from_memory_unless_too_large(image_dataset, monkeypatch, reservoir_rows):
-    import training.data as data
+    from training import batching, reading
 
     calls = []
-    real = data.read_shard_once
-    monkeypatch.setattr(data, "read_shard_once", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    monkeypatch.setattr(data, "PADDING_RESERVOIR_ROWS", reservoir_rows)
+    real = reading.read_shard_once
+    monkeypatch.setattr(reading, "read_shard_once", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(batching, "PADDING_RESERVOIR_ROWS", reservoir_rows)
     split = load_dataset_info(str(image_dataset)).splits["train"]
     plan = plan_shard(split.row_group_sizes, 1, 2)  # the smaller of two uneven shards
     counter = EpochCounter(split, plan)
@@ -159,7 +161,7 @@ def test_padding_comes_from_memory_unless_too_large(image_dataset, monkeypatch, 
 def test_prefetched_keeps_order_surfaces_errors_and_stops_early():
     import threading
 
-    from training.data import prefetched
+    from training.batching import prefetched
 
     assert list(prefetched(iter(range(100)), depth=3)) == list(range(100))
 
@@ -197,7 +199,7 @@ def test_prefetched_never_hangs_when_the_consumer_fails_after_the_producer_finis
     import threading
     import time
 
-    from training.data import prefetched
+    from training.batching import prefetched
 
     stream = prefetched(iter(range(3)), depth=2)
     assert next(stream) == 0
@@ -209,8 +211,8 @@ def test_prefetched_never_hangs_when_the_consumer_fails_after_the_producer_finis
 
 
 def test_a_damaged_stored_image_is_a_dataset_error_not_a_crash():
-    from pipelines.layout import DatasetError
-    from training.data import ImageDecoder
+    from core.errors import DatasetError
+    from training.collation import ImageDecoder
 
     with pytest.raises(DatasetError, match=r"stored png image cannot be decoded.*bigtrain verify"):
         ImageDecoder("png", 1).decode(b"\x89PNG\r\n\x1a\n damaged")

@@ -6,10 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import image_collate, sequence_collate, task_for
-from training.device import precision_for, process_group_backend, select_device, to_device
+from core.errors import LaunchError
+from training.collation import image_collate, sequence_collate, task_for
+from training.device import (
+    precision_for,
+    process_group_backend,
+    select_device,
+    to_device,
+)
 from training.distributed import init_distributed
-from training.errors import LaunchError
 from training.models import CNN
 from training.spark_launch import gpus_per_task
 

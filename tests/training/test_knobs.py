@@ -8,13 +8,14 @@ import math
 import pytest
 import torch
 
-from jobs.config import load_section
+from core.config import load_section
 from training import checkpoint
+from training.batching import evaluation_batches
 from training.config import TrainConfig
-from training.data import evaluation_batches, plan_shard
 from training.distributed import SingleProcess, unwrap
 from training.loop import _forward_backward, _optimizer_step, prepare, train
 from training.schedule import lr_factor
+from training.shards import plan_shard
 
 pytestmark = pytest.mark.spark
 

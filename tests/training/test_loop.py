@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from jobs.config import load_section
+from core.config import load_section
 from training.config import TrainConfig
 from training.distributed import SingleProcess
 from training.loop import train
@@ -45,7 +45,7 @@ def without_split(dataset, tmp_path, split: str):
 
 
 def test_an_empty_train_split_is_refused(image_dataset, tmp_path):
-    from pipelines.layout import DatasetError
+    from core.errors import DatasetError
 
     copy = without_split(image_dataset, tmp_path, "train")
     config = load_section("train", TrainConfig, overrides=["train.epochs=1"])

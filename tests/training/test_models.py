@@ -13,7 +13,7 @@ def test_cnn_derives_its_flattened_size_from_the_input(channels, size):
 
 
 def test_build_model_follows_the_dataset_kind():
-    from jobs.config import load_section
+    from core.config import load_section
     from training.config import TrainConfig
 
     config = load_section("train", TrainConfig)
@@ -50,7 +50,7 @@ def test_sequence_collate_pads_to_the_longest_in_the_batch():
 
     import numpy as np
 
-    from training.data import sequence_collate
+    from training.collation import sequence_collate
 
     Row = collections.namedtuple("Row", "tokens length label sample_id")
     rows = [Row(np.array([4, 5], "<u2").tobytes(), 2, 1, 10), Row(np.array([7, 8, 9, 3], "<u2").tobytes(), 4, 0, 11)]
@@ -62,7 +62,7 @@ def test_sequence_collate_pads_to_the_longest_in_the_batch():
 def test_bucketing_groups_similar_lengths_and_keeps_every_row():
     import numpy as np
 
-    from training.data import bucketed
+    from training.batching import bucketed
 
     lengths = list(np.random.default_rng(0).integers(1, 100, 640))
     out = list(bucketed(iter(lengths), key=lambda n: n, batch_size=8, window_batches=10, rng=np.random.default_rng(1)))

@@ -8,13 +8,17 @@ import sys
 
 import pytest
 
-from jobs.config import load_section
-from pipelines.layout import DatasetError
+from core.config import load_section
+from core.errors import DatasetError
+from dataset.info import load_dataset_info
 from tests.conftest import REPO, subprocess_env
+from training.batching import evaluation_batches
+from training.collation import task_for
 from training.config import TrainConfig
-from training.data import ReadOptions, evaluation_batches, load_dataset_info, plan_shard, task_for
 from training.distributed import SingleProcess
 from training.loop import train
+from training.reading import ReadOptions
+from training.shards import plan_shard
 
 pytestmark = pytest.mark.spark
 

@@ -11,10 +11,10 @@ import time
 import pytest
 import torch
 
-from jobs.config import load_section
+from core.config import load_section
+from core.errors import CheckpointError
 from tests.conftest import REPO, subprocess_env
 from training import checkpoint
-from training.checkpoint import CheckpointError
 from training.config import TrainConfig
 from training.distributed import SingleProcess
 from training.loop import train
@@ -169,7 +169,7 @@ def test_resume_is_refused_once_the_dataset_has_a_new_snapshot_but_works_pinned_
 
 
 def test_two_runs_into_one_output_folder_are_refused(image_dataset, tmp_path):
-    from pipelines.locking import LockHeld, hold
+    from core.locking import LockHeld, hold
 
     with hold(str(tmp_path / ".bigtrain-train.lock"), what="another training run"):
         with pytest.raises(LockHeld, match=f"training into {tmp_path} is already running"):

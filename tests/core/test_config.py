@@ -5,7 +5,8 @@ from typing import Literal
 
 import pytest
 
-from jobs.config import ConfigError, from_dict, load_section, parse_overrides
+from core.config import from_dict, load_section, parse_overrides
+from core.errors import ConfigError
 from jobs.preprocess_images import PreprocessImagesConfig
 from training.config import TrainConfig
 

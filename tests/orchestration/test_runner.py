@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import runner, runs
+from jobs.cli import SUBCOMMANDS
+from orchestration import runner, runs
 from tests.conftest import REPO, VENV_BIN, subprocess_env
 
 
@@ -25,12 +26,16 @@ def write_pipeline(tmp_path, stages, **extra):
     return str(path)
 
 
+def load(pipeline_file, overrides=None):
+    return runner.load(pipeline_file, overrides, subcommands=SUBCOMMANDS)
+
+
 def py(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
 def statuses(pipeline_file) -> list[list[str]]:
-    return [[s["status"] for s in r["stages"]] for r in runs.read_history(runner.load(pipeline_file))]
+    return [[s["status"] for s in r["stages"]] for r in runs.read_history(load(pipeline_file))]
 
 
 def test_a_stage_with_unchanged_inputs_is_skipped(tmp_path):
@@ -40,7 +45,7 @@ def test_a_stage_with_unchanged_inputs_is_skipped(tmp_path):
     count = tmp_path / "count"
     stage = {"name": "step", "command": py(f"open({str(count)!r}, 'a').write('x')"), "inputs": [str(data)]}
     file = write_pipeline(tmp_path, [stage])
-    pipeline = runner.load(file)
+    pipeline = load(file)
     assert runs.run(pipeline) == 0 and runs.run(pipeline) == 0
     (data / "b.txt").write_text("b")  # a new input file
     assert runs.run(pipeline) == 0 and runs.run(pipeline, force=True) == 0
@@ -83,14 +88,14 @@ def test_a_second_concurrent_run_exits_75_and_is_recorded(tmp_path):
         go.write_text("")
         first.wait(timeout=60)
     assert first.returncode == 0, first.stderr
-    history = runs.read_history(runner.load(file))  # oldest start first: the lock holder, then the run it refused
+    history = runs.read_history(load(file))  # oldest start first: the lock holder, then the run it refused
     assert [(r["status"], r["exit_code"]) for r in history] == [("ok", 0), ("locked", 75)]
     assert history[1]["holder"]["pid"] == first.pid
 
 
 def test_history_is_in_start_order_not_completion_order(tmp_path):
     file = write_pipeline(tmp_path, [{"name": "a", "command": py("pass")}])
-    pipeline = runner.load(file)
+    pipeline = load(file)
     late = {"run": "late", "started": "2026-11-29T04:59:04Z", "status": "locked", "exit_code": 75, "stages": []}
     early = {"run": "early", "started": "2026-11-29T04:59:02Z", "status": "ok", "exit_code": 0, "stages": []}
     same_second = [{"run": f"s{i}", "started": "2026-11-29T05:00:00Z", "started_unix": t, "status": "ok",
@@ -126,7 +131,7 @@ def test_a_stage_whose_program_cannot_start_fails_with_one_line_and_is_recorded(
     assert done.returncode == 1 and "Traceback" not in done.stderr
     reason = f"cannot start no-such-horovodrun: not found on PATH or in {VENV_BIN}"
     assert f"stage train failed: {reason}" in done.stderr
-    [record] = runs.read_history(runner.load(file))
+    [record] = runs.read_history(load(file))
     assert (record["status"], record["exit_code"]) == ("failed", 1)
     assert [(s["name"], s["status"], s.get("error")) for s in record["stages"]] == [
         ("train", "failed", reason), ("after", "not run", None)]
@@ -135,13 +140,13 @@ def test_a_stage_whose_program_cannot_start_fails_with_one_line_and_is_recorded(
 def test_a_program_that_is_not_executable_fails_the_stage(tmp_path):
     script = tmp_path / "not-executable.sh"
     script.write_text("#!/bin/sh\n")
-    pipeline = runner.load(write_pipeline(tmp_path, [{"name": "s", "command": [str(script)]}]))
+    pipeline = load(write_pipeline(tmp_path, [{"name": "s", "command": [str(script)]}]))
     assert runs.run(pipeline) == 1
     assert runs.read_history(pipeline)[0]["stages"][0]["error"] == f"cannot start {script}: Permission denied"
 
 
 def test_the_run_is_recorded_even_when_the_runner_itself_raises(tmp_path, monkeypatch):
-    pipeline = runner.load(write_pipeline(tmp_path, [{"name": "s", "command": py("pass")}]))
+    pipeline = load(write_pipeline(tmp_path, [{"name": "s", "command": py("pass")}]))
 
     def broken(stage):
         raise KeyError("fingerprint")

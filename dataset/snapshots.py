@@ -16,19 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines import layout
+from core.errors import DatasetError
+from core.paths import filesystem, join
+from dataset import layout
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
 _ID = re.compile(r"^(\d{6})-\d{8}T\d{6}Z$")
 AUTO_FULL_CHECK_BYTES = 1 << 30  # readers checksum every file they read up to this size (BIGTRAIN_VERIFY=auto)
-
-
-def _fs(url: str):
-    import fsspec
-
-    return fsspec.core.url_to_fs(url)
 
 
 def new_snapshot_id(existing: list[str], now: float | None = None) -> str:
@@ -41,14 +36,14 @@ def new_snapshot_id(existing: list[str], now: float | None = None) -> str:
 def begin(dataset_url: str) -> tuple[str, str]:
     """Remove snapshots left uncommitted by earlier runs and create a new staging folder: (snapshot id, its URL)."""
     committed, uncommitted = layout.snapshot_ids(dataset_url)
-    fs, _ = _fs(dataset_url)
+    fs, _ = filesystem(dataset_url)
     for sid in uncommitted:
-        stale = layout.join(dataset_url, layout.SNAPSHOTS_DIR, sid)
+        stale = join(dataset_url, layout.SNAPSHOTS_DIR, sid)
         log.warning("removing uncommitted snapshot %s (left by a run that did not finish)", stale)
-        fs.rm(_fs(stale)[1], recursive=True)
+        fs.rm(filesystem(stale)[1], recursive=True)
     sid = new_snapshot_id(committed + uncommitted)
-    url = layout.join(dataset_url, layout.SNAPSHOTS_DIR, sid)
-    fs.makedirs(_fs(url)[1], exist_ok=True)
+    url = join(dataset_url, layout.SNAPSHOTS_DIR, sid)
+    fs.makedirs(filesystem(url)[1], exist_ok=True)
     return sid, url
 
 
@@ -68,7 +63,7 @@ def _is_data_file(relpath: str) -> bool:
 
 def snapshot_files(snapshot_url: str) -> dict[str, int]:
     """relative path -> bytes of every data file below a snapshot folder."""
-    fs, root = _fs(snapshot_url)
+    fs, root = filesystem(snapshot_url)
     root = root.rstrip("/")
     found = fs.find(root, detail=True)
     return {path[len(root) + 1:]: int(info["size"]) for path, info in found.items()
@@ -87,7 +82,7 @@ def parquet_footer(fs, path: str) -> tuple[int, str]:
 
 def build_manifest(snapshot_url: str) -> dict[str, Any]:
     """``files`` (rows, bytes, sha256 of each) and ``schema_fingerprints`` (one per split) of a written snapshot."""
-    fs, root = _fs(snapshot_url)
+    fs, root = filesystem(snapshot_url)
     sizes = snapshot_files(snapshot_url)
     full = {rel: root.rstrip("/") + "/" + rel for rel in sizes}
     with ThreadPoolExecutor(max_workers=8) as pool:  # I/O bound; hashlib releases the GIL
@@ -96,11 +91,11 @@ def build_manifest(snapshot_url: str) -> dict[str, Any]:
     fingerprints: dict[str, str] = {}
     for rel in sorted(sizes):
         entry: dict[str, Any] = {"bytes": sizes[rel], "sha256": digests[rel]}
-        if rel.endswith(".parquet") and rel.split("/", 1)[0] in SPLITS:
+        if rel.endswith(".parquet") and rel.split("/", 1)[0] in layout.SPLITS:
             entry["rows"], fingerprint = parquet_footer(fs, full[rel])
             split = rel.split("/", 1)[0]
             if fingerprints.setdefault(split, fingerprint) != fingerprint:
-                raise layout.DatasetError(f"{layout.join(snapshot_url, rel)}: its schema differs from the other "
+                raise DatasetError(f"{join(snapshot_url, rel)}: its schema differs from the other "
                                           f"files of split {split}")
         files[rel] = entry
     return {"files": files, "schema_fingerprints": fingerprints}
@@ -112,10 +107,6 @@ def commit(snapshot_url: str, metadata: dict[str, Any]) -> dict[str, Any]:
     layout.write_metadata(snapshot_url, metadata)
     log.info("committed snapshot %s (%d files)", snapshot_url, len(metadata["files"]))
     return metadata
-
-
-class RejectBudgetError(layout.DatasetError):
-    """More of a run's input was rejected than its error budget allows; the snapshot was not committed."""
 
 
 @dataclass(frozen=True)
@@ -133,26 +124,26 @@ def check(snapshot_url: str, metadata: dict[str, Any], *, checksums: bool, scope
     the vocabulary), ``"all"`` (verify) covers every file."""
     files = metadata.get("files")
     if files is None:
-        return [Problem(layout.join(snapshot_url, layout.METADATA_FILE), "holds no manifest (no 'files')")]
+        return [Problem(join(snapshot_url, layout.METADATA_FILE), "holds no manifest (no 'files')")]
 
     def wanted(rel: str) -> bool:
         top = rel.split("/", 1)[0]
         if scope == "all":
             return True
-        if top in SPLITS:
+        if top in layout.SPLITS:
             return bool(metadata.get("splits", {}).get(top, {}).get("rows"))
         return rel == layout.VOCAB_FILE
 
-    fs, root = _fs(snapshot_url)
+    fs, root = filesystem(snapshot_url)
     root = root.rstrip("/")
     on_disk = snapshot_files(snapshot_url)
-    problems = [Problem(layout.join(snapshot_url, rel), "is not in the manifest (added after the commit)")
+    problems = [Problem(join(snapshot_url, rel), "is not in the manifest (added after the commit)")
                 for rel in sorted(set(on_disk) - set(files)) if wanted(rel)]
     fingerprints = metadata.get("schema_fingerprints", {})
     for rel, entry in sorted(files.items()):
         if not wanted(rel):
             continue
-        url = layout.join(snapshot_url, rel)
+        url = join(snapshot_url, rel)
         if rel not in on_disk:
             problems.append(Problem(url, "is missing"))
         elif on_disk[rel] != entry["bytes"]:
@@ -181,7 +172,7 @@ def reader_checksums(metadata: dict[str, Any]) -> bool:
     schema only), auto (default: when the data read is at most 1 GiB; `bigtrain verify` always checksums)."""
     mode = os.environ.get("BIGTRAIN_VERIFY", "auto").lower()
     if mode not in ("auto", "full", "quick"):
-        raise layout.DatasetError(f"BIGTRAIN_VERIFY={mode!r}: expected auto, full or quick")
+        raise DatasetError(f"BIGTRAIN_VERIFY={mode!r}: expected auto, full or quick")
     if mode != "auto":
         return mode == "full"
     return sum(f["bytes"] for f in metadata.get("files", {}).values()) <= AUTO_FULL_CHECK_BYTES
@@ -192,7 +183,7 @@ def check_for_readers(snapshot_url: str, metadata: dict[str, Any]) -> None:
     problems = check(snapshot_url, metadata, checksums=reader_checksums(metadata), scope="read")
     if problems:
         more = f" (and {len(problems) - 1} more problems; run `bigtrain verify {snapshot_url}`)" if len(problems) > 1 else ""
-        raise layout.DatasetError(f"{problems[0]}{more}")
+        raise DatasetError(f"{problems[0]}{more}")
 
 
 @dataclass(frozen=True)
@@ -228,7 +219,7 @@ def write_inputs(snapshot_url: str, inputs: dict[str, tuple[str, int, int]]) -> 
     table = pa.table({"relpath": keys, "path": [inputs[k][0] for k in keys],
                       "size": pa.array([inputs[k][1] for k in keys], pa.int64()),
                       "mtime_ms": pa.array([inputs[k][2] for k in keys], pa.int64())})
-    fs, path = _fs(layout.join(snapshot_url, layout.INPUTS_FILE))
+    fs, path = filesystem(join(snapshot_url, layout.INPUTS_FILE))
     with fs.open(path, "wb") as fh:
         pq.write_table(table, fh)
 
@@ -236,10 +227,10 @@ def write_inputs(snapshot_url: str, inputs: dict[str, tuple[str, int, int]]) -> 
 def read_inputs(snapshot_url: str) -> dict[str, tuple[str, int, int]]:
     import pyarrow.parquet as pq
 
-    url = layout.join(snapshot_url, layout.INPUTS_FILE)
-    fs, path = _fs(url)
+    url = join(snapshot_url, layout.INPUTS_FILE)
+    fs, path = filesystem(url)
     if not fs.exists(path):
-        raise layout.DatasetError(f"{url} not found: the snapshot does not record its inputs")
+        raise DatasetError(f"{url} not found: the snapshot does not record its inputs")
     with fs.open(path, "rb") as fh:
         rows = pq.read_table(fh).to_pylist()
     return {r["relpath"]: (r["path"], r["size"], r["mtime_ms"]) for r in rows}
@@ -264,12 +255,12 @@ def verify(url: str, *, checksums: bool = True) -> tuple[str, dict[str, Any] | N
     snapshot_url = layout.resolve_snapshot(url)
     try:
         metadata = layout.read_metadata(snapshot_url)
-    except layout.DatasetError as exc:
-        return snapshot_url, None, [Problem(layout.join(snapshot_url, layout.METADATA_FILE), str(exc))]
+    except DatasetError as exc:
+        return snapshot_url, None, [Problem(join(snapshot_url, layout.METADATA_FILE), str(exc))]
     problems = check(snapshot_url, metadata, checksums=checksums)
     for split, info in metadata.get("splits", {}).items():
         listed = sum(e.get("rows", 0) for rel, e in metadata.get("files", {}).items() if rel.startswith(split + "/"))
         if listed != info["rows"]:
-            problems.append(Problem(layout.join(snapshot_url, split),
+            problems.append(Problem(join(snapshot_url, split),
                                     f"metadata.json says {info['rows']} rows, the manifest's files hold {listed}"))
     return snapshot_url, metadata, problems

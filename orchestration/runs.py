@@ -1,4 +1,4 @@
-"""Running a pipeline (pipelines.runner describes it): the lock, the stages as subprocesses, the skip decisions,
+"""Running a pipeline (orchestration.runner describes it): the lock, the stages as subprocesses, the skip decisions,
 and the run history (``<state>/history.jsonl``, one record per run, appended)."""
 from __future__ import annotations
 
@@ -13,12 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines import locking
-from pipelines.runner import Pipeline, Stage, _output_exists, counts_of, stage_fingerprint
+from core import atomic, locking
+from core.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_REJECTS
+from orchestration.runner import (
+    Pipeline,
+    Stage,
+    _output_exists,
+    counts_of,
+    stage_fingerprint,
+)
 
 log = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_FAILED, EXIT_REJECTS, EXIT_LOCKED = 0, 1, 3, 75
 
 
 def _now() -> str:
@@ -31,10 +36,7 @@ def read_state(pipeline: Pipeline) -> dict[str, Any]:
 
 
 def write_state(pipeline: Pipeline, state: dict[str, Any]) -> None:
-    path = pipeline.state / "stages.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic.write_json(pipeline.state / "stages.json", state)
 
 
 def append_history(pipeline: Pipeline, record: dict[str, Any]) -> None:

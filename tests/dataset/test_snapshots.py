@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines import locking, snapshots
-from pipelines.layout import DatasetError
+from core import locking
+from core.errors import DatasetError
+from dataset import snapshots
 
 
 def test_snapshot_ids_sort_in_creation_order_and_never_repeat():

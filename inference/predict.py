@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines import images, text
+from training.collation import ImageDecoder, image_inputs, sequence_inputs
 
 log = logging.getLogger(__name__)
 
@@ -215,22 +216,15 @@ def raw_texts(records: DataFrame, *, params: text.ParseParams, headers: dict[str
 
 
 def _model_inputs(features: list[bytes], lengths: list[int], source: ModelSource, decoder):
-    """The tensors the training loader would make of these rows (its own collate functions)."""
-    from training import data
-
+    """The tensors the training loader would make of these rows (its own collation functions)."""
     if source.kind == "image":
-        rows = [data._row_type(("image", "label", "sample_id"))(f, 0, 0) for f in features]  # noqa: SLF001
-        return data.image_collate(rows, decoder=decoder)[0]
-    rows = [data._row_type(("tokens", "length", "label", "sample_id"))(f, n, 0, 0)  # noqa: SLF001
-            for f, n in zip(features, lengths)]
-    return data.sequence_collate(rows, dtype=source.token_dtype)[0]
+        return image_inputs(features, decoder)
+    return sequence_inputs(features, np.asarray(lengths, dtype=np.int64), dtype=source.token_dtype)
 
 
 def score_batch(batch: pd.DataFrame, *, model, source: ModelSource, batch_size: int) -> pd.DataFrame:
     """SCORING_SCHEMA rows -> PREDICTION_SCHEMA rows, the usable ones through ``model`` ``batch_size`` at a time."""
     import torch
-
-    from training.data import ImageDecoder
 
     n = len(batch)
     index = np.full(n, -1, dtype=np.int64)

@@ -25,15 +25,19 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
-from pipelines import layout
+import yaml
+
+from core.errors import DatasetError, UsageError
+from core.paths import to_url
+from dataset import layout
 
 DEFAULT_INPUT_ARGS = ("input", "data", "checkpoint")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-class PipelineError(ValueError):
+class PipelineError(UsageError):
     """The pipeline file is wrong; the message names the file and the key."""
 
 
@@ -84,12 +88,10 @@ def _substitute(value: Any, variables: dict[str, str], where: str) -> Any:
     return value
 
 
-def load(path: str, overrides: dict[str, str] | None = None) -> Pipeline:
-    """Read and check a pipeline file; ``overrides`` replace its vars."""
-    import yaml
-
-    from jobs.cli import SUBCOMMANDS
-
+def load(path: str, overrides: dict[str, str] | None = None, *, subcommands: Collection[str]) -> Pipeline:
+    """Read and check a pipeline file; ``overrides`` replace its vars. ``subcommands`` are the names a stage's
+    ``run:`` may give (the ``bigtrain`` command's, ``jobs.cli.SUBCOMMANDS``: the entry points sit above this layer,
+    so they are handed in)."""
     if not os.path.isfile(path):
         raise PipelineError(f"pipeline file {path} does not exist")
     with open(path) as fh:
@@ -118,11 +120,11 @@ def load(path: str, overrides: dict[str, str] | None = None) -> Pipeline:
         args = raw.get("args") or {}
         if raw.get("command"):
             argv = [str(a) for a in raw["command"]] + _args(args, where)
-        elif raw.get("run") in SUBCOMMANDS:
+        elif raw.get("run") in subcommands:
             argv = [sys.executable, "-m", "jobs.cli", raw["run"], *_args(args, where)]
         else:
             raise PipelineError(f"{where}: run {raw.get('run')!r} is not a bigtrain subcommand "
-                                f"({', '.join(SUBCOMMANDS)}), and no command is given")
+                                f"({', '.join(subcommands)}), and no command is given")
         named = args if isinstance(args, dict) else {}
         inputs = raw.get("inputs") or [str(named[k]) for k in DEFAULT_INPUT_ARGS if named.get(k)]
         output = str(named["output"]) if named.get("output") else None
@@ -138,11 +140,11 @@ def fingerprint_of(path: str) -> str:
     try:
         url = layout.resolve_snapshot(path)
         return "snapshot:" + layout.read_metadata(url)["snapshot"]["id"]
-    except (layout.DatasetError, KeyError, TypeError):
+    except (DatasetError, KeyError, TypeError):
         pass
     import fsspec
 
-    fs, root = fsspec.core.url_to_fs(layout.to_url(path))
+    fs, root = fsspec.core.url_to_fs(to_url(path))
     if not fs.exists(root):
         return "missing"
     entries = fs.find(root, detail=True) if fs.isdir(root) else {root: fs.info(root)}
@@ -165,7 +167,7 @@ def _output_exists(output: str | None) -> bool:
         return True
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(layout.to_url(output))
+    fs, path = fsspec.core.url_to_fs(to_url(output))
     return fs.exists(path)
 
 
@@ -177,7 +179,7 @@ def counts_of(output: str | None) -> dict[str, Any]:
         meta = layout.read_metadata(layout.resolve_snapshot(output))
         return {"snapshot": meta["snapshot"]["id"], "records_read": meta["records_read"], "rejected": meta["rejected"],
                 "rows": {k: v["rows"] for k, v in meta["splits"].items()}}
-    except (layout.DatasetError, KeyError):
+    except (DatasetError, KeyError):
         pass
     for name, keys in (("metrics.json", ("test_accuracy", "test_rows")), ("_predict.json", None)):
         file = Path(output) / name

@@ -15,16 +15,14 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from core.errors import ConfigError
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DEFAULTS_FILE = CONF_DIR / "bigtrain.yaml"
 LOCAL_FILE = CONF_DIR / "local" / "bigtrain.yaml"
 
 T = TypeVar("T")
 _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-class ConfigError(ValueError):
-    """A configuration key is unknown, missing, or has a value of the wrong type."""
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -39,18 +37,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def read_defaults() -> dict[str, Any]:
-    """conf/bigtrain.yaml from the checkout, or the copy packed into jobs/ by `make dist` when the code runs from
+    """conf/bigtrain.yaml from the checkout, or the copy packed into core/ by `make dist` when the code runs from
     the zip that spark-submit --py-files shipped."""
     if DEFAULTS_FILE.is_file():
         return read_yaml(DEFAULTS_FILE)
     import pkgutil
 
-    packed = pkgutil.get_data("jobs", "bigtrain.yaml")
+    packed = pkgutil.get_data("core", "bigtrain.yaml")
     if packed is None:
-        raise ConfigError(f"config file {DEFAULTS_FILE} does not exist, and jobs/bigtrain.yaml is not packed")
+        raise ConfigError(f"config file {DEFAULTS_FILE} does not exist, and core/bigtrain.yaml is not packed")
     data = yaml.safe_load(packed.decode("utf-8")) or {}
     if not isinstance(data, dict):
-        raise ConfigError("jobs/bigtrain.yaml must hold a mapping of sections")
+        raise ConfigError("core/bigtrain.yaml must hold a mapping of sections")
     return data
 
 
@@ -125,7 +123,7 @@ def from_dict(cls: type[T], data: Any, *, prefix: str) -> T:
             validate(prefix)
         except ConfigError:
             raise
-        except ValueError as exc:  # dataclasses outside jobs/ raise plain ValueErrors that already name the key
+        except ValueError as exc:  # e.g. pipelines.splits.validate_fractions: its message already names the key
             raise ConfigError(str(exc)) from None
     return obj
 

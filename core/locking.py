@@ -9,13 +9,7 @@ import socket
 import time
 from typing import Iterator
 
-
-class LockHeld(RuntimeError):
-    """Another process holds the lock; the message names the lock file and its holder."""
-
-    def __init__(self, message: str, *, path: str = "", holder: dict | None = None):
-        super().__init__(message)
-        self.path, self.holder = path, holder or {}
+from core.errors import LockHeld
 
 
 @contextlib.contextmanager

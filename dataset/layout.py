@@ -21,7 +21,10 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
-from urllib.parse import urlparse
+
+from core import atomic
+from core.errors import DatasetError
+from core.paths import filesystem, join, to_url
 
 METADATA_FILE = "metadata.json"
 VOCAB_FILE = "vocab.json"
@@ -29,47 +32,29 @@ REJECTED_DIR = "rejected"
 SNAPSHOTS_DIR = "snapshots"
 INPUTS_FILE = "inputs.parquet"
 FORMAT_VERSION = 2
+SPLITS = ("train", "validation", "test")  # every dataset has these three, in this order (a split may be empty)
 
 
-class DatasetError(RuntimeError):
-    """A dataset is missing, incomplete or does not match what its metadata says."""
+def validate_fractions(fractions: dict[str, float], key: str = "splits") -> None:
+    """Split fractions: one for each of SPLITS, each in [0, 1], adding up to 1, train above 0."""
+    if set(fractions) != set(SPLITS):
+        raise ValueError(f"{key}: expected fractions for exactly {', '.join(SPLITS)}, got {', '.join(sorted(fractions))}")
+    for name, value in fractions.items():
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{key}.{name}: fraction {value} is outside [0, 1]")
+    if abs(sum(fractions.values()) - 1.0) > 1e-6:
+        raise ValueError(f"{key}: fractions must add up to 1, got {sum(fractions.values()):.6f}")
+    if fractions["train"] == 0.0:
+        raise ValueError(f"{key}.train: the train fraction must be above 0")
 
 
-def to_url(path_or_url: str) -> str:
-    """A local path becomes an absolute ``file://`` URL; URLs (s3://, hdfs://, file://) pass through."""
-    if urlparse(path_or_url).scheme and "://" in path_or_url:
-        return path_or_url.rstrip("/")
-    return "file://" + os.path.abspath(os.path.expanduser(path_or_url))
-
-
-def join(url: str, *parts: str) -> str:
-    return "/".join([url.rstrip("/"), *parts])
-
-
-def _fs(url: str):
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs, path
-
-
-def write_json(dataset_url: str, name: str, data: Any) -> None:
-    """Write ``<dataset>/<name>`` through a temporary file, so a reader never sees half of it."""
-    fs, path = _fs(join(dataset_url, name))
-    tmp = path + ".tmp"
-    with fs.open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, ensure_ascii=False)
-    fs.mv(tmp, path)
-
-
-def write_metadata(dataset_url: str, metadata: dict[str, Any]) -> None:
-    """metadata.json is written last: its presence says the dataset is complete."""
-    write_json(dataset_url, METADATA_FILE, metadata)
+def write_vocabulary(snapshot_url: str, vocabulary: list[str]) -> None:
+    atomic.write_json(join(snapshot_url, VOCAB_FILE), vocabulary, sort_keys=False)
 
 
 def read_vocabulary(dataset_url: str) -> list[str]:
     url = join(dataset_url, VOCAB_FILE)
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     if not fs.exists(path):
         raise DatasetError(f"{url} not found: a sequence dataset keeps its vocabulary there")
     with fs.open(path, "r") as fh:
@@ -91,7 +76,7 @@ def _exists(fs, path: str, url: str) -> bool:
 
 def read_metadata(dataset_url: str) -> dict[str, Any]:
     url = join(dataset_url, METADATA_FILE)
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     if not _exists(fs, path, url):
         raise DatasetError(f"{url} not found: {dataset_url} is not a bigtrain dataset "
                            "(write one with `bigtrain preprocess-images`), or its job did not finish")
@@ -109,7 +94,7 @@ def read_metadata(dataset_url: str) -> dict[str, Any]:
 def snapshot_ids(dataset_url: str) -> tuple[list[str], list[str]]:
     """(committed, uncommitted) snapshot ids of a dataset folder, oldest first (ids sort in creation order)."""
     url = join(dataset_url, SNAPSHOTS_DIR)
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     if not _exists(fs, path, url):
         return [], []
     committed, uncommitted = [], []
@@ -125,7 +110,7 @@ def resolve_snapshot(url: str) -> str:
     """The snapshot a reader opens: ``url`` itself when it is a snapshot folder (pinned), else the dataset's newest
     committed snapshot. Uncommitted snapshots are never returned; a dataset with none committed is an error."""
     url = to_url(url)
-    fs, path = _fs(join(url, METADATA_FILE))
+    fs, path = filesystem(join(url, METADATA_FILE))
     if _exists(fs, path, join(url, METADATA_FILE)):
         return url
     committed, uncommitted = snapshot_ids(url)
@@ -146,7 +131,7 @@ def row_group_sizes(split_url: str) -> list[int]:
     """
     import pyarrow.parquet as pq
 
-    fs, path = _fs(split_url)
+    fs, path = filesystem(split_url)
     if not fs.exists(path):
         raise DatasetError(f"split {split_url} does not exist")
     files = sorted(p for p in fs.find(path) if p.endswith(".parquet") and not os.path.basename(p).startswith(("_", ".")))

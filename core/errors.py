@@ -1,0 +1,62 @@
+"""Every error a bigtrain command reports in one line, with the exit code it ends the process with.
+
+The rule (README "Production"): 0 done, or nothing to do; 1 the data, a checkpoint or a stage failed (the
+message names the file); 2 the command line, a config key, a pipeline file or the launch is wrong (the message
+names the flag or key); 3 more input rejected than max_reject_fraction allows (nothing committed); 75 another run
+holds the lock (EX_TEMPFAIL: try again later). ``jobs.common.run_main`` turns a BigtrainError into its message
+and ``exit_code``; anything else keeps its traceback.
+"""
+from __future__ import annotations
+
+EXIT_OK = 0            # done, or nothing to do
+EXIT_FAILED = 1        # a dataset is missing, damaged or refused; a checkpoint is refused; a stage failed
+EXIT_USAGE = 2         # a flag, config key, pipeline file or launch is wrong
+EXIT_REJECTS = 3       # more input rejected than max_reject_fraction allows: nothing committed
+EXIT_LOCKED = 75       # another run holds the lock (EX_TEMPFAIL: try again later)
+
+
+class BigtrainError(Exception):
+    """An error a job ends with in one line; ``exit_code`` is the process's exit status."""
+    exit_code = EXIT_FAILED
+
+
+class UsageError(BigtrainError, ValueError):
+    """A command-line value is wrong; the message names the flag."""
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(BigtrainError, ValueError):
+    """A configuration key is unknown, missing, or has a value of the wrong type; the message names the key."""
+    exit_code = EXIT_USAGE
+
+
+class LaunchError(BigtrainError, RuntimeError):
+    """The process was launched in a way the chosen backend cannot use (e.g. --backend torch without torchrun)."""
+    exit_code = EXIT_USAGE
+
+
+class DatasetError(BigtrainError, RuntimeError):
+    """A dataset is missing, incomplete or does not match what its metadata says."""
+
+
+class RejectBudgetError(DatasetError):
+    """More of a run's input was rejected than its error budget allows; the snapshot was not committed."""
+    exit_code = EXIT_REJECTS
+
+
+class CheckpointError(BigtrainError, RuntimeError):
+    """A checkpoint is missing, incomplete, altered, foreign, or belongs to another dataset or model."""
+
+
+class PeerLostError(BigtrainError, RuntimeError):
+    """Another rank of the job failed or vanished during a collective; the run can be resumed from its last
+    resume point."""
+
+
+class LockHeld(BigtrainError, RuntimeError):
+    """Another process holds the lock; the message names the lock file and its holder."""
+    exit_code = EXIT_LOCKED
+
+    def __init__(self, message: str, *, path: str = "", holder: dict | None = None):
+        super().__init__(message)
+        self.path, self.holder = path, holder or {}

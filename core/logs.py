@@ -1,0 +1,25 @@
+"""Logging for every entry point: bigtrain's own loggers at INFO on rank 0 and WARNING elsewhere, so a
+multi-process run prints one story."""
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+OUR_LOGGERS = ("bigtrain", "core", "dataset", "pipelines", "training", "inference", "orchestration", "jobs",
+               "benchmarks")
+
+
+def setup_logging(*, quiet: bool = False, rank: int = 0) -> None:
+    """INFO on rank 0, WARNING elsewhere (and everywhere with ``quiet``); other ranks' lines carry their rank."""
+    level = logging.WARNING if (quiet or rank != 0) else logging.INFO
+    prefix = "" if rank == 0 else f"[rank {rank}] "
+    # Libraries log at WARNING; bigtrain's own loggers at `level` (py4j reports its retried connections at INFO).
+    logging.basicConfig(level=logging.WARNING, format=prefix + LOG_FORMAT, stream=sys.stderr, force=True)
+    for ours in OUR_LOGGERS:
+        logging.getLogger(ours).setLevel(level)
+    # petastorm 0.13 uses pyarrow's legacy dataset API (STACK.md pins pyarrow 14 for it); its deprecation
+    # warnings say nothing a bigtrain user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm(\.|$)")

@@ -1,0 +1,1 @@
+"""Scheduled batch pipelines: stages (bigtrain subcommands) run in order under a lock, with a run history."""
