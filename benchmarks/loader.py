@@ -25,7 +25,7 @@ def bigtrain_loader(dataset: str, workers: int) -> tuple[callable, int]:
 
     config = load_section("train", TrainConfig)
     info = load_dataset_info(dataset)
-    task, split = task_for(info.metadata, decode_threads=workers), info.splits["train"]
+    task, split = task_for(info.spec, decode_threads=workers), info.splits["train"]
     plan = plan_shard(split.row_group_sizes, 0, 1)
     options = ReadOptions(task.fields, workers=workers, shuffle=True, shuffle_buffer=config.shuffle_buffer, seed=1,
                           columnar=task.columnar, sort_key=task.sort_key, prefetch=config.prefetch_batches)
@@ -57,14 +57,14 @@ def pyarrow_loop(dataset: str) -> callable:
     """(a) One thread, no framework: pyarrow batches, the same decoding and the same tensors as the loader."""
     import pyarrow.parquet as pq
 
-    meta = load_dataset_info(dataset).metadata
+    spec = load_dataset_info(dataset).spec
     files = _files(dataset)
 
     def run() -> int:
         n = 0
         for path in files:
-            if meta["kind"] == "image":
-                codec = meta["image"]["codec"]
+            if spec.kind == "image":
+                codec = spec.image.codec
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=["image", "label"]):
                     images = np.stack([_decode_image(v, codec) for v in batch.column("image").to_pylist()])
                     if images.ndim == 3:
@@ -72,7 +72,7 @@ def pyarrow_loop(dataset: str) -> callable:
                     torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float().div_(255.0)
                     n += len(images)
             else:
-                dtype = meta["sequence"]["token_dtype"]
+                dtype = spec.sequence.token_dtype
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=list(Row._fields)):
                     rows = list(map(Row._make, zip(*(batch.column(c).to_pylist() for c in Row._fields))))
                     sequence_collate(rows, dtype=dtype)
@@ -106,7 +106,7 @@ def petastorm_plain(dataset: str) -> callable:
 def in_memory(dataset: str) -> callable:
     """(c) The ceiling: the same batches already collated in memory."""
     info = load_dataset_info(dataset)
-    task, split = task_for(info.metadata), info.splits["train"]
+    task, split = task_for(info.spec), info.splits["train"]
     plan = plan_shard(split.row_group_sizes, 0, 1)
     options = ReadOptions(task.fields, workers=2, shuffle=False, columnar=task.columnar)
     batches = list(training_batches(split, plan, options, batch_size=BATCH, epoch=0, collate=task.collate,

@@ -27,10 +27,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def _setup(dataset: str):
     config = load_section("train", TrainConfig)
     info = load_dataset_info(dataset)
-    task, split = task_for(info.metadata, decode_threads=config.loader_workers), info.splits["train"]
-    name = resolve_model_name("auto", info.metadata)
+    task, split = task_for(info.spec, decode_threads=config.loader_workers), info.splits["train"]
+    name = resolve_model_name("auto", info.kind)
     torch.manual_seed(0)
-    model = build_model(name, metadata=info.metadata, config=config)
+    model = build_model(name, dataset=info.spec, config=config)
     optimizer_name, lr = DEFAULT_OPTIMIZER[name]
     optimizer = make_optimizer(optimizer_name, config, model, lr)
     plan = plan_shard(split.row_group_sizes, 0, 1)

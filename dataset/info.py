@@ -5,11 +5,11 @@ No Spark and no torch: the training loader, predict, and tests open datasets thr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from core.errors import DatasetError
 from core.paths import join, to_url
-from dataset import layout, snapshots
+from dataset import layout, manifest, snapshots
+from dataset.manifest import DatasetSpec, Manifest
 
 
 @dataclass(frozen=True)
@@ -23,36 +23,40 @@ class SplitInfo:
 @dataclass(frozen=True)
 class DatasetInfo:
     url: str                    # the snapshot folder read (a dataset folder resolves to its current snapshot)
-    metadata: dict[str, Any]    # the snapshot's metadata.json (its manifest)
+    manifest: Manifest          # the snapshot's metadata.json
     splits: dict[str, SplitInfo]
 
     @property
     def kind(self) -> str:
-        return self.metadata["kind"]
+        return self.manifest.kind
 
     @property
     def classes(self) -> list[str]:
-        return list(self.metadata["classes"])
+        return list(self.manifest.classes)
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.manifest.spec
 
     @property
     def snapshot_id(self) -> str:
         """The committed snapshot's id, the same every time it is read (checkpoints record it)."""
-        return self.metadata["snapshot"]["id"]
+        return self.manifest.snapshot_id
 
 
 def load_dataset_info(dataset_url: str) -> DatasetInfo:
-    """Metadata plus each split's row groups, of a dataset's current committed snapshot (or of the snapshot folder
-    given, to pin one). Uncommitted snapshots are never read; files that disagree with the manifest (missing,
+    """The manifest plus each split's row groups, of a dataset's current committed snapshot (or of the snapshot
+    folder given, to pin one). Uncommitted snapshots are never read; files that disagree with the manifest (missing,
     added, resized, altered: see dataset.snapshots.reader_checksums) or with the split row counts are refused."""
     url = layout.resolve_snapshot(to_url(dataset_url))
-    metadata = layout.read_metadata(url)
-    snapshots.check_for_readers(url, metadata)
+    contents = manifest.read(url)
+    snapshots.check_for_readers(url, contents)
     splits = {}
-    for name, info in metadata["splits"].items():
+    for name, counts in contents.splits.items():
         split_url = join(url, name)
-        sizes = tuple(layout.row_group_sizes(split_url)) if info["rows"] else ()
-        if sum(sizes) != info["rows"]:
-            raise DatasetError(f"split {split_url}: metadata.json says {info['rows']} rows, "
-                                      f"the Parquet files hold {sum(sizes)}: the dataset is incomplete or was altered")
-        splits[name] = SplitInfo(name, split_url, info["rows"], sizes)
-    return DatasetInfo(url, metadata, splits)
+        sizes = tuple(layout.row_group_sizes(split_url)) if counts.rows else ()
+        if sum(sizes) != counts.rows:
+            raise DatasetError(f"split {split_url}: metadata.json says {counts.rows} rows, "
+                               f"the Parquet files hold {sum(sizes)}: the dataset is incomplete or was altered")
+        splits[name] = SplitInfo(name, split_url, counts.rows, sizes)
+    return DatasetInfo(url, contents, splits)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 from core import atomic
 from core.errors import DatasetError
@@ -61,7 +60,7 @@ def read_vocabulary(dataset_url: str) -> list[str]:
         return json.load(fh)
 
 
-def _exists(fs, path: str, url: str) -> bool:
+def exists(fs, path: str, url: str) -> bool:
     """fs.exists, with storage errors (unreachable endpoint, refused credentials) turned into a DatasetError that
     names the URL and says where the settings come from."""
     try:
@@ -74,28 +73,11 @@ def _exists(fs, path: str, url: str) -> bool:
                            ) from exc
 
 
-def read_metadata(dataset_url: str) -> dict[str, Any]:
-    url = join(dataset_url, METADATA_FILE)
-    fs, path = filesystem(url)
-    if not _exists(fs, path, url):
-        raise DatasetError(f"{url} not found: {dataset_url} is not a bigtrain dataset "
-                           "(write one with `bigtrain preprocess-images`), or its job did not finish")
-    with fs.open(path, "r") as fh:
-        try:
-            metadata = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{url} is not valid JSON: {exc}") from None
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise DatasetError(f"{url}: format_version {metadata.get('format_version')!r}, this bigtrain reads {FORMAT_VERSION} "
-                           "(datasets written before snapshots: run the preprocessing job again)")
-    return metadata
-
-
 def snapshot_ids(dataset_url: str) -> tuple[list[str], list[str]]:
     """(committed, uncommitted) snapshot ids of a dataset folder, oldest first (ids sort in creation order)."""
     url = join(dataset_url, SNAPSHOTS_DIR)
     fs, path = filesystem(url)
-    if not _exists(fs, path, url):
+    if not exists(fs, path, url):
         return [], []
     committed, uncommitted = [], []
     for entry in sorted(fs.ls(path, detail=False)):
@@ -111,7 +93,7 @@ def resolve_snapshot(url: str) -> str:
     committed snapshot. Uncommitted snapshots are never returned; a dataset with none committed is an error."""
     url = to_url(url)
     fs, path = filesystem(join(url, METADATA_FILE))
-    if _exists(fs, path, join(url, METADATA_FILE)):
+    if exists(fs, path, join(url, METADATA_FILE)):
         return url
     committed, uncommitted = snapshot_ids(url)
     if committed:
@@ -120,7 +102,7 @@ def resolve_snapshot(url: str) -> str:
         raise DatasetError(f"{join(url, SNAPSHOTS_DIR, uncommitted[-1], METADATA_FILE)} not found: {url} has no "
                            "committed snapshot, only uncommitted ones (a job is writing it, or died before its "
                            "commit; rerun the job)")
-    return url  # not a dataset: read_metadata names the missing metadata.json
+    return url  # not a dataset: dataset.manifest.read names the missing metadata.json
 
 
 def row_group_sizes(split_url: str) -> list[int]:

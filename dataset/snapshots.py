@@ -14,11 +14,11 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from core.errors import DatasetError
 from core.paths import filesystem, join
-from dataset import layout
+from dataset import layout, manifest
+from dataset.manifest import FileEntry, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -80,33 +80,34 @@ def parquet_footer(fs, path: str) -> tuple[int, str]:
         return pf.metadata.num_rows, hashlib.sha256(schema.to_string().encode()).hexdigest()[:16]
 
 
-def build_manifest(snapshot_url: str) -> dict[str, Any]:
-    """``files`` (rows, bytes, sha256 of each) and ``schema_fingerprints`` (one per split) of a written snapshot."""
+def list_files(snapshot_url: str) -> tuple[dict[str, FileEntry], dict[str, str]]:
+    """Every file of a written snapshot (rows, bytes, sha256 of each) and the schema fingerprint of each split."""
     fs, root = filesystem(snapshot_url)
     sizes = snapshot_files(snapshot_url)
     full = {rel: root.rstrip("/") + "/" + rel for rel in sizes}
     with ThreadPoolExecutor(max_workers=8) as pool:  # I/O bound; hashlib releases the GIL
         digests = dict(zip(sizes, pool.map(lambda rel: sha256_of(fs, full[rel]), sizes)))
-    files: dict[str, dict[str, Any]] = {}
+    files: dict[str, FileEntry] = {}
     fingerprints: dict[str, str] = {}
     for rel in sorted(sizes):
-        entry: dict[str, Any] = {"bytes": sizes[rel], "sha256": digests[rel]}
+        rows = None
         if rel.endswith(".parquet") and rel.split("/", 1)[0] in layout.SPLITS:
-            entry["rows"], fingerprint = parquet_footer(fs, full[rel])
+            rows, fingerprint = parquet_footer(fs, full[rel])
             split = rel.split("/", 1)[0]
             if fingerprints.setdefault(split, fingerprint) != fingerprint:
-                raise DatasetError(f"{join(snapshot_url, rel)}: its schema differs from the other "
-                                          f"files of split {split}")
-        files[rel] = entry
-    return {"files": files, "schema_fingerprints": fingerprints}
+                raise DatasetError(f"{join(snapshot_url, rel)}: its schema differs from the other files of split "
+                                   f"{split}")
+        files[rel] = FileEntry(bytes=sizes[rel], sha256=digests[rel], rows=rows)
+    return files, fingerprints
 
 
-def commit(snapshot_url: str, metadata: dict[str, Any]) -> dict[str, Any]:
-    """Add the manifest to ``metadata`` and write it as the snapshot's metadata.json: the commit."""
-    metadata = {**metadata, **build_manifest(snapshot_url)}
-    layout.write_metadata(snapshot_url, metadata)
-    log.info("committed snapshot %s (%d files)", snapshot_url, len(metadata["files"]))
-    return metadata
+def commit(snapshot_url: str, draft: Manifest) -> Manifest:
+    """List the snapshot's files into ``draft`` and write it as the snapshot's metadata.json: the commit."""
+    files, fingerprints = list_files(snapshot_url)
+    committed = draft.replace(files=files, schema_fingerprints=fingerprints)
+    manifest.write(snapshot_url, committed)
+    log.info("committed snapshot %s (%d files)", snapshot_url, len(files))
+    return committed
 
 
 @dataclass(frozen=True)
@@ -118,20 +119,18 @@ class Problem:
         return f"{self.url}: {self.message}"
 
 
-def check(snapshot_url: str, metadata: dict[str, Any], *, checksums: bool, scope: str = "all") -> list[Problem]:
+def check(snapshot_url: str, contents: Manifest, *, checksums: bool, scope: str = "all") -> list[Problem]:
     """Compare a snapshot's files with its manifest: missing, extra, resized, altered (sha256, when ``checksums``),
     rows and schema of every Parquet file. ``scope="read"`` limits it to what training reads (non-empty splits and
     the vocabulary), ``"all"`` (verify) covers every file."""
-    files = metadata.get("files")
-    if files is None:
-        return [Problem(join(snapshot_url, layout.METADATA_FILE), "holds no manifest (no 'files')")]
+    files = contents.files
 
     def wanted(rel: str) -> bool:
         top = rel.split("/", 1)[0]
         if scope == "all":
             return True
         if top in layout.SPLITS:
-            return bool(metadata.get("splits", {}).get(top, {}).get("rows"))
+            return top in contents.splits and contents.splits[top].rows > 0
         return rel == layout.VOCAB_FILE
 
     fs, root = filesystem(snapshot_url)
@@ -139,35 +138,35 @@ def check(snapshot_url: str, metadata: dict[str, Any], *, checksums: bool, scope
     on_disk = snapshot_files(snapshot_url)
     problems = [Problem(join(snapshot_url, rel), "is not in the manifest (added after the commit)")
                 for rel in sorted(set(on_disk) - set(files)) if wanted(rel)]
-    fingerprints = metadata.get("schema_fingerprints", {})
+    fingerprints = contents.schema_fingerprints
     for rel, entry in sorted(files.items()):
         if not wanted(rel):
             continue
         url = join(snapshot_url, rel)
         if rel not in on_disk:
             problems.append(Problem(url, "is missing"))
-        elif on_disk[rel] != entry["bytes"]:
-            problems.append(Problem(url, f"holds {on_disk[rel]} bytes, the manifest says {entry['bytes']}"))
-        elif checksums and sha256_of(fs, f"{root}/{rel}") != entry["sha256"]:
+        elif on_disk[rel] != entry.bytes:
+            problems.append(Problem(url, f"holds {on_disk[rel]} bytes, the manifest says {entry.bytes}"))
+        elif checksums and sha256_of(fs, f"{root}/{rel}") != entry.sha256:
             problems.append(Problem(url, "sha256 differs from the manifest: the file was altered or damaged"))
-        elif "rows" in entry:
+        elif entry.rows is not None:
             problems.extend(_check_parquet(fs, f"{root}/{rel}", url, entry, fingerprints.get(rel.split("/", 1)[0])))
     return problems
 
 
-def _check_parquet(fs, path: str, url: str, entry: dict, fingerprint: str | None) -> list[Problem]:
+def _check_parquet(fs, path: str, url: str, entry: FileEntry, fingerprint: str | None) -> list[Problem]:
     try:
         rows, schema = parquet_footer(fs, path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged footer
         return [Problem(url, f"is not a readable Parquet file: {exc}")]
-    if rows != entry["rows"]:
-        return [Problem(url, f"holds {rows} rows, the manifest says {entry['rows']}")]
+    if rows != entry.rows:
+        return [Problem(url, f"holds {rows} rows, the manifest says {entry.rows}")]
     if fingerprint and schema != fingerprint:
         return [Problem(url, f"schema fingerprint {schema} differs from the split's {fingerprint}")]
     return []
 
 
-def reader_checksums(metadata: dict[str, Any]) -> bool:
+def reader_checksums(contents: Manifest) -> bool:
     """Whether readers checksum what they read: BIGTRAIN_VERIFY=full (always), quick (never: sizes, rows and
     schema only), auto (default: when the data read is at most 1 GiB; `bigtrain verify` always checksums)."""
     mode = os.environ.get("BIGTRAIN_VERIFY", "auto").lower()
@@ -175,12 +174,12 @@ def reader_checksums(metadata: dict[str, Any]) -> bool:
         raise DatasetError(f"BIGTRAIN_VERIFY={mode!r}: expected auto, full or quick")
     if mode != "auto":
         return mode == "full"
-    return sum(f["bytes"] for f in metadata.get("files", {}).values()) <= AUTO_FULL_CHECK_BYTES
+    return sum(f.bytes for f in contents.files.values()) <= AUTO_FULL_CHECK_BYTES
 
 
-def check_for_readers(snapshot_url: str, metadata: dict[str, Any]) -> None:
+def check_for_readers(snapshot_url: str, contents: Manifest) -> None:
     """Refuse a damaged snapshot before training reads it; the error names the first bad file."""
-    problems = check(snapshot_url, metadata, checksums=reader_checksums(metadata), scope="read")
+    problems = check(snapshot_url, contents, checksums=reader_checksums(contents), scope="read")
     if problems:
         more = f" (and {len(problems) - 1} more problems; run `bigtrain verify {snapshot_url}`)" if len(problems) > 1 else ""
         raise DatasetError(f"{problems[0]}{more}")
@@ -246,21 +245,21 @@ def _only_uncommitted(url: str) -> list[Problem]:
                          "did not finish (or one still writing it): rerun the job") for sid in uncommitted]
 
 
-def verify(url: str, *, checksums: bool = True) -> tuple[str, dict[str, Any] | None, list[Problem]]:
-    """(snapshot URL, its metadata, problems) of a dataset's current snapshot or of one snapshot folder: every file
+def verify(url: str, *, checksums: bool = True) -> tuple[str, Manifest | None, list[Problem]]:
+    """(snapshot URL, its manifest, problems) of a dataset's current snapshot or of one snapshot folder: every file
     against the manifest, and each split's rows against the rows its files hold."""
     unfinished = _only_uncommitted(url)
     if unfinished:
         return url, None, unfinished
     snapshot_url = layout.resolve_snapshot(url)
     try:
-        metadata = layout.read_metadata(snapshot_url)
+        contents = manifest.read(snapshot_url)
     except DatasetError as exc:
         return snapshot_url, None, [Problem(join(snapshot_url, layout.METADATA_FILE), str(exc))]
-    problems = check(snapshot_url, metadata, checksums=checksums)
-    for split, info in metadata.get("splits", {}).items():
-        listed = sum(e.get("rows", 0) for rel, e in metadata.get("files", {}).items() if rel.startswith(split + "/"))
-        if listed != info["rows"]:
+    problems = check(snapshot_url, contents, checksums=checksums)
+    for split, counts in contents.splits.items():
+        listed = sum(e.rows or 0 for rel, e in contents.files.items() if rel.startswith(split + "/"))
+        if listed != counts.rows:
             problems.append(Problem(join(snapshot_url, split),
-                                    f"metadata.json says {info['rows']} rows, the manifest's files hold {listed}"))
-    return snapshot_url, metadata, problems
+                                    f"metadata.json says {counts.rows} rows, the manifest's files hold {listed}"))
+    return snapshot_url, contents, problems

@@ -15,7 +15,7 @@ import sys
 from core.errors import EXIT_OK, DatasetError
 from core.logs import setup_logging
 from core.paths import join, to_url
-from dataset import layout
+from dataset import layout, manifest
 from jobs.common import run_main
 
 
@@ -59,39 +59,39 @@ def list_snapshots(dataset: str) -> int:
         if sid in uncommitted:
             print(f"  {sid:<24} {'(uncommitted)':<21}{marker}")
             continue
-        meta = layout.read_metadata(join(url, layout.SNAPSHOTS_DIR, sid))
-        snap, rows = meta["snapshot"], {k: v["rows"] for k, v in meta["splits"].items()}
+        contents = manifest.read(join(url, layout.SNAPSHOTS_DIR, sid))
+        snap, rows = contents.snapshot, {k: v.rows for k, v in contents.splits.items()}
         mark = "*" if sid == committed[-1] else " "
-        print(f"{mark} {sid:<24} {snap['committed']:<21} {snap['run']:<12} {rows.get('train', 0):>8} "
-              f"{rows.get('validation', 0):>7} {rows.get('test', 0):>7} {meta['rejected']:>8} "
-              f"{snap['inputs']['files']:>7}  {snap['parent'] or '-'}{marker}")
+        print(f"{mark} {sid:<24} {snap.committed:<21} {snap.run:<12} {rows.get('train', 0):>8} "
+              f"{rows.get('validation', 0):>7} {rows.get('test', 0):>7} {contents.rejected:>8} "
+              f"{snap.inputs.files:>7}  {snap.parent or '-'}{marker}")
     return EXIT_OK
 
 
 def show(dataset: str, as_json: bool) -> int:
     url = layout.resolve_snapshot(to_url(dataset))
-    meta = layout.read_metadata(url)
+    contents = manifest.read(url)
     if as_json:
-        print(json.dumps(meta, indent=2, sort_keys=True))
+        print(json.dumps(contents.to_dict(), indent=2, sort_keys=True))
         return EXIT_OK
-    snap, inputs = meta["snapshot"], meta["snapshot"]["inputs"]
-    lines = [f"snapshot {snap['id']}  ({url})",
-             f"  kind {meta['kind']}, {len(meta['classes'])} classes, committed {snap['committed']} by bigtrain "
-             f"{snap['bigtrain_version']}, parent {snap['parent'] or '-'}",
-             f"  run: {snap['run']} ({snap['reason']}); this run read {snap['records_processed']} records, "
-             f"rejected {snap['rejected_processed']}",
-             f"  inputs: {inputs['files']} files, {inputs['bytes']} bytes below {meta['input']} "
-             f"({inputs['processed']} processed in this run; list in {inputs['file']})",
-             f"  config fingerprint {snap['config_fingerprint']}; schema "
-             + ", ".join(f"{k} {v}" for k, v in meta.get("schema_fingerprints", {}).items())]
-    for split, info in meta["splits"].items():
-        per_class = ", ".join(f"{name}={n}" for name, n in info["per_class"].items())
-        lines.append(f"  {split:<10} {info['rows']:>8} rows in {info['row_groups']} row groups  [{per_class}]")
-    reasons = ", ".join(f"{r} ({n})" for r, n in meta["rejected_by_reason"].items())
-    lines.append(f"  rejected   {meta['rejected']:>8} records{': ' + reasons if reasons else ''}")
-    if meta.get("sequence"):
-        lines.append(f"  vocabulary {meta['sequence']['vocab_size']} tokens ({meta['sequence']['token_dtype']})")
-    lines.append(f"  files      {len(meta['files'])}, {sum(f['bytes'] for f in meta['files'].values())} bytes "
+    snap, inputs = contents.snapshot, contents.snapshot.inputs
+    lines = [f"snapshot {snap.id}  ({url})",
+             f"  kind {contents.kind}, {len(contents.classes)} classes, committed {snap.committed} by bigtrain "
+             f"{snap.bigtrain_version}, parent {snap.parent or '-'}",
+             f"  run: {snap.run} ({snap.reason}); this run read {snap.records_processed} records, "
+             f"rejected {snap.rejected_processed}",
+             f"  inputs: {inputs.files} files, {inputs.bytes} bytes below {contents.input} "
+             f"({inputs.processed} processed in this run; list in {inputs.file})",
+             f"  config fingerprint {snap.config_fingerprint}; schema "
+             + ", ".join(f"{k} {v}" for k, v in contents.schema_fingerprints.items())]
+    for split, counts in contents.splits.items():
+        per_class = ", ".join(f"{name}={n}" for name, n in counts.per_class.items())
+        lines.append(f"  {split:<10} {counts.rows:>8} rows in {counts.row_groups} row groups  [{per_class}]")
+    reasons = ", ".join(f"{r} ({n})" for r, n in contents.rejected_by_reason.items())
+    lines.append(f"  rejected   {contents.rejected:>8} records{': ' + reasons if reasons else ''}")
+    if contents.sequence:
+        lines.append(f"  vocabulary {contents.sequence.vocab_size} tokens ({contents.sequence.token_dtype})")
+    lines.append(f"  files      {len(contents.files)}, {sum(f.bytes for f in contents.files.values())} bytes "
                  "(sha256 of each in metadata.json)")
     print("\n".join(lines))
     return EXIT_OK

@@ -124,9 +124,9 @@ def check_dataset(payload: dict[str, Any], info, checkpoint_path: Path) -> None:
     if info.classes != list(payload["classes"]):
         raise UsageError(f"{where}: classes {info.classes} differ from the model's {list(payload['classes'])}")
     if info.kind == "image":
-        have, want = info.metadata["image"], trained["image"]
-        if (have["size"], have["channels"]) != (want["size"], want["channels"]):
-            raise UsageError(f"{where}: images are {have['size']}px x {have['channels']} channels, the model takes "
+        have, want = info.manifest.image, trained["image"]
+        if (have.size, have.channels) != (want["size"], want["channels"]):
+            raise UsageError(f"{where}: images are {have.size}px x {have.channels} channels, the model takes "
                              f"{want['size']}px x {want['channels']}")
     elif trained.get("vocabulary") is not None and layout.read_vocabulary(info.url) != trained["vocabulary"]:
         raise UsageError(f"{where}: its vocabulary differs from the model's, so its token ids mean other words")
@@ -214,7 +214,7 @@ def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data,
         rows = parts[0] if parts else spark.createDataFrame([], predict.SCORING_SCHEMA)
         for part in parts[1:]:
             rows = rows.unionByName(part)
-        encoding = data.metadata["image"]["codec"] if kind == "image" else data.metadata["sequence"]["token_dtype"]
+        encoding = data.manifest.image.codec if kind == "image" else data.manifest.sequence.token_dtype
         return rows, sum(data.splits[n].rows for n in names), encoding
     if kind == "image":
         size, channels, codec, max_pixels, min_side, ratio = _preprocess(

@@ -22,6 +22,8 @@ from core.config import load_section, require
 from core.errors import UsageError
 from core.logs import setup_logging
 from core.paths import to_url
+from dataset.layout import validate_fractions
+from dataset.manifest import ImageSpec, Manifest
 from jobs.common import (
     add_config_flags,
     add_snapshot_flags,
@@ -51,8 +53,6 @@ class PreprocessImagesConfig:
     max_reject_fraction: float = 0.1
 
     def validate(self, prefix: str) -> None:
-        from pipelines.splits import validate_fractions
-
         require(4 <= self.image_size <= 4096, f"{prefix}.image_size", f"must be in [4, 4096], got {self.image_size}")
         require(self.row_group_size_mb > 0, f"{prefix}.row_group_size_mb", "must be positive")
         require(self.ranks >= 1, f"{prefix}.ranks", f"must be at least 1, got {self.ranks}")
@@ -143,7 +143,7 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
     try:
         names = [r["class_name"] for r in decoded.select("class_name").where(F.col("class_name").isNotNull())
                  .distinct().collect()]
-        class_to_index = labels.class_map(names + (list(run.previous["class_to_index"]) if not run.full else []))
+        class_to_index = labels.class_map(names + (list(run.previous.class_to_index) if not run.full else []))
         log.info("%d classes: %s", len(class_to_index), ", ".join(class_to_index))
         records = splits.with_sample_id(splits.assign_split(labels.assign_labels(decoded, class_to_index=class_to_index),
                                                             fractions=config.splits))
@@ -158,15 +158,12 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
             rejected_columns=["path", "relpath", "class_name", "reason"], size_column="image")
     finally:
         decoded.unpersist()
-    incremental.finish(run, {
-        "kind": "image", "input": input_url,
-        "classes": list(class_to_index), "class_to_index": class_to_index,
-        "image": {"size": config.image_size, "channels": config.channels, "codec": config.codec,
-                  "shape": list(image_shape(config.image_size, config.channels))},
-        "splits": {name: {k: v for k, v in info.items() if k != "url"} for name, info in summary["splits"].items()},
-        "records_read": summary["records_read"], "rejected": summary["rejected"],
-        "rejected_by_reason": summary["rejected_by_reason"], "config": asdict(config),
-    }, processed=processed, max_reject_fraction=config.max_reject_fraction)
+    draft = Manifest(kind="image", input=input_url, classes=list(class_to_index), class_to_index=class_to_index,
+                     image=ImageSpec(size=config.image_size, channels=config.channels, codec=config.codec,
+                                     shape=list(image_shape(config.image_size, config.channels))),
+                     splits=incremental.split_counts(summary), records_read=summary["records_read"], rejected=summary["rejected"],
+                     rejected_by_reason=summary["rejected_by_reason"], config=asdict(config))
+    incremental.finish(run, draft, processed=processed, max_reject_fraction=config.max_reject_fraction)
     return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed}
 
 

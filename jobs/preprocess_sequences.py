@@ -23,6 +23,8 @@ from core.errors import UsageError
 from core.logs import setup_logging
 from core.paths import to_url
 from dataset import layout
+from dataset.layout import validate_fractions
+from dataset.manifest import Manifest, SequenceSpec
 from jobs.common import (
     add_config_flags,
     add_snapshot_flags,
@@ -57,8 +59,6 @@ class PreprocessSequencesConfig:
     max_reject_fraction: float = 0.1
 
     def validate(self, prefix: str) -> None:
-        from pipelines.splits import validate_fractions
-
         require(self.max_length >= 1, f"{prefix}.max_length", f"must be at least 1, got {self.max_length}")
         require(self.vocab_size >= 3, f"{prefix}.vocab_size", f"must be at least 3 (2 reserved ids), got {self.vocab_size}")
         require(self.min_count >= 1, f"{prefix}.min_count", f"must be at least 1, got {self.min_count}")
@@ -204,9 +204,9 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
     try:
         accepted = parsed.where(F.col("reason").isNull())
         seen = [r["label_name"] for r in accepted.select("label_name").distinct().collect()]
-        class_to_index = labels.class_map(config.labels or seen + list(previous["class_to_index"] if previous else []))
+        class_to_index = labels.class_map(config.labels or seen + list(previous.class_to_index if previous else []))
         if previous:
-            vocabulary, dtype = layout.read_vocabulary(run.previous_url), previous["sequence"]["token_dtype"]
+            vocabulary, dtype = layout.read_vocabulary(run.previous_url), previous.sequence.token_dtype
         else:
             top = [r["token"] for r in text.top_tokens(text.token_counts(parsed), vocab_size=config.vocab_size,
                                                        min_count=config.min_count).collect()]
@@ -232,17 +232,15 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
     finally:
         parsed.unpersist()
     layout.write_vocabulary(run.snapshot_url, vocabulary)
-    incremental.finish(run, {
-        "kind": "sequence", "input": input_url, "input_format": fmt,
-        "classes": list(class_to_index), "class_to_index": class_to_index,
-        "sequence": {"vocab_size": len(vocabulary), "vocab_file": layout.VOCAB_FILE, "token_dtype": dtype,
-                     "max_length": config.max_length, "tokenizer": config.tokenizer,
-                     "tokens_field": config.tokens_field or None, "pad_id": 0, "unk_id": 1, **lengths},
-        "splits": {name: {k: v for k, v in info.items() if k != "url"} for name, info in summary["splits"].items()},
-        "records_read": summary["records_read"],
-        "csv_header_lines": len(headers) + (previous or {}).get("csv_header_lines", 0),
-        "rejected": summary["rejected"], "rejected_by_reason": summary["rejected_by_reason"], "config": asdict(config),
-    }, processed=processed, max_reject_fraction=config.max_reject_fraction)
+    draft = Manifest(
+        kind="sequence", input=input_url, input_format=fmt, classes=list(class_to_index),
+        class_to_index=class_to_index,
+        sequence=SequenceSpec(vocab_size=len(vocabulary), token_dtype=dtype, max_length=config.max_length,
+                              tokenizer=config.tokenizer, tokens_field=config.tokens_field or None, **lengths),
+        splits=incremental.split_counts(summary), records_read=summary["records_read"],
+        csv_header_lines=len(headers) + ((previous.csv_header_lines or 0) if previous else 0),
+        rejected=summary["rejected"], rejected_by_reason=summary["rejected_by_reason"], config=asdict(config))
+    incremental.finish(run, draft, processed=processed, max_reject_fraction=config.max_reject_fraction)
     return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed}
 
 
@@ -261,7 +259,7 @@ def parse_inputs(spark, paths: list[str] | None, *, input_url: str, fmt: str, co
     return text.parse_lines(records, params=params, headers=headers).persist(StorageLevel.MEMORY_AND_DISK), headers
 
 
-def length_stats(accepted, max_length: int, previous: dict | None) -> dict:
+def length_stats(accepted, max_length: int, previous: Manifest | None) -> dict:
     """Longest, mean and truncated sequence lengths of the accepted records; an incremental run adds the previous
     snapshot's figures (they cover every record processed into the snapshot's lineage)."""
     from pyspark.sql import functions as F
@@ -272,13 +270,13 @@ def length_stats(accepted, max_length: int, previous: dict | None) -> dict:
     stats = {"longest": row["max"], "mean_length": row["mean"], "truncated": row["truncated"] or 0}
     if not previous:
         return stats
-    old = previous["sequence"]
-    old_rows = sum(s["rows"] for s in previous["splits"].values())
+    old = previous.sequence
+    old_rows = previous.rows
     total = old_rows + row["rows"]
-    return {"longest": max((v for v in (old["longest"], row["max"]) if v is not None), default=None),
-            "mean_length": ((old["mean_length"] or 0) * old_rows + (row["mean"] or 0) * row["rows"]) / total
+    return {"longest": max((v for v in (old.longest, row["max"]) if v is not None), default=None),
+            "mean_length": ((old.mean_length or 0) * old_rows + (row["mean"] or 0) * row["rows"]) / total
             if total else None,
-            "truncated": old["truncated"] + (row["truncated"] or 0)}
+            "truncated": old.truncated + (row["truncated"] or 0)}
 
 
 if __name__ == "__main__":

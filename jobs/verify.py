@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    url, metadata, problems = snapshots.verify(to_url(args.dataset), checksums=not args.quick)
-    files = (metadata or {}).get("files", {})
+    url, contents, problems = snapshots.verify(to_url(args.dataset), checksums=not args.quick)
+    files = contents.files if contents else {}
     if args.json:
         print(json.dumps({"snapshot": url, "ok": not problems, "problems": [str(p) for p in problems],
                           "files": len(files), "checksums": not args.quick}, indent=2))
@@ -45,8 +45,7 @@ def run(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  {problem}")
     else:
-        rows = sum(info["rows"] for info in metadata["splits"].values())
-        print(f"verify {url}: OK, snapshot {metadata['snapshot']['id']}: {len(files)} files, {rows} rows, "
+        print(f"verify {url}: OK, snapshot {contents.snapshot_id}: {len(files)} files, {contents.rows} rows, "
               f"{'sizes, sha256' if not args.quick else 'sizes'}, rows and schemas match the manifest")
     return EXIT_FAILED if problems else EXIT_OK
 

@@ -31,7 +31,7 @@ import yaml
 
 from core.errors import DatasetError, UsageError
 from core.paths import to_url
-from dataset import layout
+from dataset import layout, manifest
 
 DEFAULT_INPUT_ARGS = ("input", "data", "checkpoint")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -139,8 +139,8 @@ def fingerprint_of(path: str) -> str:
     modification times. Missing: 'missing'."""
     try:
         url = layout.resolve_snapshot(path)
-        return "snapshot:" + layout.read_metadata(url)["snapshot"]["id"]
-    except (DatasetError, KeyError, TypeError):
+        return "snapshot:" + manifest.read(url).snapshot_id
+    except DatasetError:
         pass
     import fsspec
 
@@ -176,10 +176,10 @@ def counts_of(output: str | None) -> dict[str, Any]:
     if not output:
         return {}
     try:
-        meta = layout.read_metadata(layout.resolve_snapshot(output))
-        return {"snapshot": meta["snapshot"]["id"], "records_read": meta["records_read"], "rejected": meta["rejected"],
-                "rows": {k: v["rows"] for k, v in meta["splits"].items()}}
-    except (DatasetError, KeyError):
+        contents = manifest.read(layout.resolve_snapshot(output))
+        return {"snapshot": contents.snapshot_id, "records_read": contents.records_read, "rejected": contents.rejected,
+                "rows": {k: v.rows for k, v in contents.splits.items()}}
+    except DatasetError:
         pass
     for name, keys in (("metrics.json", ("test_accuracy", "test_rows")), ("_predict.json", None)):
         file = Path(output) / name

@@ -10,6 +10,7 @@ forward, and commit a new snapshot.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,7 +23,8 @@ from pyspark.sql import functions as F
 
 from core.errors import DatasetError, RejectBudgetError
 from core.paths import join
-from dataset import layout, snapshots
+from dataset import layout, manifest, snapshots
+from dataset.manifest import InputCounts, Lineage, Manifest, SplitCounts
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ class RunPlan:
     inputs: dict[str, tuple[str, int, int]]
     config: dict[str, Any]
     previous_url: str | None = None
-    previous: dict[str, Any] | None = None
+    previous: Manifest | None = None
     diff: snapshots.InputDiff | None = None
     full: bool = True
     reason: str = "first snapshot"
@@ -98,7 +100,7 @@ def plan(spark: SparkSession, *, dataset_url: str, input_url: str, kind: str, co
     committed, _ = layout.snapshot_ids(dataset_url)
     if committed:
         run.previous_url = join(dataset_url, layout.SNAPSHOTS_DIR, committed[-1])
-        run.previous = layout.read_metadata(run.previous_url)
+        run.previous = manifest.read(run.previous_url)
         _decide(run)
     if run.nothing_to_do:
         log.info("inputs and config unchanged since snapshot %s: nothing to do", committed[-1])
@@ -111,15 +113,15 @@ def plan(spark: SparkSession, *, dataset_url: str, input_url: str, kind: str, co
 def _decide(run: RunPlan) -> None:
     prev = run.previous
     if run.mode == "error":
-        raise DatasetError(f"{run.dataset_url} already holds snapshot {prev['snapshot']['id']} and "
+        raise DatasetError(f"{run.dataset_url} already holds snapshot {prev.snapshot_id} and "
                                   "--mode error refuses to write another (use --mode incremental or overwrite)")
     if run.mode == "overwrite":
         run.reason = "--mode overwrite: every input processed again"
-    elif prev.get("kind") != run.kind or prev.get("input") != run.input_url:
-        run.reason = f"the previous snapshot was a {prev.get('kind')} dataset of {prev.get('input')}"
-    elif prev["snapshot"]["config_fingerprint"] != config_fingerprint(run.config):
+    elif prev.kind != run.kind or prev.input != run.input_url:
+        run.reason = f"the previous snapshot was a {prev.kind} dataset of {prev.input}"
+    elif prev.snapshot.config_fingerprint != config_fingerprint(run.config):
         changed = sorted(k for k in run.config if k not in IGNORED_CONFIG_KEYS
-                         and prev.get("config", {}).get(k) != run.config[k])
+                         and prev.config.get(k) != run.config[k])
         run.reason = f"config changed ({', '.join(changed) or 'bigtrain version'}): every input processed again"
     else:
         problems = snapshots.check(run.previous_url, prev, checksums=False)
@@ -137,13 +139,13 @@ def previous_records(spark: SparkSession, run: RunPlan, *, key: Column,
     if run.full or not run.diff.unchanged:
         return None
     prev = run.previous
-    remap = {idx: class_to_index[name] for name, idx in prev["class_to_index"].items()}
+    remap = {idx: class_to_index[name] for name, idx in prev.class_to_index.items()}
     label = F.create_map(*[F.lit(x) for pair in sorted(remap.items()) for x in pair])[F.col("label")].cast("int")
     parts = [spark.read.parquet(join(run.previous_url, name))
              .withColumn("split", F.lit(name)).withColumn("reason", F.lit(None).cast("string"))
              .withColumn("label", label)
-             for name, info in prev["splits"].items() if info["rows"]]
-    if prev.get("rejected"):
+             for name, counts in prev.splits.items() if counts.rows]
+    if prev.rejected:
         parts.append(spark.read.parquet(join(run.previous_url, layout.REJECTED_DIR)))
     if not parts:
         return None
@@ -160,9 +162,15 @@ def count_outcomes(records: DataFrame) -> tuple[int, int]:
     return counts.get(True, 0) + counts.get(False, 0), counts.get(False, 0)
 
 
-def finish(run: RunPlan, metadata: dict[str, Any], *, processed: tuple[int, int],
-           max_reject_fraction: float) -> dict[str, Any]:
-    """Check the error budget on this run's records, then commit the snapshot; returns the committed metadata."""
+def split_counts(summary: dict[str, Any]) -> dict[str, SplitCounts]:
+    """The manifest's rows per split from ``storage.write_splits``'s summary (what is on disk)."""
+    return {name: SplitCounts(rows=info["rows"], row_groups=info["row_groups"], per_class=info["per_class"])
+            for name, info in summary["splits"].items()}
+
+
+def finish(run: RunPlan, draft: Manifest, *, processed: tuple[int, int], max_reject_fraction: float) -> Manifest:
+    """Check the error budget on this run's records, then commit the snapshot: ``draft`` (what the job wrote) with
+    the run's lineage and the snapshot's files; returns the committed manifest."""
     read, rejected = processed
     if read and rejected / read > max_reject_fraction:
         raise RejectBudgetError(
@@ -171,25 +179,25 @@ def finish(run: RunPlan, metadata: dict[str, Any], *, processed: tuple[int, int]
             f"rejected records and their reasons are in {join(run.snapshot_url, layout.REJECTED_DIR)}")
     snapshots.write_inputs(run.snapshot_url, run.inputs)
     diff = run.diff
-    metadata = {**metadata, "format_version": layout.FORMAT_VERSION, "snapshot": {
-        "id": run.snapshot_id, "parent": run.previous["snapshot"]["id"] if run.previous else None,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(run.started)),
-        "committed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "run": "full" if run.full else "incremental", "reason": run.reason, "mode": run.mode,
-        "bigtrain_version": bigtrain_version(), "config_fingerprint": config_fingerprint(run.config),
-        "inputs": {"file": layout.INPUTS_FILE, "files": len(run.inputs),
-                   "bytes": sum(v[1] for v in run.inputs.values()),
-                   "processed": len(run.inputs) if run.full else len(diff.added) + len(diff.changed),
-                   "added": len(diff.added) if diff else None, "changed": len(diff.changed) if diff else None,
-                   "removed": len(diff.removed) if diff else None},
-        "records_processed": read, "rejected_processed": rejected}}
-    return snapshots.commit(run.snapshot_url, metadata)
+    lineage = Lineage(
+        id=run.snapshot_id, parent=run.previous.snapshot_id if run.previous else None,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(run.started)),
+        committed=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        run="full" if run.full else "incremental", reason=run.reason, mode=run.mode,
+        bigtrain_version=bigtrain_version(), config_fingerprint=config_fingerprint(run.config),
+        inputs=InputCounts(file=layout.INPUTS_FILE, files=len(run.inputs), bytes=sum(v[1] for v in run.inputs.values()),
+                           processed=len(run.inputs) if run.full else len(diff.added) + len(diff.changed),
+                           added=len(diff.added) if diff else None, changed=len(diff.changed) if diff else None,
+                           removed=len(diff.removed) if diff else None),
+        records_processed=read, rejected_processed=rejected)
+    return snapshots.commit(run.snapshot_url, draft.replace(snapshot=lineage))
 
 
 def unchanged_summary(run: RunPlan) -> dict[str, Any]:
     prev = run.previous
-    splits = {name: {**info, "url": join(run.previous_url, name)} for name, info in prev["splits"].items()}
-    return {"unchanged": True, "snapshot": prev["snapshot"]["id"], "output": run.previous_url,
-            "records_read": prev["records_read"], "rows_written": sum(s["rows"] for s in splits.values()),
-            "rejected": prev["rejected"], "rejected_by_reason": prev["rejected_by_reason"], "splits": splits,
+    splits = {name: {**dataclasses.asdict(counts), "url": join(run.previous_url, name)}
+              for name, counts in prev.splits.items()}
+    return {"unchanged": True, "snapshot": prev.snapshot_id, "output": run.previous_url,
+            "records_read": prev.records_read, "rows_written": prev.rows, "rejected": prev.rejected,
+            "rejected_by_reason": prev.rejected_by_reason, "splits": splits,
             "rejected_url": join(run.previous_url, layout.REJECTED_DIR), "inputs": len(run.inputs)}

@@ -1,6 +1,6 @@
 """Build dist/bigtrain-src.zip: what `spark-submit --py-files` ships to the executors (and the driver, when the
-project is not installed there): the pipelines, training and jobs packages, with conf/bigtrain.yaml inside as the
-jobs package's defaults.
+project is not installed there): every package of the project, with conf/bigtrain.yaml inside as the core
+package's defaults (core.config).
 
 Usage: python scripts/make_dist.py [OUTPUT_ZIP]
 """
@@ -11,7 +11,8 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("pipelines", "training", "jobs")
+# Every package of ARCHITECTURE.md's layers (tests/test_architecture.py checks the list is complete).
+PACKAGES = ("core", "dataset", "pipelines", "training", "inference", "orchestration", "jobs")
 
 
 def build(output: Path) -> Path:
@@ -20,7 +21,7 @@ def build(output: Path) -> Path:
         for package in PACKAGES:
             for path in sorted((ROOT / package).rglob("*.py")):
                 archive.write(path, path.relative_to(ROOT).as_posix())
-        archive.write(ROOT / "conf" / "bigtrain.yaml", "jobs/bigtrain.yaml")
+        archive.write(ROOT / "conf" / "bigtrain.yaml", "core/bigtrain.yaml")
     return output
 
 

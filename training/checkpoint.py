@@ -25,6 +25,7 @@ from core import atomic
 from core.config import from_dict
 from core.errors import CheckpointError
 from dataset import layout
+from dataset.manifest import DatasetSpec
 from training.config import TrainConfig
 from training.models import build_model as build
 
@@ -85,17 +86,17 @@ def load(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def model_metadata(payload: dict[str, Any]) -> dict[str, Any]:
-    """The part of a dataset's metadata that builds the model: kind, classes, image shape or vocabulary size."""
+def dataset_spec(payload: dict[str, Any]) -> DatasetSpec:
+    """What the model was built for: the dataset's kind, classes, image shape or vocabulary size."""
     dataset = payload["dataset"]
-    return {"kind": dataset["kind"], "classes": payload["classes"], "class_to_index": payload["class_to_index"],
-            "image": dataset.get("image"), "sequence": dataset.get("sequence")}
+    return DatasetSpec.from_dict({"kind": dataset["kind"], "classes": payload["classes"], "image": dataset.get("image"),
+                                  "sequence": dataset.get("sequence")}, where="checkpoint dataset")
 
 
 def build_model(payload: dict[str, Any]):
     """The trained model of a loaded checkpoint, in eval mode."""
     config = from_dict(TrainConfig, payload["config"], prefix="checkpoint config")
-    model = build(payload["model"], metadata=model_metadata(payload), config=config)
+    model = build(payload["model"], dataset=dataset_spec(payload), config=config)
     model.load_state_dict(payload["model_state"])
     return model.eval()
 
@@ -110,7 +111,7 @@ def base_payload(model, model_name: str, config, info, *, dataset: dict[str, Any
     """What every checkpoint holds: weights, model name, config, class map, and ``dataset_entry(info)`` (pass it
     in when saving often: it reads the vocabulary)."""
     return {"model_state": model.state_dict(), "model": model_name, "config": asdict(config),
-            "classes": info.classes, "class_to_index": info.metadata["class_to_index"],
+            "classes": info.classes, "class_to_index": info.manifest.class_to_index,
             "dataset": dataset if dataset is not None else dataset_entry(info)}
 
 
@@ -118,21 +119,11 @@ def dataset_entry(info) -> dict[str, Any]:
     """The dataset's identity, and what predict needs to treat raw inputs as preprocessing did (the job's config;
     the vocabulary of a sequence dataset)."""
     vocabulary = layout.read_vocabulary(info.url) if info.kind == "sequence" else None
-    return {"url": info.url, "kind": info.kind, "image": info.metadata.get("image"),
-            "sequence": info.metadata.get("sequence"), "snapshot_id": dataset_identity(info),
-            "preprocess": info.metadata.get("config"),  # how raw inputs were turned into rows
+    spec = info.spec.to_dict()
+    return {"url": info.url, "kind": info.kind, "image": spec.get("image"), "sequence": spec.get("sequence"),
+            "snapshot_id": info.snapshot_id,  # resuming against another snapshot is refused
+            "preprocess": info.manifest.config,  # how raw inputs were turned into rows
             "vocabulary": vocabulary}
-
-
-def dataset_identity(info) -> str:
-    """The committed snapshot's id where the dataset has one, else a digest of its metadata (class map, rows per
-    split, shape or vocabulary): resuming against other data is refused either way."""
-    snapshot = getattr(info, "snapshot_id", None)
-    if snapshot:
-        return str(snapshot)
-    canonical = json.dumps({k: v for k, v in info.metadata.items() if k not in ("created", "config", "elapsed")},
-                           sort_keys=True, default=str)
-    return "metadata-" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def resume_points(output_dir: str | Path) -> list[Path]:

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from core.errors import DatasetError
+from dataset.manifest import DatasetSpec
 
 
 def _labels_and_ids(rows: list[Any]):
@@ -106,16 +107,16 @@ class Task:
     host_inputs: tuple[int, ...] = ()   # model inputs that stay on the host (sequence lengths, read by packing)
 
 
-def task_for(metadata: dict[str, Any], *, length_bucketing: bool = True, decode_threads: int = 2) -> Task:
+def task_for(dataset: DatasetSpec, *, length_bucketing: bool = True, decode_threads: int = 2) -> Task:
     """Both kinds are read through Petastorm's columnar reader (make_batch_reader): images arrive as their stored
     bytes and are decoded a batch at a time on ``decode_threads`` threads; sequences are already compact ids."""
-    kind = metadata["kind"]
+    kind = dataset.kind
     if kind == "image":
-        decoder = ImageDecoder(metadata["image"]["codec"], decode_threads)
+        decoder = ImageDecoder(dataset.image.codec, decode_threads)
         return Task(("image", "label", "sample_id"), functools.partial(image_collate, decoder=decoder),
                     columnar=True, sort_key=None)
     if kind == "sequence":
-        collate = functools.partial(sequence_collate, dtype=metadata["sequence"]["token_dtype"], longest_first=True)
+        collate = functools.partial(sequence_collate, dtype=dataset.sequence.token_dtype, longest_first=True)
         return Task(("tokens", "length", "label", "sample_id"), collate, columnar=True,
                     sort_key=_length if length_bucketing else None, host_inputs=(1,))
     raise DatasetError(f"dataset kind {kind!r} is not image or sequence")

@@ -135,15 +135,15 @@ def prepare(config: TrainConfig, data_url: str, output_dir: Path, dist) -> Run:
         raise DatasetError(f"split {info.splits['train'].url} is empty: nothing to train on")
     torch.manual_seed(config.seed)
     device = dist.device
-    model = build_model(config.model, metadata=info.metadata, config=config).to(device)
-    model_name = resolve_model_name(config.model, info.metadata)
+    model = build_model(config.model, dataset=info.spec, config=config).to(device)
+    model_name = resolve_model_name(config.model, info.kind)
     default_optimizer, default_lr = DEFAULT_OPTIMIZER[model_name]
     optimizer_name = default_optimizer if config.optimizer == "auto" else config.optimizer
     base_lr = default_lr if config.lr is None else config.lr
     precision = precision_for(config.mixed_precision, device)
     if config.mixed_precision and precision.autocast is None and dist.rank == 0:
         log.info("train.mixed_precision: no GPU here, training in float32 on CPU (the setting only acts on GPU)")
-    task = task_for(info.metadata, length_bucketing=config.length_bucketing, decode_threads=config.loader_workers)
+    task = task_for(info.spec, length_bucketing=config.length_bucketing, decode_threads=config.loader_workers)
     if device.type == "cuda":  # batches land in page-locked memory in the loader's thread: copies don't block
         task = dataclasses.replace(task, collate=pinned(task.collate, task.host_inputs))
     options = ReadOptions(task.fields, workers=config.loader_workers, shuffle=True, shuffle_buffer=config.shuffle_buffer,

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from dataset.manifest import DatasetSpec
+
 RNN_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 DEFAULT_MODEL = {"image": "cnn", "sequence": "lstm"}
 # (optimizer, learning rate per rank) that train each family well on the sample data; config can override both.
@@ -66,25 +68,25 @@ class RNNClassifier(nn.Module):
         return self.head(self.dropout(last))
 
 
-def resolve_model_name(name: str, metadata: dict) -> str:
-    return DEFAULT_MODEL.get(metadata["kind"], "") if name == "auto" else name
+def resolve_model_name(name: str, kind: str) -> str:
+    return DEFAULT_MODEL.get(kind, "") if name == "auto" else name
 
 
-def build_model(name: str, *, metadata: dict, config) -> nn.Module:
+def build_model(name: str, *, dataset: DatasetSpec, config) -> nn.Module:
     """The model ``name`` (or the one the dataset's ``kind`` calls for when ``auto``) for a dataset."""
-    kind = metadata["kind"]
-    name = resolve_model_name(name, metadata)
+    kind = dataset.kind
+    name = resolve_model_name(name, kind)
     if name in RNN_CELLS:
         if kind != "sequence":
             raise ValueError(f"model {name} needs a sequence dataset, this one is {kind!r}")
         r = config.rnn
-        return RNNClassifier(cell=name, vocab_size=metadata["sequence"]["vocab_size"],
-                             num_classes=len(metadata["classes"]), embed_dim=r.embed_dim, hidden=r.hidden,
+        return RNNClassifier(cell=name, vocab_size=dataset.sequence.vocab_size,
+                             num_classes=len(dataset.classes), embed_dim=r.embed_dim, hidden=r.hidden,
                              layers=r.layers, bidirectional=r.bidirectional, dropout=r.dropout)
     if name == "cnn":
         if kind != "image":
             raise ValueError(f"model cnn needs an image dataset, this one is {kind!r}")
-        image = metadata["image"]
-        return CNN(in_channels=image["channels"], image_size=image["size"], num_classes=len(metadata["classes"]),
+        image = dataset.image
+        return CNN(in_channels=image.channels, image_size=image.size, num_classes=len(dataset.classes),
                    conv_channels=tuple(config.cnn.conv_channels), hidden=config.cnn.hidden, dropout=config.cnn.dropout)
     raise ValueError(f"no model {name!r} for a dataset of kind {kind!r}")

@@ -6,6 +6,8 @@ import pytest
 from core import locking
 from core.errors import DatasetError
 from dataset import snapshots
+from dataset.manifest import FileEntry
+from tests.dataset.test_manifest import example
 
 
 def test_snapshot_ids_sort_in_creation_order_and_never_repeat():
@@ -28,13 +30,14 @@ def test_input_diff_sees_new_changed_and_removed_files():
                                               ("quick", 10, False)])
 def test_readers_checksum_small_snapshots_unless_told_otherwise(monkeypatch, mode, size, full):
     monkeypatch.setenv("BIGTRAIN_VERIFY", mode)
-    assert snapshots.reader_checksums({"files": {"train/a.parquet": {"bytes": size}}}) is full
+    contents = example().replace(files={"train/a.parquet": FileEntry(bytes=size, sha256="-", rows=1)})
+    assert snapshots.reader_checksums(contents) is full
 
 
 def test_a_wrong_verify_setting_is_named(monkeypatch):
     monkeypatch.setenv("BIGTRAIN_VERIFY", "sometimes")
     with pytest.raises(DatasetError, match="BIGTRAIN_VERIFY='sometimes'"):
-        snapshots.reader_checksums({})
+        snapshots.reader_checksums(example())
 
 
 def test_a_held_lock_is_refused_naming_its_holder(tmp_path):

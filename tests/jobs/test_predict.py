@@ -29,8 +29,8 @@ def _save_checkpoint(dataset, folder, seed):
     config = load_section("train", TrainConfig, flags={"seed": seed})
     info = load_dataset_info(str(dataset))
     torch.manual_seed(seed)  # an untrained model: its predictions are as testable as a trained one's
-    model = build_model(config.model, metadata=info.metadata, config=config)
-    name = resolve_model_name(config.model, info.metadata)
+    model = build_model(config.model, dataset=info.spec, config=config)
+    name = resolve_model_name(config.model, info.kind)
     return checkpoint.save(folder / checkpoint.FINAL_FILE, checkpoint.base_payload(model, name, config, info))
 
 

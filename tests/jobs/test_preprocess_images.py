@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from core.paths import to_url
+from dataset import manifest
 from dataset.info import load_dataset_info
-from dataset.layout import SPLITS, read_metadata
+from dataset.layout import SPLITS
 from jobs.preprocess_images import main
 from tests.conftest import REPO, current_snapshot, subprocess_env, tool
 from training.batching import evaluation_batches
@@ -48,7 +49,7 @@ def test_every_image_arrives_once_with_its_label_and_shape(image_dataset, sample
     good, bad = source_files(sample_images)
     info = load_dataset_info(str(image_dataset))
     classes = sorted(set(good.values()))
-    assert info.metadata["class_to_index"] == {name: i for i, name in enumerate(classes)}
+    assert info.manifest.class_to_index == {name: i for i, name in enumerate(classes)}
     seen = {}
     for name in SPLITS:
         for row in read_split(info.splits[name]):
@@ -58,15 +59,15 @@ def test_every_image_arrives_once_with_its_label_and_shape(image_dataset, sample
             assert row.image.shape == (16, 16, 3) and row.image.dtype == np.uint8
     assert set(seen) == set(good)
     counts = {name: sum(1 for s in seen.values() if s == name) for name in SPLITS}
-    assert counts == {name: info.metadata["splits"][name]["rows"] for name in SPLITS}
+    assert counts == {name: info.manifest.splits[name].rows for name in SPLITS}
 
 
 def test_counts_add_up_and_rejects_are_kept_with_reasons(image_dataset, sample_images):
     good, bad = source_files(sample_images)
-    meta = read_metadata(to_url(str(image_dataset)))
-    assert meta["records_read"] == len(good) + len(bad)
-    assert meta["rejected"] == len(bad)
-    assert sum(s["rows"] for s in meta["splits"].values()) == len(good)
+    contents = manifest.read(to_url(str(image_dataset)))
+    assert contents.records_read == len(good) + len(bad)
+    assert contents.rejected == len(bad)
+    assert sum(s.rows for s in contents.splits.values()) == len(good)
     rejected = pq.read_table(image_dataset / "rejected").to_pylist()
     assert sorted(r["relpath"] for r in rejected) == sorted(bad)
     assert all(r["reason"] for r in rejected)

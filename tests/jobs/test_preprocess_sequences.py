@@ -41,7 +41,7 @@ def good_lines(root):
 
 def read_all(dataset):
     info = load_dataset_info(str(dataset))
-    task = task_for(info.metadata)
+    task = task_for(info.spec)
     options = ReadOptions(task.fields + ("source",), columnar=True)
     rows = {}
     for name in SPLITS:
@@ -58,7 +58,7 @@ def test_every_line_arrives_once_with_its_tokens_label_and_length(text_dataset, 
     expected = good_lines(sample_texts)
     info, rows = read_all(text_dataset)
     vocab = read_vocabulary(to_url(str(text_dataset)))
-    dtype = info.metadata["sequence"]["token_dtype"]
+    dtype = info.manifest.sequence.token_dtype
     assert set(rows) == set(expected)
     for source, (split, row) in rows.items():
         text, label = expected[source]
@@ -67,7 +67,7 @@ def test_every_line_arrives_once_with_its_tokens_label_and_length(text_dataset, 
         assert row.length == min(len(tokens), 24)
         assert [vocab[i] for i in np.frombuffer(row.tokens, dtype)] == tokens[:24]  # no padding stored
     assert vocab[:2] == ["<pad>", "<unk>"]
-    assert info.metadata["sequence"]["truncated"] == sum(
+    assert info.manifest.sequence.truncated == sum(
         len(tokenise(normalise(t, lowercase=True), "word")) > 24 for t, _ in expected.values())
 
 

@@ -24,7 +24,7 @@ from training.shards import EpochCounter, plan_shard
 def main(data: str, out: str) -> None:
     dist = init_distributed("horovod")
     info = load_dataset_info(data)
-    task = task_for(info.metadata)
+    task = task_for(info.spec)
     split = info.splits["train"]
     plan = plan_shard(split.row_group_sizes, dist.rank, dist.size)
     options = ReadOptions(task.fields, workers=2, shuffle=True, shuffle_buffer=16, seed=1, columnar=task.columnar,

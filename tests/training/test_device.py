@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from core.errors import LaunchError
+from dataset.manifest import DatasetSpec, ImageSpec, SequenceSpec
 from training.collation import image_collate, sequence_collate, task_for
 from training.device import (
     precision_for,
@@ -18,6 +19,10 @@ from training.distributed import init_distributed
 from training.models import CNN
 from training.spark_launch import gpus_per_task
 
+
+SEQUENCES = DatasetSpec("sequence", ["a", "b"], sequence=SequenceSpec(vocab_size=50, token_dtype="<u2", max_length=8,
+                                                                     tokenizer="word"))
+IMAGES = DatasetSpec("image", ["a", "b"], image=ImageSpec(size=8, channels=3, codec="png", shape=[8, 8, 3]))
 
 def test_each_local_rank_gets_its_own_gpu_and_cpu_hosts_get_the_cpu():
     assert select_device("auto", 3, cuda_available=True, device_count=4) == torch.device("cuda", 3)
@@ -94,14 +99,14 @@ def test_images_cross_as_uint8_and_the_cnn_scales_them_on_its_device():
 
 
 def test_sequence_lengths_stay_on_the_host_where_packing_reads_them():
-    task = task_for({"kind": "sequence", "sequence": {"token_dtype": "<u2"}})
+    task = task_for(SEQUENCES)
     rows = [type("Row", (), {"tokens": np.array([4, 5, 6], "<u2").tobytes(), "length": 3, "label": 0,
                              "sample_id": 1})()]
     inputs, _, _ = sequence_collate(rows, dtype="<u2")
     assert task.host_inputs == (1,)
     moved = to_device(inputs, torch.device("cpu"), task.host_inputs)
     assert moved[1] is inputs[1] and torch.equal(moved[0], inputs[0])
-    assert task_for({"kind": "image", "image": {"codec": "png"}}).host_inputs == ()
+    assert task_for(IMAGES).host_inputs == ()
 
 
 def test_torch_distributor_asks_for_gpus_only_where_spark_schedules_them():
@@ -118,7 +123,7 @@ def test_training_batches_of_sequences_come_longest_first_and_pack_to_the_same_l
 
     rows = [type("Row", (), {"tokens": np.arange(2, 2 + n, dtype="<u2").tobytes(), "length": n, "label": i % 2,
                              "sample_id": 100 + i})() for i, n in enumerate((2, 5, 3, 6, 1))]
-    task = task_for({"kind": "sequence", "sequence": {"token_dtype": "<u2"}})
+    task = task_for(SEQUENCES)
     (tokens, lengths), y, ids = task.collate(rows)
     assert lengths.tolist() == [6, 5, 3, 2, 1] and ids.tolist() == [103, 101, 102, 100, 104]
     assert y.tolist() == [1, 1, 0, 0, 0]

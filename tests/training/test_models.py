@@ -1,6 +1,9 @@
+import dataclasses
+
 import pytest
 import torch
 
+from dataset.manifest import DatasetSpec, ImageSpec
 from training.models import CNN, build_model
 
 
@@ -17,10 +20,10 @@ def test_build_model_follows_the_dataset_kind():
     from training.config import TrainConfig
 
     config = load_section("train", TrainConfig)
-    meta = {"kind": "image", "classes": ["a", "b"], "image": {"channels": 1, "size": 12}}
-    assert isinstance(build_model("auto", metadata=meta, config=config), CNN)
+    spec = DatasetSpec("image", ["a", "b"], image=ImageSpec(size=12, channels=1, codec="png", shape=[12, 12]))
+    assert isinstance(build_model("auto", dataset=spec, config=config), CNN)
     with pytest.raises(ValueError, match="kind 'text'"):
-        build_model("auto", metadata={**meta, "kind": "text"}, config=config)
+        build_model("auto", dataset=dataclasses.replace(spec, kind="text"), config=config)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])

@@ -44,7 +44,7 @@ def test_the_loader_reads_every_row_from_s3(s3_dataset, image_dataset):
     remote, local = load_dataset_info(s3_dataset), load_dataset_info(str(image_dataset))
     assert {k: v.row_group_sizes for k, v in remote.splits.items()} == \
            {k: v.row_group_sizes for k, v in local.splits.items()}
-    task = task_for(remote.metadata)
+    task = task_for(remote.spec)
     split = remote.splits["train"]
     seen = []
     for rank in range(2):

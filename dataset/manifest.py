@@ -1,0 +1,248 @@
+"""The manifest (``<snapshot>/metadata.json``), typed: the contract between the Spark jobs that write a dataset and
+everything that reads it (incremental runs, verify, datasets, training, checkpoints, predict).
+
+One writer (``write``) and one reader (``read``). The JSON on disk is the format_version 2 layout that bigtrain has
+written since snapshots came in, key for key, so a metadata.json written before these types existed reads
+unchanged (tests/dataset/fixtures holds two). ``from_dict`` names the file and the key when one is missing or of
+the wrong type; a dataset of another format version is refused with what to do.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from core import atomic
+from core.errors import DatasetError
+from core.paths import filesystem, join
+from dataset import layout
+
+Kind = Literal["image", "sequence"]
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How images are stored: ``size`` x ``size`` pixels, ``channels`` 1 or 3, PNG/JPEG bytes or raw arrays."""
+    size: int
+    channels: int
+    codec: str
+    shape: list[int]
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    """How token sequences are stored: ids of ``token_dtype`` below ``vocab_size`` (0 padding, 1 unknown), at most
+    ``max_length`` of them, and the vocabulary in ``vocab_file``; lengths seen, over the snapshot's lineage."""
+    vocab_size: int
+    token_dtype: str
+    max_length: int
+    tokenizer: str
+    tokens_field: str | None = None
+    vocab_file: str = layout.VOCAB_FILE
+    pad_id: int = 0
+    unk_id: int = 1
+    longest: int | None = None
+    mean_length: float | None = None
+    truncated: int = 0
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    rows: int
+    row_groups: int
+    per_class: dict[str, int]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of the snapshot: its size and digest, and for a split's Parquet file its rows."""
+    bytes: int
+    sha256: str
+    rows: int | None = None
+
+
+@dataclass(frozen=True)
+class InputCounts:
+    """The input files the snapshot holds (listed in ``file``), and what this run did with them."""
+    file: str
+    files: int
+    bytes: int
+    processed: int
+    added: int | None = None       # None: a full run
+    changed: int | None = None
+    removed: int | None = None
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where the snapshot comes from: its id and parent, the run that wrote it, and the config it was written with."""
+    id: str
+    parent: str | None
+    created: str
+    committed: str
+    run: Literal["full", "incremental"]
+    reason: str
+    mode: str
+    bigtrain_version: str
+    config_fingerprint: str
+    inputs: InputCounts
+    records_processed: int
+    rejected_processed: int
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a model needs to know of a dataset: its kind, classes and image or sequence shape. Checkpoints keep it,
+    so a model is rebuilt without the dataset."""
+    kind: Kind
+    classes: list[str]
+    image: ImageSpec | None = None
+    sequence: SequenceSpec | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str) -> DatasetSpec:
+        return _build(cls, data, where)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A snapshot's metadata.json. ``snapshot`` is None only while a job builds the manifest (``incremental.finish``
+    adds the lineage), ``files`` and ``schema_fingerprints`` are empty until ``snapshots.commit`` lists the files."""
+    kind: Kind
+    input: str
+    classes: list[str]
+    class_to_index: dict[str, int]
+    splits: dict[str, SplitCounts]
+    records_read: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    config: dict[str, Any]
+    snapshot: Lineage | None = None
+    image: ImageSpec | None = None
+    sequence: SequenceSpec | None = None
+    input_format: str | None = None          # sequences: jsonl, csv or parquet
+    csv_header_lines: int | None = None      # sequences: CSV header lines read (not records)
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    schema_fingerprints: dict[str, str] = field(default_factory=dict)
+    format_version: int = layout.FORMAT_VERSION
+
+    @property
+    def snapshot_id(self) -> str:
+        if self.snapshot is None:
+            raise DatasetError("the manifest is not committed yet: it has no snapshot id")
+        return self.snapshot.id
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return DatasetSpec(self.kind, list(self.classes), self.image, self.sequence)
+
+    @property
+    def rows(self) -> int:
+        """Rows over all splits."""
+        return sum(s.rows for s in self.splits.values())
+
+    def replace(self, **changes: Any) -> Manifest:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: fields that do not apply to the dataset's kind (None) are left out, as they always were."""
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str) -> Manifest:
+        if not isinstance(data, dict):
+            raise DatasetError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        if data.get("format_version") != layout.FORMAT_VERSION:
+            raise DatasetError(f"{where}: format_version {data.get('format_version')!r}, this bigtrain reads "
+                               f"{layout.FORMAT_VERSION} (datasets written before snapshots: run the preprocessing "
+                               "job again)")
+        for key in ("snapshot", "files"):  # a committed manifest has both (a job's draft has neither yet)
+            if key not in data:
+                raise DatasetError(f"{where}: key {key} is missing")
+        return _build(cls, data, where)
+
+
+def read(snapshot_url: str) -> Manifest:
+    """The manifest of a committed snapshot folder; DatasetError naming the file when it is missing or damaged."""
+    url = join(snapshot_url, layout.METADATA_FILE)
+    fs, path = filesystem(url)
+    if not layout.exists(fs, path, url):
+        raise DatasetError(f"{url} not found: {snapshot_url} is not a bigtrain dataset "
+                           "(write one with `bigtrain preprocess-images`), or its job did not finish")
+    with fs.open(path, "r") as fh:
+        try:
+            data = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{url} is not valid JSON: {exc}") from None
+    return Manifest.from_dict(data, where=url)
+
+
+def write(snapshot_url: str, manifest: Manifest) -> None:
+    """Write metadata.json, atomically: its presence commits the snapshot, so it is written last."""
+    atomic.write_json(join(snapshot_url, layout.METADATA_FILE), manifest.to_dict())
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if getattr(obj, f.name) is not None or f.name in _KEEP_NONE.get(type(obj).__name__, ())}
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# Fields written as null when unset (the format has always had them), rather than left out.
+_KEEP_NONE = {"Lineage": ("parent",), "InputCounts": ("added", "changed", "removed"),
+              "SequenceSpec": ("tokens_field", "longest", "mean_length")}
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """``cls`` from its JSON form, each key checked against the field's type; errors name ``where`` and the key."""
+    if not isinstance(data, dict):
+        raise DatasetError(f"{where}: expected an object, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = f"{where}: key {f.name}" if ": key " not in where else f"{where}.{f.name}"
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise DatasetError(f"{key} is missing")
+            continue
+        values[f.name] = _value(hints[f.name], data[f.name], key)
+    return cls(**values)
+
+
+def _value(tp: Any, value: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _value(next(a for a in args if a is not type(None)), value, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise DatasetError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise DatasetError(f"{key}: expected an object, got {value!r}")
+        return {str(k): _value(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise DatasetError(f"{key}: expected a list, got {value!r}")
+        return [_value(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    expected = {int: int, float: (int, float), str: str, bool: bool}.get(tp)
+    if expected is not None and (not isinstance(value, expected) or (tp is not bool and isinstance(value, bool))):
+        raise DatasetError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return float(value) if tp is float else value
