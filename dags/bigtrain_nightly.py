@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 BIGTRAIN_HOME = os.environ.get("BIGTRAIN_HOME", "/opt/bigtrain")
 PIPELINE = "conf/pipelines/nightly_images.yaml"
-EXIT_LOCKED = 75
+EXIT_LOCKED = 75  # core.errors.EXIT_LOCKED, spelled out: the Airflow host need not have bigtrain importable
 
 
 def command(action: str) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from core.config import load_section
 from core.logs import setup_logging
 from jobs.common import add_config_flags, positive_int, run_main
+from pipelines.samples import generate_images, generate_texts
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,6 @@ def main_images(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def run() -> int:
-        from pipelines.samples import generate_images
-
         config = load_section("sample_images", SampleImagesConfig, config_file=args.config, overrides=args.overrides,
                               flags={"per_class": args.per_class, "bad_files": args.bad_files, "seed": args.seed})
         bad = max(0, config.bad_files)
@@ -80,8 +79,6 @@ def main_texts(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def run() -> int:
-        from pipelines.samples import generate_texts
-
         config = load_section("sample_texts", SampleTextsConfig, config_file=args.config, overrides=args.overrides,
                               flags={"records": args.records, "files": args.files, "bad_lines": args.bad_lines,
                                      "seed": args.seed})

@@ -24,6 +24,7 @@ from core.errors import EXIT_OK, EXIT_USAGE, UsageError
 from core.logs import setup_logging
 from jobs.cli import SUBCOMMANDS
 from jobs.common import run_main
+from orchestration import runner, runs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from orchestration import runner, runs
-
     variables = {}
     for item in args.var:
         name, sep, value = item.partition("=")

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from core.config import load_section
-from core.errors import UsageError
+from core.errors import PeerLostError, UsageError
 from core.logs import setup_logging
 from jobs.common import (
     add_config_flags,
@@ -36,6 +36,7 @@ from jobs.common import (
     resolve_master,
     run_main,
 )
+from training.config import TrainConfig
 
 log = logging.getLogger("bigtrain.train")
 
@@ -118,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.config import TrainConfig
     from training.distributed import init_distributed
     from training.loop import train
 
@@ -145,8 +145,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         metrics = train(config, data_url=args.data, output_dir=args.output, dist=dist, elastic=args.elastic).metrics
     except dist.peer_errors as exc:
-        from core.errors import PeerLostError
-
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PeerLostError(f"rank {dist.rank}: another rank of this job failed or vanished ({detail[:200]}); run "
                             "the same command again to resume from the last resume point in --output") from None

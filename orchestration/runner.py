@@ -30,7 +30,7 @@ from typing import Any, Collection
 import yaml
 
 from core.errors import DatasetError, UsageError
-from core.paths import to_url
+from core.paths import filesystem, to_url
 from dataset import layout, manifest
 
 DEFAULT_INPUT_ARGS = ("input", "data", "checkpoint")
@@ -142,9 +142,7 @@ def fingerprint_of(path: str) -> str:
         return "snapshot:" + manifest.read(url).snapshot_id
     except DatasetError:
         pass
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(to_url(path))
+    fs, root = filesystem(to_url(path))
     if not fs.exists(root):
         return "missing"
     entries = fs.find(root, detail=True) if fs.isdir(root) else {root: fs.info(root)}
@@ -165,9 +163,7 @@ def stage_fingerprint(stage: Stage) -> tuple[str, dict[str, str]]:
 def _output_exists(output: str | None) -> bool:
     if not output:
         return True
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(to_url(output))
+    fs, path = filesystem(to_url(output))
     return fs.exists(path)
 
 

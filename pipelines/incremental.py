@@ -22,7 +22,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core.errors import DatasetError, RejectBudgetError
-from core.paths import join
+from core.paths import join, normalise_url
 from dataset import layout, manifest, snapshots
 from dataset.manifest import InputCounts, Lineage, Manifest, SplitCounts
 
@@ -53,8 +53,6 @@ def list_inputs(spark: SparkSession, input_url: str, relpath_of: Callable[[str],
     Spark's ``binaryFile`` listing with the content column pruned (no file is read); zero-byte files, which its
     scan skips, come from the same listing with size 0.
     """
-    from core.paths import normalise_url
-
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(input_url)
     rows = files.select("path", "length", F.expr("unix_millis(modificationTime)").alias("mtime")).collect()
     found = {normalise_url(r["path"]): (int(r["length"]), int(r["mtime"])) for r in rows}
