@@ -12,6 +12,15 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 
+def pytest_collection_modifyitems(config, items):
+    """Markers must say what a test needs: one that gets a SparkSession (the ``spark`` fixture, directly or through
+    a dataset fixture) without the ``spark`` marker would start the JVM inside ``make test-fast``."""
+    unmarked = [item.nodeid for item in items
+                if "spark" in getattr(item, "fixturenames", ()) and item.get_closest_marker("spark") is None]
+    if unmarked:
+        raise pytest.UsageError("tests using the spark fixture without @pytest.mark.spark:\n  " + "\n  ".join(unmarked))
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     from pipelines.storage import build_spark
