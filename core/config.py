@@ -6,15 +6,12 @@ known and of the declared type; errors name the key (``train.batch_size``) and t
 """
 from __future__ import annotations
 
-import dataclasses
-import re
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
+from core import typed
 from core.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -22,7 +19,6 @@ DEFAULTS_FILE = CONF_DIR / "bigtrain.yaml"
 LOCAL_FILE = CONF_DIR / "local" / "bigtrain.yaml"
 
 T = TypeVar("T")
-_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -100,75 +96,13 @@ def load_section(section: str, cls: type[T], *, config_file: str | None = None,
     return from_dict(cls, merged[section], prefix=section)
 
 
+CONFIG = typed.Rules(error=ConfigError, label="config key", unknown_keys_are_errors=True)
+
+
 def from_dict(cls: type[T], data: Any, *, prefix: str) -> T:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown config key {prefix}.{unknown[0]} (known keys of {prefix}: {', '.join(sorted(fields))})")
-    values = {}
-    for name, field in fields.items():
-        key = f"{prefix}.{name}"
-        if name not in data:
-            if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING:
-                continue
-            raise ConfigError(f"config key {key} is missing")
-        values[name] = _coerce(hints[name], data[name], key)
-    obj = cls(**values)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        try:
-            validate(prefix)
-        except ConfigError:
-            raise
-        except ValueError as exc:  # e.g. pipelines.splits.validate_fractions: its message already names the key
-            raise ConfigError(str(exc)) from None
-    return obj
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"config key {key}: {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, prefix=key)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"config key {key}: expected a list, got {value!r}")
-        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key {key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key {key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads 1e-9 (no dot) as a string; it is a number to anyone writing it
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key {key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config key {key}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp!r} for {key}")
+    """The section dataclass ``cls`` from its mapping; unknown keys, missing keys and wrong types are ConfigErrors
+    naming the key (``train.batch_size``)."""
+    return typed.build(cls, data, prefix=prefix, rules=CONFIG)
 
 
 def require(condition: bool, key: str, message: str) -> None:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from core import atomic
+from core import atomic, typed
 from core.errors import DatasetError
 from core.paths import filesystem, join
 from dataset import layout
@@ -107,7 +105,7 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str) -> DatasetSpec:
-        return _build(cls, data, where)
+        return typed.build(cls, data, prefix="", rules=_rules(where))
 
 
 @dataclass(frozen=True)
@@ -165,7 +163,7 @@ class Manifest:
         for key in ("snapshot", "files"):  # a committed manifest has both (a job's draft has neither yet)
             if key not in data:
                 raise DatasetError(f"{where}: key {key} is missing")
-        return _build(cls, data, where)
+        return typed.build(cls, data, prefix="", rules=_rules(where))
 
 
 def read(snapshot_url: str) -> Manifest:
@@ -188,6 +186,12 @@ def write(snapshot_url: str, manifest: Manifest) -> None:
     atomic.write_json(join(snapshot_url, layout.METADATA_FILE), manifest.to_dict())
 
 
+def _rules(where: str) -> typed.Rules:
+    """Keys named after the file (``.../metadata.json: key splits.train.rows``); keys a newer bigtrain may add are
+    left alone."""
+    return typed.Rules(error=DatasetError, label=f"{where}: key", unknown_keys_are_errors=False)
+
+
 def _plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
@@ -202,47 +206,3 @@ def _plain(obj: Any) -> Any:
 # Fields written as null when unset (the format has always had them), rather than left out.
 _KEEP_NONE = {"Lineage": ("parent",), "InputCounts": ("added", "changed", "removed"),
               "SequenceSpec": ("tokens_field", "longest", "mean_length")}
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """``cls`` from its JSON form, each key checked against the field's type; errors name ``where`` and the key."""
-    if not isinstance(data, dict):
-        raise DatasetError(f"{where}: expected an object, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for f in dataclasses.fields(cls):
-        key = f"{where}: key {f.name}" if ": key " not in where else f"{where}.{f.name}"
-        if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise DatasetError(f"{key} is missing")
-            continue
-        values[f.name] = _value(hints[f.name], data[f.name], key)
-    return cls(**values)
-
-
-def _value(tp: Any, value: Any, key: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        return _value(next(a for a in args if a is not type(None)), value, key)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if origin is Literal:
-        if value not in args:
-            raise DatasetError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise DatasetError(f"{key}: expected an object, got {value!r}")
-        return {str(k): _value(args[1], v, f"{key}.{k}") for k, v in value.items()}
-    if origin is list:
-        if not isinstance(value, list):
-            raise DatasetError(f"{key}: expected a list, got {value!r}")
-        return [_value(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is Any:
-        return value
-    expected = {int: int, float: (int, float), str: str, bool: bool}.get(tp)
-    if expected is not None and (not isinstance(value, expected) or (tp is not bool and isinstance(value, bool))):
-        raise DatasetError(f"{key}: expected {tp.__name__}, got {value!r}")
-    return float(value) if tp is float else value

@@ -24,14 +24,7 @@ from core.logs import setup_logging
 from core.paths import to_url
 from dataset.layout import validate_fractions
 from dataset.manifest import ImageSpec, Manifest
-from jobs.common import (
-    add_config_flags,
-    add_snapshot_flags,
-    positive_int,
-    resolve_master,
-    run_main,
-    run_preprocessing,
-)
+from jobs.common import add_config_flags, add_snapshot_flags, positive_int, resolve_master, run_main, run_preprocessing
 
 log = logging.getLogger("bigtrain.preprocess_images")
 

@@ -53,7 +53,7 @@ def test_the_spec_is_what_a_model_needs():
     (lambda d: d.pop("kind"), "fixture: key kind is missing"),
     (lambda d: d.pop("files"), "fixture: key files is missing"),
     (lambda d: d["snapshot"].pop("id"), "fixture: key snapshot.id is missing"),
-    (lambda d: d["splits"]["train"].update(rows="many"), r"key splits.train.rows: expected int, got 'many'"),
+    (lambda d: d["splits"]["train"].update(rows="many"), r"key splits.train.rows: expected an integer, got 'many'"),
     (lambda d: d.update(kind="audio"), "key kind: 'audio' is not one of 'image', 'sequence'"),
     (lambda d: d.update(format_version=1), "format_version 1, this bigtrain reads 2"),
 ])
