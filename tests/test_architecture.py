@@ -21,6 +21,11 @@ REPO = Path(__file__).resolve().parent.parent
 HEAVY = {"pyspark", "torch", "horovod", "petastorm", "matplotlib", "cv2", "tensorboard", "pyarrow", "pandas",
          "fsspec", "s3fs"}
 SHARED_JOB_MODULES = {"jobs.common", "jobs.cli"}  # what every entry point may use; a job never imports another
+# Engines a package must not import at all (anywhere) / at the top of a file: the contract and the base run on
+# every host; training runs on GPU nodes without Spark or Java; the Spark side runs on executors without torch.
+NEVER = {"core": {"pyspark", "torch", "horovod", "petastorm"}, "dataset": {"pyspark", "torch", "horovod", "petastorm"},
+         "pipelines": {"torch", "horovod"}}
+NOT_AT_TOP = {"training": {"pyspark"}}
 
 
 def read_layers(text: str) -> list[set[str]]:
@@ -65,10 +70,10 @@ def _resolve(name: str, modules: dict[str, Path]) -> str | None:
     return name or None
 
 
-def imports_of(module: str, path: Path, modules: dict[str, Path]) -> tuple[list[Import], set[str]]:
-    """(project imports, third-party top-level names imported at module level) of one file."""
+def imports_of(module: str, path: Path, modules: dict[str, Path]) -> tuple[list[Import], dict[str, bool]]:
+    """(project imports, {third-party top-level name: imported only inside functions}) of one file."""
     tree = ast.parse(path.read_text(), str(path))
-    found, third_party = [], set()
+    found, third_party = [], {}
     functions = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
                  for n in ast.walk(f)}
     for node in ast.walk(tree):
@@ -80,8 +85,8 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> tuple[list[
         for name in names:
             target = _resolve(name, modules)
             if target is None:
-                if id(node) not in functions:
-                    third_party.add(name.split(".")[0])
+                root = name.split(".")[0]
+                third_party[root] = third_party.get(root, True) and id(node) in functions
             elif target != module:
                 found.append(Import(module, target, node.lineno, id(node) in functions))
     return found, third_party
@@ -98,12 +103,16 @@ def layer_of(module: str, layers: list[set[str]]) -> int:
 def violations(root: Path, layers: list[set[str]]) -> list[str]:
     """Every import that breaks the rules, as a sentence naming the file, the line and the rule."""
     modules = modules_of(root, set().union(*layers))
-    graph, heavy_direct = {}, {}
+    graph, heavy_direct, problems = {}, {}, []
     for module, path in modules.items():
         graph[module], third_party = imports_of(module, path, modules)
-        heavy_direct[module] = bool(third_party & HEAVY)
+        heavy_direct[module] = any(not inside for name, inside in third_party.items() if name in HEAVY)
+        package = module.split(".")[0]
+        for name, inside in sorted(third_party.items()):
+            if name in NEVER.get(package, ()) or (name in NOT_AT_TOP.get(package, ()) and not inside):
+                problems.append(f"{module} imports {name}{'' if inside else ' at the top'}: {package} must run "
+                                f"where {name} is not installed")
     heavy = _heavy_closure(graph, heavy_direct)
-    problems = []
     for module, found in sorted(graph.items()):
         for imp in found:
             source_package, target_package = module.split(".")[0], imp.target.split(".")[0]
@@ -205,6 +214,8 @@ def test_the_check_passes_a_clean_tree(tmp_path):
     ({"pipelines/storage.py": "def f():\n    import training.loop\n"},
      "pipelines.storage:2 imports training.loop (inside a function): sideways"),
     ({"jobs/predict.py": "from jobs.train import run\n"}, "jobs.predict:1 imports jobs.train (at the top): one job"),
+    ({"training/loop.py": "import torch\nfrom pyspark.sql import functions\n"}, "training.loop imports pyspark at the top"),
+    ({"dataset/layout.py": "def f():\n    import torch\n"}, "dataset.layout imports torch: dataset must run"),
     ({"training/loop.py": "def f():\n    from core import paths\n"},
      "training.loop:2 imports core.paths (inside a function): core.paths is light"),
 ])
