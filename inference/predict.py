@@ -4,9 +4,10 @@ Every input becomes one row of ``SCORING_SCHEMA`` (the features as the training 
 with the dataset's codec, or token ids as bytes), usable or not; ``score`` turns each into one row of
 ``PREDICTION_SCHEMA``, a null prediction with the reason when it could not be used. Rows in = rows out.
 
-Raw inputs go through the preprocessing jobs' own functions (``pipelines.images.to_array``, ``pipelines.text``'s
-normalising, tokenising and id mapping) with the checkpoint's copy of the preprocessing config and vocabulary, and
-through the training loader's collate functions, so a model sees at prediction what it saw in training.
+Raw inputs go through the preprocessing jobs' own functions (``pipelines.images.image_encoder``, which decodes with
+``to_array``; ``pipelines.text.parse_record``, the label optional, and ``encode_ids``) with the checkpoint's copy of
+the preprocessing config and vocabulary, and through the training loader's collate functions, so a model sees at
+prediction what it saw in training.
 """
 from __future__ import annotations
 
@@ -117,19 +118,11 @@ def raw_image_codec(codec: str) -> str:
 
 def prepare_image_batch(batch: pd.DataFrame, *, root_url: str, params: images.DecodeParams) -> pd.DataFrame:
     """``binaryFile`` rows (path, content) -> SCORING_SCHEMA rows (no id yet); never raises per file."""
-    from pipelines.schemas import image_unischema
-
-    field = image_unischema(params.image_size, params.channels, params.codec).fields["image"]
+    encode = images.image_encoder(params)
     out: dict[str, list] = {name: [] for name in SCORING_SCHEMA.names if name != "id"}
     for path, content in zip(batch["path"], batch["content"]):
         relpath, _ = images.split_relpath(path, root_url)
-        features, reason = None, None
-        try:
-            features = bytes(field.codec.encode(field, images.to_array(content, params)))
-        except images.RejectedImage as exc:
-            reason = str(exc)
-        except Exception as exc:  # noqa: BLE001 - one bad file must never fail the job; keep the reason
-            reason = f"decode failed: {type(exc).__name__}: {exc}"
+        features, reason = encode(content)
         for name, value in zip(out, (relpath or path, None, None, features, None, reason)):
             out[name].append(value)
     return pd.DataFrame(out, columns=list(out))
@@ -152,47 +145,17 @@ def raw_images(files: DataFrame, listed_paths: DataFrame, *, root_url: str, para
     return _with_id(decoded.unionByName(unread))
 
 
-def parse_unlabelled(raw: bytes, params: text.ParseParams, header: list[str] | None) -> tuple[list[str], str | None]:
-    """One line -> (tokens, label or None). ``text.parse_record`` with the label optional: inputs to score
-    usually have none. The text goes through the same decoding, record parsing, normalising and tokenising."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise text.RejectedRecord(f"invalid UTF-8: byte {exc.start}: {exc.reason}") from None
-    if not line.strip():
-        raise text.RejectedRecord("empty line")
-    record = text._to_record(line, params, header)  # noqa: SLF001 - the one record parser of the package
-    label = record.get(params.label_field)
-    if isinstance(label, float) and label.is_integer():
-        label = int(label)  # as preprocessing names labels: 1.0 is "1"
-    label = None if label is None or isinstance(label, (dict, list)) else str(label).strip() or None
-    if params.tokens_field:
-        field = text._field(record, params.tokens_field, "tokens")  # noqa: SLF001
-        return text._given_tokens(field, params.tokens_field), label  # noqa: SLF001
-    value = text._field(record, params.text_field, "text")  # noqa: SLF001
-    if not isinstance(value, str):
-        raise text.RejectedRecord(f"wrong type: text field {params.text_field!r} is {type(value).__name__}, "
-                                  "not a string")
-    tokens = text.tokenise(text.normalise(value, lowercase=params.lowercase), params.tokenizer)
-    if not tokens:
-        raise text.RejectedRecord("empty text: no tokens after normalisation")
-    return tokens, label
-
-
 def prepare_text_batch(batch: pd.DataFrame, *, params: text.ParseParams, headers: dict[str, list[str]],
                        vocabulary: list[str], max_length: int, dtype: str) -> pd.DataFrame:
     """(source, file_path, raw) rows -> SCORING_SCHEMA rows (no id yet); never raises per record."""
     index = {token: i for i, token in enumerate(vocabulary)}
     out: dict[str, list] = {name: [] for name in SCORING_SCHEMA.names if name != "id"}
     for source, file_path, raw in zip(batch["source"], batch["file_path"], batch["raw"]):
-        label = features = length = reason = None
-        try:
-            tokens, label = parse_unlabelled(bytes(raw), params, headers.get(file_path))
-            features, length = text.encode_ids(tokens, index, max_length, dtype)
-        except text.RejectedRecord as exc:
-            reason = str(exc)
-        except Exception as exc:  # noqa: BLE001 - one bad line must never fail the job; keep the reason
-            reason = f"parse failed: {type(exc).__name__}: {exc}"
+        label = features = length = None
+        parsed, reason = text.parse_or_reason(bytes(raw), params, headers.get(file_path), require_label=False)
+        if parsed:
+            label = parsed.label
+            features, length = text.encode_ids(parsed.tokens, index, max_length, dtype)
         for name, value in zip(out, (source, None, label, features, length, reason)):
             out[name].append(value)
     frame = pd.DataFrame(out, columns=list(out))
@@ -202,8 +165,8 @@ def prepare_text_batch(batch: pd.DataFrame, *, params: text.ParseParams, headers
 
 def raw_texts(records: DataFrame, *, params: text.ParseParams, headers: dict[str, list[str]], vocabulary,
               max_length: int, dtype: str) -> DataFrame:
-    """Records read as ``preprocess-sequences`` reads them (source, file_path, raw) -> SCORING_SCHEMA.
-    ``vocabulary`` is a list of tokens in id order or a Spark Broadcast of one."""
+    """Records read as ``preprocess-sequences`` reads them (``pipelines.storage.read_records``: source, file_path,
+    raw) -> SCORING_SCHEMA. ``vocabulary`` is a list of tokens in id order or a Spark Broadcast of one."""
     schema = T.StructType([f for f in SCORING_SCHEMA.fields if f.name != "id"])
 
     def prepare(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

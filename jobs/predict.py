@@ -22,7 +22,6 @@ import json
 import logging
 import sys
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -230,7 +229,6 @@ def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data,
 
 def _text_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], input_url: str, config: PredictConfig):
     from inference import predict
-    from jobs.preprocess_sequences import read_records
     from pipelines import storage, text
 
     (text_field, label_field, tokens_field, tokenizer, lowercase, max_length) = _preprocess(
@@ -243,8 +241,10 @@ def _text_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], input_u
     if not vocabulary:
         raise UsageError(f"checkpoint {checkpoint_path} holds no vocabulary: raw texts cannot be mapped to its ids")
     # Read exactly as preprocess-sequences reads (same file:line sources); Parquet inputs need no label column.
-    reading = types.SimpleNamespace(text_field=text_field, tokens_field=tokens_field, label_field="")
-    records, headers = read_records(spark, input_url=input_url, fmt=fmt, config=reading)
+    try:
+        records, headers = storage.read_records(spark, input_url, fmt=fmt, fields=[tokens_field or text_field])
+    except storage.MissingColumnError as exc:
+        raise UsageError(str(exc)) from None
     params = text.ParseParams(fmt=fmt, text_field=text_field, label_field=label_field,
                               tokens_field=tokens_field or None, tokenizer=tokenizer, lowercase=lowercase)
     dtype = text.token_dtype(len(vocabulary))

@@ -139,52 +139,6 @@ def run(args: argparse.Namespace) -> int:
                                                 config=config))
 
 
-def input_root(input_url: str) -> str:
-    """The folder record sources are relative to: the input folder, or the input file's folder."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(input_url)
-    return input_url if fs.isdir(path) else input_url.rsplit("/", 1)[0]
-
-
-def relative_to(root: str):
-    from core.paths import normalise_url
-
-    prefix = normalise_url(root).rstrip("/") + "/"
-    return lambda path: normalise_url(path)[len(prefix):] if normalise_url(path).startswith(prefix) else path
-
-
-def read_records(spark, *, input_url: str, fmt: str, config: PreprocessSequencesConfig, paths: list[str] | None = None):
-    """(source, file_path, raw) of every record of ``paths`` (default: every file below ``input_url``), and the CSV
-    header of each file (empty for other formats)."""
-    from pyspark.sql import functions as F
-
-    from pipelines import storage, text
-
-    if fmt == "parquet":
-        columns = [c for c in (config.text_field if not config.tokens_field else "", config.tokens_field,
-                               config.label_field) if c]
-        try:
-            lines = storage.read_parquet_records(spark, paths or input_url, columns)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    else:
-        lines = storage.read_text_lines(spark, paths or input_url)
-    numbered = text.number_lines(lines)
-    counts = [(r["file_path"], r["block_start"], r["count"])
-              for r in numbered.groupBy("file_path", "block_start").count().collect()]
-    offsets = spark.createDataFrame(text.block_line_offsets(counts), "file_path string, block_start long, lines_before long")
-    records = text.with_line_numbers(numbered, offsets, root_url=input_root(input_url))
-    headers: dict[str, list[str]] = {}
-    if fmt == "csv":
-        import csv
-
-        for r in records.where(F.col("line") == 1).select("file_path", "raw").collect():
-            headers[r["file_path"]] = next(csv.reader([bytes(r["raw"]).decode("utf-8", errors="replace")]), [])
-        records = records.where(F.col("line") > 1)
-    return records, headers
-
-
 def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
                          config: PreprocessSequencesConfig) -> dict:
     """Extract (lines with their source), transform (parse, tokenise, vocabulary, labels, ids, split), load into a
@@ -196,7 +150,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
     from pipelines.schemas import REJECTED_SEQUENCE_COLUMNS, sequence_unischema
 
     run = incremental.plan(spark, dataset_url=output_url, input_url=input_url, kind="sequence", config=asdict(config),
-                           mode=config.mode, relpath_of=relative_to(input_root(input_url)))
+                           mode=config.mode, relpath_of=storage.relative_to(storage.input_root(input_url)))
     if run.nothing_to_do:
         return incremental.unchanged_summary(run)
     parsed, headers = parse_inputs(spark, run.paths_to_read(), input_url=input_url, fmt=fmt, config=config)
@@ -248,11 +202,15 @@ def parse_inputs(spark, paths: list[str] | None, *, input_url: str, fmt: str, co
     """Parsed records (persisted) of the files listed (None: every input file), and the CSV headers."""
     from pyspark import StorageLevel
 
-    from pipelines import text
+    from pipelines import storage, text
 
     if paths == []:  # an incremental run with files removed and none added
         return spark.createDataFrame([], text.PARSED_SCHEMA), {}
-    records, headers = read_records(spark, input_url=input_url, fmt=fmt, config=config, paths=paths)
+    fields = [f for f in (config.tokens_field or config.text_field, config.label_field) if f]
+    try:
+        records, headers = storage.read_records(spark, input_url, fmt=fmt, fields=fields, paths=paths)
+    except storage.MissingColumnError as exc:
+        raise UsageError(str(exc)) from None
     params = text.ParseParams(fmt=fmt, text_field=config.text_field, label_field=config.label_field,
                               tokens_field=config.tokens_field or None, tokenizer=config.tokenizer,
                               lowercase=config.lowercase)

@@ -1,7 +1,9 @@
 """Pure transforms of the image path: decode, convert, resize and encode files; attach labels.
 
-``decode_image_batch`` is plain pandas/Pillow (testable without Spark); ``decode_images`` runs it on the executors
-in Arrow batches through ``mapInPandas``. No transform here builds a session, names a path or runs an action.
+``to_array`` and ``image_encoder`` prepare one file, for preprocessing and batch inference (``inference.predict``)
+alike; ``decode_image_batch`` is plain pandas/Pillow (testable without Spark); ``decode_images`` runs it on the
+executors in Arrow batches through ``mapInPandas``. No transform here builds a session, names a path or runs an
+action.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import unquote
 
 import numpy as np
@@ -17,6 +19,7 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from core.paths import normalise_url
 from pipelines.schemas import DECODED_SCHEMA, image_unischema
 
 
@@ -32,13 +35,6 @@ class DecodeParams:
 
 class RejectedImage(Exception):
     """Raised inside the decode step; its message becomes the record's rejection reason."""
-
-
-def normalise_url(url: str) -> str:
-    """Hadoop lists local files as ``file:/a/b``; users write ``file:///a/b``. Compare them in one form."""
-    if url.startswith("file:"):
-        return "file:/" + url[len("file:"):].lstrip("/")
-    return url
 
 
 def split_relpath(path: str, root_url: str) -> tuple[str | None, str | None]:
@@ -108,9 +104,25 @@ def _to_mode(img, mode: str):
     return img.convert(mode)
 
 
+def image_encoder(params: DecodeParams) -> Callable[[bytes], tuple[bytes | None, str | None]]:
+    """A function of one file's bytes that never raises: (the image as a dataset of ``params`` stores it: decoded
+    and checked by ``to_array``, then encoded with ``params.codec``; None) or (None, why the file is unusable)."""
+    field = image_unischema(params.image_size, params.channels, params.codec).fields["image"]
+
+    def encode(content: bytes) -> tuple[bytes | None, str | None]:
+        try:
+            return bytes(field.codec.encode(field, to_array(content, params))), None
+        except RejectedImage as exc:
+            return None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - one bad file must never fail the job; keep the reason
+            return None, f"decode failed: {type(exc).__name__}: {exc}"
+
+    return encode
+
+
 def decode_image_batch(batch: pd.DataFrame, *, root_url: str, params: DecodeParams) -> pd.DataFrame:
     """One Arrow batch of ``binaryFile`` rows (path, content) -> rows of DECODED_SCHEMA. Never raises per file."""
-    field = image_unischema(params.image_size, params.channels, params.codec).fields["image"]
+    encode = image_encoder(params)
     out = {"path": [], "relpath": [], "class_name": [], "image": [], "reason": []}
     for path, content in zip(batch["path"], batch["content"]):
         relpath, class_name = split_relpath(path, root_url)
@@ -120,12 +132,7 @@ def decode_image_batch(batch: pd.DataFrame, *, root_url: str, params: DecodePara
         elif class_name is None:
             reason = "missing label: file is directly in the input root, not in a class folder"
         else:
-            try:
-                image = bytes(field.codec.encode(field, to_array(content, params)))
-            except RejectedImage as exc:
-                reason = str(exc)
-            except Exception as exc:  # noqa: BLE001 - one bad file must never fail the job; keep the reason
-                reason = f"decode failed: {type(exc).__name__}: {exc}"
+            image, reason = encode(content)
         for key, value in zip(out, (path, relpath, class_name, image, reason)):
             out[key].append(value)
     return pd.DataFrame(out, columns=list(out))

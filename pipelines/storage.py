@@ -1,18 +1,20 @@
-"""The one module that owns Spark sessions, reading and writing for the preprocessing jobs."""
+"""The one module that owns Spark sessions, reading and writing for the preprocessing jobs and batch inference."""
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core.errors import DatasetError
-from core.paths import join
+from core.paths import join, normalise_url
 from dataset import layout
+from pipelines import text
 
 log = logging.getLogger(__name__)
 
@@ -117,23 +119,64 @@ def read_text_lines(spark: SparkSession, input_url: str | list[str]) -> DataFram
                         F.col("value").cast("binary").alias("raw"))
 
 
+class MissingColumnError(ValueError):
+    """A Parquet input has no column of a field the records are read with."""
+
+
 def read_parquet_records(spark: SparkSession, input_url: str | list[str], columns: list[str]) -> DataFrame:
     """Rows of Parquet files as JSON objects of ``columns`` (raw bytes), so they parse like JSON Lines."""
     urls = [input_url] if isinstance(input_url, str) else input_url
     rows = spark.read.option("recursiveFileLookup", "true").parquet(*urls)
     missing = [c for c in columns if c not in rows.columns]
     if missing:
-        raise ValueError(f"{input_url}: no column {missing[0]!r} (columns: {', '.join(rows.columns)})")
+        raise MissingColumnError(f"{input_url}: no column {missing[0]!r} (columns: {', '.join(rows.columns)})")
     return rows.select(F.col("_metadata.file_path").alias("file_path"),
                        F.col("_metadata.file_block_start").alias("block_start"),
                        F.to_json(F.struct(*columns), {"ignoreNullFields": "false"}).cast("binary").alias("raw"))
 
 
+def input_root(input_url: str) -> str:
+    """The folder record sources are relative to: the input folder, or the input file's folder."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(input_url)
+    return input_url if fs.isdir(path) else input_url.rsplit("/", 1)[0]
+
+
+def relative_to(root: str) -> Callable[[str], str]:
+    """A function of a file URL: its path below ``root`` (any spelling of file URLs), or the URL itself if outside."""
+    prefix = normalise_url(root).rstrip("/") + "/"
+    return lambda path: normalise_url(path)[len(prefix):] if normalise_url(path).startswith(prefix) else path
+
+
+def read_records(spark: SparkSession, input_url: str, *, fmt: str, fields: list[str],
+                 paths: list[str] | None = None) -> tuple[DataFrame, dict[str, list[str]]]:
+    """(source, file_path, raw) of every record of ``paths`` (default: every file below ``input_url``), and the CSV
+    header of each file (none for other formats). A record is a line (JSON Lines, CSV: its header line is not one)
+    or a Parquet row as a JSON object of ``fields`` (MissingColumnError when a column is absent); ``source`` is
+    '<file below input_root(input_url)>:<line or row>'. Preprocessing and batch inference both read through this,
+    so a record has the same source (and sample id) in both."""
+    if fmt == "parquet":
+        lines = read_parquet_records(spark, paths or input_url, fields)
+    else:
+        lines = read_text_lines(spark, paths or input_url)
+    numbered = text.number_lines(lines)
+    counts = [(r["file_path"], r["block_start"], r["count"])
+              for r in numbered.groupBy("file_path", "block_start").count().collect()]
+    offsets = spark.createDataFrame(text.block_line_offsets(counts),
+                                    "file_path string, block_start long, lines_before long")
+    records = text.with_line_numbers(numbered, offsets, root_url=input_root(input_url))
+    headers: dict[str, list[str]] = {}
+    if fmt == "csv":
+        for r in records.where(F.col("line") == 1).select("file_path", "raw").collect():
+            headers[r["file_path"]] = next(csv.reader([bytes(r["raw"]).decode("utf-8", errors="replace")]), [])
+        records = records.where(F.col("line") > 1)
+    return records, headers
+
+
 def listed_paths(spark: SparkSession, files: DataFrame) -> DataFrame:
     """The files Spark's listing found for ``files`` (zero-byte ones included, which its scan skips), as a
     DataFrame of normalised ``path``s."""
-    from core.paths import normalise_url
-
     return spark.createDataFrame([(normalise_url(p),) for p in files.inputFiles()], "path string")
 
 

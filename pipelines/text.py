@@ -2,7 +2,9 @@
 map tokens to ids.
 
 ``parse_record`` and friends are plain Python (testable without Spark); the DataFrame functions run them on the
-executors in Arrow batches through ``mapInPandas``. No transform builds a session, names a path or runs an action.
+executors in Arrow batches through ``mapInPandas``. ``parse_record`` is the one record parser: preprocessing and
+batch inference (``inference.predict``, label optional) both decode, parse, normalise and tokenise through it.
+No transform builds a session, names a path or runs an action.
 """
 from __future__ import annotations
 
@@ -11,13 +13,15 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+
+from core.paths import normalise_url
 
 PAD, UNK = "<pad>", "<unk>"
 RESERVED = (PAD, UNK)          # ids 0 and 1, never given to a token
@@ -65,30 +69,22 @@ def tokenise(text: str, tokenizer: str) -> list[str]:
     raise ValueError(f"tokenizer {tokenizer!r} is not word or char")
 
 
-def _field(record: dict, name: str, what: str) -> Any:
-    if name not in record:
-        raise RejectedRecord(f"missing field: {what} field {name!r} is absent")
-    return record[name]
+class ParsedRecord(NamedTuple):
+    tokens: list[str]
+    label: str | None    # the class name; None only where the label is optional and the record states none
+    split_key: str       # the normalised text (or the token ids joined): what decides the split
 
 
-def parse_record(raw: bytes, params: ParseParams, header: list[str] | None = None) -> tuple[list[str], str, str]:
-    """One line -> (tokens, label name, split key); RejectedRecord with the reason when it cannot be used."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RejectedRecord(f"invalid UTF-8: byte {exc.start}: {exc.reason}") from None
-    if not line.strip():
-        raise RejectedRecord("empty line")
-    record = _to_record(line, params, header)
-    label = _field(record, params.label_field, "label")
-    if label is None or (isinstance(label, str) and not label.strip()):
-        raise RejectedRecord(f"missing label: {params.label_field!r} is empty")
-    if isinstance(label, (dict, list, float)) and not (isinstance(label, float) and label.is_integer()):
-        raise RejectedRecord(f"unmappable label: {params.label_field!r} is {json.dumps(label)[:80]}")
-    label_name = str(int(label)) if isinstance(label, float) else str(label).strip()
+def parse_record(raw: bytes, params: ParseParams, header: list[str] | None = None, *,
+                 require_label: bool = True) -> ParsedRecord:
+    """One line (a Parquet row arrives as a JSON object) -> its tokens, label name and split key; RejectedRecord
+    with the reason when it cannot be used. Preprocessing needs the label (``require_label``); scoring inputs
+    usually have none, so predict makes it optional and every other step is the same."""
+    record = _to_record(_decode(raw), params, header)
+    label = label_name(record, params.label_field, required=require_label)
     if params.tokens_field:
         tokens = _given_tokens(_field(record, params.tokens_field, "tokens"), params.tokens_field)
-        return tokens, label_name, " ".join(tokens)
+        return ParsedRecord(tokens, label, " ".join(tokens))
     text = _field(record, params.text_field, "text")
     if not isinstance(text, str):
         raise RejectedRecord(f"wrong type: text field {params.text_field!r} is {type(text).__name__}, not a string")
@@ -96,7 +92,55 @@ def parse_record(raw: bytes, params: ParseParams, header: list[str] | None = Non
     tokens = tokenise(text, params.tokenizer)
     if not tokens:
         raise RejectedRecord("empty text: no tokens after normalisation")
-    return tokens, label_name, text
+    return ParsedRecord(tokens, label, text)
+
+
+def parse_or_reason(raw: bytes, params: ParseParams, header: list[str] | None = None, *,
+                    require_label: bool = True) -> tuple[ParsedRecord | None, str | None]:
+    """``parse_record`` that never raises: (the parsed record, None) or (None, the reason it cannot be used)."""
+    try:
+        return parse_record(raw, params, header, require_label=require_label), None
+    except RejectedRecord as exc:
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - one bad line must never fail the job; keep the reason
+        return None, f"parse failed: {type(exc).__name__}: {exc}"
+
+
+def label_name(record: dict, field: str, *, required: bool = True) -> str | None:
+    """The label ``field`` of a parsed record as a class name: strings stripped, integers and whole floats (JSON
+    writers turn 1 into 1.0) as digits. Required: an absent, empty or unmappable label is rejected. Optional: the
+    label as the input states it (another number as written), None where it states none (absent, null, blank) or
+    not as one value (a list or an object)."""
+    if field not in record:
+        if required:
+            raise RejectedRecord(f"missing field: label field {field!r} is absent")
+        return None
+    label = record[field]
+    if label is None or (isinstance(label, str) and not label.strip()):
+        if required:
+            raise RejectedRecord(f"missing label: {field!r} is empty")
+        return None
+    if isinstance(label, float) and label.is_integer():
+        return str(int(label))
+    if required and isinstance(label, (dict, list, float)):  # the floats left here are not whole numbers
+        raise RejectedRecord(f"unmappable label: {field!r} is {json.dumps(label)[:80]}")
+    return None if isinstance(label, (dict, list)) else str(label).strip()
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RejectedRecord(f"invalid UTF-8: byte {exc.start}: {exc.reason}") from None
+    if not line.strip():
+        raise RejectedRecord("empty line")
+    return line
+
+
+def _field(record: dict, name: str, what: str) -> Any:
+    if name not in record:
+        raise RejectedRecord(f"missing field: {what} field {name!r} is absent")
+    return record[name]
 
 
 def _to_record(line: str, params: ParseParams, header: list[str] | None) -> dict:
@@ -139,13 +183,8 @@ def parse_batch(batch: pd.DataFrame, *, params: ParseParams, headers: dict[str, 
     """(source, file_path, raw) rows -> PARSED_SCHEMA rows; never raises per record."""
     out: dict[str, list] = {name: [] for name in PARSED_SCHEMA.names}
     for source, file_path, raw in zip(batch["source"], batch["file_path"], batch["raw"]):
-        tokens = label = key = reason = None
-        try:
-            tokens, label, key = parse_record(bytes(raw), params, headers.get(file_path))
-        except RejectedRecord as exc:
-            reason = str(exc)
-        except Exception as exc:  # noqa: BLE001 - one bad line must never fail the job; keep the reason
-            reason = f"parse failed: {type(exc).__name__}: {exc}"
+        parsed, reason = parse_or_reason(bytes(raw), params, headers.get(file_path))
+        tokens, label, key = parsed or (None, None, None)
         raw_text = bytes(raw).decode("utf-8", errors="replace")[:RAW_TEXT_LIMIT] if reason else None
         for name, value in zip(PARSED_SCHEMA.names, (source, tokens, label, key, reason, raw_text)):
             out[name].append(value)
@@ -196,8 +235,6 @@ def block_line_offsets(block_counts: list[tuple[str, int, int]]) -> list[tuple[s
 
 def with_line_numbers(numbered: DataFrame, offsets: DataFrame, *, root_url: str) -> DataFrame:
     """Add ``line`` (1-based, in the file) and ``source`` = '<path below root_url>:<line>'."""
-    from core.paths import normalise_url
-
     prefix = normalise_url(root_url).rstrip("/") + "/"
     path = "regexp_replace(file_path, '^file:/+', 'file:/')"
     relative = F.when(F.expr(path).startswith(prefix), F.expr(f"substring({path}, {len(prefix) + 1})"))

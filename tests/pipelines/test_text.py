@@ -3,6 +3,7 @@ built here: line numbers across file blocks, vocabulary, ids and truncation, lab
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipelines.labels import assign_labels, class_map
@@ -11,9 +12,12 @@ from pipelines.text import (
     ParseParams,
     RejectedRecord,
     block_line_offsets,
+    label_name,
     make_vocabulary,
     map_to_ids,
     normalise,
+    parse_batch,
+    parse_or_reason,
     parse_record,
     token_counts,
     token_dtype,
@@ -69,6 +73,86 @@ def test_csv_records_and_given_token_ids():
     for bad in (b'{"ids": [1, -2], "y": 1}', b'{"ids": "x", "y": 1}', b'{"ids": [], "y": 1}', b'{"ids": [true], "y": 1}'):
         with pytest.raises(RejectedRecord):
             parse_record(bad, ids)
+
+
+def test_with_the_label_optional_a_record_parses_the_same_with_or_without_a_label():
+    labelled = parse_record(b'{"text": "Not GOOD at all", "label": "neg"}', JSONL, require_label=False)
+    assert labelled == (["not", "good", "at", "all"], "neg", "not good at all")
+    assert labelled.tokens == parse_record(b'{"text": "Not GOOD at all", "label": "neg"}', JSONL).tokens
+    assert parse_record(b'{"text": "Not GOOD at all"}', JSONL, require_label=False) == (
+        ["not", "good", "at", "all"], None, "not good at all")
+    csv_params = ParseParams(fmt="csv", text_field="review", label_field="stars", tokens_field=None,
+                             tokenizer="word", lowercase=False)
+    header = ["review", "stars"]
+    assert parse_record(b'"Fine, really",4', csv_params, header, require_label=False) == (
+        ["Fine", ",", "really"], "4", "Fine, really")
+    assert parse_record(b'"Fine, really",', csv_params, header, require_label=False).label is None
+    with pytest.raises(RejectedRecord, match="missing label: 'stars' is empty"):
+        parse_record(b'"Fine, really",', csv_params, header)
+    # Parquet rows arrive as JSON objects of the columns read; predict reads no label column, a null label is none
+    parquet = ParseParams(fmt="parquet", text_field="", label_field="churn", tokens_field="ids", tokenizer="word",
+                          lowercase=True)
+    assert parse_record(b'{"ids": [4, 0, 9]}', parquet, require_label=False) == (["4", "0", "9"], None, "4 0 9")
+    assert parse_record(b'{"ids": [4], "churn": 1.0}', parquet, require_label=False).label == "1"
+    assert parse_record(b'{"ids": [4], "churn": null}', parquet, require_label=False).label is None
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b'{"label": "p"}', "missing field: text field 'text' is absent"),
+    (b'{"text": "caf\xe9", "label": "p"}', "invalid UTF-8: byte 13: invalid continuation byte"),
+    (b'{"text": "caf\xe9"}', "invalid UTF-8: byte 13: invalid continuation byte"),
+    (b'{"text": "a", "label": "p"', "broken JSON: Expecting ',' delimiter at column 27"),
+    (b'[1, 2]', "broken JSON: a line must hold an object, found list"),
+    (b'{"text": 7}', "wrong type: text field 'text' is int, not a string"),
+    (b'{"text": " \\t "}', "empty text: no tokens after normalisation"),
+    (b'  ', "empty line"),
+])
+def test_with_the_label_optional_every_other_rejection_keeps_its_reason(raw, reason):
+    with pytest.raises(RejectedRecord) as optional:
+        parse_record(raw, JSONL, require_label=False)
+    assert str(optional.value) == reason
+    if b'"label"' in raw:  # the same reason as preprocessing gives the line
+        with pytest.raises(RejectedRecord) as required:
+            parse_record(raw, JSONL)
+        assert str(required.value) == reason
+
+
+@pytest.mark.parametrize("record, required, optional", [
+    ({"label": " pos "}, "pos", "pos"),
+    ({"label": 3}, "3", "3"),
+    ({"label": 3.0}, "3", "3"),
+    ({"label": True}, "True", "True"),
+    ({"label": 0.5}, RejectedRecord("unmappable label: 'label' is 0.5"), "0.5"),
+    ({"label": [1]}, RejectedRecord("unmappable label: 'label' is [1]"), None),
+    ({"label": {"a": 1}}, RejectedRecord("""unmappable label: 'label' is {"a": 1}"""), None),
+    ({"label": None}, RejectedRecord("missing label: 'label' is empty"), None),
+    ({"label": "  "}, RejectedRecord("missing label: 'label' is empty"), None),
+    ({"text": "x"}, RejectedRecord("missing field: label field 'label' is absent"), None),
+])
+def test_label_name_required_rejects_what_optional_reads_as_no_label(record, required, optional):
+    assert label_name(record, "label", required=False) == optional
+    if isinstance(required, RejectedRecord):
+        with pytest.raises(RejectedRecord) as exc:
+            label_name(record, "label")
+        assert str(exc.value) == str(required)
+    else:
+        assert label_name(record, "label") == required
+
+
+def test_parse_or_reason_never_raises_and_parse_batch_keeps_the_rejected_line():
+    assert parse_or_reason(b'{"text": "Two words"}', JSONL, require_label=False) == ((["two", "words"], None,
+                                                                                     "two words"), None)
+    assert parse_or_reason(b'{"text": "Two words"}', JSONL) == (None, "missing field: label field 'label' is absent")
+    xml = ParseParams(fmt="xml", text_field="text", label_field="label", tokens_field=None, tokenizer="word",
+                      lowercase=True)
+    assert parse_or_reason(b"<r/>", xml) == (None, "parse failed: ValueError: format 'xml' is not jsonl, csv or parquet")
+    batch = pd.DataFrame({"source": ["a.jsonl:1", "a.jsonl:2"], "file_path": ["a.jsonl", "a.jsonl"],
+                          "raw": [b'{"text": "Fine", "label": "p"}', b'{"text": "caf\xe9", "label": "p"}']})
+    rows = parse_batch(batch, params=JSONL, headers={})
+    assert rows["tokens"].tolist()[0] == ["fine"] and rows["label_name"].tolist()[0] == "p"
+    assert rows["reason"].tolist() == [None, "invalid UTF-8: byte 13: invalid continuation byte"]
+    assert rows["raw_text"].tolist() == [None, '{"text": "caf\ufffd", "label": "p"}']
+    assert rows["tokens"].tolist()[1] is None and rows["split_key"].tolist() == ["fine", None]
 
 
 def test_block_line_offsets_count_lines_before_each_block():
