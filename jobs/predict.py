@@ -27,17 +27,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.config import load_section, require
-from core.errors import CheckpointError, DatasetError, UsageError
+from core.errors import CheckpointError, DatasetError, RejectBudgetError, UsageError
 from core.logs import setup_logging
 from core.paths import join, to_url
 from dataset import layout
-from jobs.common import (
-    add_config_flags,
-    check_connectors,
-    positive_int,
-    resolve_master,
-    run_main,
-)
+from dataset.info import load_dataset_info
+from jobs.common import add_config_flags, check_connectors, positive_int, resolve_master, run_main
 
 log = logging.getLogger("bigtrain.predict")
 SUMMARY_FILE = "_predict.json"  # a leading "_": Spark, pyarrow and pandas readers of the Parquet folder skip it
@@ -75,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--data", metavar="DATASET", help="a bigtrain dataset (from preprocess-images/-sequences)")
     source.add_argument("--input", metavar="PATH",
                         help="raw inputs: a folder of image files, or .jsonl/.csv/.parquet text (file or folder)")
-    parser.add_argument("--split", choices=("test", "validation", "train", "all"),
+    parser.add_argument("--split", choices=(*reversed(layout.SPLITS), "all"),
                         help="with --data: the split to score (default test)")
     parser.add_argument("--format", choices=("auto", "jsonl", "csv", "parquet"),
                         help="with --input text: the file format (default: from the extension)")
@@ -132,7 +127,6 @@ def check_dataset(payload: dict[str, Any], info, checkpoint_path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataset.info import load_dataset_info
     from pipelines import storage
 
     config = load_config(args)
@@ -164,8 +158,6 @@ def run(args: argparse.Namespace) -> int:
         spark.stop()
     print(format_summary(summary))
     if summary["inputs_read"] and not summary["scored"]:
-        from core.errors import RejectBudgetError
-
         raise RejectBudgetError(f"none of the {summary['inputs_read']} inputs could be scored (see the reasons "
                                 f"above and in {summary['output']}): wrong --input for this model?")
     return 0

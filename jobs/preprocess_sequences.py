@@ -25,14 +25,7 @@ from core.paths import to_url
 from dataset import layout
 from dataset.layout import validate_fractions
 from dataset.manifest import Manifest, SequenceSpec
-from jobs.common import (
-    add_config_flags,
-    add_snapshot_flags,
-    positive_int,
-    resolve_master,
-    run_main,
-    run_preprocessing,
-)
+from jobs.common import add_config_flags, add_snapshot_flags, positive_int, resolve_master, run_main, run_preprocessing
 
 log = logging.getLogger("bigtrain.preprocess_sequences")
 
