@@ -108,21 +108,37 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
 
 
 def base_payload(model, model_name: str, config, info, *, dataset: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What every checkpoint holds: weights, model name, config, class map, and ``dataset_entry(info)`` (pass it
-    in when saving often: it reads the vocabulary)."""
+    """``model_payload`` for a dataset opened with ``load_dataset_info``, with ``dataset_entry(info)`` (pass it in
+    when saving often: it reads the vocabulary)."""
+    return model_payload(model, model_name, config, classes=info.classes,
+                         class_to_index=info.manifest.class_to_index,
+                         dataset=dataset if dataset is not None else dataset_entry(info))
+
+
+def model_payload(model, model_name: str, config, *, classes: list[str], class_to_index: dict[str, int],
+                  dataset: dict[str, Any]) -> dict[str, Any]:
+    """What every checkpoint holds: weights, model name, config, class map, and the ``dataset`` entry
+    (``dataset_entry_for``)."""
     return {"model_state": model.state_dict(), "model": model_name, "config": asdict(config),
-            "classes": info.classes, "class_to_index": info.manifest.class_to_index,
-            "dataset": dataset if dataset is not None else dataset_entry(info)}
+            "classes": list(classes), "class_to_index": dict(class_to_index), "dataset": dataset}
 
 
 def dataset_entry(info) -> dict[str, Any]:
-    """The dataset's identity, and what predict needs to treat raw inputs as preprocessing did (the job's config;
-    the vocabulary of a sequence dataset)."""
+    """The entry of a dataset opened with ``load_dataset_info``: with the job's config and, for a sequence
+    dataset, its vocabulary."""
     vocabulary = layout.read_vocabulary(info.url) if info.kind == "sequence" else None
-    spec = info.spec.to_dict()
-    return {"url": info.url, "kind": info.kind, "image": spec.get("image"), "sequence": spec.get("sequence"),
-            "snapshot_id": info.snapshot_id,  # resuming against another snapshot is refused
-            "preprocess": info.manifest.config,  # how raw inputs were turned into rows
+    return dataset_entry_for(info.spec, url=info.url, snapshot_id=info.snapshot_id, preprocess=info.manifest.config,
+                             vocabulary=vocabulary)
+
+
+def dataset_entry_for(spec: DatasetSpec, *, url: str, snapshot_id: str, preprocess: dict[str, Any] | None = None,
+                      vocabulary: Any = None) -> dict[str, Any]:
+    """The dataset's identity, and what predict needs to treat raw inputs as preprocessing did (``preprocess``: the
+    job's config; the vocabulary of a sequence dataset). Without them predict scores datasets, not raw inputs."""
+    entry = spec.to_dict()
+    return {"url": url, "kind": spec.kind, "image": entry.get("image"), "sequence": entry.get("sequence"),
+            "snapshot_id": snapshot_id,  # resuming against another snapshot is refused
+            "preprocess": preprocess,  # how raw inputs were turned into rows
             "vocabulary": vocabulary}
 
 

@@ -17,8 +17,8 @@ log = logging.getLogger("bigtrain.train")
 
 
 def fit_elastic(run, progress, dist, fit):
-    """Run ``fit`` (``training.loop.fit``, handed in: the loop calls this module) under ``hvd.elastic.run``;
-    returns the final Progress."""
+    """Run ``fit(progress, commit=...)`` (the trainer's, handed in: the trainer calls this module) under
+    ``hvd.elastic.run``, ``run`` holding the model and optimizer to commit; returns the final Progress."""
     import horovod.torch as hvd
 
     # Horovod: what is rolled back to on a failure and sent to workers that join.
@@ -34,7 +34,7 @@ def fit_elastic(run, progress, dist, fit):
 
     @hvd.elastic.run  # Horovod: on HorovodInternalError restore the last commit, re-rendezvous, call again
     def elastic_fit(state):
-        fit(run, state.progress, dist, commit=lambda _progress: state.commit())
+        fit(state.progress, commit=lambda _progress: state.commit())
         return state.progress
 
     return elastic_fit(state)

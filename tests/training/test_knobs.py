@@ -1,4 +1,5 @@
-"""Each optimisation knob, checked for its effect through the loop's own step code."""
+"""Each optimisation knob, checked for its effect through the trainer's own step code, on an in-memory dataset (one
+end-to-end run on a Spark-written dataset: the seed makes it reproducible through the real loader)."""
 from __future__ import annotations
 
 import copy
@@ -8,40 +9,41 @@ import math
 import pytest
 import torch
 
-from core.config import load_section
+from tests.training import inmemory
 from training import checkpoint
-from training.batching import evaluation_batches
 from training.config import TrainConfig
 from training.distributed import SingleProcess, unwrap
-from training.loop import _forward_backward, _optimizer_step, prepare, train
+from training.epoch import forward_backward, optimizer_step
+from training.loop import build_trainer, train
 from training.schedule import lr_factor
 from training.shards import plan_shard
 
-pytestmark = pytest.mark.spark
+SOURCE = inmemory.image_source((100, 32, 32))  # 100 rows: the last batch of 16 is padded
 
 
 def config(*overrides: str) -> TrainConfig:
-    return load_section("train", TrainConfig, overrides=["train.epochs=1", "train.batch_size=16",
-                                                        "train.progress_bar=never", "train.loader_workers=1",
-                                                        "train.cnn.dropout=0.0", *overrides])
+    return inmemory.config("train.cnn.dropout=0.0", *overrides)
 
 
-def one_batch(run, rows: int):
-    """The first ``rows`` rows of the train split as one collated batch."""
-    split = run.info.splits["train"]
+def prepare(config: TrainConfig, output_dir, dist):
+    return build_trainer(config, SOURCE, output_dir, dist)
+
+
+def one_batch(trainer, rows: int):
+    """The first ``rows`` rows of the train split as one batch."""
+    split = trainer.batches.splits["train"]
     plan = plan_shard(split.row_group_sizes, 0, 1)
-    batch = next(evaluation_batches(split, plan, run.options, batch_size=rows, collate=run.task.collate))
-    inputs, y, _ = batch
+    inputs, y, _ = next(trainer.batches.evaluation_batches("train", plan, batch_size=rows))
     assert len(y) == rows
     return inputs, y
 
 
-def step(run, dist, batches, lr: float = 0.05) -> dict[str, torch.Tensor]:
+def step(trainer, batches, lr: float = 0.05) -> dict[str, torch.Tensor]:
     """One optimizer step over ``batches`` accumulated as one group, as train_epoch does; the new weights."""
     for i, (inputs, y) in enumerate(batches):
-        _forward_backward(run, inputs, y, len(batches), dist, sync=i == len(batches) - 1)
-    _optimizer_step(run, dist, lr=lr)
-    return {k: v.detach().clone() for k, v in unwrap(run.model).state_dict().items()}
+        forward_backward(trainer, inputs, y, len(batches), sync=i == len(batches) - 1)
+    optimizer_step(trainer, lr=lr)
+    return {k: v.detach().clone() for k, v in unwrap(trainer.model).state_dict().items()}
 
 
 def split_batch(inputs, y, parts: int):
@@ -57,49 +59,45 @@ def horovod_world_of_one():
 
 
 @pytest.mark.parametrize("backend", ["single", "horovod"])
-def test_accumulating_k_batches_of_b_matches_one_batch_of_k_times_b(image_dataset, tmp_path, backend):
+def test_accumulating_k_batches_of_b_matches_one_batch_of_k_times_b(tmp_path, backend):
     dist = SingleProcess() if backend == "single" else horovod_world_of_one()
-    big = prepare(config("train.optimizer=sgd", "train.momentum=0.0"), str(image_dataset), tmp_path, dist)
+    big = prepare(config("train.optimizer=sgd", "train.momentum=0.0"), tmp_path, dist)
     accumulated = prepare(config("train.optimizer=sgd", "train.momentum=0.0", "train.backward_passes_per_step=4"),
-                          str(image_dataset), tmp_path, dist)
+                          tmp_path, dist)
     accumulated.model.load_state_dict(big.model.state_dict())
     start = copy.deepcopy(big.model.state_dict())
     inputs, y = one_batch(big, 32)
-    after_big = step(big, dist, [(inputs, y)])
-    after_accumulated = step(accumulated, dist, split_batch(inputs, y, 4))
+    after_big = step(big, [(inputs, y)])
+    after_accumulated = step(accumulated, split_batch(inputs, y, 4))
     assert any(not torch.equal(after_big[k], start[k]) for k in start)  # the step did move the weights
     for name in after_big:
         torch.testing.assert_close(after_accumulated[name], after_big[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_an_epoch_takes_one_optimizer_step_per_k_batches(image_dataset, tmp_path):
-    result = train(config("train.backward_passes_per_step=3"), data_url=str(image_dataset), output_dir=tmp_path,
-                   dist=SingleProcess())
+def test_an_epoch_takes_one_optimizer_step_per_k_batches(tmp_path):
+    result = prepare(config("train.backward_passes_per_step=3"), tmp_path, SingleProcess()).train()
     split_rows = result.metrics["train_rows"]
     batches = math.ceil(split_rows / 16)
     saved = checkpoint.load(tmp_path / "checkpoint.pt")
     assert saved["global_step"] == math.ceil(batches / 3)
 
 
-def test_gradient_clipping_bounds_the_update(image_dataset, tmp_path):
-    dist = SingleProcess()
+def test_gradient_clipping_bounds_the_update(tmp_path):
     run = prepare(config("train.optimizer=sgd", "train.momentum=0.0", "train.weight_decay=0.0",
-                         "train.grad_clip_norm=0.001"), str(image_dataset), tmp_path, dist)
+                         "train.grad_clip_norm=0.001"), tmp_path, SingleProcess())
     before = copy.deepcopy(unwrap(run.model).state_dict())
-    after = step(run, dist, [one_batch(run, 16)], lr=1.0)
+    after = step(run, [one_batch(run, 16)], lr=1.0)
     update = torch.sqrt(sum(((after[k] - before[k]) ** 2).sum() for k in before))
     assert float(update) == pytest.approx(0.001, rel=1e-3)  # SGD step = lr x clipped gradient, norm 0.001
 
 
-def test_weight_decay_pulls_weights_toward_zero_by_lr_times_decay(image_dataset, tmp_path):
+def test_weight_decay_pulls_weights_toward_zero_by_lr_times_decay(tmp_path):
     dist = SingleProcess()
-    plain = prepare(config("train.optimizer=sgd", "train.momentum=0.0", "train.weight_decay=0.0"),
-                    str(image_dataset), tmp_path, dist)
-    decayed = prepare(config("train.optimizer=sgd", "train.momentum=0.0", "train.weight_decay=0.5"),
-                      str(image_dataset), tmp_path, dist)
+    plain = prepare(config("train.optimizer=sgd", "train.momentum=0.0", "train.weight_decay=0.0"), tmp_path, dist)
+    decayed = prepare(config("train.optimizer=sgd", "train.momentum=0.0", "train.weight_decay=0.5"), tmp_path, dist)
     start = copy.deepcopy(plain.model.state_dict())
     batch = one_batch(plain, 16)
-    a, b = step(plain, dist, [batch], lr=0.1), step(decayed, dist, [batch], lr=0.1)
+    a, b = step(plain, [batch], lr=0.1), step(decayed, [batch], lr=0.1)
     for name in start:
         torch.testing.assert_close(b[name] - a[name], -0.1 * 0.5 * start[name], rtol=1e-4, atol=1e-6, msg=name)
 
@@ -123,15 +121,15 @@ def ddp_world_of_one(monkeypatch):
     tdist.destroy_process_group()
 
 
-def test_fp16_compression_allreduces_gradients_at_half_precision(image_dataset, tmp_path, ddp_world_of_one):
+def test_fp16_compression_allreduces_gradients_at_half_precision(tmp_path, ddp_world_of_one):
     dist = ddp_world_of_one
-    exact = prepare(config(), str(image_dataset), tmp_path, dist)
-    compressed = prepare(config("train.fp16_compression=true"), str(image_dataset), tmp_path, dist)
+    exact = prepare(config(), tmp_path, dist)
+    compressed = prepare(config("train.fp16_compression=true"), tmp_path, dist)
     compressed.model.load_state_dict(exact.model.state_dict())
     batch = one_batch(exact, 16)
     grads = []
     for run in (exact, compressed):
-        _forward_backward(run, *batch, 1, dist, sync=True)  # DDP: the allreduce (and its comm hook) runs here
+        forward_backward(run, *batch, 1, sync=True)  # DDP: the allreduce (and its comm hook) runs here
         grads.append({n: p.grad.clone() for n, p in unwrap(run.model).named_parameters()})
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g.half().float(), rtol=0, atol=0, msg=name)
@@ -148,30 +146,30 @@ def test_learning_rate_warmup_then_step_and_cosine_schedules():
     assert lr_factor(cosine, 10.0) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_the_loop_applies_the_schedule(image_dataset, tmp_path):
-    metrics = train(config("train.epochs=3", "train.warmup_epochs=1", "train.lr_schedule=cosine", "train.lr=0.04"),
-                    data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess()).metrics
+def test_the_loop_applies_the_schedule(tmp_path):
+    metrics = prepare(config("train.epochs=3", "train.warmup_epochs=1", "train.lr_schedule=cosine", "train.lr=0.04"),
+                      tmp_path, SingleProcess()).train().metrics
     lrs = [h["lr"] for h in metrics["history"]]  # the lr of each epoch's last step
     assert lrs[0] == pytest.approx(0.04)                           # end of warmup: the peak
     assert lrs[1] == pytest.approx(0.04 * 0.5 * (1 + math.cos(math.pi / 2)))  # half-way through the cosine
     assert lrs[2] == pytest.approx(0.0, abs=1e-9)                  # the cosine ends at 0
 
 
-def test_early_stopping_ends_the_run_when_validation_loss_stalls(image_dataset, tmp_path):
-    metrics = train(config("train.epochs=6", "train.lr=1e-9", "train.early_stopping_patience=2",
-                           "train.early_stopping_min_delta=0.5"),
-                    data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess()).metrics
+def test_early_stopping_ends_the_run_when_validation_loss_stalls(tmp_path):
+    metrics = prepare(config("train.epochs=6", "train.lr=1e-9", "train.early_stopping_patience=2",
+                             "train.early_stopping_min_delta=0.5"), tmp_path, SingleProcess()).train().metrics
     assert metrics["stopped_early"] is True and metrics["epochs_completed"] == 3
     assert len(metrics["history"]) == 3
 
 
-def test_mixed_precision_on_cpu_is_a_logged_no_op(image_dataset, tmp_path, caplog):
+def test_mixed_precision_on_cpu_is_a_logged_no_op(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="bigtrain.train"):
-        run = prepare(config("train.mixed_precision=true"), str(image_dataset), tmp_path, SingleProcess())
+        run = prepare(config("train.mixed_precision=true"), tmp_path, SingleProcess())
     assert not run.scaler.is_enabled()
     assert "mixed_precision: no GPU here" in caplog.text
 
 
+@pytest.mark.spark
 def test_the_seed_makes_a_run_reproducible(image_dataset, tmp_path):
     def weights(seed: int, out: str):
         model = train(config(f"train.seed={seed}", "train.cnn.dropout=0.25"), data_url=str(image_dataset),

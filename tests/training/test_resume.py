@@ -1,5 +1,6 @@
 """Resume points: a run killed with SIGKILL mid-epoch continues to the same weights; altered, foreign or mismatched
-checkpoints are refused with errors that name the file and the reason."""
+checkpoints are refused with errors that name the file and the reason. The checks of the trainer itself run on
+in-memory datasets; the train job's exits and snapshots on Spark-written ones."""
 from __future__ import annotations
 
 import json
@@ -14,12 +15,13 @@ import torch
 from core.config import load_section
 from core.errors import CheckpointError
 from tests.conftest import REPO, subprocess_env
+from tests.training import inmemory
 from training import checkpoint
 from training.config import TrainConfig
 from training.distributed import SingleProcess
-from training.loop import train
+from training.loop import build_trainer, train
 
-pytestmark = pytest.mark.spark
+IMAGES, TEXTS = inmemory.image_source(), inmemory.sequence_source()
 
 
 def config(*overrides: str) -> TrainConfig:
@@ -28,11 +30,16 @@ def config(*overrides: str) -> TrainConfig:
                                                         *overrides])
 
 
+def train_in_memory(config: TrainConfig, source, output_dir):
+    return build_trainer(config, source, output_dir, SingleProcess()).train()
+
+
 def run_train_job(*args: str, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(REPO / "jobs" / "train.py"), "--backend", "single", "--no-progress",
                              "--loader-workers", "1", *args], env=subprocess_env(), **popen)
 
 
+@pytest.mark.spark
 def test_a_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(image_dataset, tmp_path):
     common = ["--data", str(image_dataset), "--epochs", "2", "--batch-size", "8", "--checkpoint-every-steps", "2"]
     whole = run_train_job(*common, "--output", str(tmp_path / "whole"), stdout=subprocess.DEVNULL,
@@ -67,38 +74,35 @@ def test_a_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(i
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
 
-def test_a_finished_run_continues_when_given_more_epochs(image_dataset, tmp_path):
-    train(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
-    metrics = train(config("train.epochs=2"), data_url=str(image_dataset), output_dir=tmp_path,
-                    dist=SingleProcess()).metrics
+def test_a_finished_run_continues_when_given_more_epochs(tmp_path):
+    train_in_memory(config(), IMAGES, tmp_path)
+    metrics = train_in_memory(config("train.epochs=2"), IMAGES, tmp_path).metrics
     assert metrics["resumed_from"] and [h["epoch"] for h in metrics["history"]] == [1, 2]
     with pytest.raises(CheckpointError, match="holds no complete checkpoint"):
-        train(config("train.resume=require"), data_url=str(image_dataset), output_dir=tmp_path / "new",
-              dist=SingleProcess())
+        train_in_memory(config("train.resume=require"), IMAGES, tmp_path / "new")
 
 
-def test_resuming_on_another_dataset_or_with_another_batch_size_is_refused(image_dataset, text_dataset, tmp_path):
-    train(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
+def test_resuming_on_another_dataset_or_with_another_batch_size_is_refused(tmp_path):
+    train_in_memory(config(), IMAGES, tmp_path)
     with pytest.raises(CheckpointError, match=r"trained on dataset snapshot .* refusing to resume on other data"):
-        train(config("train.epochs=2"), data_url=str(text_dataset), output_dir=tmp_path, dist=SingleProcess())
+        train_in_memory(config("train.epochs=2"), TEXTS, tmp_path)
     with pytest.raises(CheckpointError, match=r"train\.batch_size=16, this run has 8"):
-        train(config("train.epochs=2", "train.batch_size=8"), data_url=str(image_dataset), output_dir=tmp_path,
-              dist=SingleProcess())
-    fresh = train(config("train.epochs=2", "train.resume=never", "train.batch_size=8"), data_url=str(text_dataset),
-                  output_dir=tmp_path, dist=SingleProcess()).metrics
+        train_in_memory(config("train.epochs=2", "train.batch_size=8"), IMAGES, tmp_path)
+    fresh = train_in_memory(config("train.epochs=2", "train.resume=never", "train.batch_size=8"), TEXTS,
+                            tmp_path).metrics
     assert fresh["resumed_from"] is None and len(fresh["history"]) == 2
     points = checkpoint.resume_points(tmp_path)  # only the new run's: the old ones cannot be picked up by mistake
     assert points and all(checkpoint.load(p)["dataset"]["snapshot_id"] == fresh["snapshot_id"] for p in points)
 
 
-def test_an_altered_checkpoint_is_refused_before_it_is_unpickled(image_dataset, tmp_path):
-    train(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
+def test_an_altered_checkpoint_is_refused_before_it_is_unpickled(tmp_path):
+    train_in_memory(config(), IMAGES, tmp_path)
     point = checkpoint.latest_resume_point(tmp_path)
     data = bytearray(point.read_bytes())
     data[len(data) // 2] ^= 0xFF
     point.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=rf"{point.name} does not match the SHA-256"):
-        train(config("train.epochs=2"), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
+        train_in_memory(config("train.epochs=2"), IMAGES, tmp_path)
     final = tmp_path / "checkpoint.pt"
     final.write_bytes(final.read_bytes()[:-10])
     with pytest.raises(CheckpointError, match="altered or truncated"):
@@ -134,6 +138,7 @@ def test_foreign_checkpoints_are_refused(tmp_path):
         checkpoint.load(unsigned)
 
 
+@pytest.mark.spark
 def test_train_job_exits_1_naming_an_altered_checkpoint(image_dataset, tmp_path):
     train(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
     point = checkpoint.latest_resume_point(tmp_path)
@@ -145,6 +150,7 @@ def test_train_job_exits_1_naming_an_altered_checkpoint(image_dataset, tmp_path)
     assert f"error: checkpoint {point} does not match the SHA-256" in err.decode()
 
 
+@pytest.mark.spark
 def test_resume_is_refused_once_the_dataset_has_a_new_snapshot_but_works_pinned_to_the_old_one(spark, tmp_path):
     from tests.jobs.test_snapshots import sequences, write_partition
 
@@ -168,6 +174,7 @@ def test_resume_is_refused_once_the_dataset_has_a_new_snapshot_but_works_pinned_
     assert resumed["resumed_from"] and len(resumed["history"]) == 2
 
 
+@pytest.mark.spark
 def test_two_runs_into_one_output_folder_are_refused(image_dataset, tmp_path):
     from core.locking import LockHeld, hold
 
@@ -181,10 +188,10 @@ def test_two_runs_into_one_output_folder_are_refused(image_dataset, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_rerunning_a_finished_run_says_it_is_complete(image_dataset, tmp_path, caplog):
+def test_rerunning_a_finished_run_says_it_is_complete(tmp_path, caplog):
     import logging
 
-    train(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
+    train_in_memory(config(), IMAGES, tmp_path)
     with caplog.at_level(logging.INFO, logger="bigtrain.train"):
-        metrics = train(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess()).metrics
+        metrics = train_in_memory(config(), IMAGES, tmp_path).metrics
     assert "is complete (1 epochs" in caplog.text and len(metrics["history"]) == 1

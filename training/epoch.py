@@ -1,0 +1,167 @@
+"""One training epoch of a ``training.trainer.Trainer``: its batches to optimizer steps, gradient accumulation,
+clipping, loss scaling, mid-epoch resume points, and the epoch's metrics summed over all ranks.
+
+Every rank runs the same ``plan.steps(batch_size)`` steps (a short shard is padded by the source), so no rank waits
+in an allreduce for one that has stopped; the rows the ranks read first are counted and checked against the split.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from training.device import to_device
+from training.distributed import unwrap
+from training.resume import Progress
+from training.schedule import lr_factor
+from training.shards import DataCoverageError, EpochCounter, plan_shard
+
+log = logging.getLogger("bigtrain.train")
+
+
+def train_epoch(trainer, progress: Progress, commit=None) -> dict[str, float]:
+    """One pass over the train split from ``progress.step`` on; returns the epoch's metrics over all ranks."""
+    config, dist, split = trainer.config, trainer.dist, trainer.batches.splits["train"]
+    plan = plan_shard(split.row_group_sizes, dist.rank, dist.size)
+    _follow_world_size(progress, dist)
+    trainer.model.train()
+    counter = EpochCounter(split, plan)
+    steps = plan.steps(config.batch_size)
+    k = config.backward_passes_per_step
+    local = torch.zeros(5, dtype=torch.float64)  # loss * n, correct, n, seconds waiting for data, seconds in steps
+    # loss * n, correct, n summed where the model runs: reading them every step would wait for the GPU each time
+    on_device = torch.zeros(3, dtype=torch.float64, device=trainer.device)
+    # The resumed epoch's sums so far (over all ranks) are counted once, on rank 0.
+    base = torch.tensor(progress.sums + progress.stall if dist.rank == 0 else [0.0] * 5, dtype=torch.float64)
+    progress_bar = _progress(steps, f"epoch {progress.epoch + 1}", config, dist, initial=progress.step)
+    batches = trainer.batches.training_batches(plan, batch_size=config.batch_size, epoch=progress.epoch,
+                                               counter=counter)
+    skip, waited_since = progress.step, time.monotonic()
+    started = waited_since
+    for index, (inputs, y, _ids) in enumerate(batches):
+        if index < skip:  # trained before the interruption: read (same order) and passed over
+            waited_since = time.monotonic()
+            continue
+        got = time.monotonic()
+        group_start = index - index % k
+        group_size = min(k, steps - group_start)
+        last_of_group = index + 1 == group_start + group_size
+        loss, hits = forward_backward(trainer, inputs, y, group_size, sync=last_of_group)
+        on_device[0] += loss.double() * len(y)
+        on_device[1] += hits
+        on_device[2] += len(y)
+        progress.step = index + 1
+        if last_of_group:
+            optimizer_step(trainer, lr=trainer.peak_lr * lr_factor(config, progress.epoch + progress.step / steps))
+            progress.global_step += 1
+            every = config.checkpoint_every_steps
+            if every and progress.global_step % every == 0 and progress.step < steps:
+                local[:3] = on_device.cpu()
+                totals = base + dist.allreduce_sum(local, name=f"partial_{progress.global_step}")
+                progress.sums, progress.stall = totals[:3].tolist(), totals[3:].tolist()
+                trainer.save_resume_point(progress, commit)
+        now = time.monotonic()
+        local[3:] += torch.tensor([got - waited_since, now - got], dtype=torch.float64)
+        waited_since = now
+        _report_step(progress_bar, progress, steps, local, on_device, config, dist)
+    if progress_bar is not None:
+        progress_bar.close()
+    local[:3] = on_device.cpu()  # waits for the epoch's last step
+    return _epoch_metrics(trainer, progress, local, base, counter, seconds=time.monotonic() - started)
+
+
+def _follow_world_size(progress: Progress, dist) -> None:
+    """Elastic: when the world size changed, the shards were re-planned and a saved position means nothing now."""
+    if progress.world == dist.size:
+        return
+    if progress.step and dist.rank == 0:
+        log.warning("world size changed from %d to %d during epoch %d: it starts over on the new shards",
+                    progress.world, dist.size, progress.epoch + 1)
+    progress.start_epoch_over()
+    progress.world = dist.size
+
+
+def _epoch_metrics(trainer, progress: Progress, local: torch.Tensor, base: torch.Tensor, counter: EpochCounter, *,
+                   seconds: float) -> dict[str, float]:
+    """The epoch's sums over all ranks (and the resumed part before this session), checked for coverage."""
+    split = trainer.batches.splits["train"]
+    coverage = torch.tensor([counter.first_pass_rows, counter.padding_rows], dtype=torch.float64)
+    totals = trainer.dist.allreduce_sum(torch.cat([local, coverage]), name=f"train_epoch_{progress.epoch}") + torch.cat(
+        [base, torch.zeros(2, dtype=torch.float64)])
+    delivered = int(totals[5])
+    if delivered != split.rows:  # every rank raises together: no rank is left waiting in a collective
+        raise DataCoverageError(f"epoch {progress.epoch + 1}: the ranks read {delivered} distinct rows of {split.url}, "
+                                f"the split holds {split.rows}")
+    waiting, busy = float(totals[3]), float(totals[4])
+    return {"train_loss": float(totals[0] / totals[2]), "train_accuracy": float(totals[1] / totals[2]),
+            "train_rows": delivered, "padding_rows": int(totals[6]), "lr": trainer.optimizer.param_groups[0]["lr"],
+            "data_stall": round(waiting / (waiting + busy), 4) if waiting + busy > 0 else 0.0,
+            # rows trained by all ranks in this process's training time (this session's part of a resumed epoch)
+            "samples_per_second": round(float(totals[2] - base[2]) / seconds, 1) if seconds > 0 else None}
+
+
+def forward_backward(trainer, inputs, y, group_size: int, *, sync: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's loss and gradients; returns the loss and the count of correct predictions as tensors on the
+    device (reading them here would make the host wait for the GPU). The loss is divided by the batches per
+    optimizer step, so k accumulated batches of b rows give the gradient of one batch of k*b rows."""
+    inputs = to_device(inputs, trainer.device, trainer.batches.host_inputs)
+    y = y.to(trainer.device, non_blocking=True)
+    with contextlib.ExitStack() as stack:
+        if not sync:
+            stack.enter_context(trainer.dist.no_sync(trainer.model))  # DDP: allreduce only on the group's last pass
+        with trainer.precision.context(trainer.device):
+            logits = trainer.model(*inputs)
+            loss = F.cross_entropy(logits, y)
+        trainer.scaler.scale(loss / group_size).backward()
+    return loss.detach(), (logits.argmax(1) == y).sum()
+
+
+def optimizer_step(trainer, *, lr: float) -> None:
+    """Set the learning rate, step (unscaling and clipping the averaged gradients first where asked), zero."""
+    optimizer, scaler, dist = trainer.optimizer, trainer.scaler, trainer.dist
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    clip = trainer.config.grad_clip_norm
+    if clip is not None or scaler.is_enabled():
+        dist.synchronize(optimizer)  # Horovod: averaged gradients before unscaling and clipping them
+        scaler.unscale_(optimizer)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(unwrap(trainer.model).parameters(), clip)
+        with dist.skip_synchronize(optimizer):
+            scaler.step(optimizer)
+    else:
+        scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad()
+
+
+def _report_step(progress_bar, progress: Progress, steps: int, local: torch.Tensor, on_device: torch.Tensor,
+                 config, dist) -> None:
+    """The progress bar or a log line on rank 0. The running loss is read from the device only every
+    ``log_every`` steps: each read waits for the GPU to finish the step."""
+    if progress_bar is not None:
+        progress_bar.update(1)
+    if progress_bar is None and dist.rank != 0 or progress.step % config.log_every:
+        return
+    sums = on_device.cpu()
+    loss = float(sums[0] / sums[2]) if sums[2] else float("nan")
+    if progress_bar is not None:
+        progress_bar.set_postfix(loss=f"{loss:.4f}")
+    else:
+        stall = float(local[3] / (local[3] + local[4])) if local[3] + local[4] > 0 else 0.0
+        log.info("epoch %d step %d/%d: loss %.4f, data stall %.0f%%", progress.epoch + 1, progress.step, steps, loss,
+                 100 * stall)
+
+
+def _progress(steps: int, desc: str, config, dist, initial: int = 0):
+    if dist.rank != 0 or config.progress_bar == "never":
+        return None
+    if config.progress_bar == "auto" and not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=steps, initial=initial, desc=desc, unit="step", leave=False, file=sys.stderr)

@@ -1,0 +1,304 @@
+"""The trainer: data-parallel SGD over a batch source's shards, validation every epoch, test evaluation at the end.
+
+It takes its parts (model, optimizer, batch source, distributed backend, config, output folder), so the same code
+runs under horovodrun (also elastic), under torchrun with DDP, as one plain process, and in tests and notebooks on
+a dataset held in memory (``training.sources.InMemorySource``); ``training.loop.train`` builds the parts for a
+dataset URL. Rank 0 writes resume points every ``checkpoint_every_steps`` optimizer steps and at each epoch end,
+and a run continues from the newest one (``train.resume``), ending with the same weights as a run that was never
+interrupted.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from core import atomic
+from core.errors import CheckpointError, DatasetError, LockHeld
+from core.locking import hold
+from training import checkpoint, resume
+from training.config import TrainConfig
+from training.device import describe, precision_for, to_device
+from training.distributed import unwrap
+from training.elastic import fit_elastic
+from training.epoch import train_epoch
+from training.models import resolve_model_name
+from training.reports import MetricsLog, classification_report, write_evaluation_report
+from training.resume import Progress
+from training.shards import DataCoverageError, plan_shard
+from training.sources import BatchSource
+
+log = logging.getLogger("bigtrain.train")
+CHECKPOINT_FILE = checkpoint.FINAL_FILE
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, Any]
+    model: torch.nn.Module
+
+
+class Trainer:
+    """One training run: ``model`` and ``optimizer`` (over the model's parameters; its learning rate is the one
+    per rank, before scaling by the world size and the schedule) trained on ``batches`` under ``backend``.
+
+    The trainer moves the model to the backend's device and makes model and optimizer distributed (DDP's wrapper,
+    Horovod's DistributedOptimizer): pass them plain. ``model_name`` is what checkpoints record to rebuild the
+    model (``training.checkpoint.load_model``); by default the one ``config.model`` names for the data's kind.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: BatchSource, backend,
+                 config: TrainConfig, output_dir: str | Path, *, model_name: str | None = None):
+        train_split = batches.splits["train"]
+        if train_split.rows == 0:
+            raise DatasetError(f"split {train_split.url} is empty: nothing to train on")
+        self.config, self.batches, self.dist, self.output_dir = config, batches, backend, Path(output_dir)
+        self.model_name = model_name or resolve_model_name(config.model, batches.spec.kind)
+        self.optimizer_name = type(optimizer).__name__.lower()
+        self.base_lr = optimizer.param_groups[0]["lr"]
+        self.device = backend.device  # this rank's GPU, or the CPU
+        model.to(self.device)  # the optimizer keeps its parameters: moving a module keeps the Parameter objects
+        self.model = backend.wrap_model(model, fp16_compression=config.fp16_compression)  # DDP: gradients averaged
+        # Horovod: the optimizer averages gradients over the ranks every backward_passes_per_step batches
+        self.optimizer = backend.distributed_optimizer(optimizer, model,
+                                                       backward_passes_per_step=config.backward_passes_per_step,
+                                                       fp16_compression=config.fp16_compression)
+        self.precision = precision_for(config.mixed_precision, self.device)  # autocast dtype, or float32
+        if config.mixed_precision and self.precision.autocast is None and backend.rank == 0:
+            log.info("train.mixed_precision: no GPU here, training in float32 on CPU (the setting only acts on GPU)")
+        # float16 gradients underflow without loss scaling; enabled only for float16 mixed precision on a GPU
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
+        self.dataset = batches.dataset_entry()  # once: it may read the vocabulary
+        self.metrics_log: MetricsLog | None = None  # rank 0's, opened on first use
+
+    @property
+    def identity(self) -> str:
+        """The dataset snapshot the run trains on."""
+        return self.batches.identity
+
+    @property
+    def peak_lr(self) -> float:
+        return self.base_lr * (self.dist.size if self.config.scale_lr else 1)  # Horovod: scale the lr by the ranks
+
+    def base_payload(self) -> dict[str, Any]:
+        return checkpoint.model_payload(unwrap(self.model), self.model_name, self.config,
+                                        classes=self.batches.spec.classes,
+                                        class_to_index=self.batches.class_to_index, dataset=self.dataset)
+
+    def train(self, *, elastic: bool = False) -> TrainResult:
+        """Train from the newest resume point in the output folder (or from the start) until ``config.epochs`` or
+        early stopping, then evaluate on the test split; returns the metrics and the trained model. Rank 0 holds
+        the output folder locked meanwhile and writes checkpoints, ``metrics.json``, ``metrics.jsonl``,
+        TensorBoard events and the evaluation report there. ``elastic``: under Horovod Elastic."""
+        with output_lock(self.output_dir, self.dist):
+            progress, resumed_from = self.start_or_resume()
+            self._log_start()
+            try:
+                if elastic:
+                    progress = fit_elastic(self, progress, self.dist, self.fit)
+                else:
+                    self.fit(progress)
+                return self.finish(progress, resumed_from)
+            finally:
+                if self.metrics_log is not None:
+                    self.metrics_log.close()
+                    self.metrics_log = None
+
+    def _log_start(self) -> None:
+        if self.dist.rank != 0:
+            return
+        dist, split, config = self.dist, self.batches.splits["train"], self.config
+        plan = plan_shard(split.row_group_sizes, 0, dist.size)
+        log.info("training %s on %s (snapshot %s): %d train rows, %d ranks on %d hosts x %d threads (%s; rank 0 on "
+                 "%s, %s), %d steps/epoch of %d, %s lr %.4g%s", self.model_name, self.batches.name, self.identity,
+                 split.rows, dist.size, dist.hosts, torch.get_num_threads(), dist.name, describe(self.device),
+                 self.precision.name, plan.steps(config.batch_size), config.batch_size, self.optimizer_name,
+                 self.peak_lr, "" if plan.by_row_group else " (fewer row groups than ranks: row sharding)")
+
+    def start_or_resume(self) -> tuple[Progress, str | None]:
+        """A fresh Progress, or the one of the newest resume point (read on rank 0 and broadcast, so the output
+        folder need not be shared); model, optimizer and random states restored on every rank."""
+        dist = self.dist
+        found: tuple[str, Any] = ("none", None)
+        if dist.rank == 0:
+            try:
+                path = resume.find_point(self.config, self.output_dir)
+                if path is not None:
+                    payload = checkpoint.load(path)
+                    resume.check_compatible(payload, path, self.config, self.identity, self.model_name)
+                    found = ("ok", (str(path), payload))
+            except CheckpointError as exc:
+                found = ("error", str(exc))
+        found = dist.broadcast_object(found, name="resume_point")  # every rank raises together, none is left waiting
+        if found[0] == "error":
+            raise CheckpointError(found[1])
+        if found[0] == "none":
+            dist.broadcast_state(unwrap(self.model), self.optimizer)
+            return Progress(world=dist.size), None
+        path, payload = found[1]
+        unwrap(self.model).load_state_dict(payload["model_state"])
+        self.optimizer.load_state_dict(payload["optimizer_state"])
+        resume.set_random_states(payload["random"])
+        progress = Progress(**payload["progress"])
+        if dist.rank == 0 and (progress.epoch >= self.config.epochs or progress.stopped_early):
+            log.info("the run in %s is complete (%d epochs%s, %s): evaluating it again; raise --epochs to train on, "
+                     "or --no-resume to start over", self.output_dir, progress.epoch,
+                     ", stopped early" if progress.stopped_early else "", path)
+        elif dist.rank == 0:
+            log.info("resuming from %s: epoch %d, batch %d of it, optimizer step %d", path, progress.epoch + 1,
+                     progress.step, progress.global_step)
+        return progress, path
+
+    def fit(self, progress: Progress, commit=None) -> None:
+        """Epochs from ``progress`` on until ``config.epochs`` or early stopping. ``commit(progress)`` is called at
+        every resume point (the elastic wrapper passes Horovod's state commit)."""
+        config, dist = self.config, self.dist
+        while progress.epoch < config.epochs and not progress.stopped_early:
+            start = time.monotonic()
+            record = {"epoch": progress.epoch + 1, **train_epoch(self, progress, commit)}
+            if self.batches.splits["validation"].rows:
+                val = self.evaluate("validation")
+                record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            record["seconds"] = round(time.monotonic() - start, 2)
+            progress.history.append(record)
+            progress.epoch += 1
+            progress.start_epoch_over()
+            update_early_stopping(progress, record, config)
+            if dist.rank == 0:
+                log.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %s acc %s | lr %.3g | data stall %.0f%% | "
+                         "%.1fs", record["epoch"], config.epochs, record["train_loss"], record["train_accuracy"],
+                         _fmt(record.get("val_loss")), _fmt(record.get("val_accuracy")), record["lr"],
+                         100 * record["data_stall"], record["seconds"])
+                self._metrics_log(progress.history[:-1]).log_epoch(record)
+                if progress.stopped_early:
+                    log.info("early stopping: val_loss has not improved by more than %g for %d epochs",
+                             config.early_stopping_min_delta, config.early_stopping_patience)
+            self.save_resume_point(progress, commit)
+
+    def _metrics_log(self, history: list[dict[str, Any]]) -> MetricsLog:
+        """Rank 0's metrics.jsonl and TensorBoard writer, opened on first use (under --elastic, rank 0 may
+        change)."""
+        if self.metrics_log is None:
+            self.metrics_log = MetricsLog(self.output_dir, history=history)
+        return self.metrics_log
+
+    def save_resume_point(self, progress: Progress, commit=None) -> None:
+        if self.dist.rank == 0:
+            resume.save_point(self.output_dir, self.base_payload(), self.optimizer, progress,
+                              self.config.keep_checkpoints)
+        if commit is not None:
+            commit(progress)
+
+    @torch.no_grad()
+    def evaluate(self, split_name: str, check_ids: bool = False) -> dict[str, Any]:
+        """Loss, accuracy and confusion matrix over every row of the split, each read exactly once across the
+        ranks."""
+        model, device, split = self.model, self.device, self.batches.splits[split_name]
+        model.eval()
+        num_classes = len(self.batches.spec.classes)
+        plan = plan_shard(split.row_group_sizes, self.dist.rank, self.dist.size)
+        # Summed on the model's device and read once at the end, not once per batch.
+        loss_sum = torch.zeros(1, dtype=torch.float64, device=device)
+        confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device)  # row: true class
+        ids = []
+        for inputs, y, batch_ids in self.batches.evaluation_batches(split_name, plan,
+                                                                    batch_size=self.config.batch_size):
+            y = y.to(device, non_blocking=True)
+            with self.precision.context(device):
+                logits = model(*to_device(inputs, device, self.batches.host_inputs))
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            confusion.index_add_(0, y * num_classes + logits.argmax(1),
+                                 torch.ones(len(y), dtype=torch.float64, device=device))
+            ids.append(batch_ids)
+        totals = self.dist.allreduce_sum(torch.cat([loss_sum, confusion]).cpu(), name=f"eval_{split.name}")
+        loss_sum, confusion = totals[0], totals[1:].reshape(num_classes, num_classes)
+        rows = int(confusion.sum())
+        if rows != split.rows:
+            raise DataCoverageError(f"evaluation read {rows} rows of {split.url}, the split holds {split.rows}")
+        if check_ids:
+            self._check_distinct(split, ids)
+        per_class_rows = confusion.sum(1)
+        return {"loss": float(loss_sum / rows) if rows else None,
+                "accuracy": float(confusion.diagonal().sum() / rows) if rows else None, "rows": rows,
+                "per_class_accuracy": [float(c / t) if t else None
+                                       for c, t in zip(confusion.diagonal(), per_class_rows)],
+                "per_class_rows": [int(t) for t in per_class_rows], "confusion": confusion.long()}
+
+    def _check_distinct(self, split, ids: list[torch.Tensor]) -> None:
+        local = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64)
+        unique = int(torch.unique(self.dist.allgather(local, name=f"ids_{split.name}")).numel())
+        if unique != split.rows:
+            raise DataCoverageError(f"evaluation of {split.url} saw {unique} distinct rows of {split.rows}")
+
+    def finish(self, progress: Progress, resumed_from: str | None) -> TrainResult:
+        """Test evaluation; on rank 0 the final checkpoint, metrics.json and the evaluation report."""
+        dist, classes = self.dist, self.batches.spec.classes
+        test = self.evaluate("test", check_ids=True)
+        if test["rows"] == 0 and dist.rank == 0:
+            log.warning("the test split of %s is empty: test metrics are null", self.batches.name)
+        metrics = {
+            "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_rows": test["rows"],
+            "per_class_accuracy": dict(zip(classes, test["per_class_accuracy"])),
+            "per_class_rows": dict(zip(classes, test["per_class_rows"])),
+            "history": progress.history, "epochs_completed": progress.epoch, "stopped_early": progress.stopped_early,
+            "world_size": dist.size, "hosts": dist.hosts, "backend": dist.name, "lr": self.peak_lr,
+            "device": str(self.device), "precision": self.precision.name, "optimizer": self.optimizer_name,
+            "model": self.model_name, "dataset": self.batches.name, "snapshot_id": self.identity,
+            "train_rows": self.batches.splits["train"].rows, "resumed_from": resumed_from,
+            "config": asdict(self.config),
+        }
+        if dist.rank == 0:
+            self._write_outputs(progress, metrics, test)
+        return TrainResult(metrics, unwrap(self.model))
+
+    def _write_outputs(self, progress: Progress, metrics: dict[str, Any], test: dict[str, Any]) -> None:
+        final = checkpoint.save(self.output_dir / CHECKPOINT_FILE,
+                                {**self.base_payload(), "epoch": progress.epoch, "global_step": progress.global_step})
+        atomic.write_json(self.output_dir / METRICS_FILE, metrics)
+        written = []
+        if test["rows"]:
+            report = classification_report(test["confusion"].numpy(), self.batches.spec.classes)
+            written = write_evaluation_report(self.output_dir, report, progress.history)
+        log.info("test accuracy %s, loss %s on %d rows; wrote %s, %s%s", _fmt(test["accuracy"]), _fmt(test["loss"]),
+                 test["rows"], final, self.output_dir / METRICS_FILE, "".join(f", {p.name}" for p in written))
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: Path, dist):
+    """Rank 0 holds ``<output>/.bigtrain-train.lock`` for the whole run: two runs writing one output folder would
+    interleave their checkpoints. Every rank learns the outcome, so all fail together (LockHeld: exit 75)."""
+    with contextlib.ExitStack() as stack:
+        outcome = "ok"
+        if dist.rank == 0:
+            try:
+                output_dir.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(hold(str(output_dir / ".bigtrain-train.lock"), what=f"training into {output_dir}"))
+            except LockHeld as exc:
+                outcome = str(exc)
+        outcome = dist.broadcast_object(outcome, name="output_lock")
+        if outcome != "ok":
+            raise LockHeld(outcome)
+        yield
+
+
+def update_early_stopping(progress: Progress, record: dict[str, Any], config: TrainConfig) -> None:
+    val_loss = record.get("val_loss")
+    if config.early_stopping_patience == 0 or val_loss is None:
+        return
+    if progress.best_val_loss is None or val_loss < progress.best_val_loss - config.early_stopping_min_delta:
+        progress.best_val_loss, progress.bad_epochs = val_loss, 0
+    else:
+        progress.bad_epochs += 1
+        progress.stopped_early = progress.bad_epochs >= config.early_stopping_patience
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
