@@ -62,5 +62,5 @@ class EpochCounter:
         if self.first_pass_rows != self.plan.local_rows:
             raise DataCoverageError(
                 f"rank {self.plan.rank}/{self.plan.world} read {self.first_pass_rows} rows of split "
-                f"{self.split.url}, but its shard holds {self.plan.local_rows} (Parquet footers): refusing to train "
+                f"{self.split.url}, but its shard holds {self.plan.local_rows} (its row groups): refusing to train "
                 "on silently missing data")
