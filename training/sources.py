@@ -17,11 +17,11 @@ import torch
 
 from core.errors import DatasetError
 from dataset.info import SplitInfo
+from dataset.layout import SPLITS
 from dataset.manifest import DatasetSpec, ImageSpec, SequenceSpec
 from training import checkpoint
 from training.shards import DataCoverageError, EpochCounter, ShardPlan
 
-SPLITS = ("train", "validation", "test")
 # (model inputs, labels int64 (B,), sample ids int64 (B,)): what the collate functions of training.collation make
 Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]
 
