@@ -19,6 +19,8 @@ from core.paths import filesystem, join
 from dataset import layout
 
 Kind = Literal["image", "sequence"]
+# A field the format has always written as null when unset, rather than left out (as other unset fields are).
+NULL_WRITTEN = {"written_as_null": True}
 
 
 @dataclass(frozen=True)
@@ -38,12 +40,12 @@ class SequenceSpec:
     token_dtype: str
     max_length: int
     tokenizer: str
-    tokens_field: str | None = None
+    tokens_field: str | None = field(default=None, metadata=NULL_WRITTEN)
     vocab_file: str = layout.VOCAB_FILE
     pad_id: int = 0
     unk_id: int = 1
-    longest: int | None = None
-    mean_length: float | None = None
+    longest: int | None = field(default=None, metadata=NULL_WRITTEN)
+    mean_length: float | None = field(default=None, metadata=NULL_WRITTEN)
     truncated: int = 0
 
 
@@ -69,16 +71,16 @@ class InputCounts:
     files: int
     bytes: int
     processed: int
-    added: int | None = None       # None: a full run
-    changed: int | None = None
-    removed: int | None = None
+    added: int | None = field(default=None, metadata=NULL_WRITTEN)  # None: a full run
+    changed: int | None = field(default=None, metadata=NULL_WRITTEN)
+    removed: int | None = field(default=None, metadata=NULL_WRITTEN)
 
 
 @dataclass(frozen=True)
 class Lineage:
     """Where the snapshot comes from: its id and parent, the run that wrote it, and the config it was written with."""
     id: str
-    parent: str | None
+    parent: str | None = field(metadata=NULL_WRITTEN)
     created: str
     committed: str
     run: Literal["full", "incremental"]
@@ -195,14 +197,9 @@ def _rules(where: str) -> typed.Rules:
 def _plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if getattr(obj, f.name) is not None or f.name in _KEEP_NONE.get(type(obj).__name__, ())}
+                if getattr(obj, f.name) is not None or f.metadata.get("written_as_null")}
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj
-
-
-# Fields written as null when unset (the format has always had them), rather than left out.
-_KEEP_NONE = {"Lineage": ("parent",), "InputCounts": ("added", "changed", "removed"),
-              "SequenceSpec": ("tokens_field", "longest", "mean_length")}

@@ -107,14 +107,6 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     return build_model(payload), payload
 
 
-def base_payload(model, model_name: str, config, info, *, dataset: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``model_payload`` for a dataset opened with ``load_dataset_info``, with ``dataset_entry(info)`` (pass it in
-    when saving often: it reads the vocabulary)."""
-    return model_payload(model, model_name, config, classes=info.classes,
-                         class_to_index=info.manifest.class_to_index,
-                         dataset=dataset if dataset is not None else dataset_entry(info))
-
-
 def model_payload(model, model_name: str, config, *, classes: list[str], class_to_index: dict[str, int],
                   dataset: dict[str, Any]) -> dict[str, Any]:
     """What every checkpoint holds: weights, model name, config, class map, and the ``dataset`` entry

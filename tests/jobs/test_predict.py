@@ -31,7 +31,9 @@ def _save_checkpoint(dataset, folder, seed):
     torch.manual_seed(seed)  # an untrained model: its predictions are as testable as a trained one's
     model = build_model(config.model, dataset=info.spec, config=config)
     name = resolve_model_name(config.model, info.kind)
-    return checkpoint.save(folder / checkpoint.FINAL_FILE, checkpoint.base_payload(model, name, config, info))
+    return checkpoint.save(folder / checkpoint.FINAL_FILE, checkpoint.model_payload(
+        model, name, config, classes=info.classes, class_to_index=info.manifest.class_to_index,
+        dataset=checkpoint.dataset_entry(info)))
 
 
 @pytest.fixture(scope="module")
