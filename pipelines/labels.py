@@ -1,15 +1,22 @@
 """Label maps shared by every dataset kind: names -> contiguous indices, and the transform that applies them."""
 from __future__ import annotations
 
+import re
+
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: "²" and "--5" are names, not numbers
+
+
 def _sort_key(name: str):
-    """Integers in numeric order ("2" before "10"), then everything else alphabetically."""
+    """Integers in numeric order ("2" before "10"), then everything else alphabetically. Equal numbers ("1", "01")
+    are ordered by their text, so the map never depends on the order the names came in (or on PYTHONHASHSEED)."""
     stripped = name.strip()
-    is_int = stripped.lstrip("-").isdigit()
-    return (0, int(stripped), "") if is_int else (1, 0, name)
+    if _INTEGER.fullmatch(stripped):
+        return (0, int(stripped), name)
+    return (1, 0, name)
 
 
 def class_map(class_names) -> dict[str, int]:
