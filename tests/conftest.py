@@ -74,6 +74,25 @@ def current_snapshot(dataset: Path) -> Path:
     return Path(resolve_snapshot(str(dataset))[len("file://"):])
 
 
+SECOND_HOST = "127.0.0.1"
+
+
+def second_host_name() -> str:
+    """A second name for this machine that Horovod launches on without ssh: horovodrun treats a host as local when
+    its name resolves to an address of one of this machine's interfaces, and host names are compared as text, so
+    ``localhost`` and ``127.0.0.1`` are two hosts on the loopback interface. Fails (never skips) where they are not:
+    the multi-host tests must run on every CI machine, containers whose host name resolves off loopback included."""
+    import socket
+
+    import psutil
+
+    local = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs if a.family == socket.AF_INET}
+    if SECOND_HOST not in local or socket.gethostbyname("localhost") not in local:
+        pytest.fail(f"multi-host Horovod tests need localhost and {SECOND_HOST} on a local interface "
+                    f"(this machine's IPv4 addresses: {', '.join(sorted(local))})")
+    return SECOND_HOST
+
+
 def tool(name: str) -> str:
     """A console script of this virtual environment (horovodrun, spark-submit, bigtrain)."""
     path = VENV_BIN / name

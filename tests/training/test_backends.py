@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, subprocess_env, tool
+from tests.conftest import REPO, second_host_name, subprocess_env, tool
 
 pytestmark = [pytest.mark.horovod, pytest.mark.spark]
 TRAIN = str(REPO / "jobs" / "train.py")
@@ -103,9 +102,7 @@ def _worker_pids(hostname: str) -> list[int]:
 def test_elastic_run_survives_a_killed_worker(image_dataset, tmp_path):
     """Three workers on two host names (both this machine); the one on the second name is killed after the first
     epoch. Horovod drops that host, the two others roll back to the last commit and finish every epoch."""
-    hostname = socket.gethostname()
-    if hostname in ("localhost", "127.0.0.1") or not socket.gethostbyname(hostname).startswith("127."):
-        pytest.skip(f"needs a second name for this machine on loopback ({hostname} is not one)")
+    hostname = second_host_name()
     hosts = tmp_path / "hosts.txt"
     hosts.write_text(f"localhost:2\n{hostname}:1\n")
     output = tmp_path / "m"

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, subprocess_env, tool
+from tests.conftest import REPO, second_host_name, subprocess_env, tool
 
 pytestmark = [pytest.mark.horovod, pytest.mark.spark]
 
@@ -59,15 +59,9 @@ def _rank1_lines(done: subprocess.CompletedProcess) -> str:
 
 
 def test_horovodrun_over_two_host_names_with_a_hostfile(image_dataset, tmp_path):
-    """Two names for this machine (localhost and its host name) are two hosts to Horovod: each gets one rank,
-    Gloo talks over the loopback interface named with --network-interface, and no ssh is needed."""
-    import socket
-
-    hostname = socket.gethostname()
-    if hostname in ("localhost", "127.0.0.1"):
-        pytest.skip("this machine's host name is localhost itself")
-    if not socket.gethostbyname(hostname).startswith("127."):
-        pytest.skip(f"{hostname} resolves off loopback here; Horovod would reach it over ssh")
+    """Two names for this machine (localhost and 127.0.0.1) are two hosts to Horovod: each gets one rank, Gloo
+    talks over the loopback interface named with --network-interface, and no ssh is needed."""
+    hostname = second_host_name()
     hostfile = tmp_path / "hosts"
     hostfile.write_text(f"localhost slots=1\n{hostname} slots=1\n")
     cmd = [tool("horovodrun"), "-np", "2", "-hostfile", str(hostfile), "--network-interface", "lo", "--gloo",
