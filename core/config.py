@@ -13,6 +13,7 @@ import yaml
 
 from core import typed
 from core.errors import ConfigError
+from core.redact import redact_text
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DEFAULTS_FILE = CONF_DIR / "bigtrain.yaml"
@@ -54,13 +55,13 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=0.05")
+            raise ConfigError(f"--set {redact_text(item)!r}: expected KEY=VALUE, e.g. --set train.lr=0.05")
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {part} is both a value and a section")
+                raise ConfigError(f"--set {redact_text(item)!r}: {part} is both a value and a section")
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
     return nested
 

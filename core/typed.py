@@ -9,6 +9,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from core.redact import redact
+
 T = TypeVar("T")
 _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -26,7 +28,7 @@ def build(cls: type[T], data: Any, *, prefix: str, rules: Rules) -> T:
     """``cls`` from ``data``; a nested dataclass gets the keys below ``prefix`` (``train.cnn.hidden``). A class
     with a ``validate(prefix)`` method is validated; a ValueError from it becomes ``rules.error``."""
     if not isinstance(data, dict):
-        raise rules.error(f"{prefix or rules.label}: expected a mapping, got {data!r}")
+        raise rules.error(f"{prefix or rules.label}: expected a mapping, got {_shown(prefix, data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -57,6 +59,20 @@ def _key(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def _shown(key: str, value: Any) -> str:
+    """A value as an error message shows it: secrets (by their key's name, see core.redact) never."""
+    return repr(redact(value, key))
+
+
+def _dotted(mapping: dict, prefix: str = "") -> dict:
+    """{"spark": {"executor": {"memory": "2g"}}} -> {"spark.executor.memory": "2g"}."""
+    out: dict = {}
+    for k, v in mapping.items():
+        name = f"{prefix}{k}"
+        out.update(_dotted(v, name + ".") if isinstance(v, dict) else {name: v})
+    return out
+
+
 def _coerce(tp: Any, value: Any, key: str, rules: Rules) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     bad = f"{rules.label} {key}"
@@ -66,36 +82,38 @@ def _coerce(tp: Any, value: Any, key: str, rules: Rules) -> Any:
         return _coerce(next(a for a in args if a is not type(None)), value, key, rules)
     if origin is Literal:
         if value not in args:
-            raise rules.error(f"{bad}: {value!r} is not one of {', '.join(map(repr, args))}")
+            raise rules.error(f"{bad}: {_shown(key, value)} is not one of {', '.join(map(repr, args))}")
         return value
     if dataclasses.is_dataclass(tp):
         return build(tp, value, prefix=key, rules=rules)
     if origin is dict:
         if not isinstance(value, dict):
-            raise rules.error(f"{bad}: expected a mapping, got {value!r}")
+            raise rules.error(f"{bad}: expected a mapping, got {_shown(key, value)}")
+        if args[1] is str:  # Spark and Hadoop keys hold dots: --set x.spark_conf.spark.executor.memory=2g arrives nested
+            value = _dotted(value)
         return {str(k): _coerce(args[1], v, f"{key}.{k}", rules) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
-            raise rules.error(f"{bad}: expected a list, got {value!r}")
+            raise rules.error(f"{bad}: expected a list, got {_shown(key, value)}")
         return [_coerce(args[0], v, f"{key}[{i}]", rules) for i, v in enumerate(value)]
     if tp is Any:
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise rules.error(f"{bad}: expected true or false, got {value!r}")
+            raise rules.error(f"{bad}: expected true or false, got {_shown(key, value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise rules.error(f"{bad}: expected an integer, got {value!r}")
+            raise rules.error(f"{bad}: expected an integer, got {_shown(key, value)}")
         return value
     if tp is float:
         if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
             return float(value)  # YAML 1.1 reads 1e-9 (no dot) as a string; it is a number to anyone writing it
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise rules.error(f"{bad}: expected a number, got {value!r}")
+            raise rules.error(f"{bad}: expected a number, got {_shown(key, value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise rules.error(f"{bad}: expected a string, got {value!r}")
+            raise rules.error(f"{bad}: expected a string, got {_shown(key, value)}")
         return value
     raise TypeError(f"unsupported type {tp!r} for {key}")

@@ -1,0 +1,78 @@
+"""Secrets in configs never reach what bigtrain stores, logs or prints."""
+import pytest
+
+from core.config import parse_overrides, from_dict
+from core.errors import ConfigError
+from core.redact import REDACTED, redact, redact_argv, sensitive
+
+SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize("name", [
+    "spark.hadoop.fs.s3a.secret.key", "spark.hadoop.fs.s3a.access.key", "fs.s3a.session.token", "password",
+    "spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net", "spark.ssl.keyStorePassword", "hf_token",
+    "fs.gs.auth.service.account.private.key.id", "spark.authenticate.secret", "db_passwd", "apiKey"])
+def test_names_of_secrets_are_sensitive(name):
+    assert sensitive(name)
+
+
+@pytest.mark.parametrize("name", [
+    "split_key", "tokens_field", "tokenizer", "token_dtype", "max_length", "spark.executor.memory", "key",
+    "fs.s3a.aws.credentials.provider", "text_field", "label_field"])
+def test_ordinary_config_keys_are_not(name):
+    assert not sensitive(name)
+
+
+def test_redact_hides_secret_values_at_any_depth_and_keeps_the_rest():
+    config = {"lr": 0.1, "splits": {"train": 0.8},
+              "spark_conf": {"spark.hadoop.fs.s3a.secret.key": SECRET, "spark.executor.memory": "2g"},
+              "output": f"s3a://AKIA:{SECRET}@bucket/x", "nested": {"secret": {"key": SECRET}}}
+    out = redact(config)
+    assert SECRET not in repr(out)
+    assert out["spark_conf"] == {"spark.hadoop.fs.s3a.secret.key": REDACTED, "spark.executor.memory": "2g"}
+    assert out["output"] == f"s3a://AKIA:{REDACTED}@bucket/x"
+    assert out["nested"] == {"secret": REDACTED} and out["lr"] == 0.1 and out["splits"] == {"train": 0.8}
+    assert config["spark_conf"]["spark.hadoop.fs.s3a.secret.key"] == SECRET  # the original is untouched
+
+
+def test_redact_argv_hides_set_conf_and_flag_values():
+    argv = ["bigtrain", "--set", f"x.spark_conf.fs.s3a.secret.key={SECRET}", f"--conf=spark.x.password={SECRET}",
+            "--db-password", SECRET, "--epochs", "2"]
+    out = redact_argv(argv)
+    assert SECRET not in " ".join(out)
+    assert out[2] == f"x.spark_conf.fs.s3a.secret.key={REDACTED}" and out[-2:] == ["--epochs", "2"]
+
+
+def test_a_bad_set_never_echoes_a_secret():
+    with pytest.raises(ConfigError) as err:
+        parse_overrides([f"x.secret.key={SECRET}", f"x.secret.key.y={SECRET}"])
+    assert SECRET not in str(err.value) and "x.secret.key" in str(err.value)
+
+
+def test_a_wrongly_typed_secret_is_named_not_shown():
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Section:
+        spark_conf: dict[str, str] = field(default_factory=dict)
+        password: int = 0
+
+    with pytest.raises(ConfigError) as err:
+        from_dict(Section, {"password": SECRET}, prefix="job")
+    assert "job.password" in str(err.value) and SECRET not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        from_dict(Section, {"spark_conf": {"fs.s3a.secret.key": [SECRET]}}, prefix="job")
+    assert "job.spark_conf.fs.s3a.secret.key" in str(err.value) and SECRET not in str(err.value)
+
+
+def test_spark_conf_keys_set_with_dots_arrive_as_spark_keys():
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Section:
+        spark_conf: dict[str, str] = field(default_factory=dict)
+
+    overrides = parse_overrides(["job.spark_conf.spark.hadoop.fs.s3a.secret.key=abc",
+                                 "job.spark_conf.spark.executor.memory=2g"])
+    section = from_dict(Section, overrides["job"], prefix="job")
+    assert section.spark_conf == {"spark.hadoop.fs.s3a.secret.key": "abc", "spark.executor.memory": "2g"}
