@@ -6,6 +6,7 @@ known and of the declared type; errors name the key (``train.batch_size``) and t
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +28,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     with path.open() as fh:
-        data = yaml.safe_load(fh) or {}
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"config file {path} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}"
+                              ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     return data
@@ -80,21 +87,62 @@ def load_section(section: str, cls: type[T], *, config_file: str | None = None,
                  overrides: list[str] | None = None, flags: dict[str, Any] | None = None) -> T:
     """Build the dataclass ``cls`` from the ``section`` of the layered configuration.
 
-    ``flags`` are the job's explicit command-line flags (``None`` values mean "not given" and are ignored).
+    ``flags`` are the job's explicit command-line flags (``None`` values mean "not given" and are ignored). A typo
+    anywhere is an error naming it: the command's section is checked key by key against ``cls``; every other section
+    of a config file, by its top-level keys, against the defaults; a ``--set`` must name the command's section.
     """
-    layers = [read_defaults()]
-    if LOCAL_FILE.is_file():
-        layers.append(read_yaml(LOCAL_FILE))
-    if config_file:
-        layers.append(read_yaml(config_file))
+    defaults = read_defaults()
+    if section not in defaults:
+        raise ConfigError(f"config section {section!r} is missing from {DEFAULTS_FILE}")
+    check_overrides(overrides, section=section, sections=list(defaults))
+    layers = [defaults]
+    for path in ([LOCAL_FILE] if LOCAL_FILE.is_file() else []) + ([Path(config_file)] if config_file else []):
+        layers.append(check_sections(read_yaml(path), defaults, where=f"config file {path}"))
     layers.append(parse_overrides(overrides))
     layers.append({section: {k: v for k, v in (flags or {}).items() if v is not None}})
     merged: dict[str, Any] = {}
     for layer in layers:
         merged = merge(merged, layer)
-    if section not in merged:
-        raise ConfigError(f"config section {section!r} is missing from {DEFAULTS_FILE}")
     return from_dict(cls, merged[section], prefix=section)
+
+
+def _suggest(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_sections(data: dict[str, Any], defaults: dict[str, Any], *, where: str) -> dict[str, Any]:
+    """A config file's sections and their top-level keys must be ones the defaults hold (``trian:``, ``train:
+    {epoch: 3}`` are errors naming the key); the keys of each command's own section are checked in full when it
+    runs."""
+    for name, body in data.items():
+        if name not in defaults:
+            raise ConfigError(f"{where}: unknown config section {name!r}{_suggest(name, defaults)}; sections: "
+                              f"{', '.join(defaults)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: config section {name!r} must be a mapping of keys, got "
+                              f"{type(body).__name__}")
+        for key in body:
+            if key not in defaults[name]:
+                raise ConfigError(f"{where}: unknown config key {name}.{key}{_suggest(key, defaults[name])}")
+    return data
+
+
+def check_overrides(items: list[str] | None, *, section: str, sections: list[str]) -> None:
+    """Each ``--set`` names a key of the command's own section: ``--set epochs=1`` (no section) and ``--set
+    train.lr=0.1`` given to a preprocessing command would otherwise change nothing, silently."""
+    for item in items or []:
+        key = item.partition("=")[0].strip()
+        head, dot, _ = key.partition(".")
+        if not dot:
+            raise ConfigError(f"--set {redact_text(item)!r}: keys are SECTION.KEY; this command reads section "
+                              f"{section} (e.g. --set {section}.{key}=...)")
+        if head not in sections:
+            raise ConfigError(f"--set {redact_text(item)!r}: unknown config section {head!r}"
+                              f"{_suggest(head, sections)}; this command reads section {section}")
+        if head != section:
+            raise ConfigError(f"--set {redact_text(item)!r}: this command reads only section {section}; "
+                              f"{head}.* is not used here")
 
 
 CONFIG = typed.Rules(error=ConfigError, label="config key", unknown_keys_are_errors=True)

@@ -16,7 +16,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("configuration")
     group.add_argument("--config", metavar="FILE", help="YAML file layered over conf/bigtrain.yaml")
     group.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
-                       help="override one config key, e.g. --set train.momentum=0.8 (repeatable)")
+                       help="override one key of this command's config section (named below), as SECTION.KEY=VALUE; "
+                            "repeatable; a key of another section is an error")
 
 
 def add_snapshot_flags(parser: argparse.ArgumentParser, section: str) -> None:

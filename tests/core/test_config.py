@@ -108,3 +108,42 @@ def test_train_job_names_a_missing_dataset(tmp_path, capsys):
 def test_exponent_numbers_that_yaml_reads_as_strings_are_numbers(text, number):
     parsed = parse_overrides([f"ratio={text}"])["ratio"]
     assert from_dict(Outer, {**GOOD, "ratio": parsed}, prefix="s").ratio == number
+
+
+def test_a_set_without_a_section_is_an_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"--set 'epochs=1': keys are SECTION\.KEY.*--set train\.epochs"):
+        load_section("train", TrainConfig, overrides=["epochs=1"])
+
+
+def test_a_set_for_a_section_the_command_does_not_read_is_an_error():
+    with pytest.raises(ConfigError, match=r"reads only section preprocess_images; train\.\* is not used here"):
+        load_section("preprocess_images", PreprocessImagesConfig, overrides=["train.momentum=0.8"])
+    with pytest.raises(ConfigError, match=r"unknown config section 'trian' \(did you mean 'train'\?\)"):
+        load_section("train", TrainConfig, overrides=["trian.epochs=1"])
+
+
+def test_a_config_file_with_a_misspelt_section_or_key_is_an_error(tmp_path):
+    user = tmp_path / "user.yaml"
+    user.write_text("trian:\n  epochs: 1\n")
+    with pytest.raises(ConfigError, match=r"user\.yaml: unknown config section 'trian' \(did you mean 'train'\?\)"):
+        load_section("train", TrainConfig, config_file=str(user))
+    user.write_text("train:\n  epochs: 1\npreprocess_images:\n  image_sise: 8\n")  # another command's section
+    with pytest.raises(ConfigError, match=r"unknown config key preprocess_images\.image_sise .*'image_size'"):
+        load_section("train", TrainConfig, config_file=str(user))
+    user.write_text("train:\n  epochs: 1\npreprocess_images:\n  image_size: 8\n")  # a shared file is fine
+    assert load_section("train", TrainConfig, config_file=str(user)).epochs == 1
+
+
+def test_broken_yaml_is_one_line_naming_file_and_line(tmp_path):
+    user = tmp_path / "broken.yaml"
+    user.write_text("train:\n  epochs: 1\n   lr: [0.1\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml is not valid YAML at line 3"):
+        load_section("train", TrainConfig, config_file=str(user))
+
+
+def test_the_train_job_refuses_a_set_without_section_with_exit_2(tmp_path, capsys):
+    from jobs.train import main
+
+    assert main(["--data", str(tmp_path), "--output", str(tmp_path / "m"), "--set", "epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert "--set 'epochs=1'" in err and "train.epochs" in err and "Traceback" not in err
