@@ -3,7 +3,7 @@
 The rule (README "Production"): 0 done, or nothing to do; 1 the data, a checkpoint or a stage failed (the
 message names the file); 2 the command line, a config key, a pipeline file or the launch is wrong (the message
 names the flag or key); 3 more input rejected than max_reject_fraction allows (nothing committed); 75 another run
-holds the lock (EX_TEMPFAIL: try again later). ``jobs.common.run_main`` turns a BigtrainError into its message
+holds the lock (EX_TEMPFAIL: try again later); 130 interrupted (Ctrl-C). ``jobs.common.run_main`` turns a BigtrainError into its message
 and ``exit_code``; anything else keeps its traceback.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ EXIT_FAILED = 1        # a dataset is missing, damaged or refused; a checkpoint 
 EXIT_USAGE = 2         # a flag, config key, pipeline file or launch is wrong
 EXIT_REJECTS = 3       # more input rejected than max_reject_fraction allows: nothing committed
 EXIT_LOCKED = 75       # another run holds the lock (EX_TEMPFAIL: try again later)
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT), as shells report it
 
 
 class BigtrainError(Exception):

@@ -9,7 +9,7 @@ import time
 from typing import Callable
 
 from core import locking
-from core.errors import EXIT_OK, EXIT_REJECTS, BigtrainError, UsageError
+from core.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTS, BigtrainError, UsageError
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -54,16 +54,24 @@ def positive_float(flag: str, *, allow_zero: bool = False) -> Callable[[str], fl
     return parse
 
 
-def run_main(body: Callable[[], int]) -> int:
+def run_main(body: Callable[[], int], *, on_interrupt: str = "") -> int:
     """Run a job body. A BigtrainError ends in one clear line and its exit code (core.errors: 2 configuration,
     usage and launch errors; 1 a dataset missing, incomplete or read short, a checkpoint altered or foreign, a
     lost peer; 3 more rejected input than max_reject_fraction allows, nothing committed; 75 a lock held by another
-    run). Anything else keeps its traceback."""
+    run; 130 Ctrl-C, with ``on_interrupt`` saying what the user can do next). A reader of the output that went away
+    (``| head``) ends the command quietly. Anything else keeps its traceback."""
     try:
         return body()
     except BigtrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"\ninterrupted{': ' + on_interrupt if on_interrupt else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Python would print another BrokenPipeError when it flushes stdout at exit; point stdout at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def format_summary(summary: dict, *, job: str, unit: str) -> str:

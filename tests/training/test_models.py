@@ -26,6 +26,23 @@ def test_build_model_follows_the_dataset_kind():
         build_model("auto", dataset=dataclasses.replace(spec, kind="text"), config=config)
 
 
+def test_a_model_for_the_other_kind_of_dataset_is_a_config_error_naming_the_key():
+    from core.config import load_section
+    from core.errors import ConfigError
+    from dataset.manifest import SequenceSpec
+    from training.config import TrainConfig
+
+    config = load_section("train", TrainConfig)
+    images = DatasetSpec("image", ["a", "b"], image=ImageSpec(size=12, channels=1, codec="png", shape=[12, 12]))
+    with pytest.raises(ConfigError, match=r"train\.model \(--model\): lstm needs a sequence dataset, this one is an "
+                                          r"image dataset \(use cnn, or auto\)"):
+        build_model("lstm", dataset=images, config=config)
+    texts = DatasetSpec("sequence", ["a", "b"], sequence=SequenceSpec(vocab_size=10, token_dtype="<u2", max_length=5,
+                                                                      tokenizer="word"))
+    with pytest.raises(ConfigError, match=r"cnn needs an image dataset, this one is a sequence dataset"):
+        build_model("cnn", dataset=texts, config=config)
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_padding_does_not_change_a_prediction(cell, bidirectional):

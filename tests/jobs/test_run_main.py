@@ -1,0 +1,57 @@
+"""How every command ends (jobs.common.run_main): one line and an exit code, never a traceback for the usual cases."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from core.errors import EXIT_INTERRUPTED, ConfigError
+from jobs.common import run_main
+from tests.conftest import REPO, subprocess_env
+
+
+def test_a_bigtrain_error_is_one_line_and_its_exit_code(capsys):
+    def body() -> int:
+        raise ConfigError("config key train.lr: must be positive")
+
+    assert run_main(body) == 2
+    assert capsys.readouterr().err == "error: config key train.lr: must be positive\n"
+
+
+def test_ctrl_c_is_one_line_saying_what_to_do_next(capsys):
+    def body() -> int:
+        raise KeyboardInterrupt
+
+    assert run_main(body, on_interrupt="the same command resumes it") == EXIT_INTERRUPTED == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted: the same command resumes it" and "Traceback" not in err
+
+
+def test_output_piped_into_head_ends_quietly():
+    code = ("import sys; from jobs.common import run_main\n"
+            "def body():\n    for _ in range(10000):\n        print('x' * 1000)\n    return 0\n"
+            "sys.exit(run_main(body))")
+    job = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    assert len(job.stdout.read(10)) == 10
+    job.stdout.close()  # what `| head` does after its lines
+    err = job.stderr.read().decode()
+    assert job.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_train_ctrl_c_says_the_run_is_resumable(tmp_path):
+    """A real SIGINT to `bigtrain train` while it waits: one line naming the output folder, exit 130."""
+    import signal
+    import time
+
+    code = ("import sys, time\nimport jobs.train as t\n"
+            "t.run = lambda args: (print('ready', flush=True), time.sleep(60))[1]\n"
+            f"sys.exit(t.main(['--data', 'd', '--output', {str(tmp_path / 'm')!r}]))")
+    job = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    assert job.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    job.send_signal(signal.SIGINT)
+    err = job.stderr.read()
+    assert job.wait(timeout=60) == 130
+    assert "Traceback" not in err and f"the run is resumable: the same command resumes it from the last checkpoint " \
+           f"in {tmp_path / 'm'}" in err, err
