@@ -1,7 +1,7 @@
 """Secrets in configs never reach what bigtrain stores, logs or prints."""
 import pytest
 
-from core.config import parse_overrides, from_dict
+from core.config import from_dict, parse_overrides
 from core.errors import ConfigError
 from core.redact import REDACTED, redact, redact_argv, sensitive
 
