@@ -50,10 +50,12 @@ def train_epoch(trainer, progress: Progress, commit=None) -> dict[str, float]:
         group_start = index - index % k
         group_size = min(k, steps - group_start)
         last_of_group = index + 1 == group_start + group_size
-        loss, hits = forward_backward(trainer, inputs, y, group_size, sync=last_of_group)
-        on_device[0] += loss.double() * len(y)
+        # The shard's own rows come first, padding after: metrics count the real rows only.
+        real = max(0, min(len(y), plan.local_rows - index * config.batch_size))
+        loss_sum, hits = forward_backward(trainer, inputs, y, group_size, sync=last_of_group, real=real)
+        on_device[0] += loss_sum.double()
         on_device[1] += hits
-        on_device[2] += len(y)
+        on_device[2] += real
         progress.step = index + 1
         if last_of_group:
             optimizer_step(trainer, lr=trainer.peak_lr * lr_factor(config, progress.epoch + progress.step / steps))
@@ -104,20 +106,24 @@ def _epoch_metrics(trainer, progress: Progress, local: torch.Tensor, base: torch
             "samples_per_second": round(float(totals[2] - base[2]) / seconds, 1) if seconds > 0 else None}
 
 
-def forward_backward(trainer, inputs, y, group_size: int, *, sync: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch's loss and gradients; returns the loss and the count of correct predictions as tensors on the
-    device (reading them here would make the host wait for the GPU). The loss is divided by the batches per
-    optimizer step, so k accumulated batches of b rows give the gradient of one batch of k*b rows."""
+def forward_backward(trainer, inputs, y, group_size: int, *, sync: bool,
+                     real: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's loss and gradients; returns the summed loss and the count of correct predictions of its first
+    ``real`` rows (default all; the rest pad a short shard: they are trained on, so that every rank takes the same
+    steps, but not counted in the metrics), as tensors on the device (reading them here would make the host wait
+    for the GPU). The loss is divided by the batches per optimizer step, so k accumulated batches of b rows give the
+    gradient of one batch of k*b rows."""
     inputs = to_device(inputs, trainer.device, trainer.batches.host_inputs)
     y = y.to(trainer.device, non_blocking=True)
+    real = len(y) if real is None else real
     with contextlib.ExitStack() as stack:
         if not sync:
             stack.enter_context(trainer.dist.no_sync(trainer.model))  # DDP: allreduce only on the group's last pass
         with trainer.precision.context(trainer.device):
             logits = trainer.model(*inputs)
-            loss = F.cross_entropy(logits, y)
-        trainer.scaler.scale(loss / group_size).backward()
-    return loss.detach(), (logits.argmax(1) == y).sum()
+            per_row = F.cross_entropy(logits, y, reduction="none")
+        trainer.scaler.scale(per_row.mean() / group_size).backward()
+    return per_row[:real].detach().float().sum(), (logits[:real].argmax(1) == y[:real]).sum()
 
 
 def optimizer_step(trainer, *, lr: float) -> None:
