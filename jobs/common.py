@@ -9,6 +9,8 @@ import time
 from typing import Callable
 
 from core import locking
+from core.paths import filesystem
+from dataset import layout
 from core.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTS, BigtrainError, UsageError
 
 
@@ -145,6 +147,29 @@ def _as_folder(url: str) -> str:
     return url.rstrip("/") + "/"
 
 
+# What a folder holds, by the names its writer leaves there (tests/jobs/test_outputs.py checks them against the
+# writers): one command's output is never written into another's.
+OUTPUT_MARKERS = {
+    "bigtrain dataset": (layout.SNAPSHOTS_DIR, layout.METADATA_FILE),
+    "training output": ("checkpoint.pt", "metrics.json", "checkpoints"),   # training.checkpoint, training.trainer
+    "prediction output": ("_predict.json",),                               # jobs.predict.SUMMARY_FILE
+}
+
+
+def check_output_kind(output_url: str, *, writes: str, flag: str = "--output") -> None:
+    """A UsageError naming the flag and what is there when ``output_url`` holds another command's output (a model
+    folder given to a preprocessing job, a dataset given to training, ...); ``writes`` is what this command writes,
+    a key of OUTPUT_MARKERS."""
+    fs, path = filesystem(output_url)
+    if not layout.exists(fs, path, output_url) or not fs.isdir(path):
+        return
+    for kind, names in OUTPUT_MARKERS.items():
+        found = [name for name in names if fs.exists(path.rstrip("/") + "/" + name)]
+        if kind != writes and found:
+            raise UsageError(f"{flag} {output_url} holds a {kind} ({found[0]} is there); this command writes a "
+                             f"{writes}: give another folder")
+
+
 def run_preprocessing(*, job: str, unit: str, master: str | None, spark_conf: dict[str, str], input_url: str,
                       output_url: str, body: Callable[..., dict]) -> int:
     """The shared life of a preprocessing job: input and output kept apart, a session, the storage checks,
@@ -153,6 +178,7 @@ def run_preprocessing(*, job: str, unit: str, master: str | None, spark_conf: di
     from pipelines import storage  # pyspark
 
     check_apart(input_url, output_url)
+    check_output_kind(output_url, writes="bigtrain dataset")
     with dataset_lock(output_url):
         spark = storage.build_spark(app_name=f"bigtrain-{job}", master=master, conf=spark_conf)
         try:

@@ -29,8 +29,10 @@ from pathlib import Path
 from core.config import load_section
 from core.errors import PeerLostError, UsageError
 from core.logs import setup_logging
+from core.paths import to_url
 from jobs.common import (
     add_config_flags,
+    check_output_kind,
     positive_float,
     positive_int,
     resolve_master,
@@ -132,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
              "weight_decay": args.weight_decay, "mixed_precision": args.mixed_precision,
              "early_stopping_patience": args.early_stopping_patience, "device": args.device}
     config = load_section("train", TrainConfig, config_file=args.config, overrides=args.overrides, flags=flags)
+    check_output_kind(to_url(args.output), writes="training output")
     if args.launcher == "spark":
         if args.elastic:
             raise UsageError("--elastic runs under horovodrun (--min-np/--max-np), not with --launcher spark")
