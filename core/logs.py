@@ -23,3 +23,13 @@ def setup_logging(*, quiet: bool = False, rank: int = 0) -> None:
     # warnings say nothing a bigtrain user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm(\.|$)")
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 rank``, ``2 ranks``, ``0 epochs``: a count with its noun in the right number."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def with_article(word: str) -> str:
+    """``an image``, ``a sequence``: the indefinite article for a word of bigtrain's messages."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"

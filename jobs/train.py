@@ -28,7 +28,7 @@ from pathlib import Path
 
 from core.config import load_section
 from core.errors import PeerLostError, UsageError
-from core.logs import setup_logging
+from core.logs import counted, setup_logging
 from core.paths import to_url
 from jobs.common import (
     add_config_flags,
@@ -160,9 +160,9 @@ def run(args: argparse.Namespace) -> int:
 
 def report(metrics: dict, output: str) -> None:
     accuracy = "n/a" if metrics["test_accuracy"] is None else f"{metrics['test_accuracy']:.4f}"
-    ranks = metrics["world_size"]
-    print(f"train: test accuracy {accuracy} on {metrics['test_rows']} rows ({ranks} rank{'s' if ranks != 1 else ''}, "
-          f"{metrics['epochs_completed']} epochs); outputs in {output}")
+    print(f"train: test accuracy {accuracy} on {counted(metrics['test_rows'], 'row')} "
+          f"({counted(metrics['world_size'], 'rank')}, {counted(metrics['epochs_completed'], 'epoch')}); "
+          f"outputs in {output}")
 
 
 def run_spark(args: argparse.Namespace, config) -> int:

@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from core.errors import ConfigError
+from core.logs import with_article
 from dataset.manifest import DatasetSpec
 
 RNN_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -79,16 +80,16 @@ def build_model(name: str, *, dataset: DatasetSpec, config) -> nn.Module:
     name = resolve_model_name(name, kind)
     if name in RNN_CELLS:
         if kind != "sequence":
-            raise ConfigError(f"config key train.model (--model): {name} needs a sequence dataset, this one is an "
-                              f"{kind} dataset (use cnn, or auto)")
+            raise ConfigError(f"config key train.model (--model): {name} needs a sequence dataset, this one is "
+                              f"{with_article(kind)} dataset (use cnn, or auto)")
         r = config.rnn
         return RNNClassifier(cell=name, vocab_size=dataset.sequence.vocab_size,
                              num_classes=len(dataset.classes), embed_dim=r.embed_dim, hidden=r.hidden,
                              layers=r.layers, bidirectional=r.bidirectional, dropout=r.dropout)
     if name == "cnn":
         if kind != "image":
-            raise ConfigError(f"config key train.model (--model): cnn needs an image dataset, this one is a {kind} "
-                              f"dataset (use {', '.join(RNN_CELLS)}, or auto)")
+            raise ConfigError(f"config key train.model (--model): cnn needs an image dataset, this one is "
+                              f"{with_article(kind)} dataset (use {', '.join(RNN_CELLS)}, or auto)")
         image = dataset.image
         return CNN(in_channels=image.channels, image_size=image.size, num_classes=len(dataset.classes),
                    conv_channels=tuple(config.cnn.conv_channels), hidden=config.cnn.hidden, dropout=config.cnn.dropout)

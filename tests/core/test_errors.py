@@ -33,3 +33,11 @@ def test_other_exceptions_keep_their_traceback():
 def test_the_codes_are_the_documented_ones():
     assert (errors.EXIT_OK, errors.EXIT_FAILED, errors.EXIT_USAGE, errors.EXIT_REJECTS, errors.EXIT_LOCKED) == (
         0, 1, 2, 3, 75)
+
+
+def test_counts_and_articles_read_as_english():
+    from core.logs import counted, with_article
+
+    assert [counted(n, "rank") for n in (0, 1, 2)] == ["0 ranks", "1 rank", "2 ranks"]
+    assert counted(1, "class", "classes") == "1 class" and counted(3, "class", "classes") == "3 classes"
+    assert with_article("image") == "an image" and with_article("sequence") == "a sequence"
