@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ TMP_SUFFIX = ".tmp"
 
 
 def tmp_name(name: str) -> str:
-    """The temporary name a file is written under: hidden and ending in .tmp, so listings and manifests skip it."""
+    """The temporary name a file is written under: hidden and ending in .tmp, so listings and manifests skip it
+    (``write_bytes`` adds the writer's pid and a random part to ``name``, so two writers never share one)."""
     return f".{name}{TMP_SUFFIX}"
 
 
@@ -27,12 +29,16 @@ def write_bytes(target: str | Path, data: bytes) -> None:
             fh.write(data)
         return
     path = Path(local)
-    tmp = path.with_name(tmp_name(path.name))
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(tmp_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}"))  # one per writer
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the old file stays as it was, and no half-written one is left beside it
+        raise
     _fsync_folder(path.parent)
 
 
