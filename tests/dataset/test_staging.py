@@ -232,3 +232,15 @@ def test_inputs_parquet_is_written_atomically(tmp_path, monkeypatch):
         snapshots.write_inputs(url, {"b.png": ("file:/b.png", 3, 4)})
     assert snapshots.read_inputs(url) == {"a.png": ("file:/a.png", 1, 2)}
     assert os.listdir(tmp_path) == [layout.INPUTS_FILE]
+
+
+def test_datasets_list_marks_a_damaged_manifest_and_leaves_out_foreign_folders(tmp_path, capsys):
+    from jobs.datasets import main as datasets
+
+    ds = to_url(str(tmp_path / "ds"))
+    first, second = committed(ds), committed(ds)
+    plant(ds, "pinned-for-paper", metadata=(tmp_path / "ds" / "snapshots" / first / "metadata.json").read_bytes())
+    (tmp_path / "ds" / "snapshots" / second / "metadata.json").write_text("{")
+    assert datasets(["list", str(tmp_path / "ds")]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[:2] for line in lines] == [["*", first], [second, "(damaged"]]
