@@ -193,8 +193,10 @@ class SnapshotScan:
     foreign: list[str]      # not named like a bigtrain id: never read, never removed
 
 
-def scan_snapshots(dataset_url: str) -> SnapshotScan:
-    """What each folder under ``<dataset>/snapshots/`` is; hidden (``.``, ``_``) entries and files are skipped."""
+def scan_snapshots(dataset_url: str, *, parse_all: bool = False) -> SnapshotScan:
+    """What each folder under ``<dataset>/snapshots/`` is; hidden (``.``, ``_``) entries and files are skipped.
+    Manifests are parsed from the newest down to the first that reads (the current snapshot), or all of them with
+    ``parse_all`` (verify, datasets list): an older damaged one otherwise counts as committed until it is read."""
     url = join(dataset_url, SNAPSHOTS_DIR)
     fs, path = filesystem(url)
     scan = SnapshotScan([], [], [], [])
@@ -213,28 +215,35 @@ def scan_snapshots(dataset_url: str) -> SnapshotScan:
                       "reads it nor removes it", join(url, name))
             scan.foreign.append(name)
             continue
-        state = _manifest_state(fs, entry["name"].rstrip("/") + "/" + METADATA_FILE, join(url, name, METADATA_FILE))
-        {"committed": scan.committed, "missing": scan.uncommitted, "damaged": scan.damaged}[state].append(name)
+        manifest_url = join(url, name, METADATA_FILE)
+        (scan.committed if exists(fs, filesystem(manifest_url)[1], manifest_url) else scan.uncommitted).append(name)
+    current_found = False
+    for name in reversed(list(scan.committed)):
+        if current_found and not parse_all:
+            break
+        if _parses(fs, join(url, name, METADATA_FILE)):
+            current_found = True
+        else:
+            scan.committed.remove(name)
+            scan.damaged.insert(0, name)
     return scan
 
 
-def _manifest_state(fs, path: str, url: str) -> str:
-    """``committed`` (a JSON object), ``missing``, or ``damaged`` (warned about once, naming the file)."""
+def _parses(fs, url: str) -> bool:
+    """Whether a metadata.json holds a JSON object; a damaged one is warned about once, naming the file."""
     try:
-        data = fs.cat_file(path)
-    except FileNotFoundError:
-        return "missing"
+        data = fs.cat_file(filesystem(url)[1])
     except Exception as exc:  # botocore errors too, as in exists
         raise storage_error(url, exc) from exc
     try:
         if isinstance(json.loads(data.decode("utf-8")), dict):
-            return "committed"
+            return True
         problem = "it is not a JSON object"
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         problem = f"it is not valid JSON ({exc})"
     warn_once("%s is damaged: %s; the snapshot counts as uncommitted and no reader opens it (run `bigtrain verify`)",
               url, problem)
-    return "damaged"
+    return False
 
 
 def snapshot_ids(dataset_url: str) -> tuple[list[str], list[str]]:

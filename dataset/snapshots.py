@@ -297,7 +297,7 @@ def read_inputs(snapshot_url: str) -> dict[str, tuple[str, int, int]]:
 def _unfinished(url: str) -> tuple[bool, list[Problem]]:
     """(whether ``url`` has a committed snapshot, a problem per damaged metadata.json and, when none is committed,
     per uncommitted folder). A snapshot folder has no snapshots/ of its own: (False, [])."""
-    scan = layout.scan_snapshots(url)
+    scan = layout.scan_snapshots(url, parse_all=True)
     where = f"{layout.SNAPSHOTS_DIR}/{{}}/{layout.METADATA_FILE}"
     problems = [Problem(url, f"{where.format(sid)} is damaged (not a JSON object): that snapshot counts as "
                              "uncommitted; restore the file or remove the folder") for sid in scan.damaged]

@@ -47,7 +47,7 @@ def dataset_and_snapshot(url: str) -> tuple[str, str | None]:
 
 def list_snapshots(dataset: str) -> int:
     url, given = dataset_and_snapshot(to_url(dataset))
-    scan = layout.scan_snapshots(url)
+    scan = layout.scan_snapshots(url, parse_all=True)
     committed, uncommitted = scan.committed, sorted(scan.uncommitted + scan.damaged)
     if given is not None and given not in committed + uncommitted:
         raise DatasetError(f"{dataset}: no snapshot {given} in {url}")

@@ -244,3 +244,14 @@ def test_datasets_list_marks_a_damaged_manifest_and_leaves_out_foreign_folders(t
     assert datasets(["list", str(tmp_path / "ds")]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
     assert [line.split()[:2] for line in lines] == [["*", first], [second, "(damaged"]]
+
+
+def test_readers_parse_only_the_current_manifest_and_verify_parses_every_one(tmp_path):
+    ds = to_url(str(tmp_path / "ds"))
+    first, second = committed(ds), committed(ds)
+    (tmp_path / "ds" / "snapshots" / first / "metadata.json").write_text("[]")
+    assert layout.snapshot_ids(ds) == ([first, second], [])  # readers open the current one, which reads
+    assert layout.scan_snapshots(ds, parse_all=True).damaged == [first]
+    assert [str(p) for p in snapshots.verify(ds)[2]] == [
+        f"{ds}: snapshots/{first}/metadata.json is damaged (not a JSON object): that snapshot counts as uncommitted; "
+        "restore the file or remove the folder"]
