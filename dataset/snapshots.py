@@ -125,6 +125,7 @@ def list_files(snapshot_url: str) -> tuple[dict[str, FileEntry], dict[str, str]]
     full = {rel: root.rstrip("/") + "/" + rel for rel in sizes}
     with ThreadPoolExecutor(max_workers=8) as pool:  # I/O bound; hashlib releases the GIL
         digests = dict(zip(sizes, pool.map(lambda rel: sha256_of(fs, full[rel]), sizes)))
+    atomic.make_durable(snapshot_url, sorted(sizes))  # on disk before the manifest that names them
     files: dict[str, FileEntry] = {}
     fingerprints: dict[str, str] = {}
     for rel in sorted(sizes):

@@ -255,3 +255,23 @@ def test_readers_parse_only_the_current_manifest_and_verify_parses_every_one(tmp
     assert [str(p) for p in snapshots.verify(ds)[2]] == [
         f"{ds}: snapshots/{first}/metadata.json is damaged (not a JSON object): that snapshot counts as uncommitted; "
         "restore the file or remove the folder"]
+
+
+def test_commit_makes_every_file_durable_before_the_manifest(tmp_path, monkeypatch):
+    import os
+
+    ds = to_url(str(tmp_path / "ds"))
+    sid, url = snapshots.begin(ds)
+    for split, n in ROWS.items():
+        write_rows(join(url, split), n)
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda src, dst: (events.append(("replace", str(dst))), real_replace(src, dst)))
+    snapshots.commit(url, draft(sid, ROWS))
+    folder = tmp_path / "ds" / "snapshots" / sid
+    commit_at = events.index(("replace", str(folder / layout.METADATA_FILE)))
+    synced = {path for what, path in events[:commit_at] if what == "fsync"}
+    wanted = {str(folder / split / "part-00000.parquet") for split in ROWS} | {str(folder / s) for s in ROWS}
+    assert wanted <= synced and str(folder) in synced
