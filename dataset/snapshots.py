@@ -11,6 +11,7 @@ A staging folder that never committed is removed by a later ``begin`` only when 
 (``layout.abandoned``): its marker names a process of this host that is gone (or this very process), or another
 host and is older than ``BIGTRAIN_STAGING_MAX_AGE_HOURS`` (default 24). Every other folder stays, logged: a live
 writer's, one without a marker, one with a damaged metadata.json, and any folder not named like a bigtrain id.
+One process runs one job at a time: two threads of one process writing one dataset are not told apart.
 
 Two writers. On a local folder the jobs hold ``<dataset>/.bigtrain.lock``, so there is one writer at a time. On
 object storage and HDFS there is no such lock (the pipeline runner's lock covers one machine), and this is what
