@@ -252,9 +252,9 @@ def test_readers_parse_only_the_current_manifest_and_verify_parses_every_one(tmp
     (tmp_path / "ds" / "snapshots" / first / "metadata.json").write_text("[]")
     assert layout.snapshot_ids(ds) == ([first, second], [])  # readers open the current one, which reads
     assert layout.scan_snapshots(ds, parse_all=True).damaged == [first]
-    assert [str(p) for p in snapshots.verify(ds)[2]] == [
-        f"{ds}: snapshots/{first}/metadata.json is damaged (not a JSON object): that snapshot counts as uncommitted; "
-        "restore the file or remove the folder"]
+    damaged = (f"{ds}: snapshots/{first}/metadata.json is damaged (not a JSON object): that snapshot counts as "
+               "uncommitted; restore the file or remove the folder")
+    assert [str(p) for p in snapshots.verify(ds)[2]] == [damaged]
 
 
 def test_commit_makes_every_file_durable_before_the_manifest(tmp_path, monkeypatch):
