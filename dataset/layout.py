@@ -13,13 +13,27 @@ A dataset is a folder of immutable snapshots; each job run writes a new one and 
     <dataset>/snapshots/<id>/vocab.json      sequence datasets: the tokens in id order (0 padding, 1 unknown)
     <dataset>/snapshots/<id>/inputs.parquet  the input files the snapshot holds (path, size, modification time)
 
-A snapshot folder without metadata.json is uncommitted (being written, or left by a job that died) and no reader
-opens it. Readers take either the dataset folder (its current snapshot) or one snapshot folder (pinned).
+Only folders named like bigtrain's ids (``SNAPSHOT_ID``: ``<6-digit sequence>-<UTC time>``) are snapshots; any other
+folder under ``snapshots/`` (a user's ``pinned-for-paper/`` copy) is foreign: never read, never current, never
+removed. A snapshot folder without metadata.json is uncommitted (being written, or left by a job that died; the
+job's staging marker ``.bigtrain-staging`` says who wrote it), and so is one whose metadata.json is not a JSON
+object (truncated or damaged): no reader opens either. Readers take either the dataset folder (its current
+snapshot) or one snapshot folder (pinned).
+
+Staging markers (JSON: host, pid, the pid's boot and namespace, process start, time begun) tell a later run whether
+an uncommitted folder is provably abandoned (``abandoned``): for a writer of this host, by whether its process is
+gone; for any other, by the marker being older than ``BIGTRAIN_STAGING_MAX_AGE_HOURS`` hours (default 24, by the
+writer's clock: set it above the longest job, and mind clock skew between hosts).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import socket
+import time
+from dataclasses import dataclass
 
 from core import atomic
 from core.errors import DatasetError
@@ -32,6 +46,12 @@ SNAPSHOTS_DIR = "snapshots"
 INPUTS_FILE = "inputs.parquet"
 FORMAT_VERSION = 2
 SPLITS = ("train", "validation", "test")  # every dataset has these three, in this order (a split may be empty)
+SNAPSHOT_ID = re.compile(r"^(\d{6})-\d{8}T\d{6}Z$")  # <sequence>-<UTC time>: the only names that are snapshots
+STAGING_MARKER = ".bigtrain-staging"  # written by snapshots.begin in each staging folder (hidden: no manifest lists it)
+STAGING_MAX_AGE_HOURS = 24.0  # default of BIGTRAIN_STAGING_MAX_AGE_HOURS: another host's staging folder older is abandoned
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # what was already warned about in this process (listings are repeated in one run)
 
 
 def validate_fractions(fractions: dict[str, float], key: str = "splits") -> None:
@@ -56,8 +76,89 @@ def read_vocabulary(dataset_url: str) -> list[str]:
     fs, path = filesystem(url)
     if not fs.exists(path):
         raise DatasetError(f"{url} not found: a sequence dataset keeps its vocabulary there")
-    with fs.open(path, "r") as fh:
-        return json.load(fh)
+    with fs.open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        return json.loads(data.decode("utf-8"))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError (a truncated multi-byte letter)
+        raise DatasetError(f"{url} is not valid JSON: {exc}") from None
+
+
+def write_staging_marker(snapshot_url: str) -> None:
+    """Mark a staging folder as this process's (``snapshots.begin``): who writes it and since when."""
+    atomic.write_json(join(snapshot_url, STAGING_MARKER), {**writer_identity(), "started": time.time()})
+
+
+def read_staging_marker(url: str) -> dict | None:
+    """The staging marker of a snapshot folder; None when it is missing or damaged."""
+    fs, path = filesystem(join(url, STAGING_MARKER))
+    try:
+        data = json.loads(fs.cat_file(path).decode("utf-8"))
+    except (OSError, ValueError):  # missing (FileNotFoundError), unreadable or damaged
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("started"), (int, float)) else None
+
+
+def writer_identity() -> dict[str, object]:
+    """Who writes a staging folder: host name, pid, the process's start time, and the boot and pid namespace in
+    which that pid means something (empty where /proc is missing)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_space": _pid_space(),
+            "process_started": process_start(os.getpid())}
+
+
+def _pid_space() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return f"{fh.read().strip()}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> int | None:
+    """Clock ticks after boot when ``pid`` started (Linux), None when unknown: tells a reused pid from its first."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def staging_max_age_s() -> float:
+    """BIGTRAIN_STAGING_MAX_AGE_HOURS (default STAGING_MAX_AGE_HOURS) in seconds."""
+    value = os.environ.get("BIGTRAIN_STAGING_MAX_AGE_HOURS", str(STAGING_MAX_AGE_HOURS))
+    try:
+        hours = float(value)
+    except ValueError:
+        hours = -1.0
+    if not hours > 0:
+        raise DatasetError(f"BIGTRAIN_STAGING_MAX_AGE_HOURS={value!r}: expected a number of hours above 0")
+    return hours * 3600
+
+
+def abandoned(marker: dict, now: float) -> str | None:
+    """Why the writer of a staging marker is provably gone, or None when it may still be writing. A writer of this
+    host (same boot and pid namespace) is judged by its pid, any other by the marker's age."""
+    me = writer_identity()
+    if (marker.get("host"), marker.get("pid_space")) != (me["host"], me["pid_space"]):
+        age = now - marker["started"]
+        if age > staging_max_age_s():
+            return f"begun on {marker.get('host')} {age / 3600:.1f} h ago, more than BIGTRAIN_STAGING_MAX_AGE_HOURS"
+        return None
+    pid = marker.get("pid")
+    if pid == me["pid"]:
+        return "left by an earlier run of this process (or by a process gone since that had its pid)"
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"its writer, pid {pid} on this host, is gone"
+    except PermissionError:
+        pass  # alive, another user's
+    started = marker.get("process_started")
+    if started is not None and process_start(pid) not in (None, started):
+        return f"its writer, pid {pid} on this host, is gone (the pid is another process's now)"
+    return None
 
 
 def exists(fs, path: str, url: str) -> bool:
@@ -65,27 +166,91 @@ def exists(fs, path: str, url: str) -> bool:
     names the URL and says where the settings come from."""
     try:
         return fs.exists(path)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read {url}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - botocore's errors do not derive from OSError
-        raise DatasetError(f"cannot read {url}: {type(exc).__name__}: {exc} (object storage endpoint and credentials "
-                           "come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION)"
-                           ) from exc
+    except Exception as exc:  # botocore's errors do not derive from OSError
+        raise storage_error(url, exc) from exc
+
+
+def storage_error(url: str, exc: Exception) -> DatasetError:
+    if isinstance(exc, (OSError, ValueError)):
+        return DatasetError(f"cannot read {url}: {exc}")
+    return DatasetError(f"cannot read {url}: {type(exc).__name__}: {exc} (object storage endpoint and credentials "
+                        "come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION)")
+
+
+def warn_once(message: str, *args) -> None:
+    key = message % args
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)
+
+
+@dataclass(frozen=True)
+class SnapshotScan:
+    """The folders under ``<dataset>/snapshots/``, each list oldest first (ids sort in creation order)."""
+    committed: list[str]    # metadata.json holds a JSON object
+    uncommitted: list[str]  # no metadata.json: being written, or left by a job that died
+    damaged: list[str]      # a metadata.json that does not parse (truncated, garbage): not committed either
+    foreign: list[str]      # not named like a bigtrain id: never read, never removed
+
+
+def scan_snapshots(dataset_url: str, *, parse_all: bool = False) -> SnapshotScan:
+    """What each folder under ``<dataset>/snapshots/`` is; hidden (``.``, ``_``) entries and files are skipped.
+    Manifests are parsed from the newest down to the first that reads (the current snapshot), or all of them with
+    ``parse_all`` (verify, datasets list): an older damaged one otherwise counts as committed until it is read."""
+    url = join(dataset_url, SNAPSHOTS_DIR)
+    fs, path = filesystem(url)
+    scan = SnapshotScan([], [], [], [])
+    if not exists(fs, path, url):
+        return scan
+    try:
+        entries = fs.ls(path, detail=True)
+    except Exception as exc:  # botocore errors too, as in exists
+        raise storage_error(url, exc) from exc
+    for entry in sorted(entries, key=lambda e: e["name"]):
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith((".", "_")) or entry.get("type") != "directory":
+            continue
+        if not SNAPSHOT_ID.match(name):
+            warn_once("ignoring %s: not a bigtrain snapshot (ids look like 000001-20261129T020000Z); bigtrain never "
+                      "reads it nor removes it", join(url, name))
+            scan.foreign.append(name)
+            continue
+        manifest_url = join(url, name, METADATA_FILE)
+        (scan.committed if exists(fs, filesystem(manifest_url)[1], manifest_url) else scan.uncommitted).append(name)
+    current_found = False
+    for name in reversed(list(scan.committed)):
+        if current_found and not parse_all:
+            break
+        if _parses(fs, join(url, name, METADATA_FILE)):
+            current_found = True
+        else:
+            scan.committed.remove(name)
+            scan.damaged.insert(0, name)
+    return scan
+
+
+def _parses(fs, url: str) -> bool:
+    """Whether a metadata.json holds a JSON object; a damaged one is warned about once, naming the file."""
+    try:
+        data = fs.cat_file(filesystem(url)[1])
+    except Exception as exc:  # botocore errors too, as in exists
+        raise storage_error(url, exc) from exc
+    try:
+        if isinstance(json.loads(data.decode("utf-8")), dict):
+            return True
+        problem = "it is not a JSON object"
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        problem = f"it is not valid JSON ({exc})"
+    warn_once("%s is damaged: %s; the snapshot counts as uncommitted and no reader opens it (run `bigtrain verify`)",
+              url, problem)
+    return False
 
 
 def snapshot_ids(dataset_url: str) -> tuple[list[str], list[str]]:
-    """(committed, uncommitted) snapshot ids of a dataset folder, oldest first (ids sort in creation order)."""
-    url = join(dataset_url, SNAPSHOTS_DIR)
-    fs, path = filesystem(url)
-    if not exists(fs, path, url):
-        return [], []
-    committed, uncommitted = [], []
-    for entry in sorted(fs.ls(path, detail=False)):
-        name = entry.rstrip("/").rsplit("/", 1)[-1]
-        if name.startswith((".", "_")) or not fs.isdir(entry):
-            continue
-        (committed if fs.exists(entry.rstrip("/") + "/" + METADATA_FILE) else uncommitted).append(name)
-    return committed, uncommitted
+    """(committed, uncommitted) snapshot ids of a dataset folder, oldest first; a snapshot whose metadata.json is
+    damaged counts as uncommitted, and folders not named like an id are no snapshots (see ``scan_snapshots``)."""
+    scan = scan_snapshots(dataset_url)
+    return scan.committed, sorted(scan.uncommitted + scan.damaged)
 
 
 def resolve_snapshot(url: str) -> str:
@@ -95,13 +260,15 @@ def resolve_snapshot(url: str) -> str:
     fs, path = filesystem(join(url, METADATA_FILE))
     if exists(fs, path, join(url, METADATA_FILE)):
         return url
-    committed, uncommitted = snapshot_ids(url)
-    if committed:
-        return join(url, SNAPSHOTS_DIR, committed[-1])
-    if uncommitted:
-        raise DatasetError(f"{join(url, SNAPSHOTS_DIR, uncommitted[-1], METADATA_FILE)} not found: {url} has no "
-                           "committed snapshot, only uncommitted ones (a job is writing it, or died before its "
-                           "commit; rerun the job)")
+    scan = scan_snapshots(url)
+    if scan.committed:
+        return join(url, SNAPSHOTS_DIR, scan.committed[-1])
+    if scan.uncommitted or scan.damaged:
+        last = max(scan.uncommitted + scan.damaged)
+        state = "not found" if last in scan.uncommitted else "is damaged"
+        raise DatasetError(f"{join(url, SNAPSHOTS_DIR, last, METADATA_FILE)} {state}: {url} has no committed "
+                           "snapshot, only uncommitted ones (a job is writing it, or died before its commit; rerun "
+                           "the job)")
     return url  # not a dataset: dataset.manifest.read names the missing metadata.json
 
 

@@ -175,11 +175,12 @@ def read(snapshot_url: str) -> Manifest:
     if not layout.exists(fs, path, url):
         raise DatasetError(f"{url} not found: {snapshot_url} is not a bigtrain dataset "
                            "(write one with `bigtrain preprocess-images`), or its job did not finish")
-    with fs.open(path, "r") as fh:
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{url} is not valid JSON: {exc}") from None
+    with fs.open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError where a multi-byte letter was cut off
+        raise DatasetError(f"{url} is not valid JSON: {exc}") from None
     return Manifest.from_dict(data, where=url)
 
 

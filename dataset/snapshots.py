@@ -1,20 +1,42 @@
 """Committed, versioned dataset snapshots (no Spark): staging, the manifest written last, and its verification.
 
-A job writes into ``<dataset>/snapshots/<id>/`` (the staging folder) and commits by writing ``metadata.json`` there
-last, with every file of the snapshot (rows, bytes, sha256), the schema fingerprint of each split and the inputs it
-consumed. Until then no reader opens the folder; a job that dies leaves it uncommitted, and the next job removes it.
-``verify`` re-checks a committed snapshot against its manifest; readers run the same checks on what they read.
+A job writes into ``<dataset>/snapshots/<id>/`` (the staging folder, which ``begin`` creates with a hidden marker
+``.bigtrain-staging`` naming its writer: host, pid, start time) and commits by writing ``metadata.json`` there last,
+with every file of the snapshot (rows, bytes, sha256), the schema fingerprint of each split and the inputs it
+consumed. Until then no reader opens the folder. ``commit`` refuses when the marker is no longer this writer's or
+when a split's files do not hold the rows the job wrote. ``verify`` re-checks a committed snapshot against its
+manifest; readers run the same checks on what they read.
+
+A staging folder that never committed is removed by a later ``begin`` only when it is provably abandoned
+(``layout.abandoned``): its marker names a process of this host that is gone (or this very process), or another
+host and is older than ``BIGTRAIN_STAGING_MAX_AGE_HOURS`` (default 24). Every other folder stays, logged: a live
+writer's, one without a marker, one with a damaged metadata.json, and any folder not named like a bigtrain id.
+One process runs one job at a time: two threads of one process writing one dataset are not told apart.
+
+Two writers. On a local folder the jobs hold ``<dataset>/.bigtrain.lock``, so there is one writer at a time. On
+object storage and HDFS there is no such lock (the pipeline runner's lock covers one machine), and this is what
+is *not* promised when two jobs write one dataset at once:
+* Both may commit, as two snapshots; the current one is the higher id, which need not be the one that finished
+  last, and neither sees the other's inputs as its parent. Run one writer per dataset (one scheduler) there.
+* Both may pick the same id (listing and creating a folder is not atomic on an object store). The second marker
+  replaces the first, so the first writer's ``commit`` refuses; files of both in one split make the row cross-check
+  refuse the other commit. A writer whose files land after the other's commit leaves files that ``verify`` reports
+  as not in the manifest; it is not prevented.
+* A writer on another host that runs longer than the age limit (or whose clock is far off) can lose its staging
+  folder to another writer's ``begin``; its commit then refuses (marker missing).
+* Writes to object storage are whole objects (a reader never sees half of metadata.json); on HDFS and other
+  stores without atomic replace a crash mid-write can leave a damaged metadata.json, which counts as uncommitted.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from core import atomic
 from core.errors import DatasetError
 from core.paths import filesystem, join
 from dataset import layout, manifest
@@ -22,29 +44,46 @@ from dataset.manifest import FileEntry, Manifest
 
 log = logging.getLogger(__name__)
 
-_ID = re.compile(r"^(\d{6})-\d{8}T\d{6}Z$")
 AUTO_FULL_CHECK_BYTES = 1 << 30  # readers checksum every file they read up to this size (BIGTRAIN_VERIFY=auto)
 
 
 def new_snapshot_id(existing: list[str], now: float | None = None) -> str:
     """``<sequence>-<UTC time>``: sorts in creation order, and never repeats an id already used in the folder."""
-    numbers = [int(m.group(1)) for m in map(_ID.match, existing) if m]
+    numbers = [int(m.group(1)) for m in map(layout.SNAPSHOT_ID.match, existing) if m]
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     return f"{max(numbers, default=0) + 1:06d}-{stamp}"
 
 
 def begin(dataset_url: str) -> tuple[str, str]:
-    """Remove snapshots left uncommitted by earlier runs and create a new staging folder: (snapshot id, its URL)."""
-    committed, uncommitted = layout.snapshot_ids(dataset_url)
+    """Remove the abandoned staging folders of earlier runs and create a new one, marked as this process's:
+    (snapshot id, its URL)."""
+    scan = layout.scan_snapshots(dataset_url)
     fs, _ = filesystem(dataset_url)
-    for sid in uncommitted:
-        stale = join(dataset_url, layout.SNAPSHOTS_DIR, sid)
-        log.warning("removing uncommitted snapshot %s (left by a run that did not finish)", stale)
-        fs.rm(filesystem(stale)[1], recursive=True)
-    sid = new_snapshot_id(committed + uncommitted)
+    for sid in scan.uncommitted:
+        _remove_if_abandoned(fs, join(dataset_url, layout.SNAPSHOTS_DIR, sid))
+    sid = new_snapshot_id(scan.committed + scan.uncommitted + scan.damaged)
     url = join(dataset_url, layout.SNAPSHOTS_DIR, sid)
     fs.makedirs(filesystem(url)[1], exist_ok=True)
+    layout.write_staging_marker(url)
     return sid, url
+
+
+def _remove_if_abandoned(fs, url: str) -> None:
+    path = filesystem(url)[1]
+    marker = layout.read_staging_marker(url)
+    if marker is None:
+        layout.warn_once("leaving %s: uncommitted, and without a staging marker bigtrain can read, so not provably "
+                         "left by a bigtrain job; remove it by hand if it is no longer needed", url)
+        return
+    if fs.exists(path.rstrip("/") + "/" + layout.METADATA_FILE):  # damaged, or committed since the listing
+        return
+    reason = layout.abandoned(marker, time.time())
+    if reason is None:
+        log.warning("leaving uncommitted snapshot %s: its writer (pid %s on %s) may still be running", url,
+                    marker.get("pid"), marker.get("host"))
+        return
+    log.warning("removing uncommitted snapshot %s: %s", url, reason)
+    fs.rm(path, recursive=True)
 
 
 def sha256_of(fs, path: str) -> str:
@@ -87,6 +126,7 @@ def list_files(snapshot_url: str) -> tuple[dict[str, FileEntry], dict[str, str]]
     full = {rel: root.rstrip("/") + "/" + rel for rel in sizes}
     with ThreadPoolExecutor(max_workers=8) as pool:  # I/O bound; hashlib releases the GIL
         digests = dict(zip(sizes, pool.map(lambda rel: sha256_of(fs, full[rel]), sizes)))
+    atomic.make_durable(snapshot_url, sorted(sizes))  # on disk before the manifest that names them
     files: dict[str, FileEntry] = {}
     fingerprints: dict[str, str] = {}
     for rel in sorted(sizes):
@@ -102,12 +142,33 @@ def list_files(snapshot_url: str) -> tuple[dict[str, FileEntry], dict[str, str]]
 
 
 def commit(snapshot_url: str, draft: Manifest) -> Manifest:
-    """List the snapshot's files into ``draft`` and write it as the snapshot's metadata.json: the commit."""
+    """List the snapshot's files into ``draft`` and write it as the snapshot's metadata.json: the commit. Refused
+    when the staging folder is no longer this writer's, or a split's files hold other rows than ``draft`` says."""
+    _check_still_ours(snapshot_url)
     files, fingerprints = list_files(snapshot_url)
+    for split, held in rows_per_split(files).items():
+        wrote = draft.splits[split].rows if split in draft.splits else 0
+        if held != wrote:
+            raise DatasetError(f"{join(snapshot_url, split)}: the job wrote {wrote} rows to split {split}, its files "
+                               f"hold {held}: another writer or a lost write changed the snapshot; not committed")
     committed = draft.replace(files=files, schema_fingerprints=fingerprints)
     manifest.write(snapshot_url, committed)
     log.info("committed snapshot %s (%d files)", snapshot_url, len(files))
     return committed
+
+
+def _check_still_ours(snapshot_url: str) -> None:
+    marker, me = layout.read_staging_marker(snapshot_url), layout.writer_identity()
+    if marker is None or any(marker.get(k) != v for k, v in me.items()):
+        holder = "missing" if marker is None else f"pid {marker.get('pid')} on {marker.get('host')}"
+        raise DatasetError(f"{join(snapshot_url, layout.STAGING_MARKER)}: the staging folder is no longer this job's "
+                           f"(its marker: {holder}; this job: pid {me['pid']} on {me['host']}): another writer took "
+                           "it over or removed it; not committed")
+
+
+def rows_per_split(files: dict[str, FileEntry]) -> dict[str, int]:
+    """Rows the Parquet files of each split hold."""
+    return {split: sum(e.rows or 0 for rel, e in files.items() if rel.startswith(split + "/")) for split in layout.SPLITS}
 
 
 @dataclass(frozen=True)
@@ -210,7 +271,7 @@ def diff_inputs(previous: dict[str, tuple[int, int]], current: dict[str, tuple[i
 
 
 def write_inputs(snapshot_url: str, inputs: dict[str, tuple[str, int, int]]) -> None:
-    """The input files a snapshot holds, as ``inputs.parquet`` (relpath, path, size, mtime_ms)."""
+    """The input files a snapshot holds, as ``inputs.parquet`` (relpath, path, size, mtime_ms), written atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -218,9 +279,9 @@ def write_inputs(snapshot_url: str, inputs: dict[str, tuple[str, int, int]]) -> 
     table = pa.table({"relpath": keys, "path": [inputs[k][0] for k in keys],
                       "size": pa.array([inputs[k][1] for k in keys], pa.int64()),
                       "mtime_ms": pa.array([inputs[k][2] for k in keys], pa.int64())})
-    fs, path = filesystem(join(snapshot_url, layout.INPUTS_FILE))
-    with fs.open(path, "wb") as fh:
-        pq.write_table(table, fh)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic.write_bytes(join(snapshot_url, layout.INPUTS_FILE), sink.getvalue().to_pybytes())
 
 
 def read_inputs(snapshot_url: str) -> dict[str, tuple[str, int, int]]:
@@ -235,31 +296,35 @@ def read_inputs(snapshot_url: str) -> dict[str, tuple[str, int, int]]:
     return {r["relpath"]: (r["path"], r["size"], r["mtime_ms"]) for r in rows}
 
 
-def _only_uncommitted(url: str) -> list[Problem]:
-    """One problem per uncommitted snapshot folder of a dataset that has no committed snapshot (else none: a
-    snapshot folder has no snapshots/ of its own)."""
-    committed, uncommitted = layout.snapshot_ids(url)
-    if committed:
-        return []
-    return [Problem(url, f"no committed snapshot; uncommitted folder {layout.SNAPSHOTS_DIR}/{sid} left by a run that "
-                         "did not finish (or one still writing it): rerun the job") for sid in uncommitted]
+def _unfinished(url: str) -> tuple[bool, list[Problem]]:
+    """(whether ``url`` has a committed snapshot, a problem per damaged metadata.json and, when none is committed,
+    per uncommitted folder). A snapshot folder has no snapshots/ of its own: (False, [])."""
+    scan = layout.scan_snapshots(url, parse_all=True)
+    where = f"{layout.SNAPSHOTS_DIR}/{{}}/{layout.METADATA_FILE}"
+    problems = [Problem(url, f"{where.format(sid)} is damaged (not a JSON object): that snapshot counts as "
+                             "uncommitted; restore the file or remove the folder") for sid in scan.damaged]
+    if not scan.committed:
+        problems += [Problem(url, f"no committed snapshot; uncommitted folder {layout.SNAPSHOTS_DIR}/{sid} left by a "
+                                  "run that did not finish (or one still writing it): rerun the job")
+                     for sid in scan.uncommitted]
+    return bool(scan.committed), sorted(problems, key=str)
 
 
 def verify(url: str, *, checksums: bool = True) -> tuple[str, Manifest | None, list[Problem]]:
     """(snapshot URL, its manifest, problems) of a dataset's current snapshot or of one snapshot folder: every file
-    against the manifest, and each split's rows against the rows its files hold."""
-    unfinished = _only_uncommitted(url)
-    if unfinished:
+    against the manifest, and each split's rows against the rows its files hold; a dataset's damaged manifests."""
+    any_committed, unfinished = _unfinished(url)
+    if unfinished and not any_committed:
         return url, None, unfinished
     snapshot_url = layout.resolve_snapshot(url)
     try:
         contents = manifest.read(snapshot_url)
     except DatasetError as exc:
         return snapshot_url, None, [Problem(join(snapshot_url, layout.METADATA_FILE), str(exc))]
-    problems = check(snapshot_url, contents, checksums=checksums)
+    problems = unfinished + check(snapshot_url, contents, checksums=checksums)
+    listed = rows_per_split(contents.files)
     for split, counts in contents.splits.items():
-        listed = sum(e.rows or 0 for rel, e in contents.files.items() if rel.startswith(split + "/"))
-        if listed != counts.rows:
-            problems.append(Problem(join(snapshot_url, split),
-                                    f"metadata.json says {counts.rows} rows, the manifest's files hold {listed}"))
+        if listed.get(split, 0) != counts.rows:
+            problems.append(Problem(join(snapshot_url, split), f"metadata.json says {counts.rows} rows, the "
+                                                               f"manifest's files hold {listed.get(split, 0)}"))
     return snapshot_url, contents, problems

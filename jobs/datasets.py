@@ -47,7 +47,8 @@ def dataset_and_snapshot(url: str) -> tuple[str, str | None]:
 
 def list_snapshots(dataset: str) -> int:
     url, given = dataset_and_snapshot(to_url(dataset))
-    committed, uncommitted = layout.snapshot_ids(url)
+    scan = layout.scan_snapshots(url, parse_all=True)
+    committed, uncommitted = scan.committed, sorted(scan.uncommitted + scan.damaged)
     if given is not None and given not in committed + uncommitted:
         raise DatasetError(f"{dataset}: no snapshot {given} in {url}")
     if not committed and not uncommitted:
@@ -57,7 +58,8 @@ def list_snapshots(dataset: str) -> int:
     for sid in sorted(committed + uncommitted):
         marker = "  <- given" if sid == given else ""
         if sid in uncommitted:
-            print(f"  {sid:<24} {'(uncommitted)':<21}{marker}")
+            state = "(damaged manifest)" if sid in scan.damaged else "(uncommitted)"
+            print(f"  {sid:<24} {state:<21}{marker}")
             continue
         contents = manifest.read(join(url, layout.SNAPSHOTS_DIR, sid))
         snap, rows = contents.snapshot, {k: v.rows for k, v in contents.splits.items()}

@@ -18,18 +18,34 @@ def test_write_json_replaces_the_file_and_leaves_no_temporary(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["metrics.json"]
 
 
-def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("step", ["replace", "fsync"])
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch, step):
     target = tmp_path / "checkpoint.pt"
     target.write_bytes(b"old")
 
-    def no_rename(src, dst):
+    def disk_full(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(os, "replace", no_rename)
+    monkeypatch.setattr(os, step, disk_full)
     with pytest.raises(OSError, match="disk full"):
         atomic.write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
-    assert (tmp_path / atomic.tmp_name("checkpoint.pt")).read_bytes() == b"new"  # what a later prune removes
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+def test_two_writers_of_one_file_never_share_a_temporary(tmp_path, monkeypatch):
+    seen = []
+    real_replace = os.replace
+
+    def record(src, dst):
+        seen.append(os.path.basename(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", record)
+    atomic.write_text(tmp_path / "stages.json", "one")
+    atomic.write_text(tmp_path / "stages.json", "two")
+    assert len(set(seen)) == 2 and all(n.startswith(".stages.json.") and n.endswith(".tmp") for n in seen)
+    assert (tmp_path / "stages.json").read_text() == "two"
 
 
 def test_file_urls_and_paths_are_the_same_target(tmp_path):
