@@ -16,6 +16,7 @@ from typing import Any, Literal
 from core import atomic, typed
 from core.errors import DatasetError
 from core.paths import filesystem, join
+from core.redact import redact
 from dataset import layout
 
 Kind = Literal["image", "sequence"]
@@ -131,6 +132,11 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     schema_fingerprints: dict[str, str] = field(default_factory=dict)
     format_version: int = layout.FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        # The job's config as stored, printed (datasets show) and copied into checkpoints: secrets never (a
+        # spark_conf holding spark.hadoop.fs.s3a.secret.key is the usual case), also when read from an older file.
+        object.__setattr__(self, "config", redact(self.config))
 
     @property
     def snapshot_id(self) -> str:

@@ -70,3 +70,16 @@ def test_reading_names_a_missing_or_broken_file(tmp_path):
     (tmp_path / "metadata.json").write_text("{not json")
     with pytest.raises(DatasetError, match=r"metadata.json is not valid JSON"):
         load_dataset_info(str(tmp_path))
+
+
+def test_secrets_in_the_jobs_config_are_never_stored_nor_read_back(tmp_path):
+    secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+    data = fixture("image")
+    data["config"]["spark_conf"] = {"spark.hadoop.fs.s3a.secret.key": secret, "spark.executor.memory": "2g"}
+    read_back = Manifest.from_dict(data, where="fixture")  # an older file that holds one: redacted when read
+    assert read_back.config["spark_conf"] == {"spark.hadoop.fs.s3a.secret.key": "<redacted>",
+                                              "spark.executor.memory": "2g"}
+    draft = example().replace(config={**example().config, "spark_conf": {"fs.s3a.session.token": secret}})
+    manifest.write(to_url(str(tmp_path)), draft)
+    text = (tmp_path / "metadata.json").read_text()
+    assert secret not in text and '"fs.s3a.session.token": "<redacted>"' in text
