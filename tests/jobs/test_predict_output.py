@@ -28,16 +28,18 @@ def _predict(spark, ckpt, data, out, split):
                        data=load_dataset_info(str(data)), config=_config(split=split))
 
 
+def _rows_lost(stats, *, inputs_read, output_url):
+    """A check after scoring that fails, as when rows were lost between scoring and writing."""
+    raise job.PredictionCountError(f"{output_url}: {inputs_read} inputs read but 0 predictions written")
+
+
 def test_a_run_that_fails_after_scoring_leaves_the_earlier_output_intact(spark, image_checkpoint, image_dataset,
                                                                           tmp_path, monkeypatch):
     out = tmp_path / "scored"
     _predict(spark, image_checkpoint, image_dataset, out, "test")
     before, summary = pd.read_parquet(out), (out / job.SUMMARY_FILE).read_text()
 
-    def lost_rows(stats, *, inputs_read, output_url):
-        raise job.PredictionCountError(f"{output_url}: {inputs_read} inputs read but 0 predictions written")
-
-    monkeypatch.setattr(job, "summarise", lost_rows)
+    monkeypatch.setattr(job, "summarise", _rows_lost)
     with pytest.raises(job.PredictionCountError, match="predictions written"):
         _predict(spark, image_checkpoint, image_dataset, out, "validation")
     pd.testing.assert_frame_equal(pd.read_parquet(out), before)
@@ -54,7 +56,7 @@ def test_an_output_left_aside_by_a_run_killed_while_swapping_is_put_back(spark, 
     out = tmp_path / "scored"
     _predict(spark, image_checkpoint, image_dataset, out, "test")
     out.rename(tmp_path / f".scored.{job.ASIDE}")  # killed between moving the old output aside and the new one in
-    monkeypatch.setattr(job, "summarise", lambda *a, **k: (_ for _ in ()).throw(job.PredictionCountError("short")))
+    monkeypatch.setattr(job, "summarise", _rows_lost)
     with pytest.raises(job.PredictionCountError):
         _predict(spark, image_checkpoint, image_dataset, out, "validation")
     assert set(pd.read_parquet(out)["split"]) == {"test"}
