@@ -1,12 +1,38 @@
-"""Helpers for the benchmarks: timing, peak memory, the result table."""
+"""Helpers for the benchmarks: the work folder, timing, peak memory, the result table."""
 from __future__ import annotations
 
 import json
 import os
 import resource
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
+
+WORK_MARKER = ".bigtrain-bench-work"  # written into a work folder the benchmarks created: only such a folder is emptied
+
+
+def check_work_folder(path: str) -> None:
+    """ValueError naming ``path`` unless it is missing, an empty folder, or a work folder of an earlier run (it holds
+    WORK_MARKER): the benchmarks delete their work folder, so it must never be a folder of the user's."""
+    work = os.path.abspath(path)
+    if os.path.islink(work) or (os.path.lexists(work) and not os.path.isdir(work)):
+        raise ValueError(f"--work {path}: {work} is not a folder; give a new or empty folder")
+    if os.path.isdir(work) and os.listdir(work) and not os.path.isfile(os.path.join(work, WORK_MARKER)):
+        raise ValueError(f"--work {path}: {work} holds files and was not created by benchmarks.run (no {WORK_MARKER});"
+                         " refusing to delete it: give a new or empty folder")
+
+
+def fresh_work_folder(path: str) -> str:
+    """``path`` emptied (after ``check_work_folder``) and marked as the benchmarks' work folder; its absolute path."""
+    check_work_folder(path)
+    work = os.path.abspath(path)
+    if os.path.isdir(work):
+        shutil.rmtree(work)
+    os.makedirs(work)
+    with open(os.path.join(work, WORK_MARKER), "w") as fh:
+        fh.write("scratch data of python -m benchmarks.run; the next run deletes this folder\n")
+    return work
 
 
 @dataclass

@@ -16,6 +16,8 @@ import shutil
 import sys
 import time
 
+from benchmarks import common
+
 SIZES = {"smoke": 0.05, "quick": 1.0}
 GROUPS = ("loader", "codecs", "preprocess", "stall", "resilience", "distributed", "growth")
 BASE_PER_CLASS, BASE_TEXTS, GROWTH_PER_CLASS = 400, 20000, 100  # quick: 4,000 images, 20,000 texts; growth 1x = 1,000
@@ -26,7 +28,9 @@ def parse_args(argv):
     parser.add_argument("--size", default="quick", help="smoke | quick | a multiple of quick (e.g. 4)")
     parser.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated subset of {', '.join(GROUPS)}")
     parser.add_argument("--output", default="runs/bench/results.json")
-    parser.add_argument("--work", default="runs/bench/work", help="scratch folder for generated data")
+    parser.add_argument("--work", default="runs/bench/work",
+                        help="scratch folder for generated data: new, empty, or one an earlier run created (it is "
+                             "deleted and made again)")
     args = parser.parse_args(argv)
     try:
         args.scale = SIZES[args.size] if args.size in SIZES else float(args.size)
@@ -36,19 +40,22 @@ def parse_args(argv):
     unknown = sorted(set(args.groups) - set(GROUPS))
     if unknown:
         parser.error(f"--only: unknown group {unknown[0]!r} (groups: {', '.join(GROUPS)})")
+    try:
+        common.check_work_folder(args.work)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from benchmarks import common, growth, loader, preprocess, train_bench
+    from benchmarks import growth, loader, preprocess, train_bench
     from core.logs import setup_logging
     from pipelines.samples import generate_images, generate_texts
     from pipelines.storage import build_spark
 
     setup_logging(quiet=True)
-    work = os.path.abspath(args.work)
-    shutil.rmtree(work, ignore_errors=True)
+    work = common.fresh_work_folder(args.work)
     per_class, n_texts = max(2, int(BASE_PER_CLASS * args.scale)), max(200, int(BASE_TEXTS * args.scale))
     say = lambda text: print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)  # noqa: E731
     say(f"size {args.size}: {per_class * 10} images, {n_texts} texts; work folder {work}")

@@ -54,6 +54,11 @@ class PeerLostError(BigtrainError, RuntimeError):
     resume point."""
 
 
+class LockFileError(BigtrainError, RuntimeError):
+    """A lock file that bigtrain refuses to open: a symbolic link, a hard link, or anything but a regular file (one
+    planted there would have bigtrain truncate another file); the message names the path."""
+
+
 class LockHeld(BigtrainError, RuntimeError):
     """Another process holds the lock; the message names the lock file and its holder."""
     exit_code = EXIT_LOCKED

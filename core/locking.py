@@ -1,24 +1,33 @@
 """An exclusive lock on a local file (``fcntl.flock``): the kernel drops it when its holder dies, even by SIGKILL,
-so a crashed run never leaves a stale lock behind."""
+so a crashed run never leaves a stale lock behind.
+
+The lock file is opened without following a symbolic link and used only when it is a regular file with one link,
+mode 0600: a link planted at the lock's name (``.bigtrain-train.lock -> ~/.bashrc``) is refused, never truncated.
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
+import stat
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
-from core.errors import LockHeld
+from core.errors import LockFileError, LockHeld
+
+MODE = 0o600
 
 
 @contextlib.contextmanager
 def hold(path: str, *, what: str) -> Iterator[None]:
-    """Hold ``path`` exclusively for the ``with`` block, or raise LockHeld at once (never wait)."""
+    """Hold ``path`` exclusively for the ``with`` block, or raise LockHeld at once (never wait); LockFileError when
+    ``path`` is not a lock file bigtrain may write (a link, a folder, a FIFO, a device)."""
     import fcntl
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock_file(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -32,6 +41,31 @@ def hold(path: str, *, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _open_lock_file(path: str) -> int:
+    """A descriptor of the regular file at ``path`` (created 0600 when missing), opened without following a
+    link and without blocking (a FIFO would otherwise wait for a writer); LockFileError naming the path else."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LockFileError(f"lock file {path} is a symbolic link: refusing to open it (it could make bigtrain "
+                                "overwrite the file it points to); remove the link") from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO):
+            raise LockFileError(f"lock file {path} is not a regular file: {exc.strerror}; remove it") from None
+        raise
+    info = os.fstat(fd)
+    problem = ("not a regular file" if not stat.S_ISREG(info.st_mode)
+               else f"a hard link ({info.st_nlink} names for one file)" if info.st_nlink != 1 else None)
+    if problem:
+        os.close(fd)
+        raise LockFileError(f"lock file {path} is {problem}: refusing to use it as a lock (bigtrain truncates its "
+                            "lock file); remove it")
+    if stat.S_IMODE(info.st_mode) != MODE and info.st_uid == os.geteuid():
+        os.fchmod(fd, MODE)  # a lock file of an older bigtrain (0644): the holder's pid and host are not for all
+    return fd
 
 
 def _parse_holder(text: str) -> dict:

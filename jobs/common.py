@@ -125,9 +125,13 @@ def dataset_lock(output_url: str):
     return locking.hold(os.path.join(folder, ".bigtrain.lock"), what=f"a job writing {output_url}")
 
 
-def check_apart(input_url: str, output_url: str) -> None:
+APART_ADVICE = ("keep the dataset folder and the input apart, neither inside the other (the next run would read the "
+                "dataset's own files as input)")
+
+
+def check_apart(input_url: str, output_url: str, *, input_flag: str = "--input", advice: str = APART_ADVICE) -> None:
     """A UsageError naming both flags when the output is the input or one lies inside the other: a dataset written
-    inside its input is read back as input by the next run."""
+    inside its input is read back as input by the next run (``advice`` says why for other outputs)."""
     source, target = _as_folder(input_url), _as_folder(output_url)
     if source == target:
         relation = "is the same folder as"
@@ -137,8 +141,7 @@ def check_apart(input_url: str, output_url: str) -> None:
         relation = "contains"
     else:
         return
-    raise UsageError(f"--output {output_url} {relation} --input {input_url}: keep the dataset folder and the input "
-                     "apart, neither inside the other (the next run would read the dataset's own files as input)")
+    raise UsageError(f"--output {output_url} {relation} {input_flag} {input_url}: {advice}")
 
 
 def _as_folder(url: str) -> str:

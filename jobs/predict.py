@@ -13,7 +13,10 @@ executors need no access to it, and the model is built once per executor Python 
 Output: Parquet at --output, one row per input: id, source, split, label (the true class where known),
 predicted_index, predicted_class, top_probability, probabilities (in the order of `_predict.json`'s classes),
 reason (why an input could not be scored; its prediction is then null). Inputs read = scored + unusable, always.
-A checkpoint that is missing, altered or not bigtrain's is refused (exit 2), naming the file.
+The predictions are written beside --output (``.NAME.predict-tmp``), checked, and only then swapped in for an
+earlier prediction output, which a failed or refused run therefore leaves as it was. A checkpoint that is missing,
+altered or not bigtrain's is refused (exit 2), naming the file; it is read once, and the bytes verified are the
+bytes the executors load.
 """
 from __future__ import annotations
 
@@ -32,10 +35,19 @@ from core.logs import setup_logging
 from core.paths import join, to_url
 from dataset import layout
 from dataset.info import load_dataset_info
-from jobs.common import add_config_flags, check_connectors, positive_int, resolve_master, run_main
+from jobs.common import (
+    add_config_flags,
+    check_apart,
+    check_connectors,
+    positive_int,
+    resolve_master,
+    run_main,
+)
 
 log = logging.getLogger("bigtrain.predict")
 SUMMARY_FILE = "_predict.json"  # a leading "_": Spark, pyarrow and pandas readers of the Parquet folder skip it
+STAGING, ASIDE = "predict-tmp", "predict-old"  # the siblings .NAME.predict-tmp (new output), .NAME.predict-old
+APART = "keep the predictions and the inputs apart, neither inside the other"
 
 
 class PredictionCountError(DatasetError):
@@ -94,16 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(lambda: run(args))
 
 
-def load_checkpoint(path_text: str) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint file (``PATH`` or ``PATH/checkpoint.pt``) and its verified payload; a UsageError (exit 2)
-    with the CheckpointError's message, which names the file, when it cannot be used."""
+def load_checkpoint(path_text: str):
+    """The checkpoint file (``PATH`` or ``PATH/checkpoint.pt``) read once and verified (``checkpoint.Verified``:
+    path, bytes, sidecar bytes, payload); a UsageError (exit 2) with the CheckpointError's message, which names the
+    file, when it cannot be used."""
     from training import checkpoint
 
     path = Path(path_text)
     if path.is_dir():
         path = path / checkpoint.FINAL_FILE
     try:
-        return path, checkpoint.load(path)
+        return checkpoint.read(path)
     except CheckpointError as exc:
         raise UsageError(f"--checkpoint: {exc}") from None
 
@@ -130,36 +143,30 @@ def run(args: argparse.Namespace) -> int:
     from pipelines import storage
 
     config = load_config(args)
-    checkpoint_path, payload = load_checkpoint(args.checkpoint)
+    model = load_checkpoint(args.checkpoint)
     output_url = to_url(args.output)
     data = input_url = None
     if args.data:
         data = load_dataset_info(args.data)
-        check_dataset(payload, data, checkpoint_path)
+        check_dataset(model.payload, data, model.path)
         dataset_root = data.url.split("/snapshots/")[0].rstrip("/") + "/"  # the dataset, also when given a snapshot
-        if (output_url.rstrip("/") + "/").startswith(dataset_root):
-            raise UsageError(f"--output {args.output} must lie outside the --data dataset {dataset_root}")
+        check_apart(dataset_root, output_url, input_flag="--data", advice=APART)
     else:
         input_url = to_url(args.input)
         if input_url.startswith("file://") and not Path(input_url[len("file://"):]).exists():
             raise UsageError(f"--input {args.input}: no such file or directory")
-        if output_url.rstrip("/") == input_url.rstrip("/"):
-            raise UsageError(f"--output {args.output} must differ from --input")
+        check_apart(input_url, output_url, advice=APART)
     check_output(output_url, args.output)
     spark = storage.build_spark(app_name="bigtrain-predict", master=resolve_master(args.master, config.master),
                                 conf=config.spark_conf)
     try:
         check_connectors(spark, {"--output": output_url, **({"--input": input_url} if input_url else {})})
         start = time.monotonic()
-        summary = predict(spark, checkpoint_path=checkpoint_path, payload=payload, output_url=output_url,
-                          data=data, input_url=input_url, config=config)
+        summary = predict(spark, model=model, output_url=output_url, data=data, input_url=input_url, config=config)
         summary["seconds"] = round(time.monotonic() - start, 1)
     finally:
         spark.stop()
     print(format_summary(summary))
-    if summary["inputs_read"] and not summary["scored"]:
-        raise RejectBudgetError(f"none of the {summary['inputs_read']} inputs could be scored (see the reasons "
-                                f"above and in {summary['output']}): wrong --input for this model?")
     return 0
 
 
@@ -245,35 +252,81 @@ def _text_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], input_u
     return rows, records.count(), dtype
 
 
-def predict(spark, *, checkpoint_path: Path, payload: dict[str, Any], output_url: str, data=None,
-            input_url: str | None = None, config: PredictConfig) -> dict[str, Any]:
-    """Extract (dataset split or raw inputs), transform (prepare, score on the executors), load (Parquet); returns
-    the summary, after checking that the output holds one row per input."""
-    from pyspark.sql import functions as F
-
+def predict(spark, *, model, output_url: str, data=None, input_url: str | None = None,
+            config: PredictConfig) -> dict[str, Any]:
+    """Extract (dataset split or raw inputs), transform (prepare, score on the executors with ``model``, a
+    ``checkpoint.Verified``), load (Parquet beside ``output_url``, checked to hold one row per input, then swapped
+    in); returns the summary."""
     from inference import predict as transforms
-    from training import checkpoint
 
-    kind = payload["dataset"]["kind"]
-    rows, inputs_read, encoding = scoring_rows(spark, checkpoint_path=checkpoint_path, payload=payload, data=data,
+    kind, payload = model.payload["dataset"]["kind"], model.payload
+    rows, inputs_read, encoding = scoring_rows(spark, checkpoint_path=model.path, payload=payload, data=data,
                                                input_url=input_url, config=config)
-    blob = checkpoint_path.read_bytes()
     source = transforms.ModelSource(
-        checkpoint=spark.sparkContext.broadcast((blob, checkpoint.sidecar_of(checkpoint_path).read_bytes())),
-        sha256=transforms.checkpoint_digest(blob), kind=kind, classes=tuple(payload["classes"]),
+        checkpoint=spark.sparkContext.broadcast((model.data, model.sidecar)),  # the bytes verified, not a re-read
+        sha256=transforms.checkpoint_digest(model.data), kind=kind, classes=tuple(payload["classes"]),
         codec=encoding if kind == "image" else None, token_dtype=encoding if kind == "sequence" else None)
-    log.info("scoring %s with %s (%s, %d classes) -> %s", data.url if data else input_url, checkpoint_path,
+    log.info("scoring %s with %s (%s, %d classes) -> %s", data.url if data else input_url, model.path,
              payload["model"], len(payload["classes"]), output_url)
     scored = transforms.score(rows, source=source, batch_size=config.batch_size, threads=config.threads_per_task)
-    scored.write.mode("overwrite").parquet(output_url)
-    written = spark.read.parquet(output_url)
-    stats = (written.groupBy(F.substring_index("reason", ":", 1).alias("category"), "predicted_class")
-             .count().collect())
-    summary = summarise(stats, inputs_read=inputs_read, output_url=output_url)
-    summary.update(checkpoint=str(checkpoint_path), checkpoint_sha256=source.sha256, classes=list(payload["classes"]),
-                   input=data.url if data else input_url, split=config.split if data else None)
-    _write_summary(output_url, summary)
+    about = {"checkpoint": str(model.path), "checkpoint_sha256": source.sha256, "classes": list(payload["classes"]),
+             "input": data.url if data else input_url, "split": config.split if data else None}
+    return publish(spark, scored, output_url=output_url, inputs_read=inputs_read, about=about)
+
+
+def publish(spark, scored, *, output_url: str, inputs_read: int, about: dict[str, Any]) -> dict[str, Any]:
+    """Write ``scored`` to the staging sibling of ``output_url``, check it (rows written = inputs read, at least
+    one scored), then swap it in for the earlier output; on any failure the staging copy is removed and the
+    earlier output is left as it was."""
+    import fsspec
+    from pyspark.sql import functions as F
+
+    fs, target = fsspec.core.url_to_fs(output_url)
+    staging_url, staging = sibling(output_url, STAGING), sibling(target, STAGING)
+    _recover(fs, target)
+    try:
+        scored.write.mode("overwrite").parquet(staging_url)
+        stats = (spark.read.parquet(staging_url)
+                 .groupBy(F.substring_index("reason", ":", 1).alias("category"), "predicted_class").count().collect())
+        summary = {**summarise(stats, inputs_read=inputs_read, output_url=output_url), **about}
+        if summary["inputs_read"] and not summary["scored"]:
+            reasons = ", ".join(f"{r} ({n})" for r, n in summary["unusable_by_reason"].items())
+            raise RejectBudgetError(f"none of the {summary['inputs_read']} inputs could be scored ({reasons}): wrong "
+                                    f"--input for this model? Nothing written to {output_url}")
+        _write_summary(staging_url, summary)
+        _swap(fs, staging, target)
+    finally:
+        if fs.exists(staging):
+            fs.rm(staging, recursive=True)
     return summary
+
+
+def sibling(path: str, role: str) -> str:
+    """``.NAME.<role>`` in the folder of ``path`` (a path or a URL)."""
+    parent, _, name = path.rstrip("/").rpartition("/")
+    return f"{parent}/.{name}.{role}"
+
+
+def _swap(fs, staging: str, target: str) -> None:
+    """The checked new output in, the earlier one aside and then deleted: a crash in between leaves the earlier
+    output at ``.NAME.predict-old``, which the next run puts back (``_recover``)."""
+    aside = sibling(target, ASIDE)
+    if fs.exists(target):
+        fs.mv(target, aside, recursive=True)
+    fs.mv(staging, target, recursive=True)
+    if fs.exists(aside):
+        fs.rm(aside, recursive=True)
+
+
+def _recover(fs, target: str) -> None:
+    """An earlier output left aside by a run that died while swapping goes back in place."""
+    aside = sibling(target, ASIDE)
+    if fs.exists(aside):
+        if fs.exists(target):
+            fs.rm(aside, recursive=True)
+        else:
+            log.warning("putting back the earlier predictions %s that an interrupted run left aside", aside)
+            fs.mv(aside, target, recursive=True)
 
 
 def summarise(stats: list, *, inputs_read: int, output_url: str) -> dict[str, Any]:

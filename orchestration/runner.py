@@ -180,6 +180,10 @@ def counts_of(output: str | None) -> dict[str, Any]:
     for name, keys in (("metrics.json", ("test_accuracy", "test_rows")), ("_predict.json", None)):
         file = Path(output) / name
         if file.is_file():
-            data = json.loads(file.read_text())
-            return {k: v for k, v in data.items() if (k in keys if keys else isinstance(v, (int, float)))}
+            try:
+                data = json.loads(file.read_text())
+            except (ValueError, UnicodeDecodeError):
+                return {"unreadable": str(file)}  # the stage ran; its record says what could not be read
+            if isinstance(data, dict):
+                return {k: v for k, v in data.items() if (k in keys if keys else isinstance(v, (int, float)))}
     return {}

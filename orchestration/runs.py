@@ -31,8 +31,16 @@ def _now() -> str:
 
 
 def read_state(pipeline: Pipeline) -> dict[str, Any]:
+    """The last success of each stage; empty (every stage runs again) when stages.json is missing or unreadable."""
     path = pipeline.state / "stages.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning("pipeline %s: %s is unreadable (%s): every stage runs again", pipeline.name, path, exc)
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def write_state(pipeline: Pipeline, state: dict[str, Any]) -> None:
@@ -40,18 +48,54 @@ def write_state(pipeline: Pipeline, state: dict[str, Any]) -> None:
 
 
 def append_history(pipeline: Pipeline, record: dict[str, Any]) -> None:
+    """Append the run's record as one line, fsynced (and its folder when the file is new), so a run that ended is
+    on disk when the runner exits. A line torn by an earlier crash is ended first, so that this one reads."""
     pipeline.state.mkdir(parents=True, exist_ok=True)
-    with open(pipeline.state / "history.jsonl", "a") as fh:  # one line per write: appends do not interleave
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
+    path = pipeline.state / "history.jsonl"
+    line = json.dumps(record, sort_keys=True) + "\n"
+    with open(path, "ab") as fh:
+        if fh.tell() and not _ends_a_line(path):
+            line = "\n" + line
+        fh.write(line.encode("utf-8"))  # one write of one line: appends of two runs do not interleave
+        fh.flush()
+        os.fsync(fh.fileno())
+        created = fh.tell() == len(line.encode("utf-8"))
+    if created:
+        _fsync_folder(path.parent)
+
+
+def _ends_a_line(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
+
+
+def _fsync_folder(folder: Path) -> None:
+    """The new file's name made durable (core.atomic does the same for the files it replaces)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems do not fsync folders
+    finally:
+        os.close(fd)
 
 
 def read_history(pipeline: Pipeline) -> list[dict[str, Any]]:
     """The recorded runs, oldest start first (the file is in order of completion: a run refused by the lock ends
-    before the run that holds it)."""
+    before the run that holds it). A line that does not parse (torn by a crash) is skipped with a warning."""
     path = pipeline.state / "history.jsonl"
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            log.warning("%s:%d is not a run record (torn by a crash?): skipped", path, number)
+            continue
+        if isinstance(record, dict) and "started" in record:
+            records.append(record)
     return sorted(records, key=lambda r: (r["started"], r.get("started_unix", 0.0)))
 
 

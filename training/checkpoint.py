@@ -3,11 +3,19 @@
     <output>/checkpoint.pt + checkpoint.json            the final model (what predict and users load)
     <output>/checkpoints/step-000123.pt + .json         resume points: every N steps and at each epoch end
 
-A checkpoint ``X.pt`` is complete only when its sidecar ``X.json`` (size, SHA-256, epoch, step) exists and matches:
-both files are written to a temporary name, flushed and renamed, the sidecar last, so a crash at any moment leaves
-either the previous resume point or a complete new one. Loading checks the digest before ``torch.load`` sees a
-byte, then loads with ``weights_only=True`` (tensors and plain values only: a foreign or tampered file never runs
-code) and checks the payload says it is a bigtrain checkpoint.
+A checkpoint ``X.pt`` is complete only when its sidecar ``X.json`` (size, SHA-256, epoch, step) exists and matches.
+Each file is written through ``core.atomic`` (temporary name, fsync, rename, fsync of the folder). A new name (a
+resume point) gets the checkpoint first and its sidecar last, so a crash leaves the previous resume point or a
+complete new one. Replacing a checkpoint (``checkpoint.pt``) takes three renames, so that a crash between any two
+leaves a loadable model, the old or the new one:
+
+    1. the sidecar of the new file, which also accepts the old file's digest (its ``previous`` entry)
+    2. the new checkpoint file
+    3. the sidecar of the new file alone
+
+Loading checks the digest before ``torch.load`` sees a byte, then loads with ``weights_only=True`` (tensors and
+plain values only: a foreign or tampered file never runs code) and checks the payload says it is a bigtrain
+checkpoint. ``read`` keeps the verified bytes, so a caller that ships the checkpoint on (predict) ships those.
 """
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ import hashlib
 import io
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +49,62 @@ def sidecar_of(path: Path) -> Path:
 
 
 def save(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (tensors and plain values) to ``path`` and its sidecar, atomically; returns ``path``."""
+    """Write ``payload`` (tensors and plain values) to ``path`` and its sidecar, atomically; returns ``path``. A
+    crash at any moment leaves the checkpoint that was at ``path`` or the new one, each loadable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
     data = buffer.getvalue()
-    atomic.write_bytes(path, data)
     info = {"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
             "epoch": payload.get("epoch"), "step": payload.get("step"), "global_step": payload.get("global_step"),
             "snapshot_id": (payload.get("dataset") or {}).get("snapshot_id")}
+    previous = _valid_entry(path)
+    if previous is not None:  # the sidecar accepts both files while checkpoint.pt is being replaced
+        atomic.write_json(sidecar_of(path), {**info, "previous": previous})
+    atomic.write_bytes(path, data)
     atomic.write_json(sidecar_of(path), info)
     return path
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """The payload of a bigtrain checkpoint, verified against its sidecar; CheckpointError names what is wrong."""
+def _valid_entry(path: Path) -> dict[str, Any] | None:
+    """The sidecar entry the checkpoint now at ``path`` matches (its own, or the ``previous`` one of an interrupted
+    replacement); None when there is no valid checkpoint there."""
+    sidecar = sidecar_of(path)
+    if not (path.is_file() and sidecar.is_file()):
+        return None
+    try:
+        entries = _entries(json.loads(sidecar.read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return next((e for e in entries if e["sha256"] == digest.hexdigest()), None)
+
+
+def _entries(info: Any) -> list[dict[str, Any]]:
+    """The sidecar's entry and, during a replacement, the previous file's; KeyError/TypeError when malformed."""
+    entries = [info] + ([info["previous"]] if info.get("previous") else [])
+    for entry in entries:
+        if not isinstance(entry["sha256"], str):
+            raise TypeError(f"sha256 is {entry['sha256']!r}")
+    return [{k: v for k, v in e.items() if k != "previous"} for e in entries]
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A checkpoint as read once: its bytes and its sidecar's, verified, and the payload loaded from those bytes."""
+    path: Path
+    data: bytes
+    sidecar: bytes
+    payload: dict[str, Any]
+
+
+def read(path: str | Path) -> Verified:
+    """The checkpoint at ``path`` read once and verified against its sidecar; CheckpointError names what is
+    wrong."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -64,15 +112,27 @@ def load(path: str | Path) -> dict[str, Any]:
     if not sidecar.is_file():
         raise CheckpointError(f"checkpoint {path} has no {sidecar.name} beside it: it is incomplete (a crash while "
                               "saving) or was not written by bigtrain")
-    try:
-        info = json.loads(sidecar.read_text())
-        expected = info["sha256"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint sidecar {sidecar} is unreadable: {exc}") from None
     data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != expected:
-        raise CheckpointError(f"checkpoint {path} does not match the SHA-256 in {sidecar.name}: the file was altered "
-                              "or truncated; refusing to load it")
+    sidecar_bytes = sidecar.read_bytes()
+    return Verified(path, data, sidecar_bytes, load_bytes(data, sidecar_bytes, where=path))
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """The payload of a bigtrain checkpoint, verified against its sidecar; CheckpointError names what is wrong."""
+    return read(path).payload
+
+
+def load_bytes(data: bytes, sidecar: bytes, *, where: str | Path) -> dict[str, Any]:
+    """The payload of checkpoint bytes ``data``, verified against the bytes of its sidecar; ``where`` names the
+    file in errors."""
+    path, sidecar_name = Path(where), sidecar_of(Path(where))
+    try:
+        entries = _entries(json.loads(sidecar))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint sidecar {sidecar_name} is unreadable: {exc}") from None
+    if hashlib.sha256(data).hexdigest() not in {e["sha256"] for e in entries}:
+        raise CheckpointError(f"checkpoint {path} does not match the SHA-256 in {sidecar_name.name}: the file was "
+                              "altered or truncated; refusing to load it")
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # runs no pickled code
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ... for foreign content

@@ -105,11 +105,20 @@ class MetricsLog:
 
 
 def read_metrics(output_dir: str | Path) -> list[dict]:
-    """The records of ``<output>/metrics.jsonl`` (empty when there is none)."""
+    """The records of ``<output>/metrics.jsonl`` (empty when there is none); a line torn by a crash while it was
+    appended is skipped with a warning."""
     path = Path(output_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            log.warning("%s:%d is not a metrics record (torn by a crash?): skipped", path, number)
+    return records
 
 
 def confusion_matrix(true: Sequence[int], predicted: Sequence[int], num_classes: int) -> np.ndarray:

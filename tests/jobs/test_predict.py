@@ -51,8 +51,7 @@ def _config(**changes):
 
 
 def _run(spark, ckpt, out, **where):
-    path, payload = job.load_checkpoint(str(ckpt))
-    summary = job.predict(spark, checkpoint_path=path, payload=payload, output_url=to_url(str(out)),
+    summary = job.predict(spark, model=job.load_checkpoint(str(ckpt)), output_url=to_url(str(out)),
                           config=_config(split=where.pop("split", "test")), **where)
     return summary, pd.read_parquet(out)
 
@@ -133,9 +132,9 @@ def test_raw_texts_rows_in_equal_rows_out_and_match_their_dataset_rows(spark, sa
 
 
 def test_a_dataset_the_model_was_not_trained_for_is_refused(image_checkpoint, text_dataset):
-    path, payload = job.load_checkpoint(str(image_checkpoint))
-    with pytest.raises(job.UsageError, match=rf"--data .*does not match checkpoint {path}.*sequence dataset"):
-        job.check_dataset(payload, load_dataset_info(str(text_dataset)), path)
+    model = job.load_checkpoint(str(image_checkpoint))
+    with pytest.raises(job.UsageError, match=rf"--data .*does not match checkpoint {model.path}.*sequence dataset"):
+        job.check_dataset(model.payload, load_dataset_info(str(text_dataset)), model.path)
 
 
 def _cli(*args):
@@ -174,7 +173,9 @@ def test_an_output_inside_the_dataset_is_refused(image_checkpoint, image_dataset
     result = _cli("--checkpoint", str(image_checkpoint), "--data", str(image_dataset),
                   "--output", str(image_dataset / "predictions"))
     assert result.returncode == 2
-    assert f"--output {image_dataset / 'predictions'} must lie outside the --data dataset" in result.stderr
+    root = image_dataset.parent.parent  # the fixture is a snapshot folder: <dataset>/snapshots/<id>
+    assert (f"--output {to_url(str(image_dataset / 'predictions'))} is inside --data {to_url(str(root))}/: "
+            "keep the predictions and the inputs apart") in result.stderr
 
 
 def test_an_output_that_is_not_an_earlier_prediction_is_never_replaced(image_checkpoint, image_dataset, tmp_path):

@@ -106,6 +106,15 @@ def test_metrics_log_writes_json_lines_and_tensorboard_scalars(tmp_path):
     assert scalars["epoch/data_stall"][0] == (1, 0.25) and math.isnan(scalars["epoch/data_stall"][1][1])
 
 
+def test_a_metrics_line_torn_by_a_crash_is_skipped_not_raised(tmp_path, caplog):
+    with reports.MetricsLog(tmp_path / "run") as metrics:
+        metrics.log_epoch(_record(1))
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 2, "train_lo')  # power lost while epoch 2 was appended
+    assert [r["epoch"] for r in reports.read_metrics(tmp_path / "run")] == [1]
+    assert f"{tmp_path / 'run' / 'metrics.jsonl'}:2 is not a metrics record" in caplog.text
+
+
 def test_resumed_metrics_log_keeps_its_history_and_drops_what_came_after(tmp_path):
     out = tmp_path / "run"
     with reports.MetricsLog(out) as metrics:

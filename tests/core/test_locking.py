@@ -1,0 +1,66 @@
+"""core.locking: a lock file planted as a link or a special file is refused (never truncated), and the lock file
+bigtrain creates is private (0600)."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from core import locking
+from core.errors import EXIT_FAILED, LockFileError
+
+
+def test_a_symlink_at_the_lock_path_is_refused_and_its_target_left_untouched(tmp_path):
+    victim = tmp_path / "home" / ".bashrc"
+    victim.parent.mkdir()
+    victim.write_text("export PATH=$HOME/bin:$PATH\n")
+    lock = tmp_path / "run" / ".bigtrain-train.lock"
+    lock.parent.mkdir()
+    lock.symlink_to(victim)
+    with pytest.raises(LockFileError, match=f"lock file {lock} is a symbolic link"), locking.hold(str(lock), what="a run"):
+        pass
+    assert victim.read_text() == "export PATH=$HOME/bin:$PATH\n"
+    assert LockFileError("x").exit_code == EXIT_FAILED
+
+
+def test_a_dangling_symlink_is_refused_and_nothing_is_created_at_its_target(tmp_path):
+    target = tmp_path / "elsewhere" / "new-file"
+    target.parent.mkdir()
+    lock = tmp_path / "lock"
+    lock.symlink_to(target)
+    with pytest.raises(LockFileError, match=f"lock file {lock} is a symbolic link"), locking.hold(str(lock), what="a run"):
+        pass
+    assert not target.exists()
+
+
+def test_a_hard_link_to_another_file_is_refused_and_not_truncated(tmp_path):
+    victim = tmp_path / "notes.txt"
+    victim.write_text("mine")
+    lock = tmp_path / "lock"
+    os.link(victim, lock)
+    with pytest.raises(LockFileError, match=f"lock file {lock} is a hard link"), locking.hold(str(lock), what="a run"):
+        pass
+    assert victim.read_text() == "mine"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_fifo_or_a_folder_at_the_lock_path_is_refused_naming_it(tmp_path, kind):
+    lock = tmp_path / "lock"
+    os.mkfifo(lock) if kind == "fifo" else lock.mkdir()
+    with pytest.raises(LockFileError, match=f"lock file {lock} is not a regular file"), locking.hold(str(lock), what="a run"):
+        pass
+
+
+def test_the_lock_file_is_created_0600_and_an_older_0644_one_is_made_0600(tmp_path):
+    fresh, older = tmp_path / "fresh.lock", tmp_path / "older.lock"
+    older.write_text("")
+    older.chmod(0o644)
+    old_umask = os.umask(0)  # the mode must not depend on a permissive umask
+    try:
+        for lock in (fresh, older):
+            with locking.hold(str(lock), what="pipeline x"):
+                assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+                assert f'"pid": {os.getpid()}' in lock.read_text()
+    finally:
+        os.umask(old_umask)
