@@ -40,7 +40,7 @@ def write_bytes(target: str | Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)  # the old file stays as it was, and no half-written one is left beside it
         raise
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
 
 
 def write_text(target: str | Path, text: str) -> None:
@@ -69,10 +69,10 @@ def make_durable(root: str, relpaths: list[str]) -> None:
             os.close(fd)
         folders.update(p for p in file.parents if p.is_relative_to(local))
     for folder in sorted(folders, reverse=True):  # deepest first: each entry is durable before its parent's
-        _fsync_folder(folder)
+        fsync_folder(folder)
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     """Make the rename itself durable (a power loss after os.replace could otherwise undo it)."""
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -15,6 +15,7 @@ from typing import Any
 
 from core import atomic, locking
 from core.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_REJECTS
+from core.redact import redact_argv
 from orchestration.runner import (
     Pipeline,
     Stage,
@@ -61,24 +62,13 @@ def append_history(pipeline: Pipeline, record: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
         created = fh.tell() == len(line.encode("utf-8"))
     if created:
-        _fsync_folder(path.parent)
+        atomic.fsync_folder(path.parent)
 
 
 def _ends_a_line(path: Path) -> bool:
     with open(path, "rb") as fh:
         fh.seek(-1, os.SEEK_END)
         return fh.read(1) == b"\n"
-
-
-def _fsync_folder(folder: Path) -> None:
-    """The new file's name made durable (core.atomic does the same for the files it replaces)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems do not fsync folders
-    finally:
-        os.close(fd)
 
 
 def read_history(pipeline: Pipeline) -> list[dict[str, Any]]:
@@ -183,7 +173,7 @@ def _execute(stage: Stage, logs: Path) -> tuple[int | None, float, Path]:
     started, and the log file then holds the one-line reason."""
     logs.mkdir(parents=True, exist_ok=True)
     log_file = logs / f"{stage.name}.log"
-    log.info("stage %s: %s", stage.name, " ".join(stage.argv))
+    log.info("stage %s: %s", stage.name, " ".join(redact_argv(stage.argv)))
     start, program = time.monotonic(), program_path(stage.argv[0])
     with open(log_file, "w") as out:
         try:
