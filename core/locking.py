@@ -23,11 +23,15 @@ MODE = 0o600
 @contextlib.contextmanager
 def hold(path: str, *, what: str) -> Iterator[None]:
     """Hold ``path`` exclusively for the ``with`` block, or raise LockHeld at once (never wait); LockFileError when
-    ``path`` is not a lock file bigtrain may write (a link, a folder, a FIFO, a device)."""
+    ``path`` is not a lock file bigtrain may write (a link, a folder, a FIFO, a device). A folder this call created
+    that holds nothing but the lock when the block ends (a run refused before it wrote anything) is removed."""
     import fcntl
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(path))
+    created = not os.path.isdir(folder)
+    os.makedirs(folder, exist_ok=True)
     fd = _open_lock_file(path)
+    held = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -35,12 +39,29 @@ def hold(path: str, *, what: str) -> Iterator[None]:
             holder = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip() or "unknown"
             raise LockHeld(f"{what} is already running (lock {path} held by {holder})", path=path,
                            holder=_parse_holder(holder)) from None
+        if not _names(path, fd):  # its holder removed it (see below) between our open and our flock
+            raise LockHeld(f"{what} was running and has just ended (lock {path} was removed): try again", path=path,
+                           holder={})
+        held = True
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                   "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode(), 0)
         yield
     finally:
+        if held and created and os.listdir(folder) == [os.path.basename(path)]:
+            os.unlink(path)  # still locked: a process that opened it meanwhile finds it unnamed and backs off
+            os.rmdir(folder)
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _names(path: str, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _open_lock_file(path: str) -> int:

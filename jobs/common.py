@@ -173,6 +173,14 @@ def check_output_kind(output_url: str, *, writes: str, flag: str = "--output") -
                              f"{writes}: give another folder")
 
 
+def check_exists(url: str, *, flag: str, what: str) -> None:
+    """A UsageError (exit 2: the command line names something that is not there) when nothing is at ``url``;
+    something there that is damaged or incomplete is the data's failure (exit 1), told by the reader."""
+    fs, path = filesystem(url)
+    if not layout.exists(fs, path, url):
+        raise UsageError(f"{flag} {url}: no such {what}")
+
+
 def run_preprocessing(*, job: str, unit: str, master: str | None, spark_conf: dict[str, str], input_url: str,
                       output_url: str, body: Callable[..., dict]) -> int:
     """The shared life of a preprocessing job: input and output kept apart, a session, the storage checks,

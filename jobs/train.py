@@ -32,6 +32,7 @@ from core.logs import counted, setup_logging
 from core.paths import to_url
 from jobs.common import (
     add_config_flags,
+    check_exists,
     check_output_kind,
     positive_float,
     positive_int,
@@ -135,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
              "early_stopping_patience": args.early_stopping_patience, "device": args.device}
     config = load_section("train", TrainConfig, config_file=args.config, overrides=args.overrides, flags=flags)
     check_output_kind(to_url(args.output), writes="training output")
+    check_exists(to_url(args.data), flag="--data", what="dataset folder")
     if args.launcher == "spark":
         if args.elastic:
             raise UsageError("--elastic runs under horovodrun (--min-np/--max-np), not with --launcher spark")

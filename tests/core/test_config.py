@@ -99,9 +99,14 @@ def test_missing_config_file_is_named(tmp_path):
 def test_train_job_names_a_missing_dataset(tmp_path, capsys):
     from jobs.train import main
 
-    assert main(["--data", str(tmp_path / "nothing"), "--output", str(tmp_path / "o"), "--backend", "single"]) == 1
+    assert main(["--data", str(tmp_path / "nothing"), "--output", str(tmp_path / "o"), "--backend", "single"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "nothing/metadata.json not found" in err
+    assert err.startswith("error: ") and f"--data file://{tmp_path}/nothing: no such dataset folder" in err
+    assert not (tmp_path / "o").exists()  # a refused run leaves no output folder behind
+    (tmp_path / "raw").mkdir()  # there, but not a dataset: the data's failure, named
+    assert main(["--data", str(tmp_path / "raw"), "--output", str(tmp_path / "o"), "--backend", "single"]) == 1
+    assert "raw/metadata.json not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("text, number", [("1e-9", 1e-9), ("2E3", 2000.0), ("-1.5e-2", -0.015), (".5e1", 5.0)])

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from core import locking
-from core.errors import EXIT_FAILED, LockFileError
+from core.errors import EXIT_FAILED, LockFileError, LockHeld
 
 
 def test_a_symlink_at_the_lock_path_is_refused_and_its_target_left_untouched(tmp_path):
@@ -64,3 +64,34 @@ def test_the_lock_file_is_created_0600_and_an_older_0644_one_is_made_0600(tmp_pa
                 assert f'"pid": {os.getpid()}' in lock.read_text()
     finally:
         os.umask(old_umask)
+
+
+def test_a_folder_the_lock_created_is_removed_when_nothing_else_was_written(tmp_path):
+    out = tmp_path / "new" / "model"
+    with pytest.raises(RuntimeError, match="refused"), locking.hold(str(out / ".lock"), what="a run"):
+        raise RuntimeError("refused before writing anything")
+    assert not out.exists() and (tmp_path / "new").is_dir()  # only the folder the lock made goes
+    with locking.hold(str(out / ".lock"), what="a run"):
+        (out / "metrics.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "metrics.json"]  # a run that wrote keeps its folder
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with locking.hold(str(existing / ".lock"), what="a run"):
+        pass
+    assert (existing / ".lock").is_file()  # a folder that was there stays, lock and all
+
+
+def test_a_lock_removed_by_its_holder_between_open_and_flock_is_not_taken(tmp_path, monkeypatch):
+    """The holder unlinks the lock while still holding it; a process that opened the old file meanwhile must back
+    off rather than hold a lock nobody else can see."""
+    lock = tmp_path / "lock"
+    real_open = locking._open_lock_file
+
+    def open_then_lose_the_name(path):
+        fd = real_open(path)
+        os.unlink(path)  # what the holder's cleanup does just after our open
+        return fd
+
+    monkeypatch.setattr(locking, "_open_lock_file", open_then_lose_the_name)
+    with pytest.raises(LockHeld, match="has just ended .* try again"), locking.hold(str(lock), what="a run"):
+        pass
