@@ -2,9 +2,10 @@
 
 The rule (README "Production"): 0 done, or nothing to do; 1 the data, a checkpoint or a stage failed (the
 message names the file); 2 the command line, a config key, a pipeline file or the launch is wrong (the message
-names the flag or key; a flag naming a file or folder that is not there is one); 3 more input rejected than max_reject_fraction allows (nothing committed); 75 another run
-holds the lock (EX_TEMPFAIL: try again later); 130 interrupted (Ctrl-C). ``jobs.common.run_main`` turns a BigtrainError into its message
-and ``exit_code``; anything else keeps its traceback.
+names the flag or key; a flag naming a file or folder that is not there is one); 3 more input rejected than
+max_reject_fraction allows (nothing committed); 75 another run holds the lock (EX_TEMPFAIL: try again later); 130
+interrupted (Ctrl-C). ``jobs.common.run_main`` turns a BigtrainError into its message and ``exit_code``; anything
+else keeps its traceback.
 """
 from __future__ import annotations
 
