@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from core.config import load_section, require
 from core.errors import CheckpointError, DatasetError, RejectBudgetError, UsageError
-from core.logs import setup_logging
+from core.logs import setup_logging, with_article
 from core.paths import join, to_url
 from dataset import layout
 from dataset.info import load_dataset_info
@@ -127,7 +127,7 @@ def check_dataset(payload: dict[str, Any], info, checkpoint_path: Path) -> None:
     trained = payload["dataset"]
     where = f"--data {info.url} does not match checkpoint {checkpoint_path} (trained on {trained.get('url')})"
     if info.kind != trained["kind"]:
-        raise UsageError(f"{where}: a {info.kind} dataset, the model is for {trained['kind']} data")
+        raise UsageError(f"{where}: {with_article(info.kind)} dataset, the model is for {trained['kind']} data")
     if info.classes != list(payload["classes"]):
         raise UsageError(f"{where}: classes {info.classes} differ from the model's {list(payload['classes'])}")
     if info.kind == "image":

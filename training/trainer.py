@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from core import atomic
 from core.errors import CheckpointError, DatasetError, LockHeld
 from core.locking import hold
+from core.logs import counted
 from training import checkpoint, resume
 from training.config import TrainConfig
 from training.device import describe, precision_for, to_device
@@ -116,9 +117,10 @@ class Trainer:
             return
         dist, split, config = self.dist, self.batches.splits["train"], self.config
         plan = plan_shard(split.row_group_sizes, 0, dist.size)
-        log.info("training %s on %s (snapshot %s): %d train rows, %d ranks on %d hosts x %d threads (%s; rank 0 on "
+        log.info("training %s on %s (snapshot %s): %s, %s on %s x %s (%s; rank 0 on "
                  "%s, %s), %d steps/epoch of %d, %s lr %.4g%s", self.model_name, self.batches.name, self.identity,
-                 split.rows, dist.size, dist.hosts, torch.get_num_threads(), dist.name, describe(self.device),
+                 counted(split.rows, "train row"), counted(dist.size, "rank"), counted(dist.hosts, "host"),
+                 counted(torch.get_num_threads(), "thread"), dist.name, describe(self.device),
                  self.precision.name, plan.steps(config.batch_size), config.batch_size, self.optimizer_name,
                  self.peak_lr, "" if plan.by_row_group else " (fewer row groups than ranks: row sharding)")
 
