@@ -5,12 +5,15 @@ half of one. Object stores (s3://, ...) publish an object whole when its upload 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
 from core import paths
+
+log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
 
@@ -84,3 +87,35 @@ def fsync_folder(folder: Path) -> None:
         pass  # some file systems (and platforms) do not fsync directories
     finally:
         os.close(fd)
+
+
+def sibling(path: str, role: str) -> str:
+    """``.NAME.<role>`` in the folder of ``path`` (a path or a URL): hidden, so listings and readers skip it."""
+    parent, _, name = path.rstrip("/").rpartition("/")
+    return f"{parent}/.{name}.{role}"
+
+
+def replace_folder(fs, staging: str, target: str, *, aside: str) -> None:
+    """Swap the checked folder ``staging`` in for ``target`` (paths of the fsspec ``fs``): the earlier folder is
+    moved to ``sibling(target, aside)``, the new one in, then the earlier one deleted. A crash in between leaves the
+    earlier folder aside, which ``recover_folder`` puts back. Two renames on a local file system; on object storage
+    each move is a copy and a delete, so the swap is not atomic there."""
+    old = sibling(target, aside)
+    if fs.exists(target):
+        fs.mv(target, old, recursive=True)
+    fs.mv(staging, target, recursive=True)
+    if fs.exists(old):
+        fs.rm(old, recursive=True)
+
+
+def recover_folder(fs, target: str, *, aside: str) -> None:
+    """Put back an earlier folder that a ``replace_folder`` interrupted between its moves left aside (or delete it
+    when the new one is already in place)."""
+    old = sibling(target, aside)
+    if not fs.exists(old):
+        return
+    if fs.exists(target):
+        fs.rm(old, recursive=True)
+    else:
+        log.warning("putting back %s, which an interrupted run left aside", target)
+        fs.mv(old, target, recursive=True)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from core import atomic
 from core.config import load_section, require
 from core.errors import CheckpointError, DatasetError, RejectBudgetError, UsageError
 from core.logs import setup_logging, with_article
@@ -282,8 +283,8 @@ def publish(spark, scored, *, output_url: str, inputs_read: int, about: dict[str
     from pyspark.sql import functions as F
 
     fs, target = fsspec.core.url_to_fs(output_url)
-    staging_url, staging = sibling(output_url, STAGING), sibling(target, STAGING)
-    _recover(fs, target)
+    staging_url, staging = atomic.sibling(output_url, STAGING), atomic.sibling(target, STAGING)
+    atomic.recover_folder(fs, target, aside=ASIDE)
     try:
         scored.write.mode("overwrite").parquet(staging_url)
         stats = (spark.read.parquet(staging_url)
@@ -294,39 +295,11 @@ def publish(spark, scored, *, output_url: str, inputs_read: int, about: dict[str
             raise RejectBudgetError(f"none of the {summary['inputs_read']} inputs could be scored ({reasons}): wrong "
                                     f"--input for this model? Nothing written to {output_url}")
         _write_summary(staging_url, summary)
-        _swap(fs, staging, target)
+        atomic.replace_folder(fs, staging, target, aside=ASIDE)
     finally:
         if fs.exists(staging):
             fs.rm(staging, recursive=True)
     return summary
-
-
-def sibling(path: str, role: str) -> str:
-    """``.NAME.<role>`` in the folder of ``path`` (a path or a URL)."""
-    parent, _, name = path.rstrip("/").rpartition("/")
-    return f"{parent}/.{name}.{role}"
-
-
-def _swap(fs, staging: str, target: str) -> None:
-    """The checked new output in, the earlier one aside and then deleted: a crash in between leaves the earlier
-    output at ``.NAME.predict-old``, which the next run puts back (``_recover``)."""
-    aside = sibling(target, ASIDE)
-    if fs.exists(target):
-        fs.mv(target, aside, recursive=True)
-    fs.mv(staging, target, recursive=True)
-    if fs.exists(aside):
-        fs.rm(aside, recursive=True)
-
-
-def _recover(fs, target: str) -> None:
-    """An earlier output left aside by a run that died while swapping goes back in place."""
-    aside = sibling(target, ASIDE)
-    if fs.exists(aside):
-        if fs.exists(target):
-            fs.rm(aside, recursive=True)
-        else:
-            log.warning("putting back the earlier predictions %s that an interrupted run left aside", aside)
-            fs.mv(aside, target, recursive=True)
 
 
 def summarise(stats: list, *, inputs_read: int, output_url: str) -> dict[str, Any]:

@@ -52,3 +52,35 @@ def test_file_urls_and_paths_are_the_same_target(tmp_path):
     atomic.write_text("file://" + str(tmp_path / "a.txt"), "one")
     atomic.write_text(tmp_path / "a.txt", "two")
     assert (tmp_path / "a.txt").read_text() == "two" and os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_a_folder_swap_interrupted_between_its_moves_is_recovered(tmp_path, monkeypatch):
+    import fsspec
+
+    from core import atomic
+
+    fs = fsspec.filesystem("file")
+    target, staging = tmp_path / "out", tmp_path / ".out.tmp"
+    for folder, text in ((target, "old"), (staging, "new")):
+        folder.mkdir()
+        (folder / "part").write_text(text)
+    real_mv = fs.mv
+    calls = []
+
+    def mv_then_die(src, dst, **kw):
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError("killed between the moves")
+        return real_mv(src, dst, **kw)
+
+    monkeypatch.setattr(fs, "mv", mv_then_die)
+    try:
+        atomic.replace_folder(fs, str(staging), str(target), aside="old")
+    except OSError:
+        pass
+    assert not target.exists() and (tmp_path / ".out.old" / "part").read_text() == "old"
+    monkeypatch.setattr(fs, "mv", real_mv)
+    atomic.recover_folder(fs, str(target), aside="old")
+    assert (target / "part").read_text() == "old" and not (tmp_path / ".out.old").exists()
+    atomic.replace_folder(fs, str(staging), str(target), aside="old")
+    assert (target / "part").read_text() == "new" and not staging.exists() and not (tmp_path / ".out.old").exists()

@@ -63,9 +63,11 @@ def test_an_output_left_aside_by_a_run_killed_while_swapping_is_put_back(spark, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scored"]
 
 
-def test_the_checkpoint_is_read_once_and_the_verified_bytes_are_the_ones_scored_with(image_checkpoint, sample_images,
-                                                                                     tmp_path, monkeypatch):
+def test_the_checkpoint_is_read_once_and_the_verified_bytes_are_the_ones_scored_with(spark, image_checkpoint,
+                                                                                     sample_images, tmp_path,
+                                                                                     monkeypatch):
     """The file is replaced after it was verified (and before scoring): the executors still get the bytes checked."""
+    monkeypatch.setattr(spark, "stop", lambda: None)  # job.run stops its session: here the test session's own
     ckpt = tmp_path / "model" / "checkpoint.pt"
     ckpt.parent.mkdir()
     shutil.copy(image_checkpoint, ckpt)
