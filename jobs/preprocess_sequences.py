@@ -47,6 +47,7 @@ class PreprocessSequencesConfig:
     splits: dict[str, float]
     row_group_size_mb: int
     ranks: int
+    max_record_bytes: int
     spark_conf: dict[str, str] = field(default_factory=dict)
     mode: Literal["incremental", "overwrite", "error"] = "incremental"
     max_reject_fraction: float = 0.1
@@ -57,6 +58,8 @@ class PreprocessSequencesConfig:
         require(self.min_count >= 1, f"{prefix}.min_count", f"must be at least 1, got {self.min_count}")
         require(self.row_group_size_mb > 0, f"{prefix}.row_group_size_mb", "must be positive")
         require(self.ranks >= 1, f"{prefix}.ranks", f"must be at least 1, got {self.ranks}")
+        require(1 <= self.max_record_bytes <= 2**31 - 1, f"{prefix}.max_record_bytes",
+                f"must be in [1, {2**31 - 1}], got {self.max_record_bytes}")
         require(bool(self.label_field), f"{prefix}.label_field", "must name a field")
         require(0 <= self.max_reject_fraction <= 1, f"{prefix}.max_reject_fraction",
                 f"must be in [0, 1], got {self.max_reject_fraction}")
@@ -201,7 +204,8 @@ def parse_inputs(spark, paths: list[str] | None, *, input_url: str, fmt: str, co
         return spark.createDataFrame([], text.PARSED_SCHEMA), {}
     fields = [f for f in (config.tokens_field or config.text_field, config.label_field) if f]
     try:
-        records, headers = storage.read_records(spark, input_url, fmt=fmt, fields=fields, paths=paths)
+        records, headers = storage.read_records(spark, input_url, fmt=fmt, fields=fields, paths=paths,
+                                                max_record_bytes=config.max_record_bytes)
     except storage.MissingColumnError as exc:
         raise UsageError(str(exc)) from None
     params = text.ParseParams(fmt=fmt, text_field=config.text_field, label_field=config.label_field,
