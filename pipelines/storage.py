@@ -194,7 +194,8 @@ def read_records(spark: SparkSession, input_url: str, *, fmt: str, fields: list[
         spans = F.when(F.col("open_before"), F.col("quoted_start_o") | F.col("quoted_end_o")).otherwise(
             F.col("quoted_start_c") | F.col("quoted_end_c"))
         records = records.where(F.col("line") > 1).withColumn("broken", F.coalesce("broken", F.when(spans, F.lit(
-            "broken CSV: part of a record whose quoted field spans lines (every line of such a record is rejected)"))))
+            "broken CSV: part of a record whose quoted field spans lines (every line of such a record is rejected; "
+            "a quote left open runs to the end of the file)"))))
     return records, headers
 
 

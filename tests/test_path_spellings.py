@@ -53,7 +53,7 @@ def images(spark, src, out) -> dict:
 
 
 def test_image_names_with_spaces_percent_hash_and_accents_in_full_and_incremental_runs(spark, tmp_path):
-    src, ds = tmp_path / "in put", tmp_path / "ds"
+    src, ds = tmp_path / "in put [1]", tmp_path / "data set"
     for i, name in enumerate(IMAGES):
         write(src / name, png((30 * i, 10, 200)), mtime=1_700_000_000)
     write(src / EMPTY, b"")
