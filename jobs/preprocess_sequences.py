@@ -167,8 +167,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
         labelled = labels.assign_labels(parsed, class_to_index=class_to_index, name_col="label_name")
         encoded = text.map_to_ids(labelled, vocabulary=spark.sparkContext.broadcast(vocabulary),
                                   max_length=config.max_length, dtype=dtype)
-        key = "split_key" if config.split_key == "content" else "source"
-        rows = splits.with_sample_id(splits.assign_split(encoded, fractions=config.splits, key_col=key), key_col="source")
+        rows = splits.with_sample_id(encoded, key_col="source")
         processed = incremental.count_outcomes(rows)
         carried = incremental.previous_records(spark, run, key=F.regexp_extract("source", r"^(.*):[0-9]+$", 1),
                                                class_to_index=class_to_index)
@@ -195,23 +194,30 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
 
 
 def parse_inputs(spark, paths: list[str] | None, *, input_url: str, fmt: str, config: PreprocessSequencesConfig):
-    """Parsed records (persisted) of the files listed (None: every input file), and the CSV headers."""
+    """Parsed records (persisted, with their ``split``) of the files listed (None: every input file), and the CSV
+    headers."""
     from pyspark import StorageLevel
 
-    from pipelines import storage, text
+    from pipelines import splits, storage, text
 
     if paths == []:  # an incremental run with files removed and none added
-        return spark.createDataFrame([], text.PARSED_SCHEMA), {}
-    fields = [f for f in (config.tokens_field or config.text_field, config.label_field) if f]
-    try:
-        records, headers = storage.read_records(spark, input_url, fmt=fmt, fields=fields, paths=paths,
-                                                max_record_bytes=config.max_record_bytes)
-    except storage.MissingColumnError as exc:
-        raise UsageError(str(exc)) from None
-    params = text.ParseParams(fmt=fmt, text_field=config.text_field, label_field=config.label_field,
-                              tokens_field=config.tokens_field or None, tokenizer=config.tokenizer,
-                              lowercase=config.lowercase)
-    return text.parse_lines(records, params=params, headers=headers).persist(StorageLevel.MEMORY_AND_DISK), headers
+        parsed, headers = spark.createDataFrame([], text.PARSED_SCHEMA), {}
+    else:
+        fields = [f for f in (config.tokens_field or config.text_field, config.label_field) if f]
+        try:
+            records, headers = storage.read_records(spark, input_url, fmt=fmt, fields=fields, paths=paths,
+                                                    max_record_bytes=config.max_record_bytes)
+        except storage.MissingColumnError as exc:
+            raise UsageError(str(exc)) from None
+        params = text.ParseParams(fmt=fmt, text_field=config.text_field, label_field=config.label_field,
+                                  tokens_field=config.tokens_field or None, tokenizer=config.tokenizer,
+                                  lowercase=config.lowercase)
+        parsed = text.parse_lines(records, params=params, headers=headers)
+    # The split is drawn before the records are kept, so the normalised text (``split_key``) is not kept beside
+    # the tokens: each accepted record's text is held once.
+    key = "split_key" if config.split_key == "content" else "source"
+    parsed = splits.assign_split(parsed, fractions=config.splits, key_col=key).drop("split_key")
+    return parsed.persist(StorageLevel.MEMORY_AND_DISK), headers
 
 
 def length_stats(accepted, max_length: int, previous: Manifest | None) -> dict:

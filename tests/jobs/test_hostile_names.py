@@ -129,3 +129,25 @@ def test_size_limits_out_of_range_are_named(section, cls, key, value):
     with pytest.raises(ConfigError) as exc:
         load_section(section, cls, overrides=[f"{section}.{key}={value}"])
     assert f"config key {section}.{key}: must be in [1, {2**31 - 1}]" in str(exc.value) and value in str(exc.value)
+
+
+@pytest.mark.spark
+def test_parsed_records_are_kept_with_their_split_and_without_a_second_copy_of_the_text(spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    from jobs.preprocess_sequences import parse_inputs
+    from pipelines import splits
+
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": f"Review  {i} Fine", "label": "pos"}) + "\n"
+                                              for i in range(20)))
+    config = load_section("preprocess_sequences", PreprocessSequencesConfig)
+    parsed, _ = parse_inputs(spark, None, input_url=to_url(str(tmp_path)), fmt="jsonl", config=config)
+    try:
+        assert "split_key" not in parsed.columns and "raw" not in parsed.columns
+        number = F.regexp_extract("source", r":(\d+)$", 1).cast("int") - 1  # line i + 1 holds review i
+        normalised = F.concat(F.lit("review "), number.cast("string"), F.lit(" fine"))  # NFKC, lower, one space
+        expected = splits.split_column(normalised, config.splits)
+        got = parsed.select("split", expected.alias("expected"), "raw_text").collect()
+        assert len(got) == 20 and all(r["split"] == r["expected"] and r["raw_text"] is None for r in got)
+    finally:
+        parsed.unpersist()
