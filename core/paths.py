@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 
 def to_url(path_or_url: str) -> str:
@@ -21,6 +21,15 @@ def normalise_url(url: str) -> str:
     if url.startswith("file:"):
         return "file:/" + url[len("file:"):].lstrip("/")
     return url
+
+
+def from_encoded_url(url: str) -> str:
+    """A file URL as Spark's URI-encoded sources spell it (``DataFrame.inputFiles()``, ``_metadata.file_path``:
+    ``big%20cat/a%20b.png``) in bigtrain's one spelling of paths: percent-escapes decoded, as the file system names
+    the file and as the ``path`` column of ``binaryFile`` spells it (``big cat/a b.png``), and ``normalise_url``'s
+    form of ``file:`` URLs. Only for those encoded sources: decoding a decoded path would turn ``a%41.png`` into
+    ``aA.png``. ``+`` stays ``+`` (URIs do not encode spaces as ``+``)."""
+    return normalise_url(unquote(url))
 
 
 def scheme_of(url: str) -> str:

@@ -130,29 +130,36 @@ def prepare_image_batch(batch: pd.DataFrame, *, root_url: str, params: images.De
 
 def raw_images(files: DataFrame, listed_paths: DataFrame, *, root_url: str, params: images.DecodeParams) -> DataFrame:
     """Every file Spark listed below ``root_url`` -> SCORING_SCHEMA, decoded on the executors; zero-byte files,
-    which Spark's file scan skips, come back as unusable rows (``pipelines.images.files_not_read``)."""
+    which Spark's file scan skips, and files above ``params.max_file_bytes``, never read, come back as unusable
+    rows (``pipelines.images.files_not_read``, ``files_too_large``)."""
     schema = T.StructType([f for f in SCORING_SCHEMA.fields if f.name != "id"])
 
     def prepare(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             yield prepare_image_batch(batch, root_url=root_url, params=params)
 
+    unread = images.files_not_read(listed_paths, files, root_url=root_url)
+    if params.max_file_bytes is not None:
+        unread = unread.unionByName(images.files_too_large(files, root_url=root_url,
+                                                           max_file_bytes=params.max_file_bytes))
+        files = files.where(F.col("length") <= params.max_file_bytes)
     decoded = files.select("path", "content").mapInPandas(prepare, schema=schema)
-    unread = images.files_not_read(listed_paths, files, root_url=root_url).select(
+    unusable = unread.select(
         F.coalesce("relpath", "path").alias("source"), F.lit(None).cast("string").alias("split"),
         F.lit(None).cast("string").alias("label"), F.lit(None).cast("binary").alias("features"),
         F.lit(None).cast("int").alias("length"), "reason")
-    return _with_id(decoded.unionByName(unread))
+    return _with_id(decoded.unionByName(unusable))
 
 
 def prepare_text_batch(batch: pd.DataFrame, *, params: text.ParseParams, headers: dict[str, list[str]],
                        vocabulary: list[str], max_length: int, dtype: str) -> pd.DataFrame:
-    """(source, file_path, raw) rows -> SCORING_SCHEMA rows (no id yet); never raises per record."""
+    """(source, file_path, raw[, broken]) rows -> SCORING_SCHEMA rows (no id yet); never raises per record."""
     index = {token: i for i, token in enumerate(vocabulary)}
     out: dict[str, list] = {name: [] for name in SCORING_SCHEMA.names if name != "id"}
-    for source, file_path, raw in zip(batch["source"], batch["file_path"], batch["raw"]):
+    for source, file_path, raw, broken in zip(batch["source"], batch["file_path"], batch["raw"], text.broken_of(batch)):
         label = features = length = None
-        parsed, reason = text.parse_or_reason(bytes(raw), params, headers.get(file_path), require_label=False)
+        parsed, reason = (None, broken) if broken else text.parse_or_reason(bytes(raw), params, headers.get(file_path),
+                                                                             require_label=False)
         if parsed:
             label = parsed.label
             features, length = text.encode_ids(parsed.tokens, index, max_length, dtype)
@@ -166,7 +173,7 @@ def prepare_text_batch(batch: pd.DataFrame, *, params: text.ParseParams, headers
 def raw_texts(records: DataFrame, *, params: text.ParseParams, headers: dict[str, list[str]], vocabulary,
               max_length: int, dtype: str) -> DataFrame:
     """Records read as ``preprocess-sequences`` reads them (``pipelines.storage.read_records``: source, file_path,
-    raw) -> SCORING_SCHEMA. ``vocabulary`` is a list of tokens in id order or a Spark Broadcast of one."""
+    raw, broken) -> SCORING_SCHEMA. ``vocabulary`` is a list of tokens in id order or a Spark Broadcast of one."""
     schema = T.StructType([f for f in SCORING_SCHEMA.fields if f.name != "id"])
 
     def prepare(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -175,7 +182,7 @@ def raw_texts(records: DataFrame, *, params: text.ParseParams, headers: dict[str
             yield prepare_text_batch(batch, params=params, headers=headers, vocabulary=words,
                                      max_length=max_length, dtype=dtype)
 
-    return _with_id(records.select("source", "file_path", "raw").mapInPandas(prepare, schema=schema))
+    return _with_id(records.select("source", "file_path", "raw", "broken").mapInPandas(prepare, schema=schema))
 
 
 def _model_inputs(features: list[bytes], lengths: list[int], source: ModelSource, decoder):

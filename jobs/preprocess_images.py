@@ -27,6 +27,7 @@ from dataset.manifest import ImageSpec, Manifest
 from jobs.common import add_config_flags, add_snapshot_flags, positive_int, resolve_master, run_main, run_preprocessing
 
 log = logging.getLogger("bigtrain.preprocess_images")
+MAX_BINARY_FILE_BYTES = 2**31 - 1  # Spark's binaryFile source fails the job on a larger file it has to read
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class PreprocessImagesConfig:
     max_pixels: int
     min_side: int
     max_aspect_ratio: float
+    max_file_bytes: int
     spark_conf: dict[str, str] = field(default_factory=dict)
     mode: Literal["incremental", "overwrite", "error"] = "incremental"
     max_reject_fraction: float = 0.1
@@ -51,6 +53,9 @@ class PreprocessImagesConfig:
         require(self.ranks >= 1, f"{prefix}.ranks", f"must be at least 1, got {self.ranks}")
         require(self.min_side >= 1, f"{prefix}.min_side", "must be at least 1")
         require(self.max_aspect_ratio >= 1, f"{prefix}.max_aspect_ratio", "must be at least 1")
+        require(1 <= self.max_file_bytes <= MAX_BINARY_FILE_BYTES, f"{prefix}.max_file_bytes",
+                f"must be in [1, {MAX_BINARY_FILE_BYTES}] (Spark reads a file into one binary value), "
+                f"got {self.max_file_bytes}")
         require(0 <= self.max_reject_fraction <= 1, f"{prefix}.max_reject_fraction",
                 f"must be in [0, 1], got {self.max_reject_fraction}")
         try:
@@ -131,7 +136,7 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
         return incremental.unchanged_summary(run)
     params = images.DecodeParams(image_size=config.image_size, channels=config.channels, codec=config.codec,
                                  max_pixels=config.max_pixels, min_side=config.min_side,
-                                 max_aspect_ratio=config.max_aspect_ratio)
+                                 max_aspect_ratio=config.max_aspect_ratio, max_file_bytes=config.max_file_bytes)
     decoded = decode_files(spark, run.paths_to_read(), input_url=input_url, params=params)
     try:
         names = [r["class_name"] for r in decoded.select("class_name").where(F.col("class_name").isNotNull())
@@ -172,7 +177,8 @@ def decode_files(spark, paths: list[str] | None, *, input_url: str, params):
     files = storage.read_binary_files(spark, input_url if paths is None else paths)
     decoded = images.decode_images(files, root_url=input_url, params=params)
     unread = images.files_not_read(storage.listed_paths(spark, files), files, root_url=input_url)
-    return decoded.unionByName(unread).persist(StorageLevel.MEMORY_AND_DISK)
+    too_large = images.files_too_large(files, root_url=input_url, max_file_bytes=params.max_file_bytes)
+    return decoded.unionByName(unread).unionByName(too_large).persist(StorageLevel.MEMORY_AND_DISK)
 
 
 if __name__ == "__main__":

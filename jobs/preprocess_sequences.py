@@ -47,6 +47,7 @@ class PreprocessSequencesConfig:
     splits: dict[str, float]
     row_group_size_mb: int
     ranks: int
+    max_record_bytes: int
     spark_conf: dict[str, str] = field(default_factory=dict)
     mode: Literal["incremental", "overwrite", "error"] = "incremental"
     max_reject_fraction: float = 0.1
@@ -57,6 +58,8 @@ class PreprocessSequencesConfig:
         require(self.min_count >= 1, f"{prefix}.min_count", f"must be at least 1, got {self.min_count}")
         require(self.row_group_size_mb > 0, f"{prefix}.row_group_size_mb", "must be positive")
         require(self.ranks >= 1, f"{prefix}.ranks", f"must be at least 1, got {self.ranks}")
+        require(1 <= self.max_record_bytes <= 2**31 - 1, f"{prefix}.max_record_bytes",
+                f"must be in [1, {2**31 - 1}], got {self.max_record_bytes}")
         require(bool(self.label_field), f"{prefix}.label_field", "must name a field")
         require(0 <= self.max_reject_fraction <= 1, f"{prefix}.max_reject_fraction",
                 f"must be in [0, 1], got {self.max_reject_fraction}")
@@ -164,8 +167,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
         labelled = labels.assign_labels(parsed, class_to_index=class_to_index, name_col="label_name")
         encoded = text.map_to_ids(labelled, vocabulary=spark.sparkContext.broadcast(vocabulary),
                                   max_length=config.max_length, dtype=dtype)
-        key = "split_key" if config.split_key == "content" else "source"
-        rows = splits.with_sample_id(splits.assign_split(encoded, fractions=config.splits, key_col=key), key_col="source")
+        rows = splits.with_sample_id(encoded, key_col="source")
         processed = incremental.count_outcomes(rows)
         carried = incremental.previous_records(spark, run, key=F.regexp_extract("source", r"^(.*):[0-9]+$", 1),
                                                class_to_index=class_to_index)
@@ -192,22 +194,30 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
 
 
 def parse_inputs(spark, paths: list[str] | None, *, input_url: str, fmt: str, config: PreprocessSequencesConfig):
-    """Parsed records (persisted) of the files listed (None: every input file), and the CSV headers."""
+    """Parsed records (persisted, with their ``split``) of the files listed (None: every input file), and the CSV
+    headers."""
     from pyspark import StorageLevel
 
-    from pipelines import storage, text
+    from pipelines import splits, storage, text
 
     if paths == []:  # an incremental run with files removed and none added
-        return spark.createDataFrame([], text.PARSED_SCHEMA), {}
-    fields = [f for f in (config.tokens_field or config.text_field, config.label_field) if f]
-    try:
-        records, headers = storage.read_records(spark, input_url, fmt=fmt, fields=fields, paths=paths)
-    except storage.MissingColumnError as exc:
-        raise UsageError(str(exc)) from None
-    params = text.ParseParams(fmt=fmt, text_field=config.text_field, label_field=config.label_field,
-                              tokens_field=config.tokens_field or None, tokenizer=config.tokenizer,
-                              lowercase=config.lowercase)
-    return text.parse_lines(records, params=params, headers=headers).persist(StorageLevel.MEMORY_AND_DISK), headers
+        parsed, headers = spark.createDataFrame([], text.PARSED_SCHEMA), {}
+    else:
+        fields = [f for f in (config.tokens_field or config.text_field, config.label_field) if f]
+        try:
+            records, headers = storage.read_records(spark, input_url, fmt=fmt, fields=fields, paths=paths,
+                                                    max_record_bytes=config.max_record_bytes)
+        except storage.MissingColumnError as exc:
+            raise UsageError(str(exc)) from None
+        params = text.ParseParams(fmt=fmt, text_field=config.text_field, label_field=config.label_field,
+                                  tokens_field=config.tokens_field or None, tokenizer=config.tokenizer,
+                                  lowercase=config.lowercase)
+        parsed = text.parse_lines(records, params=params, headers=headers)
+    # The split is drawn before the records are kept, so the normalised text (``split_key``) is not kept beside
+    # the tokens: each accepted record's text is held once.
+    key = "split_key" if config.split_key == "content" else "source"
+    parsed = splits.assign_split(parsed, fractions=config.splits, key_col=key).drop("split_key")
+    return parsed.persist(StorageLevel.MEMORY_AND_DISK), headers
 
 
 def length_stats(accepted, max_length: int, previous: Manifest | None) -> dict:

@@ -12,11 +12,10 @@ import re
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
-from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from core.paths import normalise_url
@@ -31,6 +30,7 @@ class DecodeParams:
     max_pixels: int            # width*height above this is rejected as absurd (decompression bombs)
     min_side: int              # a side below this is rejected as absurd (1x4000 strips, empty images)
     max_aspect_ratio: float    # long side / short side above this is rejected
+    max_file_bytes: int | None = None  # larger files are rejected unread (files_too_large); None: no limit
 
 
 class RejectedImage(Exception):
@@ -38,12 +38,14 @@ class RejectedImage(Exception):
 
 
 def split_relpath(path: str, root_url: str) -> tuple[str | None, str | None]:
-    """(relative path, class folder) of a file URL below ``root_url``; the class is None for files in the root."""
+    """(relative path, class folder) of a file URL below ``root_url``; the class is None for files in the root.
+    ``path`` is in the one spelling of ``core.paths`` (``binaryFile``'s ``path`` column, ``list_inputs``); it is
+    not decoded again, so ``a%41.png`` stays ``a%41.png``."""
     prefix = normalise_url(root_url).rstrip("/") + "/"
     path = normalise_url(path)
     if not path.startswith(prefix):
         return None, None
-    relpath = unquote(path[len(prefix):])
+    relpath = path[len(prefix):]
     head, sep, _ = relpath.partition("/")
     return relpath, (head if sep else None)
 
@@ -139,27 +141,47 @@ def decode_image_batch(batch: pd.DataFrame, *, root_url: str, params: DecodePara
 
 
 def decode_images(files: DataFrame, *, root_url: str, params: DecodeParams) -> DataFrame:
-    """``binaryFile`` DataFrame -> DECODED_SCHEMA, decoded in Arrow batches on the executors."""
+    """``binaryFile`` DataFrame -> DECODED_SCHEMA, decoded in Arrow batches on the executors. Files above
+    ``params.max_file_bytes`` are left out, unread: ``files_too_large`` gives their rejected rows."""
     def decode_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             yield decode_image_batch(batch, root_url=root_url, params=params)
 
+    if params.max_file_bytes is not None:  # pushed down: larger files are never read (see files_too_large)
+        files = files.where(F.col("length") <= params.max_file_bytes)
     return files.select("path", "content").mapInPandas(decode_partition, schema=DECODED_SCHEMA)
 
 
 def files_not_read(listed_paths: DataFrame, files: DataFrame, *, root_url: str) -> DataFrame:
     """Files the listing holds but the ``binaryFile`` scan ``files`` never delivers, as rejected DECODED_SCHEMA rows.
 
-    Spark's file sources silently skip zero-byte files; ``listed_paths`` (one ``path`` column, normalised with
-    ``normalise_url``) comes from the listing the scan used, so every file Spark saw is accounted for. Only the
-    scan's ``path`` column is read, and the rows are built with SQL expressions (no Python worker).
+    Spark's file sources silently skip zero-byte files; ``listed_paths`` (one ``path`` column, in the spelling of
+    ``storage.listed_paths``: that of the scan's ``path``) comes from the listing the scan used, so every file
+    Spark saw is accounted for. Only the scan's ``path`` column is read, and the rows are built with SQL
+    expressions (no Python worker).
     """
-    prefix = normalise_url(root_url).rstrip("/") + "/"
     scanned = files.select(F.regexp_replace("path", r"^file:/+", "file:/").alias("path"))
     missing = listed_paths.join(scanned, "path", "left_anti")
+    return _unread_rows(missing, root_url=root_url,
+                        reason=F.lit("empty file: zero bytes (Spark's file scan skips such files)"))
+
+
+def files_too_large(files: DataFrame, *, root_url: str, max_file_bytes: int) -> DataFrame:
+    """Files of the ``binaryFile`` scan ``files`` above ``max_file_bytes``, as rejected DECODED_SCHEMA rows. Their
+    content is never read: only ``path`` and ``length`` are selected, and Spark's binary file source tests the
+    pushed-down ``length`` filter before it reads a file (``decode_images`` keeps the others the same way)."""
+    large = files.where(F.col("length") > max_file_bytes).select(
+        F.regexp_replace("path", r"^file:/+", "file:/").alias("path"), "length")
+    reason = F.concat(F.lit("file too large: "), F.col("length").cast("string"),
+                      F.lit(f" bytes, more than max_file_bytes {max_file_bytes}"))
+    return _unread_rows(large, root_url=root_url, reason=reason)
+
+
+def _unread_rows(paths: DataFrame, *, root_url: str, reason: Column) -> DataFrame:
+    """DECODED_SCHEMA rows of files rejected without reading them (``path``, normalised), with ``reason``."""
+    prefix = normalise_url(root_url).rstrip("/") + "/"
     relpath = F.when(F.col("path").startswith(prefix), F.expr(f"substring(path, {len(prefix) + 1})"))
     class_name = F.regexp_extract(relpath, r"^([^/]+)/", 1)
-    return missing.select(
+    return paths.select(
         "path", relpath.alias("relpath"), F.when(class_name != "", class_name).alias("class_name"),
-        F.lit(None).cast("binary").alias("image"),
-        F.lit("empty file: zero bytes (Spark's file scan skips such files)").alias("reason"))
+        F.lit(None).cast("binary").alias("image"), reason.alias("reason"))

@@ -22,9 +22,10 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core.errors import DatasetError, RejectBudgetError
-from core.paths import join, normalise_url
+from core.paths import from_encoded_url, join, normalise_url
 from dataset import layout, manifest, snapshots
 from dataset.manifest import InputCounts, Lineage, Manifest, SplitCounts
+from pipelines import storage
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,13 @@ def list_inputs(spark: SparkSession, input_url: str, relpath_of: Callable[[str],
     """relative path -> (path, size, modification time in ms) of every file Spark reads below ``input_url``.
 
     Spark's ``binaryFile`` listing with the content column pruned (no file is read); zero-byte files, which its
-    scan skips, come from the same listing with size 0.
+    scan skips, come from the same listing with size 0. Paths are in the one spelling of ``core.paths``
+    (``big cat/a b.png``, not the listing's URI-encoded ``big%20cat/a%20b.png``), as ``inputs.parquet`` stores them.
     """
-    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(input_url)
+    files = storage.read_binary_files(spark, input_url)
     rows = files.select("path", "length", F.expr("unix_millis(modificationTime)").alias("mtime")).collect()
     found = {normalise_url(r["path"]): (int(r["length"]), int(r["mtime"])) for r in rows}
-    for path in map(normalise_url, files.inputFiles()):
+    for path in map(from_encoded_url, files.inputFiles()):
         found.setdefault(path, (0, 0))
     return {relpath_of(path): (path, size, mtime) for path, (size, mtime) in found.items()}
 

@@ -8,11 +8,11 @@ import os
 import sys
 from typing import Any, Callable
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core.errors import DatasetError
-from core.paths import join, normalise_url
+from core.paths import from_encoded_url, join, normalise_url
 from dataset import layout
 from pipelines import text
 
@@ -80,7 +80,26 @@ def read_binary_files(spark: SparkSession, root_url: str | list[str]) -> DataFra
     """
     return (spark.read.format("binaryFile")
             .option("recursiveFileLookup", "true")
-            .load(root_url))
+            .load(spark_paths(root_url)))
+
+
+_GLOB_CHARS = "\\*?[]{}"
+
+
+def spark_paths(url: str | list[str]) -> str | list[str]:
+    """URLs in the form Spark's readers take them: Hadoop's glob characters (``[ ] { } * ? \\``) escaped, since a
+    file named ``x [1].png`` is a path, not a pattern. Spaces, ``%``, ``#`` and other letters are taken as
+    written."""
+    if not isinstance(url, str):
+        return [spark_paths(u) for u in url]
+    return "".join("\\" + c if c in _GLOB_CHARS else c for c in url)
+
+
+def decoded_path(column: str) -> Column:
+    """``from_encoded_url`` on the executors: a ``_metadata.file_path`` (URI-encoded) in bigtrain's one spelling.
+    ``url_decode`` would turn ``+`` into a space, which a URI never means by it, so ``+`` is protected first."""
+    decoded = F.expr(f"url_decode(replace({column}, '+', '%2B'))")
+    return F.regexp_replace(decoded, r"^file:/+", "file:/")
 
 
 TEXT_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -113,8 +132,8 @@ def detect_format(input_url: str) -> str:
 def read_text_lines(spark: SparkSession, input_url: str | list[str]) -> DataFrame:
     """Every line of every file below ``input_url`` as raw bytes (no decoding: invalid UTF-8 stays visible), with
     the file and the block of the file it came from (for line numbers)."""
-    lines = spark.read.option("recursiveFileLookup", "true").text(input_url)
-    return lines.select(F.col("_metadata.file_path").alias("file_path"),
+    lines = spark.read.option("recursiveFileLookup", "true").text(spark_paths(input_url))
+    return lines.select(decoded_path("_metadata.file_path").alias("file_path"),
                         F.col("_metadata.file_block_start").alias("block_start"),
                         F.col("value").cast("binary").alias("raw"))
 
@@ -126,11 +145,11 @@ class MissingColumnError(ValueError):
 def read_parquet_records(spark: SparkSession, input_url: str | list[str], columns: list[str]) -> DataFrame:
     """Rows of Parquet files as JSON objects of ``columns`` (raw bytes), so they parse like JSON Lines."""
     urls = [input_url] if isinstance(input_url, str) else input_url
-    rows = spark.read.option("recursiveFileLookup", "true").parquet(*urls)
+    rows = spark.read.option("recursiveFileLookup", "true").parquet(*spark_paths(urls))
     missing = [c for c in columns if c not in rows.columns]
     if missing:
         raise MissingColumnError(f"{input_url}: no column {missing[0]!r} (columns: {', '.join(rows.columns)})")
-    return rows.select(F.col("_metadata.file_path").alias("file_path"),
+    return rows.select(decoded_path("_metadata.file_path").alias("file_path"),
                        F.col("_metadata.file_block_start").alias("block_start"),
                        F.to_json(F.struct(*columns), {"ignoreNullFields": "false"}).cast("binary").alias("raw"))
 
@@ -150,34 +169,62 @@ def relative_to(root: str) -> Callable[[str], str]:
 
 
 def read_records(spark: SparkSession, input_url: str, *, fmt: str, fields: list[str],
-                 paths: list[str] | None = None) -> tuple[DataFrame, dict[str, list[str]]]:
-    """(source, file_path, raw) of every record of ``paths`` (default: every file below ``input_url``), and the CSV
-    header of each file (none for other formats). A record is a line (JSON Lines, CSV: its header line is not one)
-    or a Parquet row as a JSON object of ``fields`` (MissingColumnError when a column is absent); ``source`` is
-    '<file below input_root(input_url)>:<line or row>'. Preprocessing and batch inference both read through this,
-    so a record has the same source (and sample id) in both."""
+                 paths: list[str] | None = None,
+                 max_record_bytes: int | None = None) -> tuple[DataFrame, dict[str, list[str]]]:
+    """(source, file_path, raw, broken) of every record of ``paths`` (default: every file below ``input_url``),
+    and the CSV header of each file (none for other formats). A record is a line (JSON Lines, CSV: its header line
+    is not one) or a Parquet row as a JSON object of ``fields`` (MissingColumnError when a column is absent);
+    ``source`` is '<file below input_root(input_url)>:<line or row>'. ``broken`` says why a record is rejected
+    before parsing, else null: longer than ``max_record_bytes`` (``raw`` then keeps only its start, cut on the JVM
+    side, so no Python worker or Arrow batch holds it whole), or a CSV line of a record whose quoted field spans
+    lines (every line of such a record: none is a fragment to train on). Preprocessing and batch inference both
+    read through this, so a record has the same source (and sample id) in both."""
     if fmt == "parquet":
         lines = read_parquet_records(spark, paths or input_url, fields)
     else:
         lines = read_text_lines(spark, paths or input_url)
-    numbered = text.number_lines(lines)
-    counts = [(r["file_path"], r["block_start"], r["count"])
-              for r in numbered.groupBy("file_path", "block_start").count().collect()]
-    offsets = spark.createDataFrame(text.block_line_offsets(counts),
-                                    "file_path string, block_start long, lines_before long")
-    records = text.with_line_numbers(numbered, offsets, root_url=input_root(input_url))
+    lines = _cut_long_records(lines, max_record_bytes)
+    numbered = text.number_lines(lines, csv_quotes=fmt == "csv")
+    records = text.with_line_numbers(numbered, _block_offsets(spark, numbered, csv_quotes=fmt == "csv"),
+                                     root_url=input_root(input_url))
     headers: dict[str, list[str]] = {}
     if fmt == "csv":
         for r in records.where(F.col("line") == 1).select("file_path", "raw").collect():
             headers[r["file_path"]] = next(csv.reader([bytes(r["raw"]).decode("utf-8", errors="replace")]), [])
-        records = records.where(F.col("line") > 1)
+        spans = F.when(F.col("open_before"), F.col("quoted_start_o") | F.col("quoted_end_o")).otherwise(
+            F.col("quoted_start_c") | F.col("quoted_end_c"))
+        records = records.where(F.col("line") > 1).withColumn("broken", F.coalesce("broken", F.when(spans, F.lit(
+            "broken CSV: part of a record whose quoted field spans lines (every line of such a record is rejected; "
+            "a quote left open runs to the end of the file)"))))
     return records, headers
+
+
+def _cut_long_records(lines: DataFrame, max_record_bytes: int | None) -> DataFrame:
+    """+ ``broken`` for records above ``max_record_bytes``, whose ``raw`` is cut to its first bytes."""
+    if max_record_bytes is None:
+        return lines.withColumn("broken", F.lit(None).cast("string"))
+    long = F.length("raw") > max_record_bytes
+    reason = F.concat(F.lit("record too long: "), F.length("raw").cast("string"),
+                      F.lit(f" bytes, more than max_record_bytes {max_record_bytes}"))
+    return (lines.withColumn("broken", F.when(long, reason))
+            .withColumn("raw", F.when(long, F.substring("raw", 1, text.RAW_TEXT_LIMIT)).otherwise(F.col("raw"))))
+
+
+def _block_offsets(spark: SparkSession, numbered: DataFrame, *, csv_quotes: bool) -> DataFrame:
+    """Per block of each file: the lines before it and (CSV) whether it starts inside a quoted field."""
+    ends = [F.max_by(name, "index_in_block").alias(name) for name in text.QUOTE_STATES[1::2]] if csv_quotes else []
+    blocks = numbered.groupBy("file_path", "block_start").agg(F.count(F.lit(1)).alias("count"), *ends).collect()
+    offsets = text.block_line_offsets([(r["file_path"], r["block_start"], r["count"]) for r in blocks])
+    quoted = text.block_quote_states([(r["file_path"], r["block_start"], r["quoted_end_c"], r["quoted_end_o"])
+                                      for r in blocks] if csv_quotes else [])
+    return spark.createDataFrame([(*o, quoted.get(o[:2], False)) for o in offsets],
+                                 "file_path string, block_start long, lines_before long, open_before boolean")
 
 
 def listed_paths(spark: SparkSession, files: DataFrame) -> DataFrame:
     """The files Spark's listing found for ``files`` (zero-byte ones included, which its scan skips), as a
-    DataFrame of normalised ``path``s."""
-    return spark.createDataFrame([(normalise_url(p),) for p in files.inputFiles()], "path string")
+    DataFrame of ``path``s in the one spelling (``from_encoded_url``), the spelling of ``binaryFile``'s paths."""
+    return spark.createDataFrame([(from_encoded_url(p),) for p in files.inputFiles()], "path string")
 
 
 def row_groups_for(num_rows: int, num_bytes: int, *, row_group_size_mb: int, shard_multiple: int) -> int:

@@ -180,10 +180,11 @@ def _given_tokens(value: Any, name: str) -> list[str]:
 
 
 def parse_batch(batch: pd.DataFrame, *, params: ParseParams, headers: dict[str, list[str]]) -> pd.DataFrame:
-    """(source, file_path, raw) rows -> PARSED_SCHEMA rows; never raises per record."""
+    """(source, file_path, raw[, broken]) rows -> PARSED_SCHEMA rows; never raises per record. ``broken`` is why
+    the reading rejected a record already (``pipelines.storage.read_records``); null when it did not."""
     out: dict[str, list] = {name: [] for name in PARSED_SCHEMA.names}
-    for source, file_path, raw in zip(batch["source"], batch["file_path"], batch["raw"]):
-        parsed, reason = parse_or_reason(bytes(raw), params, headers.get(file_path))
+    for source, file_path, raw, broken in zip(batch["source"], batch["file_path"], batch["raw"], broken_of(batch)):
+        parsed, reason = (None, broken) if broken else parse_or_reason(bytes(raw), params, headers.get(file_path))
         tokens, label, key = parsed or (None, None, None)
         raw_text = bytes(raw).decode("utf-8", errors="replace")[:RAW_TEXT_LIMIT] if reason else None
         for name, value in zip(PARSED_SCHEMA.names, (source, tokens, label, key, reason, raw_text)):
@@ -191,35 +192,86 @@ def parse_batch(batch: pd.DataFrame, *, params: ParseParams, headers: dict[str, 
     return pd.DataFrame(out, columns=PARSED_SCHEMA.names)
 
 
+def broken_of(batch: pd.DataFrame) -> list:
+    """The ``broken`` column of a batch of records (why the reading rejected each one), all null when absent."""
+    return list(batch["broken"]) if "broken" in batch else [None] * len(batch)
+
+
 def parse_lines(lines: DataFrame, *, params: ParseParams, headers: dict[str, list[str]]) -> DataFrame:
-    """(source, file_path, raw binary) -> PARSED_SCHEMA, parsed in Arrow batches on the executors."""
+    """(source, file_path, raw binary, broken) -> PARSED_SCHEMA, parsed in Arrow batches on the executors."""
     def parse_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             yield parse_batch(batch, params=params, headers=headers)
 
-    return lines.select("source", "file_path", "raw").mapInPandas(parse_partition, schema=PARSED_SCHEMA)
+    return lines.select("source", "file_path", "raw", "broken").mapInPandas(parse_partition, schema=PARSED_SCHEMA)
 
 
-def number_lines(lines: DataFrame) -> DataFrame:
-    """Rows of a text scan (file_path, block_start, ...) in scan order -> + ``index_in_block`` (0-based).
+QUOTE_STATES = ("quoted_start_c", "quoted_end_c", "quoted_start_o", "quoted_end_o")
+
+
+def number_lines(lines: DataFrame, *, csv_quotes: bool = False) -> DataFrame:
+    """Rows of a text scan (file_path, block_start, raw, ...) in scan order -> + ``index_in_block`` (0-based).
 
     Spark splits big files into blocks; within a block, and within a partition, lines arrive in file order.
-    ``with_line_numbers`` turns (block, index in block) into the line number in the file.
+    ``with_line_numbers`` turns (block, index in block) into the line number in the file. With ``csv_quotes``,
+    also whether each line starts and ends inside a quoted CSV field, for both states its block may start in
+    (``QUOTE_STATES``: ``_c`` the block starts outside a quoted field, ``_o`` inside; ``block_quote_states`` tells
+    which), since a block's state depends on the blocks before it.
     """
-    schema = T.StructType(lines.schema.fields + [T.StructField("index_in_block", T.LongType(), False)])
+    extra = [T.StructField("index_in_block", T.LongType(), False)]
+    extra += [T.StructField(name, T.BooleanType(), False) for name in QUOTE_STATES] if csv_quotes else []
+    schema = T.StructType(lines.schema.fields + extra)
 
     def number(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        current, count = None, 0
+        current, count, states = None, 0, (False, True)
         for batch in batches:
             index = np.empty(len(batch), dtype=np.int64)
+            quoted = np.empty((len(batch), 4), dtype=bool)
             for i, key in enumerate(zip(batch["file_path"], batch["block_start"])):
                 if key != current:
-                    current, count = key, 0
+                    current, count, states = key, 0, (False, True)
                 index[i] = count
                 count += 1
-            yield batch.assign(index_in_block=index)
+                if csv_quotes:
+                    ends = tuple(csv_quote_state(bytes(batch["raw"].iat[i]), s) for s in states)
+                    quoted[i] = (states[0], ends[0], states[1], ends[1])
+                    states = ends
+            columns = dict(zip(QUOTE_STATES, quoted.T)) if csv_quotes else {}
+            yield batch.assign(index_in_block=index, **columns)
 
     return lines.mapInPandas(number, schema=schema)
+
+
+def csv_quote_state(raw: bytes, quoted: bool) -> bool:
+    """Whether a CSV line ends inside a quoted field (its line break then belongs to the field), given whether it
+    starts inside one. A quote opens a field only at the field's start, ``""`` inside one is a quote."""
+    if b'"' not in raw:
+        return quoted
+    field_start, i = not quoted, 0
+    while i < len(raw):
+        c = raw[i]
+        if quoted and c == 0x22:
+            if raw[i + 1:i + 2] == b'"':
+                i += 1
+            else:
+                quoted = False
+        elif not quoted and c == 0x22 and field_start:
+            quoted = True
+        field_start = not quoted and c == 0x2C
+        i += 1
+    return quoted
+
+
+def block_quote_states(blocks: list[tuple[str, int, bool, bool]]) -> dict[tuple[str, int], bool]:
+    """[(file, block_start, ends quoted if the block starts outside, ... if inside)] -> whether each block starts
+    inside a quoted CSV field (a file starts outside)."""
+    states, quoted, last_file = {}, False, None
+    for file_path, block_start, end_c, end_o in sorted(blocks):
+        if file_path != last_file:
+            quoted, last_file = False, file_path
+        states[(file_path, block_start)] = quoted
+        quoted = end_o if quoted else end_c
+    return states
 
 
 def block_line_offsets(block_counts: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:

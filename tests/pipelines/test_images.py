@@ -31,9 +31,11 @@ def decode_field(codec: str, size: int, channels: int, data: bytes) -> np.ndarra
     return field.codec.decode(field, data)
 
 
-def test_split_relpath_takes_the_first_folder_as_class_and_unquotes():
+def test_split_relpath_takes_the_first_folder_as_class_and_never_decodes_again():
     assert split_relpath("file:/data/imgs/cat/a.png", "file:///data/imgs") == ("cat/a.png", "cat")
-    assert split_relpath("file:/data/imgs/big%20cat/sub/a%2Bb.png", "file:/data/imgs/") == ("big cat/sub/a+b.png", "big cat")
+    assert split_relpath("file:/data/imgs/big cat/sub/a+b é.png", "file:/data/imgs/") == ("big cat/sub/a+b é.png", "big cat")
+    # paths come in the one (decoded) spelling: a file named with a percent sign keeps it
+    assert split_relpath("file:/data/imgs/d%20og/c%41.png", ROOT) == ("d%20og/c%41.png", "d%20og")
     assert split_relpath("file:/data/imgs/a.png", ROOT) == ("a.png", None)
     assert split_relpath("file:/elsewhere/a.png", ROOT) == (None, None)
     assert split_relpath("s3a://bucket/x/dog/1.jpg", "s3a://bucket/x") == ("dog/1.jpg", "dog")

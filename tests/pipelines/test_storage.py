@@ -18,6 +18,15 @@ def test_relative_to_accepts_every_spelling_of_a_file_url():
     assert storage.relative_to("s3a://bucket/in")("s3a://bucket/in/x.parquet") == "x.parquet"
 
 
+def test_spark_encoded_urls_are_decoded_once_and_glob_characters_escaped_for_readers():
+    from core.paths import from_encoded_url
+
+    assert from_encoded_url("file:///d/big%20cat/a%20b%20é.png") == "file:/d/big cat/a b é.png"
+    assert from_encoded_url("file:/d/%C3%BC%231/a+b%2541.png") == "file:/d/ü#1/a+b%41.png"  # '+' is no space
+    assert storage.spark_paths("file:/d/ü [1]/{a}*?.png") == "file:/d/ü \\[1\\]/\\{a\\}\\*\\?.png"
+    assert storage.spark_paths(["s3a://b/x y#%.png"]) == ["s3a://b/x y#%.png"]
+
+
 def test_input_root_is_the_folder_or_the_files_folder(tmp_path):
     (tmp_path / "a.jsonl").write_text("{}\n")
     assert storage.input_root(f"file://{tmp_path}") == f"file://{tmp_path}"

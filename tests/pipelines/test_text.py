@@ -219,3 +219,19 @@ def test_line_numbers_are_exact_across_file_blocks(spark, tmp_path):
     assert len(got) == 3003
     assert all(got[f"big.jsonl:{i + 1}"] == lines[i].encode() for i in range(3000))
     assert got["small.jsonl:2"] == b"" and got["small.jsonl:3"] == b'{"i": 2}'
+
+
+def test_csv_quote_state_follows_quoting_rules():
+    from pipelines.text import block_quote_states, csv_quote_state
+
+    assert csv_quote_state(b'plain,5', False) is False
+    assert csv_quote_state(b'"opens,5', False) is True
+    assert csv_quote_state(b'a "quoted" word,1', False) is False       # not at a field's start: a plain character
+    assert csv_quote_state(b'"x ""y"" z",1', False) is False           # "" inside a quoted field is a quote
+    assert csv_quote_state(b'x, "y""', False) is False                 # a space before the quote: unquoted field
+    assert csv_quote_state(b'still inside ""', True) is True
+    assert csv_quote_state(b'closes",1', True) is False
+    assert csv_quote_state(b'a,"b', True) is False                     # inside: the quote closes, then plain text
+    assert block_quote_states([("f", 100, True, False), ("f", 0, True, True), ("f", 200, False, True),
+                               ("g", 0, False, False)]) == {("f", 0): False, ("f", 100): True, ("f", 200): False,
+                                                            ("g", 0): False}
