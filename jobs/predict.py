@@ -197,6 +197,14 @@ def _preprocess(payload: dict[str, Any], checkpoint_path: Path, *keys: str) -> l
     return [settings[k] for k in keys]
 
 
+SIZE_LIMITS = {"max_file_bytes": 256 << 20, "max_record_bytes": 16 << 20}  # for checkpoints older than the limits
+
+
+def _limit(payload: dict[str, Any], key: str) -> int:
+    """A size limit of the checkpoint's preprocessing (raw inputs larger are unusable, never read whole)."""
+    return int((payload["dataset"].get("preprocess") or {}).get(key, SIZE_LIMITS[key]))
+
+
 def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data, input_url: str | None,
                  config: PredictConfig):
     """(rows to score, inputs read, the codec or token dtype the rows are in)."""
@@ -219,7 +227,8 @@ def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data,
         size, channels, codec, max_pixels, min_side, ratio = _preprocess(
             payload, checkpoint_path, "image_size", "channels", "codec", "max_pixels", "min_side", "max_aspect_ratio")
         params = images.DecodeParams(image_size=size, channels=channels, codec=predict.raw_image_codec(codec),
-                                     max_pixels=max_pixels, min_side=min_side, max_aspect_ratio=ratio)
+                                     max_pixels=max_pixels, min_side=min_side, max_aspect_ratio=ratio,
+                                     max_file_bytes=_limit(payload, "max_file_bytes"))
         files = storage.read_binary_files(spark, input_url)
         listed = storage.listed_paths(spark, files)
         return (predict.raw_images(files, listed, root_url=input_url, params=params), listed.count(),
@@ -242,7 +251,8 @@ def _text_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], input_u
         raise UsageError(f"checkpoint {checkpoint_path} holds no vocabulary: raw texts cannot be mapped to its ids")
     # Read exactly as preprocess-sequences reads (same file:line sources); Parquet inputs need no label column.
     try:
-        records, headers = storage.read_records(spark, input_url, fmt=fmt, fields=[tokens_field or text_field])
+        records, headers = storage.read_records(spark, input_url, fmt=fmt, fields=[tokens_field or text_field],
+                                                max_record_bytes=_limit(payload, "max_record_bytes"))
     except storage.MissingColumnError as exc:
         raise UsageError(str(exc)) from None
     params = text.ParseParams(fmt=fmt, text_field=text_field, label_field=label_field,

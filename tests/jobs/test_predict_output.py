@@ -99,3 +99,19 @@ def test_an_output_inside_the_input_or_around_it_is_refused_with_exit_2_naming_b
         assert result.returncode == 2, result.stderr[-2000:]
         assert f"error: --output {to_url(str(output))} {relation} --input {to_url(str(inputs))}" in result.stderr
     assert sorted(p.relative_to(images) for p in images.rglob("*")) == listing
+
+
+def test_a_raw_input_over_the_checkpoints_size_limit_is_unusable_not_read(spark, image_checkpoint, sample_images,
+                                                                          tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(sample_images, images)
+    with (images / "circle" / "huge.png").open("wb") as fh:  # sparse: 3 GB on no disk; Spark cannot read it whole
+        fh.truncate(3 * 2**30)
+    out = tmp_path / "scored"
+    summary = job.predict(spark, model=job.load_checkpoint(str(image_checkpoint)), output_url=to_url(str(out)),
+                          input_url=to_url(str(images)), config=_config())
+    rows = pd.read_parquet(out)
+    huge = rows[rows["source"] == "circle/huge.png"]
+    assert len(huge) == 1 and huge["predicted_class"].isna().all()
+    assert "max_file_bytes" in huge["reason"].iloc[0]
+    assert summary["inputs_read"] == len(rows) == summary["scored"] + summary["unusable"]

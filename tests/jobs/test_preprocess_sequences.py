@@ -109,7 +109,7 @@ def test_an_unseen_csv_corpus_with_long_lines_non_ascii_and_broken_rows(spark, t
     src = tmp_path / "corpus"
     src.mkdir()
     rows = ['"Ein sehr gutes Buch, wirklich!",gut', '"短い",gut', f'"{"word " * 3000}",schlecht',
-            '"Ça ne marche pas du tout 🙁",schlecht', '"unterminated,gut', 'only-one-cell', '"",gut']
+            '"Ça ne marche pas du tout 🙁",schlecht', 'only-one-cell', '"",gut', '"unterminated,gut']
     (src / "a.csv").write_text("review,stars\n" + "\n".join(rows) + "\n", encoding="utf-8")
     (src / "b.csv").write_bytes(b"review,stars\n\"bad \xc3\x28 bytes\",gut\n\"fine again\",gut\n")
     summary, meta, out = run_job(spark, tmp_path, src, "csv", text_field="review", label_field="stars",
@@ -120,7 +120,8 @@ def test_an_unseen_csv_corpus_with_long_lines_non_ascii_and_broken_rows(spark, t
     assert meta["sequence"]["longest"] == 3000 and meta["sequence"]["truncated"] == 1
     reasons = {r["source"]: r["reason"] for r in pq.read_table(out / "rejected").to_pylist()}
     assert set(reasons) == {"a.csv:6", "a.csv:7", "a.csv:8", "b.csv:2"}
-    assert "invalid UTF-8" in reasons["b.csv:2"] and "empty text" in reasons["a.csv:8"]
+    assert "invalid UTF-8" in reasons["b.csv:2"] and "empty text" in reasons["a.csv:7"]
+    assert reasons["a.csv:8"].startswith("broken CSV")  # a quote left open: the rest of the file is one field
 
 
 def test_parquet_input_with_integer_token_ids(spark, tmp_path):
