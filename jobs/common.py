@@ -166,6 +166,9 @@ def check_output_kind(output_url: str, *, writes: str, flag: str = "--output") -
     fs, path = filesystem(output_url)
     if not layout.exists(fs, path, output_url) or not fs.isdir(path):
         return
+    if writes == "bigtrain dataset" and fs.exists(path.rstrip("/") + "/" + layout.METADATA_FILE):
+        raise UsageError(f"{flag} {output_url} is a snapshot of a dataset (it holds {layout.METADATA_FILE}); give the "
+                         f"dataset folder ({output_url.split('/' + layout.SNAPSHOTS_DIR + '/')[0]}) or another folder")
     for kind, names in OUTPUT_MARKERS.items():
         found = [name for name in names if fs.exists(path.rstrip("/") + "/" + name)]
         if kind != writes and found:

@@ -21,7 +21,8 @@ from typing import Any, Callable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from core.errors import DatasetError, RejectBudgetError
+from core.errors import DatasetError, RejectBudgetError, UsageError
+from core.logs import with_article
 from core.paths import from_encoded_url, join, normalise_url
 from dataset import layout, manifest, snapshots
 from dataset.manifest import InputCounts, Lineage, Manifest, SplitCounts
@@ -112,13 +113,16 @@ def plan(spark: SparkSession, *, dataset_url: str, input_url: str, kind: str, co
 
 def _decide(run: RunPlan) -> None:
     prev = run.previous
+    if prev.kind != run.kind:  # even with --mode overwrite: a new snapshot of another kind would become current
+        raise UsageError(f"--output {run.dataset_url} holds {with_article(prev.kind)} dataset (snapshot "
+                         f"{prev.snapshot_id}); this job writes {with_article(run.kind)} dataset: give another folder")
     if run.mode == "error":
         raise DatasetError(f"{run.dataset_url} already holds snapshot {prev.snapshot_id} and "
                                   "--mode error refuses to write another (use --mode incremental or overwrite)")
     if run.mode == "overwrite":
         run.reason = "--mode overwrite: every input processed again"
-    elif prev.kind != run.kind or prev.input != run.input_url:
-        run.reason = f"the previous snapshot was a {prev.kind} dataset of {prev.input}"
+    elif prev.input != run.input_url:
+        run.reason = f"the previous snapshot was made from {prev.input}: every input processed again"
     elif prev.snapshot.config_fingerprint != config_fingerprint(run.config):
         changed = sorted(k for k in run.config if k not in IGNORED_CONFIG_KEYS
                          and prev.config.get(k) != run.config[k])

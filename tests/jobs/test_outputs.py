@@ -59,3 +59,30 @@ def test_preprocess_images_refuses_a_model_folder_before_starting_spark(tmp_path
     assert preprocess_images.main(["--input", str(tmp_path / "raw"), "--output", str(out), "--quiet"]) == 2
     assert "holds a training output (metrics.json is there)" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("mode", ["incremental", "overwrite"])
+def test_an_image_job_refuses_a_sequence_dataset_as_its_output(spark, text_dataset, sample_images, tmp_path, mode):
+    import shutil
+
+    from core.config import load_section
+    from jobs.preprocess_images import PreprocessImagesConfig, preprocess_images
+
+    out = tmp_path / "texts_ds"
+    shutil.copytree(text_dataset.parent.parent, out)  # the fixture is a snapshot folder: its dataset
+    before = layout.snapshot_ids(to_url(str(out)))
+    config = load_section("preprocess_images", PreprocessImagesConfig, flags={"image_size": 16, "mode": mode})
+    with pytest.raises(UsageError, match=r"holds a sequence dataset \(snapshot \d{6}-.*\); this job writes an image "
+                                         r"dataset: give another folder"):
+        preprocess_images(spark, input_url=to_url(str(sample_images)), output_url=to_url(str(out)), config=config)
+    assert layout.snapshot_ids(to_url(str(out))) == before  # nothing staged, nothing committed
+
+
+def test_preprocessing_refuses_a_snapshot_folder_as_its_output(tmp_path):
+    snapshot = tmp_path / "ds" / "snapshots" / "000001-20261201T000000Z"
+    snapshot.mkdir(parents=True)
+    (snapshot / "metadata.json").write_text("{}")
+    with pytest.raises(UsageError, match=r"is a snapshot of a dataset \(it holds metadata\.json\); give the dataset "
+                                         r"folder \(file://.*/ds\) or another folder"):
+        common.check_output_kind(to_url(str(snapshot)), writes="bigtrain dataset")
