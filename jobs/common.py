@@ -93,7 +93,21 @@ def format_summary(summary: dict, *, job: str, unit: str) -> str:
     if summary["rejected"]:
         reasons = ", ".join(f"{reason} ({n})" for reason, n in summary["rejected_by_reason"].items())
         lines.append(f"  rejected   {summary['rejected']:>8} {unit} -> {summary['rejected_url']}: {reasons}")
+    lines.extend(f"  warning: {gap}" for gap in class_gaps(summary["splits"]))
     return "\n".join(lines)
+
+
+def class_gaps(splits: dict[str, dict]) -> list[str]:
+    """A line per split (validation, test) that lacks classes the train split has: their accuracy is then
+    unmeasured, and a class with a single row (a label that sneaked in) shows here first."""
+    trained = [name for name, n in splits.get("train", {}).get("per_class", {}).items() if n]
+    gaps = []
+    for split in ("validation", "test"):
+        missing = [name for name in trained if not splits.get(split, {}).get("per_class", {}).get(name)]
+        if missing:
+            gaps.append(f"{split} has no rows of {len(missing)} of the {len(trained)} classes in train: "
+                        f"{', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}")
+    return gaps
 
 
 def resolve_master(flag: str | None, config_master: str) -> str | None:

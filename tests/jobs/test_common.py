@@ -33,3 +33,22 @@ def test_a_sibling_with_the_input_as_name_prefix_is_not_inside_it(tmp_path):
 
     check_apart(f"file://{tmp_path}/raw", f"file://{tmp_path}/raw_ds")  # no error
     check_apart("s3://bucket/raw", "s3://bucket/datasets/raw")
+
+
+def test_the_summary_warns_of_classes_missing_from_validation_or_test():
+    from jobs.common import format_summary
+
+    def split(per_class):
+        return {"rows": sum(per_class.values()), "row_groups": 1, "per_class": per_class}
+
+    summary = {"records_read": 62, "rows_written": 61, "rejected": 1, "rejected_by_reason": {"broken JSON": 1},
+               "rejected_url": "file:///ds/rejected", "seconds": 1.0, "output": "file:///ds", "snapshot": "000001-x",
+               "run": "first snapshot", "processed": (62, 1),
+               "splits": {"train": split({"1": 1, "neg": 24, "pos": 24}), "validation": split({"1": 0, "neg": 3, "pos": 3}),
+                          "test": split({"1": 0, "neg": 3, "pos": 3})}}
+    text = format_summary(summary, job="preprocess-sequences", unit="records")
+    assert "  warning: validation has no rows of 1 of the 3 classes in train: 1" in text
+    assert "  warning: test has no rows of 1 of the 3 classes in train: 1" in text
+    summary["splits"]["test"] = split({"1": 1, "neg": 3, "pos": 3})
+    summary["splits"]["validation"] = split({"1": 1, "neg": 3, "pos": 3})
+    assert "warning" not in format_summary(summary, job="preprocess-sequences", unit="records")
