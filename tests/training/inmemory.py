@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import torch
 
 from core.config import load_section
 from training.config import TrainConfig
@@ -87,3 +88,14 @@ class Claiming(Wrapped):
         sizes = (*info.row_group_sizes[:-1], info.row_group_sizes[-1] + extra) if row_groups else info.row_group_sizes
         self.splits = {**inner.splits, split: dataclasses.replace(info, rows=info.rows + extra,
                                                                   row_group_sizes=sizes)}
+
+
+class Pixels(torch.nn.Module):
+    """Not a bigtrain model: a trainer takes any module and optimizer."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 2)
+
+    def forward(self, images):
+        return self.linear(images.float().flatten(1) / 255)

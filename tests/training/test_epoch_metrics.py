@@ -6,18 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.training.inmemory import config, image_source
+from tests.training.inmemory import Pixels, config, image_source
 from training.distributed import SingleProcess
 from training.trainer import Trainer
-
-
-class Pixels(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(64, 2)
-
-    def forward(self, images):
-        return self.linear(images.float().flatten(1) / 255)
 
 
 @pytest.mark.parametrize("batch_size, padding", [(8, 4), (16, 12), (32, 12)])

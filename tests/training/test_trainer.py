@@ -13,7 +13,15 @@ import torch
 
 from core.errors import DatasetError, LockHeld
 from core.locking import hold
-from tests.training.inmemory import Claiming, InterruptedAt, Wrapped, config, image_source, sequence_source
+from tests.training.inmemory import (
+    Claiming,
+    InterruptedAt,
+    Pixels,
+    Wrapped,
+    config,
+    image_source,
+    sequence_source,
+)
 from training import checkpoint
 from training.distributed import SingleProcess
 from training.loop import build_trainer
@@ -61,17 +69,6 @@ def test_sequences_in_memory_learn_with_the_default_lstm(tmp_path):
     assert metrics["test_accuracy"] >= 0.9 and metrics["test_rows"] == 32
     saved = checkpoint.load(tmp_path / "checkpoint.pt")
     assert saved["model"] == "lstm" and saved["dataset"]["sequence"]["vocab_size"] == 20
-
-
-class Pixels(torch.nn.Module):
-    """Not a bigtrain model: a trainer takes any module and optimizer."""
-
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(64, 2)
-
-    def forward(self, images):
-        return self.linear(images.float().flatten(1) / 255)
 
 
 def test_a_trainer_takes_its_own_model_and_optimizer(tmp_path):
