@@ -243,7 +243,7 @@ def _text_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], input_u
     (text_field, label_field, tokens_field, tokenizer, lowercase, max_length) = _preprocess(
         payload, checkpoint_path, "text_field", "label_field", "tokens_field", "tokenizer", "lowercase", "max_length")
     try:
-        fmt = storage.detect_format(input_url) if config.format == "auto" else config.format
+        fmt = storage.detect_format(input_url, config.format)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"--input {input_url}: {exc}") from None
     vocabulary = payload["dataset"].get("vocabulary")

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     input_url, output_url = to_url(args.input), to_url(args.output)
     try:
-        fmt = storage.detect_format(input_url) if config.format == "auto" else config.format
+        fmt = storage.detect_format(input_url, config.format)
     except FileNotFoundError:
         raise UsageError(f"--input {args.input}: no such file or directory") from None
     except ValueError as exc:

@@ -105,28 +105,44 @@ def decoded_path(column: str) -> Column:
 TEXT_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
 
-def detect_format(input_url: str) -> str:
-    """jsonl, csv or parquet, from the extension of the input file or of the files in the input folder."""
+def detect_format(input_url: str, given: str = "auto") -> str:
+    """jsonl, csv or parquet: ``given``, or (``auto``) the one the extensions of the input file or of the files in
+    the input folder say. A folder holds one format: files of two known formats are refused either way (read as
+    one format, the others would be rejected line by line), naming which files are which."""
     import fsspec
 
     def kind(name: str) -> str | None:
         name = name[:-3] if name.endswith(".gz") else name
         return next((fmt for ext, fmt in TEXT_FORMATS.items() if name.endswith(ext)), None)
 
-    fs, path = fsspec.core.url_to_fs(input_url)
+    try:
+        fs, path = fsspec.core.url_to_fs(input_url)
+    except (ImportError, ValueError):  # a store only Spark reaches (hdfs:// without libhdfs here): as given
+        if given != "auto":
+            return given
+        raise
     if not fs.exists(path):
         raise FileNotFoundError(input_url)
     if not fs.isdir(path):
         names = [path]
     else:
         names = [p for p in fs.find(path) if not os.path.basename(p).startswith((".", "_"))][:10_000]
-    kinds = {kind(n) for n in names}
-    known = kinds - {None}
-    if len(known) != 1:
+    by_kind: dict[str | None, list[str]] = {}
+    for name in names:
+        by_kind.setdefault(kind(name), []).append(name[len(path):].lstrip("/") or os.path.basename(name))
+    known = sorted(k for k in by_kind if k)
+    if len(known) > 1:
+        which = "; ".join(f"{k}: {len(by_kind[k])} ({', '.join(by_kind[k][:3])}{', ...' if len(by_kind[k]) > 3 else ''})"
+                          for k in known)
+        raise ValueError(f"{input_url} holds files of {len(known)} formats ({which}); a folder holds one format: "
+                         "give each format its own folder and run once per folder")
+    if given != "auto":
+        return given
+    if not known:
         found = sorted({os.path.splitext(n)[1] or "(none)" for n in names})[:10]
         raise ValueError(f"cannot tell the format of {input_url} (extensions found: {', '.join(found) or 'no files'}); "
                          "pass --format jsonl|csv|parquet")
-    return known.pop()
+    return known[0]
 
 
 def read_text_lines(spark: SparkSession, input_url: str | list[str]) -> DataFrame:

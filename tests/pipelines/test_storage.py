@@ -73,3 +73,26 @@ def test_parquet_rows_become_json_objects_of_the_fields_read(spark, tmp_path):
     with pytest.raises(storage.MissingColumnError) as exc:
         _read(spark, url, "parquet", fields=["review"])
     assert str(exc.value) == f"{url}: no column 'review' (columns: text, stars, other)"
+
+
+@pytest.mark.parametrize("given", ["auto", "jsonl"])
+def test_a_folder_of_two_formats_is_refused_naming_which_files_are_which(tmp_path, given):
+    from pipelines.storage import detect_format
+
+    (tmp_path / "a.jsonl").write_text('{"text": "x", "label": 1}\n')
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.csv").write_text("text,label\nx,1\n")
+    with pytest.raises(ValueError, match=r"holds files of 2 formats \(csv: 1 \(sub/b\.csv\); jsonl: 1 \(a\.jsonl\)\); "
+                                         r"a folder holds one format"):
+        detect_format(f"file://{tmp_path}", given)
+
+
+def test_a_given_format_is_taken_for_files_without_a_known_extension(tmp_path):
+    from pipelines.storage import detect_format
+
+    (tmp_path / "part-0").write_text('{"text": "x", "label": 1}\n')
+    assert detect_format(f"file://{tmp_path}", "jsonl") == "jsonl"
+    with pytest.raises(ValueError, match="pass --format jsonl"):
+        detect_format(f"file://{tmp_path}")
+    (tmp_path / "a.csv").write_text("text,label\nx,1\n")
+    assert detect_format(f"file://{tmp_path}") == "csv" and detect_format(f"file://{tmp_path / 'a.csv'}") == "csv"
