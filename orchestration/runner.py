@@ -74,6 +74,22 @@ def _args(value: Any, where: str) -> list[str]:
     return out
 
 
+def resolve_vars(variables: dict[str, str], *, where: str) -> dict[str, str]:
+    """Vars may name other vars (``dataset: ${root}/images_ds``), so that ``--var root=/data/bigtrain`` moves
+    everything under it; a cycle is an error naming it."""
+    resolved: dict[str, str] = {}
+
+    def value(name: str, chain: tuple[str, ...]) -> str:
+        if name in chain:
+            raise PipelineError(f"{where}: vars refer to each other in a cycle: {' -> '.join((*chain, name))}")
+        if name not in resolved:
+            inner = {k: value(k, (*chain, name)) for k in _VAR.findall(variables[name]) if k in variables}
+            resolved[name] = _substitute(variables[name], {**variables, **inner}, f"{where}: {name}")
+        return resolved[name]
+
+    return {name: value(name, ()) for name in variables}
+
+
 def _substitute(value: Any, variables: dict[str, str], where: str) -> Any:
     if isinstance(value, str):
         def one(match: re.Match) -> str:
@@ -103,7 +119,7 @@ def load(path: str, overrides: dict[str, str] | None = None, *, subcommands: Col
     missing = sorted(set(overrides or {}) - set(variables))
     if missing:
         raise PipelineError(f"--var {missing[0]}: {path} has no such var (vars: {', '.join(variables)})")
-    variables.update(overrides or {})
+    variables = resolve_vars({**variables, **(overrides or {})}, where=f"{path}: vars")
     name = spec.get("name") or Path(path).stem
     state = Path(_substitute(spec.get("state") or f"runs/pipelines/{name}", variables, f"{path}: state"))
     stages, seen = [], set()

@@ -185,21 +185,40 @@ def test_the_airflow_dag_imports_without_airflow():
         assert module.dag.dag_id == "bigtrain_nightly_images"
 
 
+def readme_cron_line() -> str:
+    lines = (REPO / "README.md").read_text().split("```cron\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0].split(" ", 5)[5]  # the command after the five time fields
+
+
 @pytest.mark.spark
 @pytest.mark.slow
 def test_the_nightly_example_runs_on_the_sample_data_and_skips_when_nothing_changed(tmp_path):
+    """The README's cron line, run by sh as cron would, with its own root (a folder that does not exist yet) and
+    raw folder: every output lands below the root, the log included."""
     from pipelines.samples import generate_images
 
-    generate_images(tmp_path / "raw", per_class=4, seed=11, bad_files=0)
-    cmd = [sys.executable, "-m", "jobs.cli", "pipeline", "run", str(REPO / "conf" / "pipelines" / "nightly_images.yaml"),
-           "--var", f"root={tmp_path}", "--var", f"raw={tmp_path / 'raw'}", "--var", f"dataset={tmp_path / 'ds'}",
-           "--var", f"model={tmp_path / 'model'}", "--var", "epochs=1"]
-    done = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    again = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0, again.stderr[-3000:]
-    history = [json.loads(line) for line in (tmp_path / "pipeline" / "history.jsonl").read_text().splitlines()]
+    generate_images(tmp_path / "incoming", per_class=4, seed=11, bad_files=0)
+    root = tmp_path / "bigtrain"
+    line = (readme_cron_line().replace("cd /opt/bigtrain", f"cd {REPO}").replace("/data/bigtrain", str(root))
+            .replace("/data/incoming/images", str(tmp_path / "incoming")).replace(" --quiet", " --var epochs=1 --quiet"))
+    assert f"--var root=\"$ROOT\"" in line and str(root) in line
+    for _ in range(2):
+        done = subprocess.run(["sh", "-c", line], env=subprocess_env(), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (root / "cron.log").read_text()[-4000:] if (root / "cron.log").exists() else done
+    assert sorted(p.name for p in root.iterdir()) == ["cron.log", "images_ds", "model", "pipeline", "predictions"]
+    history = [json.loads(line) for line in (root / "pipeline" / "history.jsonl").read_text().splitlines()]
     assert [[s["status"] for s in r["stages"]] for r in history] == [["ran"] * 4, ["skipped"] * 4]
     preprocess = history[0]["stages"][0]["counts"]
     assert preprocess["records_read"] == 40 and sum(preprocess["rows"].values()) == 40
     assert history[0]["stages"][2]["counts"]["test_rows"] == preprocess["rows"]["test"]
+
+
+def test_vars_may_name_other_vars_and_a_cycle_is_named(tmp_path):
+    path = write_pipeline(tmp_path, [{"name": "s", "command": py("pass"), "args": {"out": "${model}"}}],
+                          vars={"root": "runs/x", "dataset": "${root}/ds", "model": "${dataset}/../model"})
+    pipeline = load(path, {"root": "/data/bt"})
+    assert pipeline.stages[0].argv[-2:] == ["--out", "/data/bt/ds/../model"]
+    cyclic = write_pipeline(tmp_path, [{"name": "s", "command": py("pass")}], vars={"a": "${b}", "b": "x/${a}"})
+    with pytest.raises(runner.PipelineError, match=r"vars refer to each other in a cycle: a -> b -> a"):
+        load(cyclic)
