@@ -152,19 +152,20 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
     parsed, headers = parse_inputs(spark, run.paths_to_read(), input_url=input_url, fmt=fmt, config=config)
     previous = None if run.full else run.previous
     try:
-        accepted = parsed.where(F.col("reason").isNull())
+        records = parsed if config.labels else without_mixed_label_kinds(parsed)
+        accepted = records.where(F.col("reason").isNull())
         seen = [r["label_name"] for r in accepted.select("label_name").distinct().collect()]
         class_to_index = labels.class_map(config.labels or seen + list(previous.class_to_index if previous else []))
         if previous:
             vocabulary, dtype = layout.read_vocabulary(run.previous_url), previous.sequence.token_dtype
         else:
-            top = [r["token"] for r in text.top_tokens(text.token_counts(parsed), vocab_size=config.vocab_size,
+            top = [r["token"] for r in text.top_tokens(text.token_counts(records), vocab_size=config.vocab_size,
                                                        min_count=config.min_count).collect()]
             vocabulary = text.make_vocabulary(top)
             dtype = text.token_dtype(len(vocabulary))
         log.info("%d labels, vocabulary of %d tokens (%s), max length %d", len(class_to_index), len(vocabulary),
                  dtype, config.max_length)
-        labelled = labels.assign_labels(parsed, class_to_index=class_to_index, name_col="label_name")
+        labelled = labels.assign_labels(records, class_to_index=class_to_index, name_col="label_name")
         encoded = text.map_to_ids(labelled, vocabulary=spark.sparkContext.broadcast(vocabulary),
                                   max_length=config.max_length, dtype=dtype)
         rows = splits.with_sample_id(encoded, key_col="source")
@@ -191,6 +192,22 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
         rejected=summary["rejected"], rejected_by_reason=summary["rejected_by_reason"], config=asdict(config))
     incremental.finish(run, draft, processed=processed, max_reject_fraction=config.max_reject_fraction)
     return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed}
+
+
+def without_mixed_label_kinds(parsed):
+    """``parsed`` with the records of the rarer label kind rejected when numbers and text labels mix."""
+    from pyspark.sql import functions as F
+
+    from pipelines import labels
+
+    kinds = {r["label_is_number"]: r["count"]
+             for r in parsed.where(F.col("reason").isNull()).groupBy("label_is_number").count().collect()}
+    rarer = labels.mixed_label_kind(kinds)
+    if rarer is None:
+        return parsed
+    log.warning("labels mix numbers (%d records) and text (%d records): the %d with %s labels are rejected",
+                kinds[True], kinds[False], kinds[rarer], "number" if rarer else "text")
+    return labels.reject_label_kind(parsed, numbers=rarer, counts=kinds)
 
 
 def parse_inputs(spark, paths: list[str] | None, *, input_url: str, fmt: str, config: PreprocessSequencesConfig):

@@ -33,3 +33,21 @@ def assign_labels(df: DataFrame, *, class_to_index: dict[str, int], name_col: st
     return (df.withColumn("label", label.cast("int"))
               .withColumn("reason", F.when(F.col("reason").isNull() & F.col("label").isNull(), unmapped)
                                      .otherwise(F.col("reason"))))
+
+
+def mixed_label_kind(counts: dict[bool, int]) -> bool | None:
+    """Of accepted records labelled with numbers (``True``) and with text (``False``): the kind to reject when
+    both occur, the rarer one (numbers on a tie), or None when they do not mix. A JSON ``1`` among ``"pos"`` and
+    ``"neg"`` would otherwise become a third class of one row."""
+    if not counts.get(True) or not counts.get(False):
+        return None
+    return counts[True] <= counts[False]
+
+
+def reject_label_kind(df: DataFrame, *, numbers: bool, counts: dict[bool, int]) -> DataFrame:
+    """Reject (``reason``) the records whose label is of the kind ``numbers`` (``label_is_number``)."""
+    kind, other = ("a number", "text") if numbers else ("text", "numbers")
+    reason = (f"mixed label types: the label is {kind}, as in {counts[numbers]} records, where {counts[not numbers]} "
+              f"records have {other} labels")
+    return df.withColumn("reason", F.when(F.col("reason").isNull() & (F.col("label_is_number") == F.lit(numbers)),
+                                          F.lit(reason)).otherwise(F.col("reason")))

@@ -32,6 +32,7 @@ PARSED_SCHEMA = T.StructType([
     T.StructField("source", T.StringType(), False),      # <file below the input root>:<line>
     T.StructField("tokens", T.ArrayType(T.StringType()), True),
     T.StructField("label_name", T.StringType(), True),
+    T.StructField("label_is_number", T.BooleanType(), True),  # the label was a JSON number, not text
     T.StructField("split_key", T.StringType(), True),    # what decides the split: the normalised content
     T.StructField("reason", T.StringType(), True),
     T.StructField("raw_text", T.StringType(), True),      # the line as read (for rejected records)
@@ -73,6 +74,7 @@ class ParsedRecord(NamedTuple):
     tokens: list[str]
     label: str | None    # the class name; None only where the label is optional and the record states none
     split_key: str       # the normalised text (or the token ids joined): what decides the split
+    label_is_number: bool = False  # the label was a number (JSON, Parquet), not text: kinds must not mix
 
 
 def parse_record(raw: bytes, params: ParseParams, header: list[str] | None = None, *,
@@ -82,9 +84,11 @@ def parse_record(raw: bytes, params: ParseParams, header: list[str] | None = Non
     usually have none, so predict makes it optional and every other step is the same."""
     record = _to_record(_decode(raw), params, header)
     label = label_name(record, params.label_field, required=require_label)
+    value = record.get(params.label_field)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if params.tokens_field:
         tokens = _given_tokens(_field(record, params.tokens_field, "tokens"), params.tokens_field)
-        return ParsedRecord(tokens, label, " ".join(tokens))
+        return ParsedRecord(tokens, label, " ".join(tokens), is_number)
     text = _field(record, params.text_field, "text")
     if not isinstance(text, str):
         raise RejectedRecord(f"wrong type: text field {params.text_field!r} is {type(text).__name__}, not a string")
@@ -92,7 +96,7 @@ def parse_record(raw: bytes, params: ParseParams, header: list[str] | None = Non
     tokens = tokenise(text, params.tokenizer)
     if not tokens:
         raise RejectedRecord("empty text: no tokens after normalisation")
-    return ParsedRecord(tokens, label, text)
+    return ParsedRecord(tokens, label, text, is_number)
 
 
 def parse_or_reason(raw: bytes, params: ParseParams, header: list[str] | None = None, *,
@@ -185,9 +189,9 @@ def parse_batch(batch: pd.DataFrame, *, params: ParseParams, headers: dict[str, 
     out: dict[str, list] = {name: [] for name in PARSED_SCHEMA.names}
     for source, file_path, raw, broken in zip(batch["source"], batch["file_path"], batch["raw"], broken_of(batch)):
         parsed, reason = (None, broken) if broken else parse_or_reason(bytes(raw), params, headers.get(file_path))
-        tokens, label, key = parsed or (None, None, None)
+        tokens, label, key, is_number = parsed or (None, None, None, None)
         raw_text = bytes(raw).decode("utf-8", errors="replace")[:RAW_TEXT_LIMIT] if reason else None
-        for name, value in zip(PARSED_SCHEMA.names, (source, tokens, label, key, reason, raw_text)):
+        for name, value in zip(PARSED_SCHEMA.names, (source, tokens, label, is_number, key, reason, raw_text)):
             out[name].append(value)
     return pd.DataFrame(out, columns=PARSED_SCHEMA.names)
 

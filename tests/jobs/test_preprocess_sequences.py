@@ -158,3 +158,27 @@ def test_bad_inputs_and_config_are_named(tmp_path, capsys):
     assert main(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--set",
                  "preprocess_sequences.vocab_size=2"]) == 2
     assert "preprocess_sequences.vocab_size" in capsys.readouterr().err
+
+
+def test_a_number_label_among_text_labels_is_rejected_not_a_class_of_its_own(spark, tmp_path):
+    src = tmp_path / "mixed"
+    src.mkdir()
+    lines = [json.dumps({"text": f"review number {i} was {'good' if i % 2 else 'bad'}",
+                         "label": "pos" if i % 2 else "neg"}) for i in range(20)]
+    lines.append(json.dumps({"text": "a review whose label is a number", "label": 1}))
+    (src / "part.jsonl").write_text("\n".join(lines) + "\n")
+    summary, meta, out = run_job(spark, tmp_path, src, "jsonl")
+    assert meta["classes"] == ["neg", "pos"]
+    assert summary["records_read"] == 21 == summary["rows_written"] + summary["rejected"] and summary["rejected"] == 1
+    (rejected,) = pq.read_table(out / "rejected").to_pylist()
+    assert rejected["source"] == "part.jsonl:21"
+    assert rejected["reason"] == ("mixed label types: the label is a number, as in 1 records, where 20 records have "
+                                  "text labels")
+
+
+def test_labels_that_are_all_numbers_are_classes(spark, tmp_path):
+    src = tmp_path / "stars"
+    src.mkdir()
+    (src / "part.jsonl").write_text("".join(json.dumps({"text": f"text {i}", "label": i % 3}) + "\n" for i in range(12)))
+    summary, meta, _ = run_job(spark, tmp_path, src, "jsonl")
+    assert meta["classes"] == ["0", "1", "2"] and summary["rejected"] == 0

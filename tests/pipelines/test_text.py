@@ -37,10 +37,12 @@ def test_normalise_and_tokenise():
 
 
 def test_parse_record_returns_tokens_label_and_split_key():
-    tokens, label, key = parse_record(b'{"text": "Not GOOD at all", "label": "neg", "extra": 1}', JSONL)
-    assert (tokens, label, key) == (["not", "good", "at", "all"], "neg", "not good at all")
-    assert parse_record(b'{"text": "x", "label": 3}', JSONL)[1] == "3"
-    assert parse_record(b'{"text": "x", "label": 3.0}', JSONL)[1] == "3"
+    tokens, label, key, is_number = parse_record(b'{"text": "Not GOOD at all", "label": "neg", "extra": 1}', JSONL)
+    assert (tokens, label, key, is_number) == (["not", "good", "at", "all"], "neg", "not good at all", False)
+    assert parse_record(b'{"text": "x", "label": 3}', JSONL)[1::2] == ("3", True)  # a number: kinds must not mix
+    assert parse_record(b'{"text": "x", "label": 3.0}', JSONL)[1::2] == ("3", True)
+    assert parse_record(b'{"text": "x", "label": "3"}', JSONL)[1::2] == ("3", False)
+    assert parse_record(b'{"text": "x", "label": true}', JSONL).label_is_number is False
 
 
 @pytest.mark.parametrize("raw, reason", [
@@ -77,22 +79,22 @@ def test_csv_records_and_given_token_ids():
 
 def test_with_the_label_optional_a_record_parses_the_same_with_or_without_a_label():
     labelled = parse_record(b'{"text": "Not GOOD at all", "label": "neg"}', JSONL, require_label=False)
-    assert labelled == (["not", "good", "at", "all"], "neg", "not good at all")
+    assert labelled == (["not", "good", "at", "all"], "neg", "not good at all", False)
     assert labelled.tokens == parse_record(b'{"text": "Not GOOD at all", "label": "neg"}', JSONL).tokens
     assert parse_record(b'{"text": "Not GOOD at all"}', JSONL, require_label=False) == (
-        ["not", "good", "at", "all"], None, "not good at all")
+        ["not", "good", "at", "all"], None, "not good at all", False)
     csv_params = ParseParams(fmt="csv", text_field="review", label_field="stars", tokens_field=None,
                              tokenizer="word", lowercase=False)
     header = ["review", "stars"]
     assert parse_record(b'"Fine, really",4', csv_params, header, require_label=False) == (
-        ["Fine", ",", "really"], "4", "Fine, really")
+        ["Fine", ",", "really"], "4", "Fine, really", False)
     assert parse_record(b'"Fine, really",', csv_params, header, require_label=False).label is None
     with pytest.raises(RejectedRecord, match="missing label: 'stars' is empty"):
         parse_record(b'"Fine, really",', csv_params, header)
     # Parquet rows arrive as JSON objects of the columns read; predict reads no label column, a null label is none
     parquet = ParseParams(fmt="parquet", text_field="", label_field="churn", tokens_field="ids", tokenizer="word",
                           lowercase=True)
-    assert parse_record(b'{"ids": [4, 0, 9]}', parquet, require_label=False) == (["4", "0", "9"], None, "4 0 9")
+    assert parse_record(b'{"ids": [4, 0, 9]}', parquet, require_label=False) == (["4", "0", "9"], None, "4 0 9", False)
     assert parse_record(b'{"ids": [4], "churn": 1.0}', parquet, require_label=False).label == "1"
     assert parse_record(b'{"ids": [4], "churn": null}', parquet, require_label=False).label is None
 
@@ -141,7 +143,7 @@ def test_label_name_required_rejects_what_optional_reads_as_no_label(record, req
 
 def test_parse_or_reason_never_raises_and_parse_batch_keeps_the_rejected_line():
     assert parse_or_reason(b'{"text": "Two words"}', JSONL, require_label=False) == ((["two", "words"], None,
-                                                                                     "two words"), None)
+                                                                                     "two words", False), None)
     assert parse_or_reason(b'{"text": "Two words"}', JSONL) == (None, "missing field: label field 'label' is absent")
     xml = ParseParams(fmt="xml", text_field="text", label_field="label", tokens_field=None, tokenizer="word",
                       lowercase=True)
