@@ -6,7 +6,6 @@ import re
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-
 _INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: "²" and "--5" are names, not numbers
 
 
