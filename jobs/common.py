@@ -9,12 +9,22 @@ import time
 from typing import Callable
 
 from core import locking
+from core.config import read_defaults
 from core.paths import filesystem
 from dataset import layout
 from core.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTS, BigtrainError, UsageError
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, section: str) -> None:
+    """--config and --set, and each flag's default from ``section`` of the committed defaults in its help (a flag
+    left out takes the config's value, so argparse's own default is None and would show nothing)."""
+    defaults = read_defaults().get(section, {})
+    for action in parser._actions:
+        if not action.help or action.default is not None or "default" in action.help or action.dest not in defaults:
+            continue
+        value = defaults[action.dest]
+        shown = "none" if value in (None, "", [], {}) else str(value).lower() if isinstance(value, bool) else value
+        action.help += f" (default: {shown})"
     group = parser.add_argument_group("configuration")
     group.add_argument("--config", metavar="FILE", help="YAML file layered over conf/bigtrain.yaml")
     group.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],

@@ -39,8 +39,8 @@ def images_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write <class>/<file> into")
     parser.add_argument("--per-class", type=positive_int("--per-class"), metavar="N", help="images per class")
     parser.add_argument("--bad-files", type=int, metavar="N", help="unusable files to mix in (0 for none)")
-    parser.add_argument("--seed", type=int, metavar="N")
-    add_config_flags(parser)
+    parser.add_argument("--seed", type=int, metavar="N", help="the same seed writes the same files")
+    add_config_flags(parser, "sample_images")
     return parser
 
 
@@ -54,8 +54,8 @@ def texts_parser() -> argparse.ArgumentParser:
     parser.add_argument("--files", type=positive_int("--files"), metavar="N", help="files to spread them over")
     parser.add_argument("--bad-lines", type=int, metavar="N", help="unusable lines to mix in (0 for none)")
     parser.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="csv has no bad lines")
-    parser.add_argument("--seed", type=int, metavar="N")
-    add_config_flags(parser)
+    parser.add_argument("--seed", type=int, metavar="N", help="the same seed writes the same files")
+    add_config_flags(parser, "sample_texts")
     return parser
 
 

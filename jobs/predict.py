@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rows per forward pass in each Spark task")
     parser.add_argument("--master", help="Spark master (default: spark-submit's, else config predict.master)")
     parser.add_argument("--quiet", action="store_true", help="only warnings and the summary")
-    add_config_flags(parser)
+    add_config_flags(parser, "predict")
     return parser
 
 

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "local[*])")
     add_snapshot_flags(parser, "preprocess_images")
     parser.add_argument("--quiet", action="store_true", help="only warnings and the summary")
-    add_config_flags(parser)
+    add_config_flags(parser, "preprocess_images")
     return parser
 
 

@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--master", help="Spark master (default: spark-submit's, else config, local[*])")
     add_snapshot_flags(parser, "preprocess_sequences")
     parser.add_argument("--quiet", action="store_true", help="only warnings and the summary")
-    add_config_flags(parser)
+    add_config_flags(parser, "preprocess_sequences")
     return parser
 
 

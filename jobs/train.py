@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allreduce gradients in float16 (half the bytes on the wire)")
     knobs.add_argument("--grad-clip-norm", type=positive_float("--grad-clip-norm"), metavar="X",
                        help="clip the global gradient norm to X")
-    knobs.add_argument("--weight-decay", type=positive_float("--weight-decay", allow_zero=True), metavar="X")
+    knobs.add_argument("--weight-decay", type=positive_float("--weight-decay", allow_zero=True), metavar="X",
+                       help="L2 penalty in the optimizer")
     knobs.add_argument("--mixed-precision", action="store_true", default=None,
                        help="on GPU: autocast to bfloat16 where the GPU supports it (else float16 with gradient "
                             "scaling); a logged no-op on CPU")
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--num-proc", type=positive_int("--num-proc"), metavar="N",
                         help="ranks for --launcher spark (default: the cluster's default parallelism)")
     launch.add_argument("--master", help="Spark master for --launcher spark (default: spark-submit's, else local[*])")
-    add_config_flags(parser)
+    add_config_flags(parser, "train")
     return parser
 
 

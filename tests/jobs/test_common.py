@@ -52,3 +52,18 @@ def test_the_summary_warns_of_classes_missing_from_validation_or_test():
     summary["splits"]["test"] = split({"1": 1, "neg": 3, "pos": 3})
     summary["splits"]["validation"] = split({"1": 1, "neg": 3, "pos": 3})
     assert "warning" not in format_summary(summary, job="preprocess-sequences", unit="records")
+
+
+def test_every_flag_backed_by_a_config_key_shows_its_default_in_help():
+    from core.config import read_defaults
+    from jobs import generate_sample, predict, preprocess_images, preprocess_sequences, train
+
+    parsers = {"sample_images": generate_sample.images_parser(), "sample_texts": generate_sample.texts_parser(),
+               "predict": predict.build_parser(), "preprocess_images": preprocess_images.build_parser(),
+               "preprocess_sequences": preprocess_sequences.build_parser(), "train": train.build_parser()}
+    defaults = read_defaults()
+    for section, parser in parsers.items():
+        backed = [a for a in parser._actions if a.dest in defaults[section] and a.option_strings]
+        assert backed, section
+        for action in backed:
+            assert action.help and "default" in action.help, f"{section}: {action.option_strings[0]} {action.help!r}"
