@@ -326,8 +326,8 @@ def summarise(stats: list, *, inputs_read: int, output_url: str) -> dict[str, An
     if written != inputs_read:
         raise PredictionCountError(f"{output_url}: {inputs_read} inputs read but {written} predictions written")
     return {"inputs_read": inputs_read, "scored": scored, "unusable": sum(unusable.values()),
-            "unusable_by_reason": dict(sorted(unusable.items(), key=lambda kv: -kv[1])),
-            "predicted": dict(sorted(predicted.items(), key=lambda kv: -kv[1])), "output": output_url}
+            "unusable_by_reason": dict(sorted(unusable.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "predicted": dict(sorted(predicted.items(), key=lambda kv: (-kv[1], str(kv[0])))), "output": output_url}
 
 
 def _write_summary(output_url: str, summary: dict[str, Any]) -> None:

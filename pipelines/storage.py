@@ -383,5 +383,5 @@ def summarise(stats: list, splits: dict[str, dict], *, output_url: str, rejected
     if records_read != rows_written + rejected:
         raise DatasetError(f"{output_url}: {records_read} read != {rows_written} written + {rejected} rejected")
     return {"records_read": records_read, "rows_written": rows_written, "rejected": rejected,
-            "rejected_by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
+            "rejected_by_reason": dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))),
             "rejected_url": rejected_url, "splits": splits, "output": output_url}
