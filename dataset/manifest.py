@@ -137,6 +137,14 @@ class Manifest:
         # The job's config as stored, printed (datasets show) and copied into checkpoints: secrets never (a
         # spark_conf holding spark.hadoop.fs.s3a.secret.key is the usual case), also when read from an older file.
         object.__setattr__(self, "config", redact(self.config))
+        # One order wherever a manifest is shown, whatever the file's (JSON is written with sorted keys):
+        # splits as layout.SPLITS, rejects by count then name.
+        rank = {name: i for i, name in enumerate(layout.SPLITS)}
+        for name in ("splits", "schema_fingerprints"):
+            mapping = getattr(self, name)
+            object.__setattr__(self, name, dict(sorted(mapping.items(), key=lambda kv: (rank.get(kv[0], 99), kv[0]))))
+        object.__setattr__(self, "rejected_by_reason",
+                           dict(sorted(self.rejected_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))))
 
     @property
     def snapshot_id(self) -> str:

@@ -99,7 +99,7 @@ def generate_images(output: str | Path, *, per_class: int, seed: int = 0, bad_fi
         counts[shape] = per_class
     if bad_files:
         write_bad_files(root, classes, bad_files, rng)
-    log.info("wrote %d images in %d classes to %s (+%d unusable files)", sum(counts.values()), len(counts), root, bad_files)
+    log.debug("wrote %d images in %d classes to %s (+%d unusable files)", sum(counts.values()), len(counts), root, bad_files)
     return counts
 
 
@@ -200,6 +200,6 @@ def generate_texts(output: str | Path, *, records: int, files: int = 1, bad_line
         chunk = lines[f * per_file:(f + 1) * per_file]
         header = [b"text,label"] if fmt == "csv" else []
         (root / f"part-{f:05d}.{fmt}").write_bytes(b"\n".join(header + chunk) + b"\n")
-    log.info("wrote %d reviews (%s) + %d unusable lines in %d %s files to %s", records,
+    log.debug("wrote %d reviews (%s) + %d unusable lines in %d %s files to %s", records,
              ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), bad_lines, files, fmt, root)
     return counts

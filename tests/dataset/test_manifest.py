@@ -83,3 +83,14 @@ def test_secrets_in_the_jobs_config_are_never_stored_nor_read_back(tmp_path):
     manifest.write(to_url(str(tmp_path)), draft)
     text = (tmp_path / "metadata.json").read_text()
     assert secret not in text and '"fs.s3a.session.token": "<redacted>"' in text
+
+
+def test_a_manifest_read_back_lists_splits_in_their_order_and_rejects_by_count(tmp_path):
+    contents = example()
+    manifest.write(to_url(str(tmp_path)), contents)  # JSON keys sorted on disk: test, train, validation
+    read_back = manifest.read(to_url(str(tmp_path)))
+    assert list(read_back.splits) == ["train", "validation", "test"]
+    assert list(read_back.schema_fingerprints) == [s for s in ("train", "validation", "test")
+                                                   if s in read_back.schema_fingerprints]
+    counts = list(read_back.rejected_by_reason.items())
+    assert counts == sorted(counts, key=lambda kv: (-kv[1], kv[0]))

@@ -67,3 +67,16 @@ def test_every_flag_backed_by_a_config_key_shows_its_default_in_help():
         assert backed, section
         for action in backed:
             assert action.help and "default" in action.help, f"{section}: {action.option_strings[0]} {action.help!r}"
+
+
+@pytest.mark.parametrize("command, counted", [(["generate-images", "--per-class", "2"], "20 images"),
+                                              (["generate-texts", "--records", "40"], "40 reviews")])
+def test_the_generators_print_their_summary_once(tmp_path, command, counted):
+    import subprocess
+
+    from tests.conftest import subprocess_env, tool
+
+    done = subprocess.run([tool("bigtrain"), *command, "--output", str(tmp_path / "out")], cwd=tmp_path,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout + done.stderr).count(counted) == 1, done.stdout + done.stderr
