@@ -297,8 +297,12 @@ def publish(spark, scored, *, output_url: str, inputs_read: int, about: dict[str
     atomic.recover_folder(fs, target, aside=ASIDE)
     try:
         scored.write.mode("overwrite").parquet(staging_url)
-        stats = (spark.read.parquet(staging_url)
-                 .groupBy(F.substring_index("reason", ":", 1).alias("category"), "predicted_class").count().collect())
+        # The part files by name: Spark ignores (with a warning) a folder whose own name is hidden, as the staging
+        # folder's is, so that no reader of the output's parent ever takes it for data.
+        parts = [join(staging_url, p.rsplit("/", 1)[-1]) for p in fs.ls(staging, detail=False) if p.endswith(".parquet")]
+        stats = (spark.read.schema(scored.schema).parquet(*parts)
+                 .groupBy(F.substring_index("reason", ":", 1).alias("category"), "predicted_class").count().collect()
+                 if parts else [])
         summary = {**summarise(stats, inputs_read=inputs_read, output_url=output_url), **about}
         if summary["inputs_read"] and not summary["scored"]:
             reasons = ", ".join(f"{r} ({n})" for r, n in summary["unusable_by_reason"].items())
