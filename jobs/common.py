@@ -216,11 +216,15 @@ def run_preprocessing(*, job: str, unit: str, master: str | None, spark_conf: di
     from pipelines import storage  # pyspark
 
     check_apart(input_url, output_url)
-    check_output_kind(output_url, writes="bigtrain dataset")
+    local = output_url.startswith("file://")
+    if local:  # before anything is written there, the lock included
+        check_output_kind(output_url, writes="bigtrain dataset")
     with dataset_lock(output_url):
         spark = storage.build_spark(app_name=f"bigtrain-{job}", master=master, conf=spark_conf)
         try:
             check_connectors(spark, {"--input": input_url, "--output": output_url})
+            if not local:  # object storage: once Spark's connector is known to be there (its error names it)
+                check_output_kind(output_url, writes="bigtrain dataset")
             start = time.monotonic()
             summary = body(spark)
             summary["seconds"] = round(time.monotonic() - start, 1)
