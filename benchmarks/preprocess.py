@@ -120,15 +120,15 @@ def plain_python_texts(raw: str, out: str) -> tuple[float, int]:
                 except RejectedRecord:
                     pass
     counts: dict[str, int] = {}
-    for tokens, _, _ in parsed:
+    for tokens in (p.tokens for p in parsed):
         for t in tokens:
             counts[t] = counts.get(t, 0) + 1
     vocab = make_vocabulary(sorted(counts, key=lambda t: (-counts[t], t))[:19998])
     index, dtype = {t: i for i, t in enumerate(vocab)}, token_dtype(len(vocab))
-    encoded = [encode_ids(tokens, index, 64, dtype) for tokens, _, _ in parsed]
+    encoded = [encode_ids(p.tokens, index, 64, dtype) for p in parsed]
     os.makedirs(out, exist_ok=True)
     pq.write_table(pa.table({"tokens": [e[0] for e in encoded], "length": [e[1] for e in encoded],
-                             "label": [label for _, label, _ in parsed]}), os.path.join(out, "part-0.parquet"))
+                             "label": [p.label for p in parsed]}), os.path.join(out, "part-0.parquet"))
     return time.perf_counter() - start, len(parsed)
 
 
