@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core import atomic
-from core.config import load_section, require
+from core.config import load_section, read_defaults, require
 from core.errors import CheckpointError, DatasetError, RejectBudgetError, UsageError
 from core.logs import setup_logging, with_article
 from core.paths import join, to_url
@@ -197,12 +197,11 @@ def _preprocess(payload: dict[str, Any], checkpoint_path: Path, *keys: str) -> l
     return [settings[k] for k in keys]
 
 
-SIZE_LIMITS = {"max_file_bytes": 256 << 20, "max_record_bytes": 16 << 20}  # for checkpoints older than the limits
-
-
-def _limit(payload: dict[str, Any], key: str) -> int:
-    """A size limit of the checkpoint's preprocessing (raw inputs larger are unusable, never read whole)."""
-    return int((payload["dataset"].get("preprocess") or {}).get(key, SIZE_LIMITS[key]))
+def _limit(payload: dict[str, Any], section: str, key: str) -> int:
+    """A size limit of the checkpoint's preprocessing (raw inputs larger are unusable, never read whole); for a
+    checkpoint older than the limits, the committed default of that preprocessing section."""
+    settings = payload["dataset"].get("preprocess") or {}
+    return int(settings[key] if key in settings else read_defaults()[section][key])
 
 
 def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data, input_url: str | None,
@@ -228,7 +227,7 @@ def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data,
             payload, checkpoint_path, "image_size", "channels", "codec", "max_pixels", "min_side", "max_aspect_ratio")
         params = images.DecodeParams(image_size=size, channels=channels, codec=predict.raw_image_codec(codec),
                                      max_pixels=max_pixels, min_side=min_side, max_aspect_ratio=ratio,
-                                     max_file_bytes=_limit(payload, "max_file_bytes"))
+                                     max_file_bytes=_limit(payload, "preprocess_images", "max_file_bytes"))
         files = storage.read_binary_files(spark, input_url)
         listed = storage.listed_paths(spark, files)
         return (predict.raw_images(files, listed, root_url=input_url, params=params), listed.count(),
@@ -252,7 +251,7 @@ def _text_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], input_u
     # Read exactly as preprocess-sequences reads (same file:line sources); Parquet inputs need no label column.
     try:
         records, headers = storage.read_records(spark, input_url, fmt=fmt, fields=[tokens_field or text_field],
-                                                max_record_bytes=_limit(payload, "max_record_bytes"))
+                                                max_record_bytes=_limit(payload, "preprocess_sequences", "max_record_bytes"))
     except storage.MissingColumnError as exc:
         raise UsageError(str(exc)) from None
     params = text.ParseParams(fmt=fmt, text_field=text_field, label_field=label_field,
