@@ -5,6 +5,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -50,27 +51,57 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def best_rate(run: Callable[[], int], repeats: int = 2) -> float:
-    """Items per second of ``run`` (which returns how many items it processed); the best of ``repeats`` runs
-    after one warm-up, since the machines are noisy and the fastest run is the least disturbed."""
-    run()
-    best = 0.0
+@dataclass(frozen=True)
+class Timing:
+    """A timed figure: the median of ``runs`` timed runs after a warm-up, and their spread (min, max)."""
+    median: float
+    low: float
+    high: float
+    runs: int
+
+    def text(self, fmt: str = ",.0f", unit: str = "/s") -> str:
+        """e.g. ``36,512/s (35,900-37,020, median of 3)``."""
+        return (f"{self.median:{fmt}}{unit} ({self.low:{fmt}}-{self.high:{fmt}}, median of {self.runs})")
+
+
+REPEATS = 3  # timed runs per figure, after one warm-up; the issue's floor for a figure worth printing
+
+
+def _timing(values: list[float]) -> Timing:
+    ordered = sorted(values)
+    return Timing(statistics.median(ordered), ordered[0], ordered[-1], len(ordered))
+
+
+def rate(run: Callable[[], int], repeats: int = REPEATS, warmup: bool = True) -> Timing:
+    """Items per second of ``run`` (which returns how many items it processed): the median of ``repeats`` timed
+    runs after one warm-up, with their spread."""
+    if warmup:
+        run()
+    rates = []
     for _ in range(repeats):
         start = time.perf_counter()
         n = run()
-        best = max(best, n / (time.perf_counter() - start))
-    return best
+        rates.append(n / (time.perf_counter() - start))
+    return _timing(rates)
 
 
-def best_seconds(run: Callable[[], object], repeats: int = 2) -> float:
-    run()
-    return min(_timed(run) for _ in range(repeats))
+def seconds(run: Callable[[], object], repeats: int = REPEATS, warmup: bool = True) -> Timing:
+    """Seconds of ``run``: the median of ``repeats`` timed runs after one warm-up, with their spread."""
+    if warmup:
+        run()
+    return _timing([_timed(run) for _ in range(repeats)])
 
 
 def _timed(run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now (Linux: /proc/self/statm), in MB."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def peak_rss_mb() -> float:

@@ -146,24 +146,3 @@ def text_results(spark, raw: str, work: str, n_lines: int) -> list[Result]:
     return [Result("preprocess/texts", "Spark job per core / plain Python loop", per_core, "",
                    f"job {job_rate:,.0f} lines/s on {spark_cores} cores; plain Python {python_rate:,.0f}/s",
                    ">= 0.5", check(per_core, ">=", 0.5))]
-
-
-def codec_results(spark, raw: str, work: str) -> list[Result]:
-    """Bytes per sample and loader throughput for each image codec, on the same images."""
-    from benchmarks.common import best_rate
-    from benchmarks.loader import bigtrain_loader, train_dir
-
-    results, rates = [], {}
-    for codec in ("png", "jpeg", "raw"):
-        out = os.path.join(work, f"codec-{codec}")
-        run_image_job(spark, raw, out, codec=codec)
-        files = glob.glob(os.path.join(train_dir(out), "*.parquet"))
-        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-        size = sum(os.path.getsize(f) for f in files) / rows
-        loader, _ = bigtrain_loader(out, workers=2)
-        rates[codec] = best_rate(loader)
-        results.append(Result("codecs", f"{codec}: bytes per sample", size, "B",
-                              f"loader {rates[codec]:,.0f} samples/s"))
-    for codec in ("jpeg", "raw"):
-        results.append(Result("codecs", f"loader {codec} / png", rates[codec] / rates["png"], "x"))
-    return results

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
             results += loader.loader_results("texts", text_ds, workers=2)
         if "codecs" in args.groups:
             say("image codecs")
-            results += preprocess.codec_results(spark, raw_images, os.path.join(work, "codecs"))
+            results += loader.codec_results(spark, raw_images, os.path.join(work, "codecs"))
         if "preprocess" in args.groups:
             say("preprocessing throughput")
             results += preprocess.image_results(spark, raw_images, os.path.join(work, "pre-images"), per_class * 10)
