@@ -79,7 +79,13 @@ def _coerce(tp: Any, value: Any, key: str, rules: Rules) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        return _coerce(next(a for a in args if a is not type(None)), value, key, rules)
+        choices = [a for a in args if a is not type(None)]
+        for choice in choices[:-1]:  # int | Literal["auto"]: the first alternative the value fits
+            try:
+                return _coerce(choice, value, key, rules)
+            except rules.error:
+                continue
+        return _coerce(choices[-1], value, key, rules)
     if origin is Literal:
         if value not in args:
             raise rules.error(f"{bad}: {_shown(key, value)} is not one of {', '.join(map(repr, args))}")

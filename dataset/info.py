@@ -18,6 +18,8 @@ class SplitInfo:
     url: str
     rows: int
     row_group_sizes: tuple[int, ...]
+    # (file path on the split's file system, row group index in the file), aligned with row_group_sizes
+    row_group_files: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,10 @@ def load_dataset_info(dataset_url: str) -> DatasetInfo:
     splits = {}
     for name, counts in contents.splits.items():
         split_url = join(url, name)
-        sizes = tuple(layout.row_group_sizes(split_url)) if counts.rows else ()
+        groups = layout.row_groups(split_url) if counts.rows else []
+        sizes = tuple(rows for _, _, rows in groups)
         if sum(sizes) != counts.rows:
             raise DatasetError(f"split {split_url}: metadata.json says {counts.rows} rows, "
                                f"the Parquet files hold {sum(sizes)}: the dataset is incomplete or was altered")
-        splits[name] = SplitInfo(name, split_url, counts.rows, sizes)
+        splits[name] = SplitInfo(name, split_url, counts.rows, sizes, tuple((f, i) for f, i, _ in groups))
     return DatasetInfo(url, contents, splits)

@@ -278,15 +278,21 @@ def row_group_sizes(split_url: str) -> list[int]:
     Petastorm shards by position in exactly this order (``index % shard_count == cur_shard``), so the loader can
     tell in advance how many rows each rank will read.
     """
+    return [rows for _, _, rows in row_groups(split_url)]
+
+
+def row_groups(split_url: str) -> list[tuple[str, int, int]]:
+    """Every row group of a Parquet dataset in Petastorm's order: (file path on its file system, index of the row
+    group in the file, rows)."""
     import pyarrow.parquet as pq
 
     fs, path = filesystem(split_url)
     if not fs.exists(path):
         raise DatasetError(f"split {split_url} does not exist")
     files = sorted(p for p in fs.find(path) if p.endswith(".parquet") and not os.path.basename(p).startswith(("_", ".")))
-    sizes = []
+    groups = []
     for file in files:
         with fs.open(file, "rb") as fh:
             meta = pq.ParquetFile(fh).metadata
-            sizes.extend(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-    return sizes
+            groups.extend((file, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups))
+    return groups

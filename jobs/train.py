@@ -44,6 +44,11 @@ from training.config import TrainConfig
 log = logging.getLogger("bigtrain.train")
 
 
+
+def _workers(text: str) -> int | str:
+    """--loader-workers: auto or a count >= 0."""
+    return "auto" if text == "auto" else positive_int("--loader-workers", allow_zero=True)(text)
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bigtrain train",
@@ -65,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", choices=("auto", "cnn", "rnn", "lstm", "gru"),
                         help="default (auto): what the dataset calls for, cnn for images, lstm for sequences")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), help="default: the model's (see --lr)")
-    parser.add_argument("--loader-workers", type=positive_int("--loader-workers"), metavar="N",
-                        help="Petastorm reader and image-decoding threads per rank")
+    parser.add_argument("--loader-workers", type=_workers, metavar="N|auto",
+                        help="loader processes per rank that read and decode batches (0: in the training process; "
+                             "auto, the default: the host's cores divided by its ranks)")
     parser.add_argument("--backend", choices=("auto", "horovod", "torch", "single"), default="auto",
                         help="horovod: Horovod (horovodrun); torch: PyTorch DDP (torchrun; Gloo on CPU, NCCL on GPU); "
                              "single: one process; auto: torch under torchrun, else Horovod when installed "

@@ -1,10 +1,12 @@
-"""Batches of rows to model inputs: images decoded on a thread pool and stacked as uint8, token ids padded to the
-longest row; and, per dataset kind, what the loader reads and how it collates (``task_for``)."""
+"""Columns to model inputs: a window of rows as Parquet stores them (``prepare``), and a batch as positions into it
+(``collate``): labels and ids by index, raw pixels as one reshape of the column, PNG/JPEG decoded image by image,
+token ids scattered into a padded matrix in one step. Per dataset kind, ``task_for`` says which columns the loader
+reads and how it collates them; predict makes its inputs with the same functions."""
 from __future__ import annotations
 
-import functools
+import io
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -12,115 +14,211 @@ from core.errors import DatasetError
 from dataset.manifest import DatasetSpec
 
 
-def _labels_and_ids(rows: list[Any]):
-    import torch
+@dataclass(frozen=True)
+class Binary:
+    """A column of byte strings as one buffer: row ``i`` is ``data[offsets[i]:offsets[i + 1]]``."""
+    offsets: np.ndarray   # int64 (n + 1,)
+    data: np.ndarray      # uint8
 
-    y = torch.from_numpy(np.fromiter((row.label for row in rows), dtype=np.int64, count=len(rows)))
-    ids = torch.from_numpy(np.fromiter((row.sample_id for row in rows), dtype=np.int64, count=len(rows)))
-    return y, ids
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def value(self, i: int) -> np.ndarray:
+        return self.data[self.offsets[i]:self.offsets[i + 1]]
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def of(cls, values: Any) -> Binary:
+        """From a pyarrow binary array (no copy) or a sequence of bytes."""
+        if isinstance(values, Binary):
+            return values
+        buffers = getattr(values, "buffers", None)
+        if buffers is not None:
+            import pyarrow as pa
+
+            if isinstance(values, pa.ChunkedArray):
+                values = values.combine_chunks()
+            offset_type = np.int64 if pa.types.is_large_binary(values.type) else np.int32
+            _, offsets, data = values.buffers()
+            offsets = np.frombuffer(offsets, offset_type)[values.offset:values.offset + len(values) + 1]
+            data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+            return cls(offsets.astype(np.int64), data)
+        values = [bytes(v) for v in values]
+        offsets = np.zeros(len(values) + 1, np.int64)
+        np.cumsum([len(v) for v in values], out=offsets[1:])
+        return cls(offsets, np.frombuffer(b"".join(values), np.uint8))
+
+    def take(self, index: np.ndarray) -> Binary:
+        """Rows ``index`` as a new contiguous column."""
+        starts, lengths = self.offsets[index], self.lengths()[index]
+        offsets = np.zeros(len(index) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        positions = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return Binary(offsets, self.data[positions])
+
+
+def _npy_pixels(column: Binary) -> np.ndarray:
+    """The raw codec's column (Petastorm's NdarrayCodec: one .npy per row, same shape and dtype in every row) as
+    one uint8 array (n, H, W[, C]): the headers are checked equal and cut off, no per-row np.load."""
+    n = len(column)
+    if n == 0:
+        return np.zeros((0, 0, 0), np.uint8)
+    sizes = column.lengths()
+    if np.any(sizes != sizes[0]):
+        raise DatasetError("raw images of different sizes in one column: the dataset's files were altered")
+    first = io.BytesIO(column.value(0).tobytes())
+    version = np.lib.format.read_magic(first)
+    shape, fortran, dtype = np.lib.format._read_array_header(first, version)
+    header = first.tell()
+    if dtype != np.uint8 or fortran or header + int(np.prod(shape)) != sizes[0]:
+        raise DatasetError(f"a raw image is stored as {dtype} {shape}: expected C-ordered uint8 pixels")
+    rows = column.data[column.offsets[0]:column.offsets[0] + n * int(sizes[0])].reshape(n, int(sizes[0]))
+    if not np.array_equal(rows[:, :header], np.broadcast_to(rows[0, :header], (n, header))):
+        raise DatasetError("raw images with different .npy headers in one column: the dataset's files were altered")
+    return rows[:, header:].reshape(n, *shape)
 
 
 class ImageDecoder:
-    """Decodes a batch of stored images (PNG or JPEG bytes, or .npy bytes for the raw codec) on a thread pool:
-    OpenCV releases the GIL while decoding, so the threads really run in parallel."""
+    """Stored images (PNG or JPEG bytes, or .npy bytes for the raw codec) -> one uint8 array (n, H, W[, C])."""
 
-    def __init__(self, codec: str, threads: int):
-        from concurrent.futures import ThreadPoolExecutor
+    def __init__(self, codec: str):
+        self.codec = codec
 
-        self.codec, self.threads = codec, threads
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="bigtrain-decode") if threads > 1 else None
-
-    def decode(self, value: bytes) -> np.ndarray:
-        import io
-
+    def decode_one(self, value: np.ndarray) -> np.ndarray:
         import cv2
 
-        if self.codec == "raw":
-            return np.load(io.BytesIO(value))
-        image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
+        image = cv2.imdecode(value, cv2.IMREAD_UNCHANGED)
         if image is None:  # the job wrote only decodable images: the stored bytes were damaged since
             raise DatasetError(f"a stored {self.codec} image cannot be decoded: the dataset's files were "
-                                      "damaged after it was written (`bigtrain verify DATASET` names the file)")
+                               "damaged after it was written (`bigtrain verify DATASET` names the file)")
         return image[:, :, ::-1] if image.ndim == 3 else image  # OpenCV decodes to BGR
 
-    def decode_all(self, values: list[bytes]) -> list[np.ndarray]:
-        return [self.decode(v) for v in values]
-
-    def __call__(self, values: list[bytes]) -> list[np.ndarray]:
-        if self.pool is None:
-            return self.decode_all(values)
-        # One task per thread, not per image: a future costs about as much as decoding a small image.
-        step = -(-len(values) // self.threads)
-        chunks = self.pool.map(self.decode_all, [values[i:i + step] for i in range(0, len(values), step)])
-        return [image for chunk in chunks for image in chunk]
+    def __call__(self, values: Any) -> np.ndarray:
+        column = Binary.of(values)
+        if self.codec == "raw":
+            return _npy_pixels(column)
+        return np.stack([self.decode_one(column.value(i)) for i in range(len(column))])
 
 
-def image_inputs(images: list[Any], decoder: ImageDecoder | None = None):
-    """Stored images (arrays, or their bytes when a ``decoder`` is given) -> ``(uint8 tensor (B, C, H, W),)``, the
-    CNN's inputs. Images stay uint8 until they are on the training device (a quarter of float32's bytes to copy);
-    the models scale them to [0, 1] there. Training, evaluation and predict all make their inputs here."""
+def image_inputs(images: Any, decoder: ImageDecoder | None = None):
+    """Stored images (an array (n, H, W[, C]), a list of arrays, or their bytes when a ``decoder`` is given) ->
+    ``(uint8 tensor (B, C, H, W),)``, the CNN's inputs. Images stay uint8 until they are on the training device (a
+    quarter of float32's bytes to copy); the models scale them to [0, 1] there. Training, evaluation and predict all
+    make their inputs here."""
     import torch
 
-    array = np.stack(decoder(images) if decoder else images)
+    array = decoder(images) if decoder else np.stack(images) if isinstance(images, (list, tuple)) else images
     if array.ndim == 3:  # grayscale is stored as (H, W)
         array = array[:, :, :, None]
     return (torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2))),)
 
 
-def image_collate(rows: list[Any], decoder: ImageDecoder | None = None):
-    """Rows -> ((images uint8 (B, C, H, W),), labels int64 (B,), sample ids int64 (B,)). With a ``decoder`` the rows
-    hold the stored bytes (columnar reading) and are decoded here, as a batch."""
-    return image_inputs([row.image for row in rows], decoder), *_labels_and_ids(rows)
+def padded_ids(tokens: Any, lengths: np.ndarray, *, dtype: str) -> np.ndarray:
+    """Token ids (bytes of ``dtype`` per row) -> int64 (B, longest) padded with 0, in one scatter."""
+    column = Binary.of(tokens)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    itemsize = np.dtype(dtype).itemsize
+    if np.any(column.lengths() != lengths * itemsize):
+        raise DatasetError("stored token ids and lengths disagree: the dataset's files were altered")
+    ids = np.zeros((len(lengths), int(lengths.max()) if len(lengths) else 0), dtype=np.int64)
+    if len(lengths):
+        flat = column.data[column.offsets[0]:column.offsets[-1]].view(np.dtype(dtype))  # the rows, end to end
+        rows = np.repeat(np.arange(len(lengths)), lengths)
+        cols = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        ids[rows, cols] = flat
+    return ids
 
 
-def sequence_inputs(tokens: list[bytes], lengths: np.ndarray, *, dtype: str):
+def sequence_inputs(tokens: Any, lengths: np.ndarray, *, dtype: str):
     """Stored token ids (bytes of ``dtype``) and their lengths -> ``(token ids int64 (B, T) padded with 0 to the
     longest, lengths int64 (B,))``, the RNNs' inputs (lengths stay on the host, where packing reads them)."""
     import torch
 
     lengths = np.asarray(lengths, dtype=np.int64)
-    ids = np.zeros((len(tokens), int(lengths.max())), dtype=np.int64)
-    for i, value in enumerate(tokens):
-        ids[i, :lengths[i]] = np.frombuffer(value, dtype=dtype)
-    return torch.from_numpy(ids), torch.from_numpy(lengths)
+    return torch.from_numpy(padded_ids(tokens, lengths, dtype=dtype)), torch.from_numpy(lengths)
 
 
-def sequence_collate(rows: list[Any], *, dtype: str, longest_first: bool = False):
-    """Rows -> ((token ids int64 (B, T) padded with 0 to the longest in the batch, lengths int64 (B,)), labels, ids).
+def _labels_and_ids(labels, ids):
+    import torch
 
-    ``longest_first`` orders the batch by length, longest first (the order of rows in a training or evaluation
-    batch means nothing, and the RNNs then pack it without reordering on the GPU)."""
+    return (torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+            torch.from_numpy(np.asarray(ids, dtype=np.int64)))
+
+
+def image_collate(rows: Sequence[Any], decoder: ImageDecoder | None = None):
+    """Rows (with ``image``, ``label``, ``sample_id``) -> ((images uint8 (B, C, H, W),), labels, sample ids): for
+    tests and notebooks holding rows; the loader collates columns (``Task.collate``)."""
+    return image_inputs([row.image for row in rows], decoder), *_labels_and_ids(
+        [row.label for row in rows], [row.sample_id for row in rows])
+
+
+def sequence_collate(rows: Sequence[Any], *, dtype: str, longest_first: bool = False):
+    """Rows (with ``tokens``, ``length``, ``label``, ``sample_id``) -> ((token ids int64 (B, T) padded with 0 to the
+    longest, lengths int64 (B,)), labels, ids); ``longest_first`` orders the batch by length, longest first."""
     lengths = np.fromiter((row.length for row in rows), dtype=np.int64, count=len(rows))
-    if longest_first:
-        order = np.argsort(-lengths, kind="stable")
-        rows, lengths = [rows[i] for i in order], lengths[order]
-    return sequence_inputs([row.tokens for row in rows], lengths, dtype=dtype), *_labels_and_ids(rows)
+    order = np.argsort(-lengths, kind="stable") if longest_first else np.arange(len(rows))
+    rows = [rows[i] for i in order]
+    return sequence_inputs([row.tokens for row in rows], lengths[order], dtype=dtype), *_labels_and_ids(
+        [row.label for row in rows], [row.sample_id for row in rows])
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A window's columns, ready to be cut into batches: labels, ids, lengths as numpy arrays; images decoded to
+    one array (raw codec) or kept as one binary column (PNG/JPEG, decoded per batch); tokens as one binary column."""
+    labels: np.ndarray
+    sample_ids: np.ndarray
+    lengths: np.ndarray | None = None
+    pixels: np.ndarray | None = None
+    encoded: Binary | None = None
 
 
 @dataclass(frozen=True)
 class Task:
-    """What the loader and the loop need to know about a dataset kind."""
+    """What the loader reads of a dataset kind and how it makes batches of it."""
+    kind: str
     fields: tuple[str, ...]
-    collate: Callable[[list[Any]], Any]
-    columnar: bool
-    sort_key: Callable[[Any], Any] | None
+    codec: str | None = None            # images
+    token_dtype: str | None = None      # sequences
+    bucket_by_length: bool = False
     host_inputs: tuple[int, ...] = ()   # model inputs that stay on the host (sequence lengths, read by packing)
 
+    def prepare(self, columns: dict[str, Any]) -> Prepared:
+        """A window's columns (pyarrow arrays or numpy) -> ``Prepared``."""
+        labels, ids = np.asarray(columns["label"], dtype=np.int64), np.asarray(columns["sample_id"], dtype=np.int64)
+        if self.kind == "image":
+            column = Binary.of(columns["image"])
+            if self.codec == "raw":
+                return Prepared(labels, ids, pixels=_npy_pixels(column))
+            return Prepared(labels, ids, encoded=column)
+        return Prepared(labels, ids, lengths=np.asarray(columns["length"], dtype=np.int64),
+                        encoded=Binary.of(columns["tokens"]))
 
-def task_for(dataset: DatasetSpec, *, length_bucketing: bool = True, decode_threads: int = 2) -> Task:
-    """Both kinds are read through Petastorm's columnar reader (make_batch_reader): images arrive as their stored
-    bytes and are decoded a batch at a time on ``decode_threads`` threads; sequences are already compact ids."""
-    kind = dataset.kind
-    if kind == "image":
-        decoder = ImageDecoder(dataset.image.codec, decode_threads)
-        return Task(("image", "label", "sample_id"), functools.partial(image_collate, decoder=decoder),
-                    columnar=True, sort_key=None)
-    if kind == "sequence":
-        collate = functools.partial(sequence_collate, dtype=dataset.sequence.token_dtype, longest_first=True)
-        return Task(("tokens", "length", "label", "sample_id"), collate, columnar=True,
-                    sort_key=_length if length_bucketing else None, host_inputs=(1,))
-    raise DatasetError(f"dataset kind {kind!r} is not image or sequence")
+    def collate(self, prepared: Prepared, index: np.ndarray):
+        """Rows ``index`` of a prepared window -> (model inputs, labels int64 (B,), sample ids int64 (B,))."""
+        if self.kind == "image":
+            if prepared.pixels is not None:
+                images = prepared.pixels[index]
+            else:
+                decoder = ImageDecoder(self.codec)
+                images = np.stack([decoder.decode_one(prepared.encoded.value(i)) for i in index])
+            return image_inputs(images), *_labels_and_ids(prepared.labels[index], prepared.sample_ids[index])
+        # longest first: the order of rows in a batch means nothing, and the RNNs then pack it without reordering
+        index = index[np.argsort(-prepared.lengths[index], kind="stable")]
+        lengths = prepared.lengths[index]
+        return sequence_inputs(prepared.encoded.take(index), lengths, dtype=self.token_dtype), *_labels_and_ids(
+            prepared.labels[index], prepared.sample_ids[index])
 
 
-def _length(row: Any) -> int:
-    return int(row.length)
+def task_for(dataset: DatasetSpec, *, length_bucketing: bool = True) -> Task:
+    """Images arrive as their stored bytes (decoded a batch at a time in the loader's workers); sequences as compact
+    ids with their lengths, batched by similar length when ``length_bucketing``."""
+    if dataset.kind == "image":
+        return Task("image", ("image", "label", "sample_id"), codec=dataset.image.codec)
+    if dataset.kind == "sequence":
+        return Task("sequence", ("tokens", "length", "label", "sample_id"), token_dtype=dataset.sequence.token_dtype,
+                    bucket_by_length=length_bucketing, host_inputs=(1,))
+    raise DatasetError(f"dataset kind {dataset.kind!r} is not image or sequence")
+

@@ -48,7 +48,7 @@ class TrainConfig:
     cnn: CnnConfig
     rnn: RnnConfig
     length_bucketing: bool
-    loader_workers: int
+    loader_workers: int | Literal["auto"]
     prefetch_batches: int
     shuffle_buffer: int
     log_every: int
@@ -74,7 +74,8 @@ class TrainConfig:
         _require(self.lr is None or self.lr > 0, f"{prefix}.lr", f"must be positive (or null for auto), got {self.lr}")
         _require(0.0 <= self.momentum < 1.0, f"{prefix}.momentum", f"must be in [0, 1), got {self.momentum}")
         _require(self.weight_decay >= 0, f"{prefix}.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _require(self.loader_workers >= 1, f"{prefix}.loader_workers", f"must be at least 1, got {self.loader_workers}")
+        _require(self.loader_workers == "auto" or self.loader_workers >= 0, f"{prefix}.loader_workers",
+                 f"must be auto or >= 0 (0: in the training process), got {self.loader_workers}")
         _require(self.prefetch_batches >= 0, f"{prefix}.prefetch_batches", f"must be >= 0, got {self.prefetch_batches}")
         _require(self.shuffle_buffer >= 0, f"{prefix}.shuffle_buffer", f"must be >= 0, got {self.shuffle_buffer}")
         _require(self.log_every >= 1, f"{prefix}.log_every", f"must be at least 1, got {self.log_every}")

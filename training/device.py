@@ -10,7 +10,7 @@ float16 with a GradScaler elsewhere (``precision_for``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -99,14 +99,3 @@ def to_device(inputs: tuple[torch.Tensor, ...], device: torch.device,
     at ``host_inputs`` stay where they are (sequence lengths: packing reads them on the host, and a copy to the
     GPU and back would wait for the GPU at every step)."""
     return tuple(t if i in host_inputs else t.to(device, non_blocking=True) for i, t in enumerate(inputs))
-
-
-def pinned(collate: Callable[[list[Any]], Any], host_inputs: tuple[int, ...] = ()) -> Callable[[list[Any]], Any]:
-    """``collate`` whose batches come back in page-locked memory (model inputs and labels; not the sample ids,
-    which never leave the host): run by the loader's thread, it lets ``to_device`` copy without blocking."""
-    def collate_pinned(rows: list[Any]):
-        inputs, y, ids = collate(rows)
-        inputs = tuple(t if i in host_inputs else t.pin_memory() for i, t in enumerate(inputs))
-        return inputs, y.pin_memory(), ids
-
-    return collate_pinned

@@ -38,14 +38,13 @@ def train_epoch(trainer, progress: Progress, commit=None) -> dict[str, float]:
     # The resumed epoch's sums so far (over all ranks) are counted once, on rank 0.
     base = torch.tensor(progress.sums + progress.stall if dist.rank == 0 else [0.0] * 5, dtype=torch.float64)
     progress_bar = _progress(steps, f"epoch {progress.epoch + 1}", config, dist, initial=progress.step)
+    # A resumed epoch starts at its saved step: the order is a function of (seed, epoch, rank, world), so the
+    # source begins there without reading the batches trained before the interruption.
     batches = trainer.batches.training_batches(plan, batch_size=config.batch_size, epoch=progress.epoch,
-                                               counter=counter)
-    skip, waited_since = progress.step, time.monotonic()
+                                               counter=counter, start=progress.step)
+    waited_since = time.monotonic()
     started = waited_since
-    for index, (inputs, y, _ids) in enumerate(batches):
-        if index < skip:  # trained before the interruption: read (same order) and passed over
-            waited_since = time.monotonic()
-            continue
+    for index, (inputs, y, _ids) in enumerate(batches, start=progress.step):
         got = time.monotonic()
         group_start = index - index % k
         group_size = min(k, steps - group_start)

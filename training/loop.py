@@ -26,8 +26,12 @@ def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist, e
     trained model. Rank 0 writes checkpoints, ``metrics.json``, ``metrics.jsonl``, TensorBoard events and the
     evaluation report into ``output_dir``."""
     set_threads(dist)
-    source = PetastormSource.open(data_url, config, pin_memory=dist.device.type == "cuda")
-    return build_trainer(config, source, output_dir, dist).train(elastic=elastic)
+    source = PetastormSource.open(data_url, config, pin_memory=dist.device.type == "cuda",
+                                  local_ranks=dist.local_size)
+    try:
+        return build_trainer(config, source, output_dir, dist).train(elastic=elastic)
+    finally:
+        source.close()  # the loader's worker processes
 
 
 def build_trainer(config: TrainConfig, batches: BatchSource, output_dir: str | Path, dist) -> Trainer:

@@ -1,52 +1,52 @@
-"""The trainer's batches from a committed bigtrain dataset, read with Petastorm (``training.sources.BatchSource``):
-the dataset's manifest and row groups (``dataset.info``), Petastorm's readers (``training.reading``), exactly
-``steps`` padded training batches per rank (``training.batching``) and the collate of the dataset's kind
+"""The trainer's batches from a committed bigtrain dataset (``training.sources.BatchSource``): the dataset's
+manifest and row groups (``dataset.info``), read and batched by the loader's worker processes
+(``training.loader``) in the order of ``training.order``, collated for the dataset's kind
 (``training.collation``)."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Iterator
 
 from dataset.info import DatasetInfo, load_dataset_info
 from training import checkpoint
-from training.batching import evaluation_batches, training_batches
 from training.collation import task_for
 from training.config import TrainConfig
-from training.device import pinned
-from training.reading import ReadOptions
+from training.loader import Loader, default_workers
 from training.shards import EpochCounter, ShardPlan
 from training.sources import Batch
 
 
 class PetastormSource:
-    """A dataset's splits through Petastorm, read as ``config`` says (reader threads, shuffle buffer and seed,
-    length bucketing, batches prefetched); ``pin_memory`` for a GPU run: batches are collated into page-locked
-    memory in the loader's thread, so copying them to the GPU does not block."""
+    """A dataset's splits (Petastorm's layout and row-group sharding), read as ``config`` says: loader workers
+    (``auto``: the cores per rank), shuffle window and seed, length bucketing, batches prefetched; ``pin_memory``
+    for a GPU run: batches arrive in page-locked memory, so copying them to the GPU does not block. One pool of
+    workers serves every epoch and evaluation of the run; ``close`` stops it."""
 
-    def __init__(self, info: DatasetInfo, config: TrainConfig, *, pin_memory: bool = False):
-        task = task_for(info.spec, length_bucketing=config.length_bucketing, decode_threads=config.loader_workers)
-        if pin_memory:
-            task = dataclasses.replace(task, collate=pinned(task.collate, task.host_inputs))
+    def __init__(self, info: DatasetInfo, config: TrainConfig, *, pin_memory: bool = False, local_ranks: int = 1):
+        task = task_for(info.spec, length_bucketing=config.length_bucketing)
+        workers = default_workers(local_ranks) if config.loader_workers == "auto" else config.loader_workers
         self.info, self.task = info, task
-        self.options = ReadOptions(task.fields, workers=config.loader_workers, shuffle=True,
-                                   shuffle_buffer=config.shuffle_buffer, seed=config.seed, columnar=task.columnar,
-                                   sort_key=task.sort_key, prefetch=config.prefetch_batches)
+        self.loader = Loader(info.splits, info.spec, task, workers=workers, seed=config.seed,
+                             shuffle_rows=config.shuffle_buffer, prefetch=config.prefetch_batches,
+                             pin_memory=pin_memory)
         self.name, self.identity, self.spec = info.url, info.snapshot_id, info.spec
         self.class_to_index, self.splits, self.host_inputs = info.manifest.class_to_index, info.splits, task.host_inputs
 
     @classmethod
-    def open(cls, data_url: str, config: TrainConfig, *, pin_memory: bool = False) -> PetastormSource:
+    def open(cls, data_url: str, config: TrainConfig, *, pin_memory: bool = False,
+             local_ranks: int = 1) -> PetastormSource:
         """The current committed snapshot of ``data_url`` (or the snapshot folder given), checked against its files."""
-        return cls(load_dataset_info(data_url), config, pin_memory=pin_memory)
+        return cls(load_dataset_info(data_url), config, pin_memory=pin_memory, local_ranks=local_ranks)
 
-    def training_batches(self, plan: ShardPlan, *, batch_size: int, epoch: int,
-                         counter: EpochCounter) -> Iterator[Batch]:
-        return training_batches(self.splits["train"], plan, self.options, batch_size=batch_size, epoch=epoch,
-                                collate=self.task.collate, counter=counter)
+    def training_batches(self, plan: ShardPlan, *, batch_size: int, epoch: int, counter: EpochCounter,
+                         start: int = 0) -> Iterator[Batch]:
+        return self.loader.batches(self.splits["train"], plan, batch_size=batch_size, epoch=epoch, training=True,
+                                   start=start, counter=counter)
 
     def evaluation_batches(self, split: str, plan: ShardPlan, *, batch_size: int) -> Iterator[Batch]:
-        return evaluation_batches(self.splits[split], plan, self.options, batch_size=batch_size,
-                                  collate=self.task.collate)
+        return self.loader.batches(self.splits[split], plan, batch_size=batch_size, epoch=0, training=False)
 
     def dataset_entry(self) -> dict[str, Any]:
         return checkpoint.dataset_entry(self.info)
+
+    def close(self) -> None:
+        self.loader.close()

@@ -35,11 +35,12 @@ class BatchSource(Protocol):
     splits: Mapping[str, SplitInfo]    # train, validation, test: rows and the row groups ranks shard by
     host_inputs: tuple[int, ...]       # model inputs that stay on the host (sequence lengths, read by packing)
 
-    def training_batches(self, plan: ShardPlan, *, batch_size: int, epoch: int,
-                         counter: EpochCounter) -> Iterator[Batch]:
+    def training_batches(self, plan: ShardPlan, *, batch_size: int, epoch: int, counter: EpochCounter,
+                         start: int = 0) -> Iterator[Batch]:
         """Exactly ``plan.steps(batch_size)`` full batches of the train split's shard ``plan``: every row of it once
         (counted in ``counter.first_pass_rows``), then rows of the same shard again (``counter.padding_rows``);
-        the same batches every time for the same epoch (a resumed run skips the ones it trained)."""
+        the same batches every time for the same epoch, in an order that depends only on the seed, the epoch and
+        the plan. ``start``: begin at that batch (a resumed epoch), counting the rows of the batches before it."""
 
     def evaluation_batches(self, split: str, plan: ShardPlan, *, batch_size: int) -> Iterator[Batch]:
         """Every row of ``split``'s shard ``plan`` once, unshuffled; the last batch may be short."""
@@ -110,10 +111,10 @@ class InMemorySource:
                                 longest=longest)
         return cls(examples, DatasetSpec("sequence", list(classes), sequence=sequence), **options)
 
-    def training_batches(self, plan: ShardPlan, *, batch_size: int, epoch: int,
-                         counter: EpochCounter) -> Iterator[Batch]:
+    def training_batches(self, plan: ShardPlan, *, batch_size: int, epoch: int, counter: EpochCounter,
+                         start: int = 0) -> Iterator[Batch]:
         rows = self._shard("train", plan)
-        rng = np.random.default_rng([self.seed, epoch, plan.rank])
+        rng = np.random.default_rng([self.seed, epoch, plan.rank, plan.world])
         needed = plan.steps(batch_size) * batch_size
         if len(rows) == 0 and needed:
             raise DataCoverageError(f"rank {plan.rank}: its shard of {self.splits['train'].url} is empty, nothing "
@@ -122,11 +123,12 @@ class InMemorySource:
         while sum(map(len, order)) < needed:  # padding: the shard again, in a new order each time round
             order.append(rng.permutation(rows))
         order = np.concatenate(order)[:needed]
-        for start in range(0, needed, batch_size):
-            first_pass = max(0, min(batch_size, len(rows) - start))
-            counter.first_pass_rows += first_pass
-            counter.padding_rows += batch_size - first_pass
-            yield self._batch("train", order[start:start + batch_size])
+        for first in range(0, needed, batch_size):
+            real = max(0, min(batch_size, len(rows) - first))
+            counter.first_pass_rows += real
+            counter.padding_rows += batch_size - real
+            if first >= start * batch_size:
+                yield self._batch("train", order[first:first + batch_size])
         counter.check_first_pass()
 
     def evaluation_batches(self, split: str, plan: ShardPlan, *, batch_size: int) -> Iterator[Batch]:

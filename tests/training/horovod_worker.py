@@ -11,28 +11,24 @@ from pathlib import Path
 import numpy as np
 
 from core.config import load_section
-from dataset.info import load_dataset_info
-from training.batching import training_batches
-from training.collation import task_for
 from training.config import TrainConfig
 from training.distributed import init_distributed
 from training.loop import train
-from training.reading import ReadOptions, read_shard_once
+from training.petastorm_source import PetastormSource
 from training.shards import EpochCounter, plan_shard
 
 
 def main(data: str, out: str) -> None:
     dist = init_distributed("horovod")
-    info = load_dataset_info(data)
-    task = task_for(info.spec)
-    split = info.splits["train"]
+    loader_config = load_section("train", TrainConfig, overrides=["train.loader_workers=2", "train.seed=1",
+                                                                 "train.shuffle_buffer=16"])
+    source = PetastormSource.open(data, loader_config, local_ranks=dist.local_size)
+    split = source.splits["train"]
     plan = plan_shard(split.row_group_sizes, dist.rank, dist.size)
-    options = ReadOptions(task.fields, workers=2, shuffle=True, shuffle_buffer=16, seed=1, columnar=task.columnar,
-                          sort_key=task.sort_key)
-    shard = [int(row.sample_id) for row in read_shard_once(split, plan, options, pass_seed=3)]
+    shard = [int(i) for _, _, ids in source.evaluation_batches("train", plan, batch_size=8) for i in ids]
     counter = EpochCounter(split, plan)
-    steps = sum(1 for _ in training_batches(split, plan, options, batch_size=8, epoch=0, collate=task.collate,
-                                            counter=counter))
+    steps = sum(1 for _ in source.training_batches(plan, batch_size=8, epoch=0, counter=counter))
+    source.close()
     # A different seed per rank: each rank initialises different weights, so only the broadcast from rank 0 and
     # the gradient allreduce can make them agree at the end.
     config = load_section("train", TrainConfig, overrides=["train.epochs=4", "train.batch_size=8", "train.lr=0.02",

@@ -1,22 +1,35 @@
-"""The loader: shard plans, equal steps per rank on uneven shards, coverage checks, exactly-once evaluation."""
+"""The loader: shard plans, the epoch order (a function of seed, epoch, rank and world size only), equal steps per
+rank on uneven shards, coverage checks, exactly-once evaluation, resume without reading what was trained."""
 from __future__ import annotations
 
 import collections
+import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from core.config import load_section
+from core.errors import DatasetError
 from dataset.info import load_dataset_info
-from training.batching import evaluation_batches, shuffled, training_batches
-from training.reading import ReadOptions, read_shard_once
+from training import loader as loader_module
+from training.config import TrainConfig
+from training.order import epoch_order, shard_pieces
+from training.petastorm_source import PetastormSource
 from training.shards import DataCoverageError, EpochCounter, plan_shard
 
-FIELDS = ReadOptions(("label", "sample_id"), workers=2, shuffle=True, shuffle_buffer=8, seed=5)
+
+def source_for(dataset, workers, *overrides):
+    config = load_section("train", TrainConfig, overrides=[f"train.loader_workers={workers}", "train.seed=5",
+                                                           "train.shuffle_buffer=8", *overrides])
+    return PetastormSource.open(str(dataset), config)
 
 
-def ids_of(rows):
-    return [r.sample_id for r in rows]
+def epoch_ids(source, plan, *, epoch=0, batch_size=5, start=0, counter=None):
+    counter = counter or EpochCounter(source.splits["train"], plan)
+    return [[int(i) for i in ids] for _, _, ids in source.training_batches(plan, batch_size=batch_size, epoch=epoch,
+                                                                           counter=counter, start=start)]
 
 
 def test_plan_shard_follows_petastorms_round_robin_over_row_groups():
@@ -33,81 +46,205 @@ def test_plan_shard_with_fewer_row_groups_than_ranks_splits_rows():
         plan_shard([7], 3, 3)
 
 
-def test_shuffled_keeps_every_row_once():
-    rows = list(range(1000))
-    out = list(shuffled(iter(rows), 64, np.random.default_rng(0)))
-    assert sorted(out) == rows and out != rows
+def _rows_of(order, sizes):
+    """(row group, row) of every position of an epoch order, in batch order."""
+    starts = np.cumsum((0, *sizes))
+    rows = []
+    for window in order.windows:
+        laid = [starts[p.group] + r for p in window.pieces for r in range(p.start, p.stop, p.step)]
+        rows.extend(np.asarray(laid)[order.positions(window)].tolist())
+    return rows
+
+
+@pytest.mark.parametrize("sizes,world", [([5, 4, 4, 3, 3], 2), ([40, 40, 37], 2), ([7, 3], 3), ([50], 1)])
+def test_an_epoch_order_trains_every_row_of_the_shard_once_then_pads_from_it(sizes, world):
+    seen = []
+    for rank in range(world):
+        plan = plan_shard(sizes, rank, world)
+        order = epoch_order(sizes, plan, batch_size=4, seed=3, epoch=0, shuffle_rows=8)
+        rows = _rows_of(order, sizes)
+        assert len(rows) == plan.steps(4) * 4 == order.batches * 4  # equal steps on every rank
+        first = rows[:plan.local_rows]
+        assert len(set(first)) == plan.local_rows  # the shard's rows first, each once...
+        assert set(rows[plan.local_rows:]) <= set(first)  # ...then padding from the same shard
+        assert all(w.rows % 4 == 0 for w in order.windows[:-1])  # windows hold whole batches
+        seen += first
+    assert sorted(seen) == list(range(sum(sizes)))  # the ranks' shards partition the split
+
+
+def test_the_order_depends_on_seed_epoch_rank_and_world_only():
+    sizes = [30, 30, 30, 30]
+    plan = plan_shard(sizes, 0, 2)
+
+    def rows(seed=1, epoch=0, plan=plan):
+        return _rows_of(epoch_order(sizes, plan, batch_size=8, seed=seed, epoch=epoch, shuffle_rows=16), sizes)
+
+    assert rows() == rows()
+    assert rows() != rows(epoch=1) and sorted(rows()[:60]) == sorted(rows(epoch=1)[:60]) == list(range(0, 30)) + list(range(60, 90))
+    assert rows() != rows(seed=2)
+    assert rows(seed=0) != rows(seed=0, epoch=1)  # seed 0 shuffles like any other seed
+    evaluation = epoch_order(sizes, plan, batch_size=8, seed=1, epoch=0, shuffle_rows=16, training=False)
+    assert _rows_of(evaluation, sizes) == list(range(0, 30)) + list(range(60, 90))  # stored order, no padding
+
+
+def test_length_bucketing_batches_rows_of_similar_length():
+    sizes = [256]
+    plan = plan_shard(sizes, 0, 1)
+    order = epoch_order(sizes, plan, batch_size=16, seed=1, epoch=0, shuffle_rows=256)
+    lengths = np.random.default_rng(0).integers(1, 200, size=256)
+    positions = order.positions(order.windows[0], lengths)
+    batches = lengths[positions].reshape(16, 16)
+    assert sorted(positions.tolist()) == list(range(256))
+    assert (batches.max(1) - batches.min(1)).mean() < 40  # unbucketed: about 180
+    assert not np.all(np.diff(batches.min(1)) >= 0)  # the batches themselves come in random order
+
+
+def test_pieces_of_a_row_sharded_split_take_every_world_th_row():
+    pieces = shard_pieces([7, 3], plan_shard([7, 3], 1, 3))
+    assert [(p.group, list(range(p.start, p.stop, p.step))) for p in pieces] == [(0, [1, 4]), (1, [0])]
 
 
 @pytest.mark.spark
 @pytest.mark.parametrize("world", [1, 2, 3, 4])  # 4 > 3 row groups: every rank reads all and keeps every 4th row
 def test_ranks_read_disjoint_shards_covering_the_split_in_equal_steps(image_dataset, world):
-    split = load_dataset_info(str(image_dataset)).splits["train"]
+    source = source_for(image_dataset, 2)
+    split = source.splits["train"]
     shards, steps = [], []
-    for rank in range(world):
-        plan = plan_shard(split.row_group_sizes, rank, world)
-        shards.append(ids_of(read_shard_once(split, plan, FIELDS, pass_seed=1)))
-        counter = EpochCounter(split, plan)
-        batches = list(training_batches(split, plan, FIELDS, batch_size=5, epoch=0, collate=list, counter=counter))
-        steps.append(len(batches))
-        assert all(len(b) == 5 for b in batches)
-        assert counter.first_pass_rows == plan.local_rows == len(shards[-1])
-        trained = collections.Counter(r.sample_id for b in batches for r in b)
-        assert set(trained) == set(shards[-1])  # the whole shard is trained on; padding only repeats its rows
-        assert sum(trained.values()) - len(trained) == counter.padding_rows
+    try:
+        for rank in range(world):
+            plan = plan_shard(split.row_group_sizes, rank, world)
+            shards.append([int(i) for _, _, ids in source.evaluation_batches("train", plan, batch_size=3)
+                           for i in ids])
+            counter = EpochCounter(split, plan)
+            batches = epoch_ids(source, plan, counter=counter)
+            steps.append(len(batches))
+            assert all(len(b) == 5 for b in batches)
+            assert counter.first_pass_rows == plan.local_rows == len(shards[-1])
+            trained = collections.Counter(i for b in batches for i in b)
+            assert set(trained) == set(shards[-1])  # the whole shard is trained on; padding only repeats its rows
+            assert sum(trained.values()) - len(trained) == counter.padding_rows
+    finally:
+        source.close()
     assert len(set(steps)) == 1, f"ranks would run different numbers of steps: {steps}"
     everything = [i for shard in shards for i in shard]
     assert len(everything) == len(set(everything)) == split.rows
 
 
 @pytest.mark.spark
-def test_epochs_are_shuffled_differently_and_reproducibly(image_dataset):
-    split = load_dataset_info(str(image_dataset)).splits["train"]
+def test_the_epoch_order_is_the_same_with_any_number_of_workers(image_dataset):
+    plan = plan_shard(load_dataset_info(str(image_dataset)).splits["train"].row_group_sizes, 1, 2)
+    orders = {}
+    for workers in (0, 1, 3):
+        source = source_for(image_dataset, workers)
+        try:
+            orders[workers] = [epoch_ids(source, plan, epoch=e, batch_size=4) for e in (0, 1, 0)]
+        finally:
+            source.close()
+    first, second, again = orders[0]
+    assert first == again and first != second  # reproducible, and shuffled anew every epoch
+    assert orders[1] == orders[3] == orders[0]
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_epoch_starts_at_its_batch_without_reading_what_came_before(image_dataset, monkeypatch, workers):
+    source = source_for(image_dataset, workers, "train.shuffle_buffer=0")
+    split = source.splits["train"]
     plan = plan_shard(split.row_group_sizes, 0, 1)
-
-    def order(epoch, workers):
-        options = replace(FIELDS, workers=workers)
-        batches = training_batches(split, plan, options, batch_size=4, epoch=epoch, collate=list,
-                                   counter=EpochCounter(split, plan))
-        return [r.sample_id for b in batches for r in b]
-
-    first = order(0, workers=1)
-    # One reader thread: the order is a function of seed and epoch. With more threads Petastorm hands out row
-    # groups in the seeded order but interleaves their results by timing, so only the set is fixed.
-    assert first == order(0, workers=1)
-    assert first != order(1, workers=1)
-    assert set(first) == set(order(1, workers=1)) == set(order(0, workers=2))
+    try:
+        whole = epoch_ids(source, plan, batch_size=4)
+        order = source.loader.passes.order(split, plan, training=True, epoch=0, batch_size=4)
+        late = order.windows[-1].first_batch + 1  # inside the last window: every earlier window is skipped
+        source.close()
+        source = source_for(image_dataset, workers, "train.shuffle_buffer=0")  # nothing read or cached yet
+        reads = []
+        if workers == 0:  # in this process, where the reads can be watched
+            real = loader_module.SplitReader.read_group
+            monkeypatch.setattr(loader_module.SplitReader, "read_group",
+                                lambda self, g: (reads.append(g), real(self, g))[1])
+        counter = EpochCounter(split, plan)
+        resumed = epoch_ids(source, plan, batch_size=4, start=late, counter=counter)
+    finally:
+        source.close()
+    assert resumed == whole[late:]
+    assert counter.first_pass_rows == plan.local_rows  # the skipped batches are counted, not read
+    if workers == 0:
+        assert sorted(set(reads)) == list(order.windows[-1].groups) and len(order.windows) > 1
 
 
 @pytest.mark.spark
 @pytest.mark.parametrize("world", [2, 4])
 def test_evaluation_reads_every_row_exactly_once(image_dataset, world):
-    split = load_dataset_info(str(image_dataset)).splits["test"]
+    source = source_for(image_dataset, 1)
+    split = source.splits["test"]
     seen = []
-    for rank in range(world):
-        plan = plan_shard(split.row_group_sizes, rank, world)
-        for batch in evaluation_batches(split, plan, FIELDS, batch_size=3, collate=list):
-            seen.extend(ids_of(batch))
+    try:
+        for rank in range(world):
+            plan = plan_shard(split.row_group_sizes, rank, world)
+            for _, _, ids in source.evaluation_batches("test", plan, batch_size=3):
+                seen.extend(int(i) for i in ids)
+    finally:
+        source.close()
     assert len(seen) == len(set(seen)) == split.rows
 
 
 @pytest.mark.spark
-def test_a_short_shard_is_an_error_not_a_short_epoch(image_dataset):
-    split = load_dataset_info(str(image_dataset)).splits["train"]
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_short_row_group_is_an_error_not_a_short_epoch(image_dataset, workers):
+    source = source_for(image_dataset, workers)
+    split = source.splits["train"]
     inflated = replace(split, row_group_sizes=tuple(n + 2 for n in split.row_group_sizes))
+    source.splits["train"] = source.loader.passes.splits["train"] = inflated
     plan = plan_shard(inflated.row_group_sizes, 0, 1)
-    with pytest.raises(DataCoverageError, match=r"read \d+ rows of split .*train.*holds \d+"):
-        list(training_batches(inflated, plan, FIELDS, batch_size=4, epoch=0, collate=list,
-                              counter=EpochCounter(inflated, plan)))
+    try:
+        with pytest.raises(DataCoverageError, match=r"row group \d+ of .* holds \d+ rows, its footer said \d+"):
+            epoch_ids(source, plan, batch_size=4)
+    finally:
+        source.close()
+
+
+@pytest.mark.spark
+def test_a_damaged_image_fails_the_epoch_with_one_clear_message(image_dataset, tmp_path):
+    """A worker's error reaches the training process as the same error, not as a worker traceback."""
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "ds"
+    shutil.copytree(image_dataset, copy)
+    split = load_dataset_info(str(copy)).splits["train"]
+    path, _ = split.row_group_files[0]
+    table = pq.read_table(path)
+    images = table.column("image").to_pylist()
+    images[0] = b"\x89PNG\r\n\x1a\n damaged"
+    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image",
+                                    __import__("pyarrow").array(images, table.schema.field("image").type)), path,
+                   row_group_size=table.num_rows)
+    source = PetastormSource(_info_without_checks(copy),
+                             load_section("train", TrainConfig, overrides=["train.loader_workers=2"]))
+    try:
+        with pytest.raises(DatasetError, match=r"^a stored png image cannot be decoded: .*damaged") as error:
+            epoch_ids(source, plan_shard(split.row_group_sizes, 0, 1), batch_size=4)
+        assert "Traceback" not in str(error.value)
+    finally:
+        source.close()
+
+
+def _info_without_checks(dataset):
+    """The dataset opened as load_dataset_info does, without its checksum check (the test altered a file)."""
+    from dataset import layout, manifest
+    from dataset.info import DatasetInfo, SplitInfo
+
+    url = layout.resolve_snapshot(f"file://{dataset}")
+    contents = manifest.read(url)
+    splits = {}
+    for name, counts in contents.splits.items():
+        groups = layout.row_groups(f"{url}/{name}") if counts.rows else []
+        splits[name] = SplitInfo(name, f"{url}/{name}", counts.rows, tuple(n for _, _, n in groups),
+                                 tuple((f, i) for f, i, _ in groups))
+    return DatasetInfo(url, contents, splits)
 
 
 @pytest.mark.spark
 def test_metadata_that_disagrees_with_the_files_is_refused(image_dataset, tmp_path):
-    import json
-    import shutil
-
-    from core.errors import DatasetError
-
     copy = tmp_path / "ds"
     shutil.copytree(image_dataset, copy)
     meta = json.loads((copy / "metadata.json").read_text())
@@ -125,6 +262,7 @@ def test_thread_pool_fix_waits_for_the_ventilator():
     import petastorm.reader
     from petastorm.workers_pool.thread_pool import ThreadPool
 
+    from training import petastorm_fixes
     from training.petastorm_fixes import OrderedEndThreadPool
 
     class NotFinished:
@@ -136,83 +274,5 @@ def test_thread_pool_fix_waits_for_the_ventilator():
         pool._results_queues = [__import__("queue").Queue() for _ in range(2)]
         pool._ventilator = NotFinished()
         assert pool.all_workers_done() is expected
-    assert petastorm.reader.ThreadPool is OrderedEndThreadPool  # installed by importing training.reading
-
-
-@pytest.mark.spark
-@pytest.mark.parametrize("reservoir_rows", [8192, 0])
-def test_padding_comes_from_memory_unless_too_large(image_dataset, monkeypatch, reservoir_rows):
-    from training import batching, reading
-
-    calls = []
-    real = reading.read_shard_once
-    monkeypatch.setattr(reading, "read_shard_once", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    monkeypatch.setattr(batching, "PADDING_RESERVOIR_ROWS", reservoir_rows)
-    split = load_dataset_info(str(image_dataset)).splits["train"]
-    plan = plan_shard(split.row_group_sizes, 1, 2)  # the smaller of two uneven shards
-    counter = EpochCounter(split, plan)
-    batches = list(training_batches(split, plan, FIELDS, batch_size=6, epoch=0, collate=list, counter=counter))
-    assert len(batches) == plan.steps(6) and counter.padding_rows == plan.steps(6) * 6 - plan.local_rows > 0
-    padding_passes = 0 if reservoir_rows else -(-counter.padding_rows // plan.local_rows)  # ceil
-    assert len(calls) == 1 + padding_passes
-    assert {r.sample_id for b in batches for r in b} == set(ids_of(real(split, plan, FIELDS, pass_seed=0)))
-
-
-def test_prefetched_keeps_order_surfaces_errors_and_stops_early():
-    import threading
-
-    from training.batching import prefetched
-
-    assert list(prefetched(iter(range(100)), depth=3)) == list(range(100))
-
-    def failing():
-        yield 1
-        raise DataCoverageError("short shard")
-
-    out = []
-    with pytest.raises(DataCoverageError, match="short shard"):
-        for item in prefetched(failing(), depth=2):
-            out.append(item)
-    assert out == [1]
-
-    closed = threading.Event()
-
-    def endless():
-        try:
-            i = 0
-            while True:
-                yield i
-                i += 1
-        finally:
-            closed.set()
-
-    stream = prefetched(endless(), depth=2)
-    assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
-    stream.close()
-    assert closed.wait(5)
-    assert not any(t.name == "bigtrain-prefetch" for t in threading.enumerate())
-
-
-def test_prefetched_never_hangs_when_the_consumer_fails_after_the_producer_finished():
-    """The training step raises (e.g. a lost Horovod peer) while the queue is full and the producer has nothing
-    left to read: closing the stream must return, not wait forever for the producer's final hand-over."""
-    import threading
-    import time
-
-    from training.batching import prefetched
-
-    stream = prefetched(iter(range(3)), depth=2)
-    assert next(stream) == 0
-    time.sleep(0.3)  # the producer has queued the rest and now hands over "done" to a full queue
-    closer = threading.Thread(target=stream.close, daemon=True)
-    closer.start()
-    closer.join(5)
-    assert not closer.is_alive(), "closing the prefetch stream hung"
-
-
-def test_a_damaged_stored_image_is_a_dataset_error_not_a_crash():
-    from core.errors import DatasetError
-    from training.collation import ImageDecoder
-
-    with pytest.raises(DatasetError, match=r"stored png image cannot be decoded.*bigtrain verify"):
-        ImageDecoder("png", 1).decode(b"\x89PNG\r\n\x1a\n damaged")
+    petastorm_fixes.install()
+    assert petastorm.reader.ThreadPool is OrderedEndThreadPool

@@ -1,0 +1,327 @@
+"""The training loader: a rank's shard of a Petastorm dataset read as columns and made into batches in persistent
+worker processes, delivered in one order whatever the number of workers.
+
+* **Units of work.** An epoch's order (``training.order``) is a list of windows, each a few row ranges of the
+  shard's row groups. Its batches are cut into *chunks* of consecutive batches of one window; chunk ``t`` goes to
+  worker ``t % workers``. A worker reads the row groups of its chunk's window with pyarrow (the columns as Parquet
+  stores them, in Petastorm's row-group order and sharding), prepares them (``training.collation``: raw pixels
+  reshaped in one step, PNG/JPEG decoded image by image, token ids scattered into a padded matrix), and sends the
+  batches back through shared memory.
+* **One pool per run.** The workers are a ``torch.utils.data.DataLoader`` with ``persistent_workers``: started
+  once, on the first batch, and reused by every epoch and every evaluation pass; a small shared tensor tells them
+  which split, epoch, rank and starting batch the next pass is.
+* **Order and accounting stay in the training process.** Batches arrive as the workers finish them and are handed
+  on in the epoch's order; the loader counts the shard's rows and the padding rows of every batch and checks the
+  number of batches. A resumed epoch starts at its batch: the windows before it are never read.
+* **Memory.** A worker holds the encoded columns of one window; the training process holds at most about
+  ``workers * chunk`` decoded batches waiting for their turn, and the chunk is sized to keep that under
+  ``BUFFER_BYTES``.
+
+With ``workers=0`` the same code runs in a background thread of the training process (``prefetched``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import queue
+import threading
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from core.errors import DatasetError
+from dataset.info import SplitInfo
+from dataset.manifest import DatasetSpec
+from training.collation import Prepared, Task
+from training.order import EpochOrder, Window, epoch_order
+from training.shards import DataCoverageError, EpochCounter, ShardPlan
+
+log = logging.getLogger("bigtrain.train")
+
+BUFFER_BYTES = 256 * 2**20  # decoded batches the training process may hold waiting for their turn
+_ERROR = -1
+
+
+def default_workers(local_ranks: int = 1) -> int:
+    """The cores this process may use, shared among the ranks on this host."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_ranks))
+
+
+def batch_bytes(spec: DatasetSpec, batch_size: int) -> int:
+    """Bytes of one decoded batch (the images, or the padded token ids at their longest)."""
+    if spec.kind == "image":
+        return batch_size * spec.image.size * spec.image.size * spec.image.channels
+    return batch_size * max(1, spec.sequence.max_length) * 8
+
+
+class SplitReader:
+    """Reads windows of one split: the row groups its pieces come from, sliced and laid end to end."""
+
+    def __init__(self, split: SplitInfo, fields: tuple[str, ...]):
+        if len(split.row_group_files) != len(split.row_group_sizes):
+            raise DatasetError(f"split {split.url}: its row groups were listed without their files")
+        self.split, self.fields = split, fields
+        self._fs = None
+
+    def _open(self, path: str):
+        import pyarrow.parquet as pq
+
+        if self.split.url.startswith("file:") or "://" not in self.split.url:
+            return pq.ParquetFile(path)
+        if self._fs is None:
+            from core.paths import filesystem
+
+            self._fs = filesystem(self.split.url)[0]
+        return pq.ParquetFile(self._fs.open(path, "rb"))
+
+    def read_group(self, group: int):
+        path, index = self.split.row_group_files[group]
+        table = self._open(path).read_row_group(index, columns=list(self.fields), use_threads=False)
+        if table.num_rows != self.split.row_group_sizes[group]:
+            raise DataCoverageError(f"row group {index} of {path} holds {table.num_rows} rows, its footer said "
+                                    f"{self.split.row_group_sizes[group]} when the dataset was opened")
+        return table
+
+    def read_window(self, window: Window) -> dict[str, Any]:
+        """The window's rows, column by column (pyarrow arrays), pieces laid end to end."""
+        import pyarrow as pa
+
+        tables = {g: self.read_group(g) for g in window.groups}
+        parts: dict[str, list] = {name: [] for name in self.fields}
+        for piece in window.pieces:
+            table = tables[piece.group]
+            if piece.step == 1:
+                sliced = table.slice(piece.start, piece.stop - piece.start)
+            else:
+                sliced = table.take(pa.array(np.arange(piece.start, piece.stop, piece.step)))
+            for name in self.fields:
+                parts[name].extend(sliced.column(name).chunks)
+        return {name: pa.concat_arrays(chunks) for name, chunks in parts.items()}
+
+
+# control[]: what the next pass over the data is (set by the training process before each pass)
+_SPLIT, _TRAINING, _EPOCH, _START, _RANK, _WORLD, _BATCH, _CHUNK = range(8)
+
+
+class _Passes(torch.utils.data.IterableDataset):
+    """The workers' side: each pass, the chunks of the epoch that fall to this worker, batch by batch."""
+
+    def __init__(self, splits: dict[str, SplitInfo], task: Task, *, seed: int, shuffle_rows: int):
+        super().__init__()
+        self.names = sorted(splits)
+        self.splits, self.task, self.seed, self.shuffle_rows = splits, task, seed, shuffle_rows
+        self.control = torch.zeros(8, dtype=torch.int64).share_memory_()
+        self._readers: dict[str, SplitReader] = {}
+        self._cached: tuple[Any, Prepared] | None = None
+
+    def set_pass(self, split: str, *, training: bool, epoch: int, start: int, plan: ShardPlan, batch_size: int,
+                 chunk: int) -> None:
+        self.control.copy_(torch.tensor([self.names.index(split), int(training), epoch, start, plan.rank,
+                                         plan.world, batch_size, chunk]))
+
+    def order(self, split: SplitInfo, plan: ShardPlan, *, training: bool, epoch: int, batch_size: int) -> EpochOrder:
+        return epoch_order(split.row_group_sizes, plan, batch_size=batch_size, seed=self.seed, epoch=epoch,
+                           shuffle_rows=self.shuffle_rows, training=training)
+
+    def __iter__(self) -> Iterator[tuple]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        c = [int(v) for v in self.control]
+        split = self.splits[self.names[c[_SPLIT]]]
+        from training.shards import plan_shard
+
+        plan = plan_shard(split.row_group_sizes, c[_RANK], c[_WORLD])
+        order = self.order(split, plan, training=bool(c[_TRAINING]), epoch=c[_EPOCH], batch_size=c[_BATCH])
+        for number, (window, first, last) in enumerate(chunks(order, start=c[_START], chunk=c[_CHUNK])):
+            if number % workers != worker:
+                continue
+            try:
+                prepared, positions = self._prepare(split, order, window)
+                for batch in range(first, last):
+                    at = (batch - window.first_batch) * order.batch_size
+                    index = positions[at:at + order.batch_size]
+                    real = max(0, min(len(index), order.local_rows - batch * order.batch_size))
+                    yield batch, real, self.task.collate(prepared, index)
+            except Exception as exc:  # noqa: BLE001 - handed to the training process, which raises it
+                yield _ERROR, 0, _picklable(exc)
+                return
+
+    def _prepare(self, split: SplitInfo, order: EpochOrder, window: Window) -> tuple[Prepared, np.ndarray]:
+        key = (split.url, order.epoch, order.rank, order.world, order.training, order.batch_size, window)
+        if self._cached is None or self._cached[0] != key:
+            reader = self._readers.get(split.url) or self._readers.setdefault(split.url,
+                                                                               SplitReader(split, self.task.fields))
+            prepared = self.task.prepare(reader.read_window(window))
+            lengths = prepared.lengths if self.task.bucket_by_length and order.training else None
+            self._cached = key, (prepared, order.positions(window, lengths))
+        return self._cached[1]
+
+
+def chunks(order: EpochOrder, *, start: int, chunk: int) -> Iterator[tuple[Window, int, int]]:
+    """(window, first batch, end batch) of every chunk of ``order`` from batch ``start`` on."""
+    for window in order.windows:
+        end = window.first_batch + window.batches
+        first = max(window.first_batch, start)
+        while first < end:
+            yield window, first, min(end, first + chunk)
+            first += chunk
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - an exception that cannot cross processes: keep its type name and message
+        return DatasetError(f"{type(exc).__name__}: {exc}")
+
+
+def _as_is(item):
+    return item
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+
+
+class Loader:
+    """Batches of a dataset's splits for one run: ``workers`` persistent processes (0: a thread of this process),
+    ``prefetch`` batches prepared ahead, pinned when ``pin_memory`` (a GPU run)."""
+
+    def __init__(self, splits: dict[str, SplitInfo], spec: DatasetSpec, task: Task, *, workers: int, seed: int,
+                 shuffle_rows: int, prefetch: int, pin_memory: bool = False):
+        self.spec, self.task, self.workers, self.prefetch, self.pin_memory = spec, task, workers, prefetch, pin_memory
+        self.passes = _Passes(splits, task, seed=seed, shuffle_rows=shuffle_rows)
+        self._dataloader: torch.utils.data.DataLoader | None = None
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        if self._dataloader is None:
+            options: dict[str, Any] = {}
+            if self.workers:
+                options = dict(persistent_workers=True, worker_init_fn=_worker_init,
+                               prefetch_factor=max(2, math.ceil(self.prefetch / self.workers)))
+            self._dataloader = torch.utils.data.DataLoader(self.passes, batch_size=None, num_workers=self.workers,
+                                                           collate_fn=_as_is, pin_memory=self.pin_memory, **options)
+        return self._dataloader
+
+    def chunk_for(self, batches_per_window: int, batch_size: int) -> int:
+        room = BUFFER_BYTES // max(1, max(1, self.workers) * batch_bytes(self.spec, batch_size))
+        return max(1, min(batches_per_window, room))
+
+    def batches(self, split: SplitInfo, plan: ShardPlan, *, batch_size: int, epoch: int, training: bool,
+                start: int = 0, counter: EpochCounter | None = None) -> Iterator[Any]:
+        """The pass's batches from batch ``start`` on, in the epoch's order; with a ``counter``, the shard's rows
+        (``first_pass_rows``, including those of the batches before ``start``) and the padding rows are counted,
+        and the first pass is checked against the plan when the pass ends."""
+        order = self.passes.order(split, plan, training=training, epoch=epoch, batch_size=batch_size)
+        total = order.batches
+        if training and plan.steps(batch_size) and not plan.local_rows:
+            raise DataCoverageError(f"rank {plan.rank}: its shard of {split.url} is empty, nothing to fill "
+                                    f"{plan.steps(batch_size)} steps with")
+        if counter is not None and start:
+            before = min(start * batch_size, total * batch_size)
+            counter.first_pass_rows += min(before, plan.local_rows)
+            counter.padding_rows += max(0, before - plan.local_rows)
+        if start >= total:
+            if counter is not None:
+                counter.check_first_pass()
+            return
+        widest = max(w.batches for w in order.windows)
+        chunk = self.chunk_for(widest, batch_size)
+
+        def produce() -> Iterator[tuple]:
+            # the workers read what this pass is when it starts (one pass at a time: a new pass resets the pool)
+            self.passes.set_pass(split.name, training=training, epoch=epoch, start=start, plan=plan,
+                                 batch_size=batch_size, chunk=chunk)
+            yield from self._loader()
+
+        items = produce() if self.workers else prefetched(produce(), self.prefetch)
+        waiting: dict[int, tuple[int, Any]] = {}
+        expected = start
+        try:
+            for index, real, batch in items:
+                if index == _ERROR:
+                    raise batch
+                waiting[index] = (real, batch)
+                while expected in waiting:
+                    real, batch = waiting.pop(expected)
+                    expected += 1
+                    if counter is not None:
+                        counter.first_pass_rows += real
+                        counter.padding_rows += len(batch[1]) - real
+                    yield batch
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+        if expected != total or waiting:
+            raise DataCoverageError(f"rank {plan.rank}: the loader delivered {expected - start} of the "
+                                    f"{total - start} batches of {split.url} it was asked for")
+        if counter is not None:
+            counter.check_first_pass()
+
+    def close(self) -> None:
+        """Stop the worker processes (they also stop with this process)."""
+        loader, self._dataloader = self._dataloader, None
+        iterator = getattr(loader, "_iterator", None) if loader is not None else None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+
+def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Run ``items`` (reading, decoding, collating) in a background thread, ``depth`` items ahead, so the next
+    batch is being prepared while the model trains on this one. Errors surface in the caller, in order."""
+    if depth <= 0:
+        yield from items
+        return
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(entry) -> bool:
+        """Hand ``entry`` over unless the consumer has gone (it stopped early or raised): a blocking put on a full
+        queue nobody reads would leave the consumer's join waiting forever."""
+        while not stop.is_set():
+            try:
+                buffer.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+            put((done, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # generators: stop their readers in the thread that ran them
+                close()
+
+    thread = threading.Thread(target=work, name="bigtrain-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
