@@ -201,7 +201,7 @@ def score_batch(batch: pd.DataFrame, *, model, source: ModelSource, batch_size: 
     top = np.full(n, np.nan)
     probabilities: list[Any] = [None] * n
     usable = np.flatnonzero(batch["reason"].isna().to_numpy())
-    decoder = ImageDecoder(source.codec, 1) if source.kind == "image" else None
+    decoder = ImageDecoder(source.codec) if source.kind == "image" else None
     features, lengths = batch["features"].to_numpy(), batch["length"].to_numpy()
     with torch.no_grad():
         for start in range(0, len(usable), batch_size):

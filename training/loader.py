@@ -34,11 +34,12 @@ import torch
 import torch.utils.data
 
 from core.errors import DatasetError
+from core.paths import filesystem
 from dataset.info import SplitInfo
 from dataset.manifest import DatasetSpec
 from training.collation import Prepared, Task
 from training.order import EpochOrder, Window, epoch_order
-from training.shards import DataCoverageError, EpochCounter, ShardPlan
+from training.shards import DataCoverageError, EpochCounter, ShardPlan, plan_shard
 
 log = logging.getLogger("bigtrain.train")
 
@@ -74,8 +75,6 @@ class SplitReader:
         if self.split.url.startswith("file:") or "://" not in self.split.url:
             return pq.ParquetFile(path)
         if self._fs is None:
-            from core.paths import filesystem
-
             self._fs = filesystem(self.split.url)[0]
         return pq.ParquetFile(self._fs.open(path, "rb"))
 
@@ -133,8 +132,6 @@ class _Passes(torch.utils.data.IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         c = [int(v) for v in self.control]
         split = self.splits[self.names[c[_SPLIT]]]
-        from training.shards import plan_shard
-
         plan = plan_shard(split.row_group_sizes, c[_RANK], c[_WORLD])
         order = self.order(split, plan, training=bool(c[_TRAINING]), epoch=c[_EPOCH], batch_size=c[_BATCH])
         for number, (window, first, last) in enumerate(chunks(order, start=c[_START], chunk=c[_CHUNK])):

@@ -6,7 +6,7 @@ job writes row groups of near-equal size, shards are near-equal, but never assum
 * every rank computes, from the Parquet footers, how many rows each rank's shard holds (``plan_shard``);
 * a training epoch runs ``ceil(max_rows_of_any_rank / batch_size)`` steps on every rank, a rank whose shard is
   smaller topping up its last batches from a fresh pass over its own shard (so allreduce never waits on a rank
-  that has stopped; ``training.batching``);
+  that has stopped; ``training.order``);
 * the first pass over the shard is counted, and a count that differs from the footers is an error
   (``DataCoverageError``), never a silently short epoch;
 * with fewer row groups than ranks, each rank reads every row group and keeps every ``world``-th row.

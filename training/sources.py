@@ -114,7 +114,7 @@ class InMemorySource:
     def training_batches(self, plan: ShardPlan, *, batch_size: int, epoch: int, counter: EpochCounter,
                          start: int = 0) -> Iterator[Batch]:
         rows = self._shard("train", plan)
-        rng = np.random.default_rng([self.seed, epoch, plan.rank, plan.world])
+        rng = np.random.default_rng([self.seed, epoch, plan.rank])
         needed = plan.steps(batch_size) * batch_size
         if len(rows) == 0 and needed:
             raise DataCoverageError(f"rank {plan.rank}: its shard of {self.splits['train'].url} is empty, nothing "

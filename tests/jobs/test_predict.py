@@ -63,7 +63,7 @@ def _in_process(ckpt, split_url, kind, ids):
     table = table[table["sample_id"].isin(ids)].reset_index(drop=True)
     rows = list(table.itertuples(index=False))
     if kind == "image":
-        inputs = image_collate(rows, decoder=ImageDecoder(payload["dataset"]["image"]["codec"], 1))[0]
+        inputs = image_collate(rows, decoder=ImageDecoder(payload["dataset"]["image"]["codec"]))[0]
     else:
         inputs = sequence_collate(rows, dtype=payload["dataset"]["sequence"]["token_dtype"])[0]
     with torch.no_grad():

@@ -17,9 +17,7 @@ from dataset.info import load_dataset_info
 from dataset.layout import SPLITS
 from jobs.preprocess_images import main
 from tests.conftest import REPO, current_snapshot, subprocess_env, tool
-from training.batching import evaluation_batches
-from training.reading import ReadOptions
-from training.shards import plan_shard
+from tests.petastorm_rows import petastorm_rows
 
 pytestmark = pytest.mark.spark
 
@@ -35,14 +33,9 @@ def source_files(root: Path) -> tuple[dict[str, str], list[str]]:
 
 
 def read_split(split, fields=("image", "label", "sample_id", "relpath")):
-    """Every row of a split through the loader (a world of one), as a list of namedtuples. Row reading is
-    Petastorm's own make_reader, decoding the images with the codecs of the Unischema the job stored: the
+    """Every row of a split as a list of namedtuples, read by Petastorm's own make_reader, decoding the images with the codecs of the Unischema the job stored: the
     datasets stay Petastorm datasets that plain Petastorm can read."""
-    rows = []
-    plan = plan_shard(split.row_group_sizes, 0, 1)
-    for batch in evaluation_batches(split, plan, ReadOptions(fields, columnar=False), batch_size=7, collate=list):
-        rows.extend(batch)
-    return rows
+    return petastorm_rows(split.url, fields, columnar=False)
 
 
 def test_every_image_arrives_once_with_its_label_and_shape(image_dataset, sample_images):

@@ -20,10 +20,8 @@ from jobs.preprocess_sequences import (
 from pipelines.samples import BAD_LINES
 from pipelines.text import normalise, tokenise
 from tests.conftest import snapshot_path
-from training.batching import evaluation_batches
+from tests.petastorm_rows import petastorm_rows
 from training.collation import task_for
-from training.reading import ReadOptions
-from training.shards import plan_shard
 
 pytestmark = pytest.mark.spark
 
@@ -42,15 +40,11 @@ def good_lines(root):
 def read_all(dataset):
     info = load_dataset_info(str(dataset))
     task = task_for(info.spec)
-    options = ReadOptions(task.fields + ("source",), columnar=True)
     rows = {}
     for name in SPLITS:
-        split = info.splits[name]
-        for batch in evaluation_batches(split, plan_shard(split.row_group_sizes, 0, 1), options, batch_size=50,
-                                        collate=list):
-            for row in batch:
-                assert row.source not in rows, f"{row.source} read twice"
-                rows[row.source] = (name, row)
+        for row in petastorm_rows(info.splits[name].url, task.fields + ("source",), columnar=True):
+            assert row.source not in rows, f"{row.source} read twice"
+            rows[row.source] = (name, row)
     return info, rows
 
 

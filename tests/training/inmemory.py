@@ -70,9 +70,9 @@ class InterruptedAt(Wrapped):
         super().__init__(inner)
         self.epoch, self.after = epoch, after
 
-    def training_batches(self, plan, *, batch_size, epoch, counter):
+    def training_batches(self, plan, *, batch_size, epoch, counter, start=0):
         for index, batch in enumerate(self.inner.training_batches(plan, batch_size=batch_size, epoch=epoch,
-                                                                  counter=counter)):
+                                                                  counter=counter, start=start), start=start):
             if epoch == self.epoch and index == self.after:
                 raise RuntimeError(f"interrupted in epoch {epoch + 1} after {index} batches")
             yield batch

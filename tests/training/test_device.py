@@ -124,7 +124,9 @@ def test_training_batches_of_sequences_come_longest_first_and_pack_to_the_same_l
     rows = [type("Row", (), {"tokens": np.arange(2, 2 + n, dtype="<u2").tobytes(), "length": n, "label": i % 2,
                              "sample_id": 100 + i})() for i, n in enumerate((2, 5, 3, 6, 1))]
     task = task_for(SEQUENCES)
-    (tokens, lengths), y, ids = task.collate(rows)
+    prepared = task.prepare({name: [getattr(r, name) for r in rows] for name in ("tokens", "length", "label",
+                                                                                  "sample_id")})
+    (tokens, lengths), y, ids = task.collate(prepared, np.arange(len(rows)))
     assert lengths.tolist() == [6, 5, 3, 2, 1] and ids.tolist() == [103, 101, 102, 100, 104]
     assert y.tolist() == [1, 1, 0, 0, 0]
     (as_given, given_lengths), _, given_ids = sequence_collate(rows, dtype="<u2")

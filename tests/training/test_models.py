@@ -77,17 +77,3 @@ def test_sequence_collate_pads_to_the_longest_in_the_batch():
     (tokens, lengths), y, ids = sequence_collate(rows, dtype="<u2")
     assert tokens.tolist() == [[4, 5, 0, 0], [7, 8, 9, 3]] and lengths.tolist() == [2, 4]
     assert y.tolist() == [1, 0] and ids.tolist() == [10, 11]
-
-
-def test_bucketing_groups_similar_lengths_and_keeps_every_row():
-    import numpy as np
-
-    from training.batching import bucketed
-
-    lengths = list(np.random.default_rng(0).integers(1, 100, 640))
-    out = list(bucketed(iter(lengths), key=lambda n: n, batch_size=8, window_batches=10, rng=np.random.default_rng(1)))
-    assert sorted(out) == sorted(lengths)
-    batches = [out[i:i + 8] for i in range(0, len(out), 8)]
-    spread = np.mean([max(b) - min(b) for b in batches])
-    assert spread < 15  # random batches of 8 from 1..99 spread ~70
-    assert [max(b) for b in batches] != sorted(max(b) for b in batches)  # batch order is not by length

@@ -12,12 +12,10 @@ from core.config import load_section
 from core.errors import DatasetError
 from dataset.info import load_dataset_info
 from tests.conftest import REPO, subprocess_env
-from training.batching import evaluation_batches
-from training.collation import task_for
 from training.config import TrainConfig
 from training.distributed import SingleProcess
 from training.loop import train
-from training.reading import ReadOptions
+from training.petastorm_source import PetastormSource
 from training.shards import plan_shard
 
 pytestmark = pytest.mark.spark
@@ -44,14 +42,16 @@ def test_the_loader_reads_every_row_from_s3(s3_dataset, image_dataset):
     remote, local = load_dataset_info(s3_dataset), load_dataset_info(str(image_dataset))
     assert {k: v.row_group_sizes for k, v in remote.splits.items()} == \
            {k: v.row_group_sizes for k, v in local.splits.items()}
-    task = task_for(remote.spec)
     split = remote.splits["train"]
+    source = PetastormSource(remote, load_section("train", TrainConfig, overrides=["train.loader_workers=2"]))
     seen = []
-    for rank in range(2):
-        plan = plan_shard(split.row_group_sizes, rank, 2)
-        for _, _, ids in evaluation_batches(split, plan, ReadOptions(task.fields, columnar=True), batch_size=16,
-                                            collate=task.collate):
-            seen.extend(ids.tolist())
+    try:
+        for rank in range(2):
+            plan = plan_shard(split.row_group_sizes, rank, 2)
+            for _, _, ids in source.evaluation_batches("train", plan, batch_size=16):
+                seen.extend(ids.tolist())
+    finally:
+        source.close()
     assert len(seen) == len(set(seen)) == split.rows
 
 
