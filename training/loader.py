@@ -43,7 +43,11 @@ from training.shards import DataCoverageError, EpochCounter, ShardPlan, plan_sha
 
 log = logging.getLogger("bigtrain.train")
 
-BUFFER_BYTES = 256 * 2**20  # decoded batches the training process may hold waiting for their turn
+BUFFER_BYTES = 128 * 2**20  # decoded batches per chunk times workers: what waits for its turn (x ~3 with prefetch)
+# Batches per chunk at most where decoding dominates (PNG/JPEG): a chunk is handed over whole, so its first batch
+# waits for its last, and small chunks spread a window over the workers. Where reading dominates (raw pixels,
+# token ids) a chunk is a whole window, so that every row group is read by one worker.
+DECODE_CHUNK = 8
 _ERROR = -1
 
 
@@ -139,13 +143,15 @@ class _Passes(torch.utils.data.IterableDataset):
                 continue
             try:
                 prepared, positions = self._prepare(split, order, window)
+                batches, reals = [], []
                 for batch in range(first, last):
                     at = (batch - window.first_batch) * order.batch_size
                     index = positions[at:at + order.batch_size]
-                    real = max(0, min(len(index), order.local_rows - batch * order.batch_size))
-                    yield batch, real, self.task.collate(prepared, index)
+                    reals.append(max(0, min(len(index), order.local_rows - batch * order.batch_size)))
+                    batches.append(self.task.collate(prepared, index))
+                yield first, tuple(reals), pack(batches)
             except Exception as exc:  # noqa: BLE001 - handed to the training process, which raises it
-                yield _ERROR, 0, _picklable(exc)
+                yield _ERROR, (), _picklable(exc)
                 return
 
     def _prepare(self, split: SplitInfo, order: EpochOrder, window: Window) -> tuple[Prepared, np.ndarray]:
@@ -167,6 +173,39 @@ def chunks(order: EpochOrder, *, start: int, chunk: int) -> Iterator[tuple[Windo
         while first < end:
             yield window, first, min(end, first + chunk)
             first += chunk
+
+
+def pack(batches: list[Any]) -> tuple:
+    """A chunk's batches (nested tuples of tensors) as one flat tensor per dtype plus the layout to cut them out
+    again: one shared-memory transfer (and one pinning) per chunk and dtype instead of one per tensor."""
+    flat: dict[torch.dtype, list[torch.Tensor]] = {}
+    offsets: dict[torch.dtype, int] = {}
+
+    def layout(item):
+        if isinstance(item, torch.Tensor):
+            at = offsets.get(item.dtype, 0)
+            flat.setdefault(item.dtype, []).append(item.reshape(-1))
+            offsets[item.dtype] = at + item.numel()
+            return (item.dtype, at, tuple(item.shape))
+        return tuple(layout(part) for part in item)
+
+    layouts = [layout(batch) for batch in batches]
+    buffers = {str(dtype).replace("torch.", ""): torch.cat(parts) for dtype, parts in flat.items()}
+    return buffers, layouts
+
+
+def unpack(packed: tuple) -> list[Any]:
+    """The batches of ``pack``, as views of its buffers."""
+    buffers, layouts = packed
+
+    def cut(item):
+        if isinstance(item[0], torch.dtype):
+            dtype, at, shape = item
+            buffer = buffers[str(dtype).replace("torch.", "")]
+            return buffer[at:at + math.prod(shape)].view(shape)
+        return tuple(cut(part) for part in item)
+
+    return [cut(layout) for layout in layouts]
 
 
 def _picklable(exc: BaseException) -> BaseException:
@@ -213,7 +252,8 @@ class Loader:
 
     def chunk_for(self, batches_per_window: int, batch_size: int) -> int:
         room = BUFFER_BYTES // max(1, max(1, self.workers) * batch_bytes(self.spec, batch_size))
-        return max(1, min(batches_per_window, room))
+        heavy = self.spec.kind == "image" and self.spec.image.codec in ("png", "jpeg")
+        return max(1, min(batches_per_window, room, DECODE_CHUNK if heavy else batches_per_window))
 
     def batches(self, split: SplitInfo, plan: ShardPlan, *, batch_size: int, epoch: int, training: bool,
                 start: int = 0, counter: EpochCounter | None = None) -> Iterator[Any]:
@@ -246,10 +286,11 @@ class Loader:
         waiting: dict[int, tuple[int, Any]] = {}
         expected = start
         try:
-            for index, real, batch in items:
-                if index == _ERROR:
-                    raise batch
-                waiting[index] = (real, batch)
+            for first, reals, packed in items:
+                if first == _ERROR:
+                    raise packed
+                for index, (real, batch) in enumerate(zip(reals, unpack(packed)), start=first):
+                    waiting[index] = (real, batch)
                 while expected in waiting:
                     real, batch = waiting.pop(expected)
                     expected += 1

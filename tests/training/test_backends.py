@@ -96,7 +96,15 @@ def _worker_pids(hostname: str) -> list[int]:
             continue
         if TRAIN.encode() in cmdline and f"HOROVOD_HOSTNAME={hostname}".encode() in environ:
             found.append(int(pid))
-    return found
+    # not the loader's worker processes, forked from a training process (same command line and environment)
+    return [pid for pid in found if _parent(pid) not in found]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def test_elastic_run_survives_a_killed_worker(image_dataset, tmp_path):
