@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import statistics
 import time
@@ -67,7 +66,8 @@ class Timing:
 REPEATS = 3  # timed runs per figure, after one warm-up; the issue's floor for a figure worth printing
 
 
-def _timing(values: list[float]) -> Timing:
+def timing(values: list[float]) -> Timing:
+    """The median and spread of figures measured already (alternated runs of two things, say)."""
     ordered = sorted(values)
     return Timing(statistics.median(ordered), ordered[0], ordered[-1], len(ordered))
 
@@ -82,14 +82,14 @@ def rate(run: Callable[[], int], repeats: int = REPEATS, warmup: bool = True) ->
         start = time.perf_counter()
         n = run()
         rates.append(n / (time.perf_counter() - start))
-    return _timing(rates)
+    return timing(rates)
 
 
 def seconds(run: Callable[[], object], repeats: int = REPEATS, warmup: bool = True) -> Timing:
     """Seconds of ``run``: the median of ``repeats`` timed runs after one warm-up, with their spread."""
     if warmup:
         run()
-    return _timing([_timed(run) for _ in range(repeats)])
+    return timing([_timed(run) for _ in range(repeats)])
 
 
 def _timed(run: Callable[[], object]) -> float:
@@ -98,15 +98,37 @@ def _timed(run: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def rss_mb() -> float:
-    """Resident memory of this process now (Linux: /proc/self/statm), in MB."""
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def memory_growth_mb(run: Callable[[], object], every: float = 0.05) -> float:
+    """Peak memory growth while ``run`` runs, over this process's memory just before: this process's resident
+    memory plus the unique memory (USS) of its child processes (the loader's workers: forked, they share the
+    parent's pages until they write them), sampled every ``every`` seconds."""
+    import threading
 
+    import psutil
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    me = psutil.Process()
+    baseline, peak, done = me.memory_info().rss, 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            total = me.memory_info().rss
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_full_info().uss
+                except psutil.Error:
+                    pass
+            peak = max(peak, total)
+            done.wait(every)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        run()
+    finally:
+        done.set()
+        thread.join()
+    return max(0.0, (peak - baseline) / 2**20)
 
 
 def check(value: float | None, op: str, bound: float) -> bool | None:

@@ -80,11 +80,13 @@ def main(argv=None) -> int:
                              config=load_section("preprocess_sequences", PreprocessSequencesConfig, flags={"ranks": 2}))
         if "loader" in args.groups:
             say("loader throughput")
-            results += loader.loader_results("images", image_ds, workers=2)
-            results += loader.loader_results("texts", text_ds, workers=2)
+            workers = common.cores()  # the loader's default: the cores of a rank alone on its host
+            results += loader.loader_results("images", image_ds, workers=workers)
+            results += loader.loader_results("texts", text_ds, workers=workers)
+            results += loader.resume_results(image_ds, workers)
         if "codecs" in args.groups:
             say("image codecs")
-            results += loader.codec_results(spark, raw_images, os.path.join(work, "codecs"))
+            results += loader.codec_results(spark, raw_images, os.path.join(work, "codecs"), common.cores())
         if "preprocess" in args.groups:
             say("preprocessing throughput")
             results += preprocess.image_results(spark, raw_images, os.path.join(work, "pre-images"), per_class * 10)

@@ -20,12 +20,12 @@ def test_smoke_run_reports_every_ratio(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads(out.read_text())["results"]
     groups = {r["group"] for r in results}
-    assert groups == {"loader/images", "loader/texts", "codecs", "preprocess/images", "preprocess/texts",
+    assert groups == {"loader/images", "loader/texts", "loader/resume", "codecs", "preprocess/images", "preprocess/texts",
                       "stall/images", "stall/texts", "resilience/images", "distributed", "growth"}
     for r in results:
         assert r["value"] is None or r["value"] > 0, r
         assert r["detail"] or r["group"] == "codecs"
-    assert "efficiency = loader / (pyarrow loop x cores)" in done.stdout
+    assert "loader / decode-only limit" in done.stdout and "median of 3" in done.stdout
 
 
 def test_unknown_group_is_named():
