@@ -190,7 +190,9 @@ def pack(batches: list[Any]) -> tuple:
         return tuple(layout(part) for part in item)
 
     layouts = [layout(batch) for batch in batches]
-    buffers = {str(dtype).replace("torch.", ""): torch.cat(parts) for dtype, parts in flat.items()}
+    # numpy's concatenate: torch.cat of many small tensors can wait on the intra-op thread pool of a busy host
+    buffers = {str(dtype).replace("torch.", ""): torch.from_numpy(np.concatenate([p.numpy() for p in parts]))
+               for dtype, parts in flat.items()}
     return buffers, layouts
 
 
