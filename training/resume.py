@@ -1,9 +1,9 @@
 """Resume points: what a run has done so far (``Progress``), saved with the model and optimizer every N optimizer
 steps and at each epoch end, and the checks that a run may continue from one.
 
-The loader's position is the number of batches of the current epoch already trained: the loader replays the epoch
-with the same seed (so the same order, exactly so with ``loader_workers=1``; Petastorm interleaves several reader
-threads by timing) and the loop skips those batches. Random states (torch, numpy, python) are restored, so dropout
+The loader's position is the number of batches of the current epoch already trained: the epoch's order is a
+function of (seed, epoch, rank, world size) only (``training.order``), whatever the number of loader workers, so
+the loader starts at that batch without reading the ones before it. Random states (torch, numpy, python) are restored, so dropout
 draws the same masks as a run that was never interrupted.
 """
 from __future__ import annotations

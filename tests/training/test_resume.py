@@ -35,8 +35,9 @@ def train_in_memory(config: TrainConfig, source, output_dir):
 
 
 def run_train_job(*args: str, **popen) -> subprocess.Popen:
+    # the default loader (auto: a worker process per core): the epoch's order does not depend on the workers
     return subprocess.Popen([sys.executable, str(REPO / "jobs" / "train.py"), "--backend", "single", "--no-progress",
-                             "--loader-workers", "1", *args], env=subprocess_env(), **popen)
+                             *args], env=subprocess_env(), **popen)
 
 
 @pytest.mark.spark
@@ -57,8 +58,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(i
     assert killed.wait(timeout=60) == -signal.SIGKILL
     assert not (tmp_path / "killed" / "checkpoint.pt").exists()
 
-    resumed = run_train_job(*common, "--output", str(tmp_path / "killed"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    # resumed with another number of loader workers: the order of the epoch is the same
+    resumed = run_train_job(*common, "--output", str(tmp_path / "killed"), "--loader-workers", "1",
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = resumed.stderr.read().decode()
     assert resumed.wait(timeout=300) == 0, log[-3000:]
     assert "resuming from" in log and "epoch 1, batch" in log
