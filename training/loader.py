@@ -148,8 +148,9 @@ class _Passes(torch.utils.data.IterableDataset):
                     at = (batch - window.first_batch) * order.batch_size
                     index = positions[at:at + order.batch_size]
                     reals.append(max(0, min(len(index), order.local_rows - batch * order.batch_size)))
-                    batches.append(self.task.collate(prepared, index))
-                yield first, tuple(reals), pack(batches)
+                    batches.append(index)
+                buffers, layouts = self.task.chunk(prepared, batches)
+                yield first, tuple(reals), ({k: torch.from_numpy(v) for k, v in buffers.items()}, layouts)
             except Exception as exc:  # noqa: BLE001 - handed to the training process, which raises it
                 yield _ERROR, (), _picklable(exc)
                 return
@@ -175,36 +176,15 @@ def chunks(order: EpochOrder, *, start: int, chunk: int) -> Iterator[tuple[Windo
             first += chunk
 
 
-def pack(batches: list[Any]) -> tuple:
-    """A chunk's batches (nested tuples of tensors) as one flat tensor per dtype plus the layout to cut them out
-    again: one shared-memory transfer (and one pinning) per chunk and dtype instead of one per tensor."""
-    flat: dict[torch.dtype, list[torch.Tensor]] = {}
-    offsets: dict[torch.dtype, int] = {}
-
-    def layout(item):
-        if isinstance(item, torch.Tensor):
-            at = offsets.get(item.dtype, 0)
-            flat.setdefault(item.dtype, []).append(item.reshape(-1))
-            offsets[item.dtype] = at + item.numel()
-            return (item.dtype, at, tuple(item.shape))
-        return tuple(layout(part) for part in item)
-
-    layouts = [layout(batch) for batch in batches]
-    # numpy's concatenate: torch.cat of many small tensors can wait on the intra-op thread pool of a busy host
-    buffers = {str(dtype).replace("torch.", ""): torch.from_numpy(np.concatenate([p.numpy() for p in parts]))
-               for dtype, parts in flat.items()}
-    return buffers, layouts
-
-
 def unpack(packed: tuple) -> list[Any]:
-    """The batches of ``pack``, as views of its buffers."""
+    """The batches of a chunk (``training.collation.Task.chunk``: flat buffers and each batch's layout in them), as
+    views of its buffers: one shared-memory transfer (and one pinning) per chunk and dtype, not one per tensor."""
     buffers, layouts = packed
 
     def cut(item):
-        if isinstance(item[0], torch.dtype):
+        if isinstance(item[0], str):
             dtype, at, shape = item
-            buffer = buffers[str(dtype).replace("torch.", "")]
-            return buffer[at:at + math.prod(shape)].view(shape)
+            return buffers[dtype][at:at + math.prod(shape)].view(shape)
         return tuple(cut(part) for part in item)
 
     return [cut(layout) for layout in layouts]

@@ -276,3 +276,40 @@ def test_thread_pool_fix_waits_for_the_ventilator():
         assert pool.all_workers_done() is expected
     petastorm_fixes.install()
     assert petastorm.reader.ThreadPool is OrderedEndThreadPool
+
+
+@pytest.mark.parametrize("kind", ["image", "sequence"])
+def test_a_chunk_cut_into_batches_equals_each_batch_collated_alone(kind):
+    """The loader's vectorised chunk (one buffer per dtype) gives exactly the tensors of collate, batch by batch."""
+    import io
+
+    import torch
+
+    from dataset.manifest import DatasetSpec, ImageSpec, SequenceSpec
+    from training.collation import task_for
+    from training.loader import unpack
+
+    rng = np.random.default_rng(0)
+    n = 40
+    if kind == "image":
+        spec = DatasetSpec("image", ["a", "b"], image=ImageSpec(4, 3, "raw", [4, 4, 3]))
+        pixels = []
+        for _ in range(n):
+            buffer = io.BytesIO()
+            np.save(buffer, rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+            pixels.append(buffer.getvalue())
+        columns = {"image": pixels}
+    else:
+        spec = DatasetSpec("sequence", ["a", "b"], sequence=SequenceSpec(50, "<u2", 9, "word", longest=9))
+        lengths = rng.integers(1, 10, n)
+        columns = {"tokens": [rng.integers(2, 50, k).astype("<u2").tobytes() for k in lengths], "length": lengths}
+    columns.update(label=rng.integers(0, 2, n), sample_id=np.arange(100, 100 + n))
+    task = task_for(spec)
+    prepared = task.prepare(columns)
+    batches = [rng.permutation(n)[:16], rng.permutation(n)[:16], rng.permutation(n)[:5]]
+    buffers, layouts = task.chunk(prepared, batches)
+    cut = unpack(({k: torch.from_numpy(v) for k, v in buffers.items()}, layouts))
+    for index, got in zip(batches, cut):
+        want = task.collate(prepared, index)
+        for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+            assert torch.equal(a, b)
