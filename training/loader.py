@@ -49,6 +49,7 @@ BUFFER_BYTES = 128 * 2**20  # decoded batches per chunk times workers: what wait
 # token ids) a chunk is a whole window, so that every row group is read by one worker.
 DECODE_CHUNK = 8
 _ERROR = -1
+WORKER_TIMEOUT_S = 900  # a chunk not delivered for this long is an error (a stuck read), not a run that hangs
 
 
 def default_workers(local_ranks: int = 1) -> int:
@@ -78,9 +79,9 @@ class SplitReader:
 
         if self.split.url.startswith("file:") or "://" not in self.split.url:
             return pq.ParquetFile(path)
-        if self._fs is None:
-            self._fs = filesystem(self.split.url)[0]
-        return pq.ParquetFile(self._fs.open(path, "rb"))
+        if self._fs is None or self._fs[0] != os.getpid():  # a file system of this process, never a parent's
+            self._fs = os.getpid(), filesystem(self.split.url)[0]
+        return pq.ParquetFile(self._fs[1].open(path, "rb"))
 
     def read_group(self, group: int):
         path, index = self.split.row_group_files[group]
@@ -203,7 +204,15 @@ def _as_is(item):
 
 
 def _worker_init(_worker_id: int) -> None:
+    """A forked worker: one compute thread, and fsspec's event loop for object stores made anew (the parent's
+    loop thread does not exist in the child; a call into it would wait forever)."""
     torch.set_num_threads(1)
+    try:
+        import fsspec.asyn
+
+        fsspec.asyn.reset_lock()
+    except ImportError:
+        pass
     try:
         import cv2
 
@@ -226,7 +235,7 @@ class Loader:
         if self._dataloader is None:
             options: dict[str, Any] = {}
             if self.workers:
-                options = dict(persistent_workers=True, worker_init_fn=_worker_init,
+                options = dict(persistent_workers=True, worker_init_fn=_worker_init, timeout=WORKER_TIMEOUT_S,
                                prefetch_factor=max(2, math.ceil(self.prefetch / self.workers)))
             self._dataloader = torch.utils.data.DataLoader(self.passes, batch_size=None, num_workers=self.workers,
                                                            collate_fn=_as_is, pin_memory=self.pin_memory, **options)
