@@ -3,6 +3,10 @@ so a crashed run never leaves a stale lock behind.
 
 The lock file is opened without following a symbolic link and used only when it is a regular file with one link,
 mode 0600: a link planted at the lock's name (``.bigtrain-train.lock -> ~/.bashrc``) is refused, never truncated.
+
+A forked child (the training loader's worker processes) closes its copies of the held locks at once: an flock
+belongs to the open file, shared across a fork, so a child that outlived its killed parent would otherwise keep
+the run's output locked.
 """
 from __future__ import annotations
 
@@ -18,6 +22,19 @@ from collections.abc import Iterator
 from core.errors import LockFileError, LockHeld
 
 MODE = 0o600
+_HELD: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _close_in_child() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 @contextlib.contextmanager
@@ -43,6 +60,7 @@ def hold(path: str, *, what: str) -> Iterator[None]:
             raise LockHeld(f"{what} was running and has just ended (lock {path} was removed): try again", path=path,
                            holder={})
         held = True
+        _HELD.add(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                   "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode(), 0)
@@ -51,6 +69,7 @@ def hold(path: str, *, what: str) -> Iterator[None]:
         if held and created and os.listdir(folder) == [os.path.basename(path)]:
             os.unlink(path)  # still locked: a process that opened it meanwhile finds it unnamed and backs off
             os.rmdir(folder)
+        _HELD.discard(fd)
         os.close(fd)  # closing the descriptor releases the lock
 
 

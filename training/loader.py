@@ -203,10 +203,23 @@ def _as_is(item):
     return item
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the training process dies (even by SIGKILL), at once; torch's own
+    watchdog only notices within seconds."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker_init(_worker_id: int) -> None:
     """A forked worker: one compute thread, and fsspec's event loop for object stores made anew (the parent's
     loop thread does not exist in the child; a call into it would wait forever)."""
     torch.set_num_threads(1)
+    _die_with_parent()
     try:
         import fsspec.asyn
 

@@ -95,3 +95,30 @@ def test_a_lock_removed_by_its_holder_between_open_and_flock_is_not_taken(tmp_pa
     monkeypatch.setattr(locking, "_open_lock_file", open_then_lose_the_name)
     with pytest.raises(LockHeld, match="has just ended .* try again"), locking.hold(str(lock), what="a run"):
         pass
+
+
+def test_a_forked_child_does_not_keep_the_lock_after_its_parent_lets_go(tmp_path):
+    """A lock is released when its holder closes it even if the holder forked children that live on (the
+    loader's worker processes): the children close their copies at the fork."""
+    import multiprocessing
+
+    lock = tmp_path / "out" / ".lock"
+    lock.parent.mkdir()
+    (lock.parent / "metrics.json").write_text("{}")  # a folder with outputs: the lock file stays between runs
+    context = multiprocessing.get_context("fork")
+    ready, stop = context.Event(), context.Event()
+    with locking.hold(str(lock), what="a run"):
+        child = context.Process(target=_wait_for, args=(ready, stop), daemon=True)
+        child.start()
+        ready.wait(10)
+    try:
+        with locking.hold(str(lock), what="the next run"):  # the child still runs
+            assert child.is_alive()
+    finally:
+        stop.set()
+        child.join(10)
+
+
+def _wait_for(ready, stop):
+    ready.set()
+    stop.wait(30)
