@@ -250,8 +250,11 @@ class Loader:
             if self.workers:
                 options = dict(persistent_workers=True, worker_init_fn=_worker_init, timeout=WORKER_TIMEOUT_S,
                                prefetch_factor=max(2, math.ceil(self.prefetch / self.workers)))
-            self._dataloader = torch.utils.data.DataLoader(self.passes, batch_size=None, num_workers=self.workers,
-                                                           collate_fn=_as_is, pin_memory=self.pin_memory, **options)
+            # Its own generator: every DataLoader iterator draws a seed, which would otherwise come from the global
+            # torch RNG and shift the dropout masks of a resumed run against an uninterrupted one.
+            self._dataloader = torch.utils.data.DataLoader(
+                self.passes, batch_size=None, num_workers=self.workers, collate_fn=_as_is, pin_memory=self.pin_memory,
+                generator=torch.Generator().manual_seed(self.passes.seed % 2**63), **options)
         return self._dataloader
 
     def chunk_for(self, batches_per_window: int, batch_size: int) -> int:

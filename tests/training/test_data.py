@@ -313,3 +313,23 @@ def test_a_chunk_cut_into_batches_equals_each_batch_collated_alone(kind):
         want = task.collate(prepared, index)
         for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
             assert torch.equal(a, b)
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("workers", [0, 1])
+def test_reading_an_epoch_leaves_the_global_random_state_alone(image_dataset, workers):
+    """A resumed run must draw the same dropout masks as an uninterrupted one: the loader never consumes torch's
+    global random numbers (a DataLoader draws a seed from them unless given its own generator)."""
+    import torch
+
+    source = source_for(image_dataset, workers)
+    plan = plan_shard(source.splits["train"].row_group_sizes, 0, 1)
+    try:
+        torch.manual_seed(7)
+        expected = torch.rand(3)
+        torch.manual_seed(7)
+        epoch_ids(source, plan, batch_size=8)
+        epoch_ids(source, plan, epoch=1, batch_size=8)
+        assert torch.equal(torch.rand(3), expected)
+    finally:
+        source.close()
