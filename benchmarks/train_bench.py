@@ -99,8 +99,8 @@ def _run_worker(cmd: list[str]) -> dict:
 
 def checkpoint_results(name: str, dataset: str, work: str) -> list[Result]:
     """What resume points cost: an epoch of the real loop with a resume point after every optimizer step against
-    the same epoch with none (alternated, the median of three each; the epoch's own clock, so test evaluation and reports
-    are not counted)."""
+    the same epoch with none (alternated, the median of three each; the epoch's own clock, so test evaluation and
+    reports are not counted)."""
     from training import checkpoint
     from training.distributed import SingleProcess
     from training.loop import train

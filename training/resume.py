@@ -3,8 +3,8 @@ steps and at each epoch end, and the checks that a run may continue from one.
 
 The loader's position is the number of batches of the current epoch already trained: the epoch's order is a
 function of (seed, epoch, rank, world size) only (``training.order``), whatever the number of loader workers, so
-the loader starts at that batch without reading the ones before it. Random states (torch, numpy, python) are restored, so dropout
-draws the same masks as a run that was never interrupted.
+the loader starts at that batch without reading the ones before it. Random states (torch, numpy, python) are
+restored, so dropout draws the same masks as a run that was never interrupted.
 """
 from __future__ import annotations
 

@@ -33,8 +33,9 @@ def source_files(root: Path) -> tuple[dict[str, str], list[str]]:
 
 
 def read_split(split, fields=("image", "label", "sample_id", "relpath")):
-    """Every row of a split as a list of namedtuples, read by Petastorm's own make_reader, decoding the images with the codecs of the Unischema the job stored: the
-    datasets stay Petastorm datasets that plain Petastorm can read."""
+    """Every row of a split as a list of namedtuples, read by Petastorm's own make_reader, decoding the images
+    with the codecs of the Unischema the job stored: the datasets stay Petastorm datasets that plain Petastorm can
+    read."""
     return petastorm_rows(split.url, fields, columnar=False)
 
 
