@@ -6,7 +6,7 @@ worker processes, delivered in one order whatever the number of workers.
   worker ``t % workers``. A worker reads the row groups of its chunk's window with pyarrow (the columns as Parquet
   stores them, in Petastorm's row-group order and sharding), prepares them (``training.collation``: raw pixels
   reshaped in one step, PNG/JPEG decoded image by image, token ids scattered into a padded matrix), and sends the
-  batches back through shared memory.
+  chunk back as one shared-memory buffer per dtype (``unpack`` cuts the batches out as views).
 * **One pool per run.** The workers are a ``torch.utils.data.DataLoader`` with ``persistent_workers``: started
   once, on the first batch, and reused by every epoch and every evaluation pass; a small shared tensor tells them
   which split, epoch, rank and starting batch the next pass is.
