@@ -5,7 +5,8 @@ forward, and commit a new snapshot.
   inputs and config: nothing to do. New or changed files: only they are processed, and the rows of unchanged files
   are carried over from the previous snapshot (rows of changed and removed files are dropped, so there are no
   duplicates). Another config, or ``--mode overwrite``: everything is processed again.
-* ``previous_records``: the previous snapshot's rows and rejected records that stay, shaped like new records.
+* ``previous_records``: the previous snapshot's rows and rejected records that stay, shaped like new records (their
+  class by name, mapped again with the run's label map).
 * ``finish``: the error budget, ``inputs.parquet``, then the manifest (the commit).
 """
 from __future__ import annotations
@@ -57,7 +58,8 @@ def list_inputs(spark: SparkSession, input_url: str, relpath_of: Callable[[str],
     (``big cat/a b.png``, not the listing's URI-encoded ``big%20cat/a%20b.png``), as ``inputs.parquet`` stores them.
     """
     files = storage.read_binary_files(spark, input_url)
-    rows = files.select("path", "length", F.expr("unix_millis(modificationTime)").alias("mtime")).collect()
+    with storage.spark_job(spark, "list", f"input files below {input_url}"):
+        rows = files.select("path", "length", F.expr("unix_millis(modificationTime)").alias("mtime")).collect()
     found = {normalise_url(r["path"]): (int(r["length"]), int(r["mtime"])) for r in rows}
     for path in map(from_encoded_url, files.inputFiles()):
         found.setdefault(path, (0, 0))
@@ -136,18 +138,15 @@ def _decide(run: RunPlan) -> None:
         run.full, run.reason = False, run.diff.describe()
 
 
-def previous_records(spark: SparkSession, run: RunPlan, *, key: Column,
-                     class_to_index: dict[str, int]) -> DataFrame | None:
+def previous_records(spark: SparkSession, run: RunPlan, *, key: Column, name_col: str) -> DataFrame | None:
     """Rows and rejected records of the previous snapshot whose input file is unchanged, with ``split``, ``reason``
-    and ``label`` re-mapped to ``class_to_index`` (which must hold every previous class)."""
+    and, in ``name_col``, the name of each row's class in the previous snapshot (``label`` dropped: the job maps
+    the names again with this run's label map, as it maps its new records)."""
     if run.full or not run.diff.unchanged:
         return None
     prev = run.previous
-    remap = {idx: class_to_index[name] for name, idx in prev.class_to_index.items()}
-    label = F.create_map(*[F.lit(x) for pair in sorted(remap.items()) for x in pair])[F.col("label")].cast("int")
     parts = [spark.read.parquet(join(run.previous_url, name))
              .withColumn("split", F.lit(name)).withColumn("reason", F.lit(None).cast("string"))
-             .withColumn("label", label)
              for name, counts in prev.splits.items() if counts.rows]
     if prev.rejected:
         parts.append(spark.read.parquet(join(run.previous_url, layout.REJECTED_DIR)))
@@ -157,17 +156,17 @@ def previous_records(spark: SparkSession, run: RunPlan, *, key: Column,
     out = parts[0]
     for part in parts[1:]:
         out = out.unionByName(part, allowMissingColumns=True)
-    return out.withColumn("_bt_key", key).join(F.broadcast(kept), "_bt_key", "left_semi").drop("_bt_key")
-
-
-def count_outcomes(records: DataFrame) -> tuple[int, int]:
-    """(records, rejected) of this run's new records."""
-    counts = {r["ok"]: r["count"] for r in records.groupBy(F.col("reason").isNull().alias("ok")).count().collect()}
-    return counts.get(True, 0) + counts.get(False, 0), counts.get(False, 0)
+    names = F.create_map(*[F.lit(x) for idx, name in sorted((i, n) for n, i in prev.class_to_index.items())
+                           for x in (idx, name)])
+    name = names[F.col("label")] if "label" in out.columns and prev.class_to_index else F.lit(None).cast("string")
+    if name_col in out.columns:  # rejected image records keep their class folder
+        name = F.coalesce(name, F.col(name_col))
+    return (out.withColumn("_bt_key", key).join(F.broadcast(kept), "_bt_key", "left_semi").drop("_bt_key")
+            .withColumn(name_col, name).drop("label"))
 
 
 def split_counts(summary: dict[str, Any]) -> dict[str, SplitCounts]:
-    """The manifest's rows per split from ``storage.write_splits``'s summary (what is on disk)."""
+    """The manifest's rows per split from ``writing.write_splits``'s summary (what is on disk)."""
     return {name: SplitCounts(rows=info["rows"], row_groups=info["row_groups"], per_class=info["per_class"])
             for name, info in summary["splits"].items()}
 

@@ -1,19 +1,17 @@
 """The one module that owns Spark sessions, reading and writing for the preprocessing jobs and batch inference."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
-import math
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from core.errors import DatasetError
-from core.paths import from_encoded_url, join, normalise_url
-from dataset import layout
+from core.paths import from_encoded_url, normalise_url
 from pipelines import text
 
 log = logging.getLogger(__name__)
@@ -41,6 +39,42 @@ def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | Non
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("BIGTRAIN_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+JOB_GROUP = "bigtrain:"  # + kind: the job group of every Spark job a preprocessing run launches
+JOB_KINDS = ("list", "lines", "aggregate", "vocabulary", "write", "rejected")
+
+
+@contextlib.contextmanager
+def spark_job(spark: SparkSession, kind: str, what: str) -> Iterator[None]:
+    """Name the Spark jobs of the actions inside: job group ``bigtrain:<kind>`` (``jobs_by_kind`` counts them with
+    Spark's status tracker), ``what`` their description in Spark's UI; the thread's earlier group comes back after.
+
+    Adaptive query execution is off inside: it runs every shuffle stage as a Spark job of its own, and bigtrain's
+    shuffles have a fixed partition count (one per row group written) or a handful of output rows (the
+    aggregations), so it would add a job per shuffle and save nothing."""
+    if kind not in JOB_KINDS:
+        raise ValueError(f"Spark job kind {kind!r} is not one of {', '.join(JOB_KINDS)}")
+    sc = spark.sparkContext
+    saved = {key: sc.getLocalProperty(key) for key in ("spark.jobGroup.id", "spark.job.description")}
+    adaptive = spark.conf.get("spark.sql.adaptive.enabled")
+    sc.setJobGroup(JOB_GROUP + kind, f"bigtrain {kind}: {what}")
+    spark.conf.set("spark.sql.adaptive.enabled", "false")
+    try:
+        yield
+    finally:
+        spark.conf.set("spark.sql.adaptive.enabled", adaptive)
+        for key, value in saved.items():
+            sc.setLocalProperty(key, value)
+
+
+def jobs_by_kind(spark: SparkSession) -> dict[str, set[int]]:
+    """The ids of the Spark jobs this session ran inside ``spark_job``, per kind, and (``"other"``) those outside
+    any job group, as Spark's status tracker knows them (``spark.ui.retainedJobs``, 1000 by default)."""
+    tracker = spark.sparkContext.statusTracker()
+    found = {kind: set(tracker.getJobIdsForGroup(JOB_GROUP + kind)) for kind in JOB_KINDS}
+    found["other"] = set(tracker.getJobIdsForGroup(None))
+    return found
 
 
 HADOOP_FILESYSTEMS = {  # URL scheme -> (Hadoop class, what provides it)
@@ -205,7 +239,9 @@ def read_records(spark: SparkSession, input_url: str, *, fmt: str, fields: list[
                                      root_url=input_root(input_url))
     headers: dict[str, list[str]] = {}
     if fmt == "csv":
-        for r in records.where(F.col("line") == 1).select("file_path", "raw").collect():
+        with spark_job(spark, "lines", "the CSV header of each file"):
+            header_rows = records.where(F.col("line") == 1).select("file_path", "raw").collect()
+        for r in header_rows:
             headers[r["file_path"]] = next(csv.reader([bytes(r["raw"]).decode("utf-8", errors="replace")]), [])
         spans = F.when(F.col("open_before"), F.col("quoted_start_o") | F.col("quoted_end_o")).otherwise(
             F.col("quoted_start_c") | F.col("quoted_end_c"))
@@ -229,7 +265,8 @@ def _cut_long_records(lines: DataFrame, max_record_bytes: int | None) -> DataFra
 def _block_offsets(spark: SparkSession, numbered: DataFrame, *, csv_quotes: bool) -> DataFrame:
     """Per block of each file: the lines before it and (CSV) whether it starts inside a quoted field."""
     ends = [F.max_by(name, "index_in_block").alias(name) for name in text.QUOTE_STATES[1::2]] if csv_quotes else []
-    blocks = numbered.groupBy("file_path", "block_start").agg(F.count(F.lit(1)).alias("count"), *ends).collect()
+    with spark_job(spark, "lines", "lines per block of each input file (line numbers)"):
+        blocks = numbered.groupBy("file_path", "block_start").agg(F.count(F.lit(1)).alias("count"), *ends).collect()
     offsets = text.block_line_offsets([(r["file_path"], r["block_start"], r["count"]) for r in blocks])
     quoted = text.block_quote_states([(r["file_path"], r["block_start"], r["quoted_end_c"], r["quoted_end_o"])
                                       for r in blocks] if csv_quotes else [])
@@ -241,147 +278,3 @@ def listed_paths(spark: SparkSession, files: DataFrame) -> DataFrame:
     """The files Spark's listing found for ``files`` (zero-byte ones included, which its scan skips), as a
     DataFrame of ``path``s in the one spelling (``from_encoded_url``), the spelling of ``binaryFile``'s paths."""
     return spark.createDataFrame([(from_encoded_url(p),) for p in files.inputFiles()], "path string")
-
-
-def row_groups_for(num_rows: int, num_bytes: int, *, row_group_size_mb: int, shard_multiple: int) -> int:
-    """How many files (one row group each) to write a split as.
-
-    Enough that each stays under ~80% of the row-group size (so Parquet never cuts a second, tiny row group),
-    rounded up to a multiple of ``shard_multiple`` (the number of training ranks expected), and never more than
-    there are rows. Spark's round-robin ``repartition`` then makes them equal to within one row.
-    """
-    if num_rows == 0:
-        return 0
-    by_size = math.ceil(num_bytes / (0.8 * row_group_size_mb * 1024 * 1024))
-    wanted = max(shard_multiple, math.ceil(max(by_size, 1) / shard_multiple) * shard_multiple)
-    return min(wanted, num_rows)
-
-
-_ROW_BITS = 33  # monotonically_increasing_id() = partition index << 33 | row index within the partition
-
-
-def balanced_repartition(df: DataFrame, num_partitions: int) -> DataFrame:
-    """Exactly ``num_partitions`` partitions whose sizes differ by at most one row.
-
-    Spark's round-robin ``repartition(n)`` starts each input partition at a random target, so many small input
-    partitions give uneven outputs (seen: 5/3/3 rows). Here every row gets a contiguous index (per-partition counts
-    plus its position), and index % n is routed to partition index % n through keys whose Murmur3 hash (what
-    ``repartition(n, col)`` uses) lands exactly there. ``df`` must be deterministic (e.g. persisted).
-    """
-    mid = F.monotonically_increasing_id()
-    with_mid = df.withColumn("_bt_mid", mid)
-    counts = sorted((r["pid"], r["rows"]) for r in with_mid.groupBy(F.shiftright("_bt_mid", _ROW_BITS).alias("pid"))
-                    .agg(F.count(F.lit(1)).alias("rows")).collect())
-    offsets, total = [], 0
-    for pid, rows in counts:
-        offsets.extend([F.lit(pid), F.lit(total)])
-        total += rows
-    if total == 0:
-        return df.repartition(max(num_partitions, 1))
-    keys: dict[int, int] = {}
-    candidate = 0
-    while len(keys) < num_partitions:  # the first long key that Spark's hash partitioning sends to each partition
-        keys.setdefault(spark_hash_long(candidate) % num_partitions, candidate)
-        candidate += 1
-    key_of = F.create_map(*[x for p, k in sorted(keys.items()) for x in (F.lit(p), F.lit(k).cast("long"))])
-    offset = F.create_map(*offsets)[F.shiftright("_bt_mid", _ROW_BITS)]
-    index = offset + F.col("_bt_mid").bitwiseAND(F.lit((1 << _ROW_BITS) - 1))
-    return (with_mid.withColumn("_bt_key", key_of[F.pmod(index, F.lit(num_partitions))])
-            .repartition(num_partitions, "_bt_key")
-            .drop("_bt_mid", "_bt_key"))
-
-
-def _int32(x: int) -> int:
-    x &= 0xFFFFFFFF
-    return x - (1 << 32) if x & 0x80000000 else x
-
-
-def _rotl32(x: int, r: int) -> int:
-    x &= 0xFFFFFFFF
-    return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF
-
-
-def spark_hash_long(value: int, seed: int = 42) -> int:
-    """Spark's ``hash()`` of a LongType value (Murmur3_x86_32.hashLong with seed 42), as a signed 32-bit int."""
-    def mix_k1(k1: int) -> int:
-        return (_rotl32((k1 * 0xCC9E2D51) & 0xFFFFFFFF, 15) * 0x1B873593) & 0xFFFFFFFF
-
-    def mix_h1(h1: int, k1: int) -> int:
-        return (_rotl32(h1 ^ k1, 13) * 5 + 0xE6546B64) & 0xFFFFFFFF
-
-    value &= 0xFFFFFFFFFFFFFFFF
-    h1 = mix_h1(mix_h1(seed & 0xFFFFFFFF, mix_k1(value & 0xFFFFFFFF)), mix_k1(value >> 32))
-    h1 ^= 8
-    h1 ^= h1 >> 16
-    h1 = (h1 * 0x85EBCA6B) & 0xFFFFFFFF
-    h1 ^= h1 >> 13
-    h1 = (h1 * 0xC2B2AE35) & 0xFFFFFFFF
-    h1 ^= h1 >> 16
-    return _int32(h1)
-
-
-def write_petastorm(spark: SparkSession, df: DataFrame, *, url: str, schema, row_group_size_mb: int,
-                    num_files: int) -> None:
-    """Write ``df`` (already holding codec-encoded columns) as a Petastorm dataset at ``url``."""
-    from petastorm.etl.dataset_metadata import materialize_dataset
-
-    columns = [F.col(name) for name in schema.fields]
-    with materialize_dataset(spark, url, schema, row_group_size_mb=row_group_size_mb):
-        (balanced_repartition(df.select(*columns), max(num_files, 1))
-           .write.mode("overwrite")
-           .parquet(url))
-
-
-def write_rejected(df: DataFrame, *, url: str) -> None:
-    df.coalesce(1).write.mode("overwrite").parquet(url)
-
-
-def write_splits(spark: SparkSession, records: DataFrame, *, output_url: str, schema, label_names: list[str],
-                 row_group_size_mb: int, ranks: int, rejected_columns: list[str],
-                 size_column: str) -> dict[str, Any]:
-    """Write accepted records (``reason`` null) as one Petastorm dataset per split and the rest to ``rejected/``.
-
-    ``records`` holds every input record once, with ``split``, ``label``, ``reason`` and the ``schema`` columns;
-    it is read once for the counts and once per output, so it should derive cheaply from persisted data.
-    ``size_column`` (the row's main payload) sizes the row groups. Row counts are read back from the Parquet
-    footers: the summary's numbers are what is on disk, and a mismatch is an error.
-    """
-    stats = (records.groupBy("split", "label", F.substring_index("reason", ":", 1).alias("category"))
-             .agg(F.count(F.lit(1)).alias("rows"), F.sum(F.length(size_column)).alias("bytes"))
-             .collect())
-    accepted = [r for r in stats if r["category"] is None]
-    splits = {}
-    for split in layout.SPLITS:
-        mine = [r for r in accepted if r["split"] == split]
-        rows, size = sum(r["rows"] for r in mine), sum(r["bytes"] or 0 for r in mine)
-        url = join(output_url, split)
-        num_files = row_groups_for(rows, size, row_group_size_mb=row_group_size_mb, shard_multiple=ranks)
-        log.info("writing split %s: %d rows, %.1f MB, %d row groups -> %s", split, rows, size / 2**20, num_files, url)
-        write_petastorm(spark, records.where(F.col("reason").isNull() & (F.col("split") == split)),
-                        url=url, schema=schema, row_group_size_mb=row_group_size_mb, num_files=num_files)
-        on_disk = layout.row_group_sizes(url)
-        if sum(on_disk) != rows:
-            raise DatasetError(f"split {url}: {sum(on_disk)} rows on disk, {rows} expected")
-        per_class = {name: 0 for name in label_names}
-        for r in mine:
-            per_class[label_names[r["label"]]] += r["rows"]
-        splits[split] = {"rows": rows, "row_groups": len(on_disk), "per_class": per_class, "url": url}
-    rejected_url = join(output_url, layout.REJECTED_DIR)
-    write_rejected(records.where(F.col("reason").isNotNull()).select(*rejected_columns), url=rejected_url)
-    return summarise(stats, splits, output_url=output_url, rejected_url=rejected_url)
-
-
-def summarise(stats: list, splits: dict[str, dict], *, output_url: str, rejected_url: str) -> dict[str, Any]:
-    """The job summary; records read must equal rows written plus records rejected, or the job fails."""
-    by_reason: dict[str, int] = {}
-    for r in stats:
-        if r["category"] is not None:
-            by_reason[r["category"]] = by_reason.get(r["category"], 0) + r["rows"]
-    records_read = sum(r["rows"] for r in stats)
-    rows_written = sum(s["rows"] for s in splits.values())
-    rejected = sum(by_reason.values())
-    if records_read != rows_written + rejected:
-        raise DatasetError(f"{output_url}: {records_read} read != {rows_written} written + {rejected} rejected")
-    return {"records_read": records_read, "rows_written": rows_written, "rejected": rejected,
-            "rejected_by_reason": dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "rejected_url": rejected_url, "splits": splits, "output": output_url}
