@@ -137,7 +137,8 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
     params = images.DecodeParams(image_size=config.image_size, channels=config.channels, codec=config.codec,
                                  max_pixels=config.max_pixels, min_side=config.min_side,
                                  max_aspect_ratio=config.max_aspect_ratio, max_file_bytes=config.max_file_bytes)
-    decoded = decode_files(spark, run.paths_to_read(), input_url=input_url, params=params)
+    decoded = decode_files(spark, run.paths_to_read(), input_url=input_url, params=params,
+                           empty=[path for path, size, _ in run.inputs.values() if size == 0])
     try:
         new = splits.assign_split(decoded, fractions=config.splits)
         previous = incremental.previous_records(spark, run, key=F.col("relpath"), name_col="class_name")
@@ -172,10 +173,9 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
     return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed}
 
 
-def decode_files(spark, paths: list[str] | None, *, input_url: str, params):
-    """Decoded rows (persisted) of the files listed, or of every file below ``input_url`` when ``paths`` is None."""
-    from pyspark import StorageLevel
-
+def decode_files(spark, paths: list[str] | None, *, input_url: str, params, empty: list[str]):
+    """Decoded rows (persisted) of the files listed, or of every file below ``input_url`` when ``paths`` is None;
+    the zero-byte files among them (``empty``: the run's listing, which found them) rejected."""
     from pipelines import images, storage
     from pipelines.schemas import DECODED_SCHEMA
 
@@ -183,9 +183,11 @@ def decode_files(spark, paths: list[str] | None, *, input_url: str, params):
         return spark.createDataFrame([], DECODED_SCHEMA)
     files = storage.read_binary_files(spark, input_url if paths is None else paths)
     decoded = images.decode_images(files, root_url=input_url, params=params)
-    unread = images.files_not_read(storage.listed_paths(spark, files), files, root_url=input_url)
+    read = None if paths is None else set(paths)
+    empty = spark.createDataFrame([(p,) for p in empty if read is None or p in read], "path string")
+    unread = images.empty_files(empty, root_url=input_url)
     too_large = images.files_too_large(files, root_url=input_url, max_file_bytes=params.max_file_bytes)
-    return decoded.unionByName(unread).unionByName(too_large).persist(StorageLevel.MEMORY_AND_DISK)
+    return storage.persist(spark, decoded.unionByName(unread).unionByName(too_large))
 
 
 if __name__ == "__main__":

@@ -241,8 +241,6 @@ def build_vocabulary(spark, records, config: PreprocessSequencesConfig) -> list[
 def parse_inputs(spark, paths: list[str] | None, *, input_url: str, fmt: str, config: PreprocessSequencesConfig):
     """Parsed records (persisted, with their ``split``) of the files listed (None: every input file), and the CSV
     headers."""
-    from pyspark import StorageLevel
-
     from pipelines import splits, storage, text
 
     if paths == []:  # an incremental run with files removed and none added
@@ -262,7 +260,7 @@ def parse_inputs(spark, paths: list[str] | None, *, input_url: str, fmt: str, co
     # the tokens: each accepted record's text is held once.
     key = "split_key" if config.split_key == "content" else "source"
     parsed = splits.assign_split(parsed, fractions=config.splits, key_col=key).drop("split_key")
-    return parsed.persist(StorageLevel.MEMORY_AND_DISK), headers
+    return storage.persist(spark, parsed), headers
 
 
 def length_stats(current: dict, previous: Manifest | None) -> dict:

@@ -49,23 +49,40 @@ JOB_KINDS = ("list", "lines", "aggregate", "vocabulary", "write", "rejected")
 def spark_job(spark: SparkSession, kind: str, what: str) -> Iterator[None]:
     """Name the Spark jobs of the actions inside: job group ``bigtrain:<kind>`` (``jobs_by_kind`` counts them with
     Spark's status tracker), ``what`` their description in Spark's UI; the thread's earlier group comes back after.
-
-    Adaptive query execution is off inside: it runs every shuffle stage as a Spark job of its own, and bigtrain's
-    shuffles have a fixed partition count (one per row group written) or a handful of output rows (the
-    aggregations), so it would add a job per shuffle and save nothing."""
+    The actions are planned without adaptive query execution (``without_adaptive``)."""
     if kind not in JOB_KINDS:
         raise ValueError(f"Spark job kind {kind!r} is not one of {', '.join(JOB_KINDS)}")
     sc = spark.sparkContext
     saved = {key: sc.getLocalProperty(key) for key in ("spark.jobGroup.id", "spark.job.description")}
-    adaptive = spark.conf.get("spark.sql.adaptive.enabled")
     sc.setJobGroup(JOB_GROUP + kind, f"bigtrain {kind}: {what}")
+    try:
+        with without_adaptive(spark):
+            yield
+    finally:
+        for key, value in saved.items():
+            sc.setLocalProperty(key, value)
+
+
+@contextlib.contextmanager
+def without_adaptive(spark: SparkSession) -> Iterator[None]:
+    """Plan the queries inside without adaptive query execution (the setting comes back after). AQE runs every
+    shuffle stage as a Spark job of its own, and bigtrain's shuffles have a fixed partition count (one per row
+    group written) or a handful of output rows (the aggregations, the lines per block), so it would add a job per
+    shuffle and save nothing. A persisted DataFrame keeps the plan it was persisted with: ``persist``."""
+    adaptive = spark.conf.get("spark.sql.adaptive.enabled")
     spark.conf.set("spark.sql.adaptive.enabled", "false")
     try:
         yield
     finally:
         spark.conf.set("spark.sql.adaptive.enabled", adaptive)
-        for key, value in saved.items():
-            sc.setLocalProperty(key, value)
+
+
+def persist(spark: SparkSession, df: DataFrame) -> DataFrame:
+    """``df`` persisted (memory, then disk), planned ``without_adaptive`` like the actions that will fill it."""
+    from pyspark import StorageLevel
+
+    with without_adaptive(spark):
+        return df.persist(StorageLevel.MEMORY_AND_DISK)
 
 
 def jobs_by_kind(spark: SparkSession) -> dict[str, set[int]]:
@@ -235,8 +252,10 @@ def read_records(spark: SparkSession, input_url: str, *, fmt: str, fields: list[
         lines = read_text_lines(spark, paths or input_url)
     lines = _cut_long_records(lines, max_record_bytes)
     numbered = text.number_lines(lines, csv_quotes=fmt == "csv")
-    records = text.with_line_numbers(numbered, _block_offsets(spark, numbered, csv_quotes=fmt == "csv"),
-                                     root_url=input_root(input_url))
+    # CSV: the quote state each block starts in follows from the blocks before it, on the driver; other formats
+    # count the lines before each block inside the action that reads the records.
+    offsets = _block_offsets(spark, numbered, csv_quotes=True) if fmt == "csv" else text.line_offsets(numbered)
+    records = text.with_line_numbers(numbered, offsets, root_url=input_root(input_url))
     headers: dict[str, list[str]] = {}
     if fmt == "csv":
         with spark_job(spark, "lines", "the CSV header of each file"):
