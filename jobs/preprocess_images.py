@@ -127,7 +127,7 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
     of ``output_url``, committed last; only new or changed files are decoded (``config.mode``)."""
     from pyspark.sql import functions as F
 
-    from pipelines import images, incremental, labels, outcomes, splits, storage, writing
+    from pipelines import images, incremental, labels, splits, storage
     from pipelines.schemas import image_shape, image_unischema
 
     run = incremental.plan(spark, dataset_url=output_url, input_url=input_url, kind="image", config=asdict(config),
@@ -142,22 +142,22 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
     try:
         new = splits.assign_split(decoded, fractions=config.splits)
         previous = incremental.previous_records(spark, run, key=F.col("relpath"), name_col="class_name")
-        parts = [outcomes.projection(new, name=F.col("class_name"), carried=False, bytes_=F.length("image"))]
+        parts = [incremental.projection(new, name=F.col("class_name"), carried=False, bytes_=F.length("image"))]
         if previous is not None:
-            parts.append(outcomes.projection(previous, name=F.col("class_name"), carried=True,
+            parts.append(incremental.projection(previous, name=F.col("class_name"), carried=True,
                                              bytes_=F.length("image")))
         with storage.spark_job(spark, "aggregate", "classes, outcomes and sizes of the records"):
-            counted = outcomes.Outcomes([r.asDict() for r in outcomes.group_counts(parts).collect()])
+            counted = incremental.Outcomes([r.asDict() for r in incremental.group_counts(parts).collect()])
         class_to_index = labels.class_map(counted.names(accepted_only=False)
                                           + (list(run.previous.class_to_index) if not run.full else []))
         log.info("%d classes: %s", len(class_to_index), ", ".join(class_to_index))
         groups = counted.resolve(class_to_index)
-        processed = outcomes.processed(groups)
+        processed = incremental.processed(groups)
         records = splits.with_sample_id(labels.assign_labels(new, class_to_index=class_to_index))
         if previous is not None:
             records = records.unionByName(labels.assign_labels(previous, class_to_index=class_to_index),
                                           allowMissingColumns=True)
-        summary = writing.write_splits(
+        summary = storage.write_splits(
             spark, records, groups=groups, output_url=run.snapshot_url,
             schema=image_unischema(config.image_size, config.channels, config.codec),
             label_names=list(class_to_index), row_group_size_mb=config.row_group_size_mb, ranks=config.ranks,

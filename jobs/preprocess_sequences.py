@@ -143,7 +143,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
     import numpy as np
     from pyspark.sql import functions as F
 
-    from pipelines import incremental, labels, outcomes, splits, storage, text, writing
+    from pipelines import incremental, labels, splits, storage, text
     from pipelines.schemas import REJECTED_SEQUENCE_COLUMNS, sequence_unischema
 
     run = incremental.plan(spark, dataset_url=output_url, input_url=input_url, kind="sequence", config=asdict(config),
@@ -169,7 +169,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
         groups = counted.resolve(class_to_index, reject_kind=reject_kind)
         for g in groups:  # the encoded tokens of a new row: its (truncated) ids, in the dtype's width
             g["bytes"] = (g["bytes"] or 0) + (g["ids"] or 0) * np.dtype(dtype).itemsize
-        processed = outcomes.processed(groups)
+        processed = incremental.processed(groups)
         labelled = labels.assign_labels(records, class_to_index=class_to_index, name_col="label_name")
         encoded = text.map_to_ids(labelled, vocabulary=spark.sparkContext.broadcast(vocabulary),
                                   max_length=config.max_length, dtype=dtype)
@@ -177,7 +177,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
         if carried is not None:
             rows = rows.unionByName(labels.assign_labels(carried, class_to_index=class_to_index,
                                                          name_col="label_name"), allowMissingColumns=True)
-        summary = writing.write_splits(
+        summary = storage.write_splits(
             spark, rows, groups=groups, output_url=run.snapshot_url, schema=sequence_unischema(),
             label_names=list(class_to_index), row_group_size_mb=config.row_group_size_mb, ranks=config.ranks,
             rejected_columns=REJECTED_SEQUENCE_COLUMNS)
@@ -198,20 +198,20 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
 
 
 def count_records(spark, parsed, carried, *, max_length: int):
-    """The one aggregation of a run (``pipelines.outcomes``): names, label kinds, outcomes, sizes and lengths of
-    the new records (``parsed``) and of the rows ``carried`` from the previous snapshot."""
+    """The one aggregation of a run (``incremental.group_counts``): names, label kinds, outcomes, sizes and
+    lengths of the new records (``parsed``) and of the rows ``carried`` from the previous snapshot."""
     from pyspark.sql import functions as F
 
-    from pipelines import outcomes, storage
+    from pipelines import incremental, storage
 
-    parts = [outcomes.projection(parsed, name=F.col("label_name"), is_number=F.col("label_is_number"), carried=False,
+    parts = [incremental.projection(parsed, name=F.col("label_name"), is_number=F.col("label_is_number"), carried=False,
                                  ids=F.least(F.size("tokens"), F.lit(max_length)), tokens=F.size("tokens"),
                                  max_length=max_length)]
     if carried is not None:
-        parts.append(outcomes.projection(carried, name=F.col("label_name"), carried=True,
+        parts.append(incremental.projection(carried, name=F.col("label_name"), carried=True,
                                          bytes_=F.length("tokens")))
     with storage.spark_job(spark, "aggregate", "labels, outcomes, sizes and lengths of the records"):
-        return outcomes.Outcomes([r.asDict() for r in outcomes.group_counts(parts).collect()])
+        return incremental.Outcomes([r.asDict() for r in incremental.group_counts(parts).collect()])
 
 
 def without_mixed_label_kinds(parsed, counted):

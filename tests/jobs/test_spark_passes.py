@@ -123,9 +123,9 @@ def test_splits_open_in_plain_petastorm_and_hold_materialize_datasets_metadata(s
     assert sorted(p.name for p in train.glob("*.parquet")) == sorted(
         __import__("json").loads(keys[b"dataset-toolkit.num_row_groups_per_file.v1"]))
     for split in SPLITS:  # one row group per file, a multiple of the ranks, near-equal; the _SUCCESS marker kept
-        sizes = [pq.ParquetFile(f).metadata.num_rows for f in sorted((snapshot_path(summary) / split).glob("*.parquet"))]
-        assert all(pq.ParquetFile(f).metadata.num_row_groups == 1
-                   for f in (snapshot_path(summary) / split).glob("*.parquet"))
+        files = sorted((snapshot_path(summary) / split).glob("*.parquet"))
+        sizes = [pq.ParquetFile(f).metadata.num_rows for f in files]
+        assert all(pq.ParquetFile(f).metadata.num_row_groups == 1 for f in files)
         assert len(sizes) == min(3, sum(sizes)) and max(sizes) - min(sizes) <= 1
         assert (snapshot_path(summary) / split / "_SUCCESS").exists()
     assert not (snapshot_path(summary) / "_bt_splits").exists()

@@ -8,7 +8,7 @@ from PIL import Image
 
 from pipelines.images import DecodeParams, decode_images
 from pipelines.labels import assign_labels
-from pipelines.writing import row_groups_for
+from pipelines.storage import row_groups_for
 
 pytestmark = pytest.mark.spark
 ROOT = "file:/in"
@@ -60,13 +60,14 @@ def test_row_groups_are_a_multiple_of_the_expected_ranks(rows, size_mb, ranks, e
 def test_route_makes_each_splits_files_equal_to_one_row_in_one_shuffle(spark, rows, files):
     from pyspark.sql import functions as F
 
-    from pipelines.writing import route
+    from pipelines.storage import route
 
     # Many small, uneven input partitions (where round-robin repartition() was seen to give 5/3/3), the splits
     # interleaved within each: every split's files must still be equal to within one row.
     names = sorted(files)
     df = (spark.range(rows).repartition(23, (F.col("id") % 5))
-          .withColumn("split", F.element_at(F.array(*map(F.lit, names)), (F.col("id") * 7 % len(names) + 1).cast("int")))
+          .withColumn("split", F.element_at(F.array(*map(F.lit, names)),
+                                            (F.col("id") * 7 % len(names) + 1).cast("int")))
           .persist())
     counts = {(r["pid"], r["split"]): r["n"] for r in df.groupBy(F.spark_partition_id().alias("pid"), "split")
               .agg(F.count(F.lit(1)).alias("n")).collect()}
@@ -86,7 +87,7 @@ def test_route_makes_each_splits_files_equal_to_one_row_in_one_shuffle(spark, ro
 def test_spark_hash_long_matches_sparks_hash(spark):
     from pyspark.sql import functions as F
 
-    from pipelines.writing import spark_hash_long
+    from pipelines.storage import spark_hash_long
 
     values = list(range(-50, 200)) + [2**31, -(2**31) - 1, 2**62 + 12345, -(2**63)]
     df = spark.createDataFrame([(v,) for v in values], "v long")
