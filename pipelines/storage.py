@@ -270,14 +270,9 @@ def read_records(spark: SparkSession, input_url: str, *, fmt: str, fields: list[
     numbered = text.number_lines(lines, csv_quotes=fmt == "csv")
     # CSV: the quote state each block starts in follows from the blocks before it, on the driver; other formats
     # count the lines before each block inside the action that reads the records.
-    offsets = _block_offsets(spark, numbered, csv_quotes=True) if fmt == "csv" else text.line_offsets(numbered)
+    offsets, headers = _csv_blocks(spark, numbered) if fmt == "csv" else (text.line_offsets(numbered), {})
     records = text.with_line_numbers(numbered, offsets, root_url=input_root(input_url))
-    headers: dict[str, list[str]] = {}
     if fmt == "csv":
-        with spark_job(spark, "lines", "the CSV header of each file"):
-            header_rows = records.where(F.col("line") == 1).select("file_path", "raw").collect()
-        for r in header_rows:
-            headers[r["file_path"]] = next(csv.reader([bytes(r["raw"]).decode("utf-8", errors="replace")]), [])
         spans = F.when(F.col("open_before"), F.col("quoted_start_o") | F.col("quoted_end_o")).otherwise(
             F.col("quoted_start_c") | F.col("quoted_end_c"))
         records = records.where(F.col("line") > 1).withColumn("broken", F.coalesce("broken", F.when(spans, F.lit(
@@ -297,16 +292,21 @@ def _cut_long_records(lines: DataFrame, max_record_bytes: int | None) -> DataFra
             .withColumn("raw", F.when(long, F.substring("raw", 1, text.RAW_TEXT_LIMIT)).otherwise(F.col("raw"))))
 
 
-def _block_offsets(spark: SparkSession, numbered: DataFrame, *, csv_quotes: bool) -> DataFrame:
-    """Per block of each file: the lines before it and (CSV) whether it starts inside a quoted field."""
-    ends = [F.max_by(name, "index_in_block").alias(name) for name in text.QUOTE_STATES[1::2]] if csv_quotes else []
-    with spark_job(spark, "lines", "lines per block of each input file (line numbers)"):
-        blocks = numbered.groupBy("file_path", "block_start").agg(F.count(F.lit(1)).alias("count"), *ends).collect()
+def _csv_blocks(spark: SparkSession, numbered: DataFrame) -> tuple[DataFrame, dict[str, list[str]]]:
+    """Per block of each CSV file: the lines before it and whether it starts inside a quoted field; and each
+    file's header (its first line: the first of the block at offset 0), from one collect."""
+    ends = [F.max_by(name, "index_in_block").alias(name) for name in text.QUOTE_STATES[1::2]]
+    first = F.max(F.when((F.col("block_start") == 0) & (F.col("index_in_block") == 0), F.col("raw"))).alias("header")
+    with spark_job(spark, "lines", "lines per block of each input file (line numbers), quote states, headers"):
+        blocks = numbered.groupBy("file_path", "block_start").agg(F.count(F.lit(1)).alias("count"), first,
+                                                                  *ends).collect()
     offsets = text.block_line_offsets([(r["file_path"], r["block_start"], r["count"]) for r in blocks])
     quoted = text.block_quote_states([(r["file_path"], r["block_start"], r["quoted_end_c"], r["quoted_end_o"])
-                                      for r in blocks] if csv_quotes else [])
+                                      for r in blocks])
+    headers = {r["file_path"]: next(csv.reader([bytes(r["header"]).decode("utf-8", errors="replace")]), [])
+               for r in blocks if r["header"] is not None}
     return spark.createDataFrame([(*o, quoted.get(o[:2], False)) for o in offsets],
-                                 "file_path string, block_start long, lines_before long, open_before boolean")
+                                 "file_path string, block_start long, lines_before long, open_before boolean"), headers
 
 
 def listed_paths(spark: SparkSession, files: DataFrame) -> DataFrame:

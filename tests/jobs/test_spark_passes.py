@@ -69,6 +69,17 @@ def test_a_text_run_launches_at_most_five_spark_jobs(spark, tmp_path):
     assert jobs == {"list": 1, "aggregate": 2, "vocabulary": 1, "write": 1}
 
 
+def test_a_csv_run_reads_its_headers_quote_states_and_line_counts_in_one_spark_job(spark, tmp_path):
+    """One "lines" job where there were two (quote states and line counts, then the headers); the block offsets
+    computed from it on the driver are broadcast to the reading action (its second "aggregate" job)."""
+    generate_texts(tmp_path / "in", records=300, files=3, seed=4, fmt="csv")
+    summary, jobs = jobs_launched(spark, lambda: preprocess_sequences(
+        spark, input_url=to_url(str(tmp_path / "in")), output_url=to_url(str(tmp_path / "ds")), fmt="csv",
+        config=load_section("preprocess_sequences", PreprocessSequencesConfig, flags={"ranks": 2})))
+    assert summary["records_read"] == 300 and summary["rejected"] == 0
+    assert jobs == {"list": 1, "lines": 1, "aggregate": 2, "vocabulary": 1, "write": 1}
+
+
 def test_nothing_rejected_writes_no_rejected_table_and_the_snapshot_still_verifies_and_grows(spark, tmp_path, capsys):
     from jobs.datasets import main as datasets
     from jobs.verify import main as verify
