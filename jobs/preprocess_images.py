@@ -137,23 +137,31 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
     params = images.DecodeParams(image_size=config.image_size, channels=config.channels, codec=config.codec,
                                  max_pixels=config.max_pixels, min_side=config.min_side,
                                  max_aspect_ratio=config.max_aspect_ratio, max_file_bytes=config.max_file_bytes)
-    decoded = decode_files(spark, run.paths_to_read(), input_url=input_url, params=params)
+    decoded = decode_files(spark, run.paths_to_read(), input_url=input_url, params=params,
+                           empty=[path for path, size, _ in run.inputs.values() if size == 0])
     try:
-        names = [r["class_name"] for r in decoded.select("class_name").where(F.col("class_name").isNotNull())
-                 .distinct().collect()]
-        class_to_index = labels.class_map(names + (list(run.previous.class_to_index) if not run.full else []))
-        log.info("%d classes: %s", len(class_to_index), ", ".join(class_to_index))
-        records = splits.with_sample_id(splits.assign_split(labels.assign_labels(decoded, class_to_index=class_to_index),
-                                                            fractions=config.splits))
-        processed = incremental.count_outcomes(records)
-        previous = incremental.previous_records(spark, run, key=F.col("relpath"), class_to_index=class_to_index)
+        new = splits.assign_split(decoded, fractions=config.splits)
+        previous = incremental.previous_records(spark, run, key=F.col("relpath"), name_col="class_name")
+        parts = [incremental.projection(new, name=F.col("class_name"), carried=False, bytes_=F.length("image"))]
         if previous is not None:
-            records = records.unionByName(previous, allowMissingColumns=True)
+            parts.append(incremental.projection(previous, name=F.col("class_name"), carried=True,
+                                             bytes_=F.length("image")))
+        with storage.spark_job(spark, "aggregate", "classes, outcomes and sizes of the records"):
+            counted = incremental.Outcomes([r.asDict() for r in incremental.group_counts(parts).collect()])
+        class_to_index = labels.class_map(counted.names(accepted_only=False)
+                                          + (list(run.previous.class_to_index) if not run.full else []))
+        log.info("%d classes: %s", len(class_to_index), ", ".join(class_to_index))
+        groups = counted.resolve(class_to_index)
+        processed = incremental.processed(groups)
+        records = splits.with_sample_id(labels.assign_labels(new, class_to_index=class_to_index))
+        if previous is not None:
+            records = records.unionByName(labels.assign_labels(previous, class_to_index=class_to_index),
+                                          allowMissingColumns=True)
         summary = storage.write_splits(
-            spark, records, output_url=run.snapshot_url,
+            spark, records, groups=groups, output_url=run.snapshot_url,
             schema=image_unischema(config.image_size, config.channels, config.codec),
             label_names=list(class_to_index), row_group_size_mb=config.row_group_size_mb, ranks=config.ranks,
-            rejected_columns=["path", "relpath", "class_name", "reason"], size_column="image")
+            rejected_columns=["path", "relpath", "class_name", "reason"])
     finally:
         decoded.unpersist()
     draft = Manifest(kind="image", input=input_url, classes=list(class_to_index), class_to_index=class_to_index,
@@ -165,10 +173,9 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
     return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed}
 
 
-def decode_files(spark, paths: list[str] | None, *, input_url: str, params):
-    """Decoded rows (persisted) of the files listed, or of every file below ``input_url`` when ``paths`` is None."""
-    from pyspark import StorageLevel
-
+def decode_files(spark, paths: list[str] | None, *, input_url: str, params, empty: list[str]):
+    """Decoded rows (persisted) of the files listed, or of every file below ``input_url`` when ``paths`` is None;
+    the zero-byte files among them (``empty``: the run's listing, which found them) rejected."""
     from pipelines import images, storage
     from pipelines.schemas import DECODED_SCHEMA
 
@@ -176,9 +183,11 @@ def decode_files(spark, paths: list[str] | None, *, input_url: str, params):
         return spark.createDataFrame([], DECODED_SCHEMA)
     files = storage.read_binary_files(spark, input_url if paths is None else paths)
     decoded = images.decode_images(files, root_url=input_url, params=params)
-    unread = images.files_not_read(storage.listed_paths(spark, files), files, root_url=input_url)
+    read = None if paths is None else set(paths)
+    empty = spark.createDataFrame([(p,) for p in empty if read is None or p in read], "path string")
+    unread = images.empty_files(empty, root_url=input_url)
     too_large = images.files_too_large(files, root_url=input_url, max_file_bytes=params.max_file_bytes)
-    return decoded.unionByName(unread).unionByName(too_large).persist(StorageLevel.MEMORY_AND_DISK)
+    return storage.persist(spark, decoded.unionByName(unread).unionByName(too_large))
 
 
 if __name__ == "__main__":

@@ -140,6 +140,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
     """Extract (lines with their source), transform (parse, tokenise, vocabulary, labels, ids, split), load into a
     new snapshot of ``output_url``, committed last. Incremental runs process only new or changed files and keep the
     previous snapshot's vocabulary (new tokens map to unknown; --mode overwrite rebuilds it)."""
+    import numpy as np
     from pyspark.sql import functions as F
 
     from pipelines import incremental, labels, splits, storage, text
@@ -152,33 +153,35 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
     parsed, headers = parse_inputs(spark, run.paths_to_read(), input_url=input_url, fmt=fmt, config=config)
     previous = None if run.full else run.previous
     try:
-        records = parsed if config.labels else without_mixed_label_kinds(parsed)
-        accepted = records.where(F.col("reason").isNull())
-        seen = [r["label_name"] for r in accepted.select("label_name").distinct().collect()]
+        carried = incremental.previous_records(spark, run, key=F.regexp_extract("source", r"^(.*):[0-9]+$", 1),
+                                               name_col="label_name")
+        counted = count_records(spark, parsed, carried, max_length=config.max_length)
+        records, reject_kind = without_mixed_label_kinds(parsed, counted) if not config.labels else (parsed, None)
+        seen = counted.names(accepted_only=True, reject_kind=reject_kind)
         class_to_index = labels.class_map(config.labels or seen + list(previous.class_to_index if previous else []))
         if previous:
             vocabulary, dtype = layout.read_vocabulary(run.previous_url), previous.sequence.token_dtype
         else:
-            top = [r["token"] for r in text.top_tokens(text.token_counts(records), vocab_size=config.vocab_size,
-                                                       min_count=config.min_count).collect()]
-            vocabulary = text.make_vocabulary(top)
+            vocabulary = build_vocabulary(spark, records, config)
             dtype = text.token_dtype(len(vocabulary))
         log.info("%d labels, vocabulary of %d tokens (%s), max length %d", len(class_to_index), len(vocabulary),
                  dtype, config.max_length)
+        groups = counted.resolve(class_to_index, reject_kind=reject_kind)
+        for g in groups:  # the encoded tokens of a new row: its (truncated) ids, in the dtype's width
+            g["bytes"] = (g["bytes"] or 0) + (g["ids"] or 0) * np.dtype(dtype).itemsize
+        processed = incremental.processed(groups)
         labelled = labels.assign_labels(records, class_to_index=class_to_index, name_col="label_name")
         encoded = text.map_to_ids(labelled, vocabulary=spark.sparkContext.broadcast(vocabulary),
                                   max_length=config.max_length, dtype=dtype)
         rows = splits.with_sample_id(encoded, key_col="source")
-        processed = incremental.count_outcomes(rows)
-        carried = incremental.previous_records(spark, run, key=F.regexp_extract("source", r"^(.*):[0-9]+$", 1),
-                                               class_to_index=class_to_index)
         if carried is not None:
-            rows = rows.unionByName(carried, allowMissingColumns=True)
+            rows = rows.unionByName(labels.assign_labels(carried, class_to_index=class_to_index,
+                                                         name_col="label_name"), allowMissingColumns=True)
         summary = storage.write_splits(
-            spark, rows, output_url=run.snapshot_url, schema=sequence_unischema(), label_names=list(class_to_index),
-            row_group_size_mb=config.row_group_size_mb, ranks=config.ranks,
-            rejected_columns=REJECTED_SEQUENCE_COLUMNS, size_column="tokens")
-        lengths = length_stats(accepted, config.max_length, previous)
+            spark, rows, groups=groups, output_url=run.snapshot_url, schema=sequence_unischema(),
+            label_names=list(class_to_index), row_group_size_mb=config.row_group_size_mb, ranks=config.ranks,
+            rejected_columns=REJECTED_SEQUENCE_COLUMNS)
+        lengths = length_stats(counted.lengths(reject_kind=reject_kind), previous)
     finally:
         parsed.unpersist()
     layout.write_vocabulary(run.snapshot_url, vocabulary)
@@ -194,27 +197,50 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
     return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed}
 
 
-def without_mixed_label_kinds(parsed):
-    """``parsed`` with the records of the rarer label kind rejected when numbers and text labels mix."""
+def count_records(spark, parsed, carried, *, max_length: int):
+    """The one aggregation of a run (``incremental.group_counts``): names, label kinds, outcomes, sizes and
+    lengths of the new records (``parsed``) and of the rows ``carried`` from the previous snapshot."""
     from pyspark.sql import functions as F
 
+    from pipelines import incremental, storage
+
+    parts = [incremental.projection(parsed, name=F.col("label_name"), is_number=F.col("label_is_number"), carried=False,
+                                 ids=F.least(F.size("tokens"), F.lit(max_length)), tokens=F.size("tokens"),
+                                 max_length=max_length)]
+    if carried is not None:
+        parts.append(incremental.projection(carried, name=F.col("label_name"), carried=True,
+                                         bytes_=F.length("tokens")))
+    with storage.spark_job(spark, "aggregate", "labels, outcomes, sizes and lengths of the records"):
+        return incremental.Outcomes([r.asDict() for r in incremental.group_counts(parts).collect()])
+
+
+def without_mixed_label_kinds(parsed, counted):
+    """(``parsed`` with the records of the rarer label kind rejected when numbers and text labels mix, that kind
+    or None)."""
     from pipelines import labels
 
-    kinds = {r["label_is_number"]: r["count"]
-             for r in parsed.where(F.col("reason").isNull()).groupBy("label_is_number").count().collect()}
+    kinds = counted.label_kinds()
     rarer = labels.mixed_label_kind(kinds)
     if rarer is None:
-        return parsed
+        return parsed, None
     log.warning("labels mix numbers (%d records) and text (%d records): the %d with %s labels are rejected",
                 kinds[True], kinds[False], kinds[rarer], "number" if rarer else "text")
-    return labels.reject_label_kind(parsed, numbers=rarer, counts=kinds)
+    return labels.reject_label_kind(parsed, numbers=rarer, counts=kinds), rarer
+
+
+def build_vocabulary(spark, records, config: PreprocessSequencesConfig) -> list[str]:
+    """The most frequent tokens of the accepted records, in id order after the reserved ones."""
+    from pipelines import storage, text
+
+    with storage.spark_job(spark, "vocabulary", "token counts of the accepted records"):
+        top = [r["token"] for r in text.top_tokens(text.token_counts(records), vocab_size=config.vocab_size,
+                                                   min_count=config.min_count).collect()]
+    return text.make_vocabulary(top)
 
 
 def parse_inputs(spark, paths: list[str] | None, *, input_url: str, fmt: str, config: PreprocessSequencesConfig):
     """Parsed records (persisted, with their ``split``) of the files listed (None: every input file), and the CSV
     headers."""
-    from pyspark import StorageLevel
-
     from pipelines import splits, storage, text
 
     if paths == []:  # an incremental run with files removed and none added
@@ -234,27 +260,23 @@ def parse_inputs(spark, paths: list[str] | None, *, input_url: str, fmt: str, co
     # the tokens: each accepted record's text is held once.
     key = "split_key" if config.split_key == "content" else "source"
     parsed = splits.assign_split(parsed, fractions=config.splits, key_col=key).drop("split_key")
-    return parsed.persist(StorageLevel.MEMORY_AND_DISK), headers
+    return storage.persist(spark, parsed), headers
 
 
-def length_stats(accepted, max_length: int, previous: Manifest | None) -> dict:
-    """Longest, mean and truncated sequence lengths of the accepted records; an incremental run adds the previous
-    snapshot's figures (they cover every record processed into the snapshot's lineage)."""
-    from pyspark.sql import functions as F
-
-    row = accepted.select(F.size("tokens").alias("n")).agg(
-        F.count(F.lit(1)).alias("rows"), F.max("n").alias("max"), F.avg("n").alias("mean"),
-        F.sum(F.when(F.col("n") > max_length, 1).otherwise(0)).alias("truncated")).first()
-    stats = {"longest": row["max"], "mean_length": row["mean"], "truncated": row["truncated"] or 0}
+def length_stats(current: dict, previous: Manifest | None) -> dict:
+    """Longest, mean and truncated sequence lengths of this run's accepted records (``Outcomes.lengths``); an
+    incremental run adds the previous snapshot's figures (they cover every record processed into the snapshot's
+    lineage)."""
+    stats = {"longest": current["longest"], "mean_length": current["mean_length"], "truncated": current["truncated"]}
     if not previous:
         return stats
     old = previous.sequence
-    old_rows = previous.rows
-    total = old_rows + row["rows"]
-    return {"longest": max((v for v in (old.longest, row["max"]) if v is not None), default=None),
-            "mean_length": ((old.mean_length or 0) * old_rows + (row["mean"] or 0) * row["rows"]) / total
+    old_rows, rows = previous.rows, current["rows"]
+    total = old_rows + rows
+    return {"longest": max((v for v in (old.longest, current["longest"]) if v is not None), default=None),
+            "mean_length": ((old.mean_length or 0) * old_rows + (current["mean_length"] or 0) * rows) / total
             if total else None,
-            "truncated": old.truncated + (row["truncated"] or 0)}
+            "truncated": old.truncated + current["truncated"]}
 
 
 if __name__ == "__main__":

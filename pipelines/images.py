@@ -161,8 +161,14 @@ def files_not_read(listed_paths: DataFrame, files: DataFrame, *, root_url: str) 
     expressions (no Python worker).
     """
     scanned = files.select(F.regexp_replace("path", r"^file:/+", "file:/").alias("path"))
-    missing = listed_paths.join(scanned, "path", "left_anti")
-    return _unread_rows(missing, root_url=root_url,
+    return empty_files(listed_paths.join(scanned, "path", "left_anti"), root_url=root_url)
+
+
+def empty_files(paths: DataFrame, *, root_url: str) -> DataFrame:
+    """Zero-byte files (one ``path`` column, in the spelling of ``storage.listed_paths``), which Spark's file scan
+    never delivers, as rejected DECODED_SCHEMA rows. The preprocessing job knows them from its input listing (size
+    0), so it needs no join with the scan (``files_not_read``)."""
+    return _unread_rows(paths, root_url=root_url,
                         reason=F.lit("empty file: zero bytes (Spark's file scan skips such files)"))
 
 

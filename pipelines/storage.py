@@ -1,18 +1,32 @@
-"""The one module that owns Spark sessions, reading and writing for the preprocessing jobs and batch inference."""
+"""The one module that owns Spark sessions, reading and writing for the preprocessing jobs and batch inference.
+
+Spark jobs are named per kind (``spark_job``) so that a run's jobs can be counted (``jobs_by_kind``). All splits of
+a snapshot are written by one Spark job (``partitionBy("split")``, each split then moved to ``<snapshot>/<split>/``):
+rows are routed so that every split is a multiple of ``ranks`` files of one row group each, whose sizes differ by
+at most one row (``route``, from the rows per input partition that ``incremental.group_counts`` counted, so the
+routing needs no counting pass of its own). Petastorm's metadata (``_common_metadata`` with the pickled Unischema
+and the row groups per file) is written on the driver from the files' footers with Petastorm's own functions: what
+``materialize_dataset`` writes, without its Spark pass per split. The rejected table is written only when a record
+was rejected.
+"""
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import logging
 import math
 import os
+import pickle
 import sys
-from typing import Any, Callable
+import warnings
+from typing import Any, Callable, Iterator
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core.errors import DatasetError
-from core.paths import from_encoded_url, join, normalise_url
+from core.paths import filesystem, from_encoded_url, join, normalise_url
 from dataset import layout
 from pipelines import text
 
@@ -41,6 +55,59 @@ def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | Non
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("BIGTRAIN_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+JOB_GROUP = "bigtrain:"  # + kind: the job group of every Spark job a preprocessing run launches
+JOB_KINDS = ("list", "lines", "aggregate", "vocabulary", "write", "rejected")
+
+
+@contextlib.contextmanager
+def spark_job(spark: SparkSession, kind: str, what: str) -> Iterator[None]:
+    """Name the Spark jobs of the actions inside: job group ``bigtrain:<kind>`` (``jobs_by_kind`` counts them with
+    Spark's status tracker), ``what`` their description in Spark's UI; the thread's earlier group comes back after.
+    The actions are planned without adaptive query execution (``without_adaptive``)."""
+    if kind not in JOB_KINDS:
+        raise ValueError(f"Spark job kind {kind!r} is not one of {', '.join(JOB_KINDS)}")
+    sc = spark.sparkContext
+    saved = {key: sc.getLocalProperty(key) for key in ("spark.jobGroup.id", "spark.job.description")}
+    sc.setJobGroup(JOB_GROUP + kind, f"bigtrain {kind}: {what}")
+    try:
+        with without_adaptive(spark):
+            yield
+    finally:
+        for key, value in saved.items():
+            sc.setLocalProperty(key, value)
+
+
+@contextlib.contextmanager
+def without_adaptive(spark: SparkSession) -> Iterator[None]:
+    """Plan the queries inside without adaptive query execution (the setting comes back after). AQE runs every
+    shuffle stage as a Spark job of its own, and bigtrain's shuffles have a fixed partition count (one per row
+    group written) or a handful of output rows (the aggregations, the lines per block), so it would add a job per
+    shuffle and save nothing. A persisted DataFrame keeps the plan it was persisted with: ``persist``."""
+    adaptive = spark.conf.get("spark.sql.adaptive.enabled")
+    spark.conf.set("spark.sql.adaptive.enabled", "false")
+    try:
+        yield
+    finally:
+        spark.conf.set("spark.sql.adaptive.enabled", adaptive)
+
+
+def persist(spark: SparkSession, df: DataFrame) -> DataFrame:
+    """``df`` persisted (memory, then disk), planned ``without_adaptive`` like the actions that will fill it."""
+    from pyspark import StorageLevel
+
+    with without_adaptive(spark):
+        return df.persist(StorageLevel.MEMORY_AND_DISK)
+
+
+def jobs_by_kind(spark: SparkSession) -> dict[str, set[int]]:
+    """The ids of the Spark jobs this session ran inside ``spark_job``, per kind, and (``"other"``) those outside
+    any job group, as Spark's status tracker knows them (``spark.ui.retainedJobs``, 1000 by default)."""
+    tracker = spark.sparkContext.statusTracker()
+    found = {kind: set(tracker.getJobIdsForGroup(JOB_GROUP + kind)) for kind in JOB_KINDS}
+    found["other"] = set(tracker.getJobIdsForGroup(None))
+    return found
 
 
 HADOOP_FILESYSTEMS = {  # URL scheme -> (Hadoop class, what provides it)
@@ -201,12 +268,11 @@ def read_records(spark: SparkSession, input_url: str, *, fmt: str, fields: list[
         lines = read_text_lines(spark, paths or input_url)
     lines = _cut_long_records(lines, max_record_bytes)
     numbered = text.number_lines(lines, csv_quotes=fmt == "csv")
-    records = text.with_line_numbers(numbered, _block_offsets(spark, numbered, csv_quotes=fmt == "csv"),
-                                     root_url=input_root(input_url))
-    headers: dict[str, list[str]] = {}
+    # CSV: the quote state each block starts in follows from the blocks before it, on the driver; other formats
+    # count the lines before each block inside the action that reads the records.
+    offsets, headers = _csv_blocks(spark, numbered) if fmt == "csv" else (text.line_offsets(numbered), {})
+    records = text.with_line_numbers(numbered, offsets, root_url=input_root(input_url))
     if fmt == "csv":
-        for r in records.where(F.col("line") == 1).select("file_path", "raw").collect():
-            headers[r["file_path"]] = next(csv.reader([bytes(r["raw"]).decode("utf-8", errors="replace")]), [])
         spans = F.when(F.col("open_before"), F.col("quoted_start_o") | F.col("quoted_end_o")).otherwise(
             F.col("quoted_start_c") | F.col("quoted_end_c"))
         records = records.where(F.col("line") > 1).withColumn("broken", F.coalesce("broken", F.when(spans, F.lit(
@@ -226,15 +292,21 @@ def _cut_long_records(lines: DataFrame, max_record_bytes: int | None) -> DataFra
             .withColumn("raw", F.when(long, F.substring("raw", 1, text.RAW_TEXT_LIMIT)).otherwise(F.col("raw"))))
 
 
-def _block_offsets(spark: SparkSession, numbered: DataFrame, *, csv_quotes: bool) -> DataFrame:
-    """Per block of each file: the lines before it and (CSV) whether it starts inside a quoted field."""
-    ends = [F.max_by(name, "index_in_block").alias(name) for name in text.QUOTE_STATES[1::2]] if csv_quotes else []
-    blocks = numbered.groupBy("file_path", "block_start").agg(F.count(F.lit(1)).alias("count"), *ends).collect()
+def _csv_blocks(spark: SparkSession, numbered: DataFrame) -> tuple[DataFrame, dict[str, list[str]]]:
+    """Per block of each CSV file: the lines before it and whether it starts inside a quoted field; and each
+    file's header (its first line: the first of the block at offset 0), from one collect."""
+    ends = [F.max_by(name, "index_in_block").alias(name) for name in text.QUOTE_STATES[1::2]]
+    first = F.max(F.when((F.col("block_start") == 0) & (F.col("index_in_block") == 0), F.col("raw"))).alias("header")
+    with spark_job(spark, "lines", "lines per block of each input file (line numbers), quote states, headers"):
+        blocks = numbered.groupBy("file_path", "block_start").agg(F.count(F.lit(1)).alias("count"), first,
+                                                                  *ends).collect()
     offsets = text.block_line_offsets([(r["file_path"], r["block_start"], r["count"]) for r in blocks])
     quoted = text.block_quote_states([(r["file_path"], r["block_start"], r["quoted_end_c"], r["quoted_end_o"])
-                                      for r in blocks] if csv_quotes else [])
+                                      for r in blocks])
+    headers = {r["file_path"]: next(csv.reader([bytes(r["header"]).decode("utf-8", errors="replace")]), [])
+               for r in blocks if r["header"] is not None}
     return spark.createDataFrame([(*o, quoted.get(o[:2], False)) for o in offsets],
-                                 "file_path string, block_start long, lines_before long, open_before boolean")
+                                 "file_path string, block_start long, lines_before long, open_before boolean"), headers
 
 
 def listed_paths(spark: SparkSession, files: DataFrame) -> DataFrame:
@@ -243,12 +315,16 @@ def listed_paths(spark: SparkSession, files: DataFrame) -> DataFrame:
     return spark.createDataFrame([(from_encoded_url(p),) for p in files.inputFiles()], "path string")
 
 
+STAGING_DIR = "_bt_splits"   # below the snapshot: Spark's partitioned output, before each split is moved out
+_ROW_BITS = 33  # monotonically_increasing_id() = partition index << 33 | row index within the partition
+
+
 def row_groups_for(num_rows: int, num_bytes: int, *, row_group_size_mb: int, shard_multiple: int) -> int:
     """How many files (one row group each) to write a split as.
 
     Enough that each stays under ~80% of the row-group size (so Parquet never cuts a second, tiny row group),
     rounded up to a multiple of ``shard_multiple`` (the number of training ranks expected), and never more than
-    there are rows. Spark's round-robin ``repartition`` then makes them equal to within one row.
+    there are rows. ``route`` then makes them equal to within one row.
     """
     if num_rows == 0:
         return 0
@@ -257,37 +333,47 @@ def row_groups_for(num_rows: int, num_bytes: int, *, row_group_size_mb: int, sha
     return min(wanted, num_rows)
 
 
-_ROW_BITS = 33  # monotonically_increasing_id() = partition index << 33 | row index within the partition
+def route(df: DataFrame, counts: dict[tuple[int, str], int], files: dict[str, int]) -> DataFrame:
+    """``df`` in one partition per output file: the rows of split ``s`` over ``files[s]`` partitions (the splits'
+    partitions in name order) whose sizes differ by at most one row.
 
-
-def balanced_repartition(df: DataFrame, num_partitions: int) -> DataFrame:
-    """Exactly ``num_partitions`` partitions whose sizes differ by at most one row.
-
-    Spark's round-robin ``repartition(n)`` starts each input partition at a random target, so many small input
-    partitions give uneven outputs (seen: 5/3/3 rows). Here every row gets a contiguous index (per-partition counts
-    plus its position), and index % n is routed to partition index % n through keys whose Murmur3 hash (what
-    ``repartition(n, col)`` uses) lands exactly there. ``df`` must be deterministic (e.g. persisted).
+    ``counts`` are ``df``'s rows per (input partition, split). Sorted by split within each partition (a local
+    sort), the rows of a split in a partition are contiguous, so each row's index among its split's rows is its
+    position plus a shift per (partition, split) known from ``counts``; index % files[s] picks its file, and a
+    long key whose Murmur3 hash (what ``repartition(n, col)`` uses) lands on that partition takes it there.
+    ``df`` must be deterministic (derived from persisted data or files) and partitioned as when counted.
     """
-    mid = F.monotonically_increasing_id()
-    with_mid = df.withColumn("_bt_mid", mid)
-    counts = sorted((r["pid"], r["rows"]) for r in with_mid.groupBy(F.shiftright("_bt_mid", _ROW_BITS).alias("pid"))
-                    .agg(F.count(F.lit(1)).alias("rows")).collect())
-    offsets, total = [], 0
-    for pid, rows in counts:
-        offsets.extend([F.lit(pid), F.lit(total)])
-        total += rows
-    if total == 0:
-        return df.repartition(max(num_partitions, 1))
+    order = sorted(files)
+    base, total = {}, 0
+    for split in order:
+        base[split], total = total, total + files[split]
+    shift, before = {}, {split: 0 for split in order}
+    for pid in sorted({p for p, _ in counts}):
+        start = 0
+        for i, split in enumerate(order):
+            n = counts.get((pid, split), 0)
+            if n:
+                shift[pid * len(order) + i] = before[split] - start
+            start, before[split] = start + n, before[split] + n
     keys: dict[int, int] = {}
     candidate = 0
-    while len(keys) < num_partitions:  # the first long key that Spark's hash partitioning sends to each partition
-        keys.setdefault(spark_hash_long(candidate) % num_partitions, candidate)
+    while len(keys) < total:  # the first long key that Spark's hash partitioning sends to each partition
+        keys.setdefault(spark_hash_long(candidate) % total, candidate)
         candidate += 1
-    key_of = F.create_map(*[x for p, k in sorted(keys.items()) for x in (F.lit(p), F.lit(k).cast("long"))])
-    offset = F.create_map(*offsets)[F.shiftright("_bt_mid", _ROW_BITS)]
-    index = offset + F.col("_bt_mid").bitwiseAND(F.lit((1 << _ROW_BITS) - 1))
-    return (with_mid.withColumn("_bt_key", key_of[F.pmod(index, F.lit(num_partitions))])
-            .repartition(num_partitions, "_bt_key")
+
+    def lookup(mapping: dict, key):
+        return F.create_map(*[F.lit(x) for pair in sorted(mapping.items()) for x in pair])[key]
+
+    split_index = lookup({s: i for i, s in enumerate(order)}, F.col("split"))
+    mid = F.col("_bt_mid")
+    code = F.shiftright(mid, _ROW_BITS) * len(order) + split_index
+    index = lookup({k: v for k, v in shift.items()}, code).cast("long") + mid.bitwiseAND(F.lit((1 << _ROW_BITS) - 1))
+    target = lookup(base, F.col("split")) + F.pmod(index, lookup(files, F.col("split")))
+    key = lookup({p: k for p, k in keys.items()}, target).cast("long")
+    return (df.sortWithinPartitions("split")
+            .withColumn("_bt_mid", F.monotonically_increasing_id())
+            .withColumn("_bt_key", key)
+            .repartition(total, "_bt_key")
             .drop("_bt_mid", "_bt_key"))
 
 
@@ -320,55 +406,101 @@ def spark_hash_long(value: int, seed: int = 42) -> int:
     return _int32(h1)
 
 
-def write_petastorm(spark: SparkSession, df: DataFrame, *, url: str, schema, row_group_size_mb: int,
-                    num_files: int) -> None:
-    """Write ``df`` (already holding codec-encoded columns) as a Petastorm dataset at ``url``."""
-    from petastorm.etl.dataset_metadata import materialize_dataset
+def parquet_options(row_group_size_mb: int) -> dict[str, str]:
+    """The Parquet settings ``materialize_dataset`` puts in the Hadoop configuration for its write, as options of
+    this write only: row groups of ``row_group_size_mb``, sizes checked from the third row, no summary files."""
+    return {"parquet.block.size": str(row_group_size_mb * 1024 * 1024), "parquet.block.size.row.check.min": "3",
+            "parquet.row-group.size.row.check.min": "3", "parquet.summary.metadata.level": "NONE",
+            "parquet.summary.metadata.propagate-errors": "true"}
 
+
+def write_petastorm_metadata(spark: SparkSession, url: str, schema) -> None:
+    """``_common_metadata`` of the Parquet files at ``url`` as ``materialize_dataset`` writes it (Petastorm's
+    pickled Unischema, then the row groups of each file as JSON), with Petastorm's own functions and file system;
+    the footers are read here on the driver instead of in a Spark job."""
+    from petastorm import utils
+    from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY, load_row_groups
+    from petastorm.fs_utils import FilesystemResolver
+    from pyarrow import parquet as pq
+
+    resolver = FilesystemResolver(url, spark.sparkContext._jsc.hadoopConfiguration(),
+                                  user=spark.sparkContext.sparkUser())
+    fs, path = resolver.filesystem_factory()(), resolver.get_dataset_path()
+    with warnings.catch_warnings():  # petastorm 0.13 runs on pyarrow's deprecated legacy dataset API
+        warnings.simplefilter("ignore", FutureWarning)
+        dataset = pq.ParquetDataset(path, filesystem=fs, validate_schema=False)
+        utils.add_to_dataset_metadata(dataset, UNISCHEMA_KEY, pickle.dumps(schema))
+        row_groups = {}
+        for piece in dataset.pieces:  # materialize_dataset's order (the JSON keeps it)
+            with fs.open(piece.path) as fh:
+                row_groups[os.path.relpath(piece.path, dataset.paths)] = pq.read_metadata(fh).num_row_groups
+        utils.add_to_dataset_metadata(dataset, ROW_GROUPS_PER_FILE_KEY, json.dumps(row_groups))
+        load_row_groups(pq.ParquetDataset(path, filesystem=fs, validate_schema=False))  # as materialize_dataset checks
+
+
+def write_splits(spark: SparkSession, rows: DataFrame, *, groups: list[dict[str, Any]], output_url: str, schema,
+                 label_names: list[str], row_group_size_mb: int, ranks: int,
+                 rejected_columns: list[str]) -> dict[str, Any]:
+    """Write the accepted rows (``reason`` null) as one Petastorm dataset per split and the rest to ``rejected/``.
+
+    ``groups`` are ``rows`` counted by ``incremental.group_counts`` (``Outcomes.resolve``: per partition, split,
+    ``label``, ``category``, with ``rows`` and ``bytes``, the row's main payload that sizes the row groups).
+    Row counts are read back from the Parquet footers: the summary's numbers are what is on disk, and a
+    mismatch, or row groups of a split that differ by more than a row, is an error.
+    """
+    accepted = [g for g in groups if g["category"] is None]
+    rows_of = {s: sum(g["rows"] for g in accepted if g["split"] == s) for s in layout.SPLITS}
+    files = {s: row_groups_for(rows_of[s], sum(g["bytes"] or 0 for g in accepted if g["split"] == s),
+                               row_group_size_mb=row_group_size_mb, shard_multiple=ranks) for s in layout.SPLITS}
     columns = [F.col(name) for name in schema.fields]
-    with materialize_dataset(spark, url, schema, row_group_size_mb=row_group_size_mb):
-        (balanced_repartition(df.select(*columns), max(num_files, 1))
-           .write.mode("overwrite")
-           .parquet(url))
+    kept = rows.where(F.col("reason").isNull()).select(*columns, "split")
+    with spark_job(spark, "write", f"{sum(rows_of.values())} rows in {sum(files.values())} files -> {output_url}"):
+        if any(rows_of.values()):
+            counts: dict[tuple[int, str], int] = {}
+            for g in accepted:
+                counts[(g["pid"], g["split"])] = counts.get((g["pid"], g["split"]), 0) + g["rows"]
+            staging = join(output_url, STAGING_DIR)
+            (route(kept, counts, {s: n for s, n in files.items() if n}).write.partitionBy("split")
+             .options(**parquet_options(row_group_size_mb)).mode("overwrite").parquet(staging))
+            _move_splits(staging, output_url, [s for s in layout.SPLITS if rows_of[s]])
+        for split in (s for s in layout.SPLITS if not rows_of[s]):  # Spark writes one file: the schema, no rows
+            kept.where(F.lit(False)).drop("split").write.options(**parquet_options(row_group_size_mb)) \
+                .mode("overwrite").parquet(join(output_url, split))
+    splits = {}
+    for split in layout.SPLITS:
+        url = join(output_url, split)
+        write_petastorm_metadata(spark, url, schema)
+        on_disk = layout.row_group_sizes(url)
+        log.info("wrote split %s: %d rows in %d row groups -> %s", split, sum(on_disk), len(on_disk), url)
+        if sum(on_disk) != rows_of[split] or (on_disk and max(on_disk) - min(on_disk) > 1):
+            raise DatasetError(f"split {url}: row groups of {on_disk} rows on disk, {rows_of[split]} rows expected "
+                               f"in {files[split]} near-equal row groups")
+        per_class = {name: 0 for name in label_names}
+        for g in accepted:
+            if g["split"] == split:
+                per_class[label_names[g["label"]]] += g["rows"]
+        splits[split] = {"rows": rows_of[split], "row_groups": len(on_disk), "per_class": per_class, "url": url}
+    rejected_url = join(output_url, layout.REJECTED_DIR)
+    rejected = sum(g["rows"] for g in groups if g["category"] is not None)
+    if rejected:  # no records rejected: no rejected/ folder (the manifest says 0; nothing reads it then)
+        with spark_job(spark, "rejected", f"{rejected} rejected records -> {rejected_url}"):
+            write_rejected(rows.where(F.col("reason").isNotNull()).select(*rejected_columns), url=rejected_url)
+    return summarise(groups, splits, output_url=output_url, rejected_url=rejected_url)
+
+
+def _move_splits(staging: str, output_url: str, names: list[str]) -> None:
+    """Spark's ``<staging>/split=<name>/`` folders to ``<output>/<name>/``, each with the ``_SUCCESS`` marker a
+    write of its own leaves; the staging folder removed."""
+    fs, _ = filesystem(output_url)
+    for name in names:
+        source, target = filesystem(join(staging, f"split={name}"))[1], filesystem(join(output_url, name))[1]
+        fs.mv(source, target, recursive=True)
+        fs.touch(target.rstrip("/") + "/_SUCCESS")
+    fs.rm(filesystem(staging)[1], recursive=True)
 
 
 def write_rejected(df: DataFrame, *, url: str) -> None:
     df.coalesce(1).write.mode("overwrite").parquet(url)
-
-
-def write_splits(spark: SparkSession, records: DataFrame, *, output_url: str, schema, label_names: list[str],
-                 row_group_size_mb: int, ranks: int, rejected_columns: list[str],
-                 size_column: str) -> dict[str, Any]:
-    """Write accepted records (``reason`` null) as one Petastorm dataset per split and the rest to ``rejected/``.
-
-    ``records`` holds every input record once, with ``split``, ``label``, ``reason`` and the ``schema`` columns;
-    it is read once for the counts and once per output, so it should derive cheaply from persisted data.
-    ``size_column`` (the row's main payload) sizes the row groups. Row counts are read back from the Parquet
-    footers: the summary's numbers are what is on disk, and a mismatch is an error.
-    """
-    stats = (records.groupBy("split", "label", F.substring_index("reason", ":", 1).alias("category"))
-             .agg(F.count(F.lit(1)).alias("rows"), F.sum(F.length(size_column)).alias("bytes"))
-             .collect())
-    accepted = [r for r in stats if r["category"] is None]
-    splits = {}
-    for split in layout.SPLITS:
-        mine = [r for r in accepted if r["split"] == split]
-        rows, size = sum(r["rows"] for r in mine), sum(r["bytes"] or 0 for r in mine)
-        url = join(output_url, split)
-        num_files = row_groups_for(rows, size, row_group_size_mb=row_group_size_mb, shard_multiple=ranks)
-        log.info("writing split %s: %d rows, %.1f MB, %d row groups -> %s", split, rows, size / 2**20, num_files, url)
-        write_petastorm(spark, records.where(F.col("reason").isNull() & (F.col("split") == split)),
-                        url=url, schema=schema, row_group_size_mb=row_group_size_mb, num_files=num_files)
-        on_disk = layout.row_group_sizes(url)
-        if sum(on_disk) != rows:
-            raise DatasetError(f"split {url}: {sum(on_disk)} rows on disk, {rows} expected")
-        per_class = {name: 0 for name in label_names}
-        for r in mine:
-            per_class[label_names[r["label"]]] += r["rows"]
-        splits[split] = {"rows": rows, "row_groups": len(on_disk), "per_class": per_class, "url": url}
-    rejected_url = join(output_url, layout.REJECTED_DIR)
-    write_rejected(records.where(F.col("reason").isNotNull()).select(*rejected_columns), url=rejected_url)
-    return summarise(stats, splits, output_url=output_url, rejected_url=rejected_url)
 
 
 def summarise(stats: list, splits: dict[str, dict], *, output_url: str, rejected_url: str) -> dict[str, Any]:

@@ -289,6 +289,19 @@ def block_line_offsets(block_counts: list[tuple[str, int, int]]) -> list[tuple[s
     return offsets
 
 
+def line_offsets(numbered: DataFrame) -> DataFrame:
+    """``block_line_offsets`` in Spark: per block of each file, the lines before it (blocks start outside a quoted
+    field: not for CSV, whose quote states need ``block_quote_states``). Joined by ``with_line_numbers``, it is
+    computed within the action that reads the records (its broadcast), with no collect of its own."""
+    from pyspark.sql import Window
+
+    blocks = numbered.groupBy("file_path", "block_start").agg(F.count(F.lit(1)).alias("lines"))
+    before = F.sum("lines").over(Window.partitionBy("file_path").orderBy("block_start")
+                                 .rowsBetween(Window.unboundedPreceding, -1))
+    return blocks.select("file_path", "block_start", F.coalesce(before, F.lit(0)).cast("long").alias("lines_before"),
+                         F.lit(False).alias("open_before"))
+
+
 def with_line_numbers(numbered: DataFrame, offsets: DataFrame, *, root_url: str) -> DataFrame:
     """Add ``line`` (1-based, in the file) and ``source`` = '<path below root_url>:<line>'."""
     prefix = normalise_url(root_url).rstrip("/") + "/"

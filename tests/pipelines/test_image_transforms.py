@@ -55,20 +55,32 @@ def test_row_groups_are_a_multiple_of_the_expected_ranks(rows, size_mb, ranks, e
     assert row_groups_for(rows, size_mb, row_group_size_mb=32, shard_multiple=ranks) == expected
 
 
-@pytest.mark.parametrize("rows, parts", [(1000, 7), (11, 3), (5, 8)])
-def test_balanced_repartition_makes_partitions_equal_to_one_row(spark, rows, parts):
+@pytest.mark.parametrize("rows, files", [(1000, {"test": 2, "train": 7, "validation": 3}), (11, {"train": 3}),
+                                         (30, {"test": 8, "train": 1, "validation": 5})])
+def test_route_makes_each_splits_files_equal_to_one_row_in_one_shuffle(spark, rows, files):
     from pyspark.sql import functions as F
 
-    from pipelines.storage import balanced_repartition
+    from pipelines.storage import route
 
-    # Many small, uneven input partitions: the case where round-robin repartition() was seen to give 5/3/3.
-    df = spark.range(rows).repartition(23, (F.col("id") % 5)).persist()
-    out = balanced_repartition(df, parts)
-    sizes = [r["n"] for r in out.groupBy(F.spark_partition_id().alias("p")).agg(F.count(F.lit(1)).alias("n")).collect()]
-    assert sum(sizes) == rows and out.rdd.getNumPartitions() == parts
+    # Many small, uneven input partitions (where round-robin repartition() was seen to give 5/3/3), the splits
+    # interleaved within each: every split's files must still be equal to within one row.
+    names = sorted(files)
+    df = (spark.range(rows).repartition(23, (F.col("id") % 5))
+          .withColumn("split", F.element_at(F.array(*map(F.lit, names)),
+                                            (F.col("id") * 7 % len(names) + 1).cast("int")))
+          .persist())
+    counts = {(r["pid"], r["split"]): r["n"] for r in df.groupBy(F.spark_partition_id().alias("pid"), "split")
+              .agg(F.count(F.lit(1)).alias("n")).collect()}
+    out = route(df, counts, files)
+    assert out.rdd.getNumPartitions() == sum(files.values())
+    by_part = {}
+    for r in out.groupBy(F.spark_partition_id().alias("p"), "split").agg(F.count(F.lit(1)).alias("n")).collect():
+        by_part.setdefault(r["p"], {})[r["split"]] = r["n"]
+    assert all(len(splits) == 1 for splits in by_part.values()), "a file holds rows of two splits"
+    for split in names:
+        sizes = [n for part in by_part.values() for s, n in part.items() if s == split]
+        assert len(sizes) == files[split] and max(sizes) - min(sizes) <= 1, (split, sizes)
     assert sorted(r["id"] for r in out.collect()) == list(range(rows))
-    if rows >= parts:
-        assert len(sizes) == parts and max(sizes) - min(sizes) <= 1
     df.unpersist()
 
 
