@@ -40,10 +40,10 @@ def plain_python_images(raw: str, out: str) -> tuple[float, int]:
     from pipelines.schemas import image_unischema
 
     config = image_config()
-    params = images.DecodeParams(image_size=config.image_size, channels=config.channels, codec=config.codec,
+    params = images.DecodeParams(image_size=config.image_size, channels=config.channels, codec=config.storage_codec,
                                  max_pixels=config.max_pixels, min_side=config.min_side,
                                  max_aspect_ratio=config.max_aspect_ratio)
-    field = image_unischema(config.image_size, config.channels, config.codec).fields["image"]
+    field = image_unischema(config.image_size, config.channels, config.storage_codec).fields["image"]
     start = time.perf_counter()
     paths, encoded = [], []
     for path in sorted(glob.glob(os.path.join(raw, "*", "*"))):

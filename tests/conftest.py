@@ -56,7 +56,8 @@ def image_dataset(spark, sample_images, tmp_path_factory) -> Path:
     from jobs.preprocess_images import PreprocessImagesConfig, preprocess_images
 
     out = tmp_path_factory.mktemp("image-dataset") / "ds"
-    config = load_section("preprocess_images", PreprocessImagesConfig, flags={"image_size": 16, "ranks": 3})
+    config = load_section("preprocess_images", PreprocessImagesConfig, flags={"image_size": 16, "ranks": 3,
+                                                                                      "codec": "png"})
     summary = preprocess_images(spark, input_url=to_url(str(sample_images)), output_url=to_url(str(out)), config=config)
     return snapshot_path(summary)
 

@@ -334,3 +334,41 @@ def test_reading_an_epoch_leaves_the_global_random_state_alone(image_dataset, wo
         assert torch.equal(torch.rand(3), expected)
     finally:
         source.close()
+
+
+@pytest.fixture(scope="module")
+def raw_image_dataset(spark, sample_images, tmp_path_factory):
+    """The sample images of ``image_dataset`` stored with the default codec at 16 px (auto: raw pixels)."""
+    from core.paths import to_url
+    from jobs.preprocess_images import PreprocessImagesConfig, preprocess_images
+    from tests.conftest import snapshot_path
+
+    config = load_section("preprocess_images", PreprocessImagesConfig, flags={"image_size": 16, "ranks": 3})
+    out = tmp_path_factory.mktemp("raw-images") / "ds"
+    return snapshot_path(preprocess_images(spark, input_url=to_url(str(sample_images)), output_url=to_url(str(out)),
+                                           config=config))
+
+
+@pytest.mark.spark
+def test_small_images_are_stored_raw_by_default_and_load_to_the_same_pixels_as_png(image_dataset,
+                                                                                  raw_image_dataset):
+    """auto stores 16 px images as raw pixels; the loader's one-reshape decoding of that column gives, sample by
+    sample, exactly the pixels PNG (lossless) gives."""
+    import torch
+
+    from jobs.preprocess_images import storage_codec
+
+    assert storage_codec("auto", 64) == "raw" and storage_codec("auto", 65) == "png" and storage_codec("png", 8) == "png"
+    assert load_dataset_info(str(raw_image_dataset)).spec.image.codec == "raw"
+    assert load_dataset_info(str(image_dataset)).spec.image.codec == "png"
+    pixels = []
+    for dataset in (image_dataset, raw_image_dataset):
+        source = source_for(dataset, 2)
+        split = source.splits["train"]
+        try:
+            pixels.append({int(i): x for (images,), _, ids in source.evaluation_batches(
+                "train", plan_shard(split.row_group_sizes, 0, 1), batch_size=7) for i, x in zip(ids, images)})
+        finally:
+            source.close()
+    assert pixels[0].keys() == pixels[1].keys() and len(pixels[0]) > 0
+    assert all(torch.equal(pixels[0][i], pixels[1][i]) for i in pixels[0])
