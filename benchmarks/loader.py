@@ -175,7 +175,8 @@ def loader_results(name: str, dataset: str, workers: int) -> list[Result]:
         finally:
             close()
         ratio = ours.median / limit.median
-        results.append(Result(group, f"loader / decode-only limit ({used} processes)", ratio, "",
+        codec = load_dataset_info(dataset).spec.image.codec
+        results.append(Result(group, f"loader / decode-only limit ({codec}, {used} processes)", ratio, "",
                               f"loader {ours.text()} with {workers} workers; decode only {limit.text()}",
                               ">= 0.75", check(ratio, ">=", 0.75)))
     else:

@@ -73,7 +73,9 @@ def main(argv=None) -> int:
     results: list[common.Result] = []
     try:
         image_ds, text_ds = os.path.join(work, "images-ds"), os.path.join(work, "texts-ds")
-        preprocess.run_image_job(spark, raw_images, image_ds)
+        # PNG, not the default codec (raw pixels at this size): the loader's targets are set for a decoded codec;
+        # the codec rows compare raw, PNG and JPEG
+        preprocess.run_image_job(spark, raw_images, image_ds, codec="png")
         from core.paths import to_url
         from jobs.preprocess_sequences import preprocess_sequences
         preprocess_sequences(spark, input_url=to_url(raw_texts), output_url=to_url(text_ds), fmt="jsonl",

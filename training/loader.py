@@ -83,19 +83,36 @@ class SplitReader:
             self._fs = os.getpid(), filesystem(self.split.url)[0]
         return pq.ParquetFile(self._fs[1].open(path, "rb"))
 
-    def read_group(self, group: int):
+    def read_group(self, group: int, head: int | None = None):
+        """Row group ``group`` (its columns of the loader's fields), or only its first ``head`` rows: a window that
+        needs just the start of a row group reads its first pages, not all of it."""
         path, index = self.split.row_group_files[group]
-        table = self._open(path).read_row_group(index, columns=list(self.fields), use_threads=False)
-        if table.num_rows != self.split.row_group_sizes[group]:
-            raise DataCoverageError(f"row group {index} of {path} holds {table.num_rows} rows, its footer said "
-                                    f"{self.split.row_group_sizes[group]} when the dataset was opened")
+        parquet = self._open(path)
+        stored, expected = parquet.metadata.row_group(index).num_rows, self.split.row_group_sizes[group]
+        if head is not None and head < stored:
+            import pyarrow as pa
+
+            batch = next(parquet.iter_batches(batch_size=head, row_groups=[index], columns=list(self.fields),
+                                              use_threads=False))
+            table = pa.Table.from_batches([batch])
+        else:
+            table = parquet.read_row_group(index, columns=list(self.fields), use_threads=False)
+        if stored != expected or (head is None and table.num_rows != expected):
+            raise DataCoverageError(f"row group {index} of {path} holds {stored} rows, its footer said {expected} "
+                                    "when the dataset was opened")
         return table
 
     def read_window(self, window: Window) -> dict[str, Any]:
         """The window's rows, column by column (pyarrow arrays), pieces laid end to end."""
         import pyarrow as pa
 
-        tables = {g: self.read_group(g) for g in window.groups}
+        tables = {}
+        for g in window.groups:
+            pieces = [p for p in window.pieces if p.group == g]
+            start, stop = min(p.start for p in pieces), max(p.stop for p in pieces)
+            # the head of a row group the next window reads whole (a window's last rows): read only that far
+            head = stop if start == 0 and stop <= self.split.row_group_sizes[g] // 2 else None
+            tables[g] = self.read_group(g, head)
         parts: dict[str, list] = {name: [] for name in self.fields}
         for piece in window.pieces:
             table = tables[piece.group]
@@ -105,7 +122,8 @@ class SplitReader:
                 sliced = table.take(pa.array(np.arange(piece.start, piece.stop, piece.step)))
             for name in self.fields:
                 parts[name].extend(sliced.column(name).chunks)
-        return {name: pa.concat_arrays(chunks) for name, chunks in parts.items()}
+        # one chunk (a window of one row group, the common case with large row groups) is used as it is: no copy
+        return {name: chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks) for name, chunks in parts.items()}
 
 
 # control[]: what the next pass over the data is (set by the training process before each pass)

@@ -162,7 +162,7 @@ def test_a_resumed_epoch_starts_at_its_batch_without_reading_what_came_before(im
         if workers == 0:  # in this process, where the reads can be watched
             real = loader_module.SplitReader.read_group
             monkeypatch.setattr(loader_module.SplitReader, "read_group",
-                                lambda self, g: (reads.append(g), real(self, g))[1])
+                                lambda self, g, head=None: (reads.append(g), real(self, g, head))[1])
         counter = EpochCounter(split, plan)
         resumed = epoch_ids(source, plan, batch_size=4, start=late, counter=counter)
     finally:
