@@ -3,6 +3,7 @@ no rejected write when nothing is rejected, and splits that stay Petastorm datas
 Petastorm's own ``materialize_dataset`` writes."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pyarrow.parquet as pq
@@ -123,7 +124,8 @@ def test_splits_open_in_plain_petastorm_and_hold_materialize_datasets_metadata(s
     # Petastorm's own metadata pass over a copy of the same files writes the same _common_metadata.
     copy = tmp_path / "copy"
     shutil.copytree(train, copy, ignore=shutil.ignore_patterns("_common_metadata", "._common_metadata.crc"))
-    with materialize_dataset(spark, to_url(str(copy)), image_unischema(16, 3, "png"), row_group_size_mb=32):
+    codec = json.loads((snapshot_path(summary) / "metadata.json").read_text())["image"]["codec"]
+    with materialize_dataset(spark, to_url(str(copy)), image_unischema(16, 3, codec), row_group_size_mb=32):
         pass  # the files are there already: only its metadata step runs
     ours, theirs = pq.read_metadata(train / "_common_metadata"), pq.read_metadata(copy / "_common_metadata")
     assert ours.metadata == theirs.metadata and ours.schema.equals(theirs.schema)
