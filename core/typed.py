@@ -73,6 +73,12 @@ def _dotted(mapping: dict, prefix: str = "") -> dict:
     return out
 
 
+def _described(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return ", ".join(map(repr, typing.get_args(tp)))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, repr(tp))
+
+
 def _coerce(tp: Any, value: Any, key: str, rules: Rules) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     bad = f"{rules.label} {key}"
@@ -80,12 +86,14 @@ def _coerce(tp: Any, value: Any, key: str, rules: Rules) -> Any:
         if value is None and type(None) in args:
             return None
         choices = [a for a in args if a is not type(None)]
-        for choice in choices[:-1]:  # int | Literal["auto"]: the first alternative the value fits
+        if len(choices) == 1:
+            return _coerce(choices[0], value, key, rules)
+        for choice in choices:  # int | Literal["auto"]: the first alternative the value fits
             try:
                 return _coerce(choice, value, key, rules)
             except rules.error:
                 continue
-        return _coerce(choices[-1], value, key, rules)
+        raise rules.error(f"{bad}: expected {' or '.join(map(_described, choices))}, got {_shown(key, value)}")
     if origin is Literal:
         if value not in args:
             raise rules.error(f"{bad}: {_shown(key, value)} is not one of {', '.join(map(repr, args))}")

@@ -152,3 +152,12 @@ def test_the_train_job_refuses_a_set_without_section_with_exit_2(tmp_path, capsy
     assert main(["--data", str(tmp_path), "--output", str(tmp_path / "m"), "--set", "epochs=1"]) == 2
     err = capsys.readouterr().err
     assert "--set 'epochs=1'" in err and "train.epochs" in err and "Traceback" not in err
+
+
+def test_a_key_of_two_types_takes_either_and_names_both_when_neither_fits():
+    from training.config import TrainConfig
+
+    assert load_section("train", TrainConfig, overrides=["train.loader_workers=auto"]).loader_workers == "auto"
+    assert load_section("train", TrainConfig, overrides=["train.loader_workers=3"]).loader_workers == 3
+    with pytest.raises(ConfigError, match=r"train.loader_workers: expected an integer or 'auto', got 'many'"):
+        load_section("train", TrainConfig, overrides=["train.loader_workers=many"])
