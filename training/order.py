@@ -111,13 +111,6 @@ class EpochOrder:
     def batches(self) -> int:
         return sum(w.batches for w in self.windows)
 
-    def window_of(self, batch: int) -> int:
-        """The index of the window holding batch ``batch``."""
-        for w in self.windows:
-            if batch < w.first_batch + w.batches:
-                return w.index
-        raise IndexError(f"batch {batch} is past the epoch's {self.batches} batches")
-
     def positions(self, window: Window, lengths: np.ndarray | None = None) -> np.ndarray:
         """The order of ``window``'s rows (positions into its pieces laid end to end) for its batches; ``lengths``
         (of those rows, in the same layout) turns on length bucketing for the real rows."""
