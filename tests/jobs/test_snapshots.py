@@ -19,6 +19,7 @@ from core.paths import to_url
 from dataset import layout, snapshots
 from dataset.info import load_dataset_info
 from dataset.layout import SPLITS
+from pipelines import storage
 from jobs.preprocess_images import PreprocessImagesConfig, preprocess_images
 from jobs.preprocess_sequences import PreprocessSequencesConfig, preprocess_sequences
 from tests.conftest import REPO, snapshot_path, subprocess_env
@@ -236,8 +237,9 @@ def test_a_job_killed_mid_write_leaves_the_last_snapshot_intact_and_the_next_run
                            start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        def writing() -> bool:  # the new snapshot's first split has begun
-            return any(p.parent.name != first["snapshot"] for p in (ds / "snapshots").glob("*/train"))
+        def writing() -> bool:  # the new snapshot's write has begun: Spark's staging folder or a split is there
+            return any(p.parent.name != first["snapshot"] for pattern in (f"*/{storage.STAGING_DIR}", "*/train")
+                       for p in (ds / "snapshots").glob(pattern))
 
         while not writing() and job.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
