@@ -117,7 +117,10 @@ def load_checkpoint(path_text: str):
     if path.is_dir():
         path = path / checkpoint.FINAL_FILE
     try:
-        return checkpoint.read(path)
+        verified = checkpoint.read(path)
+        # built once here: a model whose code cannot be imported fails now, in one line, not in every Spark task
+        checkpoint.build_model(verified.payload, where=f"checkpoint {path}")
+        return verified
     except CheckpointError as exc:
         raise UsageError(f"--checkpoint: {exc}") from None
 

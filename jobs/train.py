@@ -39,7 +39,7 @@ from jobs.common import (
     resolve_master,
     run_main,
 )
-from training.config import TrainConfig
+from training.config import TrainConfig, model_name_problem
 
 log = logging.getLogger("bigtrain.train")
 
@@ -48,6 +48,14 @@ log = logging.getLogger("bigtrain.train")
 def _workers(text: str) -> int | str:
     """--loader-workers: auto or a count >= 0."""
     return "auto" if text == "auto" else positive_int("--loader-workers", allow_zero=True)(text)
+
+def _model(text: str) -> str:
+    """--model: a built-in model or package.module:factory."""
+    problem = model_name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -67,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="learning rate per rank, scaled by the number of ranks unless train.scale_lr=false "
                              "(default: the model's, cnn 0.01 with sgd, rnn/lstm/gru 0.002 with adam)")
     parser.add_argument("--seed", type=int, metavar="N", help="seeds initial weights and shuffling (default 42)")
-    parser.add_argument("--model", choices=("auto", "cnn", "rnn", "lstm", "gru"),
-                        help="default (auto): what the dataset calls for, cnn for images, lstm for sequences")
+    parser.add_argument("--model", type=_model, metavar="NAME|MODULE:FACTORY",
+                        help="auto (default): what the dataset calls for, cnn for images, lstm for sequences; or "
+                             "cnn, rnn, lstm, gru, fasttext, transformer; or your own model as an import path, "
+                             "package.module:factory, called as factory(dataset_spec, model_config) with the "
+                             "train.model_config mapping (--set train.model_config.KEY=VALUE); see README")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), help="default: the model's (see --lr)")
     parser.add_argument("--loader-workers", type=_workers, metavar="N|auto",
                         help="loader processes per rank that read and decode batches (0: in the training process; "
@@ -168,10 +179,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report(metrics: dict, output: str) -> None:
-    accuracy = "n/a" if metrics["test_accuracy"] is None else f"{metrics['test_accuracy']:.4f}"
-    print(f"train: test accuracy {accuracy} on {counted(metrics['test_rows'], 'row')} "
-          f"({counted(metrics['world_size'], 'rank')}, {counted(metrics['epochs_completed'], 'epoch')}); "
-          f"outputs in {output}")
+    """The closing line: the model's test accuracy beside its baselines on the same split."""
+    def shown(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    compared = metrics["baselines"]
+    words = compared.get("bag_of_words")
+    kept = metrics.get("weights_epoch")
+    print(f"train: test accuracy {shown(metrics['test_accuracy'])} on {counted(metrics['test_rows'], 'row')}; "
+          f"baselines: majority class {shown(compared['majority_class']['accuracy'])}"
+          + (f", bag-of-words {shown(words['accuracy'])}" if words else "")
+          + f" ({counted(metrics['world_size'], 'rank')}, {counted(metrics['epochs_completed'], 'epoch')}"
+          + (f", weights of epoch {kept}" if kept is not None and kept != metrics["epochs_completed"] else "")
+          + f"); outputs in {output}")
 
 
 def run_spark(args: argparse.Namespace, config) -> int:

@@ -31,7 +31,7 @@ import torch
 
 from core import atomic
 from core.config import from_dict
-from core.errors import CheckpointError
+from core.errors import CheckpointError, ConfigError
 from dataset import layout
 from dataset.manifest import DatasetSpec
 from training.config import TrainConfig
@@ -153,18 +153,29 @@ def dataset_spec(payload: dict[str, Any]) -> DatasetSpec:
                                   "sequence": dataset.get("sequence")}, where="checkpoint dataset")
 
 
-def build_model(payload: dict[str, Any]):
-    """The trained model of a loaded checkpoint, in eval mode."""
+def build_model(payload: dict[str, Any], *, where: str | Path = "the checkpoint"):
+    """The trained model of a loaded checkpoint, in eval mode. A model from an import path (``package.module:
+    factory``) is rebuilt by calling that factory again: a CheckpointError says so when it cannot be imported here
+    or builds a model whose parameters differ from the saved ones."""
     config = from_dict(TrainConfig, payload["config"], prefix="checkpoint config")
-    model = build(payload["model"], dataset=dataset_spec(payload), config=config)
-    model.load_state_dict(payload["model_state"])
+    name = payload["model"]
+    try:
+        model = build(name, dataset=dataset_spec(payload), config=config)
+    except ConfigError as exc:
+        raise CheckpointError(f"{where} holds a {name} model that cannot be rebuilt here: {exc}") from None
+    try:
+        model.load_state_dict(payload["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{where}: the {name} model built here does not take the saved weights "
+                              f"({str(exc).strip().splitlines()[0][:300]}); was its code or train.model_config "
+                              "changed?") from None
     return model.eval()
 
 
 def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     """``(model, payload)`` from a checkpoint file, verified and safely loaded."""
     payload = load(path)
-    return build_model(payload), payload
+    return build_model(payload, where=f"checkpoint {path}"), payload
 
 
 def model_payload(model, model_name: str, config, *, classes: list[str], class_to_index: dict[str, int],

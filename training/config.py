@@ -1,8 +1,9 @@
 """The training configuration (section ``train`` of conf/bigtrain.yaml); saved inside every checkpoint."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from core.config import require as _require
 
@@ -35,6 +36,51 @@ class RnnConfig:
 
 
 @dataclass(frozen=True)
+class FastTextConfig:
+    """The bag-of-embeddings classifier: the mean of its tokens' (and, with ``bigrams``, hashed word pairs')
+    embeddings, then a linear layer."""
+    embed_dim: int = 64
+    bigrams: bool = True
+    bigram_buckets: int = 50_000
+    dropout: float = 0.0
+
+    def validate(self, prefix: str) -> None:
+        for name in ("embed_dim", "bigram_buckets"):
+            _require(getattr(self, name) > 0, f"{prefix}.{name}", f"must be positive, got {getattr(self, name)}")
+        _require(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The Transformer encoder classifier: token and learned position embeddings, ``layers`` pre-norm encoder
+    layers of ``heads`` heads over the real tokens (a padding mask), the mean of its outputs, then a linear layer."""
+    dim: int = 64
+    heads: int = 4
+    layers: int = 2
+    ff_dim: int = 128
+    dropout: float = 0.1
+
+    def validate(self, prefix: str) -> None:
+        for name in ("dim", "heads", "layers", "ff_dim"):
+            _require(getattr(self, name) > 0, f"{prefix}.{name}", f"must be positive, got {getattr(self, name)}")
+        _require(self.dim % self.heads == 0, f"{prefix}.dim",
+                 f"must be a multiple of {prefix}.heads ({self.heads}), got {self.dim}")
+        _require(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+BUILTIN_MODELS = ("auto", "cnn", "rnn", "lstm", "gru", "fasttext", "transformer")
+IMPORT_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a model (None when it can): a built-in one, or ``package.module:factory``."""
+    if name in BUILTIN_MODELS or IMPORT_PATH.fullmatch(name):
+        return None
+    return (f"{name!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) nor an import path "
+            "package.module:factory")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int
     batch_size: int
@@ -44,7 +90,7 @@ class TrainConfig:
     weight_decay: float
     seed: int
     optimizer: Literal["auto", "sgd", "adam"]
-    model: Literal["auto", "cnn", "rnn", "lstm", "gru"]
+    model: str                    # a built-in model (BUILTIN_MODELS) or package.module:factory
     cnn: CnnConfig
     rnn: RnnConfig
     length_bucketing: bool
@@ -67,8 +113,18 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: Literal["auto", "require", "never"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # defaults here too: a checkpoint saved before these sections existed still names a whole config
+    fasttext: FastTextConfig = field(default_factory=FastTextConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    model_config: dict[str, Any] = field(default_factory=dict)  # handed to a model factory (train.model a:b)
+    loss: str = "cross_entropy"   # or package.module:function, (logits, labels) -> one loss per row
+    keep_best: bool = True        # end with the weights of the epoch of lowest validation loss
 
     def validate(self, prefix: str) -> None:
+        problem = model_name_problem(self.model)
+        _require(problem is None, f"{prefix}.model", problem or "")
+        _require(self.loss == "cross_entropy" or IMPORT_PATH.fullmatch(self.loss) is not None, f"{prefix}.loss",
+                 f"{self.loss!r} is neither cross_entropy nor an import path package.module:function")
         _require(self.epochs >= 1, f"{prefix}.epochs", f"must be at least 1, got {self.epochs}")
         _require(self.batch_size >= 1, f"{prefix}.batch_size", f"must be at least 1, got {self.batch_size}")
         _require(self.lr is None or self.lr > 0, f"{prefix}.lr", f"must be positive (or null for auto), got {self.lr}")

@@ -120,7 +120,7 @@ def forward_backward(trainer, inputs, y, group_size: int, *, sync: bool,
             stack.enter_context(trainer.dist.no_sync(trainer.model))  # DDP: allreduce only on the group's last pass
         with trainer.precision.context(trainer.device):
             logits = trainer.model(*inputs)
-            per_row = F.cross_entropy(logits, y, reduction="none")
+            per_row = trainer.loss(logits, y)
         trainer.scaler.scale(per_row.mean() / group_size).backward()
     return per_row[:real].detach().float().sum(), (logits[:real].argmax(1) == y[:real]).sum()
 

@@ -13,7 +13,7 @@ import torch
 
 from training.config import TrainConfig
 from training.distributed import set_threads
-from training.models import DEFAULT_OPTIMIZER, build_model, resolve_model_name
+from training.models import build_model, default_optimizer, resolve_model_name
 from training.petastorm_source import PetastormSource
 from training.sources import BatchSource
 from training.trainer import CHECKPOINT_FILE, METRICS_FILE, Trainer, TrainResult
@@ -40,8 +40,8 @@ def build_trainer(config: TrainConfig, batches: BatchSource, output_dir: str | P
     torch.manual_seed(config.seed)
     model = build_model(config.model, dataset=batches.spec, config=config).to(dist.device)
     model_name = resolve_model_name(config.model, batches.spec.kind)
-    default_optimizer, default_lr = DEFAULT_OPTIMIZER[model_name]
-    optimizer_name = default_optimizer if config.optimizer == "auto" else config.optimizer
+    optimizer_default, default_lr = default_optimizer(model_name)
+    optimizer_name = optimizer_default if config.optimizer == "auto" else config.optimizer
     optimizer = make_optimizer(optimizer_name, config, model, default_lr if config.lr is None else config.lr)
     return Trainer(model, optimizer, batches, dist, config, output_dir, model_name=model_name)
 

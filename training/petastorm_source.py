@@ -45,6 +45,10 @@ class PetastormSource:
     def evaluation_batches(self, split: str, plan: ShardPlan, *, batch_size: int) -> Iterator[Batch]:
         return self.loader.batches(self.splits[split], plan, batch_size=batch_size, epoch=0, training=False)
 
+    def class_rows(self, split: str) -> list[int]:
+        per_class = self.info.manifest.splits[split].per_class
+        return [per_class.get(name, 0) for name in self.spec.classes]
+
     def dataset_entry(self) -> dict[str, Any]:
         return checkpoint.dataset_entry(self.info)
 

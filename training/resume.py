@@ -23,7 +23,7 @@ from training import checkpoint
 log = logging.getLogger("bigtrain.train")
 # Config keys a resumed run must share with the checkpoint: they shape the model, the optimizer state or what a
 # saved loader position means. Others (epochs, logging, loader threads, checkpoint cadence) may change.
-MUST_MATCH = ("model", "optimizer", "cnn", "rnn", "batch_size", "backward_passes_per_step", "seed",
+MUST_MATCH = ("model", "optimizer", "cnn", "rnn", "fasttext", "transformer", "model_config", "loss", "batch_size", "backward_passes_per_step", "seed",
               "length_bucketing", "shuffle_buffer")
 
 
@@ -37,6 +37,7 @@ class Progress:
     stall: list[float] = field(default_factory=lambda: [0.0, 0.0])      # seconds waiting for data, seconds in steps
     history: list[dict[str, Any]] = field(default_factory=list)
     best_val_loss: float | None = None
+    best_epoch: int | None = None   # the epoch of best_val_loss (1-based); its weights are <output>/checkpoints/best.pt
     bad_epochs: int = 0
     stopped_early: bool = False
 

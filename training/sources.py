@@ -45,6 +45,9 @@ class BatchSource(Protocol):
     def evaluation_batches(self, split: str, plan: ShardPlan, *, batch_size: int) -> Iterator[Batch]:
         """Every row of ``split``'s shard ``plan`` once, unshuffled; the last batch may be short."""
 
+    def class_rows(self, split: str) -> list[int]:
+        """Rows of ``split`` per class, in the order of ``spec.classes``."""
+
     def dataset_entry(self) -> dict[str, Any]:
         """The checkpoints' ``dataset`` entry (``training.checkpoint.dataset_entry_for``)."""
 
@@ -135,6 +138,9 @@ class InMemorySource:
         rows = self._shard(split, plan)
         for start in range(0, len(rows), batch_size):
             yield self._batch(split, rows[start:start + batch_size])
+
+    def class_rows(self, split: str) -> list[int]:
+        return torch.bincount(self.examples[split].labels, minlength=len(self.spec.classes)).tolist()
 
     def dataset_entry(self) -> dict[str, Any]:
         return checkpoint.dataset_entry_for(self.spec, url=self.name, snapshot_id=self.identity)

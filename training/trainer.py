@@ -17,19 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from core import atomic
 from core.errors import CheckpointError, DatasetError, LockHeld
 from core.locking import hold
 from core.logs import counted
 from training import checkpoint, resume
+from training.baselines import baselines
 from training.config import TrainConfig
 from training.device import describe, precision_for, to_device
 from training.distributed import unwrap
 from training.elastic import fit_elastic
 from training.epoch import train_epoch
-from training.models import resolve_model_name
+from training.models import loss_function, resolve_model_name
 from training.reports import MetricsLog, classification_report, write_evaluation_report
 from training.resume import Progress
 from training.shards import DataCoverageError, plan_shard
@@ -38,6 +38,7 @@ from training.sources import BatchSource
 log = logging.getLogger("bigtrain.train")
 CHECKPOINT_FILE = checkpoint.FINAL_FILE
 METRICS_FILE = "metrics.json"
+BEST_FILE = "best.pt"  # in <output>/checkpoints: the weights of the epoch of lowest validation loss so far
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Trainer:
             log.info("train.mixed_precision: no GPU here, training in float32 on CPU (the setting only acts on GPU)")
         # float16 gradients underflow without loss scaling; enabled only for float16 mixed precision on a GPU
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
+        self.loss = loss_function(config.loss)  # (logits, labels) -> one loss per row
         self.dataset = batches.dataset_entry()  # once: it may read the vocabulary
         self.metrics_log: MetricsLog | None = None  # rank 0's, opened on first use
 
@@ -172,7 +174,9 @@ class Trainer:
             progress.history.append(record)
             progress.epoch += 1
             progress.start_epoch_over()
-            update_early_stopping(progress, record, config)
+            if update_best(progress, record, config) and config.keep_best and dist.rank == 0:
+                checkpoint.save(self.best_path, {**self.base_payload(), "epoch": progress.epoch,
+                                                 "global_step": progress.global_step})
             if dist.rank == 0:
                 log.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %s acc %s | lr %.3g | data stall %.0f%% | "
                          "%.1fs", record["epoch"], config.epochs, record["train_loss"], record["train_accuracy"],
@@ -183,6 +187,31 @@ class Trainer:
                     log.info("early stopping: val_loss has not improved by more than %g for %d epochs",
                              config.early_stopping_min_delta, config.early_stopping_patience)
             self.save_resume_point(progress, commit)
+
+    @property
+    def best_path(self) -> Path:
+        return self.output_dir / checkpoint.RESUME_DIR / BEST_FILE
+
+    def restore_best(self, progress: Progress) -> int:
+        """The weights of the best validation epoch on every rank (read by rank 0, broadcast); returns the epoch
+        whose weights the model now holds. Without validation, or with train.keep_best off, the last epoch's."""
+        best = progress.best_epoch if self.config.keep_best else None
+        if best is None or best == progress.epoch:
+            return progress.epoch
+        outcome: Any = best
+        if self.dist.rank == 0:
+            try:
+                payload = checkpoint.load(self.best_path)
+                if payload.get("epoch") != best:
+                    raise CheckpointError(f"{self.best_path} holds epoch {payload.get('epoch')}, not {best}")
+                unwrap(self.model).load_state_dict(payload["model_state"])
+            except CheckpointError as exc:  # e.g. an elastic run whose new rank 0 is on another host
+                log.warning("keeping the last epoch's weights, not those of the best validation epoch %d: %s", best,
+                            exc)
+                outcome = progress.epoch
+        outcome = self.dist.broadcast_object(outcome, name="best_epoch")
+        self.dist.broadcast_state(unwrap(self.model), self.optimizer)
+        return outcome
 
     def _metrics_log(self, history: list[dict[str, Any]]) -> MetricsLog:
         """Rank 0's metrics.jsonl and TensorBoard writer, opened on first use (under --elastic, rank 0 may
@@ -216,7 +245,7 @@ class Trainer:
             with self.precision.context(device):
                 logits = model(*to_device(inputs, device, self.batches.host_inputs))
             logits = logits.float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            loss_sum += self.loss(logits, y).double().sum()
             confusion.index_add_(0, y * num_classes + logits.argmax(1),
                                  torch.ones(len(y), dtype=torch.float64, device=device))
             ids.append(batch_ids)
@@ -243,11 +272,19 @@ class Trainer:
     def finish(self, progress: Progress, resumed_from: str | None) -> TrainResult:
         """Test evaluation; on rank 0 the final checkpoint, metrics.json and the evaluation report."""
         dist, classes = self.dist, self.batches.spec.classes
+        weights_epoch = self.restore_best(progress)
+        if dist.rank == 0 and weights_epoch != progress.epoch:
+            log.info("keeping the weights of epoch %d (lowest validation loss, %.4f), not those of the last epoch %d",
+                     weights_epoch, progress.best_val_loss, progress.epoch)
         test = self.evaluate("test", check_ids=True)
         if test["rows"] == 0 and dist.rank == 0:
             log.warning("the test split of %s is empty: test metrics are null", self.batches.name)
+        compared = baselines(self.batches, dist, test_rows=test["per_class_rows"], batch_size=self.config.batch_size)
         metrics = {
             "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_rows": test["rows"],
+            "baselines": compared, "weights_epoch": weights_epoch, "best_epoch": progress.best_epoch,
+            "best_val_loss": progress.best_val_loss,
+            "parameters": sum(p.numel() for p in unwrap(self.model).parameters()),
             "per_class_accuracy": dict(zip(classes, test["per_class_accuracy"])),
             "per_class_rows": dict(zip(classes, test["per_class_rows"])),
             "history": progress.history, "epochs_completed": progress.epoch, "stopped_early": progress.stopped_early,
@@ -263,14 +300,18 @@ class Trainer:
 
     def _write_outputs(self, progress: Progress, metrics: dict[str, Any], test: dict[str, Any]) -> None:
         final = checkpoint.save(self.output_dir / CHECKPOINT_FILE,
-                                {**self.base_payload(), "epoch": progress.epoch, "global_step": progress.global_step})
+                                {**self.base_payload(), "epoch": progress.epoch, "global_step": progress.global_step,
+                                 "weights_epoch": metrics["weights_epoch"]})
         atomic.write_json(self.output_dir / METRICS_FILE, metrics)
         written = []
         if test["rows"]:
             report = classification_report(test["confusion"].numpy(), self.batches.spec.classes)
+            report["baselines"] = metrics["baselines"]
+            report["weights_epoch"] = metrics["weights_epoch"]
             written = write_evaluation_report(self.output_dir, report, progress.history)
-        log.info("test accuracy %s, loss %s on %d rows; wrote %s, %s%s", _fmt(test["accuracy"]), _fmt(test["loss"]),
-                 test["rows"], final, self.output_dir / METRICS_FILE, "".join(f", {p.name}" for p in written))
+        log.info("test accuracy %s, loss %s on %d rows (%s); wrote %s, %s%s", _fmt(test["accuracy"]),
+                 _fmt(test["loss"]), test["rows"], describe_baselines(metrics["baselines"]), final,
+                 self.output_dir / METRICS_FILE, "".join(f", {p.name}" for p in written))
 
 
 @contextlib.contextmanager
@@ -291,15 +332,26 @@ def output_lock(output_dir: Path, dist):
         yield
 
 
-def update_early_stopping(progress: Progress, record: dict[str, Any], config: TrainConfig) -> None:
+def update_best(progress: Progress, record: dict[str, Any], config: TrainConfig) -> bool:
+    """Track the best validation loss and its epoch (an epoch is the new best when it improves on the best by more
+    than ``early_stopping_min_delta``, as Keras counts it), and stop early after ``early_stopping_patience`` epochs
+    without one (0: never). True when this epoch is the new best: its weights are the ones to keep."""
     val_loss = record.get("val_loss")
-    if config.early_stopping_patience == 0 or val_loss is None:
-        return
+    if val_loss is None:
+        return False
     if progress.best_val_loss is None or val_loss < progress.best_val_loss - config.early_stopping_min_delta:
-        progress.best_val_loss, progress.bad_epochs = val_loss, 0
-    else:
-        progress.bad_epochs += 1
-        progress.stopped_early = progress.bad_epochs >= config.early_stopping_patience
+        progress.best_val_loss, progress.best_epoch, progress.bad_epochs = val_loss, record["epoch"], 0
+        return True
+    progress.bad_epochs += 1
+    progress.stopped_early = 0 < config.early_stopping_patience <= progress.bad_epochs
+    return False
+
+
+def describe_baselines(compared: dict[str, Any]) -> str:
+    """"majority class 0.1111, bag-of-words 0.7100": the closing line's comparison."""
+    majority, words = compared["majority_class"], compared.get("bag_of_words")
+    text = f"majority class {_fmt(majority['accuracy'])}"
+    return text + (f", bag-of-words naive Bayes {_fmt(words['accuracy'])}" if words else "")
 
 
 def _fmt(value: float | None) -> str:
