@@ -5,6 +5,7 @@ Petastorm loader does."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 
 import numpy as np
@@ -213,3 +214,39 @@ def test_in_memory_data_that_does_not_fit_is_refused_naming_the_problem():
     tokens = np.full((4, 5), 3)
     with pytest.raises(DatasetError, match=r"memory/train: token ids must be in \[0, 3\), got 3..3"):
         InMemorySource.sequences({"train": (tokens, np.full(4, 5), labels % 2)}, classes=["a", "b"], vocab_size=3)
+
+
+def validation_loss(model, source) -> float:
+    examples = source.examples["validation"]
+    with torch.no_grad():
+        return float(torch.nn.functional.cross_entropy(model(*examples.inputs), examples.labels))
+
+
+def test_the_run_ends_with_the_weights_of_its_best_validation_epoch(tmp_path):
+    # SGD at a learning rate this high overshoots: validation loss falls, then climbs back
+    cfg = config("train.epochs=6", "train.lr=2.0", "train.optimizer=sgd", "train.early_stopping_patience=0")
+    source = image_source()
+    metrics = train(cfg, source, tmp_path / "best").metrics
+    losses = [h["val_loss"] for h in metrics["history"]]
+    best = 1 + int(np.argmin(losses))
+    assert best < 6, losses  # the case this test is about: the last epoch is not the best
+    assert metrics["best_epoch"] == metrics["weights_epoch"] == best
+    assert metrics["best_val_loss"] == pytest.approx(losses[best - 1])
+    model, payload = checkpoint.load_model(tmp_path / "best" / "checkpoint.pt")
+    assert payload["weights_epoch"] == best and payload["epoch"] == 6
+    assert validation_loss(model, source) == pytest.approx(losses[best - 1], rel=1e-5)
+    assert json.loads((tmp_path / "best" / "evaluation.json").read_text())["weights_epoch"] == best
+
+    last = train(dataclasses.replace(cfg, keep_best=False), source, tmp_path / "last").metrics
+    assert last["weights_epoch"] == 6 and last["best_epoch"] == best
+    model, _ = checkpoint.load_model(tmp_path / "last" / "checkpoint.pt")
+    assert validation_loss(model, source) == pytest.approx(losses[-1], rel=1e-5)
+
+
+def test_early_stopping_is_on_by_default_and_stops_after_three_epochs_without_improvement(tmp_path):
+    cfg = config("train.epochs=40", "train.lr=2.0", "train.optimizer=sgd")
+    assert (cfg.early_stopping_patience, cfg.keep_best) == (3, True)
+    metrics = train(cfg, image_source(), tmp_path).metrics
+    losses = [h["val_loss"] for h in metrics["history"]]
+    assert metrics["stopped_early"] and len(losses) == metrics["best_epoch"] + 3 < 40
+    assert all(loss >= metrics["best_val_loss"] - cfg.early_stopping_min_delta for loss in losses[-3:])

@@ -1,0 +1,54 @@
+"""A user's own model, defined outside bigtrain: tests train it with ``--model tests.training.custom_model:build``
+(and ``train.model_config``), and its loss with ``train.loss``."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dataset.manifest import DatasetSpec
+
+
+class MeanOfTokens(nn.Module):
+    """Token embeddings averaged over the real tokens, one hidden layer: what a user might write first."""
+
+    def __init__(self, vocab_size: int, classes: int, width: int):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, width, padding_idx=0)
+        self.head = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, classes))
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        real = (torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths.to(tokens.device)[:, None])
+        total = (self.embedding(tokens.long()) * real[..., None]).sum(1)
+        return self.head(total / real.sum(1, keepdim=True).clamp(min=1))
+
+
+class TinyImages(nn.Module):
+    def __init__(self, channels: int, size: int, classes: int, width: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                 nn.Flatten(), nn.Linear(width, classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images.float() / 255.0)
+
+
+def build(dataset: DatasetSpec, config: dict) -> nn.Module:
+    """The factory: the dataset's description and train.model_config in, a module out."""
+    width = int(config.get("width", 16))
+    if dataset.kind == "sequence":
+        return MeanOfTokens(dataset.sequence.vocab_size, len(dataset.classes), width)
+    return TinyImages(dataset.image.channels, dataset.image.size, len(dataset.classes), width)
+
+
+def not_a_module(dataset: DatasetSpec, config: dict):
+    return "a string, not a model"
+
+
+def smoothed(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A loss of the user's: cross entropy with label smoothing, one value per row."""
+    return nn.functional.cross_entropy(logits, labels, reduction="none", label_smoothing=0.1)
+
+
+def averaged(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A wrong loss: one number for the batch, where bigtrain needs one per row."""
+    return nn.functional.cross_entropy(logits, labels)
