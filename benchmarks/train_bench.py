@@ -14,7 +14,7 @@ from benchmarks.common import REPEATS, Result, check, cores, timing
 from core.config import load_section
 from training.config import TrainConfig
 from training.loop import make_optimizer
-from training.models import DEFAULT_OPTIMIZER, build_model, resolve_model_name
+from training.models import build_model, default_optimizer, resolve_model_name
 from training.petastorm_source import PetastormSource
 from training.shards import EpochCounter, plan_shard
 
@@ -29,8 +29,8 @@ def _setup(dataset: str):
     name = resolve_model_name("auto", source.spec.kind)
     torch.manual_seed(0)
     model = build_model(name, dataset=source.spec, config=config)
-    optimizer_name, lr = DEFAULT_OPTIMIZER[name]
-    optimizer = make_optimizer(optimizer_name, config, model, lr)
+    optimizer_name, lr, weight_decay = default_optimizer(name)
+    optimizer = make_optimizer(optimizer_name, config, model, lr, weight_decay)
     plan = plan_shard(split.row_group_sizes, 0, 1)
     epochs = iter(range(10**6))
 

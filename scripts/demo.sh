@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo: sample data -> spark-submit preprocessing -> horovodrun -np 2 training on CPU -> test metrics,
-# for images (CNN) and for text (LSTM).
+# for images (CNN) and for text (the default sequence model, fasttext).
 # Usage: scripts/demo.sh [DEMO_DIR] [all|images|texts]   (make demo runs it with the virtual environment on PATH)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ run_texts() {
   echo "== texts 2/3: spark-submit jobs/preprocess_sequences.py -> $dir/dataset"
   spark-submit --master "local[*]" jobs/preprocess_sequences.py \
     --input "$dir/raw" --output "$dir/dataset" --text-field text --label-field label --max-length 64 --ranks "$NP"
-  echo "== texts 3/3: horovodrun -np $NP python jobs/train.py (LSTM) -> $dir/model"
+  echo "== texts 3/3: horovodrun -np $NP python jobs/train.py (fasttext) -> $dir/model"
   horovodrun -np "$NP" -H "localhost:$NP" python jobs/train.py \
     --data "$dir/dataset" --output "$dir/model" --no-progress
 }
@@ -48,12 +48,15 @@ python - "$DEMO_DIR" "$start" "$WHAT" <<'PY'
 import json, os, sys, time
 demo, start, what = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 print(f"\ndemo finished in {time.time() - start:.0f}s")
-for kind, model in (("images", "CNN"), ("texts", "LSTM")):
+for kind in ("images", "texts"):
     path = f"{demo}/{kind}/model/metrics.json"
     if what not in ("all", kind) or not os.path.exists(path):
         continue
     m = json.load(open(path))
-    print(f"  {kind:<6} {model:<4}: test accuracy {m['test_accuracy']:.4f} on {m['test_rows']} test rows, "
+    words = m["baselines"]["bag_of_words"]
+    print(f"  {kind:<6} {m['model']:<8}: test accuracy {m['test_accuracy']:.4f} on {m['test_rows']} test rows "
+          f"(majority class {m['baselines']['majority_class']['accuracy']:.4f}"
+          + (f", bag-of-words {words['accuracy']:.4f}" if words else "") + f"), "
           f"{m['world_size']} Horovod ranks, {len(m['history'])} epochs")
     print(f"           raw data {demo}/{kind}/raw, dataset {demo}/{kind}/dataset/snapshots/{m['snapshot_id']} "
           f"(train/ validation/ test/ rejected/ metadata.json)")

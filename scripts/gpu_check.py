@@ -265,8 +265,9 @@ def train_rows(args, host: dict, env: dict, nproc: int, horovod: tuple[dict | No
         data = args.images_data if kind == "images" else args.texts_data
         # The same global batch and learning rate for every row: the same optimisation, comparable accuracies.
         same_step = ["--batch-size", str(args.global_batch // processes), "--set", "train.scale_lr=false"]
+        # every epoch run (no early stopping): the rates and accuracies of each row cover the same epochs
         train_args = ["--data", str(data), "--output", str(output), "--epochs", str(epochs), "--no-progress",
-                      "--no-resume", *same_step, *(["--mixed-precision"] if host["gpus"] else []), *args.train_arg]
+                      "--no-resume", "--early-stopping-patience", "0", "--model", KINDS[kind], *same_step, *(["--mixed-precision"] if host["gpus"] else []), *args.train_arg]
         log_path = args.out / f"{kind}-{backend}.log"
         log(f"[{index}/{len(plan)}] {name(row)}, {epochs} epoch{'s' if epochs != 1 else ''} (log: {log_path})")
         cmd = command(backend, processes, train_args, env)

@@ -35,6 +35,7 @@ from core.errors import CheckpointError, ConfigError
 from dataset import layout
 from dataset.manifest import DatasetSpec
 from training.config import TrainConfig
+from training.models import Collated, collate_function
 from training.models import build_model as build
 
 log = logging.getLogger("bigtrain.train")
@@ -154,13 +155,15 @@ def dataset_spec(payload: dict[str, Any]) -> DatasetSpec:
 
 
 def build_model(payload: dict[str, Any], *, where: str | Path = "the checkpoint"):
-    """The trained model of a loaded checkpoint, in eval mode. A model from an import path (``package.module:
+    """The trained model of a loaded checkpoint, in eval mode, taking bigtrain's batch inputs (with the run's
+    ``train.collate`` applied first, where it had one: ``models.Collated``). A model from an import path (``package.module:
     factory``) is rebuilt by calling that factory again: a CheckpointError says so when it cannot be imported here
     or builds a model whose parameters differ from the saved ones."""
     config = from_dict(TrainConfig, payload["config"], prefix="checkpoint config")
     name = payload["model"]
     try:
         model = build(name, dataset=dataset_spec(payload), config=config)
+        collate = collate_function(config.collate)
     except ConfigError as exc:
         raise CheckpointError(f"{where} holds a {name} model that cannot be rebuilt here: {exc}") from None
     try:
@@ -169,7 +172,7 @@ def build_model(payload: dict[str, Any], *, where: str | Path = "the checkpoint"
         raise CheckpointError(f"{where}: the {name} model built here does not take the saved weights "
                               f"({str(exc).strip().splitlines()[0][:300]}); was its code or train.model_config "
                               "changed?") from None
-    return model.eval()
+    return (model if collate is None else Collated(model, collate)).eval()
 
 
 def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:

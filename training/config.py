@@ -87,7 +87,7 @@ class TrainConfig:
     lr: float | None
     scale_lr: bool
     momentum: float
-    weight_decay: float
+    weight_decay: float | None    # null: the model's default
     seed: int
     optimizer: Literal["auto", "sgd", "adam"]
     model: str                    # a built-in model (BUILTIN_MODELS) or package.module:factory
@@ -118,6 +118,7 @@ class TrainConfig:
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     model_config: dict[str, Any] = field(default_factory=dict)  # handed to a model factory (train.model a:b)
     loss: str = "cross_entropy"   # or package.module:function, (logits, labels) -> one loss per row
+    collate: str | None = None    # package.module:function, the batch's inputs -> the model's inputs
     keep_best: bool = True        # end with the weights of the epoch of lowest validation loss
 
     def validate(self, prefix: str) -> None:
@@ -125,11 +126,14 @@ class TrainConfig:
         _require(problem is None, f"{prefix}.model", problem or "")
         _require(self.loss == "cross_entropy" or IMPORT_PATH.fullmatch(self.loss) is not None, f"{prefix}.loss",
                  f"{self.loss!r} is neither cross_entropy nor an import path package.module:function")
+        _require(self.collate is None or IMPORT_PATH.fullmatch(self.collate) is not None, f"{prefix}.collate",
+                 f"{self.collate!r} is not an import path package.module:function (or null)")
         _require(self.epochs >= 1, f"{prefix}.epochs", f"must be at least 1, got {self.epochs}")
         _require(self.batch_size >= 1, f"{prefix}.batch_size", f"must be at least 1, got {self.batch_size}")
         _require(self.lr is None or self.lr > 0, f"{prefix}.lr", f"must be positive (or null for auto), got {self.lr}")
         _require(0.0 <= self.momentum < 1.0, f"{prefix}.momentum", f"must be in [0, 1), got {self.momentum}")
-        _require(self.weight_decay >= 0, f"{prefix}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.weight_decay is None or self.weight_decay >= 0, f"{prefix}.weight_decay",
+                 f"must be >= 0 (or null for the model's default), got {self.weight_decay}")
         _require(self.loader_workers == "auto" or self.loader_workers >= 0, f"{prefix}.loader_workers",
                  f"must be auto or >= 0 (0: in the training process), got {self.loader_workers}")
         _require(self.prefetch_batches >= 0, f"{prefix}.prefetch_batches", f"must be >= 0, got {self.prefetch_batches}")

@@ -14,7 +14,6 @@ import time
 import torch
 import torch.nn.functional as F
 
-from training.device import to_device
 from training.distributed import unwrap
 from training.resume import Progress
 from training.schedule import lr_factor
@@ -112,7 +111,7 @@ def forward_backward(trainer, inputs, y, group_size: int, *, sync: bool,
     steps, but not counted in the metrics), as tensors on the device (reading them here would make the host wait
     for the GPU). The loss is divided by the batches per optimizer step, so k accumulated batches of b rows give the
     gradient of one batch of k*b rows."""
-    inputs = to_device(inputs, trainer.device, trainer.batches.host_inputs)
+    inputs = trainer.model_inputs(inputs)
     y = y.to(trainer.device, non_blocking=True)
     real = len(y) if real is None else real
     with contextlib.ExitStack() as stack:

@@ -36,17 +36,20 @@ def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist, e
 
 def build_trainer(config: TrainConfig, batches: BatchSource, output_dir: str | Path, dist) -> Trainer:
     """A Trainer with the model ``config.model`` names for the data (``auto``: its kind's), initialised from
-    ``config.seed``, and the optimizer and learning rate the config names (``auto``/null: the model's defaults)."""
+    ``config.seed``, and the optimizer, learning rate and weight decay the config names (``auto``/null: the model's
+    defaults)."""
     torch.manual_seed(config.seed)
     model = build_model(config.model, dataset=batches.spec, config=config).to(dist.device)
     model_name = resolve_model_name(config.model, batches.spec.kind)
-    optimizer_default, default_lr = default_optimizer(model_name)
+    optimizer_default, default_lr, default_decay = default_optimizer(model_name)
     optimizer_name = optimizer_default if config.optimizer == "auto" else config.optimizer
-    optimizer = make_optimizer(optimizer_name, config, model, default_lr if config.lr is None else config.lr)
+    optimizer = make_optimizer(optimizer_name, config, model, default_lr if config.lr is None else config.lr,
+                               default_decay if config.weight_decay is None else config.weight_decay)
     return Trainer(model, optimizer, batches, dist, config, output_dir, model_name=model_name)
 
 
-def make_optimizer(name: str, config: TrainConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, config: TrainConfig, model: torch.nn.Module, lr: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
     if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, weight_decay=weight_decay)

@@ -23,7 +23,7 @@ from training import checkpoint
 log = logging.getLogger("bigtrain.train")
 # Config keys a resumed run must share with the checkpoint: they shape the model, the optimizer state or what a
 # saved loader position means. Others (epochs, logging, loader threads, checkpoint cadence) may change.
-MUST_MATCH = ("model", "optimizer", "cnn", "rnn", "fasttext", "transformer", "model_config", "loss", "batch_size", "backward_passes_per_step", "seed",
+MUST_MATCH = ("model", "optimizer", "cnn", "rnn", "fasttext", "transformer", "model_config", "loss", "collate", "batch_size", "backward_passes_per_step", "seed",
               "length_bucketing", "shuffle_buffer")
 
 

@@ -29,7 +29,7 @@ from training.device import describe, precision_for, to_device
 from training.distributed import unwrap
 from training.elastic import fit_elastic
 from training.epoch import train_epoch
-from training.models import loss_function, resolve_model_name
+from training.models import collate_function, loss_function, resolve_model_name
 from training.reports import MetricsLog, classification_report, write_evaluation_report
 from training.resume import Progress
 from training.shards import DataCoverageError, plan_shard
@@ -78,6 +78,7 @@ class Trainer:
         # float16 gradients underflow without loss scaling; enabled only for float16 mixed precision on a GPU
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
         self.loss = loss_function(config.loss)  # (logits, labels) -> one loss per row
+        self.collate = collate_function(config.collate)  # None, or the batch's inputs -> the model's
         self.dataset = batches.dataset_entry()  # once: it may read the vocabulary
         self.metrics_log: MetricsLog | None = None  # rank 0's, opened on first use
 
@@ -188,6 +189,13 @@ class Trainer:
                              config.early_stopping_min_delta, config.early_stopping_patience)
             self.save_resume_point(progress, commit)
 
+    def model_inputs(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """A batch's inputs as the model takes them, on its device: through ``train.collate`` when there is one
+        (all of its outputs moved), else as collated (sequence lengths left on the host)."""
+        if self.collate is not None:
+            return to_device(self.collate(inputs), self.device)
+        return to_device(inputs, self.device, self.batches.host_inputs)
+
     @property
     def best_path(self) -> Path:
         return self.output_dir / checkpoint.RESUME_DIR / BEST_FILE
@@ -243,7 +251,7 @@ class Trainer:
                                                                     batch_size=self.config.batch_size):
             y = y.to(device, non_blocking=True)
             with self.precision.context(device):
-                logits = model(*to_device(inputs, device, self.batches.host_inputs))
+                logits = model(*self.model_inputs(inputs))
             logits = logits.float()
             loss_sum += self.loss(logits, y).double().sum()
             confusion.index_add_(0, y * num_classes + logits.argmax(1),

@@ -52,3 +52,22 @@ def smoothed(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def averaged(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """A wrong loss: one number for the batch, where bigtrain needs one per row."""
     return nn.functional.cross_entropy(logits, labels)
+
+
+def counts(inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor]:
+    """A collate function of the user's: token ids and lengths -> one row of token counts per sequence (the
+    vocabulary's width is the largest id seen + 1, padded to ``COUNTS_WIDTH``)."""
+    tokens, lengths = inputs
+    real = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    bags = torch.zeros(len(tokens), COUNTS_WIDTH)
+    bags.scatter_add_(1, (tokens.long() * real).clamp(max=COUNTS_WIDTH - 1), real.float())
+    bags[:, 0] = 0  # padding
+    return (bags,)
+
+
+COUNTS_WIDTH = 4096
+
+
+def bag_model(dataset: DatasetSpec, config: dict) -> nn.Module:
+    """A linear model over the token counts ``counts`` makes."""
+    return nn.Linear(COUNTS_WIDTH, len(dataset.classes))

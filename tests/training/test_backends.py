@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.horovod, pytest.mark.spark]
 TRAIN = str(REPO / "jobs" / "train.py")
 
 
-def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, cwd=cwd, env=env or subprocess_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{cmd[0]} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done
 
@@ -47,14 +47,17 @@ def test_torch_backend_under_torchrun_matches_horovodrun(image_dataset, tmp_path
 
 def test_torch_backend_launched_on_spark_by_torch_distributor(image_dataset, tmp_path):
     """--launcher spark --backend torch: Spark's TorchDistributor starts the DDP ranks in barrier tasks (no Horovod
-    involved); the run equals the same run under torchrun."""
+    involved); the run equals the same run under torchrun. The model is a user's, from an import path."""
     common = ["--data", str(image_dataset), "--epochs", "1", "--batch-size", "8", "--no-progress",
-              "--loader-workers", "1", "--backend", "torch"]
+              "--loader-workers", "1", "--backend", "torch", "--model", "tests.training.custom_model:build"]
+    env = {**subprocess_env(), "PYTHONPATH": str(REPO)}  # the user's module, importable in the Spark tasks
     run([sys.executable, TRAIN, "--launcher", "spark", "--master", "local[2]", "--num-proc", "2", "--output",
-         str(tmp_path / "spark"), *common], tmp_path)
-    run([tool("torchrun"), "--nproc_per_node", "2", TRAIN, "--output", str(tmp_path / "torchrun"), *common], tmp_path)
+         str(tmp_path / "spark"), *common], tmp_path, env)
+    run([tool("torchrun"), "--nproc_per_node", "2", TRAIN, "--output", str(tmp_path / "torchrun"), *common], tmp_path,
+        env)
     by_spark, by_torchrun = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("spark", "torchrun"))
     assert by_spark["backend"] == "torch" and by_spark["world_size"] == 2
+    assert by_spark["model"] == by_torchrun["model"] == "tests.training.custom_model:build"
     assert by_spark["history"][0]["train_loss"] == pytest.approx(by_torchrun["history"][0]["train_loss"], rel=1e-4)
     assert by_spark["test_loss"] == pytest.approx(by_torchrun["test_loss"], rel=1e-4)
 
@@ -109,7 +112,8 @@ def _parent(pid: int) -> int | None:
 
 def test_elastic_run_survives_a_killed_worker(image_dataset, tmp_path):
     """Three workers on two host names (both this machine); the one on the second name is killed after the first
-    epoch. Horovod drops that host, the two others roll back to the last commit and finish every epoch."""
+    epoch. Horovod drops that host, the two others roll back to the last commit and finish every epoch. The model
+    is a user's, from an import path."""
     hostname = second_host_name()
     hosts = tmp_path / "hosts.txt"
     hosts.write_text(f"localhost:2\n{hostname}:1\n")
@@ -117,10 +121,10 @@ def test_elastic_run_survives_a_killed_worker(image_dataset, tmp_path):
     cmd = [tool("horovodrun"), "-np", "3", "--min-np", "2", "--max-np", "3", "--host-discovery-script",
            str(REPO / "scripts" / "discover_hosts.sh"), "--network-interface", "lo", "--gloo", sys.executable, TRAIN,
            "--elastic", "--data", str(image_dataset), "--output", str(output), "--epochs", "3", "--batch-size", "8",
-           "--no-progress", "--checkpoint-every-steps", "2"]
+           "--no-progress", "--checkpoint-every-steps", "2", "--model", "tests.training.custom_model:build"]
     log = tmp_path / "log.txt"
     with open(log, "w") as sink:
-        job = subprocess.Popen(cmd, cwd=tmp_path, env={**subprocess_env(), "BIGTRAIN_HOSTS_FILE": str(hosts)},
+        job = subprocess.Popen(cmd, cwd=tmp_path, env={**subprocess_env(), "BIGTRAIN_HOSTS_FILE": str(hosts), "PYTHONPATH": str(REPO)},
                                stdout=sink, stderr=subprocess.STDOUT)
         metrics_lines = output / "metrics.jsonl"
         deadline = time.monotonic() + 300

@@ -15,9 +15,9 @@ from tests.conftest import REPO, second_host_name, subprocess_env, tool
 pytestmark = [pytest.mark.horovod, pytest.mark.spark]
 
 
-def horovodrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def horovodrun(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     cmd = [tool("horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, *args]
-    done = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=cwd, env=env or subprocess_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"horovodrun failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done
 
@@ -76,16 +76,19 @@ def test_horovodrun_over_two_host_names_with_a_hostfile(image_dataset, tmp_path)
 
 def test_training_launched_on_spark_matches_horovodrun(image_dataset, tmp_path):
     """--launcher spark runs the same loop as Horovod ranks inside Spark tasks (horovod.spark.run); with one reader
-    thread per rank the data order is fixed, so both launchers train the same model."""
+    thread per rank the data order is fixed, so both launchers train the same model: here a user's model from an
+    import path, which the Spark tasks build from the config they are sent."""
     common = ["--data", str(image_dataset), "--epochs", "2", "--batch-size", "8", "--no-progress",
-              "--loader-workers", "1"]
-    horovodrun([str(REPO / "jobs" / "train.py"), "--output", str(tmp_path / "hvd"), *common], tmp_path)
+              "--loader-workers", "1", "--model", "tests.training.custom_model:build"]
+    env = {**subprocess_env(), "PYTHONPATH": str(REPO)}  # the user's module, importable in the Spark tasks
+    horovodrun([str(REPO / "jobs" / "train.py"), "--output", str(tmp_path / "hvd"), *common], tmp_path, env=env)
     done = subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), "--launcher", "spark", "--master",
                            "local[2]", "--num-proc", "2", "--output", str(tmp_path / "spark"), *common],
-                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     by_hvd, by_spark = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("hvd", "spark"))
     assert by_spark["world_size"] == by_hvd["world_size"] == 2
+    assert by_spark["model"] == by_hvd["model"] == "tests.training.custom_model:build"
     for a, b in zip(by_hvd["history"], by_spark["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)

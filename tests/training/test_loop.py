@@ -60,13 +60,13 @@ def test_an_empty_test_split_gives_null_test_metrics_not_zero(image_dataset, tmp
     assert metrics["test_rows"] == 0 and metrics["test_accuracy"] is None and metrics["test_loss"] is None
 
 
-def test_sequence_training_learns_with_the_default_lstm(text_dataset, tmp_path):
+def test_sequence_training_learns_with_the_default_fasttext(text_dataset, tmp_path):
     config = load_section("train", TrainConfig, overrides=["train.epochs=4", "train.batch_size=16",
                                                           "train.progress_bar=never"])
     metrics = train(config, data_url=str(text_dataset), output_dir=tmp_path, dist=SingleProcess()).metrics
-    assert metrics["model"] == "lstm" and metrics["optimizer"] == "adam"
+    assert metrics["model"] == "fasttext" and metrics["optimizer"] == "adam"
     assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
     meta = json.loads((text_dataset / "metadata.json").read_text())
     assert metrics["test_rows"] == meta["splits"]["test"]["rows"]
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert checkpoint["model"] == "lstm" and checkpoint["dataset"]["sequence"]["vocab_size"] == meta["sequence"]["vocab_size"]
+    assert checkpoint["model"] == "fasttext" and checkpoint["dataset"]["sequence"]["vocab_size"] == meta["sequence"]["vocab_size"]

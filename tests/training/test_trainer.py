@@ -62,9 +62,9 @@ def test_training_in_memory_learns_and_writes_metrics_reports_and_a_checkpoint_t
     torch.testing.assert_close(model(images), result.model.eval()(images))
 
 
-def test_sequences_in_memory_learn_with_the_default_lstm(tmp_path):
+def test_sequences_in_memory_learn_with_the_lstm(tmp_path):
     source = sequence_source()
-    metrics = train(config("train.epochs=4", "train.lr=0.02"), source, tmp_path).metrics
+    metrics = train(config("train.epochs=4", "train.lr=0.02", "train.model=lstm"), source, tmp_path).metrics
     assert metrics["model"] == "lstm" and metrics["optimizer"] == "adam"
     assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
     assert metrics["test_accuracy"] >= 0.9 and metrics["test_rows"] == 32

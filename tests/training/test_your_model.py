@@ -61,6 +61,23 @@ def test_a_checkpoint_whose_model_cannot_be_imported_is_refused_in_one_line(tmp_
         checkpoint.load_model(reshaped)
 
 
+def test_a_collate_function_shapes_the_inputs_in_training_and_after_loading(tmp_path):
+    from training.models import Collated
+
+    source = sequence_source()
+    cfg = config("train.epochs=3", "train.lr=0.05", "train.model=tests.training.custom_model:bag_model",
+                 "train.collate=tests.training.custom_model:counts")
+    metrics = build_trainer(cfg, source, tmp_path, SingleProcess()).train().metrics
+    assert metrics["test_accuracy"] >= 0.9 and metrics["parameters"] == 4096 * 2 + 2  # the linear model over counts
+    model, payload = checkpoint.load_model(tmp_path / "checkpoint.pt")
+    assert isinstance(model, Collated) and isinstance(model.model, torch.nn.Linear)
+    tokens, lengths = source.examples["test"].inputs  # bigtrain's inputs in, the collate applied inside
+    assert model(tokens, lengths).argmax(1).eq(source.examples["test"].labels).float().mean() == pytest.approx(
+        metrics["test_accuracy"])
+    with pytest.raises(ConfigError, match=r"config key train\.collate: 'counts' is not an import path"):
+        config("train.collate=counts")
+
+
 def test_resuming_with_another_model_config_is_refused(tmp_path):
     build_trainer(config(f"train.model={MODEL}"), sequence_source(), tmp_path, SingleProcess()).train()
     with pytest.raises(CheckpointError, match=r"was trained with train\.model_config=\{\}, this run has "
@@ -90,6 +107,26 @@ def test_fit_trains_from_python_with_a_factory_and_settings(text_dataset, tmp_pa
     assert written["baselines"]["bag_of_words"]["accuracy"] > written["baselines"]["majority_class"]["accuracy"]
     with pytest.raises(ConfigError, match=r"unknown config key train\.epoch \(known keys of train: "):
         fit(str(text_dataset), tmp_path / "typo", epoch=2)
+
+
+@pytest.mark.spark
+def test_predict_scores_as_the_trainer_did_with_a_collate_function(spark, text_dataset, tmp_path):
+    from core.config import load_section
+    from core.paths import to_url
+    from dataset.info import load_dataset_info
+    from jobs import predict as job
+
+    metrics = fit(str(text_dataset), tmp_path / "model", model="tests.training.custom_model:bag_model",
+                  collate="tests.training.custom_model:counts", epochs=2, lr=0.05, batch_size=16,
+                  loader_workers=0, progress_bar="never", backend="single").metrics
+    info = load_dataset_info(str(text_dataset))
+    job.predict(spark, model=job.load_checkpoint(str(tmp_path / "model")), data=info,
+                output_url=to_url(str(tmp_path / "scored")), config=load_section("predict", job.PredictConfig))
+    import pandas as pd
+
+    scored = pd.read_parquet(tmp_path / "scored")
+    assert len(scored) == info.splits["test"].rows == metrics["test_rows"]
+    assert (scored["predicted_class"] == scored["label"]).mean() == pytest.approx(metrics["test_accuracy"])
 
 
 def launch(cmd: list[str], cwd) -> subprocess.CompletedProcess:
