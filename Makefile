@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export SPARK_SUBMIT_OPTS ?= -Dlog4j2.configurationFile=file:$(CURDIR)/conf/log4j2.properties
 
-.PHONY: setup demo demo-images demo-text test test-fast bench dist clean help gpu-check gpu-check-data
+.PHONY: setup demo demo-images demo-text test test-fast bench bench-text dist clean help gpu-check gpu-check-data
 BENCH_ARGS ?= --size quick
 
 help:
@@ -22,6 +22,7 @@ help:
 	@echo "make test-fast  tests that need neither Spark nor horovodrun"
 	@echo "make dist       dist/bigtrain-src.zip, the code spark-submit --py-files ships to a cluster"
 	@echo "make bench      benchmarks (BENCH_ARGS='--size 4' to scale up); table on stdout, JSON in runs/bench/"
+	@echo "make bench-text the text models and their baselines on a real-text set (installed packages' docstrings)"
 	@echo "make gpu-check-data   small image and text datasets + offline wheels for a GPU host, in .cache/gpu_check (< 60 MiB)"
 	@echo "make gpu-check  on a GPU host (no venv, Java or Spark needed): CNN and LSTM with single/torchrun/horovodrun,"
 	@echo "                table + verdict in runs/gpu_check (GPU_CHECK_ARGS='--out DIR ...'; scripts/gpu_check.sh --help)"
@@ -57,6 +58,9 @@ test-fast: setup
 
 bench: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m benchmarks.run $(BENCH_ARGS)
+
+bench-text: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m benchmarks.text_models $(BENCH_TEXT_ARGS)
 
 dist: setup
 	$(VPY) scripts/make_dist.py dist/bigtrain-src.zip

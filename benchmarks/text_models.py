@@ -130,7 +130,7 @@ def _per_run(values: list) -> str:
 
 def table(rows: list[dict[str, Any]], baselines: dict[str, Any] | None) -> str:
     """The markdown table: a row per model, then the two baselines."""
-    lines = ["| model | test accuracy | best val accuracy | epochs run / best | seconds | parameters |",
+    lines = ["| model | test accuracy | best val accuracy | epochs run / best | seconds per run | parameters |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         accuracy = _num(row["test_accuracy"])
