@@ -51,18 +51,25 @@ def test_padding_does_not_change_a_prediction(cell, bidirectional):
     torch.manual_seed(0)
     model = RNNClassifier(cell=cell, vocab_size=50, num_classes=3, embed_dim=8, hidden=16, layers=2,
                           bidirectional=bidirectional, dropout=0.3).eval()
-    short = torch.tensor([[5, 9, 2]])
-    alone = model(short, torch.tensor([3]))
+    check_padding_invariance(model, atol=1e-6)
+
+
+SHORT = torch.tensor([[5, 9, 2]])
+
+
+def check_padding_invariance(model, *, atol: float) -> None:
+    """A 3-token sequence gets the same logits alone, padded to 11 inside a batch, and with garbage after its end
+    (the prediction comes from its real tokens, not from position max_length - 1)."""
+    alone = model(SHORT, torch.tensor([3]))
     batch = torch.zeros(3, 11, dtype=torch.long)
     batch[0, :11] = torch.arange(1, 12)
-    batch[1, :3] = short[0]  # the same sequence, padded to 11 inside the batch
+    batch[1, :3] = SHORT[0]  # the same sequence, padded to 11 inside the batch
     batch[2, :7] = torch.arange(20, 27)
-    together = model(batch, torch.tensor([11, 3, 7]))
-    torch.testing.assert_close(together[1:2], alone, rtol=1e-5, atol=1e-6)
-    # ... and the prediction comes from the last real step, not from position max_length - 1:
+    lengths = torch.tensor([11, 3, 7])
+    torch.testing.assert_close(model(batch, lengths)[1:2], alone, rtol=1e-5, atol=atol)
     other_tail = batch.clone()
     other_tail[1, 3:] = 42  # garbage after the true end
-    torch.testing.assert_close(model(other_tail, torch.tensor([11, 3, 7]))[1:2], alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model(other_tail, lengths)[1:2], alone, rtol=1e-5, atol=atol)
 
 
 def test_sequence_collate_pads_to_the_longest_in_the_batch():
@@ -101,18 +108,9 @@ def small_config(*overrides: str):
 def test_the_bag_of_embeddings_and_the_transformer_ignore_padding(name, overrides):
     torch.manual_seed(0)
     model = build_model(name, dataset=sequence_spec(), config=small_config(*overrides)).eval()
-    short = torch.tensor([[5, 9, 2]])
-    alone = model(short, torch.tensor([3]))
-    batch = torch.zeros(3, 11, dtype=torch.long)
-    batch[0, :11] = torch.arange(1, 12)
-    batch[1, :3] = short[0]  # the same sequence, padded to 11 inside the batch
-    batch[2, :7] = torch.arange(20, 27)
-    lengths = torch.tensor([11, 3, 7])
-    torch.testing.assert_close(model(batch, lengths)[1:2], alone, rtol=1e-5, atol=1e-5)
-    other_tail = batch.clone()
-    other_tail[1, 3:] = 42  # whatever lies past a sequence's end is not read
-    torch.testing.assert_close(model(other_tail, lengths)[1:2], alone, rtol=1e-5, atol=1e-5)
-    reordered = short[:, [2, 1, 0]]  # ... while its tokens are: a different sequence, different logits
+    check_padding_invariance(model, atol=1e-5)
+    alone, reordered = model(SHORT, torch.tensor([3])), SHORT[:, [2, 1, 0]]
+    # ... while its tokens are read: a different sequence, different logits
     assert not torch.allclose(model(reordered, torch.tensor([3])), alone, atol=1e-4) or name == "fasttext" and \
         "train.fasttext.bigrams=false" in overrides  # without bigrams the bag of words is order-free by design
 
