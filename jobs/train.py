@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the model's, cnn 0.01 with sgd, rnn/lstm/gru 0.002 with adam)")
     parser.add_argument("--seed", type=int, metavar="N", help="seeds initial weights and shuffling (default 42)")
     parser.add_argument("--model", type=_model, metavar="NAME|MODULE:FACTORY",
-                        help="auto (default): what the dataset calls for, cnn for images, lstm for sequences; or "
-                             "cnn, rnn, lstm, gru, fasttext, transformer; or your own model as an import path, "
+                        help="auto (default): what the dataset calls for, cnn for images, fasttext for sequences; "
+                             "or cnn, fasttext, transformer, lstm, gru, rnn (for labels that hang on word order, "
+                             "try lstm); or your own model as an import path, "
                              "package.module:factory, called as factory(dataset_spec, model_config) with the "
                              "train.model_config mapping (--set train.model_config.KEY=VALUE); see README")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), help="default: the model's (see --lr)")
