@@ -2,15 +2,15 @@
 
     from training.api import fit, load_model
 
-    result = fit("runs/demo/dataset/texts", "runs/notebook/model", model="mypackage.models:build",
+    result = fit("runs/demo/texts/dataset", "runs/notebook/model", model="mypackage.models:build",
                  epochs=20, model_config={"hidden": 128}, rnn={"hidden": 64})
     result.metrics["test_accuracy"], result.metrics["baselines"]
     model, payload = load_model("runs/notebook/model/checkpoint.pt")
 
 ``fit`` is ``bigtrain train`` as a function: the same layered config (``conf/bigtrain.yaml``, then ``config_file``,
 then the keyword settings, each a key of section ``train``; nested sections as mappings), the same checkpoints,
-resume, reports and baselines. Under ``horovodrun`` or ``torchrun`` a script that calls it trains on every rank;
-alone it is one process.
+resume, reports and baselines. It trains in the calling process (``backend="auto"``: a world of one); for several
+processes launch ``jobs/train.py`` with horovodrun or torchrun.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
+from training.models import real_tokens
 from training.shards import plan_shard
 
 BAG_OF_WORDS = "multinomial naive Bayes over token counts (Laplace smoothing)"
@@ -33,7 +34,7 @@ class NaiveBayes:
 
     def add(self, tokens: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> None:
         tokens, labels = tokens.long().cpu(), labels.long().cpu()
-        real = torch.arange(tokens.shape[1])[None, :] < lengths.cpu()[:, None]
+        real = real_tokens(tokens, lengths)
         flat = (labels[:, None] * self.vocab_size + tokens)[real]
         self.counts.index_add_(0, flat, torch.ones(len(flat), dtype=torch.float64))
         self.counts.index_add_(0, self.num_classes * self.vocab_size + labels,
@@ -51,7 +52,7 @@ class NaiveBayes:
                 lengths: torch.Tensor) -> torch.Tensor:
         log_prior, log_likelihood = fitted
         tokens = tokens.long().cpu()
-        real = torch.arange(tokens.shape[1])[None, :] < lengths.cpu()[:, None]
+        real = real_tokens(tokens, lengths)
         scores = (log_likelihood[tokens] * real[..., None]).sum(1) + log_prior
         return scores.argmax(1)
 

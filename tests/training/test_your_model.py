@@ -35,8 +35,8 @@ def test_a_model_from_an_import_path_trains_and_its_checkpoint_rebuilds_it(tmp_p
     assert isinstance(model, MeanOfTokens) and model.embedding.weight.shape[1] == 12
     assert payload["model"] == MODEL and payload["config"]["model_config"] == {"width": 12}
     tokens, lengths = source.examples["test"].inputs
-    trained = build_trainer(cfg, source, tmp_path / "again", SingleProcess()).model  # untrained: differs
-    assert not torch.allclose(trained(tokens, lengths), model(tokens, lengths))
+    fresh = build_trainer(cfg, source, tmp_path / "again", SingleProcess()).model  # untrained: differs
+    assert not torch.allclose(fresh(tokens, lengths), model(tokens, lengths))
     assert model(tokens, lengths).argmax(1).eq(source.examples["test"].labels).float().mean() == pytest.approx(
         metrics["test_accuracy"])
 
