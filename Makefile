@@ -1,7 +1,18 @@
 # bigtrain: `make demo` and `make test` are the two commands; both set up the environment first when needed.
 SHELL := /bin/bash
 PYTHON ?= python3
-VENV := .venv
+# STACK=current (default): Spark 4, pyarrow 26, numpy 2 (requirements/runtime.txt), in .venv.
+# STACK=spark35: the previous stack for clusters still on Spark 3.5 (requirements/spark35.txt), in .venv-spark35.
+STACK ?= current
+ifeq ($(STACK),current)
+RUNTIME := requirements/runtime.txt
+VENV ?= .venv
+else ifeq ($(STACK),spark35)
+RUNTIME := requirements/spark35.txt
+VENV ?= .venv-spark35
+else
+$(error STACK=$(STACK): choose STACK=current (Spark 4, the default) or STACK=spark35 (Spark 3.5))
+endif
 VPY := $(VENV)/bin/python
 WHEELS := .cache/wheels
 STAMP := $(VENV)/.bigtrain-setup
@@ -16,6 +27,7 @@ BENCH_ARGS ?= --size quick
 
 help:
 	@echo "make setup      create $(VENV) and install the pinned stack (Horovod built once, cached in $(WHEELS))"
+	@echo "                STACK=spark35: the previous stack (Spark 3.5, pyarrow 14, numpy 1) in .venv-spark35"
 	@echo "make demo       images and texts: sample data -> spark-submit preprocessing -> horovodrun -np 2 -> test metrics"
 	@echo "make demo-images / make demo-text   one of the two"
 	@echo "make test       the full test suite (what CI runs)"
@@ -29,16 +41,16 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/runtime.txt requirements/petastorm.txt requirements/dev.txt scripts/build_horovod.sh scripts/horovod_build_env.py
-	@bash scripts/check_java.sh
-	@$(PYTHON) -c 'import sys; v=sys.version_info[:2]; sys.exit(0 if v==(3,11) else "error: bigtrain needs Python 3.11 (found %d.%d); set PYTHON=/path/to/python3.11" % v)'
+$(STAMP): pyproject.toml $(RUNTIME) requirements/petastorm.txt requirements/dev.txt scripts/build_horovod.sh scripts/horovod_build_env.py
+	@bash scripts/check_java.sh $(STACK)
+	@$(PYTHON) scripts/check_python.py $(STACK)
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -r requirements/runtime.txt -r requirements/dev.txt
+	$(VPY) -m pip install -q -r $(RUNTIME) -r requirements/dev.txt
 	$(VPY) -m pip install -q --no-deps -r requirements/petastorm.txt
 	wheel=$$(bash scripts/build_horovod.sh $(VPY) $(WHEELS)) && $(VPY) -m pip install -q "$$wheel"
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
-	$(VPY) -c 'import horovod.torch, petastorm, pyspark, torch; print("stack ok: torch", torch.__version__, "pyspark", pyspark.__version__, "petastorm", petastorm.__version__)'
+	$(VPY) -c 'import compat.petastorm; compat.petastorm.install(); import horovod.torch, petastorm, pyarrow, pyspark, torch; print("stack ok ($(STACK)): python", __import__("sys").version.split()[0], "torch", torch.__version__, "pyspark", pyspark.__version__, "pyarrow", pyarrow.__version__, "petastorm", petastorm.__version__)'
 	@touch $(STAMP)
 
 demo: setup

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from benchmarks.common import Result, check, cores, rate, seconds
+from compat import petastorm as petastorm_compat
 from core.config import load_section
 from dataset.info import load_dataset_info
 from training.collation import ImageDecoder, padded_ids
@@ -115,12 +116,10 @@ def petastorm_reader(dataset: str, *, pool: str, workers: int | None, batched: b
     shuffling busy-polls); ``make_reader`` (row by row, Petastorm's codecs) into ``petastorm.pytorch.DataLoader``,
     or ``make_batch_reader`` with a ``TransformSpec`` that decodes whole row groups in the pool's workers. Returns
     (run, close): ``run`` reads one split's worth of rows from the stream."""
+    petastorm_compat.install()  # before Petastorm's first import
     from petastorm import TransformSpec, make_batch_reader, make_reader
     from petastorm.pytorch import DataLoader
 
-    from training import petastorm_fixes
-
-    petastorm_fixes.install()
     info = load_dataset_info(dataset)
     url, rows = "file://" + train_dir(dataset), info.splits["train"].rows
     extra = {} if workers is None else {"workers_count": workers}
@@ -129,7 +128,7 @@ def petastorm_reader(dataset: str, *, pool: str, workers: int | None, batched: b
         codec = info.spec.image.codec
         transform = TransformSpec(_decode_frame(codec), edit_fields=[("image", np.uint8, tuple(info.spec.image.shape),
                                                                       False)])
-        with petastorm_fixes.arrow_schema_only():
+        with petastorm_compat.arrow_schema_only():
             reader = make_batch_reader(url, num_epochs=None, reader_pool_type=pool, seed=1, transform_spec=transform,
                                        schema_fields=fields, **extra)
         stream = (len(batch.label) for batch in reader)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from pyspark.sql import types as T
 
+from compat import petastorm as petastorm_compat
+
 IMAGE_CODECS = ("png", "jpeg", "raw")
 
 # Output of the decode step (pipelines.images.decode_image_batch): one row per input file, accepted or not.
@@ -35,6 +37,7 @@ def image_shape(image_size: int, channels: int) -> tuple[int, ...]:
 
 def image_unischema(image_size: int, channels: int, codec: str):
     """The Petastorm schema of one split of an image dataset."""
+    petastorm_compat.install()  # before Petastorm's first import (this runs on executors too)
     from petastorm.codecs import CompressedImageCodec, NdarrayCodec, ScalarCodec
     from petastorm.unischema import Unischema, UnischemaField
 
@@ -61,6 +64,7 @@ def sequence_unischema():
     ("Length of all values in column ... are expected to be the same length"), while bytes read fast in both of
     its modes. ``length`` is the true (truncated) length.
     """
+    petastorm_compat.install()
     from petastorm.codecs import ScalarCodec
     from petastorm.unischema import Unischema, UnischemaField
 

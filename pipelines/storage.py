@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from compat import petastorm as petastorm_compat
 from core.errors import DatasetError
 from core.paths import filesystem, from_encoded_url, join, normalise_url
 from dataset import layout
@@ -416,26 +417,29 @@ def parquet_options(row_group_size_mb: int) -> dict[str, str]:
 
 def write_petastorm_metadata(spark: SparkSession, url: str, schema) -> None:
     """``_common_metadata`` of the Parquet files at ``url`` as ``materialize_dataset`` writes it (Petastorm's
-    pickled Unischema, then the row groups of each file as JSON), with Petastorm's own functions and file system;
-    the footers are read here on the driver instead of in a Spark job."""
+    pickled Unischema, then the row groups of each file as JSON), with Petastorm's own functions, file system and
+    dataset class (``compat.petastorm`` gives it one on pyarrow >= 15); the footers are read here on the driver
+    instead of in a Spark job."""
+    petastorm_compat.install()
     from petastorm import utils
-    from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY, load_row_groups
+    from petastorm.etl import dataset_metadata
     from petastorm.fs_utils import FilesystemResolver
     from pyarrow import parquet as pq
 
     resolver = FilesystemResolver(url, spark.sparkContext._jsc.hadoopConfiguration(),
                                   user=spark.sparkContext.sparkUser())
     fs, path = resolver.filesystem_factory()(), resolver.get_dataset_path()
+    legacy_dataset = dataset_metadata.pq.ParquetDataset  # pyarrow's legacy class, or compat's on pyarrow >= 15
     with warnings.catch_warnings():  # petastorm 0.13 runs on pyarrow's deprecated legacy dataset API
         warnings.simplefilter("ignore", FutureWarning)
-        dataset = pq.ParquetDataset(path, filesystem=fs, validate_schema=False)
-        utils.add_to_dataset_metadata(dataset, UNISCHEMA_KEY, pickle.dumps(schema))
+        dataset = legacy_dataset(path, filesystem=fs, validate_schema=False)
+        utils.add_to_dataset_metadata(dataset, dataset_metadata.UNISCHEMA_KEY, pickle.dumps(schema))
         row_groups = {}
         for piece in dataset.pieces:  # materialize_dataset's order (the JSON keeps it)
             with fs.open(piece.path) as fh:
                 row_groups[os.path.relpath(piece.path, dataset.paths)] = pq.read_metadata(fh).num_row_groups
-        utils.add_to_dataset_metadata(dataset, ROW_GROUPS_PER_FILE_KEY, json.dumps(row_groups))
-        load_row_groups(pq.ParquetDataset(path, filesystem=fs, validate_schema=False))  # as materialize_dataset checks
+        utils.add_to_dataset_metadata(dataset, dataset_metadata.ROW_GROUPS_PER_FILE_KEY, json.dumps(row_groups))
+        dataset_metadata.load_row_groups(legacy_dataset(path, filesystem=fs, validate_schema=False))  # its check
 
 
 def write_splits(spark: SparkSession, rows: DataFrame, *, groups: list[dict[str, Any]], output_url: str, schema,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every package of ARCHITECTURE.md's layers (tests/test_architecture.py checks the list is complete).
-PACKAGES = ("core", "dataset", "pipelines", "training", "inference", "orchestration", "jobs")
+PACKAGES = ("core", "compat", "dataset", "pipelines", "training", "inference", "orchestration", "jobs")
 
 
 def build(output: Path) -> Path:

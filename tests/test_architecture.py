@@ -24,7 +24,7 @@ SHARED_JOB_MODULES = {"jobs.common", "jobs.cli"}  # what every entry point may u
 # Engines a package must not import at all (anywhere) / at the top of a file: the contract and the base run on
 # every host; training runs on GPU nodes without Spark or Java; the Spark side runs on executors without torch.
 NEVER = {"core": {"pyspark", "torch", "horovod", "petastorm"}, "dataset": {"pyspark", "torch", "horovod", "petastorm"},
-         "pipelines": {"torch", "horovod"}}
+         "pipelines": {"torch", "horovod"}, "compat": {"pyspark", "torch", "horovod"}}
 NOT_AT_TOP = {"training": {"pyspark"}}
 
 

@@ -258,27 +258,6 @@ def test_metadata_that_disagrees_with_the_files_is_refused(image_dataset, tmp_pa
         load_dataset_info(str(copy))
 
 
-def test_thread_pool_fix_waits_for_the_ventilator():
-    """The race in Petastorm's ThreadPool: nothing ventilated yet looks like 'all workers done'."""
-    import petastorm.reader
-    from petastorm.workers_pool.thread_pool import ThreadPool
-
-    from training import petastorm_fixes
-    from training.petastorm_fixes import OrderedEndThreadPool
-
-    class NotFinished:
-        def completed(self):
-            return False
-
-    for cls, expected in ((ThreadPool, True), (OrderedEndThreadPool, False)):
-        pool = cls(2)
-        pool._results_queues = [__import__("queue").Queue() for _ in range(2)]
-        pool._ventilator = NotFinished()
-        assert pool.all_workers_done() is expected
-    petastorm_fixes.install()
-    assert petastorm.reader.ThreadPool is OrderedEndThreadPool
-
-
 @pytest.mark.parametrize("kind", ["image", "sequence"])
 def test_a_chunk_cut_into_batches_equals_each_batch_collated_alone(kind):
     """The loader's vectorised chunk (one buffer per dtype) gives exactly the tensors of collate, batch by batch."""

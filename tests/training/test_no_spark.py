@@ -81,8 +81,9 @@ def test_a_tampered_schema_pickle_is_never_loaded(image_dataset, tmp_path):
     marker = tmp_path / "pickle-ran"
     tamper(copy, marker)
     # The tampering is real: plain Petastorm, asked for the stored schema, runs the payload.
-    probe = subprocess.run([sys.executable, "-c", "import sys; from petastorm.etl.dataset_metadata import "
-                            "get_schema_from_dataset_url as g; g(sys.argv[1])", f"file://{copy / 'train'}"],
+    probe = subprocess.run([sys.executable, "-c", "import sys; import compat.petastorm as c; c.install(); "
+                            "from petastorm.etl.dataset_metadata import get_schema_from_dataset_url as g; "
+                            "g(sys.argv[1])", f"file://{copy / 'train'}"],
                            env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert marker.exists(), f"the tampered pickle did not run under plain Petastorm: {probe.stderr[-2000:]}"
     marker.unlink()
@@ -94,11 +95,12 @@ def test_a_tampered_schema_pickle_is_never_loaded(image_dataset, tmp_path):
 
 
 def read_columns(split_url: str, arrow_only: bool) -> dict:
+    from compat import petastorm as petastorm_compat
+
+    petastorm_compat.install()
     from petastorm import make_batch_reader
 
-    from training import petastorm_fixes
-
-    schema = petastorm_fixes.arrow_schema_only() if arrow_only else contextlib.nullcontext()
+    schema = petastorm_compat.arrow_schema_only() if arrow_only else contextlib.nullcontext()
     with schema:
         reader = make_batch_reader(split_url, reader_pool_type="dummy", num_epochs=1, shuffle_row_groups=False)
     try:
