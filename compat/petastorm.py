@@ -27,6 +27,9 @@ compatibility patches find nothing to do and only the fixes apply.
 8. The Unischema pickle in ``_common_metadata`` names ``pyspark.sql.types``: where pyspark is not installed (a
    GPU node), Petastorm's restricted unpickler gets placeholders for those types, enough for ``make_reader``.
    bigtrain's own readers never load that pickle (``arrow_schema_only``).
+9. OpenCV 5 warns on every PNG that ``CompressedImageCodec.encode`` writes, because it passes JPEG's quality
+   flag whatever the format ("imencodeWithMetadata An unsupported key(1) was specified"): the flag goes with
+   JPEG only. The PNG bytes are the same (PNG never read that flag).
 
 **Fixes to Petastorm's behaviour** (on every stack):
 
@@ -71,7 +74,7 @@ def _needs(module: str) -> bool:
     """True when ``module`` cannot be imported (found without importing it, where its package allows)."""
     try:
         return importlib.util.find_spec(module) is None
-    except ImportError:  # its parent package is missing
+    except (ImportError, ValueError, AttributeError):  # its parent package is missing, or blocked (None)
         return True
 
 
@@ -307,12 +310,11 @@ class _NumpyModule(types.ModuleType):
 
 
 class _PyarrowModule(types.ModuleType):
-    """pyarrow with ``localfs`` (Petastorm's ``file://`` file system)."""
+    """pyarrow with the legacy names a Petastorm module calls: ``localfs`` (``file://``), ``hdfs``."""
 
-    def __init__(self):
-        import fsspec.implementations.local
+    def __init__(self, **names):
         super().__init__("pyarrow", "pyarrow for Petastorm (bigtrain compat)")
-        self.localfs = fsspec.implementations.local.LocalFileSystem()
+        self.__dict__.update(names)
 
     def __getattr__(self, name):
         import pyarrow
@@ -391,7 +393,8 @@ def install() -> None:
         return
     if "petastorm" in sys.modules and not getattr(sys.modules["petastorm"], "_bigtrain_compat", False):
         raise RuntimeError("petastorm was imported before compat.petastorm.install(): call install() first")
-    with _modules_during_import(_stand_ins()):
+    stand_ins = _stand_ins()
+    with _modules_during_import(stand_ins):
         import petastorm
         import petastorm.etl.dataset_metadata  # noqa: F401  (every module below, while the stand-ins are there)
         import petastorm.etl.legacy
@@ -406,12 +409,16 @@ def install() -> None:
         import petastorm.workers_pool.ventilator
         import petastorm.etl.rowgroup_indexing
         import petastorm.etl.metadata_util
+        import petastorm.hdfs.namenode
     petastorm._bigtrain_compat = True
+    import fsspec.implementations.local
     import pyarrow
     import pyarrow.parquet
     if not hasattr(pyarrow, "localfs"):
-        petastorm.fs_utils.pyarrow = _PyarrowModule()
+        petastorm.fs_utils.pyarrow = _PyarrowModule(localfs=fsspec.implementations.local.LocalFileSystem())
         APPLIED.append("pyarrow.localfs")
+    if "pyarrow.hdfs" in stand_ins:
+        petastorm.hdfs.namenode.pyarrow = _PyarrowModule(hdfs=stand_ins["pyarrow.hdfs"])
     if not hasattr(pyarrow.parquet, "ParquetDatasetPiece"):
         parquet = _ParquetModule()
         for module in (petastorm.etl.dataset_metadata, petastorm.reader, petastorm.arrow_reader_worker,
@@ -424,11 +431,45 @@ def install() -> None:
         for module in (petastorm.unischema, petastorm.arrow_reader_worker):
             module.np = aliases
         APPLIED.append("numpy aliases")
+    _fit_png_encoding(petastorm)
     if _needs("pyspark.sql.types"):
         _install_spark_placeholders(petastorm.etl.legacy)
         APPLIED.append("spark types")
     _install_fixes(petastorm)
     _installed = True
+
+
+def _fit_png_encoding(petastorm) -> None:
+    try:
+        import cv2
+    except ImportError:
+        return
+    if int(cv2.__version__.split(".")[0]) < 5:
+        return
+    import petastorm.codecs as codecs
+
+    released = codecs.CompressedImageCodec.encode
+
+    def encode(self, unischema_field, value):
+        if self._image_codec in (".jpg", ".jpeg"):
+            return released(self, unischema_field, value)
+        # Petastorm 0.13.1's checks and colour order, then imencode without JPEG's quality flag.
+        if unischema_field.numpy_dtype != value.dtype:
+            raise ValueError(f"Unexpected type of {unischema_field.name} feature, expected "
+                             f"{unischema_field.numpy_dtype}, got {value.dtype}")
+        if not codecs._is_compliant_shape(value.shape, unischema_field.shape):
+            raise ValueError(f"Unexpected dimensions of {unischema_field.name} feature, expected "
+                             f"{unischema_field.shape}, got {value.shape}")
+        if len(value.shape) == 3 and value.shape[2] == 3:
+            value = value[:, :, (2, 1, 0)]
+        elif len(value.shape) != 2:
+            raise ValueError("Unexpected image dimensions. Supported dimensions are (H, W) or (H, W, 3). "
+                             f"Got {value.shape}")
+        _, contents = cv2.imencode(self._image_codec, value)
+        return bytearray(contents)
+
+    codecs.CompressedImageCodec.encode = encode
+    APPLIED.append("opencv 5 png")
 
 
 def _install_spark_placeholders(legacy) -> None:

@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines import images, text
+from pipelines.schemas import non_empty
 from training.collation import ImageDecoder, image_inputs, sequence_inputs
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def raw_images(files: DataFrame, listed_paths: DataFrame, *, root_url: str, para
     schema = T.StructType([f for f in SCORING_SCHEMA.fields if f.name != "id"])
 
     def prepare(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
+        for batch in non_empty(batches):
             yield prepare_image_batch(batch, root_url=root_url, params=params)
 
     unread = images.files_not_read(listed_paths, files, root_url=root_url)
@@ -178,7 +179,7 @@ def raw_texts(records: DataFrame, *, params: text.ParseParams, headers: dict[str
 
     def prepare(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         words = vocabulary.value if hasattr(vocabulary, "value") else vocabulary
-        for batch in batches:
+        for batch in non_empty(batches):
             yield prepare_text_batch(batch, params=params, headers=headers, vocabulary=words,
                                      max_length=max_length, dtype=dtype)
 
@@ -228,7 +229,7 @@ def score(rows: DataFrame, *, source: ModelSource, batch_size: int, threads: int
     """SCORING_SCHEMA -> PREDICTION_SCHEMA on the executors; the model is built there, once per Python worker."""
     def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         model = model_for(source, threads)
-        for batch in batches:
+        for batch in non_empty(batches):
             yield score_batch(batch, model=model, source=source, batch_size=batch_size)
 
     return rows.select(*SCORING_SCHEMA.names).mapInPandas(predict, schema=PREDICTION_SCHEMA)

@@ -19,7 +19,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from core.paths import normalise_url
-from pipelines.schemas import DECODED_SCHEMA, image_unischema
+from pipelines.schemas import DECODED_SCHEMA, image_unischema, non_empty
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def decode_images(files: DataFrame, *, root_url: str, params: DecodeParams) -> D
     """``binaryFile`` DataFrame -> DECODED_SCHEMA, decoded in Arrow batches on the executors. Files above
     ``params.max_file_bytes`` are left out, unread: ``files_too_large`` gives their rejected rows."""
     def decode_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
+        for batch in non_empty(batches):
             yield decode_image_batch(batch, root_url=root_url, params=params)
 
     if params.max_file_bytes is not None:  # pushed down: larger files are never read (see files_too_large)

@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from core.paths import normalise_url
+from pipelines.schemas import non_empty
 
 PAD, UNK = "<pad>", "<unk>"
 RESERVED = (PAD, UNK)          # ids 0 and 1, never given to a token
@@ -204,7 +205,7 @@ def broken_of(batch: pd.DataFrame) -> list:
 def parse_lines(lines: DataFrame, *, params: ParseParams, headers: dict[str, list[str]]) -> DataFrame:
     """(source, file_path, raw binary, broken) -> PARSED_SCHEMA, parsed in Arrow batches on the executors."""
     def parse_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
+        for batch in non_empty(batches):
             yield parse_batch(batch, params=params, headers=headers)
 
     return lines.select("source", "file_path", "raw", "broken").mapInPandas(parse_partition, schema=PARSED_SCHEMA)
@@ -228,7 +229,7 @@ def number_lines(lines: DataFrame, *, csv_quotes: bool = False) -> DataFrame:
 
     def number(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         current, count, states = None, 0, (False, True)
-        for batch in batches:
+        for batch in non_empty(batches):
             index = np.empty(len(batch), dtype=np.int64)
             quoted = np.empty((len(batch), 4), dtype=bool)
             for i, key in enumerate(zip(batch["file_path"], batch["block_start"])):
@@ -352,7 +353,7 @@ def map_to_ids(parsed: DataFrame, *, vocabulary, max_length: int, dtype: str) ->
     def encode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         words = vocabulary.value if hasattr(vocabulary, "value") else vocabulary
         index = {token: i for i, token in enumerate(words)}
-        for batch in batches:
+        for batch in non_empty(batches):
             pairs = [encode_ids(list(t), index, max_length, dtype) if t is not None else (None, None)
                      for t in batch["tokens"]]
             yield batch.drop(columns=["tokens"]).assign(tokens=[p[0] for p in pairs],
