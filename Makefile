@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export SPARK_SUBMIT_OPTS ?= -Dlog4j2.configurationFile=file:$(CURDIR)/conf/log4j2.properties
 
-.PHONY: setup demo demo-images demo-text test test-fast bench bench-text dist clean help gpu-check gpu-check-data
+.PHONY: setup demo demo-images demo-text test test-fast test-legacy test-other-pythons bench bench-text dist clean help gpu-check gpu-check-data
 BENCH_ARGS ?= --size quick
 
 help:
@@ -30,8 +30,10 @@ help:
 	@echo "                STACK=spark35: the previous stack (Spark 3.5, pyarrow 14, numpy 1) in .venv-spark35"
 	@echo "make demo       images and texts: sample data -> spark-submit preprocessing -> horovodrun -np 2 -> test metrics"
 	@echo "make demo-images / make demo-text   one of the two"
-	@echo "make test       the full test suite (what CI runs)"
+	@echo "make test       the full test suite on the current stack (CI: then test-legacy, test-other-pythons)"
 	@echo "make test-fast  tests that need neither Spark nor horovodrun"
+	@echo "make test-legacy        the subset CI runs on STACK=spark35 (sets .venv-spark35 up)"
+	@echo "make test-other-pythons the fast suite on every other CPython 3.11-3.13 found (.venv-pyXY each)"
 	@echo "make dist       dist/bigtrain-src.zip, the code spark-submit --py-files ships to a cluster"
 	@echo "make bench      benchmarks (BENCH_ARGS='--size 4' to scale up); table on stdout, JSON in runs/bench/"
 	@echo "make bench-text the text models and their baselines on a real-text set (installed packages' docstrings)"
@@ -67,6 +69,27 @@ test: setup
 
 test-fast: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m pytest -m "not spark and not horovod and not slow" $(PYTEST_ARGS)
+
+# The previous stack (STACK=spark35, .venv-spark35): the compatibility tests (its fixture read back, and datasets of
+# each stack read by the other's Petastorm: that needs .venv too), both preprocessing jobs, the loader, training
+# without pyspark, and one horovodrun training.
+LEGACY_TESTS ?= tests/compat tests/jobs/test_preprocess_images.py tests/jobs/test_preprocess_sequences.py \
+	tests/training/test_data.py tests/training/test_no_spark.py tests/jobs/test_spark_passes.py \
+	"tests/training/test_horovod.py::test_train_job_under_horovodrun_logs_once_and_writes_outputs"
+test-legacy:
+	$(MAKE) setup STACK=spark35
+	PATH="$(CURDIR)/.venv-spark35/bin:$$PATH" .venv-spark35/bin/python -m pytest $(LEGACY_TESTS) $(PYTEST_ARGS)
+
+# The current stack on every other CPython 3.11-3.13 this machine offers (scripts/other_pythons.sh), each in
+# .venv-pyXY, with the fast suite. Horovod is built for CPU there (no GPU on a CI machine, even where nvcc is).
+test-other-pythons:
+	@found=$$(bash scripts/other_pythons.sh $(PYTHON)); \
+	if [[ -z $$found ]]; then echo "test-other-pythons: this machine offers no other CPython 3.11-3.13: none tested"; fi; \
+	for py in $$found; do \
+	  tag=$$($$py -c 'import sys; print("py%d%d" % sys.version_info[:2])'); \
+	  echo "test-other-pythons: $$py ($$($$py --version)) in .venv-$$tag"; \
+	  BIGTRAIN_HOROVOD_GPU=0 $(MAKE) test-fast PYTHON=$$py VENV=.venv-$$tag || exit 1; \
+	done
 
 bench: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m benchmarks.run $(BENCH_ARGS)

@@ -23,7 +23,6 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines import images, text
-from pipelines.schemas import non_empty
 from training.collation import ImageDecoder, image_inputs, sequence_inputs
 
 log = logging.getLogger(__name__)
@@ -126,7 +125,7 @@ def prepare_image_batch(batch: pd.DataFrame, *, root_url: str, params: images.De
         features, reason = encode(content)
         for name, value in zip(out, (relpath or path, None, None, features, None, reason)):
             out[name].append(value)
-    return pd.DataFrame(out, columns=list(out))
+    return pd.DataFrame(out, columns=list(out), dtype=object)  # None stays None (pandas 3 makes str columns NaN)
 
 
 def raw_images(files: DataFrame, listed_paths: DataFrame, *, root_url: str, params: images.DecodeParams) -> DataFrame:
@@ -136,7 +135,7 @@ def raw_images(files: DataFrame, listed_paths: DataFrame, *, root_url: str, para
     schema = T.StructType([f for f in SCORING_SCHEMA.fields if f.name != "id"])
 
     def prepare(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in non_empty(batches):
+        for batch in batches:
             yield prepare_image_batch(batch, root_url=root_url, params=params)
 
     unread = images.files_not_read(listed_paths, files, root_url=root_url)
@@ -166,7 +165,7 @@ def prepare_text_batch(batch: pd.DataFrame, *, params: text.ParseParams, headers
             features, length = text.encode_ids(parsed.tokens, index, max_length, dtype)
         for name, value in zip(out, (source, None, label, features, length, reason)):
             out[name].append(value)
-    frame = pd.DataFrame(out, columns=list(out))
+    frame = pd.DataFrame(out, columns=list(out), dtype=object)  # None stays None under pandas 3
     frame["length"] = pd.array(frame["length"], dtype="Int32")
     return frame
 
@@ -179,7 +178,7 @@ def raw_texts(records: DataFrame, *, params: text.ParseParams, headers: dict[str
 
     def prepare(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         words = vocabulary.value if hasattr(vocabulary, "value") else vocabulary
-        for batch in non_empty(batches):
+        for batch in batches:
             yield prepare_text_batch(batch, params=params, headers=headers, vocabulary=words,
                                      max_length=max_length, dtype=dtype)
 
@@ -229,7 +228,7 @@ def score(rows: DataFrame, *, source: ModelSource, batch_size: int, threads: int
     """SCORING_SCHEMA -> PREDICTION_SCHEMA on the executors; the model is built there, once per Python worker."""
     def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         model = model_for(source, threads)
-        for batch in non_empty(batches):
+        for batch in batches:
             yield score_batch(batch, model=model, source=source, batch_size=batch_size)
 
     return rows.select(*SCORING_SCHEMA.names).mapInPandas(predict, schema=PREDICTION_SCHEMA)

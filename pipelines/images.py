@@ -19,7 +19,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from core.paths import normalise_url
-from pipelines.schemas import DECODED_SCHEMA, image_unischema, non_empty
+from pipelines.schemas import DECODED_SCHEMA, image_unischema
 
 
 @dataclass(frozen=True)
@@ -137,14 +137,14 @@ def decode_image_batch(batch: pd.DataFrame, *, root_url: str, params: DecodePara
             image, reason = encode(content)
         for key, value in zip(out, (path, relpath, class_name, image, reason)):
             out[key].append(value)
-    return pd.DataFrame(out, columns=list(out))
+    return pd.DataFrame(out, columns=list(out), dtype=object)  # None stays None (pandas 3 makes str columns NaN)
 
 
 def decode_images(files: DataFrame, *, root_url: str, params: DecodeParams) -> DataFrame:
     """``binaryFile`` DataFrame -> DECODED_SCHEMA, decoded in Arrow batches on the executors. Files above
     ``params.max_file_bytes`` are left out, unread: ``files_too_large`` gives their rejected rows."""
     def decode_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in non_empty(batches):
+        for batch in batches:
             yield decode_image_batch(batch, root_url=root_url, params=params)
 
     if params.max_file_bytes is not None:  # pushed down: larger files are never read (see files_too_large)

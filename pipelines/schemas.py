@@ -13,13 +13,6 @@ from compat import petastorm as petastorm_compat
 IMAGE_CODECS = ("png", "jpeg", "raw")
 
 
-def non_empty(batches):
-    """The batches of a ``mapInPandas`` function that hold rows. Spark 4 also hands such functions empty
-    batches; the frame a function builds from no rows has float64 columns under pandas 3, and Spark 4.3 fails to
-    write those as strings ("Cannot convert pyarrow.lib.ChunkedArray to pyarrow.lib.Array"). An empty batch has
-    nothing to map, so it is skipped."""
-    return (batch for batch in batches if len(batch))
-
 # Output of the decode step (pipelines.images.decode_image_batch): one row per input file, accepted or not.
 DECODED_SCHEMA = T.StructType([
     T.StructField("path", T.StringType(), False),        # the file's URL, decoded (core.paths.from_encoded_url)

@@ -111,12 +111,12 @@ def jobs_by_kind(spark: SparkSession) -> dict[str, set[int]]:
     return found
 
 
-HADOOP_FILESYSTEMS = {  # URL scheme -> (Hadoop class, what provides it)
+HADOOP_FILESYSTEMS = {  # URL scheme -> (Hadoop class, what provides it; {hadoop}: the version Spark runs)
     "s3a": ("org.apache.hadoop.fs.s3a.S3AFileSystem",
-            "the Hadoop S3 connector: spark-submit --packages org.apache.hadoop:hadoop-aws:3.3.4"),
+            "the Hadoop S3 connector: spark-submit --packages org.apache.hadoop:hadoop-aws:{hadoop}"),
     "gs": ("com.google.cloud.hadoop.fs.gcs.GoogleHadoopFileSystem", "the GCS connector jar"),
     "abfs": ("org.apache.hadoop.fs.azurebfs.AzureBlobFileSystem",
-             "spark-submit --packages org.apache.hadoop:hadoop-azure:3.3.4"),
+             "spark-submit --packages org.apache.hadoop:hadoop-azure:{hadoop}"),
 }
 
 
@@ -136,8 +136,9 @@ def require_connector(spark: SparkSession, url: str) -> None:
     try:
         spark.sparkContext._jvm.java.lang.Class.forName(class_name)
     except Exception:  # noqa: BLE001 - py4j wraps the ClassNotFoundException
+        hadoop = spark.sparkContext._jvm.org.apache.hadoop.util.VersionInfo.getVersion()  # the connector must match
         raise MissingConnectorError(f"{url}: Spark has no {scheme}:// file system ({class_name} is not on the "
-                                    f"classpath); add {provider}") from None
+                                    f"classpath); add {provider.format(hadoop=hadoop)}") from None
 
 
 def read_binary_files(spark: SparkSession, root_url: str | list[str]) -> DataFrame:

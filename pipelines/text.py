@@ -22,7 +22,6 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from core.paths import normalise_url
-from pipelines.schemas import non_empty
 
 PAD, UNK = "<pad>", "<unk>"
 RESERVED = (PAD, UNK)          # ids 0 and 1, never given to a token
@@ -194,18 +193,21 @@ def parse_batch(batch: pd.DataFrame, *, params: ParseParams, headers: dict[str, 
         raw_text = bytes(raw).decode("utf-8", errors="replace")[:RAW_TEXT_LIMIT] if reason else None
         for name, value in zip(PARSED_SCHEMA.names, (source, tokens, label, is_number, key, reason, raw_text)):
             out[name].append(value)
-    return pd.DataFrame(out, columns=PARSED_SCHEMA.names)
+    return pd.DataFrame(out, columns=PARSED_SCHEMA.names, dtype=object)  # None stays None under pandas 3
 
 
 def broken_of(batch: pd.DataFrame) -> list:
-    """The ``broken`` column of a batch of records (why the reading rejected each one), all null when absent."""
-    return list(batch["broken"]) if "broken" in batch else [None] * len(batch)
+    """The ``broken`` column of a batch of records (why the reading rejected each one), all null when absent.
+    A null is None whatever pandas made of it (pandas 3's string columns hold NaN for null, which is truthy)."""
+    if "broken" not in batch:
+        return [None] * len(batch)
+    return [value if isinstance(value, str) else None for value in batch["broken"]]
 
 
 def parse_lines(lines: DataFrame, *, params: ParseParams, headers: dict[str, list[str]]) -> DataFrame:
     """(source, file_path, raw binary, broken) -> PARSED_SCHEMA, parsed in Arrow batches on the executors."""
     def parse_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in non_empty(batches):
+        for batch in batches:
             yield parse_batch(batch, params=params, headers=headers)
 
     return lines.select("source", "file_path", "raw", "broken").mapInPandas(parse_partition, schema=PARSED_SCHEMA)
@@ -229,7 +231,7 @@ def number_lines(lines: DataFrame, *, csv_quotes: bool = False) -> DataFrame:
 
     def number(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         current, count, states = None, 0, (False, True)
-        for batch in non_empty(batches):
+        for batch in batches:
             index = np.empty(len(batch), dtype=np.int64)
             quoted = np.empty((len(batch), 4), dtype=bool)
             for i, key in enumerate(zip(batch["file_path"], batch["block_start"])):
@@ -353,7 +355,7 @@ def map_to_ids(parsed: DataFrame, *, vocabulary, max_length: int, dtype: str) ->
     def encode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         words = vocabulary.value if hasattr(vocabulary, "value") else vocabulary
         index = {token: i for i, token in enumerate(words)}
-        for batch in non_empty(batches):
+        for batch in batches:
             pairs = [encode_ids(list(t), index, max_length, dtype) if t is not None else (None, None)
                      for t in batch["tokens"]]
             yield batch.drop(columns=["tokens"]).assign(tokens=[p[0] for p in pairs],

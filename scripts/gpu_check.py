@@ -43,6 +43,11 @@ try:
         out.update(gpus=torch.cuda.device_count(), gpu_name=torch.cuda.get_device_name(0))
 except Exception as exc:
     out["torch_error"] = f"{type(exc).__name__}: {exc}"
+try:
+    from compat import petastorm as petastorm_compat
+    petastorm_compat.install()  # before Petastorm's first import
+except Exception as exc:
+    out["compat_error"] = f"{type(exc).__name__}: {exc}"
 for name in ("numpy", "pyarrow", "petastorm"):
     try:
         out[name] = __import__(name).__version__

@@ -27,7 +27,8 @@ for arg in "$@"; do
   fi
 done
 
-STACK='import numpy, pyarrow, petastorm.reader, zmq'
+# Petastorm 0.13.1 imports only through bigtrain's compatibility layer on pyarrow >= 15 (compat/petastorm.py).
+STACK='import compat.petastorm as c; c.install(); import numpy, pyarrow, petastorm.reader, zmq'
 stack_imports() { "$PY" -c "$STACK" >/dev/null 2>&1; }
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 if stack_imports; then

@@ -3,8 +3,8 @@
 # folder to carry there (default .cache/gpu_check, git-ignored; it must stay under 60 MiB):
 #   data/images   ~1,500 grayscale 24 px images of 10 classes, through jobs/preprocess_images.py (Spark)
 #   data/texts    the 6,000 sample reviews, through jobs/preprocess_sequences.py (Spark)
-#   wheels/       what a Python 3.12 + CUDA torch + pandas 3 host lacks (../shared/GPU.md): pyarrow 14.0.2 and
-#                 numpy 1.26.4 (repacked as .whl.xz to fit), pyzmq, petastorm 0.13.1, dill, diskcache, future,
+#   wheels/       what a Python 3.12 + CUDA torch + pandas 3 host may lack (../shared/GPU.md): pyarrow 26.0.1 and
+#                 numpy 2.4.6 (requirements/runtime.txt; repacked as .whl.xz to fit), pyzmq, petastorm 0.13.1, dill, diskcache, future,
 #                 psutil, six; for Horovod: its 0.28.1 sdist (built there by scripts/build_horovod.sh), cffi,
 #                 pycparser, cloudpickle. (pandas, pyyaml, packaging, fsspec are on that host already.)
 # Idempotent: what is there already is kept (delete a part to redo it). Needs the project venv on PATH (bigtrain,
@@ -66,8 +66,8 @@ fetch() {  # fetch GLOB wheel|sdist SPEC [xz]: download SPEC unless a file match
     fi
   done
 }
-fetch 'pyarrow-14.0.2-*.whl.xz' wheel pyarrow==14.0.2 xz
-fetch 'numpy-1.26.4-*.whl.xz' wheel numpy==1.26.4 xz
+fetch 'pyarrow-26.0.1-*.whl.xz' wheel pyarrow==26.0.1 xz
+fetch 'numpy-2.4.6-*.whl.xz' wheel numpy==2.4.6 xz
 # The versions of requirements/runtime.txt (the stack the tests pass on); cffi and pycparser (build Horovod only):
 # the venv's.
 fetch 'pyzmq-26.2.0-*.whl' wheel pyzmq==26.2.0
