@@ -70,7 +70,9 @@ def _npy_pixels(column: Binary) -> np.ndarray:
         raise DatasetError("raw images of different sizes in one column: the dataset's files were altered")
     first = io.BytesIO(column.value(0).tobytes())
     version = np.lib.format.read_magic(first)
-    shape, fortran, dtype = np.lib.format._read_array_header(first, version)
+    # The public readers (numpy 2 no longer has the private _read_array_header): 1.0, and 2.0/3.0 (a longer header).
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(first)
     header = first.tell()
     if dtype != np.uint8 or fortran or header + int(np.prod(shape)) != sizes[0]:
         raise DatasetError(f"a raw image is stored as {dtype} {shape}: expected C-ordered uint8 pixels")
