@@ -104,6 +104,9 @@ def test_nothing_rejected_writes_no_rejected_table_and_the_snapshot_still_verifi
 
 
 def test_splits_open_in_plain_petastorm_and_hold_materialize_datasets_metadata(spark, tmp_path):
+    from compat import petastorm as petastorm_compat
+
+    petastorm_compat.install()  # before Petastorm's first import (it needs the layer on pyarrow >= 15)
     from petastorm import make_batch_reader, make_reader
     from petastorm.etl.dataset_metadata import materialize_dataset
     from petastorm.unischema import Unischema
