@@ -32,7 +32,8 @@ help:
 	@echo "make demo-images / make demo-text   one of the two"
 	@echo "make test       the full test suite on the current stack (CI: then test-legacy, test-other-pythons)"
 	@echo "make test-fast  tests that need neither Spark nor horovodrun"
-	@echo "make test-legacy        the subset CI runs on STACK=spark35 (sets .venv-spark35 up)"
+	@echo "make test-legacy        the subset CI runs on STACK=spark35, and each stack reading the other's datasets"
+	@echo "                        (sets .venv-spark35 and .venv up)"
 	@echo "make test-other-pythons the fast suite on every other CPython 3.11-3.13 found (.venv-pyXY each)"
 	@echo "make dist       dist/bigtrain-src.zip, the code spark-submit --py-files ships to a cluster"
 	@echo "make bench      benchmarks (BENCH_ARGS='--size 4' to scale up); table on stdout, JSON in runs/bench/"
@@ -64,21 +65,24 @@ demo-images: setup
 demo-text: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh $(DEMO_DIR) texts
 
+# Every test of one stack; the tests marked `stacks` need both set up and run in test-legacy.
 test: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m pytest $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m pytest -m "not stacks" $(PYTEST_ARGS)
 
 test-fast: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m pytest -m "not spark and not horovod and not slow" $(PYTEST_ARGS)
 
 # The previous stack (STACK=spark35, .venv-spark35): the compatibility tests (its fixture read back, and datasets of
-# each stack read by the other's Petastorm: that needs .venv too), both preprocessing jobs, the loader, training
-# without pyspark, and one horovodrun training.
+# each stack read by the other's Petastorm), both preprocessing jobs, the loader, training without pyspark, and one
+# horovodrun training. Then, on the current stack, the other direction: its datasets read by spark35's Petastorm.
 LEGACY_TESTS ?= tests/compat tests/jobs/test_preprocess_images.py tests/jobs/test_preprocess_sequences.py \
 	tests/training/test_data.py tests/training/test_no_spark.py tests/jobs/test_spark_passes.py \
 	"tests/training/test_horovod.py::test_train_job_under_horovodrun_logs_once_and_writes_outputs"
 test-legacy:
 	$(MAKE) setup STACK=spark35
+	$(MAKE) setup STACK=current
 	PATH="$(CURDIR)/.venv-spark35/bin:$$PATH" .venv-spark35/bin/python -m pytest $(LEGACY_TESTS) $(PYTEST_ARGS)
+	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/python -m pytest -m stacks tests/compat $(PYTEST_ARGS)
 
 # The current stack on every other CPython 3.11-3.13 this machine offers (scripts/other_pythons.sh), each in
 # .venv-pyXY, with the fast suite. Horovod is built for CPU there (no GPU on a CI machine, even where nvcc is).

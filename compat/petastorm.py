@@ -282,7 +282,31 @@ class LegacyParquetDataset:
         return None if source is None else source.schema
 
 
-class _ParquetModule(types.ModuleType):
+def _proxy(key: str) -> types.ModuleType:
+    """The module stand-in ``key`` of this process, after ``install()``: how a pickled stand-in comes back. Spark's
+    cloudpickle ships Petastorm's closures by value with the globals they name, stand-ins included (e.g.
+    ``materialize_dataset``'s row-group count, whose file system factory names ``fs_utils.pyarrow``)."""
+    install()
+    return _PROXIES[key]
+
+
+class _PicklableModule(types.ModuleType):
+    """A module stand-in that pickles as a reference to the same stand-in in the unpickling process."""
+
+    def __reduce__(self):
+        return _proxy, (self._bigtrain_key,)
+
+
+_PROXIES: dict[str, types.ModuleType] = {}
+
+
+def _register(key: str, module: _PicklableModule) -> _PicklableModule:
+    module._bigtrain_key = key
+    _PROXIES[key] = module
+    return module
+
+
+class _ParquetModule(_PicklableModule):
     """``pyarrow.parquet`` with the two legacy names Petastorm calls."""
 
     def __init__(self):
@@ -295,7 +319,7 @@ class _ParquetModule(types.ModuleType):
         return getattr(pyarrow.parquet, name)
 
 
-class _NumpyModule(types.ModuleType):
+class _NumpyModule(_PicklableModule):
     """numpy with ``unicode_``/``string_`` (numpy 1's names of ``str_``/``bytes_``)."""
 
     def __init__(self):
@@ -309,7 +333,7 @@ class _NumpyModule(types.ModuleType):
         return getattr(numpy, name)
 
 
-class _PyarrowModule(types.ModuleType):
+class _PyarrowModule(_PicklableModule):
     """pyarrow with the legacy names a Petastorm module calls: ``localfs`` (``file://``), ``hdfs``."""
 
     def __init__(self, **names):
@@ -415,19 +439,20 @@ def install() -> None:
     import pyarrow
     import pyarrow.parquet
     if not hasattr(pyarrow, "localfs"):
-        petastorm.fs_utils.pyarrow = _PyarrowModule(localfs=fsspec.implementations.local.LocalFileSystem())
+        petastorm.fs_utils.pyarrow = _register(
+            "fs_utils.pyarrow", _PyarrowModule(localfs=fsspec.implementations.local.LocalFileSystem()))
         APPLIED.append("pyarrow.localfs")
     if "pyarrow.hdfs" in stand_ins:
-        petastorm.hdfs.namenode.pyarrow = _PyarrowModule(hdfs=stand_ins["pyarrow.hdfs"])
+        petastorm.hdfs.namenode.pyarrow = _register("namenode.pyarrow", _PyarrowModule(hdfs=stand_ins["pyarrow.hdfs"]))
     if not hasattr(pyarrow.parquet, "ParquetDatasetPiece"):
-        parquet = _ParquetModule()
+        parquet = _register("parquet", _ParquetModule())
         for module in (petastorm.etl.dataset_metadata, petastorm.reader, petastorm.arrow_reader_worker,
                        petastorm.py_dict_reader_worker, petastorm.etl.rowgroup_indexing, petastorm.etl.metadata_util):
             module.pq = parquet
         APPLIED.append("pq.ParquetDataset")
     import numpy
     if not hasattr(numpy, "unicode_"):
-        aliases = _NumpyModule()
+        aliases = _register("numpy", _NumpyModule())
         for module in (petastorm.unischema, petastorm.arrow_reader_worker):
             module.np = aliases
         APPLIED.append("numpy aliases")

@@ -5,8 +5,9 @@
   Petastorm's two readers, their seeded orders, and an epoch of bigtrain's loader.
 - A dataset written on this stack opens in the *other* stack's Petastorm with the same rows: the test runs
   ``tests.compat.stack_reads`` under the other stack's Python (``.venv-spark35`` from the current stack, ``.venv``
-  from spark35; ``BIGTRAIN_OTHER_PYTHON`` names another). Where that venv is not set up the test fails, naming
-  the command that sets it up, unless ``BIGTRAIN_OTHER_PYTHON=none`` says that this run has only one stack.
+  from spark35; ``BIGTRAIN_OTHER_PYTHON`` names another). It is marked ``stacks``: ``make test`` (one stack) leaves
+  it out, ``make test-legacy`` sets both stacks up and runs it from each side. Run by hand where the other venv
+  is not set up, it fails naming the command that sets it up.
 """
 from __future__ import annotations
 
@@ -40,24 +41,23 @@ def test_the_previous_stacks_dataset_reads_identically_here(kind, tmp_path):
     assert sum(len(got[s]["make_reader"]) for s in ("train", "validation", "test")) >= 15
 
 
-def other_python() -> str | None:
+def other_python() -> str:
     named = os.environ.get("BIGTRAIN_OTHER_PYTHON")
     if named:
-        return None if named == "none" else named
+        return named
     venv, stack = (".venv-spark35", "STACK=spark35") if CURRENT else (".venv", "STACK=current")
     python = REPO / venv / "bin" / "python"
     if not python.exists():
-        pytest.fail(f"the other stack is not set up ({python} missing): run `make setup {stack}`, or set "
-                    "BIGTRAIN_OTHER_PYTHON=none where a run has one stack only")
+        pytest.fail(f"the other stack is not set up ({python} missing): run `make setup {stack}` (or "
+                    "`make test-legacy`, which sets both stacks up and runs this test from each side)")
     return str(python)
 
 
 @pytest.mark.spark
+@pytest.mark.stacks
 @pytest.mark.parametrize("kind", ["images", "texts"])
 def test_this_stacks_dataset_opens_in_the_other_stacks_petastorm(kind, image_dataset, text_dataset):
     python = other_python()
-    if python is None:
-        pytest.skip("BIGTRAIN_OTHER_PYTHON=none: this run has one stack")
     snapshot = image_dataset if kind == "images" else text_dataset
     here = stack_reads.reads(str(snapshot))
     done = subprocess.run([python, "-W", "ignore", "-m", "tests.compat.stack_reads", str(snapshot)], cwd=REPO,

@@ -82,6 +82,27 @@ def test_file_urls_resolve_to_a_working_local_file_system(tmp_path):
         assert fh.read() == b"x"
 
 
+def test_petastorm_closures_pickled_by_spark_work_in_a_process_that_never_installed_the_layer(tmp_path):
+    # Spark's cloudpickle ships Petastorm's closures by value with the globals they name (materialize_dataset's
+    # row-group count: a file system factory naming fs_utils.pyarrow); a stand-in comes back as that process's own.
+    petastorm_compat.install()
+    import pickle
+
+    from petastorm.fs_utils import FilesystemResolver
+    from pyspark import cloudpickle
+
+    for key, proxy in petastorm_compat._PROXIES.items():
+        assert pickle.loads(cloudpickle.dumps(proxy)) is proxy, key
+    (tmp_path / "f.txt").write_text("x")
+    factory = FilesystemResolver(f"file://{tmp_path}").filesystem_factory()
+    shipped = tmp_path / "factory.pickle"
+    shipped.write_bytes(cloudpickle.dumps(factory))
+    done = fresh(f"import pickle; factory = pickle.loads(open({str(shipped)!r}, 'rb').read())\n"
+                 f"print(factory().exists({str(tmp_path / 'f.txt')!r}))")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True"]
+
+
 def write_files(folder, sizes_by_file: dict[str, list[int]]) -> dict[str, list[list[int]]]:
     """Parquet files of the given row-group sizes (values count up through all rows), plus Spark's litter."""
     folder.mkdir(parents=True, exist_ok=True)
