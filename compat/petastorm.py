@@ -31,6 +31,10 @@ compatibility patches find nothing to do and only the fixes apply.
    flag whatever the format ("imencodeWithMetadata An unsupported key(1) was specified"): the flag goes with
    JPEG only. The PNG bytes are the same (PNG never read that flag).
 
+The module stand-ins of 4, 5 and 7 pickle as references: unpickled, each is the stand-in of the unpickling
+process, which installs this layer first. Spark's cloudpickle ships Petastorm's closures by value with the globals
+they name (``materialize_dataset`` counts row groups on executors with a file system factory naming ``pyarrow``).
+
 **Fixes to Petastorm's behaviour** (on every stack):
 
 - *The early end*: ``ThreadPool.get_results`` decides that reading is over with two checks made one after the
