@@ -66,30 +66,41 @@ class Timing:
 REPEATS = 3  # timed runs per figure, after one warm-up; the issue's floor for a figure worth printing
 
 
+def set_repeats(n: int) -> None:
+    """Timed runs per figure for this run (``benchmarks.run --repeats``; below 3 only to check the harness)."""
+    global REPEATS
+    REPEATS = n
+
+
+def repeats() -> int:
+    return REPEATS
+
+
 def timing(values: list[float]) -> Timing:
     """The median and spread of figures measured already (alternated runs of two things, say)."""
     ordered = sorted(values)
     return Timing(statistics.median(ordered), ordered[0], ordered[-1], len(ordered))
 
 
-def rate(run: Callable[[], int], repeats: int = REPEATS, warmup: bool = True) -> Timing:
-    """Items per second of ``run`` (which returns how many items it processed): the median of ``repeats`` timed
-    runs after one warm-up, with their spread."""
+def rate(run: Callable[[], int], runs: int | None = None, warmup: bool = True) -> Timing:
+    """Items per second of ``run`` (which returns how many items it processed): the median of ``runs`` (default
+    ``REPEATS``) timed runs after one warm-up, with their spread."""
     if warmup:
         run()
     rates = []
-    for _ in range(repeats):
+    for _ in range(runs or REPEATS):
         start = time.perf_counter()
         n = run()
         rates.append(n / (time.perf_counter() - start))
     return timing(rates)
 
 
-def seconds(run: Callable[[], object], repeats: int = REPEATS, warmup: bool = True) -> Timing:
-    """Seconds of ``run``: the median of ``repeats`` timed runs after one warm-up, with their spread."""
+def seconds(run: Callable[[], object], runs: int | None = None, warmup: bool = True) -> Timing:
+    """Seconds of ``run``: the median of ``runs`` (default ``REPEATS``) timed runs after one warm-up, with their
+    spread."""
     if warmup:
         run()
-    return timing([_timed(run) for _ in range(repeats)])
+    return timing([_timed(run) for _ in range(runs or REPEATS)])
 
 
 def _timed(run: Callable[[], object]) -> float:

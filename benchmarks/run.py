@@ -3,7 +3,7 @@
 Usage:
     make bench                                   # quick size
     .venv/bin/python -m benchmarks.run --size 4  # 4x the quick size
-    .venv/bin/python -m benchmarks.run --size smoke --only loader,codecs
+    .venv/bin/python -m benchmarks.run --size smoke --only loader,codecs --repeats 1   # checks the harness only
 
 Writes the table to stdout and JSON to --output (default runs/bench/results.json).
 """
@@ -27,6 +27,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="quick", help="smoke | quick | a multiple of quick (e.g. 4)")
     parser.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated subset of {', '.join(GROUPS)}")
+    parser.add_argument("--repeats", type=int, default=common.REPEATS,
+                        help="timed runs per figure after a warm-up, median printed (default %(default)s, the "
+                             "fewest worth reading; 1 only checks that the harness runs, as its smoke test does)")
     parser.add_argument("--output", default="runs/bench/results.json")
     parser.add_argument("--work", default="runs/bench/work",
                         help="scratch folder for generated data: new, empty, or one an earlier run created (it is "
@@ -36,6 +39,8 @@ def parse_args(argv):
         args.scale = SIZES[args.size] if args.size in SIZES else float(args.size)
     except ValueError:
         parser.error(f"--size {args.size!r}: expected smoke, quick or a number")
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: expected 1 or more")
     args.groups = [g.strip() for g in args.only.split(",") if g.strip()]
     unknown = sorted(set(args.groups) - set(GROUPS))
     if unknown:
@@ -55,6 +60,7 @@ def main(argv=None) -> int:
     from pipelines.storage import build_spark
 
     setup_logging(quiet=True)
+    common.set_repeats(args.repeats)
     work = common.fresh_work_folder(args.work)
     per_class, n_texts = max(2, int(BASE_PER_CLASS * args.scale)), max(200, int(BASE_TEXTS * args.scale))
     say = lambda text: print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)  # noqa: E731
@@ -115,7 +121,7 @@ def main(argv=None) -> int:
             results += growth.growth_results(spark, raws, os.path.join(work, "growth"), counts)
     finally:
         spark.stop()
-    meta = {"size": args.size, "images": per_class * 10, "texts": n_texts, "cores": common.cores(),
+    meta = {"size": args.size, "repeats": args.repeats, "images": per_class * 10, "texts": n_texts, "cores": common.cores(),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "python": platform.python_version(),
             "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(common.table(results))

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from benchmarks.common import REPEATS, Result, check, cores, timing
+from benchmarks.common import Result, check, cores, repeats, timing
 from core.config import load_section
 from training.config import TrainConfig
 from training.loop import make_optimizer
@@ -54,7 +54,7 @@ def stall_results(name: str, dataset: str) -> list[Result]:
     for batch in held[:3]:
         _step(model, optimizer, batch)  # warm-up
     timings: dict[str, list[float]] = {"loader": [], "memory": []}
-    for label in ("loader", "memory") * REPEATS:  # alternated, so drift hits both alike
+    for label in ("loader", "memory") * repeats():  # alternated, so drift hits both alike
         start = time.perf_counter()
         for batch in (batches() if label == "loader" else held):
             _step(model, optimizer, batch)
@@ -72,7 +72,7 @@ def distributed_results(horovodrun: str) -> list[Result]:
     worker = os.path.join(HERE, "dist_worker.py")
     n = cores()
     runs: dict[str, list[dict]] = {"one": [], "two": []}
-    for _ in range(REPEATS):  # alternated
+    for _ in range(repeats()):  # alternated
         runs["one"].append(_run_worker([sys.executable, worker, "--threads", str(n)]))
         runs["two"].append(_run_worker([horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, worker,
                                         "--threads", str(max(1, n // 2))]))
@@ -115,7 +115,7 @@ def checkpoint_results(name: str, dataset: str, work: str) -> list[Result]:
 
     torch.set_num_threads(cores())
     timings: dict[int, list[float]] = {0: [], 1: []}
-    for every in (0, 1) * REPEATS:
+    for every in (0, 1) * repeats():
         took, steps = epoch_seconds(every, os.path.join(work, f"ckpt-{name}-{every}"))
         timings[every].append(took)
     none_t, each_t = timing(timings[0]), timing(timings[1])
