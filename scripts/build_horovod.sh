@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build Horovod 0.28.1 for PyTorch into a cached wheel: Gloo CPU operations always, and NCCL GPU operations when
-# PYTHON has a CUDA build of torch and nvcc is found (scripts/horovod_build_env.py decides and sets the build up).
+# PYTHON has a CUDA build of torch, nvcc is found and GPUs are visible or named in HOROVOD_BUILD_CUDA_CC_LIST
+# (scripts/horovod_build_env.py decides and sets the build up).
 #
 # Usage: scripts/build_horovod.sh PYTHON WHEEL_DIR
 #   stdout: exactly one line, the absolute path of the wheel to install (cached or just built). Nothing is installed.
@@ -90,6 +91,16 @@ done
 sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' "$src/CMakeLists.txt"
 sed -i "s/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD $BIGTRAIN_HOROVOD_TORCH_CXX_STANDARD)/" \
   "$src/horovod/torch/CMakeLists.txt"
+# A CPU build against a CUDA build of torch (PyPI's only torch for Python >= 3.12 on Linux is one): Horovod's
+# FindPytorch calls torch CUDA-capable as soon as torch finds any CUDA_HOME (an nvcc on PATH is enough), and then
+# compiles the torch extension for CUDA, asking CMake for a toolkit at that guess (/usr/local for /usr/local/bin/nvcc:
+# "Could NOT find CUDAToolkit"). A CPU build has no CUDA in it: build the extension as for a CPU torch.
+if [[ -z ${HOROVOD_GPU_OPERATIONS:-} ]]; then
+  find_pytorch="$src/cmake/Modules/FindPytorch.cmake"
+  cuda_test='(torch.version.cuda is not None) and (CUDA_HOME is not None)'
+  grep -qF "$cuda_test" "$find_pytorch" || die "expected '$cuda_test' in $find_pytorch"
+  sed -i "s/(torch.version.cuda is not None) and (CUDA_HOME is not None)/False/" "$find_pytorch"
+fi
 
 mkdir -p "$cache"
 # The library keeps the NCCL folder in its RUNPATH: keep it beside the wheel, not in a temporary folder that anyone

@@ -10,7 +10,8 @@ and prints NAME=VALUE lines on stdout: BIGTRAIN_HOROVOD_VARIANT (the cache folde
 build itself. Notes go to stderr. A missing piece is one line ``error: ...`` on stderr and exit status 2.
 WORK_DIR receives the NCCL folder of a GPU build (the build script moves it next to the cached wheel).
 
-``BIGTRAIN_HOROVOD_GPU`` chooses: ``auto`` (default: GPU when torch is a CUDA build and nvcc is found), ``1``
+``BIGTRAIN_HOROVOD_GPU`` chooses: ``auto`` (default: GPU when torch is a CUDA build, nvcc is found and there are
+GPUs to build for, visible or named in ``HOROVOD_BUILD_CUDA_CC_LIST``), ``1``
 (GPU or fail saying why), ``0`` (CPU even on a GPU host).
 """
 from __future__ import annotations
@@ -130,7 +131,7 @@ def gpu_mode(environ: Mapping[str, str]) -> str:
     return mode
 
 
-def wants_gpu_build(mode: str, torch_info: TorchInfo, nvcc: Path | None) -> bool:
+def wants_gpu_build(mode: str, torch_info: TorchInfo, nvcc: Path | None, environ: Mapping[str, str]) -> bool:
     missing = []
     if torch_info.cuda is None:
         missing.append(f"torch {torch_info.version} is a CPU build (torch.version.cuda is None): "
@@ -138,6 +139,10 @@ def wants_gpu_build(mode: str, torch_info: TorchInfo, nvcc: Path | None) -> bool
     if nvcc is None:
         missing.append("nvcc was not found on PATH, in $CUDA_HOME/bin or in /usr/local/cuda/bin: "
                        "install the CUDA toolkit or set CUDA_HOME")
+    if mode == "auto" and not missing and not torch_info.capabilities and not environ.get(CC_LIST_VAR, "").strip():
+        # A CUDA torch and nvcc on a host without a GPU (PyPI's torch for Python >= 3.12 is a CUDA build): no
+        # architectures to build for. BIGTRAIN_HOROVOD_GPU=1 makes this the error cuda_cc_list raises.
+        missing.append(f"no GPU is visible to torch and {CC_LIST_VAR} is not set: it names the architectures")
     if mode == "0" or (mode == "auto" and missing):
         if mode == "auto" and torch_info.cuda is not None:
             print(f"note: torch {torch_info.version} is a CUDA build but {missing[0].split(':')[0]}; "
@@ -232,7 +237,7 @@ def variant_name(torch_info: TorchInfo, env: Mapping[str, str]) -> str:
 def build_plan(environ: Mapping[str, str], torch_info: TorchInfo, work_dir: Path) -> dict[str, str]:
     nvcc = find_nvcc(environ)
     env = dict(CPU_BUILD_ENV)
-    if wants_gpu_build(gpu_mode(environ), torch_info, nvcc):
+    if wants_gpu_build(gpu_mode(environ), torch_info, nvcc, environ):
         env.update(gpu_build_env(environ, torch_info, nvcc, work_dir))
     plan = {"BIGTRAIN_HOROVOD_VARIANT": variant_name(torch_info, env),
             "BIGTRAIN_HOROVOD_PYTAG": f"cp{sys.version_info.major}{sys.version_info.minor}",
