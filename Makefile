@@ -34,7 +34,8 @@ help:
 	@echo "make test-fast  tests that need neither Spark nor horovodrun"
 	@echo "make test-legacy        the subset CI runs on STACK=spark35, and each stack reading the other's datasets"
 	@echo "                        (sets .venv-spark35 and .venv up)"
-	@echo "make test-other-pythons the fast suite on every other CPython 3.11-3.13 found (.venv-pyXY each)"
+	@echo "make test-other-pythons the fast suite and a horovodrun training on every other CPython 3.11-3.13 found"
+	@echo "                        (.venv-pyXY each)"
 	@echo "make dist       dist/bigtrain-src.zip, the code spark-submit --py-files ships to a cluster"
 	@echo "make bench      benchmarks (BENCH_ARGS='--size 4' to scale up); table on stdout, JSON in runs/bench/"
 	@echo "make bench-text the text models and their baselines on a real-text set (installed packages' docstrings)"
@@ -85,7 +86,9 @@ test-legacy:
 	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/python -m pytest -m stacks tests/compat $(PYTEST_ARGS)
 
 # The current stack on every other CPython 3.11-3.13 this machine offers (scripts/other_pythons.sh), each in
-# .venv-pyXY, with the fast suite. Horovod is built for CPU there (no GPU on a CI machine, even where nvcc is).
+# .venv-pyXY, with the fast suite and one horovodrun training (the Horovod built for that Python, Gloo). Horovod is
+# built for CPU there (no GPU on a CI machine, even where nvcc is).
+OTHER_PYTHON_TESTS ?= "tests/training/test_horovod.py::test_train_job_under_horovodrun_logs_once_and_writes_outputs"
 test-other-pythons:
 	@found=$$(bash scripts/other_pythons.sh $(PYTHON)); \
 	if [[ -z $$found ]]; then echo "test-other-pythons: this machine offers no other CPython 3.11-3.13: none tested"; fi; \
@@ -93,6 +96,8 @@ test-other-pythons:
 	  tag=$$($$py -c 'import sys; print("py%d%d" % sys.version_info[:2])'); \
 	  echo "test-other-pythons: $$py ($$($$py --version)) in .venv-$$tag"; \
 	  BIGTRAIN_HOROVOD_GPU=0 $(MAKE) test-fast PYTHON=$$py VENV=.venv-$$tag || exit 1; \
+	  PATH="$(CURDIR)/.venv-$$tag/bin:$$PATH" .venv-$$tag/bin/python -m pytest $(OTHER_PYTHON_TESTS) $(PYTEST_ARGS) \
+	    || exit 1; \
 	done
 
 bench: setup
