@@ -130,8 +130,7 @@ def petastorm_reader(dataset: str, *, pool: str, workers: int | None, batched: b
     info = load_dataset_info(dataset)
     split = info.splits["train"]
     url, rows = "file://" + train_dir(dataset), split.rows
-    in_flight = (workers or 10) * (1 + _VENTILATE_EXTRA_ROWGROUPS) * max(split.row_group_sizes)
-    backlog = [in_flight]  # rows the first run reads beyond its split's worth
+    backlog = (workers or 10) * (1 + _VENTILATE_EXTRA_ROWGROUPS) * max(split.row_group_sizes)  # first run only
     extra = {} if workers is None else {"workers_count": workers}
     fields = ["image", "label"] if info.kind == "image" else ["tokens", "length", "label"]
     if batched:
@@ -147,7 +146,8 @@ def petastorm_reader(dataset: str, *, pool: str, workers: int | None, batched: b
         stream = (len(batch["label"]) for batch in DataLoader(reader, batch_size=BATCH))
 
     def run() -> int:
-        drain, backlog[0] = backlog[0], 0
+        nonlocal backlog
+        drain, backlog = backlog, 0
         n = 0
         while n < rows + drain:
             n += next(stream)
