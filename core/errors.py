@@ -3,7 +3,10 @@
 The rule (README "Production"): 0 done, or nothing to do; 1 the data, a checkpoint or a stage failed (the
 message names the file); 2 the command line, a config key, a pipeline file or the launch is wrong (the message
 names the flag or key; a flag naming a file or folder that is not there is one); 3 more input rejected than
-max_reject_fraction allows (nothing committed); 75 another run holds the lock (EX_TEMPFAIL: try again later); 130
+max_reject_fraction allows (nothing committed); 4 training waited for its data longer than
+``train.max_data_stall`` allows (with ``train.stall_budget_action: fail``); 5 the training watchdog found no rank
+making progress for ``train.watchdog_seconds`` (``<output>/hang.json`` names the stuck rank); 75 another run holds
+the lock (EX_TEMPFAIL: try again later); 130
 interrupted (Ctrl-C). ``jobs.common.run_main`` turns a BigtrainError into its message and ``exit_code``; anything
 else keeps its traceback.
 """
@@ -13,6 +16,8 @@ EXIT_OK = 0            # done, or nothing to do
 EXIT_FAILED = 1        # a dataset is missing, damaged or refused; a checkpoint is refused; a stage failed
 EXIT_USAGE = 2         # a flag, config key, pipeline file or launch is wrong
 EXIT_REJECTS = 3       # more input rejected than max_reject_fraction allows: nothing committed
+EXIT_STALL = 4         # a training epoch waited for data beyond train.max_data_stall (stall_budget_action: fail)
+EXIT_HUNG = 5          # the training watchdog saw no rank progress for train.watchdog_seconds (<output>/hang.json)
 EXIT_LOCKED = 75       # another run holds the lock (EX_TEMPFAIL: try again later)
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT), as shells report it
 
@@ -44,6 +49,12 @@ class DatasetError(BigtrainError, RuntimeError):
 class RejectBudgetError(DatasetError):
     """More of a run's input was rejected than its error budget allows; the snapshot was not committed."""
     exit_code = EXIT_REJECTS
+
+
+class StallBudgetError(BigtrainError, RuntimeError):
+    """A training epoch's data stall exceeded ``train.max_data_stall``; the message names the rank and the stage.
+    The epoch's resume point is saved first: the run resumes after the loader is fixed."""
+    exit_code = EXIT_STALL
 
 
 class CheckpointError(BigtrainError, RuntimeError):

@@ -214,10 +214,12 @@ class Task:
             prepared.labels[index], prepared.sample_ids[index])
 
 
-    def chunk(self, prepared: Prepared, batches: list[np.ndarray]) -> tuple[dict[str, Any], list[Any]]:
+    def chunk(self, prepared: Prepared, batches: list[np.ndarray], *,
+              decoded=None) -> tuple[dict[str, Any], list[Any]]:
         """Several batches (rows of a prepared window each) at once, as flat buffers (one per dtype) and the layout
         of every batch's tensors in them (``(dtype, offset, shape)`` nested like the batch): what ``collate`` makes
-        of each batch, in a few vectorised steps for the whole chunk. ``training.loader.unpack`` cuts them out."""
+        of each batch, in a few vectorised steps for the whole chunk. ``training.loader.unpack`` cuts them out.
+        ``decoded()`` is called once the images are decoded (the loader's stage ledger times decoding apart)."""
         sizes = np.array([len(b) for b in batches], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(sizes)])
         n = int(starts[-1])
@@ -228,6 +230,8 @@ class Task:
             else:
                 decoder = ImageDecoder(self.codec)
                 images = np.stack([decoder.decode_one(prepared.encoded.value(i)) for i in rows])
+                if decoded is not None:
+                    decoded()
             if images.ndim == 3:
                 images = images[:, :, :, None]
             images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))

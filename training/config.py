@@ -120,6 +120,9 @@ class TrainConfig:
     loss: str = "cross_entropy"   # or package.module:function, (logits, labels) -> one loss per row
     collate: str | None = None    # package.module:function, the batch's inputs -> the model's inputs
     keep_best: bool = True        # end with the weights of the epoch of lowest validation loss
+    max_data_stall: float | None = None  # a rank's share of step time waiting for data; None: no budget
+    stall_budget_action: Literal["warn", "fail"] = "warn"
+    watchdog_seconds: float = 300.0  # no rank progressing this long: hang.json, stacks, exit 5; 0: off
 
     def validate(self, prefix: str) -> None:
         problem = model_name_problem(self.model)
@@ -153,5 +156,9 @@ class TrainConfig:
                  f"must be >= 0, got {self.early_stopping_min_delta}")
         _require(self.checkpoint_every_steps >= 0, f"{prefix}.checkpoint_every_steps",
                  f"must be >= 0 (0 = at epoch ends only), got {self.checkpoint_every_steps}")
+        _require(self.max_data_stall is None or 0 < self.max_data_stall < 1, f"{prefix}.max_data_stall",
+                 f"must be a fraction in (0, 1) (or null for no budget), got {self.max_data_stall}")
+        _require(self.watchdog_seconds >= 0, f"{prefix}.watchdog_seconds",
+                 f"must be >= 0 (0 = no watchdog), got {self.watchdog_seconds}")
         _require(self.keep_checkpoints >= 1, f"{prefix}.keep_checkpoints",
                  f"must be at least 1, got {self.keep_checkpoints}")

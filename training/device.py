@@ -99,3 +99,41 @@ def to_device(inputs: tuple[torch.Tensor, ...], device: torch.device,
     at ``host_inputs`` stay where they are (sequence lengths: packing reads them on the host, and a copy to the
     GPU and back would wait for the GPU at every step)."""
     return tuple(t if i in host_inputs else t.to(device, non_blocking=True) for i, t in enumerate(inputs))
+
+
+class DeviceBusy:
+    """The GPU's seconds of the training steps, from a pair of CUDA events around each step's work on the compute
+    stream, read once the events have completed (``query``: never a wait); on a CPU, nothing (``total`` is None).
+    The host-side stages of the ledger say where the host waited; this says how long the GPU computed."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.pending: list[tuple[Any, Any]] = []
+        self.seconds = 0.0
+        self._begun = None
+
+    def begin(self) -> None:
+        if self.cuda:
+            self._begun = torch.cuda.Event(enable_timing=True)
+            self._begun.record()
+
+    def end(self) -> None:
+        if not self.cuda or self._begun is None:
+            return
+        ended = torch.cuda.Event(enable_timing=True)
+        ended.record()
+        self.pending.append((self._begun, ended))
+        self._begun = None
+        while self.pending and self.pending[0][1].query():  # the finished steps, oldest first
+            began, done = self.pending.pop(0)
+            self.seconds += began.elapsed_time(done) / 1000
+
+    def total(self) -> float | None:
+        """All steps' GPU seconds; waits for the last step (call it where the epoch waits anyway)."""
+        if not self.cuda:
+            return None
+        for began, done in self.pending:
+            done.synchronize()
+            self.seconds += began.elapsed_time(done) / 1000
+        self.pending.clear()
+        return self.seconds

@@ -14,7 +14,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from training.device import DeviceBusy
 from training.distributed import unwrap
+from training.feed import feed
+from training.ledger import STEP_STAGES, StageClock
 from training.resume import Progress
 from training.schedule import lr_factor
 from training.shards import DataCoverageError, EpochCounter, plan_shard
@@ -22,9 +25,13 @@ from training.shards import DataCoverageError, EpochCounter, plan_shard
 log = logging.getLogger("bigtrain.train")
 
 
-def train_epoch(trainer, progress: Progress, commit=None) -> dict[str, float]:
-    """One pass over the train split from ``progress.step`` on; returns the epoch's metrics over all ranks."""
+def train_epoch(trainer, progress: Progress, commit=None, clock: StageClock | None = None) -> dict[str, float]:
+    """One pass over the train split from ``progress.step`` on; returns the epoch's metrics over all ranks. The
+    training thread's time goes into ``clock``'s stages (``training.ledger``) and the loader's into
+    ``metrics["loader_times"]``; the heartbeat (``trainer.heartbeat``) follows every step."""
     config, dist, split = trainer.config, trainer.dist, trainer.batches.splits["train"]
+    clock = clock or StageClock()
+    beat = trainer.heartbeat
     plan = plan_shard(split.row_group_sizes, dist.rank, dist.size)
     _follow_world_size(progress, dist)
     trainer.model.train()
@@ -37,41 +44,66 @@ def train_epoch(trainer, progress: Progress, commit=None) -> dict[str, float]:
     # The resumed epoch's sums so far (over all ranks) are counted once, on rank 0.
     base = torch.tensor(progress.sums + progress.stall if dist.rank == 0 else [0.0] * 5, dtype=torch.float64)
     progress_bar = _progress(steps, f"epoch {progress.epoch + 1}", config, dist, initial=progress.step)
+    busy = DeviceBusy(trainer.device)
     # A resumed epoch starts at its saved step: the order is a function of (seed, epoch, rank, world), so the
     # source begins there without reading the batches trained before the interruption.
-    batches = trainer.batches.training_batches(plan, batch_size=config.batch_size, epoch=progress.epoch,
-                                               counter=counter, start=progress.step)
-    waited_since = time.monotonic()
-    started = waited_since
-    for index, (inputs, y, _ids) in enumerate(batches, start=progress.step):
-        got = time.monotonic()
+    batches = feed(trainer.batches.training_batches(plan, batch_size=config.batch_size, epoch=progress.epoch,
+                                                    counter=counter, start=progress.step),
+                   device=trainer.device, host_inputs=trainer.batches.host_inputs, collate=trainer.collate,
+                   times=counter.loader)
+    beat.set("loading", progress.step)
+    for index, fed in enumerate(batches, start=progress.step):
+        clock.mark("start" if index == progress.step else "wait")  # the first batch: the workers' first reads
+        beat.set("compute", index)
+        fed.ready()
+        clock.mark("copy")
         group_start = index - index % k
         group_size = min(k, steps - group_start)
         last_of_group = index + 1 == group_start + group_size
         # The shard's own rows come first, padding after: metrics count the real rows only.
-        real = max(0, min(len(y), plan.local_rows - index * config.batch_size))
-        loss_sum, hits = forward_backward(trainer, inputs, y, group_size, sync=last_of_group, real=real)
+        real = max(0, min(len(fed.labels), plan.local_rows - index * config.batch_size))
+        busy.begin()
+        loss_sum, hits = forward_backward(trainer, fed.inputs, fed.labels, group_size, sync=last_of_group, real=real,
+                                          placed=True)
         on_device[0] += loss_sum.double()
         on_device[1] += hits
         on_device[2] += real
+        clock.mark("compute")
         progress.step = index + 1
         if last_of_group:
-            optimizer_step(trainer, lr=trainer.peak_lr * lr_factor(config, progress.epoch + progress.step / steps))
+            optimizer_step(trainer, lr=trainer.peak_lr * lr_factor(config, progress.epoch + progress.step / steps),
+                           clock=clock, beat=beat)
+        busy.end()
+        if last_of_group:
             progress.global_step += 1
             every = config.checkpoint_every_steps
             if every and progress.global_step % every == 0 and progress.step < steps:
+                beat.set("checkpoint", index)
                 local[:3] = on_device.cpu()
+                local[3:] = _stall_sums(clock)
                 totals = base + dist.allreduce_sum(local, name=f"partial_{progress.global_step}")
                 progress.sums, progress.stall = totals[:3].tolist(), totals[3:].tolist()
                 trainer.save_resume_point(progress, commit)
-        now = time.monotonic()
-        local[3:] += torch.tensor([got - waited_since, now - got], dtype=torch.float64)
-        waited_since = now
-        _report_step(progress_bar, progress, steps, local, on_device, config, dist)
+                clock.mark("checkpoint")
+        _report_step(progress_bar, progress, steps, clock, on_device, config, dist)
+        beat.set("loading", index + 1)
+        clock.mark("other")
     if progress_bar is not None:
         progress_bar.close()
+    beat.set("collective", progress.step)
     local[:3] = on_device.cpu()  # waits for the epoch's last step
-    return _epoch_metrics(trainer, progress, local, base, counter, seconds=time.monotonic() - started)
+    local[3:] = _stall_sums(clock)
+    metrics = _epoch_metrics(trainer, progress, local, base, counter, seconds=clock.elapsed)
+    clock.mark("collective")
+    metrics.update(loader_times=counter.loader, device_busy=busy.total())
+    return metrics
+
+
+def _stall_sums(clock: StageClock) -> torch.Tensor:
+    """(seconds waiting for data, seconds in the rest of the steps) so far: the data stall's two sums. The wait
+    for an epoch's first batch (``start``: the workers' first reads) is not a stall of the steps."""
+    stepping = sum(clock.seconds[s] for s in STEP_STAGES)
+    return torch.tensor([clock.seconds["wait"], stepping - clock.seconds["wait"]], dtype=torch.float64)
 
 
 def _follow_world_size(progress: Progress, dist) -> None:
@@ -104,15 +136,17 @@ def _epoch_metrics(trainer, progress: Progress, local: torch.Tensor, base: torch
             "samples_per_second": round(float(totals[2] - base[2]) / seconds, 1) if seconds > 0 else None}
 
 
-def forward_backward(trainer, inputs, y, group_size: int, *, sync: bool,
-                     real: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_backward(trainer, inputs, y, group_size: int, *, sync: bool, real: int | None = None,
+                     placed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch's loss and gradients; returns the summed loss and the count of correct predictions of its first
     ``real`` rows (default all; the rest pad a short shard: they are trained on, so that every rank takes the same
     steps, but not counted in the metrics), as tensors on the device (reading them here would make the host wait
     for the GPU). The loss is divided by the batches per optimizer step, so k accumulated batches of b rows give the
-    gradient of one batch of k*b rows."""
-    inputs = trainer.model_inputs(inputs)
-    y = y.to(trainer.device, non_blocking=True)
+    gradient of one batch of k*b rows. ``placed``: the inputs are the model's already, on its device
+    (``training.feed``); else they are a batch's, collated and moved here."""
+    if not placed:
+        inputs = trainer.model_inputs(inputs)
+        y = y.to(trainer.device, non_blocking=True)
     real = len(y) if real is None else real
     with contextlib.ExitStack() as stack:
         if not sync:
@@ -124,26 +158,31 @@ def forward_backward(trainer, inputs, y, group_size: int, *, sync: bool,
     return per_row[:real].detach().float().sum(), (logits[:real].argmax(1) == y[:real]).sum()
 
 
-def optimizer_step(trainer, *, lr: float) -> None:
-    """Set the learning rate, step (unscaling and clipping the averaged gradients first where asked), zero."""
+def optimizer_step(trainer, *, lr: float, clock: StageClock | None = None, beat=None) -> None:
+    """Set the learning rate, wait for the gradients averaged over the ranks (the ledger's ``collective``), then
+    unscale and clip them where asked, step and zero (``compute``)."""
     optimizer, scaler, dist = trainer.optimizer, trainer.scaler, trainer.dist
     for group in optimizer.param_groups:
         group["lr"] = lr
+    if beat is not None:
+        beat.set("collective")
+    dist.synchronize(optimizer)  # Horovod: the averaged gradients, before unscaling, clipping and stepping
+    if clock is not None:
+        clock.mark("collective")
+    if beat is not None:
+        beat.set("step")
     clip = trainer.config.grad_clip_norm
-    if clip is not None or scaler.is_enabled():
-        dist.synchronize(optimizer)  # Horovod: averaged gradients before unscaling and clipping them
+    if scaler.is_enabled():
         scaler.unscale_(optimizer)
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(unwrap(trainer.model).parameters(), clip)
-        with dist.skip_synchronize(optimizer):
-            scaler.step(optimizer)
-    else:
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(unwrap(trainer.model).parameters(), clip)
+    with dist.skip_synchronize(optimizer):
         scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad()
 
 
-def _report_step(progress_bar, progress: Progress, steps: int, local: torch.Tensor, on_device: torch.Tensor,
+def _report_step(progress_bar, progress: Progress, steps: int, clock: StageClock, on_device: torch.Tensor,
                  config, dist) -> None:
     """The progress bar or a log line on rank 0. The running loss is read from the device only every
     ``log_every`` steps: each read waits for the GPU to finish the step."""
@@ -156,7 +195,8 @@ def _report_step(progress_bar, progress: Progress, steps: int, local: torch.Tens
     if progress_bar is not None:
         progress_bar.set_postfix(loss=f"{loss:.4f}")
     else:
-        stall = float(local[3] / (local[3] + local[4])) if local[3] + local[4] > 0 else 0.0
+        waiting, other = _stall_sums(clock).tolist()
+        stall = waiting / (waiting + other) if waiting + other > 0 else 0.0
         log.info("epoch %d step %d/%d: loss %.4f, data stall %.0f%%", progress.epoch + 1, progress.step, steps, loss,
                  100 * stall)
 

@@ -21,12 +21,13 @@ With ``workers=0`` the same code runs in a background thread of the training pro
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import pickle
-import queue
 import threading
+import time
 from typing import Any, Iterator
 
 import numpy as np
@@ -38,6 +39,8 @@ from core.paths import filesystem
 from dataset.info import SplitInfo
 from dataset.manifest import DatasetSpec
 from training.collation import Prepared, Task
+from training.feed import prefetched
+from training.ledger import StageClock
 from training.order import EpochOrder, Window, epoch_order
 from training.shards import DataCoverageError, EpochCounter, ShardPlan, plan_shard
 
@@ -127,7 +130,8 @@ class SplitReader:
 
 
 # control[]: what the next pass over the data is (set by the training process before each pass)
-_SPLIT, _TRAINING, _EPOCH, _START, _RANK, _WORLD, _BATCH, _CHUNK = range(8)
+_SPLIT, _TRAINING, _EPOCH, _START, _RANK, _WORLD, _BATCH, _CHUNK, _RAMP = range(9)
+WORKER_STAGES = ("read", "decode", "batch")
 
 
 class _Passes(torch.utils.data.IterableDataset):
@@ -137,14 +141,14 @@ class _Passes(torch.utils.data.IterableDataset):
         super().__init__()
         self.names = sorted(splits)
         self.splits, self.task, self.seed, self.shuffle_rows = splits, task, seed, shuffle_rows
-        self.control = torch.zeros(8, dtype=torch.int64).share_memory_()
+        self.control = torch.zeros(9, dtype=torch.int64).share_memory_()
         self._readers: dict[str, SplitReader] = {}
         self._cached: tuple[Any, Prepared] | None = None
 
     def set_pass(self, split: str, *, training: bool, epoch: int, start: int, plan: ShardPlan, batch_size: int,
-                 chunk: int) -> None:
+                 chunk: int, ramp: int) -> None:
         self.control.copy_(torch.tensor([self.names.index(split), int(training), epoch, start, plan.rank,
-                                         plan.world, batch_size, chunk]))
+                                         plan.world, batch_size, chunk, ramp]))
 
     def order(self, split: SplitInfo, plan: ShardPlan, *, training: bool, epoch: int, batch_size: int) -> EpochOrder:
         return epoch_order(split.row_group_sizes, plan, batch_size=batch_size, seed=self.seed, epoch=epoch,
@@ -157,42 +161,56 @@ class _Passes(torch.utils.data.IterableDataset):
         split = self.splits[self.names[c[_SPLIT]]]
         plan = plan_shard(split.row_group_sizes, c[_RANK], c[_WORLD])
         order = self.order(split, plan, training=bool(c[_TRAINING]), epoch=c[_EPOCH], batch_size=c[_BATCH])
-        for number, (window, first, last) in enumerate(chunks(order, start=c[_START], chunk=c[_CHUNK])):
+        for number, (window, first, last) in enumerate(chunks(order, start=c[_START], chunk=c[_CHUNK],
+                                                              ramp=c[_RAMP])):
             if number % workers != worker:
                 continue
             try:
-                prepared, positions = self._prepare(split, order, window)
+                clock = StageClock(WORKER_STAGES)  # the stage ledger's worker side, sent with the chunk
+                prepared, positions = self._prepare(split, order, window, clock)
                 batches, reals = [], []
                 for batch in range(first, last):
                     at = (batch - window.first_batch) * order.batch_size
                     index = positions[at:at + order.batch_size]
                     reals.append(max(0, min(len(index), order.local_rows - batch * order.batch_size)))
                     batches.append(index)
-                buffers, layouts = self.task.chunk(prepared, batches)
-                yield first, tuple(reals), ({k: torch.from_numpy(v) for k, v in buffers.items()}, layouts)
+                buffers, layouts = self.task.chunk(prepared, batches, decoded=lambda: clock.mark("decode"))
+                packed = ({k: torch.from_numpy(v) for k, v in buffers.items()}, layouts)
+                clock.mark("batch")
+                work = (*(clock.seconds[s] for s in WORKER_STAGES), time.monotonic())  # monotonic: one clock per host
+                yield first, tuple(reals), packed, work
             except Exception as exc:  # noqa: BLE001 - handed to the training process, which raises it
-                yield _ERROR, (), _picklable(exc)
+                yield _ERROR, (), _picklable(exc), None
                 return
 
-    def _prepare(self, split: SplitInfo, order: EpochOrder, window: Window) -> tuple[Prepared, np.ndarray]:
+    def _prepare(self, split: SplitInfo, order: EpochOrder, window: Window,
+                 clock: StageClock) -> tuple[Prepared, np.ndarray]:
         key = (split.url, order.epoch, order.rank, order.world, order.training, order.batch_size, window)
         if self._cached is None or self._cached[0] != key:
             reader = self._readers.get(split.url) or self._readers.setdefault(split.url,
                                                                                SplitReader(split, self.task.fields))
-            prepared = self.task.prepare(reader.read_window(window))
+            columns = reader.read_window(window)
+            clock.mark("read")
+            prepared = self.task.prepare(columns)  # raw pixels: the .npy headers checked and cut off
+            clock.mark("decode")
             lengths = prepared.lengths if self.task.bucket_by_length and order.training else None
             self._cached = key, (prepared, order.positions(window, lengths))
         return self._cached[1]
 
 
-def chunks(order: EpochOrder, *, start: int, chunk: int) -> Iterator[tuple[Window, int, int]]:
-    """(window, first batch, end batch) of every chunk of ``order`` from batch ``start`` on."""
+def chunks(order: EpochOrder, *, start: int, chunk: int, ramp: int = 0) -> Iterator[tuple[Window, int, int]]:
+    """(window, first batch, end batch) of every chunk of ``order`` from batch ``start`` on. The first ``ramp``
+    chunks (one per worker) hold one batch each: a pass's first batches come after one batch's decoding, not a
+    whole chunk's."""
+    number = 0
     for window in order.windows:
         end = window.first_batch + window.batches
         first = max(window.first_batch, start)
         while first < end:
-            yield window, first, min(end, first + chunk)
-            first += chunk
+            size = 1 if number < ramp else chunk
+            yield window, first, min(end, first + size)
+            first += size
+            number += 1
 
 
 def unpack(packed: tuple) -> list[Any]:
@@ -233,11 +251,13 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker_init(_worker_id: int) -> None:
+def _worker_init(_worker_id: int, *, die_with_parent: bool = True) -> None:
     """A forked worker: one compute thread, and fsspec's event loop for object stores made anew (the parent's
-    loop thread does not exist in the child; a call into it would wait forever)."""
+    loop thread does not exist in the child; a call into it would wait forever). ``die_with_parent`` only for a
+    pool started by the main thread: the kernel's parent-death signal follows the *thread* that forked."""
     torch.set_num_threads(1)
-    _die_with_parent()
+    if die_with_parent:
+        _die_with_parent()
     try:
         import fsspec.asyn
 
@@ -254,37 +274,76 @@ def _worker_init(_worker_id: int) -> None:
 
 class Loader:
     """Batches of a dataset's splits for one run: ``workers`` persistent processes (0: a thread of this process),
-    ``prefetch`` batches prepared ahead, pinned when ``pin_memory`` (a GPU run)."""
+    ``prefetch`` batches prepared ahead, pinned when ``pin_memory`` (a GPU run). The pool is started on the first
+    pass with at most as many workers as a pass of the run has chunks: a small split is not slowed down by workers
+    that would only start and stop every pass."""
 
     def __init__(self, splits: dict[str, SplitInfo], spec: DatasetSpec, task: Task, *, workers: int, seed: int,
                  shuffle_rows: int, prefetch: int, pin_memory: bool = False):
         self.spec, self.task, self.workers, self.prefetch, self.pin_memory = spec, task, workers, prefetch, pin_memory
         self.passes = _Passes(splits, task, seed=seed, shuffle_rows=shuffle_rows)
         self._dataloader: torch.utils.data.DataLoader | None = None
+        self._at: tuple[SplitInfo, EpochOrder, list[int]] | None = None  # the pass being read, for ``position``
+        self.expected = 0  # the next batch the pass hands on
 
-    def _loader(self) -> torch.utils.data.DataLoader:
+    def _loader(self, workers: int) -> torch.utils.data.DataLoader:
         if self._dataloader is None:
             options: dict[str, Any] = {}
-            if self.workers:
-                options = dict(persistent_workers=True, worker_init_fn=_worker_init, timeout=WORKER_TIMEOUT_S,
-                               prefetch_factor=max(2, math.ceil(self.prefetch / self.workers)))
+            if workers:
+                main = threading.current_thread() is threading.main_thread()
+                options = dict(persistent_workers=True, timeout=WORKER_TIMEOUT_S,
+                               worker_init_fn=functools.partial(_worker_init, die_with_parent=main),
+                               prefetch_factor=max(2, math.ceil(self.prefetch / workers)))
             # Its own generator: every DataLoader iterator draws a seed, which would otherwise come from the global
             # torch RNG and shift the dropout masks of a resumed run against an uninterrupted one.
             self._dataloader = torch.utils.data.DataLoader(
-                self.passes, batch_size=None, num_workers=self.workers, collate_fn=_as_is, pin_memory=self.pin_memory,
+                self.passes, batch_size=None, num_workers=workers, collate_fn=_as_is, pin_memory=self.pin_memory,
                 generator=torch.Generator().manual_seed(self.passes.seed % 2**63), **options)
         return self._dataloader
 
+    @property
+    def active_workers(self) -> int:
+        """The worker processes of the pool (0 before the first pass, and when batches are made in a thread)."""
+        return self._dataloader.num_workers if self._dataloader is not None else 0
+
     def chunk_for(self, batches_per_window: int, batch_size: int) -> int:
         room = BUFFER_BYTES // max(1, max(1, self.workers) * batch_bytes(self.spec, batch_size))
-        heavy = self.spec.kind == "image" and self.spec.image.codec in ("png", "jpeg")
-        return max(1, min(batches_per_window, room, DECODE_CHUNK if heavy else batches_per_window))
+        return max(1, min(batches_per_window, room, DECODE_CHUNK if self._decodes else batches_per_window))
+
+    @property
+    def _decodes(self) -> bool:
+        return self.spec.kind == "image" and self.spec.image.codec in ("png", "jpeg")
+
+    def _units(self, plan: ShardPlan, batch_size: int, chunk: int, ramp: int) -> int:
+        """The most chunks a pass of this run has (a training epoch or an evaluation of any split)."""
+        most = 0
+        for split in self.passes.splits.values():
+            shard = plan_shard(split.row_group_sizes, plan.rank, plan.world)
+            for training in (True, False):
+                order = self.passes.order(split, shard, training=training, epoch=0, batch_size=batch_size)
+                most = max(most, sum(1 for _ in chunks(order, start=0, chunk=chunk, ramp=ramp)))
+        return most
+
+    def position(self) -> dict[str, Any] | None:
+        """Where the pass stands: the batch it hands on next and the files and row groups it comes from (the
+        watchdog's heartbeat names them when a rank is stuck waiting for data)."""
+        if self._at is None:
+            return None
+        split, order, ends = self._at
+        batch = self.expected
+        index = next((i for i, end in enumerate(ends) if batch < end), len(ends) - 1)
+        groups = order.windows[index].groups if order.windows else ()
+        return {"split": split.name, "batch": batch,
+                "row_groups": [[split.row_group_files[g][0], split.row_group_files[g][1]] for g in groups]}
 
     def batches(self, split: SplitInfo, plan: ShardPlan, *, batch_size: int, epoch: int, training: bool,
                 start: int = 0, counter: EpochCounter | None = None) -> Iterator[Any]:
         """The pass's batches from batch ``start`` on, in the epoch's order; with a ``counter``, the shard's rows
         (``first_pass_rows``, including those of the batches before ``start``) and the padding rows are counted,
-        and the first pass is checked against the plan when the pass ends."""
+        the first pass is checked against the plan when the pass ends, and the loader's stages are timed into
+        ``counter.loader`` (``training.ledger``). The pass starts here, in the calling thread (the first pass starts
+        the worker processes: they live as long as the thread that starts them, see ``_worker_init``); the
+        iterator returned may then be read in another thread (``training.feed``)."""
         order = self.passes.order(split, plan, training=training, epoch=epoch, batch_size=batch_size)
         total = order.batches
         if training and plan.steps(batch_size) and not plan.local_rows:
@@ -295,43 +354,76 @@ class Loader:
             counter.first_pass_rows += min(before, plan.local_rows)
             counter.padding_rows += max(0, before - plan.local_rows)
         if start >= total:
-            if counter is not None:
-                counter.check_first_pass()
-            return
+            return self._delivered(iter(()), plan, split, start, total, counter)
         widest = max(w.batches for w in order.windows)
         chunk = self.chunk_for(widest, batch_size)
+        ramp = max(1, self.workers) if self._decodes and chunk > 1 else 0
+        if self._dataloader is None and self.workers:
+            workers = max(1, min(self.workers, self._units(plan, batch_size, chunk, ramp)))
+        else:
+            workers = self.active_workers
+        ramp = max(1, workers) if ramp else 0
+        # the workers read what this pass is when it starts (one pass at a time: a new pass resets the pool)
+        self.passes.set_pass(split.name, training=training, epoch=epoch, start=start, plan=plan,
+                             batch_size=batch_size, chunk=chunk, ramp=ramp)
+        items = iter(self._loader(workers))
+        if not workers:
+            items = prefetched(items, self.prefetch)
+        self._at, self.expected = (split, order, list(np.cumsum([w.batches for w in order.windows]))), start
+        if counter is not None:
+            counter.loader.workers = max(counter.loader.workers, workers)
+        return self._delivered(items, plan, split, start, total, counter)
 
-        def produce() -> Iterator[tuple]:
-            # the workers read what this pass is when it starts (one pass at a time: a new pass resets the pool)
-            self.passes.set_pass(split.name, training=training, epoch=epoch, start=start, plan=plan,
-                                 batch_size=batch_size, chunk=chunk)
-            yield from self._loader()
-
-        items = produce() if self.workers else prefetched(produce(), self.prefetch)
-        waiting: dict[int, tuple[int, Any]] = {}
-        expected = start
+    def _delivered(self, items: Iterator[tuple], plan: ShardPlan, split: SplitInfo, start: int, total: int,
+                   counter: EpochCounter | None) -> Iterator[Any]:
         try:
-            for first, reals, packed in items:
-                if first == _ERROR:
-                    raise packed
-                for index, (real, batch) in enumerate(zip(reals, unpack(packed)), start=first):
-                    waiting[index] = (real, batch)
-                while expected in waiting:
-                    real, batch = waiting.pop(expected)
-                    expected += 1
-                    if counter is not None:
-                        counter.first_pass_rows += real
-                        counter.padding_rows += len(batch[1]) - real
-                    yield batch
+            yield from self._in_order(items, start, counter.loader if counter is not None else None, counter)
         finally:
             close = getattr(items, "close", None)
             if close is not None:
                 close()
-        if expected != total or waiting:
-            raise DataCoverageError(f"rank {plan.rank}: the loader delivered {expected - start} of the "
+        if self.expected != total:
+            raise DataCoverageError(f"rank {plan.rank}: the loader delivered {self.expected - start} of the "
                                     f"{total - start} batches of {split.url} it was asked for")
         if counter is not None:
             counter.check_first_pass()
+
+    def _in_order(self, items: Iterator[tuple], start: int, times, counter: EpochCounter | None) -> Iterator[Any]:
+        """The chunks' batches handed on in the epoch's order, counted; the hand-over timed: a chunk's transfer from
+        its worker (from when it was sent, or when it was asked for if it was sent before) and the work here."""
+        waiting: dict[int, tuple[int, Any]] = {}
+        self.expected = start
+        iterator = iter(items)
+        while True:
+            asked = time.monotonic()
+            try:
+                first, reals, packed, work = next(iterator)
+            except StopIteration:
+                break
+            got = time.monotonic()
+            if first == _ERROR:
+                raise packed
+            for index, (real, batch) in enumerate(zip(reals, unpack(packed)), start=first):
+                waiting[index] = (real, batch)
+            if times is not None:
+                for stage, seconds in zip(WORKER_STAGES, work):
+                    times.add(stage, seconds)
+                times.add("handover", got - max(asked, work[-1]))
+            while self.expected in waiting:
+                real, batch = waiting.pop(self.expected)
+                self.expected += 1
+                if counter is not None:
+                    counter.first_pass_rows += real
+                    counter.padding_rows += len(batch[1]) - real
+                if times is not None:
+                    times.add("handover", time.monotonic() - got)
+                yield batch
+                got = time.monotonic()
+            if times is not None:
+                times.add("handover", time.monotonic() - got)
+        if waiting:
+            raise DataCoverageError(f"the loader delivered batches {sorted(waiting)[:5]} out of order and never the "
+                                    f"batch {self.expected} before them")
 
     def close(self) -> None:
         """Stop the worker processes (they also stop with this process)."""
@@ -339,52 +431,3 @@ class Loader:
         iterator = getattr(loader, "_iterator", None) if loader is not None else None
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
-
-
-def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Run ``items`` (reading, decoding, collating) in a background thread, ``depth`` items ahead, so the next
-    batch is being prepared while the model trains on this one. Errors surface in the caller, in order."""
-    if depth <= 0:
-        yield from items
-        return
-    buffer: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(entry) -> bool:
-        """Hand ``entry`` over unless the consumer has gone (it stopped early or raised): a blocking put on a full
-        queue nobody reads would leave the consumer's join waiting forever."""
-        while not stop.is_set():
-            try:
-                buffer.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in items:
-                if not put((item, None)):
-                    return
-            put((done, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
-            put((done, exc))
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:  # generators: stop their readers in the thread that ran them
-                close()
-
-    thread = threading.Thread(target=work, name="bigtrain-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = buffer.get()
-            if item is done:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()

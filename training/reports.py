@@ -5,6 +5,7 @@
     <output>/evaluation.json          accuracy, per-class precision/recall/F1, macro and weighted averages, confusion
     <output>/confusion_matrix.png     the confusion matrix as an annotated heatmap
     <output>/training_curves.png      loss and accuracy per epoch (train, validation), and the data-stall fraction
+    <output>/stages.png               the last epoch's stage ledger: each rank's time stacked by stage, and its loader's
 
 Everything here runs on rank 0 only. Plots use matplotlib's object API on the Agg canvas (``Figure``, never
 ``pyplot``): no display is needed, and no global backend of the caller's process is changed.
@@ -22,6 +23,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from core import atomic
+from training.ledger import LOADER_STAGES, TRAINER_STAGES
 
 log = logging.getLogger("bigtrain.train")
 METRICS_FILE = "metrics.jsonl"
@@ -29,6 +31,7 @@ TENSORBOARD_DIR = "tensorboard"
 EVALUATION_FILE = "evaluation.json"
 CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curves.png"
+STAGES_PNG = "stages.png"
 ANNOTATE_MAX_CLASSES = 30  # beyond this the counts in the heatmap cells are unreadable; the colours still show
 
 
@@ -268,5 +271,36 @@ def write_evaluation_report(output_dir: str | Path, report: dict[str, Any], hist
     atomic.write_text(json_path, json.dumps(_plain(report), indent=2) + "\n")
     paths = [json_path, plot_confusion(report, output_dir / CONFUSION_PNG),
              plot_curves(list(history), output_dir / CURVES_PNG)]
+    ledgers = [r["ledger"] for r in history if isinstance(r.get("ledger"), dict)]
+    if ledgers:
+        paths.append(plot_stages(ledgers[-1], output_dir / STAGES_PNG, epoch=len(history)))
     log.info("evaluation report: %s", ", ".join(str(p) for p in paths))
     return paths
+
+
+def plot_stages(ledger: dict[str, Any], path: Path, *, epoch: int) -> Path:
+    """One epoch's ledger (``training.ledger``): each rank's wall time stacked by the training thread's stages,
+    and beside it the loader's busy time per stage (worker stages divided over the workers: wall-clock time)."""
+    from matplotlib.figure import Figure
+
+    ranks = ledger["ranks"]
+    labels = [f"rank {r['rank']}" for r in ranks]
+    figure = Figure(figsize=(12.0, 2.2 + 0.45 * len(ranks)), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    for ax, key, title in ((left, "trainer_s", f"epoch {epoch}: training thread (s)"),
+                           (right, "loader_s", "loader: busy s (worker stages / workers)")):
+        stages = [s for s in (TRAINER_STAGES if key == "trainer_s" else LOADER_STAGES) if s in ranks[0][key]]
+        offsets = np.zeros(len(ranks))
+        for stage in stages:
+            values = np.array([r[key][stage] / (max(1, r["workers"]) if key == "loader_s" and stage != "handover"
+                                                 else 1) for r in ranks])
+            if values.any():
+                ax.barh(labels, values, left=offsets, label=stage)
+            offsets += values
+        ax.set_title(title)
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+        if ax.patches:
+            ax.legend(fontsize=8, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    _save(figure, path)
+    return path

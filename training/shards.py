@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from core.errors import DatasetError
 from dataset.info import SplitInfo
+from training.ledger import LoaderTimes
 
 
 class DataCoverageError(DatasetError):
@@ -53,10 +54,12 @@ def plan_shard(row_group_sizes: tuple[int, ...] | list[int], rank: int, world: i
 
 
 class EpochCounter:
-    """Counts the first-pass rows of one epoch on this rank and checks them against the plan."""
+    """Counts the first-pass rows of one epoch on this rank and checks them against the plan; ``loader`` holds the
+    loader's busy seconds of the pass (``training.ledger``), which a source that times its stages adds to."""
 
     def __init__(self, split: SplitInfo, plan: ShardPlan):
         self.split, self.plan, self.first_pass_rows, self.padding_rows = split, plan, 0, 0
+        self.loader = LoaderTimes()
 
     def check_first_pass(self) -> None:
         if self.first_pass_rows != self.plan.local_rows:
@@ -64,3 +67,17 @@ class EpochCounter:
                 f"rank {self.plan.rank}/{self.plan.world} read {self.first_pass_rows} rows of split "
                 f"{self.split.url}, but its shard holds {self.plan.local_rows} (its row groups): refusing to train "
                 "on silently missing data")
+
+
+def shard_files(split: SplitInfo, rank: int, world: int, *, most: int = 20) -> dict:
+    """Rank ``rank``'s shard of ``split`` as files and the row groups read from each (the first ``most`` files):
+    the ledger names the slowest rank's shard with it."""
+    plan = plan_shard(split.row_group_sizes, rank, world)
+    groups = [g for g in range(len(split.row_group_sizes)) if not plan.by_row_group or g % world == rank]
+    files: dict[str, list[int]] = {}
+    for g in groups:
+        if g < len(split.row_group_files):
+            path, index = split.row_group_files[g]
+            files.setdefault(path, []).append(index)
+    shown = dict(list(files.items())[:most])
+    return {"rows": plan.local_rows, "row_groups": len(groups), "files": shown, "more_files": len(files) - len(shown)}

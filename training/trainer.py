@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from core import atomic
-from core.errors import CheckpointError, DatasetError, LockHeld
+from core.errors import CheckpointError, DatasetError, LockHeld, StallBudgetError
 from core.locking import hold
 from core.logs import counted
 from training import checkpoint, resume
@@ -29,11 +29,16 @@ from training.device import describe, precision_for, to_device
 from training.distributed import unwrap
 from training.elastic import fit_elastic
 from training.epoch import train_epoch
+from training.feed import feed
+from training.ledger import RankLedger, StageClock
+from training.ledger import describe as describe_ledger
+from training.ledger import summary as ledger_summary
 from training.models import collate_function, loss_function, resolve_model_name
 from training.reports import MetricsLog, classification_report, write_evaluation_report
 from training.resume import Progress
-from training.shards import DataCoverageError, plan_shard
+from training.shards import DataCoverageError, plan_shard, shard_files
 from training.sources import BatchSource
+from training.watchdog import Heartbeat, Watchdog
 
 log = logging.getLogger("bigtrain.train")
 CHECKPOINT_FILE = checkpoint.FINAL_FILE
@@ -81,6 +86,7 @@ class Trainer:
         self.collate = collate_function(config.collate)  # None, or the batch's inputs -> the model's
         self.dataset = batches.dataset_entry()  # once: it may read the vocabulary
         self.metrics_log: MetricsLog | None = None  # rank 0's, opened on first use
+        self.heartbeat = Heartbeat(position=getattr(getattr(batches, "loader", None), "position", None))
 
     @property
     def identity(self) -> str:
@@ -101,7 +107,7 @@ class Trainer:
         early stopping, then evaluate on the test split; returns the metrics and the trained model. Rank 0 holds
         the output folder locked meanwhile and writes checkpoints, ``metrics.json``, ``metrics.jsonl``,
         TensorBoard events and the evaluation report there. ``elastic``: under Horovod Elastic."""
-        with output_lock(self.output_dir, self.dist):
+        with output_lock(self.output_dir, self.dist), self._watchdog(elastic):
             progress, resumed_from = self.start_or_resume()
             self._log_start()
             try:
@@ -109,11 +115,20 @@ class Trainer:
                     progress = fit_elastic(self, progress, self.dist, self.fit)
                 else:
                     self.fit(progress)
+                self.heartbeat.enter("finish")
                 return self.finish(progress, resumed_from)
             finally:
                 if self.metrics_log is not None:
                     self.metrics_log.close()
                     self.metrics_log = None
+
+    def _watchdog(self, elastic: bool):
+        """Every rank's watchdog (``training.watchdog``); none under --elastic, where Horovod replaces lost
+        workers itself and rank 0 may move."""
+        seconds = 0.0 if elastic else self.config.watchdog_seconds
+        if elastic and self.config.watchdog_seconds and self.dist.rank == 0:
+            log.info("train.watchdog_seconds: no watchdog under --elastic (Horovod Elastic handles lost workers)")
+        return Watchdog(self.dist, self.heartbeat, seconds=seconds, output_dir=self.output_dir)
 
     def _log_start(self) -> None:
         if self.dist.rank != 0:
@@ -167,11 +182,19 @@ class Trainer:
         config, dist = self.config, self.dist
         while progress.epoch < config.epochs and not progress.stopped_early:
             start = time.monotonic()
-            record = {"epoch": progress.epoch + 1, **train_epoch(self, progress, commit)}
+            clock = StageClock()
+            self.heartbeat.enter("train", progress.epoch)
+            record = {"epoch": progress.epoch + 1, **train_epoch(self, progress, commit, clock)}
+            loader_times, device_busy = record.pop("loader_times"), record.pop("device_busy")
             if self.batches.splits["validation"].rows:
+                self.heartbeat.enter("validation")
                 val = self.evaluate("validation")
                 record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            clock.mark("evaluation")
             record["seconds"] = round(time.monotonic() - start, 2)
+            mine = RankLedger(dist.rank, sum(clock.seconds.values()), progress.step, dict(clock.seconds),
+                              dict(loader_times.seconds), loader_times.workers, device_busy)
+            record["ledger"] = self._gather_ledger(mine, progress.epoch)
             progress.history.append(record)
             progress.epoch += 1
             progress.start_epoch_over()
@@ -180,14 +203,37 @@ class Trainer:
                                                  "global_step": progress.global_step})
             if dist.rank == 0:
                 log.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %s acc %s | lr %.3g | data stall %.0f%% | "
-                         "%.1fs", record["epoch"], config.epochs, record["train_loss"], record["train_accuracy"],
+                         "%.1fs | %s", record["epoch"], config.epochs, record["train_loss"], record["train_accuracy"],
                          _fmt(record.get("val_loss")), _fmt(record.get("val_accuracy")), record["lr"],
-                         100 * record["data_stall"], record["seconds"])
+                         100 * record["data_stall"], record["seconds"], describe_ledger(record["ledger"]))
                 self._metrics_log(progress.history[:-1]).log_epoch(record)
                 if progress.stopped_early:
                     log.info("early stopping: val_loss has not improved by more than %g for %d epochs",
                              config.early_stopping_min_delta, config.early_stopping_patience)
+            self.heartbeat.set("checkpoint")
             self.save_resume_point(progress, commit)
+            self._check_stall_budget(record)
+
+    def _gather_ledger(self, mine: RankLedger, epoch: int) -> dict[str, Any]:
+        """Every rank's ledger of the epoch, on every rank (one allgather of a row of floats per rank)."""
+        rows = self.dist.allgather(torch.tensor([mine.row()], dtype=torch.float64), name=f"ledger_{epoch}")
+        ranks = [RankLedger.from_row(r, row.tolist()) for r, row in enumerate(rows)]
+        split = self.batches.splits["train"]
+        return ledger_summary(ranks, shard_of=lambda rank: shard_files(split, rank, len(ranks)))
+
+    def _check_stall_budget(self, record: dict[str, Any]) -> None:
+        """``train.max_data_stall``: every rank sees the same gathered ledger, so all warn or all stop together."""
+        budget, ledger = self.config.max_data_stall, record["ledger"]
+        if budget is None or ledger["max_data_stall"] <= budget:
+            return
+        rank = ledger["ranks"][ledger["most_stalled_rank"]]
+        message = (f"epoch {record['epoch']}: rank {rank['rank']} waited for data {100 * rank['data_stall']:.1f}% of "
+                   f"its step time, over train.max_data_stall {100 * budget:.1f}%; its loader is bound by "
+                   f"{rank['bound']} ({rank['workers']} workers)")
+        if self.config.stall_budget_action == "fail":
+            raise StallBudgetError(message + " (train.stall_budget_action: fail; the epoch's resume point is saved)")
+        if self.dist.rank == 0:
+            log.warning("%s", message)
 
     def model_inputs(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """A batch's inputs as the model takes them, on its device: through ``train.collate`` when there is one
@@ -247,16 +293,20 @@ class Trainer:
         loss_sum = torch.zeros(1, dtype=torch.float64, device=device)
         confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device)  # row: true class
         ids = []
-        for inputs, y, batch_ids in self.batches.evaluation_batches(split_name, plan,
-                                                                    batch_size=self.config.batch_size):
-            y = y.to(device, non_blocking=True)
+        batches = feed(self.batches.evaluation_batches(split_name, plan, batch_size=self.config.batch_size),
+                       device=device, host_inputs=self.batches.host_inputs, collate=self.collate)
+        for index, fed in enumerate(batches):
+            self.heartbeat.set("compute", index)
+            y, batch_ids = fed.ready().labels, fed.ids
             with self.precision.context(device):
-                logits = model(*self.model_inputs(inputs))
+                logits = model(*fed.inputs)
             logits = logits.float()
             loss_sum += self.loss(logits, y).double().sum()
             confusion.index_add_(0, y * num_classes + logits.argmax(1),
                                  torch.ones(len(y), dtype=torch.float64, device=device))
             ids.append(batch_ids)
+            self.heartbeat.set("loading", index + 1)
+        self.heartbeat.set("collective")
         totals = self.dist.allreduce_sum(torch.cat([loss_sum, confusion]).cpu(), name=f"eval_{split.name}")
         loss_sum, confusion = totals[0], totals[1:].reshape(num_classes, num_classes)
         rows = int(confusion.sum())
@@ -284,7 +334,9 @@ class Trainer:
         if dist.rank == 0 and weights_epoch != progress.epoch:
             log.info("keeping the weights of epoch %d (lowest validation loss, %.4f), not those of the last epoch %d",
                      weights_epoch, progress.best_val_loss, progress.epoch)
+        self.heartbeat.enter("test")
         test = self.evaluate("test", check_ids=True)
+        self.heartbeat.enter("finish")
         if test["rows"] == 0 and dist.rank == 0:
             log.warning("the test split of %s is empty: test metrics are null", self.batches.name)
         compared = baselines(self.batches, dist, test_rows=test["per_class_rows"], batch_size=self.config.batch_size)

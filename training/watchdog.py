@@ -1,0 +1,257 @@
+"""The watchdog: when no rank has made progress for ``train.watchdog_seconds``, say which rank is stuck and where,
+and end the run, instead of every rank waiting in a collective until Gloo's or NCCL's timeout (30 minutes).
+
+* **Heartbeat.** The training thread of every rank notes where it is (``Heartbeat.set``: epoch, part, step and
+  phase; a few attribute writes, no I/O). A thread of the rank publishes it about once a second, with the loader's
+  position (the batch it waits for: split, files and row groups), to a ``torch.distributed.TCPStore`` that rank 0
+  serves (its address broadcast once at the start, over the run's own backend: Horovod or DDP).
+* **Judgement, on rank 0.** A rank made progress when its heartbeat changed. When none has for the budget, the
+  stuck ranks are those not waiting in a collective, and of those the ones furthest behind (``stuck_ranks``).
+* **The end.** Rank 0 writes ``<output>/hang.json`` (the ranks, where each sits, which are stuck), asks every rank
+  for its Python stacks (``faulthandler``, all threads) through the store, writes them to
+  ``<output>/hang-stacks/rank<N>.txt``, logs one line, and every rank exits with ``EXIT_HUNG`` (5).
+
+It needs a Python thread to run: a rank stuck in native code that holds the GIL is not seen (its heartbeat thread is
+stuck too; rank 0 then names it by its silence as long as rank 0 itself can run). Not started under ``--elastic``,
+where Horovod itself replaces lost workers and rank 0 may move.
+"""
+from __future__ import annotations
+
+import faulthandler
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from core import atomic
+from core.errors import EXIT_HUNG
+
+log = logging.getLogger("bigtrain.train")
+HANG_FILE = "hang.json"
+STACKS_DIR = "hang-stacks"
+PARTS = ("start", "train", "validation", "test", "finish")
+PHASES = ("loading", "compute", "backward", "step", "checkpoint", "collective")  # a step's order; collective last
+STACKS_WAIT_S = 15.0  # how long rank 0 waits for the other ranks' stacks
+EXIT_WAIT_S = 30.0    # how long a rank waits for rank 0 to finish the files before it exits anyway
+
+
+class Heartbeat:
+    """Where this rank's training thread is. ``set`` is called at every phase of every step: plain attribute
+    writes, read by the watchdog's thread."""
+    __slots__ = ("epoch", "part", "step", "phase", "position")
+
+    def __init__(self, position: Callable[[], Any] | None = None):
+        self.epoch, self.part, self.step, self.phase = 0, "start", 0, "compute"
+        self.position = position  # the loader's position, asked for when the beat is published
+
+    def set(self, phase: str, step: int | None = None) -> None:
+        self.phase = phase
+        if step is not None:
+            self.step = step
+
+    def enter(self, part: str, epoch: int | None = None) -> None:
+        """A new part of the run (train, validation, test, finish); its steps count from 0."""
+        self.part, self.step, self.phase = part, 0, "loading"
+        if epoch is not None:
+            self.epoch = epoch
+
+    def snapshot(self) -> dict[str, Any]:
+        where = {"epoch": self.epoch, "part": self.part, "step": self.step, "phase": self.phase}
+        if self.phase == "loading" and self.position is not None:
+            try:
+                where["loader"] = self.position()
+            except Exception:  # noqa: BLE001 - a position is a hint; its absence must not stop the heartbeat
+                where["loader"] = None
+        return where
+
+
+def progress_key(beat: dict[str, Any]) -> tuple:
+    """How far a rank has got: epoch, part, step, phase, in the order a step goes through them."""
+    part = PARTS.index(beat["part"]) if beat.get("part") in PARTS else 0
+    phase = PHASES.index(beat["phase"]) if beat.get("phase") in PHASES else 0
+    return beat.get("epoch", 0), part, beat.get("step", 0), phase
+
+
+def stuck_ranks(beats: dict[int, dict[str, Any] | None]) -> list[int]:
+    """The ranks the others wait for: of the ranks not waiting in a collective, those furthest behind; a rank that
+    never reported is stuck; when every rank waits in a collective, all of them."""
+    silent = sorted(r for r, b in beats.items() if b is None)
+    if silent:
+        return silent
+    working = {r: b for r, b in beats.items() if b["phase"] != "collective"}
+    if not working:
+        return sorted(beats)
+    least = min(progress_key(b) for b in working.values())
+    return sorted(r for r, b in working.items() if progress_key(b) == least)
+
+
+class _LocalStore:
+    """The store of a world of one: the same calls as a TCPStore, in memory."""
+
+    def __init__(self):
+        self.values: dict[str, bytes] = {}
+
+    def set(self, key: str, value) -> None:
+        self.values[key] = value.encode() if isinstance(value, str) else value
+
+    def get(self, key: str) -> bytes:
+        return self.values[key]
+
+    def check(self, keys: Sequence[str]) -> bool:
+        return all(k in self.values for k in keys)
+
+
+class Watchdog:
+    """One per rank for the length of a run: ``start`` (every rank, collectively) and ``stop``."""
+
+    def __init__(self, dist, heartbeat: Heartbeat, *, seconds: float, output_dir: str | Path,
+                 exit_process: Callable[[int], Any] = os._exit):
+        self.dist, self.heartbeat, self.seconds, self.output_dir = dist, heartbeat, seconds, Path(output_dir)
+        self.interval = min(1.0, max(0.05, seconds / 10))
+        self._exit = exit_process  # os._exit: the training thread may be stuck in a collective
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.store = None
+
+    def start(self) -> "Watchdog":
+        if self.seconds <= 0:
+            return self
+        self.store = self._open_store()
+        self._thread = threading.Thread(target=self._run, name="bigtrain-watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "Watchdog":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _open_store(self):
+        dist = self.dist
+        if dist.size == 1:
+            return _LocalStore()
+        from torch.distributed import TCPStore
+
+        master = None
+        if dist.rank == 0:  # a free port of this host, told to the others over the run's own backend
+            master = TCPStore(_host_name(), 0, dist.size, True, wait_for_workers=False)
+        host, port = dist.broadcast_object((_host_name(), master.port) if master else None, name="watchdog_store")
+        return master or TCPStore(host, port, dist.size, False, timeout=timedelta(seconds=60))
+
+    def _run(self) -> None:
+        seen: dict[int, tuple[Any, float]] = {}
+        began = time.monotonic()
+        rank = self.dist.rank
+        while not self._stop.wait(self.interval):
+            try:
+                beat = self.heartbeat.snapshot()
+                self.store.set(f"beat/{rank}", json.dumps({**beat, "host": socket.gethostname(),
+                                                           "pid": os.getpid()}))
+                if self.store.check(["hang"]):
+                    self._give_stacks_and_exit(rank)
+                if rank == 0:
+                    self._judge(seen, began)
+            except Exception as exc:  # noqa: BLE001 - the store went away: the run is ending; never crash it here
+                if not self._stop.is_set():
+                    log.debug("watchdog: %s", exc)
+                return
+
+    def _judge(self, seen: dict[int, tuple[Any, float]], began: float) -> None:
+        now = time.monotonic()
+        beats: dict[int, dict[str, Any] | None] = {}
+        for r in range(self.dist.size):
+            beat = json.loads(self.store.get(f"beat/{r}")) if self.store.check([f"beat/{r}"]) else None
+            beats[r] = beat
+            key = None if beat is None else (progress_key(beat), beat["phase"])
+            if r not in seen or seen[r][0] != key:
+                seen[r] = (key, now)
+        last = max([t for _, t in seen.values()] + [began])
+        if now - last >= self.seconds:
+            self._declare(beats, idle={r: round(now - t, 1) for r, (_, t) in seen.items()})
+
+    def _declare(self, beats: dict[int, dict[str, Any] | None], idle: dict[int, float]) -> None:
+        """Rank 0: hang.json, the stacks of every rank, one log line, exit."""
+        stuck = stuck_ranks(beats)
+        report = {"watchdog_seconds": self.seconds, "stuck_ranks": stuck, "exit_code": EXIT_HUNG,
+                  "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "ranks": [{"rank": r, "idle_s": idle.get(r), **(beats[r] or {"phase": "never reported"})}
+                            for r in sorted(beats)]}
+        path = self.output_dir / HANG_FILE
+        atomic.write_json(path, report)  # first: the other ranks' exits may end this process soon
+        self.store.set("hang", json.dumps(stuck))
+        stacks = self.output_dir / STACKS_DIR
+        stacks.mkdir(parents=True, exist_ok=True)
+        (stacks / "rank0.txt").write_text(_own_stacks())
+        deadline = time.monotonic() + STACKS_WAIT_S
+        missing = set(range(1, self.dist.size))
+        while missing and time.monotonic() < deadline:
+            for r in sorted(missing):
+                if self.store.check([f"stacks/{r}"]):
+                    (stacks / f"rank{r}.txt").write_bytes(self.store.get(f"stacks/{r}"))
+                    missing.discard(r)
+            time.sleep(0.1)
+        where = "; ".join(_where(r, beats[r]) for r in stuck)
+        log.error("watchdog: no rank made progress for %gs: stuck %s; wrote %s and the stacks of %d rank(s) in %s; "
+                  "exiting with %d", self.seconds, where, path, self.dist.size - len(missing), stacks, EXIT_HUNG)
+        self.store.set("hang_written", "1")
+        _flush()
+        self._exit(EXIT_HUNG)
+
+    def _give_stacks_and_exit(self, rank: int) -> None:
+        if rank != 0:
+            self.store.set(f"stacks/{rank}", _own_stacks())
+            deadline = time.monotonic() + EXIT_WAIT_S
+            while time.monotonic() < deadline and not self._store_says("hang_written"):
+                time.sleep(0.1)
+            _flush()
+            self._exit(EXIT_HUNG)
+
+    def _store_says(self, key: str) -> bool:
+        try:
+            return self.store.check([key])
+        except Exception:  # noqa: BLE001 - rank 0 has gone: it has finished
+            return True
+
+
+def _where(rank: int, beat: dict[str, Any] | None) -> str:
+    if beat is None:
+        return f"rank {rank} (never reported)"
+    text = f"rank {rank} at epoch {beat['epoch'] + 1} {beat['part']} step {beat['step']} ({beat['phase']}"
+    loader = beat.get("loader")
+    if loader and loader.get("row_groups"):
+        path, group = loader["row_groups"][0]
+        text += f", waiting for {loader['split']} batch {loader['batch']}: {path} row group {group}"
+    return text + ")"
+
+
+def _own_stacks() -> str:
+    """Every thread's Python stack of this process, as faulthandler writes them (it needs a file)."""
+    with tempfile.TemporaryFile("w+") as file:
+        faulthandler.dump_traceback(file, all_threads=True)
+        file.seek(0)
+        return f"pid {os.getpid()} on {socket.gethostname()}\n" + file.read()
+
+
+def _host_name() -> str:
+    """The name the other ranks reach this host by: the one the launcher used where it says, else the host's."""
+    return os.environ.get("HOROVOD_HOSTNAME") or os.environ.get("MASTER_ADDR") or socket.gethostname()
+
+
+def _flush() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
