@@ -19,7 +19,7 @@ import time
 from benchmarks import common
 
 SIZES = {"smoke": 0.05, "quick": 1.0}
-GROUPS = ("loader", "codecs", "preprocess", "stall", "resilience", "distributed", "growth")
+GROUPS = ("loader", "feeding", "codecs", "preprocess", "stall", "resilience", "distributed", "growth")
 BASE_PER_CLASS, BASE_TEXTS, GROWTH_PER_CLASS = 400, 20000, 100  # quick: 4,000 images, 20,000 texts; growth 1x = 1,000
 
 
@@ -54,7 +54,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from benchmarks import growth, loader, preprocess, train_bench
+    from benchmarks import feeding, growth, loader, preprocess, train_bench
     from core.logs import setup_logging
     from pipelines.samples import generate_images, generate_texts
     from pipelines.storage import build_spark
@@ -92,6 +92,15 @@ def main(argv=None) -> int:
             results += loader.loader_results("images", image_ds, workers=workers)
             results += loader.loader_results("texts", text_ds, workers=workers)
             results += loader.resume_results(image_ds, workers)
+        if "feeding" in args.groups:
+            say("feeding the step: null-model training against the loader, the ledger's cost, workers, first batch")
+            results += feeding.feeding_results("images", image_ds, work, common.cores())
+            results += feeding.feeding_results("texts", text_ds, work, common.cores())
+            results += feeding.ledger_cost_results(image_ds)
+            raw_ds = os.path.join(work, "images-raw")
+            preprocess.run_image_job(spark, raw_images, raw_ds, codec="raw")
+            results += feeding.scaling_results("png", image_ds)
+            results += feeding.scaling_results("raw", raw_ds)
         if "codecs" in args.groups:
             say("image codecs")
             results += loader.codec_results(spark, raw_images, os.path.join(work, "codecs"), common.cores())

@@ -243,9 +243,17 @@ def init_distributed(backend: str = "auto", device: str = "auto"):
         return SingleProcess(device)
 
 
-def set_threads(dist) -> int:
-    """Give each local rank its share of the cores, so N ranks on one host don't oversubscribe it."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // max(1, dist.local_size))
+def set_threads(dist, environ=os.environ) -> int:
+    """torch's compute threads in this rank: ``OMP_NUM_THREADS`` where it is set (torchrun sets it to 1); else one on
+    a GPU (the GPU computes, and the host's cores are the loader workers': idle compute threads spinning after each
+    small host-side op would take them); else the rank's share of the cores, so N ranks on one host don't
+    oversubscribe it."""
+    if environ.get("OMP_NUM_THREADS", "").strip().isdigit() and int(environ["OMP_NUM_THREADS"]) > 0:
+        threads = int(environ["OMP_NUM_THREADS"])
+    elif dist.device.type == "cuda":
+        threads = 1
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // max(1, dist.local_size))
     torch.set_num_threads(threads)
     return threads

@@ -51,10 +51,11 @@ def train_epoch(trainer, progress: Progress, commit=None, clock: StageClock | No
                                                     counter=counter, start=progress.step),
                    device=trainer.device, host_inputs=trainer.batches.host_inputs, collate=trainer.collate,
                    times=counter.loader)
-    beat.set("loading", progress.step)
-    for index, fed in enumerate(batches, start=progress.step):
-        clock.mark("start" if index == progress.step else "wait")  # the first batch: the workers' first reads
-        beat.set("compute", index)
+    first = progress.step
+    beat.set("loading", first + 1)  # steps counted from 1, as in the logs
+    for index, fed in enumerate(batches, start=first):
+        clock.mark("start" if index == first else "wait")  # the first batch: the workers' first reads
+        beat.set("compute", index + 1)
         fed.ready()
         clock.mark("copy")
         group_start = index - index % k
@@ -64,7 +65,7 @@ def train_epoch(trainer, progress: Progress, commit=None, clock: StageClock | No
         real = max(0, min(len(fed.labels), plan.local_rows - index * config.batch_size))
         busy.begin()
         loss_sum, hits = forward_backward(trainer, fed.inputs, fed.labels, group_size, sync=last_of_group, real=real,
-                                          placed=True)
+                                          placed=True, beat=beat)
         on_device[0] += loss_sum.double()
         on_device[1] += hits
         on_device[2] += real
@@ -78,7 +79,7 @@ def train_epoch(trainer, progress: Progress, commit=None, clock: StageClock | No
             progress.global_step += 1
             every = config.checkpoint_every_steps
             if every and progress.global_step % every == 0 and progress.step < steps:
-                beat.set("checkpoint", index)
+                beat.set("checkpoint", index + 1)
                 local[:3] = on_device.cpu()
                 local[3:] = _stall_sums(clock)
                 totals = base + dist.allreduce_sum(local, name=f"partial_{progress.global_step}")
@@ -86,7 +87,7 @@ def train_epoch(trainer, progress: Progress, commit=None, clock: StageClock | No
                 trainer.save_resume_point(progress, commit)
                 clock.mark("checkpoint")
         _report_step(progress_bar, progress, steps, clock, on_device, config, dist)
-        beat.set("loading", index + 1)
+        beat.set("loading", index + 2)
         clock.mark("other")
     if progress_bar is not None:
         progress_bar.close()
@@ -137,13 +138,14 @@ def _epoch_metrics(trainer, progress: Progress, local: torch.Tensor, base: torch
 
 
 def forward_backward(trainer, inputs, y, group_size: int, *, sync: bool, real: int | None = None,
-                     placed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     placed: bool = False, beat=None) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch's loss and gradients; returns the summed loss and the count of correct predictions of its first
     ``real`` rows (default all; the rest pad a short shard: they are trained on, so that every rank takes the same
     steps, but not counted in the metrics), as tensors on the device (reading them here would make the host wait
     for the GPU). The loss is divided by the batches per optimizer step, so k accumulated batches of b rows give the
     gradient of one batch of k*b rows. ``placed``: the inputs are the model's already, on its device
-    (``training.feed``); else they are a batch's, collated and moved here."""
+    (``training.feed``); else they are a batch's, collated and moved here. ``beat``: the heartbeat, told when the
+    backward pass starts (under DDP it waits there for the other ranks' gradients)."""
     if not placed:
         inputs = trainer.model_inputs(inputs)
         y = y.to(trainer.device, non_blocking=True)
@@ -154,6 +156,8 @@ def forward_backward(trainer, inputs, y, group_size: int, *, sync: bool, real: i
         with trainer.precision.context(trainer.device):
             logits = trainer.model(*inputs)
             per_row = trainer.loss(logits, y)
+        if beat is not None:
+            beat.set("backward")
         trainer.scaler.scale(per_row.mean() / group_size).backward()
     return per_row[:real].detach().float().sum(), (logits[:real].argmax(1) == y[:real]).sum()
 
@@ -180,6 +184,8 @@ def optimizer_step(trainer, *, lr: float, clock: StageClock | None = None, beat=
         scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad()
+    if clock is not None:
+        clock.mark("compute")
 
 
 def _report_step(progress_bar, progress: Progress, steps: int, clock: StageClock, on_device: torch.Tensor,

@@ -1,11 +1,16 @@
-"""Batches on their way to the step, off the training thread.
+"""Batches on their way to the step.
 
-``feed`` runs a batch source in a background thread, ``depth`` batches ahead: receiving the loader's chunks,
-putting their batches in order and counting them happen there, not between two steps. Without a ``train.collate``
-hook, the thread also starts each batch's copy to the GPU on a side stream, so the copy of batch ``i + 1`` overlaps
-the step on batch ``i``; the step makes the GPU wait for its own batch's copy (an event), never the host. A collate
-hook runs on the training thread, in order, as it always did: a hook that draws random numbers (augmentation) then
-draws them in the same order every run, and one that is not thread-safe stays safe.
+On a GPU, ``feed`` runs the batch source in a background thread, ``depth`` batches ahead: receiving the loader's
+chunks, putting their batches in order and counting them happen there, not between two steps, while the GPU
+computes. Without a ``train.collate`` hook the thread also starts each batch's copy to the GPU on a side stream, so
+the copy of batch ``i + 1`` overlaps the step on batch ``i``; the step makes the GPU wait for its own batch's copy
+(an event), never the host. A collate hook runs on the training thread, in order, as it always did: a hook that
+draws random numbers (augmentation) then draws them in the same order every run, and one that is not thread-safe
+stays safe.
+
+On a CPU the source is read on the training thread: the step's own compute uses the cores, the loader's workers
+are processes of their own, and a thread in between would only add a hand-over per batch (measured: a model whose
+step costs nothing trained at 0.75 of the loader's rate through a thread, at 0.9 to 1.0 without, on 2 cores).
 
 ``prefetched`` is the thread itself: any iterator, run ahead, with its errors raised in the caller, in order.
 """
@@ -83,7 +88,7 @@ def feed(batches: Iterator[Any], *, device: torch.device, host_inputs: tuple[int
             if close is not None:  # the source's own readers stopped in the thread that ran them
                 close()
 
-    return prefetched(run(), depth)
+    return prefetched(run(), depth) if device.type == "cuda" else run()
 
 
 def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:

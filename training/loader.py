@@ -314,14 +314,15 @@ class Loader:
     def _decodes(self) -> bool:
         return self.spec.kind == "image" and self.spec.image.codec in ("png", "jpeg")
 
-    def _units(self, plan: ShardPlan, batch_size: int, chunk: int, ramp: int) -> int:
-        """The most chunks a pass of this run has (a training epoch or an evaluation of any split)."""
+    def _units(self, plan: ShardPlan, batch_size: int, chunk: int) -> int:
+        """The most chunks a pass of this run has (a training epoch or an evaluation of any split), before a pass's
+        first chunks are cut to one batch each."""
         most = 0
         for split in self.passes.splits.values():
             shard = plan_shard(split.row_group_sizes, plan.rank, plan.world)
             for training in (True, False):
                 order = self.passes.order(split, shard, training=training, epoch=0, batch_size=batch_size)
-                most = max(most, sum(1 for _ in chunks(order, start=0, chunk=chunk, ramp=ramp)))
+                most = max(most, sum(1 for _ in chunks(order, start=0, chunk=chunk)))
         return most
 
     def position(self) -> dict[str, Any] | None:
@@ -357,12 +358,11 @@ class Loader:
             return self._delivered(iter(()), plan, split, start, total, counter)
         widest = max(w.batches for w in order.windows)
         chunk = self.chunk_for(widest, batch_size)
-        ramp = max(1, self.workers) if self._decodes and chunk > 1 else 0
         if self._dataloader is None and self.workers:
-            workers = max(1, min(self.workers, self._units(plan, batch_size, chunk, ramp)))
+            workers = max(1, min(self.workers, self._units(plan, batch_size, chunk)))
         else:
             workers = self.active_workers
-        ramp = max(1, workers) if ramp else 0
+        ramp = max(1, workers) if self._decodes and chunk > 1 else 0
         # the workers read what this pass is when it starts (one pass at a time: a new pass resets the pool)
         self.passes.set_pass(split.name, training=training, epoch=epoch, start=start, plan=plan,
                              batch_size=batch_size, chunk=chunk, ramp=ramp)

@@ -296,7 +296,7 @@ class Trainer:
         batches = feed(self.batches.evaluation_batches(split_name, plan, batch_size=self.config.batch_size),
                        device=device, host_inputs=self.batches.host_inputs, collate=self.collate)
         for index, fed in enumerate(batches):
-            self.heartbeat.set("compute", index)
+            self.heartbeat.set("compute", index + 1)
             y, batch_ids = fed.ready().labels, fed.ids
             with self.precision.context(device):
                 logits = model(*fed.inputs)
@@ -305,7 +305,7 @@ class Trainer:
             confusion.index_add_(0, y * num_classes + logits.argmax(1),
                                  torch.ones(len(y), dtype=torch.float64, device=device))
             ids.append(batch_ids)
-            self.heartbeat.set("loading", index + 1)
+            self.heartbeat.set("loading", index + 2)
         self.heartbeat.set("collective")
         totals = self.dist.allreduce_sum(torch.cat([loss_sum, confusion]).cpu(), name=f"eval_{split.name}")
         loss_sum, confusion = totals[0], totals[1:].reshape(num_classes, num_classes)

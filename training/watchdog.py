@@ -43,8 +43,9 @@ EXIT_WAIT_S = 30.0    # how long a rank waits for rank 0 to finish the files bef
 
 
 class Heartbeat:
-    """Where this rank's training thread is. ``set`` is called at every phase of every step: plain attribute
-    writes, read by the watchdog's thread."""
+    """Where this rank's training thread is: the part of the run, its step (counted from 1, as the logs count
+    them; in a ``loading`` phase, the step whose batch it waits for) and the phase. ``set`` is called at every
+    phase of every step: plain attribute writes, read by the watchdog's thread."""
     __slots__ = ("epoch", "part", "step", "phase", "position")
 
     def __init__(self, position: Callable[[], Any] | None = None):
@@ -58,7 +59,7 @@ class Heartbeat:
 
     def enter(self, part: str, epoch: int | None = None) -> None:
         """A new part of the run (train, validation, test, finish); its steps count from 0."""
-        self.part, self.step, self.phase = part, 0, "loading"
+        self.part, self.step, self.phase = part, 1, "loading"
         if epoch is not None:
             self.epoch = epoch
 
@@ -112,10 +113,10 @@ class Watchdog:
     """One per rank for the length of a run: ``start`` (every rank, collectively) and ``stop``."""
 
     def __init__(self, dist, heartbeat: Heartbeat, *, seconds: float, output_dir: str | Path,
-                 exit_process: Callable[[int], Any] = os._exit):
+                 exit_process: Callable[[int], Any] | None = None):
         self.dist, self.heartbeat, self.seconds, self.output_dir = dist, heartbeat, seconds, Path(output_dir)
         self.interval = min(1.0, max(0.05, seconds / 10))
-        self._exit = exit_process  # os._exit: the training thread may be stuck in a collective
+        self._exit = exit_process or _end
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.store = None
@@ -160,16 +161,17 @@ class Watchdog:
                 beat = self.heartbeat.snapshot()
                 self.store.set(f"beat/{rank}", json.dumps({**beat, "host": socket.gethostname(),
                                                            "pid": os.getpid()}))
-                if self.store.check(["hang"]):
-                    self._give_stacks_and_exit(rank)
-                if rank == 0:
-                    self._judge(seen, began)
+                if self.store.check(["hang"]) and rank != 0:
+                    return self._give_stacks_and_exit(rank)
+                if rank == 0 and self._judge(seen, began):
+                    return None
             except Exception as exc:  # noqa: BLE001 - the store went away: the run is ending; never crash it here
                 if not self._stop.is_set():
                     log.debug("watchdog: %s", exc)
                 return
 
-    def _judge(self, seen: dict[int, tuple[Any, float]], began: float) -> None:
+    def _judge(self, seen: dict[int, tuple[Any, float]], began: float) -> bool:
+        """Rank 0: True when it found the run hung (and ended it)."""
         now = time.monotonic()
         beats: dict[int, dict[str, Any] | None] = {}
         for r in range(self.dist.size):
@@ -179,8 +181,10 @@ class Watchdog:
             if r not in seen or seen[r][0] != key:
                 seen[r] = (key, now)
         last = max([t for _, t in seen.values()] + [began])
-        if now - last >= self.seconds:
-            self._declare(beats, idle={r: round(now - t, 1) for r, (_, t) in seen.items()})
+        if now - last < self.seconds:
+            return False
+        self._declare(beats, idle={r: round(now - t, 1) for r, (_, t) in seen.items()})
+        return True
 
     def _declare(self, beats: dict[int, dict[str, Any] | None], idle: dict[int, float]) -> None:
         """Rank 0: hang.json, the stacks of every rank, one log line, exit."""
@@ -211,19 +215,25 @@ class Watchdog:
         self._exit(EXIT_HUNG)
 
     def _give_stacks_and_exit(self, rank: int) -> None:
-        if rank != 0:
-            self.store.set(f"stacks/{rank}", _own_stacks())
-            deadline = time.monotonic() + EXIT_WAIT_S
-            while time.monotonic() < deadline and not self._store_says("hang_written"):
-                time.sleep(0.1)
-            _flush()
-            self._exit(EXIT_HUNG)
+        """A rank other than 0, once rank 0 found the run hung: its stacks to rank 0, then the end."""
+        self.store.set(f"stacks/{rank}", _own_stacks())
+        deadline = time.monotonic() + EXIT_WAIT_S
+        while time.monotonic() < deadline and not self._store_says("hang_written"):
+            time.sleep(0.1)
+        _flush()
+        self._exit(EXIT_HUNG)
 
     def _store_says(self, key: str) -> bool:
         try:
             return self.store.check([key])
         except Exception:  # noqa: BLE001 - rank 0 has gone: it has finished
             return True
+
+
+def _end(code: int) -> None:
+    """The process's end, from the watchdog's thread: ``os._exit``, since the training thread may be stuck in a
+    collective that no exception would reach."""
+    os._exit(code)
 
 
 def _where(rank: int, beat: dict[str, Any] | None) -> str:
@@ -233,7 +243,7 @@ def _where(rank: int, beat: dict[str, Any] | None) -> str:
     loader = beat.get("loader")
     if loader and loader.get("row_groups"):
         path, group = loader["row_groups"][0]
-        text += f", waiting for {loader['split']} batch {loader['batch']}: {path} row group {group}"
+        text += f", its loader on {loader['split']} batch {loader['batch'] + 1}: {path} row group {group}"
     return text + ")"
 
 

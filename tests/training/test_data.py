@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import shutil
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -129,6 +130,48 @@ def test_ranks_read_disjoint_shards_covering_the_split_in_equal_steps(image_data
     assert len(set(steps)) == 1, f"ranks would run different numbers of steps: {steps}"
     everything = [i for shard in shards for i in shard]
     assert len(everything) == len(set(everything)) == split.rows
+
+
+def test_a_pass_starts_with_one_batch_per_worker_then_whole_chunks():
+    plan = plan_shard([40, 40, 37], 0, 1)
+    order = epoch_order([40, 40, 37], plan, batch_size=4, seed=1, epoch=0, shuffle_rows=40)
+    cut = list(loader_module.chunks(order, start=0, chunk=8, ramp=2))
+    assert [last - first for _, first, last in cut[:3]] == [1, 1, 8]  # two workers' first chunks, then full ones
+    assert [b for _, first, last in cut for b in range(first, last)] == list(range(order.batches))
+
+
+@pytest.mark.spark
+def test_the_loader_times_its_stages_and_starts_only_the_workers_a_pass_can_use(image_dataset):
+    source = source_for(image_dataset, 8, "train.shuffle_buffer=1024")
+    split = source.splits["train"]
+    plan = plan_shard(split.row_group_sizes, 0, 1)
+    try:
+        counter = EpochCounter(split, plan)
+        epoch_ids(source, plan, counter=counter, batch_size=16)
+        started = source.loader.active_workers
+    finally:
+        source.close()
+    assert 1 <= started < 8  # a few chunks per pass (train: one window; evaluation: one per row group)
+    assert counter.loader.workers == started
+    assert all(counter.loader.seconds[stage] > 0 for stage in ("read", "decode", "batch", "handover"))
+
+
+@pytest.mark.spark
+def test_a_pool_started_by_a_thread_that_has_ended_still_serves_passes(image_dataset):
+    """The kernel's parent-death signal follows the thread that forked a worker: a pool started by a short-lived
+    thread must not die with it (the next pass would wait for its workers until the loader's timeout)."""
+    source = source_for(image_dataset, 2)
+    plan = plan_shard(source.splits["train"].row_group_sizes, 0, 1)
+    passes: list = []
+    try:
+        for _ in range(2):
+            thread = threading.Thread(target=lambda: passes.append(epoch_ids(source, plan)), daemon=True)
+            thread.start()
+            thread.join(timeout=120)
+            assert not thread.is_alive(), "a pass of a pool started by an ended thread hangs"
+    finally:
+        source.close()
+    assert passes[0] == passes[1]
 
 
 @pytest.mark.spark

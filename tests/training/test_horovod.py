@@ -52,6 +52,17 @@ def test_train_job_under_horovodrun_logs_once_and_writes_outputs(image_dataset, 
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and len(metrics["history"]) == 2
     assert (tmp_path / "m" / "checkpoint.pt").is_file()
+    # the stage ledger: every rank's epoch gathered on rank 0, named in its epoch line, drawn in stages.png
+    for record in metrics["history"]:
+        ledger = record["ledger"]
+        assert [r["rank"] for r in ledger["ranks"]] == [0, 1]
+        for rank in ledger["ranks"]:
+            assert sum(rank["trainer_s"].values()) == pytest.approx(rank["wall_s"], abs=2e-3)
+            assert rank["loader_s"]["read"] > 0 and rank["workers"] >= 1
+        assert ledger["slowest_shard"]["row_groups"] >= 1 and ledger["slowest_shard"]["files"]
+    slowest = metrics["history"][-1]["ledger"]["slowest_rank"]
+    assert f"| slowest rank {slowest} (" in everything
+    assert (tmp_path / "m" / "stages.png").is_file()
 
 
 def _rank1_lines(done: subprocess.CompletedProcess) -> str:
