@@ -66,8 +66,11 @@ def _train_rate(dataset: str, workers: int, out: str, batch: int) -> float:
     return rows / sum((r["train_rows"] + r["padding_rows"]) / r["samples_per_second"] for r in history)
 
 
-def feeding_results(name: str, dataset: str, work: str, workers: int, batch: int = FEED_BATCH) -> list[Result]:
-    """Null-model training against the loader alone, alternated round by round, same workers and batch size."""
+def feeding_results(name: str, dataset: str, work: str, workers: int, batch: int = FEED_BATCH,
+                    target: float | None = 0.85) -> list[Result]:
+    """Null-model training against the loader alone, alternated round by round, same workers and batch size.
+    ``target`` None: reported only (token ids load at a million rows a second and more here, faster than any step
+    of PyTorch's, whose autograd and optimizer calls alone cost a null model a few hundred microseconds)."""
     torch.set_num_threads(1)  # the null model needs none; the cores are the workers'
     source = open_source(dataset, workers)
     loader_rates, train_rates = [], []
@@ -83,7 +86,7 @@ def feeding_results(name: str, dataset: str, work: str, workers: int, batch: int
     ratio = trained.median / loader.median
     return [Result(f"feeding/{name}", "null-model training / loader alone, same workers", ratio, "",
                    f"training {trained.text()}, loader alone {loader.text()}, {workers} workers, batch {batch}",
-                   ">= 0.85", check(ratio, ">=", 0.85))]
+                   f">= {target}" if target else "", check(ratio, ">=", target) if target else None)]
 
 
 def ledger_cost_results(dataset: str) -> list[Result]:

@@ -92,18 +92,19 @@ def main(argv=None) -> int:
             results += loader.loader_results("images", image_ds, workers=workers)
             results += loader.loader_results("texts", text_ds, workers=workers)
             results += loader.resume_results(image_ds, workers)
-        if "feeding" in args.groups:
-            say("feeding the step: null-model training against the loader, the ledger's cost, workers, first batch")
-            results += feeding.feeding_results("images", image_ds, work, common.cores())
-            results += feeding.feeding_results("texts", text_ds, work, common.cores())
-            results += feeding.ledger_cost_results(image_ds)
-            raw_ds = os.path.join(work, "images-raw")
-            preprocess.run_image_job(spark, raw_images, raw_ds, codec="raw")
-            results += feeding.scaling_results("png", image_ds)
-            results += feeding.scaling_results("raw", raw_ds)
         if "codecs" in args.groups:
             say("image codecs")
             results += loader.codec_results(spark, raw_images, os.path.join(work, "codecs"), common.cores())
+        if "feeding" in args.groups:
+            say("feeding the step: null-model training against the loader, the ledger's cost, workers, first batch")
+            results += feeding.feeding_results("images", image_ds, work, common.cores())
+            results += feeding.feeding_results("texts", text_ds, work, common.cores(), target=None)
+            results += feeding.ledger_cost_results(image_ds)
+            raw_ds = os.path.join(work, "codecs", "codec-raw")  # the codecs group's, when it ran
+            if not os.path.isdir(raw_ds):
+                preprocess.run_image_job(spark, raw_images, raw_ds, codec="raw")
+            results += feeding.scaling_results("png", image_ds)
+            results += feeding.scaling_results("raw", raw_ds)
         if "preprocess" in args.groups:
             say("preprocessing throughput")
             results += preprocess.image_results(spark, raw_images, os.path.join(work, "pre-images"), per_class * 10)

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from core.logs import counted
+
 TRAINER_STAGES = ("start", "wait", "copy", "compute", "collective", "checkpoint", "evaluation", "other")
 STEP_STAGES = ("wait", "copy", "compute", "collective", "checkpoint", "other")  # the steps, after the first batch
 LOADER_STAGES = ("read", "decode", "batch", "handover")
@@ -158,7 +160,7 @@ def describe(ledger: dict[str, Any], *, notable: float = 0.05) -> str:
     rank = ledger["ranks"][ledger["slowest_rank"]]
     text = f"slowest rank {rank['rank']} ({rank['wall_s']:.2f}s): "
     if rank["data_stall"] >= notable and rank["bound"] is not None:
-        return f"{text}waits {100 * rank['data_stall']:.0f}%, loader bound by {rank['bound']} ({rank['workers']} workers)"
+        return f"{text}waits {100 * rank['data_stall']:.0f}%, loader bound by {rank['bound']} ({counted(rank['workers'], 'worker')})"
     stages = rank["trainer_s"]
     top = max(stages, key=stages.get)
     return f"{text}{top} {100 * stages[top] / rank['wall_s'] if rank['wall_s'] else 0:.0f}%"

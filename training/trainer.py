@@ -229,7 +229,7 @@ class Trainer:
         rank = ledger["ranks"][ledger["most_stalled_rank"]]
         message = (f"epoch {record['epoch']}: rank {rank['rank']} waited for data {100 * rank['data_stall']:.1f}% of "
                    f"its step time, over train.max_data_stall {100 * budget:.1f}%; its loader is bound by "
-                   f"{rank['bound']} ({rank['workers']} workers)")
+                   f"{rank['bound']} ({counted(rank['workers'], 'worker')})")
         if self.config.stall_budget_action == "fail":
             raise StallBudgetError(message + " (train.stall_budget_action: fail; the epoch's resume point is saved)")
         if self.dist.rank == 0:

@@ -22,7 +22,8 @@ def test_smoke_run_reports_every_ratio(tmp_path):
     results = json.loads(out.read_text())["results"]
     groups = {r["group"] for r in results}
     assert groups == {"loader/images", "loader/texts", "loader/resume", "codecs", "preprocess/images", "preprocess/texts",
-                      "stall/images", "stall/texts", "resilience/images", "distributed", "growth"}
+                      "stall/images", "stall/texts", "resilience/images", "distributed", "growth", "feeding/images",
+                      "feeding/texts", "feeding/ledger", "feeding/png", "feeding/raw"}
     for r in results:
         assert r["value"] is None or r["value"] > 0, r
         assert r["detail"] or r["group"] == "codecs"
