@@ -1,8 +1,9 @@
-"""The GPU check: train the CNN (images) and the LSTM (texts) with every backend, tabulate, judge.
+"""The GPU check: train the CNN (images) and the LSTM (texts) with every backend, tabulate, judge; then the
+throughput part (scripts/gpu_check_throughput.py): how fast the loader feeds the GPU.
 
-Run through scripts/gpu_check.sh (which first installs the carried wheels when petastorm/pyarrow 14 do not
-import); this file uses the standard library only and runs the training in subprocesses with its own
-interpreter, so it works with a plain python3.12 that has no pyspark.
+Run through scripts/gpu_check.sh (which first installs the carried wheels when petastorm/pyarrow do not
+import); this file uses the standard library only and runs the training and the measurements in subprocesses
+with its own interpreter, so it works with a plain python3.12 that has no pyspark.
 """
 from __future__ import annotations
 
@@ -20,10 +21,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gpu_check_report import (  # scripts/, next to this file
+import gpu_check_throughput as throughput  # scripts/, next to this file
+import gpu_check_throughput_report as throughput_report
+from gpu_check_report import (
     collect,
     last_error,
     name,
+    save_results,
     verdict,
     write_results,
 )
@@ -31,7 +35,7 @@ from gpu_check_report import (  # scripts/, next to this file
 REPO = Path(__file__).resolve().parent.parent
 KINDS = {"images": "cnn", "texts": "lstm"}
 BACKENDS = ("single", "torch", "horovod")
-DEFAULT_EPOCHS = {"images": 10, "texts": 6}  # what ../shared/GPU.md saw reach 0.94 and 1.00 with one GPU
+DEFAULT_EPOCHS = {"images": 10, "texts": 6}  # enough for 0.94 (CNN) and 1.00 (LSTM) on one GPU
 
 PROBE = r"""
 import json, platform
@@ -168,22 +172,27 @@ Train the CNN (images) and the LSTM (texts) with --backend single (python), --ba
 a Horovod built here by scripts/build_horovod.sh from the carried sdist when the installed one lacks NCCL),
 each run with --no-progress --no-resume, a fixed number of epochs and, on GPUs, --mixed-precision; print a
 table (GPUs, test accuracy, mean data stall, samples per second, wall seconds) and judge it. On a host without
-a GPU the GPU rows are skipped (it says so) and the same runs go over Gloo on the CPU."""
+a GPU the GPU rows are skipped (it says so) and the same runs go over Gloo on the CPU.
+"""
 
 EPILOG = """\
 Outputs in --out: <kind>-<backend>/ (each run's --output: metrics.json, checkpoint.pt, ...), <kind>-<backend>.log,
 results.json (environment, every row, the verdict), table.md (the table in Markdown, with date, host, GPU, torch),
-horovod-build.log when Horovod was built. Exit status: 0 all runs passed, 1 a run failed or was less accurate than
-its kind's single-process run by more than --tolerance, 2 a usage or set-up error.
+horovod-build.log when Horovod was built; from the throughput part throughput.json (every figure, the ratios, what
+crashed), throughput.md (its tables), throughput-<part>.log and throughput-train-b<B>/ (each training's output).
+Exit status: 0 all runs passed, 1 a run failed or was less accurate than its kind's single-process run by more than
+--tolerance, or a throughput part crashed, 2 a usage or set-up error.
 
-On a lent GPU machine: first `make gpu-check-data` here (41 MiB in .cache/gpu_check), then the device tool's run
-(it starts in the repository root; what is written under $OUT comes back):
+On a lent GPU machine: first `make gpu-check-data` here (about 50 MiB in .cache/gpu_check), then the device tool's
+run (it starts in the repository root; what is written under $OUT comes back):
   run(command="set -o pipefail; PYTHONUNBUFFERED=1 bash scripts/gpu_check.sh --run-timeout 150 --export $OUT
-               2>&1 | tee $OUT/gpu_check.log", carry=[".cache/gpu_check"], timeout_s=540)
+               2>&1 | tee $OUT/gpu_check.log", carry=[".cache/gpu_check"], timeout_s=600)
 (--export: the device tool brings back at most 8 files from $OUT, so the full outputs stay in runs/gpu_check
-there and only results.json, table.md, runs.tar.gz and the log come back.)
-About 5 minutes: the wheels install (~20 s), Horovod builds (~1.5 min on 16 cores; cached in
-.cache/horovod-wheels while the machine stays warm), then six short trainings. Judge again without a GPU (on a
+there and only results.json, table.md, throughput.json, throughput.md, runs.tar.gz and the log come back.)
+About 5 minutes for the correctness rows: the wheels install (~20 s), Horovod builds (~1.5 min on 16 cores; cached
+in .cache/horovod-wheels while the machine stays warm), then six short trainings; the throughput part adds 2 to 3
+minutes (two trainings of --throughput-epochs epochs, the loader at each worker count). With little device time
+left, run the two parts in two calls (--no-throughput, then --only-throughput). Judge again without a GPU (on a
 writable copy: the returned files are read-only):
   mkdir -p runs/gpu_check_gpu && cp <files_at>/results.json runs/gpu_check_gpu/ &&
   scripts/gpu_check.sh --out runs/gpu_check_gpu --judge-only --tolerance 0.03
@@ -192,7 +201,7 @@ writable copy: the returned files are read-only):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="scripts/gpu_check.sh", description=DESCRIPTION, epilog=EPILOG,
+        prog="scripts/gpu_check.sh", description=DESCRIPTION + "\n\n" + throughput.DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--out", type=Path, default=REPO / "runs" / "gpu_check", metavar="DIR", help="default: runs/gpu_check")
@@ -222,10 +231,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--site", type=Path, default=Path(os.environ.get("BIGTRAIN_SITE", "/tmp/bigtrain-site")), metavar="DIR",
         help="where a built Horovod is installed (default $BIGTRAIN_SITE or /tmp/bigtrain-site)")
     add("--export", type=Path, metavar="DIR",
-        help="also copy results.json and table.md there, with runs.tar.gz (each run's log, metrics.json and "
-             "evaluation.json, the Horovod build log): three files, for the device tool's $OUT")
+        help="also copy results.json and table.md there (throughput.json and throughput.md from the throughput "
+             "part), with runs.tar.gz (each run's log, metrics.json and evaluation.json, the Horovod build log): "
+             "at most five files, for the device tool's $OUT")
     add("--judge-only", action="store_true",
         help="train nothing: judge the rows of OUT/results.json again (e.g. with another --tolerance)")
+    throughput.add_arguments(parser)
     args = parser.parse_args(argv)
     args.kinds = pick(parser, "--kinds", args.kinds, KINDS)
     args.backends = pick(parser, "--backends", args.backends, BACKENDS)
@@ -235,6 +246,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--nproc and --epochs must be at least 1")
     if args.global_batch < 1:
         parser.error("--global-batch must be at least 1")
+    throughput.check_arguments(parser, args)
     return args
 
 
@@ -285,18 +297,21 @@ def train_rows(args, host: dict, env: dict, nproc: int, horovod: tuple[dict | No
     return rows
 
 
-def export(args) -> None:
-    """--export: the three files worth taking home (the device tool brings back at most 8 files from $OUT)."""
+def export(args, file_names: list[str]) -> None:
+    """--export: the files worth taking home, those this run wrote of results.json, table.md, throughput.json and
+    throughput.md, with runs.tar.gz (the device tool brings back at most 8 files from $OUT)."""
     if args.export is None:
         return
     args.export.mkdir(parents=True, exist_ok=True)
-    for file_name in ("results.json", "table.md"):
+    # the throughput part's files are missing when it crashed itself
+    file_names = [file_name for file_name in file_names if (args.out / file_name).exists()]
+    for file_name in file_names:
         shutil.copy(args.out / file_name, args.export / file_name)
     with tarfile.open(args.export / "runs.tar.gz", "w:gz") as archive:
         for path in sorted(args.out.glob("*.log")) + sorted(args.out.glob("*/metrics.json")) + \
                 sorted(args.out.glob("*/evaluation.json")):
             archive.add(path, arcname=str(path.relative_to(args.out)))
-    log(f"exported results.json, table.md and runs.tar.gz to {args.export}")
+    log(f"exported {', '.join(file_names)} and runs.tar.gz to {args.export}")
 
 
 def judge_again(args) -> int:
@@ -305,20 +320,25 @@ def judge_again(args) -> int:
     if not saved.exists():
         raise SetupError(f"--judge-only: no {saved} (run the check first)")
     results = json.loads(saved.read_text())
-    results.update(tolerance=args.tolerance, problems=verdict(results["rows"], args.tolerance))
+    crashed = (results.get("throughput") or {}).get("problems", [])  # a crash of the throughput part stays a problem
+    results.update(tolerance=args.tolerance, problems=verdict(results["rows"], args.tolerance) + crashed)
     results["verdict"] = "FAILED" if results["problems"] else "passed"
     write_results(args.out, results)
-    export(args)
+    export(args, ["results.json", "table.md"])
     return 1 if results["problems"] else 0
 
 
 def start_up(args) -> tuple[dict, dict, int]:
     """(the environment for the runs, what the probe found, processes per launcher), or a SetupError."""
-    for kind in args.kinds:
+    for kind in [] if args.only_throughput else args.kinds:
         data = args.images_data if kind == "images" else args.texts_data
         if not data.is_dir():
             raise SetupError(f"the {kind} dataset {data} is not a folder: run `make gpu-check-data` (on a "
                              f"machine with Java, Spark and network) and carry {args.carry}, or pass --{kind}-data")
+    if not args.no_throughput and not args.throughput_data.is_dir():
+        raise SetupError(f"the throughput part's image set {args.throughput_data} is not a folder: run `make "
+                         f"gpu-check-data` (it writes CARRY/data/images-png) and carry {args.carry}, pass "
+                         "--throughput-data, or skip the part with --no-throughput")
     env = run_env()
     host = probe(env)
     if "torch_error" in host:
@@ -326,6 +346,8 @@ def start_up(args) -> tuple[dict, dict, int]:
     if host["gpus"]:
         log(f"{host['gpus']} GPU(s): {host['gpu_name']}; torch {host['torch']} (CUDA {host['cuda']}), "
             f"Python {host['python']}")
+    elif args.only_throughput:
+        log(f"no GPU: the throughput part runs on the CPU, torch {host['torch']}, Python {host['python']}")
     else:
         log(f"no GPU: the GPU rows are skipped; running the CPU rows (single, torchrun and horovodrun over Gloo), "
             f"torch {host['torch']}, Python {host['python']}")
@@ -345,6 +367,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.judge_only:
         return judge_again(args)
     env, host, nproc = start_up(args)
+    results, written = None, []
+    if not args.only_throughput:
+        results = correctness(args, env, host, nproc)
+        written += ["results.json", "table.md"]
+    problems = results["problems"] if results else []
+    if not args.no_throughput:
+        problems = problems + measure_throughput(args, env, host, results)
+        written += ["throughput.json", "throughput.md"]
+    export(args, written)
+    return 1 if problems else 0
+
+
+def correctness(args, env: dict, host: dict, nproc: int) -> dict:
+    """The correctness rows, judged, written to results.json and table.md and printed."""
     horovod = ensure_horovod(args, env, host) if "horovod" in args.backends else ({"selected": False}, None)
     start = time.monotonic()
     rows = train_rows(args, host, env, nproc, horovod)
@@ -354,8 +390,32 @@ def main(argv: list[str] | None = None) -> int:
                "nproc": nproc, "global_batch": args.global_batch, "tolerance": args.tolerance, "seconds": round(time.monotonic() - start, 1),
                "rows": rows, "problems": problems, "verdict": "FAILED" if problems else "passed"}
     write_results(args.out, results)
-    export(args)
-    return 1 if problems else 0
+    return results
+
+
+def measure_throughput(args, env: dict, host: dict, results: dict | None) -> list[str]:
+    """The throughput part, written to throughput.json and throughput.md and printed; returns its crashes as
+    problems, which also go into results.json's verdict when the correctness rows ran."""
+    log(f"throughput part on {args.throughput_data} (logs: {args.out}/throughput-*.log)")
+    for file_name in ("throughput.json", "throughput.md"):  # never exported from an earlier run
+        (args.out / file_name).unlink(missing_ok=True)
+    start = time.monotonic()
+    try:
+        figures = throughput.measure(args, env, run_one)
+        figures.update(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), environment=environment(host),
+                       seconds=round(time.monotonic() - start, 1))
+        throughput_report.write(args.out, figures, host["gpus"])
+        problems, status = throughput_report.problems(figures), figures["status"]
+    except Exception as exc:  # noqa: BLE001 - say that the throughput part crashed, not a training row
+        problems, status = [f"throughput part: crashed: {type(exc).__name__}: {exc}"], "failed"
+        print(f"\ngpu-check: FAILED: {problems[0]}")
+    if results is not None:
+        results["throughput"] = {"status": status, "file": "throughput.json", "problems": problems}
+        if problems:
+            results["problems"] = results["problems"] + problems
+            results["verdict"] = "FAILED"
+        save_results(args.out, results)
+    return problems
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check (make gpu-check): train the CNN and the LSTM with --backend single, torchrun and horovodrun, print
-# a table and exit non-zero when a run fails or loses accuracy. Meant for a GPU machine without network, Java or
-# Spark whose python3 has a CUDA torch: it gets what it lacks from the folder `make gpu-check-data` wrote elsewhere
-# and that was carried along (.cache/gpu_check). Runs on CPU hosts too (the GPU rows are skipped, it says so).
+# a table and exit non-zero when a run fails or loses accuracy; then measure how fast the loader feeds the GPU (the
+# throughput part; --no-throughput skips it, --only-throughput runs it alone). Meant for a GPU machine without
+# network, Java or Spark whose python3 has a CUDA torch (and numpy): it gets what it lacks from the folder
+# `make gpu-check-data` wrote elsewhere and that was carried along (.cache/gpu_check). Runs on CPU hosts too (the
+# GPU rows are skipped, it says so).
 #
 # Usage: scripts/gpu_check.sh [--out DIR] [--epochs N] [--tolerance X] [...]   (all options: --help)
 # This script only sets the interpreter up; scripts/gpu_check.py runs the check. Environment:
@@ -18,10 +20,11 @@ export BIGTRAIN_SITE=${BIGTRAIN_SITE:-/tmp/bigtrain-site}
 
 for arg in "$@"; do
   if [[ $arg == -h || $arg == --help ]]; then
-    sed -n '2,12s/^# \{0,1\}//p' "$0"
+    sed -n '2,13s/^# \{0,1\}//p' "$0"
     echo "Wheels: when petastorm, pyarrow, numpy and zmq do not all import, CARRY/wheels/*.whl (and *.whl.xz, unpacked"
     echo "into /tmp/bigtrain-wheels) are installed with pip --no-index --no-deps --target \$BIGTRAIN_SITE, which goes"
-    echo "first on PYTHONPATH (then the repository root) and \$BIGTRAIN_SITE/bin first on PATH."
+    echo "first on PYTHONPATH (then the repository root) and \$BIGTRAIN_SITE/bin first on PATH. numpy is not carried:"
+    echo "the interpreter's own is used (a CUDA torch comes with numpy 2, which the carried pyarrow 26 runs on)."
     echo
     exec "$PY" scripts/gpu_check.py --help
   fi
@@ -44,6 +47,8 @@ else
     wheels=("$CARRY"/wheels/*.whl /tmp/bigtrain-wheels/*.whl)
     shopt -u nullglob
     "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$BIGTRAIN_SITE" "${wheels[@]}"
+    "$PY" -c 'import numpy' 2>/dev/null || { echo "error: $PY cannot import numpy, and $CARRY/wheels does not" \
+      "carry it (a CUDA torch's host has numpy 2): install numpy >= 2 for $PY" >&2; exit 2; }
     stack_imports || { echo "error: with $CARRY/wheels installed in $BIGTRAIN_SITE, $PY still cannot import" \
       "numpy, pyarrow, petastorm.reader and zmq: $("$PY" -c "$STACK" 2>&1 | tail -1)" >&2; exit 2; }
   else

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # make gpu-check-data: everything scripts/gpu_check.sh needs on a GPU machine without network, Java or Spark, in one
 # folder to carry there (default .cache/gpu_check, git-ignored; it must stay under 60 MiB):
-#   data/images   ~1,500 grayscale 24 px images of 10 classes, through jobs/preprocess_images.py (Spark)
-#   data/texts    the 6,000 sample reviews, through jobs/preprocess_sequences.py (Spark)
-#   wheels/       what a Python 3.12 + CUDA torch + pandas 3 host may lack (../shared/GPU.md): pyarrow 26.0.1 and
-#                 numpy 2.4.6 (requirements/runtime.txt; repacked as .whl.xz to fit), pyzmq, petastorm 0.13.1, dill, diskcache, future,
-#                 psutil, six; for Horovod: its 0.28.1 sdist (built there by scripts/build_horovod.sh), cffi,
-#                 pycparser, cloudpickle. (pandas, pyyaml, packaging, fsspec are on that host already.)
+#   data/images      ~1,500 grayscale 24 px images of 10 classes, through jobs/preprocess_images.py (Spark)
+#   data/texts       the 6,000 sample reviews, through jobs/preprocess_sequences.py (Spark)
+#   data/images-png  15,000 grayscale 24 px images stored as PNG (~12,000 train rows, ~7 MB): the throughput part's
+#                    set, big enough for the loader and the training to reach their steady rates
+#   wheels/          what a Python 3.12 + CUDA torch + pandas 3 host may lack: pyarrow 26.0.1 (repacked as .whl.xz
+#                    to fit), pyzmq, petastorm 0.13.1, dill, diskcache, future, psutil, six; for Horovod: its 0.28.1
+#                    sdist (built there by scripts/build_horovod.sh), cffi, pycparser, cloudpickle. (numpy, pandas,
+#                    pyyaml, packaging, fsspec are on that host already: its torch comes with numpy 2, which
+#                    pyarrow 26 runs on; carrying numpy would take 10 MiB of the limit.)
 # Idempotent: what is there already is kept (delete a part to redo it). Needs the project venv on PATH (bigtrain,
 # spark-submit), Java, and pip access to PyPI.
 # Usage: scripts/gpu_check_data.sh [DIR]
@@ -44,7 +47,20 @@ else
     --max-length 64 --ranks "$RANKS"
 fi
 
-# Wheels for CPython 3.12 on x86_64 Linux, the platforms GPU.md names (pure-Python wheels match them too).
+# The throughput part's set: 1,500 per class, 80 % of them train rows; 16 row groups per split, so that loader
+# workers up to 16 each get whole row groups.
+if have_dataset "$DIR/data/images-png"; then
+  echo "gpu-check-data: $DIR/data/images-png is there (delete it to rebuild)"
+else
+  rm -rf "$DIR/data/images-png"
+  echo "gpu-check-data: images-png: bigtrain generate-images --per-class 1500, then spark-submit jobs/preprocess_images.py"
+  bigtrain generate-images --output "$staging/images-png" --per-class 1500 --bad-files 0
+  spark-submit --master "local[*]" jobs/preprocess_images.py --quiet \
+    --input "$staging/images-png" --output "$DIR/data/images-png" --image-size 24 --channels 1 --codec png \
+    --ranks 16
+fi
+
+# Wheels for CPython 3.12 on x86_64 Linux, what the GPU hosts run (pure-Python wheels match them too).
 BINARY=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
         --platform manylinux_2_26_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 fetch() {  # fetch GLOB wheel|sdist SPEC [xz]: download SPEC unless a file matching GLOB is in wheels/
@@ -67,7 +83,11 @@ fetch() {  # fetch GLOB wheel|sdist SPEC [xz]: download SPEC unless a file match
   done
 }
 fetch 'pyarrow-26.0.1-*.whl.xz' wheel pyarrow==26.0.1 xz
-fetch 'numpy-2.4.6-*.whl.xz' wheel numpy==2.4.6 xz
+# numpy is not carried (see above); a folder made before still holds its wheel: it must not be carried along.
+if compgen -G "$DIR/wheels/numpy-*" >/dev/null; then
+  echo "gpu-check-data: removing $(cd "$DIR/wheels" && echo numpy-*): numpy is no longer carried"
+  rm -f "$DIR"/wheels/numpy-*
+fi
 # The versions of requirements/runtime.txt (the stack the tests pass on); cffi and pycparser (build Horovod only):
 # the venv's.
 fetch 'pyzmq-26.2.0-*.whl' wheel pyzmq==26.2.0
@@ -83,7 +103,7 @@ fetch 'cloudpickle-3.1.1-*.whl' wheel cloudpickle==3.1.1
 fetch 'horovod-0.28.1.tar.gz' sdist horovod==0.28.1
 
 echo "gpu-check-data: in $DIR:"
-du -sh "$DIR/data/images" "$DIR/data/texts" "$DIR/wheels" | sed 's/^/  /'
+du -sh "$DIR/data/images" "$DIR/data/texts" "$DIR/data/images-png" "$DIR/wheels" | sed 's/^/  /'
 total=$(du -sb "$DIR" | cut -f1)
 mib=$(( (total + 1048575) / 1048576 ))
 echo "gpu-check-data: total $total bytes (${mib} MiB; the limit is $LIMIT_MIB MiB)"

@@ -148,9 +148,14 @@ def table_markdown(results: dict) -> str:
     return "\n".join([head, "", *lines, "", footnote(results["rows"]), *([""] + problems if problems else []), ""])
 
 
-def write_results(out: Path, results: dict) -> None:
+def save_results(out: Path, results: dict) -> None:
+    """results.json and table.md, without printing (the throughput part adds its status after the table)."""
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "table.md").write_text(table_markdown(results))
+
+
+def write_results(out: Path, results: dict) -> None:
+    save_results(out, results)
     print(table_text(results["rows"]))
     print(footnote(results["rows"]))
     if results["problems"]:
