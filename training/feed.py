@@ -54,9 +54,10 @@ class Fed:
 
 
 def feed(batches: Iterator[Any], *, device: torch.device, host_inputs: tuple[int, ...] = (),
-         collate: Callable | None = None, times: LoaderTimes | None = None, depth: int = DEPTH) -> Iterator[Fed]:
-    """``batches`` (batch inputs, labels, ids) as ``Fed`` batches, ``depth`` ahead in a background thread; the
-    thread's own work on each batch is added to ``times`` as hand-over."""
+         collate: Callable | None = None, times: LoaderTimes | None = None, depth: int = DEPTH,
+         threaded: bool | None = None) -> Iterator[Fed]:
+    """``batches`` (batch inputs, labels, ids) as ``Fed`` batches; ``threaded`` (default: on a GPU) ``depth`` ahead
+    in a background thread. The work done on each batch before ``ready`` is added to ``times`` as hand-over."""
     side = torch.cuda.Stream(device) if device.type == "cuda" and collate is None else None
 
     def place(inputs, labels):
@@ -88,7 +89,8 @@ def feed(batches: Iterator[Any], *, device: torch.device, host_inputs: tuple[int
             if close is not None:  # the source's own readers stopped in the thread that ran them
                 close()
 
-    return prefetched(run(), depth) if device.type == "cuda" else run()
+    threaded = device.type == "cuda" if threaded is None else threaded
+    return prefetched(run(), depth) if threaded else run()
 
 
 def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:

@@ -30,6 +30,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+from torch.distributed import TCPStore
+
 from core import atomic
 from core.errors import EXIT_HUNG
 
@@ -40,6 +43,7 @@ PARTS = ("start", "train", "validation", "test", "finish")
 PHASES = ("loading", "compute", "backward", "step", "checkpoint", "collective")  # a step's order; collective last
 STACKS_WAIT_S = 15.0  # how long rank 0 waits for the other ranks' stacks
 EXIT_WAIT_S = 30.0    # how long a rank waits for rank 0 to finish the files before it exits anyway
+CONNECT_S = 5.0       # how long a rank tries each of rank 0's addresses
 
 
 class Heartbeat:
@@ -125,6 +129,8 @@ class Watchdog:
         if self.seconds <= 0:
             return self
         self.store = self._open_store()
+        if self.store is None:
+            return self
         self._thread = threading.Thread(target=self._run, name="bigtrain-watchdog", daemon=True)
         self._thread.start()
         return self
@@ -141,16 +147,34 @@ class Watchdog:
         self.stop()
 
     def _open_store(self):
+        """Rank 0 serves a TCPStore on a free port (on every interface); the others learn its host's addresses over
+        the run's own backend and connect to the first that answers (loopback when on rank 0's host). Every rank
+        then says whether it got there: if one did not, none keeps a watchdog (rank 0 would otherwise take the
+        silent rank for a stuck one), and rank 0 says so."""
         dist = self.dist
         if dist.size == 1:
             return _LocalStore()
-        from torch.distributed import TCPStore
-
-        master = None
-        if dist.rank == 0:  # a free port of this host, told to the others over the run's own backend
-            master = TCPStore(_host_name(), 0, dist.size, True, wait_for_workers=False)
-        host, port = dist.broadcast_object((_host_name(), master.port) if master else None, name="watchdog_store")
-        return master or TCPStore(host, port, dist.size, False, timeout=timedelta(seconds=60))
+        master = TCPStore("127.0.0.1", 0, dist.size, True, wait_for_workers=False) if dist.rank == 0 else None
+        host, addresses, port = dist.broadcast_object(
+            (socket.gethostname(), _addresses(), master.port) if master else None, name="watchdog_store")
+        store, problem = master, ""
+        if master is None:
+            candidates = ["127.0.0.1", *addresses] if host == socket.gethostname() else addresses
+            for address in candidates:
+                try:
+                    store = TCPStore(address, port, dist.size, False, timeout=timedelta(seconds=CONNECT_S))
+                    break
+                except Exception as exc:  # noqa: BLE001 - the next address, or no watchdog (said below)
+                    problem = f"{address}:{port}: {exc}"
+        missing = dist.allreduce_sum(torch.tensor([0.0 if store is not None else 1.0]), name="watchdog_ready")
+        if float(missing[0]) > 0:
+            if dist.rank == 0:
+                log.warning("train.watchdog_seconds: %d rank(s) cannot reach rank 0 (%s, addresses %s): no watchdog "
+                            "in this run", int(missing[0]), host, ", ".join(addresses))
+            elif store is None:
+                log.warning("watchdog: cannot reach rank 0's store (%s)", problem)
+            return None
+        return store
 
     def _run(self) -> None:
         seen: dict[int, tuple[Any, float]] = {}
@@ -255,9 +279,19 @@ def _own_stacks() -> str:
         return f"pid {os.getpid()} on {socket.gethostname()}\n" + file.read()
 
 
-def _host_name() -> str:
-    """The name the other ranks reach this host by: the one the launcher used where it says, else the host's."""
-    return os.environ.get("HOROVOD_HOSTNAME") or os.environ.get("MASTER_ADDR") or socket.gethostname()
+def _addresses() -> list[str]:
+    """The addresses other hosts may reach this one by: the launcher's name for it (torchrun's MASTER_ADDR), the
+    host's name, and its interfaces' IPv4 addresses (loopback last)."""
+    found = [a for a in (os.environ.get("MASTER_ADDR"), socket.gethostname()) if a]
+    try:
+        import psutil  # a dependency of Petastorm's, on every training host
+
+        found += [a.address for nic in psutil.net_if_addrs().values() for a in nic if a.family == socket.AF_INET]
+    except ImportError:
+        pass
+    unique = list(dict.fromkeys(found))
+    local = [a for a in unique if a.startswith("127.") or a == "localhost"]
+    return [a for a in unique if a not in local] + local
 
 
 def _flush() -> None:
