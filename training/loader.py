@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from core.errors import DatasetError
+from core.errors import DatasetError, LaunchError
 from core.paths import filesystem
 from dataset.info import SplitInfo
 from dataset.manifest import DatasetSpec
@@ -53,6 +53,17 @@ BUFFER_BYTES = 128 * 2**20  # decoded batches per chunk times workers: what wait
 DECODE_CHUNK = 8
 _ERROR = -1
 WORKER_TIMEOUT_S = 900  # a chunk not delivered for this long is an error (a stuck read), not a run that hangs
+SHM = "/dev/shm"  # where chunks cross from the workers (torch's shared-memory tensors); containers often give 64 MB
+SHM_SHARE = 0.5   # the loader's chunks in flight use at most this share of what is free there
+
+
+def shm_free_bytes(path: str = SHM) -> int | None:
+    """Bytes free in the shared-memory file system (None where there is none to measure)."""
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
 
 
 def default_workers(local_ranks: int = 1) -> int:
@@ -306,8 +317,31 @@ class Loader:
         """The worker processes of the pool (0 before the first pass, and when batches are made in a thread)."""
         return self._dataloader.num_workers if self._dataloader is not None else 0
 
+    @property
+    def _in_flight(self) -> int:
+        """Chunks per worker that can exist at once: those asked for ahead (the prefetch factor) and one waiting
+        for its turn in the training process."""
+        return max(2, math.ceil(self.prefetch / max(1, self.workers))) + 1
+
     def chunk_for(self, batches_per_window: int, batch_size: int) -> int:
-        room = BUFFER_BYTES // max(1, max(1, self.workers) * batch_bytes(self.spec, batch_size))
+        """Batches per chunk: whole windows where reading dominates, at most ``DECODE_CHUNK`` where decoding does,
+        within ``BUFFER_BYTES`` for all workers' chunks and, with worker processes, within ``SHM_SHARE`` of the free
+        shared memory. Shared memory too small for even one batch per chunk is a ``LaunchError`` saying what to
+        give the container: without it the workers would wait for room until ``WORKER_TIMEOUT_S``."""
+        one = batch_bytes(self.spec, batch_size)
+        budget = BUFFER_BYTES
+        free = shm_free_bytes() if self.workers else None
+        if free is not None:
+            budget = min(budget, int(free * SHM_SHARE) // self._in_flight)
+            if one * self.workers > budget:
+                need = one * self.workers * self._in_flight / SHM_SHARE
+                raise LaunchError(
+                    f"{SHM} has {free / 2**20:.0f} MiB free; the loader's {self.workers} worker processes hand their "
+                    f"batches (batch {batch_size}: {one / 2**20:.1f} MiB each, {self._in_flight} in flight per "
+                    f"worker) to training through it and need about {need / 2**20:.0f} MiB: give the container more "
+                    "shared memory (docker run --shm-size=2g; Kubernetes: an emptyDir volume with medium: Memory "
+                    "mounted at /dev/shm), or lower train.loader_workers (--loader-workers) or train.batch_size")
+        room = budget // max(1, max(1, self.workers) * one)
         return max(1, min(batches_per_window, room, DECODE_CHUNK if self._decodes else batches_per_window))
 
     @property
