@@ -4,14 +4,17 @@ half of one. Object stores (s3://, ...) publish an object whole when its upload 
 (HDFS) are written in place. ``make_durable`` does the same fsyncs for files written by others (Spark's splits)."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
 from core import paths
+from core.errors import UnsafeFileError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,31 @@ def write_text(target: str | Path, text: str) -> None:
 def write_json(target: str | Path, data: Any, *, indent: int | None = 2, sort_keys: bool = True) -> None:
     """``data`` as JSON (UTF-8, non-ASCII kept as it is), atomically."""
     write_text(target, json.dumps(data, indent=indent, sort_keys=sort_keys, ensure_ascii=False))
+
+
+def open_append(path: str | Path):
+    """``path`` opened to append bytes (created 0644 when missing), never through a symbolic link, a hard link or
+    anything but a regular file: a link planted in an output or state folder would have bigtrain append to the file
+    it points to. UnsafeFileError names the path."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFileError(f"{path} is a symbolic link: refusing to append through it (it could change the "
+                                  "file it points to); remove the link") from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO):
+            raise UnsafeFileError(f"{path} is not a regular file ({exc.strerror}): refusing to append to it") from None
+        raise
+    info = os.fstat(fd)
+    problem = ("not a regular file" if not stat.S_ISREG(info.st_mode)
+               else f"a hard link ({info.st_nlink} names for one file)" if info.st_nlink != 1 else None)
+    if problem:
+        os.close(fd)
+        raise UnsafeFileError(f"{path} is {problem}: refusing to append to it (it could change another file); "
+                              "remove it")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "ab")
 
 
 def make_durable(root: str, relpaths: list[str]) -> None:

@@ -71,6 +71,11 @@ class LockFileError(BigtrainError, RuntimeError):
     planted there would have bigtrain truncate another file); the message names the path."""
 
 
+class UnsafeFileError(BigtrainError, RuntimeError):
+    """A file bigtrain appends to (a history, a metrics log) that is a symbolic link, a hard link or not a regular
+    file: writing through it could change another file (one planted there); the message names the path."""
+
+
 class LockHeld(BigtrainError, RuntimeError):
     """Another process holds the lock; the message names the lock file and its holder."""
     exit_code = EXIT_LOCKED

@@ -54,7 +54,7 @@ def append_history(pipeline: Pipeline, record: dict[str, Any]) -> None:
     pipeline.state.mkdir(parents=True, exist_ok=True)
     path = pipeline.state / "history.jsonl"
     line = json.dumps(record, sort_keys=True) + "\n"
-    with open(path, "ab") as fh:
+    with atomic.open_append(path) as fh:  # never through a link planted at its name
         if fh.tell() and not _ends_a_line(path):
             line = "\n" + line
         fh.write(line.encode("utf-8"))  # one write of one line: appends of two runs do not interleave

@@ -76,7 +76,7 @@ class MetricsLog:
         history = list(history)
         # written aside and renamed: a crash here never leaves half the old history
         atomic.write_text(self.path, "".join(_json_line(r) for r in history))
-        self._file = open(self.path, "a")
+        self._file = io.TextIOWrapper(atomic.open_append(self.path), encoding="utf-8")  # never through a link
         self.tensorboard_dir = self.output_dir / TENSORBOARD_DIR
         self.writer = SummaryWriter(log_dir=str(self.tensorboard_dir),
                                     purge_step=len(history) + 1 if history else None)

@@ -84,3 +84,27 @@ def test_a_folder_swap_interrupted_between_its_moves_is_recovered(tmp_path, monk
     assert (target / "part").read_text() == "old" and not (tmp_path / ".out.old").exists()
     atomic.replace_folder(fs, str(staging), str(target), aside="old")
     assert (target / "part").read_text() == "new" and not staging.exists() and not (tmp_path / ".out.old").exists()
+
+
+def test_appends_go_to_a_regular_file_and_never_through_a_link(tmp_path):
+    from core.errors import UnsafeFileError
+
+    log = tmp_path / "history.jsonl"
+    for line in (b"one\n", b"two\n"):
+        with atomic.open_append(log) as fh:
+            fh.write(line)
+    assert log.read_bytes() == b"one\ntwo\n"
+    victim = tmp_path / "victim.sh"
+    victim.write_bytes(b"echo hi\n")
+    planted = tmp_path / "metrics.jsonl"
+    planted.symlink_to(victim)
+    with pytest.raises(UnsafeFileError, match=r"metrics\.jsonl is a symbolic link"):
+        atomic.open_append(planted)
+    hard = tmp_path / "hard.jsonl"
+    os.link(victim, hard)
+    with pytest.raises(UnsafeFileError, match=r"hard\.jsonl is a hard link \(2 names"):
+        atomic.open_append(hard)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(UnsafeFileError, match="fifo is not a regular file"):
+        atomic.open_append(tmp_path / "fifo")
+    assert victim.read_bytes() == b"echo hi\n"

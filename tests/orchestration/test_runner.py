@@ -105,6 +105,20 @@ def test_history_is_in_start_order_not_completion_order(tmp_path):
     assert [r["run"] for r in runs.read_history(pipeline)] == ["early", "late", "s1", "s2"]
 
 
+def test_a_link_planted_at_the_history_is_refused_not_followed(tmp_path):
+    from core.errors import UnsafeFileError
+
+    pipeline = load(write_pipeline(tmp_path, [{"name": "a", "command": py("pass")}]))
+    pipeline.state.mkdir(parents=True, exist_ok=True)
+    victim = tmp_path / "bashrc"
+    victim.write_text("# mine\n")
+    (pipeline.state / "history.jsonl").symlink_to(victim)
+    with pytest.raises(UnsafeFileError, match=r"history\.jsonl is a symbolic link"):
+        runs.append_history(pipeline, {"run": "r", "started": "2026-12-06T00:00:00Z", "status": "ok",
+                                       "exit_code": 0, "stages": []})
+    assert victim.read_text() == "# mine\n"
+
+
 def clean_env() -> dict[str, str]:
     """The cron situation: .venv/bin/bigtrain called by path, the virtual environment's bin not on PATH."""
     env = subprocess_env()
