@@ -21,8 +21,12 @@ bytes the executors load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import secrets
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,8 +36,9 @@ from typing import Any, Literal
 from core import atomic
 from core.config import load_section, read_defaults, require
 from core.errors import CheckpointError, DatasetError, RejectBudgetError, UsageError
+from core.locking import hold
 from core.logs import setup_logging, with_article
-from core.paths import join, to_url
+from core.paths import join, local_path, to_url
 from dataset import layout
 from dataset.info import load_dataset_info
 from jobs.common import (
@@ -160,18 +165,37 @@ def run(args: argparse.Namespace) -> int:
         if input_url.startswith("file://") and not Path(input_url[len("file://"):]).exists():
             raise UsageError(f"--input {args.input}: no such file or directory")
         check_apart(input_url, output_url, advice=APART)
-    check_output(output_url, args.output)
-    spark = storage.build_spark(app_name="bigtrain-predict", master=resolve_master(args.master, config.master),
-                                conf=config.spark_conf)
-    try:
-        check_connectors(spark, {"--output": output_url, **({"--input": input_url} if input_url else {})})
-        start = time.monotonic()
-        summary = predict(spark, model=model, output_url=output_url, data=data, input_url=input_url, config=config)
-        summary["seconds"] = round(time.monotonic() - start, 1)
-    finally:
-        spark.stop()
+    with output_lock(output_url, args.output):
+        check_output(output_url, args.output)
+        spark = storage.build_spark(app_name="bigtrain-predict", master=resolve_master(args.master, config.master),
+                                    conf=config.spark_conf)
+        try:
+            check_connectors(spark, {"--output": output_url, **({"--input": input_url} if input_url else {})})
+            start = time.monotonic()
+            summary = predict(spark, model=model, output_url=output_url, data=data, input_url=input_url,
+                              config=config)
+            summary["seconds"] = round(time.monotonic() - start, 1)
+        finally:
+            spark.stop()
     print(format_summary(summary))
     return 0
+
+
+@contextlib.contextmanager
+def output_lock(output_url: str, flag_value: str):
+    """A local --output is held for the whole run (``.NAME.predict.lock`` beside it; a second predict into it
+    exits 75 at once), and the staging folders that runs which died there left behind are removed. Object stores
+    have no lock: there each run stages apart and the last to finish publishes."""
+    local = local_path(output_url)
+    if local is None:
+        yield
+        return
+    folder, name = os.path.split(os.path.abspath(local).rstrip("/"))
+    with hold(os.path.join(folder, f".{name}.predict.lock"), what=f"a prediction into --output {flag_value}"):
+        for leftover in Path(folder).glob(f".{name}.{STAGING}*"):
+            log.info("removing %s, left by a prediction that did not finish", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+        yield
 
 
 def check_output(output_url: str, flag_value: str) -> None:
@@ -295,7 +319,8 @@ def publish(spark, scored, *, output_url: str, inputs_read: int, about: dict[str
     from pyspark.sql import functions as F
 
     fs, target = fsspec.core.url_to_fs(output_url)
-    staging_url, staging = atomic.sibling(output_url, STAGING), atomic.sibling(target, STAGING)
+    own = f"{STAGING}-{os.getpid()}-{secrets.token_hex(4)}"  # this run's own: never another run's folder
+    staging_url, staging = atomic.sibling(output_url, own), atomic.sibling(target, own)
     atomic.recover_folder(fs, target, aside=ASIDE)
     try:
         scored.write.mode("overwrite").parquet(staging_url)

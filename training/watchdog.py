@@ -35,6 +35,7 @@ from torch.distributed import TCPStore
 
 from core import atomic
 from core.errors import EXIT_HUNG
+from core.logs import counted
 
 log = logging.getLogger("bigtrain.train")
 HANG_FILE = "hang.json"
@@ -189,9 +190,9 @@ class Watchdog:
                     return self._give_stacks_and_exit(rank)
                 if rank == 0 and self._judge(seen, began):
                     return None
-            except Exception as exc:  # noqa: BLE001 - the store went away: the run is ending; never crash it here
-                if not self._stop.is_set():
-                    log.debug("watchdog: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - never crash the run from here
+                if not self._stop.is_set():  # else the store went away as the run ended
+                    log.warning("watchdog stopped (%s: %s): this rank is no longer watched", type(exc).__name__, exc)
                 return
 
     def _judge(self, seen: dict[int, tuple[Any, float]], began: float) -> bool:
@@ -217,26 +218,31 @@ class Watchdog:
                   "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "ranks": [{"rank": r, "idle_s": idle.get(r), **(beats[r] or {"phase": "never reported"})}
                             for r in sorted(beats)]}
-        path = self.output_dir / HANG_FILE
-        atomic.write_json(path, report)  # first: the other ranks' exits may end this process soon
-        self.store.set("hang", json.dumps(stuck))
-        stacks = self.output_dir / STACKS_DIR
-        stacks.mkdir(parents=True, exist_ok=True)
-        (stacks / "rank0.txt").write_text(_own_stacks())
-        deadline = time.monotonic() + STACKS_WAIT_S
+        path, stacks = self.output_dir / HANG_FILE, self.output_dir / STACKS_DIR
         missing = set(range(1, self.dist.size))
-        while missing and time.monotonic() < deadline:
-            for r in sorted(missing):
-                if self.store.check([f"stacks/{r}"]):
-                    (stacks / f"rank{r}.txt").write_bytes(self.store.get(f"stacks/{r}"))
-                    missing.discard(r)
-            time.sleep(0.1)
+        try:  # the files are what a person reads first; the run ends whether they could be written or not
+            atomic.write_json(path, report)  # first: the other ranks' exits may end this process soon
+            self.store.set("hang", json.dumps(stuck))
+            stacks.mkdir(parents=True, exist_ok=True)
+            (stacks / "rank0.txt").write_text(_own_stacks())
+            deadline = time.monotonic() + STACKS_WAIT_S
+            while missing and time.monotonic() < deadline:
+                for r in sorted(missing):
+                    if self.store.check([f"stacks/{r}"]):
+                        (stacks / f"rank{r}.txt").write_bytes(self.store.get(f"stacks/{r}"))
+                        missing.discard(r)
+                time.sleep(0.1)
+            written = f"wrote {path} and the stacks of {counted(self.dist.size - len(missing), 'rank')} in {stacks}"
+        except Exception as exc:  # noqa: BLE001 - said in the one line below
+            written = f"could not write {path} or its stacks ({type(exc).__name__}: {exc})"
         where = "; ".join(_where(r, beats[r]) for r in stuck)
-        log.error("watchdog: no rank made progress for %gs: stuck %s; wrote %s and the stacks of %d rank(s) in %s; "
-                  "exiting with %d", self.seconds, where, path, self.dist.size - len(missing), stacks, EXIT_HUNG)
-        self.store.set("hang_written", "1")
-        _flush()
-        self._exit(EXIT_HUNG)
+        log.error("watchdog: no rank made progress for %gs: stuck %s; %s; exiting with %d", self.seconds, where,
+                  written, EXIT_HUNG)
+        try:
+            self.store.set("hang_written", "1")
+        finally:
+            _flush()
+            self._exit(EXIT_HUNG)
 
     def _give_stacks_and_exit(self, rank: int) -> None:
         """A rank other than 0, once rank 0 found the run hung: its stacks to rank 0, then the end."""

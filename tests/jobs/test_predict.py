@@ -196,6 +196,22 @@ def test_an_output_that_is_not_an_earlier_prediction_is_never_replaced(image_che
     job.check_output(to_url(str(tmp_path / "new")), "new")
 
 
+def test_a_second_prediction_into_one_output_exits_75_and_leftovers_of_dead_runs_go(image_checkpoint, image_dataset,
+                                                                                     tmp_path):
+    from core.locking import hold
+
+    out = tmp_path / "preds"
+    with hold(str(tmp_path / ".preds.predict.lock"), what="a prediction into --output preds"):  # another run
+        result = _cli("--checkpoint", str(image_checkpoint), "--data", str(image_dataset), "--output", str(out))
+    assert result.returncode == 75 and "a prediction into --output" in result.stderr
+    assert "is already running" in result.stderr and not out.exists()
+    leftover = tmp_path / f".preds.{job.STAGING}-4242-deadbeef"
+    leftover.mkdir()
+    (leftover / "part-0.parquet").write_bytes(b"half")
+    with job.output_lock(to_url(str(out)), str(out)):
+        assert not leftover.exists()
+
+
 def test_inputs_of_which_none_can_be_scored_fail_with_exit_3(image_checkpoint, sample_texts, tmp_path):
     result = _cli("--checkpoint", str(image_checkpoint), "--input", str(sample_texts), "--output",
                   str(tmp_path / "out"), "--master", "local[1]", "--quiet")

@@ -74,9 +74,12 @@ def test_a_hang_in_one_process_ends_with_hang_json_stacks_and_exit_5(tmp_path, m
 
 
 def _wait_for(exits: list, seconds: float) -> None:
+    """The hook's stand-in for a hang: wait until the watchdog has ended the run (or fail the run, not wait on)."""
     deadline = time.monotonic() + seconds
     while not exits and time.monotonic() < deadline:
         time.sleep(0.05)
+    if not exits:
+        raise AssertionError(f"the watchdog did not fire within {seconds}s")
 
 
 @pytest.mark.horovod
