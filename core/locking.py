@@ -38,10 +38,11 @@ os.register_at_fork(after_in_child=_close_in_child)
 
 
 @contextlib.contextmanager
-def hold(path: str, *, what: str) -> Iterator[None]:
+def hold(path: str, *, what: str, remove: bool = False) -> Iterator[None]:
     """Hold ``path`` exclusively for the ``with`` block, or raise LockHeld at once (never wait); LockFileError when
     ``path`` is not a lock file bigtrain may write (a link, a folder, a FIFO, a device). A folder this call created
-    that holds nothing but the lock when the block ends (a run refused before it wrote anything) is removed."""
+    that holds nothing but the lock when the block ends (a run refused before it wrote anything) is removed; with
+    ``remove`` the lock file itself is (a lock beside an output, not inside it), while still held."""
     import fcntl
 
     folder = os.path.dirname(os.path.abspath(path))
@@ -69,6 +70,8 @@ def hold(path: str, *, what: str) -> Iterator[None]:
         if held and created and os.listdir(folder) == [os.path.basename(path)]:
             os.unlink(path)  # still locked: a process that opened it meanwhile finds it unnamed and backs off
             os.rmdir(folder)
+        elif held and remove and _names(path, fd):
+            os.unlink(path)
         _HELD.discard(fd)
         os.close(fd)  # closing the descriptor releases the lock
 

@@ -183,15 +183,16 @@ def run(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def output_lock(output_url: str, flag_value: str):
-    """A local --output is held for the whole run (``.NAME.predict.lock`` beside it; a second predict into it
-    exits 75 at once), and the staging folders that runs which died there left behind are removed. Object stores
+    """A local --output is held for the whole run (``.NAME.predict.lock`` beside it, removed at the end; a second
+    predict into it exits 75 at once), and the staging folders that runs which died there left behind are removed. Object stores
     have no lock: there each run stages apart and the last to finish publishes."""
     local = local_path(output_url)
     if local is None:
         yield
         return
     folder, name = os.path.split(os.path.abspath(local).rstrip("/"))
-    with hold(os.path.join(folder, f".{name}.predict.lock"), what=f"a prediction into --output {flag_value}"):
+    with hold(os.path.join(folder, f".{name}.predict.lock"), what=f"a prediction into --output {flag_value}",
+              remove=True):
         for leftover in Path(folder).glob(f".{name}.{STAGING}*"):
             log.info("removing %s, left by a prediction that did not finish", leftover)
             shutil.rmtree(leftover, ignore_errors=True)

@@ -236,9 +236,9 @@ class Watchdog:
         except Exception as exc:  # noqa: BLE001 - said in the one line below
             written = f"could not write {path} or its stacks ({type(exc).__name__}: {exc})"
         where = "; ".join(_where(r, beats[r]) for r in stuck)
-        log.error("watchdog: no rank made progress for %gs: stuck %s; %s; exiting with %d", self.seconds, where,
-                  written, EXIT_HUNG)
         try:
+            log.error("watchdog: no rank made progress for %gs: stuck %s; %s; exiting with %d", self.seconds, where,
+                      written, EXIT_HUNG)
             self.store.set("hang_written", "1")
         finally:
             _flush()
@@ -301,7 +301,10 @@ def _addresses() -> list[str]:
 
 
 def _flush() -> None:
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    """What the logs and streams hold, written out before ``os._exit``; a handler that fails (its stream closed)
+    is passed over: nothing may keep the run from ending."""
+    for target in (*logging.getLogger().handlers, sys.stdout, sys.stderr):
+        try:
+            target.flush()
+        except Exception:  # noqa: BLE001 - see above
+            pass

@@ -209,7 +209,8 @@ def test_a_second_prediction_into_one_output_exits_75_and_leftovers_of_dead_runs
     leftover.mkdir()
     (leftover / "part-0.parquet").write_bytes(b"half")
     with job.output_lock(to_url(str(out)), str(out)):
-        assert not leftover.exists()
+        assert not leftover.exists() and (tmp_path / ".preds.predict.lock").exists()
+    assert not (tmp_path / ".preds.predict.lock").exists()  # nothing of the lock is left beside the output
 
 
 def test_inputs_of_which_none_can_be_scored_fail_with_exit_3(image_checkpoint, sample_texts, tmp_path):

@@ -3,6 +3,7 @@ with hang.json, every rank's stacks and exit code 5: one process here, two under
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -62,6 +63,10 @@ def test_a_hang_in_one_process_ends_with_hang_json_stacks_and_exit_5(tmp_path, m
                                    "train.collate=tests.training.hang_hooks:sleepy"), image_source(), tmp_path,
                             SingleProcess("cpu"))
     monkeypatch.setattr("tests.training.hang_hooks.pause", lambda: _wait_for(exits, BUDGET + 30))
+    broken = logging.StreamHandler(open(tmp_path / "gone.log", "w"))
+    broken.stream.close()  # a log handler whose stream has gone (seen in a long test session): it must not matter
+    monkeypatch.setattr(logging.getLogger(), "handlers", [*logging.getLogger().handlers, broken])
+    monkeypatch.setattr(logging, "raiseExceptions", False)
     started = time.monotonic()
     trainer.train()  # the hook "sleeps" until the watchdog has exited, then training ends normally
     assert exits == [EXIT_HUNG] and time.monotonic() - started < BUDGET + 30
