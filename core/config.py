@@ -69,8 +69,20 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {redact_text(item)!r}: {part} is both a value and a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[parts[-1]] = _scalar(raw)
     return nested
+
+
+def _scalar(raw: str) -> Any:
+    """A ``--set`` value as YAML reads it (numbers, booleans, lists), or as the text itself where YAML cannot read
+    it (``*x``, ``!x``, ``%x``, ``@x``, an unclosed ``[``): a password that starts like YAML syntax is a string,
+    never an error message that repeats it."""
+    if not raw.strip():
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

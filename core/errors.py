@@ -20,6 +20,7 @@ EXIT_STALL = 4         # a training epoch waited for data beyond train.max_data_
 EXIT_HUNG = 5          # the training watchdog saw no rank progress for train.watchdog_seconds (<output>/hang.json)
 EXIT_LOCKED = 75       # another run holds the lock (EX_TEMPFAIL: try again later)
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT), as shells report it
+EXIT_TERMINATED = 143  # stopped by SIGTERM (a scheduler's stop), as shells report it
 
 
 class BigtrainError(Exception):

@@ -14,9 +14,15 @@ _SECRET_LAST = {"secret", "password", "passwd", "pwd", "passphrase", "token", "a
 # ... or when it holds "key" right after one of these (secret.key, access.key, account.key.<name>, private_key).
 _KEY_QUALIFIERS = {"access", "secret", "api", "private", "account", "sas", "encryption", "session", "signing",
                    "client", "master", "storage"}
-# Anywhere in a name, these words mark a secret (keyStorePassword, secret.access.key.id, ...).
-_SECRET_ANYWHERE = {"secret", "password", "passwd", "passphrase"}
-_URL_PASSWORD = re.compile(r"(?P<head>://[^/\s:@]+:)[^/\s@]+@")
+# Anywhere in a name, these words mark a secret (keyStorePassword, secret.access.key.id, Azure's
+# fs.azure.sas.<container>.<account>.blob.core.windows.net, whose value is a SAS token ...).
+_SECRET_ANYWHERE = {"secret", "password", "passwd", "passphrase", "sas"}
+_NOT_A_SECRET_LAST = ("provider", "providers", "class", "type")  # fs.azure.sas.token.provider.type: a class name
+# A URL's password (it may hold "/"), up to the "@" of its authority.
+_URL_PASSWORD = re.compile(r"(?P<head>://[^/\s:@]+:)[^\s@]+@")
+# Secrets inside a value: connection strings (AccountKey=...;), SAS query strings (sig=...&), JDBC passwords.
+_INNER_SECRET = re.compile(r"(?P<head>\b(?:AccountKey|SharedAccessKey|SharedAccessSignature|sig|password|pwd)=)"
+                           r"[^;&\s]+", re.IGNORECASE)
 _ASSIGNMENT = re.compile(r"^(?P<dashes>-*)(?P<name>[\w.\-]+)=(?P<value>.*)$", re.DOTALL)
 
 
@@ -31,7 +37,7 @@ def sensitive(name: str) -> bool:
     if not found:
         return False
     if found[-1] in _SECRET_LAST or _SECRET_ANYWHERE.intersection(found):
-        return found[-1] not in ("provider", "providers", "class")  # fs.s3a.aws.credentials.provider is a class name
+        return found[-1] not in _NOT_A_SECRET_LAST  # fs.s3a.aws.credentials.provider is a class name
     return any(w == "key" and i and found[i - 1] in _KEY_QUALIFIERS for i, w in enumerate(found))
 
 
@@ -51,12 +57,17 @@ def redact(value: Any, name: str = "") -> Any:
 
 
 def redact_text(text: str) -> str:
-    """One string: a ``KEY=VALUE`` whose key is secret keeps only its key; a URL's password is hidden."""
+    """One string: a ``KEY=VALUE`` whose key is secret keeps only its key; a URL's password is hidden; so are the
+    secrets of connection strings and SAS query strings; an option string (``-Da=1 -Dfs.s3a.secret.key=...``)
+    is judged word by word."""
+    if re.search(r"\s", text.strip()):
+        return re.sub(r"\S+", lambda m: redact_text(m.group(0)), text)
     match = _ASSIGNMENT.match(text)
     if match:
         value = REDACTED if sensitive(match["name"]) else redact_text(match["value"])  # --conf=K=V: judge K too
         return f"{match['dashes']}{match['name']}={value}"
-    return _URL_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}@", text)
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}@", text)
+    return _INNER_SECRET.sub(lambda m: f"{m['head']}{REDACTED}", text)
 
 
 def redact_argv(argv: list[str]) -> list[str]:

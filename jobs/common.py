@@ -12,7 +12,7 @@ from core import locking
 from core.config import read_defaults
 from core.paths import filesystem
 from dataset import layout
-from core.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTS, BigtrainError, UsageError
+from core.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTS, BigtrainError, LaunchError, UsageError
 
 
 def add_config_flags(parser: argparse.ArgumentParser, section: str) -> None:
@@ -130,7 +130,8 @@ def resolve_master(flag: str | None, config_master: str) -> str | None:
 
 
 def check_connectors(spark, urls: dict[str, str]) -> None:
-    """A UsageError naming the flag when Spark cannot reach one of the URLs (missing Hadoop connector)."""
+    """A UsageError naming the flag when Spark cannot reach one of the URLs (missing Hadoop connector), or when
+    the local folder an --input names would be listed by a JVM that cannot name its files (a non-UTF-8 locale)."""
     from pipelines import storage  # pyspark
 
     for flag, url in urls.items():
@@ -138,6 +139,9 @@ def check_connectors(spark, urls: dict[str, str]) -> None:
             storage.require_connector(spark, url)
         except storage.MissingConnectorError as exc:
             raise UsageError(f"{flag} {exc}") from None
+        problem = storage.local_names_problem(spark) if flag == "--input" and url.startswith("file:") else None
+        if problem:
+            raise LaunchError(f"{flag} {url}: {problem}")
 
 
 def dataset_lock(output_url: str):

@@ -170,10 +170,26 @@ def fingerprint_of(path: str) -> str:
 
 
 def stage_fingerprint(stage: Stage) -> tuple[str, dict[str, str]]:
+    """The stage's inputs, its command line and the content of the config files it names (``--config FILE``: an
+    edited file reruns the stage, whatever its name)."""
     inputs = {path: fingerprint_of(path) for path in stage.inputs}
+    configs = {path: _content_digest(path) for path in config_files(stage.argv)}
     blob = json.dumps({"argv": stage.argv[stage.argv.index("jobs.cli"):] if "jobs.cli" in stage.argv else stage.argv,
-                       "inputs": inputs}, sort_keys=True)
+                       "inputs": inputs, **({"configs": configs} if configs else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16], inputs
+
+
+def config_files(argv: list[str]) -> list[str]:
+    """The files a command line passes as ``--config FILE`` or ``--config=FILE``."""
+    found = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    return found + [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+
+
+def _content_digest(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return "missing"
 
 
 def _output_exists(output: str | None) -> bool:

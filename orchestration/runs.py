@@ -2,19 +2,22 @@
 and the run history (``<state>/history.jsonl``, one record per run, appended)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from core import atomic, locking
-from core.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_REJECTS
+from core.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_REJECTS, EXIT_TERMINATED
 from core.redact import redact_argv
 from orchestration.runner import (
     Pipeline,
@@ -24,6 +27,7 @@ from orchestration.runner import (
     stage_fingerprint,
 )
 
+STOP_WAIT_S = 60  # a stopped stage's time to end (a training rank saving its resume point) before SIGKILL
 log = logging.getLogger(__name__)
 
 
@@ -103,8 +107,12 @@ def run_recorded(pipeline: Pipeline, *, force: bool = False) -> dict[str, Any]:
                               "started_unix": round(time.time(), 3), "stages": []}
     start, code = time.monotonic(), EXIT_FAILED
     try:
-        with locking.hold(str(pipeline.state / "lock"), what=f"pipeline {pipeline.name}"):
+        with locking.hold(str(pipeline.state / "lock"), what=f"pipeline {pipeline.name}"), _terminable():
             code = _run_stages(pipeline, run_id, record, force=force)
+    except Terminated:
+        # cron's or a scheduler's SIGTERM: the stage was stopped first (_execute), the record says so, the lock goes
+        record.update(status="terminated", error="stopped by SIGTERM; the running stage was stopped too")
+        code = EXIT_TERMINATED
     except locking.LockHeld as exc:
         # Not an error: the run holding the lock does the work (README: a scheduler does nothing on 75).
         record.update(status="locked", error=str(exc), holder=exc.holder)
@@ -140,7 +148,12 @@ def _run_stages(pipeline: Pipeline, run_id: str, record: dict[str, Any], *, forc
             entry.update(status="skipped", reason=f"inputs unchanged since its run of {last.get('finished')}")
             log.info("stage %s: skipped (inputs unchanged since %s)", stage.name, last.get("finished"))
             continue
-        code, seconds, log_file = _execute(stage, logs)
+        try:
+            code, seconds, log_file = _execute(stage, logs)
+        except BaseException:  # the runner was stopped (SIGTERM, Ctrl-C): so was the stage
+            entry["status"] = "stopped"
+            record["stages"] += [{"name": s.name, "status": "not run"} for s in pipeline.stages[index + 1:]]
+            raise
         entry.update(exit_code=code, seconds=seconds, log=str(log_file), inputs=inputs)
         if code != 0:
             entry["status"] = "failed"
@@ -152,7 +165,8 @@ def _run_stages(pipeline: Pipeline, run_id: str, record: dict[str, Any], *, forc
             tail = log_file.read_text(errors="replace").splitlines()[-15:]
             log.error("stage %s failed (exit %d); last lines of %s:\n  %s", stage.name, code, log_file,
                       "\n  ".join(tail))
-            return EXIT_REJECTS if code == EXIT_REJECTS else EXIT_FAILED
+            # 3 (rejects) and 75 (a stage's own lock held: try later) mean the same for the pipeline; others fail it
+            return code if code in (EXIT_REJECTS, EXIT_LOCKED) else EXIT_FAILED
         entry.update(status="ran", counts=counts_of(stage.output))
         state[stage.name] = {"fingerprint": fingerprint, "finished": _now(), "counts": entry["counts"]}
         write_state(pipeline, state)
@@ -179,11 +193,51 @@ def _execute(stage: Stage, logs: Path) -> tuple[int | None, float, Path]:
         try:
             if program is None:
                 raise FileNotFoundError(errno.ENOENT, f"not found on PATH or in {os.path.dirname(sys.executable)}")
-            code = subprocess.run([program, *stage.argv[1:]], stdout=out, stderr=subprocess.STDOUT).returncode
+            process = subprocess.Popen([program, *stage.argv[1:]], stdout=out, stderr=subprocess.STDOUT)
         except OSError as exc:  # not found, not executable, not a program
             out.write(f"cannot start {stage.argv[0]}: {exc.strerror}\n")
-            code = None
+            return None, round(time.monotonic() - start, 1), log_file
+        try:
+            code = process.wait()
+        except BaseException:  # SIGTERM or Ctrl-C of the runner: the stage stops with it, never an orphan
+            _stop(process, stage.name)
+            raise
     return code, round(time.monotonic() - start, 1), log_file
+
+
+class Terminated(Exception):
+    """The runner got SIGTERM."""
+
+
+@contextlib.contextmanager
+def _terminable():
+    """SIGTERM raises ``Terminated`` in the runner's main thread while a run holds the lock (elsewhere, and in
+    threads, the handler is left alone)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop(process: subprocess.Popen, name: str) -> None:
+    """SIGTERM to the stage, SIGKILL after ``STOP_WAIT_S`` if it is still there."""
+    if process.poll() is not None:
+        return
+    log.warning("stopping stage %s (pid %d)", name, process.pid)
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_WAIT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def format_history(records: list[dict[str, Any]]) -> str:

@@ -59,6 +59,11 @@ def _message(exc: Exception) -> str:
     return _OBJECT_REPR.sub("", str(exc))
 
 
+# The formats an input image may be in: Pillow opens about 40, EPS through Ghostscript (an interpreter) where it is
+# installed; a file of any other format is rejected as not an image, whatever its name says.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+
+
 def to_array(content: bytes, params: DecodeParams) -> np.ndarray:
     """Decode one file's bytes to a uint8 array of shape (N, N) or (N, N, 3); RejectedImage if unusable."""
     from PIL import Image, UnidentifiedImageError
@@ -68,14 +73,14 @@ def to_array(content: bytes, params: DecodeParams) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(content))
+            img = Image.open(io.BytesIO(content), formats=IMAGE_FORMATS)
             width, height = img.size
             _check_dimensions(width, height, params)
             img.load()
     except RejectedImage:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise RejectedImage(f"not a readable image: {_message(exc)}") from None
+        raise RejectedImage(f"not a readable image: {_message(exc)} (formats read: {', '.join(IMAGE_FORMATS)})") from None
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports truncation and corruption as these
         raise RejectedImage(f"corrupt or truncated image: {_message(exc)}") from None
     img = _to_mode(img, "L" if params.channels == 1 else "RGB")

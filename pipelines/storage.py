@@ -22,11 +22,13 @@ import sys
 import warnings
 from typing import Any, Callable, Iterator
 
+from pyspark import SparkContext
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from compat import petastorm as petastorm_compat
 from core.errors import DatasetError
+from core.locales import effective_ctype, file_name_problem, jvm_locale_changes
 from core.paths import filesystem, from_encoded_url, join, normalise_url
 from dataset import layout
 from pipelines import text
@@ -40,6 +42,12 @@ def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | Non
     In local mode the Python workers must be this interpreter (the one with bigtrain installed), not whatever
     ``python3`` is first on PATH.
     """
+    if not _jvm_started():  # the JVM inherits this process's environment: file names in UTF-8 whatever the locale
+        changes = jvm_locale_changes(os.environ)
+        if changes:
+            log.info("starting Spark with %s: the locale %r would have it skip file names that are not ASCII",
+                     ", ".join(f"{k}={v}" for k, v in changes.items()), effective_ctype(os.environ))
+            os.environ.update(changes)
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
@@ -56,6 +64,17 @@ def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | Non
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("BIGTRAIN_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+def local_names_problem(spark: SparkSession) -> str | None:
+    """Why the driver's JVM cannot be trusted to list a local folder (None: it can): it names files in the
+    encoding of the locale it started in. Only local file systems: HDFS and object stores name files in UTF-8."""
+    return file_name_problem(spark.sparkContext._jvm.System.getProperty("sun.jnu.encoding"), os.environ)
+
+
+def _jvm_started() -> bool:
+    """A JVM runs already: spark-submit started this process, or a session exists."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ or SparkContext._active_spark_context is not None
 
 
 JOB_GROUP = "bigtrain:"  # + kind: the job group of every Spark job a preprocessing run launches

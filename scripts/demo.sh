@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 DEMO_DIR=${1:-runs/demo}
 WHAT=${2:-all}
 NP=${BIGTRAIN_DEMO_NP:-2}
+# spark-submit's JVM names local files in the locale it starts in: UTF-8 whatever the caller's (cron, minimal images)
+case "${LC_ALL:-${LC_CTYPE:-${LANG:-}}}" in *[Uu][Tt][Ff]-8*|*[Uu][Tt][Ff]8*) ;; *) export LC_ALL=C.UTF-8 ;; esac
 export PYSPARK_PYTHON=${PYSPARK_PYTHON:-$(command -v python)}
 export PYSPARK_DRIVER_PYTHON=${PYSPARK_DRIVER_PYTHON:-$PYSPARK_PYTHON}
 start=$(date +%s)

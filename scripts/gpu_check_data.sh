@@ -18,6 +18,8 @@ cd "$(dirname "$0")/.."
 DIR=${1:-.cache/gpu_check}
 LIMIT_MIB=60
 RANKS=8   # row groups per split: a multiple of 8, so up to 8 GPUs each read whole row groups
+# spark-submit's JVM names local files in the locale it starts in: UTF-8 whatever the caller's (cron, minimal images)
+case "${LC_ALL:-${LC_CTYPE:-${LANG:-}}}" in *[Uu][Tt][Ff]-8*|*[Uu][Tt][Ff]8*) ;; *) export LC_ALL=C.UTF-8 ;; esac
 export PYSPARK_PYTHON=${PYSPARK_PYTHON:-$(command -v python)}
 export PYSPARK_DRIVER_PYTHON=${PYSPARK_DRIVER_PYTHON:-$PYSPARK_PYTHON}
 mkdir -p "$DIR/data" "$DIR/wheels"

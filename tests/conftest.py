@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from core.locales import jvm_locale_changes
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
@@ -106,7 +108,10 @@ def tool(name: str) -> str:
 
 
 def subprocess_env() -> dict[str, str]:
+    """This environment for a command a test runs, with the venv's tools first and a UTF-8 locale for the JVMs
+    that spark-submit starts (as scripts/demo.sh sets it; a test of another locale sets its own)."""
     env = dict(os.environ)
+    env.update(jvm_locale_changes(env))
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYSPARK_PYTHON"] = sys.executable
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable

@@ -191,7 +191,7 @@ class _Passes(torch.utils.data.IterableDataset):
                 work = (*(clock.seconds[s] for s in WORKER_STAGES), time.monotonic())  # monotonic: one clock per host
                 yield first, tuple(reals), packed, work
             except Exception as exc:  # noqa: BLE001 - handed to the training process, which raises it
-                yield _ERROR, (), _picklable(exc), None
+                yield _ERROR, (), _picklable(_located(exc, split, window)), None
                 return
 
     def _prepare(self, split: SplitInfo, order: EpochOrder, window: Window,
@@ -236,6 +236,16 @@ def unpack(packed: tuple) -> list[Any]:
         return tuple(cut(part) for part in item)
 
     return [cut(layout) for layout in layouts]
+
+
+def _located(exc: Exception, split: SplitInfo, window: Window) -> Exception:
+    """A reader's error naming the files and row groups it was reading (a coverage error names them already)."""
+    if isinstance(exc, DataCoverageError):
+        return exc
+    where = "; ".join(f"{split.row_group_files[g][0]} row group {split.row_group_files[g][1]}" for g in window.groups
+                      if g < len(split.row_group_files))
+    return DatasetError(f"{exc if isinstance(exc, DatasetError) else f'{type(exc).__name__}: {exc}'} (reading "
+                        f"{split.name} of {split.url}: {where or 'rows held in memory'})")
 
 
 def _picklable(exc: BaseException) -> BaseException:
@@ -359,6 +369,13 @@ class Loader:
                 most = max(most, sum(1 for _ in chunks(order, start=0, chunk=chunk)))
         return most
 
+    def _where(self) -> str:
+        position = self.position()
+        if not position:
+            return "its data"
+        groups = "; ".join(f"{path} row group {index}" for path, index in position["row_groups"])
+        return f"{position['split']} batch {position['batch'] + 1} ({groups})"
+
     def position(self) -> dict[str, Any] | None:
         """Where the pass stands: the batch it hands on next and the files and row groups it comes from (the
         watchdog's heartbeat names them when a rank is stuck waiting for data)."""
@@ -434,6 +451,11 @@ class Loader:
                 first, reals, packed, work = next(iterator)
             except StopIteration:
                 break
+            except RuntimeError as exc:  # torch's DataLoader: a worker killed (out of memory?), or gone silent
+                if "DataLoader" not in str(exc):
+                    raise
+                raise DatasetError(f"the loader's worker processes failed while reading {self._where()}: "
+                                   f"{exc}") from None
             got = time.monotonic()
             if first == _ERROR:
                 raise packed

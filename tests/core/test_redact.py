@@ -76,3 +76,29 @@ def test_spark_conf_keys_set_with_dots_arrive_as_spark_keys():
                                  "job.spark_conf.spark.executor.memory=2g"])
     section = from_dict(Section, overrides["job"], prefix="job")
     assert section.spark_conf == {"spark.hadoop.fs.s3a.secret.key": "abc", "spark.executor.memory": "2g"}
+
+
+def test_secrets_in_option_strings_connection_strings_sas_and_slashed_url_passwords_are_hidden():
+    from core.redact import redact, redact_text
+
+    assert redact_text("spark.driver.extraJavaOptions=-Da=1 -Dfs.s3a.secret.key=S3CRET -Db=2") == (
+        "spark.driver.extraJavaOptions=-Da=1 -Dfs.s3a.secret.key=<redacted> -Db=2")
+    conn = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=AbC+/d==;EndpointSuffix=core.windows.net"
+    assert redact_text(conn) == conn.replace("AbC+/d==", "<redacted>")
+    assert redact_text("https://acct.blob.core.windows.net/c?sv=2024&sig=XyZ%2F&se=1") == (
+        "https://acct.blob.core.windows.net/c?sv=2024&sig=<redacted>&se=1")
+    assert redact_text("s3a://user:pa/ss@bucket/key") == "s3a://user:<redacted>@bucket/key"
+    stored = redact({"spark_conf": {"spark.hadoop.fs.azure.sas.box.acct.blob.core.windows.net": "sv=1&sig=abc",
+                                    "spark.hadoop.fs.azure.sas.token.provider.type": "org.example.Provider"}})
+    assert stored["spark_conf"] == {"spark.hadoop.fs.azure.sas.box.acct.blob.core.windows.net": "<redacted>",
+                                    "spark.hadoop.fs.azure.sas.token.provider.type": "org.example.Provider"}
+
+
+def test_a_set_value_that_looks_like_yaml_syntax_is_taken_as_text_not_echoed_in_an_error():
+    from core.config import parse_overrides
+
+    for value in ("*s3cret", "!s3cret", "%s3cret", "@s3cret", "`s3cret", "[s3cret", "{s3cret"):
+        assert parse_overrides([f"preprocess_images.spark_conf.fs.s3a.secret.key={value}"]) == {
+            "preprocess_images": {"spark_conf": {"fs": {"s3a": {"secret": {"key": value}}}}}}
+    assert parse_overrides(["train.lr=0.05", "train.model_config={a: [1, 2]}"]) == {
+        "train": {"lr": 0.05, "model_config": {"a": [1, 2]}}}

@@ -142,6 +142,30 @@ def test_spark_submit_and_train_on_an_unseen_folder(tmp_path):
 
 
 @pytest.mark.slow
+def test_file_names_beyond_ascii_are_read_under_any_locale_or_refused_never_skipped(tmp_path):
+    """Under cron or LC_ALL=C the JVM names files in ASCII and Spark's listing skipped café/é.png without a word.
+    A job run by Python starts Spark in UTF-8 itself; one under spark-submit (the JVM already running) is refused
+    in one line saying what to set."""
+    images = tmp_path / "imgs"
+    for folder, name in (("café", "é.png"), ("café", "naïve.png"), ("plain", "a.png"), ("plain", "b.png")):
+        (images / folder).mkdir(parents=True, exist_ok=True)
+        Image.new("L", (12, 12), 40 if folder == "plain" else 200).save(images / folder / name)
+    env = {**subprocess_env(), "LC_ALL": "C", "LANG": ""}
+    job = [str(REPO / "jobs" / "preprocess_images.py"), "--input", str(images), "--image-size", "8", "--quiet"]
+    done = subprocess.run([sys.executable, *job, "--output", str(tmp_path / "ds"), "--master", "local[1]"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "4 files read = 4 rows written + 0 rejected" in done.stdout
+    meta = json.loads((current_snapshot(tmp_path / "ds") / "metadata.json").read_text())
+    assert meta["classes"] == ["café", "plain"]
+    done = subprocess.run([tool("spark-submit"), "--master", "local[1]", *job, "--output", str(tmp_path / "ds2")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and not (tmp_path / "ds2").exists()
+    said = done.stdout + done.stderr  # spark-submit passes the driver's stderr on as its stdout
+    assert "--input file://" in said and "LC_ALL=C.UTF-8 spark-submit" in said
+
+
+@pytest.mark.slow
 def test_a_missing_s3a_connector_is_named(tmp_path):
     (tmp_path / "imgs" / "a").mkdir(parents=True)
     done = subprocess.run([sys.executable, str(REPO / "jobs" / "preprocess_images.py"), "--input",

@@ -105,6 +105,43 @@ def test_history_is_in_start_order_not_completion_order(tmp_path):
     assert [r["run"] for r in runs.read_history(pipeline)] == ["early", "late", "s1", "s2"]
 
 
+def test_sigterm_stops_the_stage_records_the_run_and_frees_the_lock(tmp_path):
+    """cron's or a scheduler's stop: the stage ends with the runner (no orphan holding on), the history says what
+    happened, exit 143, and the next run starts."""
+    pid_file = tmp_path / "stage.pid"
+    stage = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)"
+    file = write_pipeline(tmp_path, [{"name": "slow", "command": py(stage)}])
+    runner_process = subprocess.Popen([sys.executable, "-m", "jobs.cli", "pipeline", "run", file], cwd=REPO,
+                                      env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stage_pid = int(pid_file.read_text())
+    runner_process.terminate()
+    runner_process.wait(timeout=60)
+    assert runner_process.returncode == 143
+    with pytest.raises(ProcessLookupError):
+        os.kill(stage_pid, 0)
+    (last,) = runs.read_history(load(file))
+    assert (last["status"], last["exit_code"]) == ("terminated", 143) and "SIGTERM" in last["error"]
+    assert [s["status"] for s in last["stages"]] == ["stopped"]
+    pid_file.unlink()
+    file = write_pipeline(tmp_path, [{"name": "slow", "command": py("pass")}])
+    assert runs.run(load(file)) == 0  # the lock was released
+
+
+def test_an_edited_config_file_reruns_its_stage_and_a_stages_75_is_kept(tmp_path):
+    conf = tmp_path / "mine.yaml"
+    conf.write_text("train: {epochs: 1}\n")
+    file = write_pipeline(tmp_path, [{"name": "a", "command": [*py("pass"), "--config", str(conf)]}])
+    assert runs.run(load(file)) == 0 and runs.run(load(file)) == 0
+    conf.write_text("train: {epochs: 2}\n")  # same name, new content
+    assert runs.run(load(file)) == 0
+    assert statuses(file) == [["ran"], ["skipped"], ["ran"]]
+    locked = write_pipeline(tmp_path, [{"name": "b", "command": py("raise SystemExit(75)")}])
+    assert runs.run(load(locked)) == 75
+
+
 def test_a_link_planted_at_the_history_is_refused_not_followed(tmp_path):
     from core.errors import UnsafeFileError
 

@@ -90,6 +90,17 @@ def test_batch_encodes_with_the_dataset_codec(codec):
     assert np.all(np.abs(decoded.astype(int) - [0, 128, 255]) <= 6)
 
 
+def test_only_the_listed_formats_are_opened_whatever_the_name_says():
+    from pipelines.images import IMAGE_FORMATS, RejectedImage, to_array
+
+    for fmt in ("GIF", "BMP", "TIFF", "WEBP"):
+        assert fmt in IMAGE_FORMATS
+        assert to_array(encode(Image.new("RGB", (20, 20), (9, 9, 9)), fmt), params()).shape == (8, 8, 3)
+    for fmt in ("EPS", "PPM", "ICO"):  # Pillow reads these (EPS through Ghostscript): never here
+        with pytest.raises(RejectedImage, match=r"^not a readable image: .*\(formats read: PNG, JPEG"):
+            to_array(encode(Image.new("RGB", (20, 20)), fmt), params())
+
+
 def test_every_bad_file_gets_a_reason_and_the_batch_survives():
     good = encode(Image.new("RGB", (30, 30), (1, 2, 3)), "JPEG")
     cases = {

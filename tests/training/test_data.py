@@ -268,6 +268,24 @@ def test_a_damaged_image_fails_the_epoch_with_one_clear_message(image_dataset, t
         with pytest.raises(DatasetError, match=r"^a stored png image cannot be decoded: .*damaged") as error:
             epoch_ids(source, plan_shard(split.row_group_sizes, 0, 1), batch_size=4)
         assert "Traceback" not in str(error.value)
+        assert f"(reading train of {split.url}: " in str(error.value) and f"{path} row group 0" in str(error.value)
+    finally:
+        source.close()
+
+
+@pytest.mark.spark
+def test_a_truncated_file_fails_the_epoch_naming_it(image_dataset, tmp_path):
+    copy = tmp_path / "ds"
+    shutil.copytree(image_dataset, copy)
+    split = load_dataset_info(str(copy)).splits["train"]
+    path, _ = split.row_group_files[0]
+    source = PetastormSource(_info_without_checks(copy),
+                             load_section("train", TrainConfig, overrides=["train.loader_workers=1"]))
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:len(data) // 2])  # cut short after the run opened the dataset: no footer now
+    try:
+        with pytest.raises(DatasetError, match=rf"\(reading train of .*: {path} row group 0"):
+            epoch_ids(source, plan_shard(split.row_group_sizes, 0, 1), batch_size=4)
     finally:
         source.close()
 
