@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 
 import torch
 from torch import nn
@@ -140,23 +141,28 @@ def scaling_results(name: str, dataset: str) -> list[Result]:
     source = open_source(dataset, cores())
     split = source.splits["train"]
     plan = plan_shard(split.row_group_sizes, 0, 1)
-    try:
-        whole = epoch_runner(source)
-        whole()
-        epochs = itertools.count(1000)  # a new epoch each time: no worker holds its first window already
+    epochs = itertools.count()
+    firsts: list[float] = []
 
-        def first_batch() -> None:
-            batches = source.training_batches(plan, batch_size=BATCH, epoch=next(epochs),
-                                              counter=EpochCounter(split, plan))
-            next(batches)
-            batches.close()
-        first = seconds(first_batch)
-        epoch = seconds(whole)
+    def epoch() -> int:
+        """One whole epoch (a pass abandoned half way would leave its chunks for the next pass to drain), noting
+        the time to its first batch."""
+        started = time.perf_counter()
+        n = 0
+        for n, _ in enumerate(source.training_batches(plan, batch_size=BATCH, epoch=next(epochs),
+                                                      counter=EpochCounter(split, plan)), start=1):
+            if n == 1:
+                firsts.append(time.perf_counter() - started)
+        return n
+    try:
+        epoch()  # the pool started
+        whole = seconds(epoch)
     finally:
         source.close()
-    per_batch = epoch.median / plan.steps(BATCH)
+    first = timing(firsts[-repeats():])
+    per_batch = whole.median / plan.steps(BATCH)
     results.append(Result(f"feeding/{name}", "first batch of an epoch / one batch of a running epoch",
                           first.median / per_batch, "x",
-                          f"first batch {first.text('.4f', ' s')}; epoch {epoch.text('.3f', ' s')} for "
+                          f"first batch {first.text('.4f', ' s')}; epoch {whole.text('.3f', ' s')} for "
                           f"{plan.steps(BATCH)} batches, {cores()} workers"))
     return results
