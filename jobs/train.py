@@ -65,11 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "--backend torch) for several processes. Running the same command again resumes from the newest "
                     "checkpoint in --output.",
         epilog="Config keys (section train in conf/bigtrain.yaml) can be set with --set train.KEY=VALUE; "
-               "flags win over config.")
+               "flags win over config. Where the time went: every epoch's line names the slowest rank and what "
+               "held it up, and metrics.json keeps each rank's stage ledger (history[].ledger, drawn in "
+               "stages.png). Exit codes: 0 done; 1 data or checkpoint refused; 2 flag, key or launch wrong; 4 a "
+               "rank waited for data beyond train.max_data_stall (with train.stall_budget_action=fail); 5 no rank "
+               "progressed for train.watchdog_seconds (default 300: hang.json and hang-stacks/ in --output name "
+               "the stuck rank); 75 another run holds --output; 130 Ctrl-C.")
     parser.add_argument("--data", required=True, metavar="DIR_OR_URL", help="a dataset written by a preprocess job")
     parser.add_argument("--output", required=True, metavar="DIR", help="where checkpoint.pt and metrics.json go")
     parser.add_argument("--epochs", type=positive_int("--epochs"), metavar="N", help="passes over the train split "
-                        "(default: train.epochs, 8)")
+                        "(default: train.epochs, 40; early stopping ends most runs sooner)")
     parser.add_argument("--batch-size", type=positive_int("--batch-size"), metavar="N", help="per rank")
     parser.add_argument("--lr", type=positive_float("--lr"), metavar="X",
                         help="learning rate per rank, scaled by the number of ranks unless train.scale_lr=false "
