@@ -39,10 +39,10 @@ they name (``materialize_dataset`` counts row groups on executors with a file sy
 
 - *The early end*: ``ThreadPool.get_results`` decides that reading is over with two checks made one after the
   other (all workers done, then the ventilator completed). Evaluated around the ventilator's last hand-out, the
-  reader ends at once: an epoch of zero rows with no error (STACK.md; reproduced at 5 in 200 reads on two busy
+  reader ends at once: an epoch of zero rows with no error (docs/stack.md; reproduced at 5 in 200 reads on two busy
   cores; uber/petastorm#71, closed as not reproducible).
 - *Order depending on timing*: with more than one worker, ``current_worker_done`` skips a worker that the
-  ventilator has not fed yet, so a seeded read's order changes from run to run (4 in 30 reads, STACK.md).
+  ventilator has not fed yet, so a seeded read's order changes from run to run (4 in 30 reads, docs/stack.md).
   ``OrderedEndThreadPool`` counts a worker as done only once the ventilator has finished: both are fixed.
 - *``seed=0`` meaning unseeded*: the thread pool, the ventilator and the Arrow worker test ``seed != 0``, so a
   seed of 0 shuffles at random and busy-polls the result queue. Here 0 is a seed like any other (the same

@@ -19,7 +19,7 @@ def setup_logging(*, quiet: bool = False, rank: int = 0) -> None:
     logging.basicConfig(level=logging.WARNING, format=prefix + LOG_FORMAT, stream=sys.stderr, force=True)
     for ours in OUR_LOGGERS:
         logging.getLogger(ours).setLevel(level)
-    # petastorm 0.13 uses pyarrow's legacy dataset API (STACK.md pins pyarrow 14 for it); its deprecation
+    # petastorm 0.13 uses pyarrow's legacy dataset API (docs/stack.md: the previous stack pins pyarrow 14 for it); its deprecation
     # warnings say nothing a bigtrain user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm(\.|$)")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-# Exactly the CPU build bigtrain has always made (STACK.md); the GPU build adds to it.
+# Exactly the CPU build bigtrain has always made (docs/stack.md); the GPU build adds to it.
 CPU_BUILD_ENV = {
     "HOROVOD_WITH_PYTORCH": "1", "HOROVOD_WITH_GLOO": "1", "HOROVOD_WITHOUT_MPI": "1",
     "HOROVOD_WITHOUT_TENSORFLOW": "1", "HOROVOD_WITHOUT_MXNET": "1", "HOROVOD_CPU_OPERATIONS": "GLOO",

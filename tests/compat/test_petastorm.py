@@ -197,7 +197,7 @@ def test_the_process_pool_reads_every_row(tmp_path):
 
 @pytest.mark.parametrize("seed", [0, 7])
 def test_a_seeded_shuffled_read_has_one_order_whatever_the_seed(tmp_path, seed):
-    """seed=0 is a seed (Petastorm took it for none), and several workers keep the order (STACK.md: 4 of 30 reads
+    """seed=0 is a seed (Petastorm took it for none), and several workers keep the order (docs/stack.md: 4 of 30 reads
     differed with 3 workers)."""
     url, _ = petastorm_dataset(tmp_path, {f"part-{i}.parquet": [3] for i in range(4)})
     orders = {tuple(read_ids(url, reader_pool_type="thread", workers_count=3, seed=seed, shuffle_rows=True)[0])
