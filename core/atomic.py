@@ -58,27 +58,44 @@ def write_json(target: str | Path, data: Any, *, indent: int | None = 2, sort_ke
     write_text(target, json.dumps(data, indent=indent, sort_keys=sort_keys, ensure_ascii=False))
 
 
-def open_append(path: str | Path):
-    """``path`` opened to append bytes (created 0644 when missing), never through a symbolic link, a hard link or
-    anything but a regular file: a link planted in an output or state folder would have bigtrain append to the file
-    it points to. UnsafeFileError names the path."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+class NotRegular(Exception):
+    """A path that bigtrain writes through only when it names a regular file of one name: ``problem`` says what it
+    is instead (a symbolic link, a hard link, not a regular file)."""
+
+    def __init__(self, problem: str):
+        super().__init__(problem)
+        self.problem = problem
+
+
+def open_regular(path: str | Path, flags: int, mode: int) -> int:
+    """A descriptor of the regular file with one name at ``path`` (``flags`` plus no following of a link and no
+    blocking: a FIFO would otherwise wait for its other end); NotRegular else. A link planted at the name of a file
+    bigtrain writes (a lock, a log it appends to) would have it write the file the link points to."""
     try:
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise UnsafeFileError(f"{path} is a symbolic link: refusing to append through it (it could change the "
-                                  "file it points to); remove the link") from None
+            raise NotRegular("a symbolic link") from None
         if exc.errno in (errno.EISDIR, errno.ENXIO):
-            raise UnsafeFileError(f"{path} is not a regular file ({exc.strerror}): refusing to append to it") from None
+            raise NotRegular(f"not a regular file ({exc.strerror})") from None
         raise
     info = os.fstat(fd)
     problem = ("not a regular file" if not stat.S_ISREG(info.st_mode)
                else f"a hard link ({info.st_nlink} names for one file)" if info.st_nlink != 1 else None)
     if problem:
         os.close(fd)
-        raise UnsafeFileError(f"{path} is {problem}: refusing to append to it (it could change another file); "
-                              "remove it")
+        raise NotRegular(problem)
+    return fd
+
+
+def open_append(path: str | Path):
+    """``path`` opened to append bytes (created 0644 when missing), never through a symbolic link, a hard link or
+    anything but a regular file (``open_regular``); UnsafeFileError names the path."""
+    try:
+        fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except NotRegular as exc:
+        raise UnsafeFileError(f"{path} is {exc.problem}: refusing to append to it (it could change another file); "
+                              "remove it") from None
     os.set_blocking(fd, True)
     return os.fdopen(fd, "ab")
 

@@ -11,7 +11,6 @@ the run's output locked.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import socket
@@ -19,6 +18,7 @@ import stat
 import time
 from collections.abc import Iterator
 
+from core import atomic
 from core.errors import LockFileError, LockHeld
 
 MODE = 0o600
@@ -88,24 +88,13 @@ def _names(path: str, fd: int) -> bool:
 
 def _open_lock_file(path: str) -> int:
     """A descriptor of the regular file at ``path`` (created 0600 when missing), opened without following a
-    link and without blocking (a FIFO would otherwise wait for a writer); LockFileError naming the path else."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    link and without blocking (``atomic.open_regular``); LockFileError naming the path else."""
     try:
-        fd = os.open(path, flags, MODE)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise LockFileError(f"lock file {path} is a symbolic link: refusing to open it (it could make bigtrain "
-                                "overwrite the file it points to); remove the link") from None
-        if exc.errno in (errno.EISDIR, errno.ENXIO):
-            raise LockFileError(f"lock file {path} is not a regular file: {exc.strerror}; remove it") from None
-        raise
+        fd = atomic.open_regular(path, os.O_RDWR | os.O_CREAT, MODE)
+    except atomic.NotRegular as exc:
+        raise LockFileError(f"lock file {path} is {exc.problem}: refusing to use it as a lock (bigtrain truncates its "
+                            "lock file, or the file a link points to); remove it") from None
     info = os.fstat(fd)
-    problem = ("not a regular file" if not stat.S_ISREG(info.st_mode)
-               else f"a hard link ({info.st_nlink} names for one file)" if info.st_nlink != 1 else None)
-    if problem:
-        os.close(fd)
-        raise LockFileError(f"lock file {path} is {problem}: refusing to use it as a lock (bigtrain truncates its "
-                            "lock file); remove it")
     if stat.S_IMODE(info.st_mode) != MODE and info.st_uid == os.geteuid():
         os.fchmod(fd, MODE)  # a lock file of an older bigtrain (0644): the holder's pid and host are not for all
     return fd

@@ -28,39 +28,28 @@ trap 'rm -rf "$staging"' EXIT
 
 have_dataset() { compgen -G "$1/snapshots/*/metadata.json" >/dev/null; }
 
-if have_dataset "$DIR/data/images"; then
-  echo "gpu-check-data: $DIR/data/images is there (delete it to rebuild)"
-else
-  rm -rf "$DIR/data/images"
-  echo "gpu-check-data: images: bigtrain generate-images, then spark-submit jobs/preprocess_images.py"
-  bigtrain generate-images --output "$staging/images" --per-class 150 --bad-files 0
-  spark-submit --master "local[*]" jobs/preprocess_images.py --quiet \
-    --input "$staging/images" --output "$DIR/data/images" --image-size 24 --channels 1 --ranks "$RANKS"
-fi
+# dataset NAME GENERATE_CMD JOB JOB_FLAGS...: bigtrain GENERATE_CMD into staging, then the job into data/NAME, unless
+# data/NAME holds a committed snapshot already.
+dataset() {
+  local name=$1 generate=$2 job=$3; shift 3
+  if have_dataset "$DIR/data/$name"; then
+    echo "gpu-check-data: $DIR/data/$name is there (delete it to rebuild)"
+    return
+  fi
+  rm -rf "$DIR/data/$name"
+  echo "gpu-check-data: $name: bigtrain $generate, then spark-submit jobs/$job"
+  bigtrain $generate --output "$staging/$name"
+  spark-submit --master "local[*]" "jobs/$job" --quiet --input "$staging/$name" --output "$DIR/data/$name" "$@"
+}
 
-if have_dataset "$DIR/data/texts"; then
-  echo "gpu-check-data: $DIR/data/texts is there (delete it to rebuild)"
-else
-  rm -rf "$DIR/data/texts"
-  echo "gpu-check-data: texts: bigtrain generate-texts, then spark-submit jobs/preprocess_sequences.py"
-  bigtrain generate-texts --output "$staging/texts" --bad-lines 0
-  spark-submit --master "local[*]" jobs/preprocess_sequences.py --quiet \
-    --input "$staging/texts" --output "$DIR/data/texts" --text-field text --label-field label \
-    --max-length 64 --ranks "$RANKS"
-fi
-
+dataset images "generate-images --per-class 150 --bad-files 0" preprocess_images.py \
+  --image-size 24 --channels 1 --ranks "$RANKS"
+dataset texts "generate-texts --bad-lines 0" preprocess_sequences.py \
+  --text-field text --label-field label --max-length 64 --ranks "$RANKS"
 # The throughput part's set: 1,500 per class, 80 % of them train rows; 16 row groups per split, so that loader
 # workers up to 16 each get whole row groups.
-if have_dataset "$DIR/data/images-png"; then
-  echo "gpu-check-data: $DIR/data/images-png is there (delete it to rebuild)"
-else
-  rm -rf "$DIR/data/images-png"
-  echo "gpu-check-data: images-png: bigtrain generate-images --per-class 1500, then spark-submit jobs/preprocess_images.py"
-  bigtrain generate-images --output "$staging/images-png" --per-class 1500 --bad-files 0
-  spark-submit --master "local[*]" jobs/preprocess_images.py --quiet \
-    --input "$staging/images-png" --output "$DIR/data/images-png" --image-size 24 --channels 1 --codec png \
-    --ranks 16
-fi
+dataset images-png "generate-images --per-class 1500 --bad-files 0" preprocess_images.py \
+  --image-size 24 --channels 1 --codec png --ranks 16
 
 # Wheels for CPython 3.12 on x86_64 Linux, what the GPU hosts run (pure-Python wheels match them too).
 BINARY=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64

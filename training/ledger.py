@@ -37,15 +37,11 @@ WIDTH = len(_HEAD) + len(TRAINER_STAGES) + len(LOADER_STAGES)
 
 class StageClock:
     """Back-to-back stage timing on one thread: ``mark(stage)`` adds the time since the previous mark to
-    ``stage``. Nothing between two marks goes unaccounted, so the stages add up to the time since ``restart``."""
+    ``stage``. Nothing between two marks goes unaccounted, so the stages add up to the time since the clock began."""
     __slots__ = ("seconds", "_at", "_started")
 
     def __init__(self, stages: Sequence[str] = TRAINER_STAGES):
         self.seconds = dict.fromkeys(stages, 0.0)
-        self._at = self._started = time.perf_counter()
-
-    def restart(self) -> None:
-        self.seconds = dict.fromkeys(self.seconds, 0.0)
         self._at = self._started = time.perf_counter()
 
     def mark(self, stage: str) -> float:
@@ -69,11 +65,6 @@ class LoaderTimes:
 
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage] += max(0.0, seconds)
-
-    def merge(self, other: "LoaderTimes") -> None:
-        self.workers = max(self.workers, other.workers)
-        for stage, seconds in other.seconds.items():
-            self.seconds[stage] += seconds
 
 
 @dataclass(frozen=True)

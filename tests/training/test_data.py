@@ -247,45 +247,41 @@ def test_a_short_row_group_is_an_error_not_a_short_epoch(image_dataset, workers)
         source.close()
 
 
-@pytest.mark.spark
-def test_a_damaged_image_fails_the_epoch_with_one_clear_message(image_dataset, tmp_path):
-    """A worker's error reaches the training process as the same error, not as a worker traceback."""
+def _damage_image(path) -> None:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    copy = tmp_path / "ds"
-    shutil.copytree(image_dataset, copy)
-    split = load_dataset_info(str(copy)).splits["train"]
-    path, _ = split.row_group_files[0]
     table = pq.read_table(path)
     images = table.column("image").to_pylist()
     images[0] = b"\x89PNG\r\n\x1a\n damaged"
     pq.write_table(table.set_column(table.schema.get_field_index("image"), "image",
-                                    __import__("pyarrow").array(images, table.schema.field("image").type)), path,
+                                    pa.array(images, table.schema.field("image").type)), path,
                    row_group_size=table.num_rows)
-    source = PetastormSource(_info_without_checks(copy),
-                             load_section("train", TrainConfig, overrides=["train.loader_workers=2"]))
-    try:
-        with pytest.raises(DatasetError, match=r"^a stored png image cannot be decoded: .*damaged") as error:
-            epoch_ids(source, plan_shard(split.row_group_sizes, 0, 1), batch_size=4)
-        assert "Traceback" not in str(error.value)
-        assert f"(reading train of {split.url}: " in str(error.value) and f"{path} row group 0" in str(error.value)
-    finally:
-        source.close()
+
+
+def _truncate(path) -> None:
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:len(data) // 2])  # a copy cut short: no footer
 
 
 @pytest.mark.spark
-def test_a_truncated_file_fails_the_epoch_naming_it(image_dataset, tmp_path):
+@pytest.mark.parametrize("damage,message", [(_damage_image, r"^a stored png image cannot be decoded: .*damaged"),
+                                            (_truncate, r"^ArrowInvalid: ")])
+def test_a_damaged_file_fails_the_epoch_with_one_line_naming_it(image_dataset, tmp_path, damage, message):
+    """A worker's error reaches the training process as one error naming the file and row group it was reading,
+    not as a worker traceback (the file damaged after the run opened the dataset)."""
     copy = tmp_path / "ds"
     shutil.copytree(image_dataset, copy)
     split = load_dataset_info(str(copy)).splits["train"]
     path, _ = split.row_group_files[0]
     source = PetastormSource(_info_without_checks(copy),
-                             load_section("train", TrainConfig, overrides=["train.loader_workers=1"]))
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[:len(data) // 2])  # cut short after the run opened the dataset: no footer now
+                             load_section("train", TrainConfig, overrides=["train.loader_workers=2"]))
+    damage(path)
     try:
-        with pytest.raises(DatasetError, match=rf"\(reading train of .*: {path} row group 0"):
+        with pytest.raises(DatasetError, match=message) as error:
             epoch_ids(source, plan_shard(split.row_group_sizes, 0, 1), batch_size=4)
+        assert "Traceback" not in str(error.value)
+        assert f"(reading train of {split.url}: " in str(error.value) and f"{path} row group 0" in str(error.value)
     finally:
         source.close()
 
