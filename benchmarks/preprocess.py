@@ -60,7 +60,7 @@ def plain_python_images(raw: str, out: str) -> tuple[float, int]:
 
 
 def row_udf_decode(files, *, root_url, params):
-    """The decode step as a row-at-a-time Python UDF (what mapInPandas replaces), same output schema."""
+    """The read-and-decode step as a row-at-a-time Python UDF (what mapInPandas replaces), same output schema."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -69,14 +69,14 @@ def row_udf_decode(files, *, root_url, params):
     result = T.StructType([f for f in DECODED_SCHEMA.fields if f.name != "path"])
 
     @F.udf(returnType=result)
-    def decode_one(path, content):
+    def decode_one(path, size, problem):
         import pandas as pd
 
-        row = images.decode_image_batch(pd.DataFrame({"path": [path], "content": [content]}),
-                                        root_url=root_url, params=params).iloc[0]
+        batch = pd.DataFrame({"path": [path], "size": [size], "problem": [problem]})
+        row = next(images.decode_file_batch(batch, root_url=root_url, params=params)).iloc[0]
         return (row["relpath"], row["class_name"], row["image"], row["reason"])
 
-    decoded = files.select("path", decode_one("path", "content").alias("d"))
+    decoded = files.select("path", decode_one("path", "size", "problem").alias("d"))
     return decoded.select("path", "d.relpath", "d.class_name", "d.image", "d.reason")
 
 

@@ -1,14 +1,21 @@
 """The one way bigtrain replaces a file: write a temporary file beside it, flush and fsync it, rename it over the
 target, and fsync the folder (local file systems), so a reader or a crash sees the old file or the new one, never
 half of one. Object stores (s3://, ...) publish an object whole when its upload completes; other remote stores
-(HDFS) are written in place. ``make_durable`` does the same fsyncs for files written by others (Spark's splits)."""
+(HDFS) are written in place. ``make_durable`` does the same fsyncs for files written by others (Spark's splits).
+
+A temporary name says who writes it (``.NAME.<pid>~<pid namespace>@<host>-<random>.tmp``). A writer killed
+between its write and its rename (SIGKILL, a power loss) leaves its temporary file behind; the next atomic write
+into the same folder removes those whose writer is provably gone: a process of this host and pid namespace that
+no longer exists. Another host's temporary files, and those of live processes, are left alone."""
 from __future__ import annotations
 
 import errno
 import json
 import logging
 import os
+import re
 import secrets
+import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -19,12 +26,50 @@ from core.errors import UnsafeFileError
 log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
+# what write_bytes adds to a file's name: the writer (pid, pid namespace, host) and a random part
+_WRITER_TMP = re.compile(r"^\..+\.(?P<pid>\d+)~(?P<space>\d*)@(?P<host>[\w.-]+)-[0-9a-f]{8}\.tmp$")
 
 
 def tmp_name(name: str) -> str:
     """The temporary name a file is written under: hidden and ending in .tmp, so listings and manifests skip it
-    (``write_bytes`` adds the writer's pid and a random part to ``name``, so two writers never share one)."""
+    (``write_bytes`` adds its writer and a random part to ``name``, so two writers never share one)."""
     return f".{name}{TMP_SUFFIX}"
+
+
+def _writer() -> tuple[str, str, str]:
+    """(pid, pid namespace, host) of this process: enough to tell later whether the process that wrote a temporary
+    file is gone (the namespace is empty where /proc is missing; the host name keeps only letters, digits, ``.-_``)."""
+    try:
+        space = re.sub(r"\D", "", os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        space = ""
+    return str(os.getpid()), space, re.sub(r"[^\w.-]", "_", socket.gethostname())
+
+
+def remove_dead_writers_temporaries(folder: Path) -> None:
+    """Remove the temporary files in ``folder`` that writers of this host and pid namespace left when they died
+    (killed between write and rename); never one of another host, of a live process, or of another name."""
+    pid, space, host = _writer()
+    try:
+        names = [entry.name for entry in os.scandir(folder) if entry.name.endswith(TMP_SUFFIX)]
+    except OSError:
+        return
+    for name in names:
+        found = _WRITER_TMP.match(name)
+        if not found or (found["space"], found["host"]) != (space, host) or found["pid"] == pid:
+            continue
+        try:
+            os.kill(int(found["pid"]), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, ValueError):
+            continue  # alive (another user's), or no pid at all
+        log.info("removing %s: its writer, pid %s on this host, is gone", folder / name, found["pid"])
+        try:
+            (folder / name).unlink()
+        except OSError:
+            pass  # removed meanwhile, or not ours to remove
 
 
 def write_bytes(target: str | Path, data: bytes) -> None:
@@ -36,7 +81,8 @@ def write_bytes(target: str | Path, data: bytes) -> None:
             fh.write(data)
         return
     path = Path(local)
-    tmp = path.with_name(tmp_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}"))  # one per writer
+    pid, space, host = _writer()
+    tmp = path.with_name(tmp_name(f"{path.name}.{pid}~{space}@{host}-{secrets.token_hex(4)}"))  # one per writer
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -47,6 +93,7 @@ def write_bytes(target: str | Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)  # the old file stays as it was, and no half-written one is left beside it
         raise
     fsync_folder(path.parent)
+    remove_dead_writers_temporaries(path.parent)
 
 
 def write_text(target: str | Path, text: str) -> None:

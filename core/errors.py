@@ -5,10 +5,11 @@ message names the file); 2 the command line, a config key, a pipeline file or th
 names the flag or key; a flag naming a file or folder that is not there is one); 3 more input rejected than
 max_reject_fraction allows (nothing committed); 4 training waited for its data longer than
 ``train.max_data_stall`` allows (with ``train.stall_budget_action: fail``); 5 the training watchdog found no rank
-making progress for ``train.watchdog_seconds`` (``<output>/hang.json`` names the stuck rank); 75 another run holds
-the lock (EX_TEMPFAIL: try again later); 130
-interrupted (Ctrl-C). ``jobs.common.run_main`` turns a BigtrainError into its message and ``exit_code``; anything
-else keeps its traceback.
+making progress for ``train.watchdog_seconds`` (``<output>/hang.json`` names the stuck rank); 6 a preprocessing run
+would commit a snapshot that lost input files (more than max_removed_fraction, every file of a class; rerun with
+--allow-removals), or one of no input, no row or a single class (nothing committed); 75 another run holds the lock
+(EX_TEMPFAIL: try again later); 130 interrupted (Ctrl-C). ``jobs.common.run_main`` turns a BigtrainError into its
+message and ``exit_code``; anything else keeps its traceback.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ EXIT_USAGE = 2         # a flag, config key, pipeline file or launch is wrong
 EXIT_REJECTS = 3       # more input rejected than max_reject_fraction allows: nothing committed
 EXIT_STALL = 4         # a training epoch waited for data beyond train.max_data_stall (stall_budget_action: fail)
 EXIT_HUNG = 5          # the training watchdog saw no rank progress for train.watchdog_seconds (<output>/hang.json)
+EXIT_REMOVALS = 6      # not committed: inputs vanished (max_removed_fraction, a whole class), no row, one class
 EXIT_LOCKED = 75       # another run holds the lock (EX_TEMPFAIL: try again later)
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT), as shells report it
 EXIT_TERMINATED = 143  # stopped by SIGTERM (a scheduler's stop), as shells report it
@@ -50,6 +52,14 @@ class DatasetError(BigtrainError, RuntimeError):
 class RejectBudgetError(DatasetError):
     """More of a run's input was rejected than its error budget allows; the snapshot was not committed."""
     exit_code = EXIT_REJECTS
+
+
+class RemovalsError(DatasetError):
+    """A preprocessing run would commit a snapshot that lost input: more of the previous snapshot's files removed
+    than ``max_removed_fraction`` allows, every file of a class, or every file (an unmounted volume); or a snapshot
+    of no input, no accepted row, or rows of a single class. Nothing was committed; the message says what vanished
+    and the way past it (``--allow-removals``, ``allow_single_class``) where there is one."""
+    exit_code = EXIT_REMOVALS
 
 
 class StallBudgetError(BigtrainError, RuntimeError):

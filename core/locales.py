@@ -1,10 +1,12 @@
 """File names in UTF-8 for the JVM, whatever the caller's locale.
 
 Java names files in the encoding of the locale it starts in (``sun.jnu.encoding``): under cron, in a minimal
-container or with ``LC_ALL=C`` that is ASCII, and Spark's listing then skips every file whose name it cannot
-represent (``café/é.png``), without a word. A JVM that bigtrain starts (a job or ``bigtrain`` command run by Python)
-is started with ``LC_ALL=C.UTF-8`` when the caller's locale is not UTF-8 (``jvm_locale_changes``); one started
-before bigtrain runs (``spark-submit``) is checked, and refused when it is not UTF-8 (``file_name_problem``).
+container or with ``LC_ALL=C`` that is ASCII. Input files are listed and read by bigtrain in Python
+(``pipelines.inputs``), whatever the locale; but ``spark-submit``'s launcher in an ASCII JVM passes a path of its
+command line beyond ASCII on with "?" for those letters, and Spark would write an output there. A JVM that
+bigtrain starts (a job or ``bigtrain`` command run by Python) is started with ``LC_ALL=C.UTF-8`` when the caller's
+locale is not UTF-8 (``jvm_locale_changes``); one started before bigtrain runs (``spark-submit``) is checked, and a
+local path beyond ASCII (or with "?") is refused when it is not UTF-8 (``file_name_problem``).
 """
 from __future__ import annotations
 
@@ -33,10 +35,13 @@ def jvm_locale_changes(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def file_name_problem(encoding: str | None, environ: Mapping[str, str]) -> str | None:
-    """Why a running JVM whose ``sun.jnu.encoding`` is ``encoding`` cannot be trusted to list files (None: it can)."""
+    """Why a running JVM whose ``sun.jnu.encoding`` is ``encoding`` cannot be trusted to write a path beyond ASCII
+    (None: it can)."""
     if encoding is None or encoding.replace("-", "").lower() == "utf8":
         return None
-    return (f"Spark's JVM names files in {encoding} (it started in the locale {effective_ctype(environ)!r}), so it "
-            "would skip every input file whose name is not ASCII without a word: start spark-submit with "
+    ctype = effective_ctype(environ)  # Python itself may have set C.UTF-8 after the JVM started (PEP 538)
+    started = f"the locale {ctype!r}" if not is_utf8(ctype) else "a locale that is not UTF-8"
+    return (f"Spark's JVM names files in {encoding} (it started in {started}), so it "
+            "spells this path's letters beyond ASCII as '?': start spark-submit with "
             f"LC_ALL={UTF8_LOCALE} (e.g. `LC_ALL={UTF8_LOCALE} spark-submit ...`, also in cron lines), or run the "
             "job with python or bigtrain, which start Spark in UTF-8 themselves")

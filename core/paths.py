@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 
 def to_url(path_or_url: str) -> str:
@@ -23,25 +23,17 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def from_encoded_url(url: str) -> str:
-    """A file URL as Spark's URI-encoded sources spell it (``DataFrame.inputFiles()``, ``_metadata.file_path``:
-    ``big%20cat/a%20b.png``) in bigtrain's one spelling of paths: percent-escapes decoded, as the file system names
-    the file and as the ``path`` column of ``binaryFile`` spells it (``big cat/a b.png``), and ``normalise_url``'s
-    form of ``file:`` URLs. Only for those encoded sources: decoding a decoded path would turn ``a%41.png`` into
-    ``aA.png``. ``+`` stays ``+`` (URIs do not encode spaces as ``+``)."""
-    return normalise_url(unquote(url))
-
-
 def scheme_of(url: str) -> str:
     """``s3``, ``hdfs``, ``file`` (also for a bare local path)."""
     return url.split("://", 1)[0] if "://" in url else "file"
 
 
 def local_path(url: str) -> str | None:
-    """The local path of a ``file://`` URL (or of a bare path); None for other storage."""
-    if "://" not in url:
-        return url
-    return url[len("file://"):] if url.startswith("file://") else None
+    """The local path of a ``file:`` URL in any spelling (``file:///a``, Hadoop's ``file:/a``) or of a bare path;
+    None for other storage."""
+    if url.startswith("file:"):
+        return "/" + url[len("file:"):].lstrip("/")
+    return url if "://" not in url else None
 
 
 def filesystem(url: str):

@@ -49,6 +49,10 @@ SPLITS = ("train", "validation", "test")  # every dataset has these three, in th
 SNAPSHOT_ID = re.compile(r"^(\d{6})-\d{8}T\d{6}Z$")  # <sequence>-<UTC time>: the only names that are snapshots
 STAGING_MARKER = ".bigtrain-staging"  # written by snapshots.begin in each staging folder (hidden: no manifest lists it)
 STAGING_MAX_AGE_HOURS = 24.0  # default of BIGTRAIN_STAGING_MAX_AGE_HOURS: another host's staging folder older is abandoned
+# A snapshot being removed (``datasets gc``): on a local disk renamed to snapshots/.removing-<id> first (hidden: never
+# listed); elsewhere marked with .bigtrain-removing, then its metadata.json deleted first (uncommitted from then on)
+REMOVING_PREFIX = ".removing-"
+REMOVAL_MARKER = ".bigtrain-removing"
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()  # what was already warned about in this process (listings are repeated in one run)

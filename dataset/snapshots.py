@@ -26,19 +26,24 @@ is *not* promised when two jobs write one dataset at once:
   folder to another writer's ``begin``; its commit then refuses (marker missing).
 * Writes to object storage are whole objects (a reader never sees half of metadata.json); on HDFS and other
   stores without atomic replace a crash mid-write can leave a damaged metadata.json, which counts as uncommitted.
+
+``remove`` (``bigtrain datasets gc``) deletes a committed snapshot so that a crash at any moment leaves either the
+whole snapshot or nothing a reader takes for one; the next gc finishes what it left (``unfinished_removals``).
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from core import atomic
 from core.errors import DatasetError
-from core.paths import filesystem, join
+from core.paths import filesystem, join, local_path
 from dataset import layout, manifest
 from dataset.manifest import FileEntry, Manifest
 
@@ -84,6 +89,57 @@ def _remove_if_abandoned(fs, url: str) -> None:
         return
     log.warning("removing uncommitted snapshot %s: %s", url, reason)
     fs.rm(path, recursive=True)
+
+
+def remove(dataset_url: str, sid: str) -> int:
+    """Remove the committed snapshot ``sid`` so that no reader ever takes what is left of it for a snapshot; the
+    bytes freed. On a local disk the folder is renamed to a hidden name first (one atomic step, made durable), then
+    deleted; elsewhere (no rename) it is marked, then its metadata.json goes first, so what a crash leaves is
+    uncommitted. ``finish_removals`` completes either."""
+    url = join(dataset_url, layout.SNAPSHOTS_DIR, sid)
+    fs, path = filesystem(url)
+    path = path.rstrip("/")
+    freed = size(dataset_url, sid)
+    local = local_path(url)
+    if local is not None:
+        folder = Path(local).parent
+        trash = folder / f"{layout.REMOVING_PREFIX}{sid}"
+        os.rename(local, trash)
+        atomic.fsync_folder(folder)
+        shutil.rmtree(trash)
+    else:
+        fs.pipe_file(f"{path}/{layout.REMOVAL_MARKER}", b"")
+        fs.rm(f"{path}/{layout.METADATA_FILE}")
+        fs.rm(path, recursive=True)
+    log.info("removed snapshot %s (%d bytes)", url, freed)
+    return freed
+
+
+def size(dataset_url: str, sid: str) -> int:
+    """Bytes of every file of snapshot ``sid``, hidden ones included."""
+    fs, path = filesystem(join(dataset_url, layout.SNAPSHOTS_DIR, sid))
+    return sum(int(info["size"]) for info in fs.find(path, detail=True).values())
+
+
+def unfinished_removals(dataset_url: str) -> list[str]:
+    """The folders under ``<dataset>/snapshots/`` that an interrupted ``remove`` left (names relative to it)."""
+    url = join(dataset_url, layout.SNAPSHOTS_DIR)
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        return []
+    names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=True) if e.get("type") == "directory"]
+    return sorted(n for n in names if n.startswith(layout.REMOVING_PREFIX)
+                  or (layout.SNAPSHOT_ID.match(n) and fs.exists(f"{path.rstrip('/')}/{n}/{layout.REMOVAL_MARKER}")
+                      and not fs.exists(f"{path.rstrip('/')}/{n}/{layout.METADATA_FILE}")))
+
+
+def finish_removals(dataset_url: str, names: list[str]) -> None:
+    """Delete what ``unfinished_removals`` found."""
+    fs, path = filesystem(join(dataset_url, layout.SNAPSHOTS_DIR))
+    for name in names:
+        log.warning("finishing the removal of %s, which an interrupted gc left",
+                    join(dataset_url, layout.SNAPSHOTS_DIR, name))
+        fs.rm(f"{path.rstrip('/')}/{name}", recursive=True)
 
 
 def sha256_of(fs, path: str) -> str:

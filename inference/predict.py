@@ -117,48 +117,42 @@ def raw_image_codec(codec: str) -> str:
 
 
 def prepare_image_batch(batch: pd.DataFrame, *, root_url: str, params: images.DecodeParams) -> pd.DataFrame:
-    """``binaryFile`` rows (path, content) -> SCORING_SCHEMA rows (no id yet); never raises per file."""
+    """Listed files (path, size, problem) -> SCORING_SCHEMA rows (no id yet), each file read and prepared as
+    preprocessing does (``pipelines.images.file_outcome``); never raises per file."""
     encode = images.image_encoder(params)
     out: dict[str, list] = {name: [] for name in SCORING_SCHEMA.names if name != "id"}
-    for path, content in zip(batch["path"], batch["content"]):
+    for path, size, problem in zip(batch["path"], batch["size"], batch["problem"]):
         relpath, _ = images.split_relpath(path, root_url)
-        features, reason = encode(content)
+        features, reason = images.file_outcome(path, int(size), problem if isinstance(problem, str) else None,
+                                               params=params, encode=encode)
         for name, value in zip(out, (relpath or path, None, None, features, None, reason)):
             out[name].append(value)
     return pd.DataFrame(out, columns=list(out), dtype=object)  # None stays None (pandas 3 makes str columns NaN)
 
 
-def raw_images(files: DataFrame, listed_paths: DataFrame, *, root_url: str, params: images.DecodeParams) -> DataFrame:
-    """Every file Spark listed below ``root_url`` -> SCORING_SCHEMA, decoded on the executors; zero-byte files,
-    which Spark's file scan skips, and files above ``params.max_file_bytes``, never read, come back as unusable
-    rows (``pipelines.images.files_not_read``, ``files_too_large``)."""
+def raw_images(files: DataFrame, *, root_url: str, params: images.DecodeParams) -> DataFrame:
+    """Listed files (``pipelines.storage.files_frame``) -> SCORING_SCHEMA, read and prepared on the executors;
+    a file that cannot be used (empty, too large, unreadable, a link, not an image) is a row with its reason."""
     schema = T.StructType([f for f in SCORING_SCHEMA.fields if f.name != "id"])
 
     def prepare(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             yield prepare_image_batch(batch, root_url=root_url, params=params)
 
-    unread = images.files_not_read(listed_paths, files, root_url=root_url)
-    if params.max_file_bytes is not None:
-        unread = unread.unionByName(images.files_too_large(files, root_url=root_url,
-                                                           max_file_bytes=params.max_file_bytes))
-        files = files.where(F.col("length") <= params.max_file_bytes)
-    decoded = files.select("path", "content").mapInPandas(prepare, schema=schema)
-    unusable = unread.select(
-        F.coalesce("relpath", "path").alias("source"), F.lit(None).cast("string").alias("split"),
-        F.lit(None).cast("string").alias("label"), F.lit(None).cast("binary").alias("features"),
-        F.lit(None).cast("int").alias("length"), "reason")
-    return _with_id(decoded.unionByName(unusable))
+    return _with_id(files.select("path", "size", "problem").mapInPandas(prepare, schema=schema))
 
 
-def prepare_text_batch(batch: pd.DataFrame, *, params: text.ParseParams, headers: dict[str, list[str]],
-                       vocabulary: list[str], max_length: int, dtype: str) -> pd.DataFrame:
-    """(source, file_path, raw[, broken]) rows -> SCORING_SCHEMA rows (no id yet); never raises per record."""
+def prepare_text_batch(batch: pd.DataFrame, *, params: text.ParseParams, vocabulary: list[str], max_length: int,
+                       dtype: str) -> pd.DataFrame:
+    """RECORD_SCHEMA rows (``pipelines.text``) -> SCORING_SCHEMA rows (no id yet); never raises per record."""
     index = {token: i for i, token in enumerate(vocabulary)}
+    header_of = text.csv_header()
     out: dict[str, list] = {name: [] for name in SCORING_SCHEMA.names if name != "id"}
-    for source, file_path, raw, broken in zip(batch["source"], batch["file_path"], batch["raw"], text.broken_of(batch)):
+    for source, raw, broken, header in zip(batch["source"], batch["raw"], text.broken_of(batch),
+                                           text.headers_of(batch)):
         label = features = length = None
-        parsed, reason = (None, broken) if broken else text.parse_or_reason(bytes(raw), params, headers.get(file_path),
+        raw = bytes(raw) if raw is not None else b""
+        parsed, reason = (None, broken) if broken else text.parse_or_reason(raw, params, header_of(header),
                                                                              require_label=False)
         if parsed:
             label = parsed.label
@@ -170,19 +164,17 @@ def prepare_text_batch(batch: pd.DataFrame, *, params: text.ParseParams, headers
     return frame
 
 
-def raw_texts(records: DataFrame, *, params: text.ParseParams, headers: dict[str, list[str]], vocabulary,
-              max_length: int, dtype: str) -> DataFrame:
-    """Records read as ``preprocess-sequences`` reads them (``pipelines.storage.read_records``: source, file_path,
-    raw, broken) -> SCORING_SCHEMA. ``vocabulary`` is a list of tokens in id order or a Spark Broadcast of one."""
+def raw_texts(records: DataFrame, *, params: text.ParseParams, vocabulary, max_length: int, dtype: str) -> DataFrame:
+    """Records read as ``preprocess-sequences`` reads them (``pipelines.storage.read_records``) -> SCORING_SCHEMA.
+    ``vocabulary`` is a list of tokens in id order or a Spark Broadcast of one."""
     schema = T.StructType([f for f in SCORING_SCHEMA.fields if f.name != "id"])
 
     def prepare(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         words = vocabulary.value if hasattr(vocabulary, "value") else vocabulary
         for batch in batches:
-            yield prepare_text_batch(batch, params=params, headers=headers, vocabulary=words,
-                                     max_length=max_length, dtype=dtype)
+            yield prepare_text_batch(batch, params=params, vocabulary=words, max_length=max_length, dtype=dtype)
 
-    return _with_id(records.select("source", "file_path", "raw", "broken").mapInPandas(prepare, schema=schema))
+    return _with_id(records.mapInPandas(prepare, schema=schema))
 
 
 def _model_inputs(features: list[bytes], lengths: list[int], source: ModelSource, decoder):

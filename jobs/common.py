@@ -12,7 +12,8 @@ from core import locking
 from core.config import read_defaults
 from core.paths import filesystem
 from dataset import layout
-from core.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTS, BigtrainError, LaunchError, UsageError
+from core.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTS, EXIT_REMOVALS, BigtrainError, LaunchError,
+                         UsageError)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, section: str) -> None:
@@ -40,6 +41,11 @@ def add_snapshot_flags(parser: argparse.ArgumentParser, section: str) -> None:
     group.add_argument("--max-reject-fraction", type=float, metavar="F",
                        help=f"fail (exit {EXIT_REJECTS}, nothing committed) when more than this fraction of the "
                             f"run's input is rejected (default: {section}.max_reject_fraction)")
+    group.add_argument("--allow-removals", action="store_true",
+                       help=f"commit an incremental run that removes more than {section}.max_removed_fraction of the "
+                            "previous snapshot's input files, or (images) every file of a class folder (without "
+                            f"it: exit {EXIT_REMOVALS}, nothing committed; an input that lists no files is refused "
+                            "either way)")
 
 
 def positive_int(flag: str, *, allow_zero: bool = False) -> Callable[[str], int]:
@@ -69,9 +75,10 @@ def positive_float(flag: str, *, allow_zero: bool = False) -> Callable[[str], fl
 def run_main(body: Callable[[], int], *, on_interrupt: str = "") -> int:
     """Run a job body. A BigtrainError ends in one clear line and its exit code (core.errors: 2 configuration,
     usage and launch errors; 1 a dataset missing, incomplete or read short, a checkpoint altered or foreign, a
-    lost peer; 3 more rejected input than max_reject_fraction allows, nothing committed; 75 a lock held by another
-    run; 130 Ctrl-C, with ``on_interrupt`` saying what the user can do next). A reader of the output that went away
-    (``| head``) ends the command quietly. Anything else keeps its traceback."""
+    lost peer; 3 more rejected input than max_reject_fraction allows, nothing committed; 6 input files removed
+    beyond max_removed_fraction or a whole class, no input, no row or one class, nothing committed; 75 a lock held
+    by another run; 130 Ctrl-C, with ``on_interrupt`` saying what the user can do next). A reader of the output
+    that went away (``| head``) ends the command quietly. Anything else keeps its traceback."""
     try:
         return body()
     except BigtrainError as exc:
@@ -130,8 +137,10 @@ def resolve_master(flag: str | None, config_master: str) -> str | None:
 
 
 def check_connectors(spark, urls: dict[str, str]) -> None:
-    """A UsageError naming the flag when Spark cannot reach one of the URLs (missing Hadoop connector), or when
-    the local folder an --input names would be listed by a JVM that cannot name its files (a non-UTF-8 locale)."""
+    """A UsageError naming the flag when Spark cannot reach one of the URLs (missing Hadoop connector), or when a
+    local path beyond ASCII went through a JVM that cannot name it (a non-UTF-8 locale: spark-submit passes such a
+    path on with "?" for those letters, and Spark would write it so). The files below --input are listed and read
+    in Python, whatever the locale."""
     from pipelines import storage  # pyspark
 
     for flag, url in urls.items():
@@ -139,9 +148,29 @@ def check_connectors(spark, urls: dict[str, str]) -> None:
             storage.require_connector(spark, url)
         except storage.MissingConnectorError as exc:
             raise UsageError(f"{flag} {exc}") from None
-        problem = storage.local_names_problem(spark) if flag == "--input" and url.startswith("file:") else None
+        # Under spark-submit an ASCII JVM has already turned each letter beyond ASCII of the command line into "?"
+        beyond_ascii = url.startswith("file:") and (not url.isascii() or "?" in url)
+        problem = storage.local_names_problem(spark) if beyond_ascii else None
         if problem:
             raise LaunchError(f"{flag} {url}: {problem}")
+
+
+HDFS_CLIENT = ("for hdfs:// the driver needs pyarrow's HDFS client: JAVA_HOME, libhdfs.so (under HADOOP_HOME, or "
+               "ARROW_LIBHDFS_DIR) and CLASSPATH=$(hadoop classpath --glob)")
+
+
+def check_output_storage(output_url: str, *, flag: str = "--output") -> None:
+    """A UsageError naming the scheme and what is missing, before any Spark work, when bigtrain's own writes cannot
+    reach ``output_url``: Spark writes the rows, but Petastorm's metadata, the staging marker and the manifest go
+    through fsspec (pyarrow.fs for hdfs://), which would otherwise fail only after the whole Spark write."""
+    try:
+        filesystem(output_url)
+    except Exception as exc:  # noqa: BLE001 - ImportError (no package for the scheme), ValueError, OSError (no libhdfs)
+        scheme = output_url.split("://", 1)[0]
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        hint = f"; {HDFS_CLIENT}" if scheme in ("hdfs", "viewfs") else ""
+        raise UsageError(f"{flag} {output_url}: bigtrain writes a dataset's metadata and manifest through fsspec, "
+                         f"which cannot reach {scheme}:// here ({cause}){hint}") from None
 
 
 def dataset_lock(output_url: str):
@@ -220,6 +249,7 @@ def run_preprocessing(*, job: str, unit: str, master: str | None, spark_conf: di
     from pipelines import storage  # pyspark
 
     check_apart(input_url, output_url)
+    check_output_storage(output_url)
     local = output_url.startswith("file://")
     if local:  # before anything is written there, the lock included
         check_output_kind(output_url, writes="bigtrain dataset")

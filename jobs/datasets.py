@@ -5,18 +5,31 @@ Launch:
     bigtrain datasets list data/images_ds/snapshots/000002-20261129T040743Z   # the same, this one marked <-
     bigtrain datasets show data/images_ds            # the current snapshot in detail (or a snapshot folder)
     bigtrain datasets show data/images_ds --json     # its whole manifest
+    bigtrain datasets gc data/images_ds --keep 3 --pinned-by runs/cnn runs/lstm --dry-run   # what would go
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from core.errors import EXIT_OK, DatasetError
+from core.errors import EXIT_OK, DatasetError, UsageError
 from core.logs import setup_logging
 from core.paths import join, to_url
-from dataset import layout, manifest
-from jobs.common import run_main
+from dataset import layout, manifest, snapshots
+from jobs.common import dataset_lock, positive_int, run_main
+
+GC_DESCRIPTION = (
+    "Remove the committed snapshots of a dataset older than the newest N. Never removed: the current snapshot, "
+    "the newest N, and every snapshot a checkpoint named with --pinned-by was trained on (bigtrain keeps no "
+    "register of the checkpoints made from a dataset: name every model you will resume, evaluate or compare on "
+    "its data). Uncommitted staging folders are left to the next preprocessing run, damaged snapshots and "
+    "folders not named like a snapshot id to you. A local dataset is locked while gc removes (gc exits 75 while a "
+    "job writes it, and a job started meanwhile exits 75); object storage and HDFS have no lock, and training and "
+    "predict take none: run gc when nothing reads an old snapshot that no --pinned-by names. Each snapshot is "
+    "removed so that a crash leaves it whole or leaves nothing a reader takes for a snapshot; the next gc "
+    "finishes an interrupted removal.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,13 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="one snapshot: lineage, inputs, counts per split and class, files")
     show.add_argument("dataset", metavar="DATASET_OR_SNAPSHOT")
     show.add_argument("--json", action="store_true", help="print the whole manifest (metadata.json)")
+    gc = sub.add_parser("gc", help="remove committed snapshots older than the newest N, never the current one or "
+                                   "one a named checkpoint was trained on", description=GC_DESCRIPTION)
+    gc.add_argument("dataset", metavar="DATASET", help="the dataset folder (holding snapshots/)")
+    gc.add_argument("--keep", required=True, type=positive_int("--keep"), metavar="N",
+                    help="committed snapshots to keep, newest first (the newest is the current one)")
+    gc.add_argument("--pinned-by", nargs="+", action="extend", default=[], metavar="PATH",
+                    help="checkpoint files (checkpoint.pt, checkpoints/step-*.pt) or training output folders "
+                         "(their checkpoint and resume points): the snapshots they were trained on stay")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(quiet=True)
-    return run_main(lambda: list_snapshots(args.dataset) if args.action == "list" else show(args.dataset, args.json))
+    actions = {"list": lambda: list_snapshots(args.dataset), "show": lambda: show(args.dataset, args.json),
+               "gc": lambda: gc(args.dataset, keep=args.keep, pinned_by=args.pinned_by, dry_run=args.dry_run)}
+    return run_main(actions[args.action])
 
 
 def dataset_and_snapshot(url: str) -> tuple[str, str | None]:
@@ -97,6 +121,85 @@ def show(dataset: str, as_json: bool) -> int:
                  "(sha256 of each in metadata.json)")
     print("\n".join(lines))
     return EXIT_OK
+
+
+def gc(dataset: str, *, keep: int, pinned_by: list[str], dry_run: bool) -> int:
+    """Remove the committed snapshots of ``dataset`` older than the newest ``keep``, but none a checkpoint of
+    ``pinned_by`` was trained on; print each decision and the bytes freed."""
+    url, given = dataset_and_snapshot(to_url(dataset))
+    if given is not None:
+        raise UsageError(f"{dataset} is a snapshot folder: give its dataset ({url})")
+    pins = pinned_snapshots(pinned_by)
+    if dry_run:
+        return _collect(url, keep, pins, dry_run=True)
+    with dataset_lock(url):
+        return _collect(url, keep, pins, dry_run=False)
+
+
+def _collect(url: str, keep: int, pins: dict[str, list[str]], *, dry_run: bool) -> int:
+    scan = layout.scan_snapshots(url, parse_all=True)
+    if not (scan.committed or scan.uncommitted or scan.damaged):
+        raise DatasetError(f"{join(url, layout.SNAPSHOTS_DIR)} not found: {url} holds no snapshots")
+    leftovers = snapshots.unfinished_removals(url)
+    if leftovers and not dry_run:
+        snapshots.finish_removals(url, leftovers)
+    newest = scan.committed[-keep:]
+    print(f"gc {url}: {len(scan.committed)} committed snapshots, keeping the newest {keep}"
+          f"{' (dry run: nothing is removed)' if dry_run else ''}")
+    for name in leftovers:
+        print(f"  {'would finish' if dry_run else 'finished'} the removal of {name} (left by an interrupted gc)")
+    freed, removed = 0, 0
+    for sid in reversed(scan.committed):
+        why = ("current" if sid == scan.committed[-1] else f"among the newest {keep}" if sid in newest
+               else f"pinned by {', '.join(pins[sid])}" if sid in pins else None)
+        if why is not None:
+            print(f"  keep    {sid}  {why}")
+            continue
+        size = snapshots.size(url, sid) if dry_run else snapshots.remove(url, sid)
+        print(f"  {'would remove' if dry_run else 'removed'} {sid}  {size} bytes")
+        freed, removed = freed + size, removed + 1
+    print(f"gc: {'would remove' if dry_run else 'removed'} {removed} snapshots, "
+          f"{'would free' if dry_run else 'freed'} {freed} bytes")
+    return EXIT_OK
+
+
+def pinned_snapshots(paths: list[str]) -> dict[str, list[str]]:
+    """snapshot id -> the checkpoints among ``paths`` (checkpoint files, training output folders) trained on it, as
+    their sidecars record it (``training.checkpoint.save``: read without loading the checkpoint)."""
+    pins: dict[str, list[str]] = {}
+    for given in paths:
+        for sidecar in _sidecars(given):
+            for sid in _trained_on(sidecar):
+                pins.setdefault(sid, []).append(str(sidecar.with_suffix(".pt")))
+    return pins
+
+
+def _sidecars(given: str) -> list[Path]:
+    path = Path(given)
+    if path.is_dir():
+        found = [path / "checkpoint.json", *sorted((path / "checkpoints").glob("step-*.json"))]
+    else:
+        found = [path.with_suffix(".json")] if path.suffix in (".pt", ".json") else []
+    found = [p for p in found if p.is_file()]
+    if not found:
+        raise UsageError(f"--pinned-by {given}: no bigtrain checkpoint there (a checkpoint.pt with its "
+                         "checkpoint.json, a resume point, or a training output folder holding them)")
+    return found
+
+
+def _trained_on(sidecar: Path) -> list[str]:
+    """The snapshot ids a checkpoint's sidecar records: its own and, while a replacement was interrupted, the
+    previous file's."""
+    try:
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
+        ids = [entry["snapshot_id"] for entry in [info] + ([info["previous"]] if info.get("previous") else [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(f"--pinned-by: {sidecar} does not say which dataset snapshot its checkpoint was trained on "
+                         f"({type(exc).__name__}: {exc})") from None
+    if not all(isinstance(sid, str) for sid in ids):
+        raise UsageError(f"--pinned-by: {sidecar}: its checkpoint records no dataset snapshot (snapshot_id "
+                         f"{ids[0]!r}); it pins nothing, leave it out")
+    return ids
 
 
 if __name__ == "__main__":

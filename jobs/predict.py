@@ -7,6 +7,9 @@ Launch:
     # new raw inputs, through the same preprocessing the training data had (the checkpoint keeps its config)
     bigtrain predict --checkpoint runs/cnn/checkpoint.pt --input new_images/ --output runs/cnn/scored
     bigtrain predict --checkpoint runs/lstm --input new_reviews.jsonl --output runs/lstm/scored
+    # a model of your own: predict imports the code a checkpoint names only when you name it too
+    bigtrain predict --checkpoint runs/mine --data data/texts_ds --output runs/mine/scored \
+        --trust-import mypackage.models:build
 On a cluster, ship the code with --py-files (see README); the checkpoint is read on the driver and broadcast, so
 executors need no access to it, and the model is built once per executor Python worker.
 
@@ -31,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Collection, Literal
 
 from core import atomic
 from core.config import load_section, read_defaults, require
@@ -49,6 +52,7 @@ from jobs.common import (
     resolve_master,
     run_main,
 )
+from pipelines import inputs
 
 log = logging.getLogger("bigtrain.predict")
 SUMMARY_FILE = "_predict.json"  # a leading "_": Spark, pyarrow and pandas readers of the Parquet folder skip it
@@ -96,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int("--batch-size"), metavar="N",
                         help="rows per forward pass in each Spark task")
     parser.add_argument("--master", help="Spark master (default: spark-submit's, else config predict.master)")
+    parser.add_argument("--trust-import", action="append", default=[], metavar="MODULE:NAME",
+                        help="an import path the checkpoint names (its train.model factory or train.collate "
+                             "function) that predict may import to rebuild the model; repeatable. A checkpoint is "
+                             "data: predict imports no other code it names, only bigtrain's built-in models")
     parser.add_argument("--quiet", action="store_true", help="only warnings and the summary")
     add_config_flags(parser, "predict")
     return parser
@@ -112,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(lambda: run(args))
 
 
-def load_checkpoint(path_text: str):
+def load_checkpoint(path_text: str, trusted: Collection[str] = ()):
     """The checkpoint file (``PATH`` or ``PATH/checkpoint.pt``) read once and verified (``checkpoint.Verified``:
     path, bytes, sidecar bytes, payload); a UsageError (exit 2) with the CheckpointError's message, which names the
-    file, when it cannot be used."""
+    file, when it cannot be used, and naming the import paths it holds that are not ``trusted`` (--trust-import)."""
     from training import checkpoint
 
     path = Path(path_text)
@@ -123,11 +131,24 @@ def load_checkpoint(path_text: str):
         path = path / checkpoint.FINAL_FILE
     try:
         verified = checkpoint.read(path)
+        check_trusted(checkpoint.import_paths(verified.payload), trusted, path)
         # built once here: a model whose code cannot be imported fails now, in one line, not in every Spark task
         checkpoint.build_model(verified.payload, where=f"checkpoint {path}")
         return verified
     except CheckpointError as exc:
         raise UsageError(f"--checkpoint: {exc}") from None
+
+
+def check_trusted(import_paths: dict[str, str], trusted: Collection[str], path: Path) -> None:
+    """A UsageError naming each import path of a checkpoint (config key -> path) that the user did not give with
+    --trust-import: a checkpoint is data, and importing a path it names runs code that whoever wrote it chose."""
+    untrusted = {key: name for key, name in import_paths.items() if name not in trusted}
+    if untrusted:
+        raise UsageError(f"--checkpoint {path} names code to import ("
+                         + ", ".join(f"{key} {name}" for key, name in untrusted.items())
+                         + "); predict imports only bigtrain's built-in models and the paths given with "
+                           "--trust-import: if you trust that code, add "
+                         + " ".join(f"--trust-import {name}" for name in untrusted.values()))
 
 
 def check_dataset(payload: dict[str, Any], info, checkpoint_path: Path) -> None:
@@ -152,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     from pipelines import storage
 
     config = load_config(args)
-    model = load_checkpoint(args.checkpoint)
+    model = load_checkpoint(args.checkpoint, trusted=args.trust_import)
     output_url = to_url(args.output)
     data = input_url = None
     if args.data:
@@ -226,10 +247,15 @@ def _preprocess(payload: dict[str, Any], checkpoint_path: Path, *keys: str) -> l
 
 
 def _limit(payload: dict[str, Any], section: str, key: str) -> int:
-    """A size limit of the checkpoint's preprocessing (raw inputs larger are unusable, never read whole); for a
-    checkpoint older than the limits, the committed default of that preprocessing section."""
+    """A size limit of the checkpoint's preprocessing (raw inputs larger are unusable, never read whole)."""
+    return int(_setting(payload, section, key))
+
+
+def _setting(payload: dict[str, Any], section: str, key: str) -> Any:
+    """A setting of the checkpoint's preprocessing; for a checkpoint older than the setting, the committed default
+    of that preprocessing section."""
     settings = payload["dataset"].get("preprocess") or {}
-    return int(settings[key] if key in settings else read_defaults()[section][key])
+    return settings[key] if key in settings else read_defaults()[section][key]
 
 
 def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data, input_url: str | None,
@@ -256,10 +282,9 @@ def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data,
         params = images.DecodeParams(image_size=size, channels=channels, codec=predict.raw_image_codec(codec),
                                      max_pixels=max_pixels, min_side=min_side, max_aspect_ratio=ratio,
                                      max_file_bytes=_limit(payload, "preprocess_images", "max_file_bytes"))
-        files = storage.read_binary_files(spark, input_url)
-        listed = storage.listed_paths(spark, files)
-        return (predict.raw_images(files, listed, root_url=input_url, params=params), listed.count(),
-                params.codec)
+        listing = inputs.list_files(input_url, follow_links=bool(_setting(payload, "preprocess_images", "follow_links")))
+        files = storage.files_frame(spark, listing.entries)
+        return predict.raw_images(files, root_url=input_url, params=params), len(listing.entries), params.codec
     return _text_rows(spark, checkpoint_path=checkpoint_path, payload=payload, input_url=input_url, config=config)
 
 
@@ -277,15 +302,16 @@ def _text_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], input_u
     if not vocabulary:
         raise UsageError(f"checkpoint {checkpoint_path} holds no vocabulary: raw texts cannot be mapped to its ids")
     # Read exactly as preprocess-sequences reads (same file:line sources); Parquet inputs need no label column.
+    listing = inputs.list_files(input_url, follow_links=bool(_setting(payload, "preprocess_sequences", "follow_links")))
     try:
-        records, headers = storage.read_records(spark, input_url, fmt=fmt, fields=[tokens_field or text_field],
-                                                max_record_bytes=_limit(payload, "preprocess_sequences", "max_record_bytes"))
+        records = storage.read_records(spark, listing.entries, fmt=fmt, fields=[tokens_field or text_field],
+                                       max_record_bytes=_limit(payload, "preprocess_sequences", "max_record_bytes"))
     except storage.MissingColumnError as exc:
         raise UsageError(str(exc)) from None
     params = text.ParseParams(fmt=fmt, text_field=text_field, label_field=label_field,
                               tokens_field=tokens_field or None, tokenizer=tokenizer, lowercase=lowercase)
     dtype = text.token_dtype(len(vocabulary))
-    rows = predict.raw_texts(records, params=params, headers=headers,
+    rows = predict.raw_texts(records, params=params,
                              vocabulary=spark.sparkContext.broadcast(vocabulary), max_length=max_length, dtype=dtype)
     return rows, records.count(), dtype
 

@@ -39,7 +39,7 @@ def storage_codec(codec: str, image_size: int) -> str:
     return "raw" if image_size <= RAW_MAX_SIDE else "png"
 
 
-MAX_BINARY_FILE_BYTES = 2**31 - 1  # Spark's binaryFile source fails the job on a larger file it has to read
+MAX_BINARY_FILE_BYTES = 2**31 - 1  # a file is read whole into a worker's memory, one Python bytes value
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,9 @@ class PreprocessImagesConfig:
     spark_conf: dict[str, str] = field(default_factory=dict)
     mode: Literal["incremental", "overwrite", "error"] = "incremental"
     max_reject_fraction: float = 0.1
+    max_removed_fraction: float = 0.5  # an incremental run losing more of the previous input files is refused
+    allow_single_class: bool = False  # commit a snapshot whose rows are all of one class
+    follow_links: bool = False  # read what symbolic links below --input point to (inside it only); else rejects
 
     @property
     def storage_codec(self) -> str:
@@ -71,10 +74,12 @@ class PreprocessImagesConfig:
         require(self.min_side >= 1, f"{prefix}.min_side", "must be at least 1")
         require(self.max_aspect_ratio >= 1, f"{prefix}.max_aspect_ratio", "must be at least 1")
         require(1 <= self.max_file_bytes <= MAX_BINARY_FILE_BYTES, f"{prefix}.max_file_bytes",
-                f"must be in [1, {MAX_BINARY_FILE_BYTES}] (Spark reads a file into one binary value), "
+                f"must be in [1, {MAX_BINARY_FILE_BYTES}] (a file is read whole into memory), "
                 f"got {self.max_file_bytes}")
         require(0 <= self.max_reject_fraction <= 1, f"{prefix}.max_reject_fraction",
                 f"must be in [0, 1], got {self.max_reject_fraction}")
+        require(0 <= self.max_removed_fraction <= 1, f"{prefix}.max_removed_fraction",
+                f"must be in [0, 1], got {self.max_removed_fraction}")
         try:
             validate_fractions(self.splits, key=f"{prefix}.splits")
         except ValueError as exc:
@@ -138,26 +143,31 @@ def run(args: argparse.Namespace) -> int:
     return run_preprocessing(
         job="preprocess-images", unit="files", master=resolve_master(args.master, config.master),
         spark_conf=config.spark_conf, input_url=input_url, output_url=output_url,
-        body=lambda spark: preprocess_images(spark, input_url=input_url, output_url=output_url, config=config))
+        body=lambda spark: preprocess_images(spark, input_url=input_url, output_url=output_url, config=config,
+                                             allow_removals=args.allow_removals))
 
 
-def preprocess_images(spark, *, input_url: str, output_url: str, config: PreprocessImagesConfig) -> dict:
-    """Extract (binaryFile), transform (decode, label, split), load (Petastorm splits, rejected) into a new snapshot
-    of ``output_url``, committed last; only new or changed files are decoded (``config.mode``)."""
+def preprocess_images(spark, *, input_url: str, output_url: str, config: PreprocessImagesConfig,
+                      allow_removals: bool = False) -> dict:
+    """Extract (one listing, files read by the Python workers), transform (decode, label, split), load (Petastorm splits, rejected) into a new snapshot
+    of ``output_url``, committed last; only new or changed files are decoded (``config.mode``). A run that removes
+    more than ``config.max_removed_fraction`` of the input files, or a class folder's every file, is refused unless
+    ``allow_removals`` (``incremental.check_removals``)."""
     from pyspark.sql import functions as F
 
     from pipelines import images, incremental, labels, splits, storage
     from pipelines.schemas import image_shape, image_unischema
 
-    run = incremental.plan(spark, dataset_url=output_url, input_url=input_url, kind="image", config=asdict(config),
-                           mode=config.mode, relpath_of=lambda path: images.split_relpath(path, input_url)[0])
+    run = incremental.plan(dataset_url=output_url, input_url=input_url, kind="image", config=asdict(config),
+                           mode=config.mode, follow_links=config.follow_links,
+                           max_removed_fraction=config.max_removed_fraction, allow_removals=allow_removals,
+                           class_of=lambda path: labels.clean_label(images.split_relpath(path, input_url)[1])[0])
     if run.nothing_to_do:
         return incremental.unchanged_summary(run)
     params = images.DecodeParams(image_size=config.image_size, channels=config.channels, codec=config.storage_codec,
                                  max_pixels=config.max_pixels, min_side=config.min_side,
                                  max_aspect_ratio=config.max_aspect_ratio, max_file_bytes=config.max_file_bytes)
-    decoded = decode_files(spark, run.paths_to_read(), input_url=input_url, params=params,
-                           empty=[path for path, size, _ in run.inputs.values() if size == 0])
+    decoded = decode_files(spark, run.entries_to_read(), input_url=input_url, params=params)
     try:
         new = splits.assign_split(decoded, fractions=config.splits)
         previous = incremental.previous_records(spark, run, key=F.col("relpath"), name_col="class_name")
@@ -188,25 +198,17 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
                                      shape=list(image_shape(config.image_size, config.channels))),
                      splits=incremental.split_counts(summary), records_read=summary["records_read"], rejected=summary["rejected"],
                      rejected_by_reason=summary["rejected_by_reason"], config=asdict(config))
-    incremental.finish(run, draft, processed=processed, max_reject_fraction=config.max_reject_fraction)
+    incremental.finish(run, draft, processed=processed, max_reject_fraction=config.max_reject_fraction,
+                       allow_single_class=config.allow_single_class)
     return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed}
 
 
-def decode_files(spark, paths: list[str] | None, *, input_url: str, params, empty: list[str]):
-    """Decoded rows (persisted) of the files listed, or of every file below ``input_url`` when ``paths`` is None;
-    the zero-byte files among them (``empty``: the run's listing, which found them) rejected."""
+def decode_files(spark, entries: list, *, input_url: str, params):
+    """Decoded rows (persisted) of the listed files ``entries``, read by the Python workers."""
     from pipelines import images, storage
-    from pipelines.schemas import DECODED_SCHEMA
 
-    if paths == []:  # an incremental run with files removed and none added
-        return spark.createDataFrame([], DECODED_SCHEMA)
-    files = storage.read_binary_files(spark, input_url if paths is None else paths)
-    decoded = images.decode_images(files, root_url=input_url, params=params)
-    read = None if paths is None else set(paths)
-    empty = spark.createDataFrame([(p,) for p in empty if read is None or p in read], "path string")
-    unread = images.empty_files(empty, root_url=input_url)
-    too_large = images.files_too_large(files, root_url=input_url, max_file_bytes=params.max_file_bytes)
-    return storage.persist(spark, decoded.unionByName(unread).unionByName(too_large))
+    decoded = images.decode_images(storage.files_frame(spark, entries), root_url=input_url, params=params)
+    return storage.persist(spark, decoded)
 
 
 if __name__ == "__main__":

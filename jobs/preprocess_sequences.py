@@ -51,6 +51,9 @@ class PreprocessSequencesConfig:
     spark_conf: dict[str, str] = field(default_factory=dict)
     mode: Literal["incremental", "overwrite", "error"] = "incremental"
     max_reject_fraction: float = 0.1
+    max_removed_fraction: float = 0.5  # an incremental run losing more of the previous input files is refused
+    allow_single_class: bool = False  # commit a snapshot whose rows are all of one class
+    follow_links: bool = False  # read what symbolic links below --input point to (inside it only); else rejects
 
     def validate(self, prefix: str) -> None:
         require(self.max_length >= 1, f"{prefix}.max_length", f"must be at least 1, got {self.max_length}")
@@ -63,6 +66,8 @@ class PreprocessSequencesConfig:
         require(bool(self.label_field), f"{prefix}.label_field", "must name a field")
         require(0 <= self.max_reject_fraction <= 1, f"{prefix}.max_reject_fraction",
                 f"must be in [0, 1], got {self.max_reject_fraction}")
+        require(0 <= self.max_removed_fraction <= 1, f"{prefix}.max_removed_fraction",
+                f"must be in [0, 1], got {self.max_removed_fraction}")
         require(bool(self.text_field or self.tokens_field), f"{prefix}.text_field", "or tokens_field must name a field")
         try:
             validate_fractions(self.splits, key=f"{prefix}.splits")
@@ -132,25 +137,28 @@ def run(args: argparse.Namespace) -> int:
         job="preprocess-sequences", unit="records", master=resolve_master(args.master, config.master),
         spark_conf=config.spark_conf, input_url=input_url, output_url=output_url,
         body=lambda spark: preprocess_sequences(spark, input_url=input_url, output_url=output_url, fmt=fmt,
-                                                config=config))
+                                                config=config, allow_removals=args.allow_removals))
 
 
-def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
-                         config: PreprocessSequencesConfig) -> dict:
+def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, config: PreprocessSequencesConfig,
+                         allow_removals: bool = False) -> dict:
     """Extract (lines with their source), transform (parse, tokenise, vocabulary, labels, ids, split), load into a
     new snapshot of ``output_url``, committed last. Incremental runs process only new or changed files and keep the
-    previous snapshot's vocabulary (new tokens map to unknown; --mode overwrite rebuilds it)."""
+    previous snapshot's vocabulary (new tokens map to unknown; --mode overwrite rebuilds it). A run that removes
+    more than ``config.max_removed_fraction`` of the input files is refused unless ``allow_removals``; a file's
+    name does not tell the labels of its records, so a label that lost all its records is not looked for here."""
     import numpy as np
     from pyspark.sql import functions as F
 
     from pipelines import incremental, labels, splits, storage, text
     from pipelines.schemas import REJECTED_SEQUENCE_COLUMNS, sequence_unischema
 
-    run = incremental.plan(spark, dataset_url=output_url, input_url=input_url, kind="sequence", config=asdict(config),
-                           mode=config.mode, relpath_of=storage.relative_to(storage.input_root(input_url)))
+    run = incremental.plan(dataset_url=output_url, input_url=input_url, kind="sequence", config=asdict(config),
+                           mode=config.mode, follow_links=config.follow_links,
+                           max_removed_fraction=config.max_removed_fraction, allow_removals=allow_removals)
     if run.nothing_to_do:
         return incremental.unchanged_summary(run)
-    parsed, headers = parse_inputs(spark, run.paths_to_read(), input_url=input_url, fmt=fmt, config=config)
+    parsed = parse_inputs(spark, run.entries_to_read(), fmt=fmt, config=config)
     previous = None if run.full else run.previous
     try:
         carried = incremental.previous_records(spark, run, key=F.regexp_extract("source", r"^(.*):[0-9]+$", 1),
@@ -191,9 +199,10 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str,
         sequence=SequenceSpec(vocab_size=len(vocabulary), token_dtype=dtype, max_length=config.max_length,
                               tokenizer=config.tokenizer, tokens_field=config.tokens_field or None, **lengths),
         splits=incremental.split_counts(summary), records_read=summary["records_read"],
-        csv_header_lines=len(headers) + ((previous.csv_header_lines or 0) if previous else 0),
+        csv_header_lines=csv_headers(run.entries_to_read(), fmt) + ((previous.csv_header_lines or 0) if previous else 0),
         rejected=summary["rejected"], rejected_by_reason=summary["rejected_by_reason"], config=asdict(config))
-    incremental.finish(run, draft, processed=processed, max_reject_fraction=config.max_reject_fraction)
+    incremental.finish(run, draft, processed=processed, max_reject_fraction=config.max_reject_fraction,
+                       allow_single_class=config.allow_single_class)
     return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed}
 
 
@@ -238,29 +247,29 @@ def build_vocabulary(spark, records, config: PreprocessSequencesConfig) -> list[
     return text.make_vocabulary(top)
 
 
-def parse_inputs(spark, paths: list[str] | None, *, input_url: str, fmt: str, config: PreprocessSequencesConfig):
-    """Parsed records (persisted, with their ``split``) of the files listed (None: every input file), and the CSV
-    headers."""
+def parse_inputs(spark, entries: list, *, fmt: str, config: PreprocessSequencesConfig):
+    """Parsed records (persisted, with their ``split``) of the listed files ``entries``."""
     from pipelines import splits, storage, text
 
-    if paths == []:  # an incremental run with files removed and none added
-        parsed, headers = spark.createDataFrame([], text.PARSED_SCHEMA), {}
-    else:
-        fields = [f for f in (config.tokens_field or config.text_field, config.label_field) if f]
-        try:
-            records, headers = storage.read_records(spark, input_url, fmt=fmt, fields=fields, paths=paths,
-                                                    max_record_bytes=config.max_record_bytes)
-        except storage.MissingColumnError as exc:
-            raise UsageError(str(exc)) from None
-        params = text.ParseParams(fmt=fmt, text_field=config.text_field, label_field=config.label_field,
-                                  tokens_field=config.tokens_field or None, tokenizer=config.tokenizer,
-                                  lowercase=config.lowercase)
-        parsed = text.parse_lines(records, params=params, headers=headers)
+    fields = [f for f in (config.tokens_field or config.text_field, config.label_field) if f]
+    try:
+        records = storage.read_records(spark, entries, fmt=fmt, fields=fields, max_record_bytes=config.max_record_bytes)
+    except storage.MissingColumnError as exc:
+        raise UsageError(str(exc)) from None
+    params = text.ParseParams(fmt=fmt, text_field=config.text_field, label_field=config.label_field,
+                              tokens_field=config.tokens_field or None, tokenizer=config.tokenizer,
+                              lowercase=config.lowercase)
+    parsed = text.parse_lines(records, params=params)
     # The split is drawn before the records are kept, so the normalised text (``split_key``) is not kept beside
     # the tokens: each accepted record's text is held once.
     key = "split_key" if config.split_key == "content" else "source"
     parsed = splits.assign_split(parsed, fractions=config.splits, key_col=key).drop("split_key")
-    return storage.persist(spark, parsed), headers
+    return storage.persist(spark, parsed)
+
+
+def csv_headers(entries: list, fmt: str) -> int:
+    """The header lines of the CSV files read (one per readable file that is not empty)."""
+    return sum(1 for e in entries if fmt == "csv" and e.size > 0 and e.problem is None)
 
 
 def length_stats(current: dict, previous: Manifest | None) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core import atomic, locking
-from core.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_REJECTS, EXIT_TERMINATED
+from core.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_REJECTS, EXIT_REMOVALS, EXIT_TERMINATED
 from core.redact import redact_argv
 from orchestration.runner import (
     Pipeline,
@@ -165,8 +165,9 @@ def _run_stages(pipeline: Pipeline, run_id: str, record: dict[str, Any], *, forc
             tail = log_file.read_text(errors="replace").splitlines()[-15:]
             log.error("stage %s failed (exit %d); last lines of %s:\n  %s", stage.name, code, log_file,
                       "\n  ".join(tail))
-            # 3 (rejects) and 75 (a stage's own lock held: try later) mean the same for the pipeline; others fail it
-            return code if code in (EXIT_REJECTS, EXIT_LOCKED) else EXIT_FAILED
+            # 3 (rejects), 6 (input vanished) and 75 (a stage's own lock held: try later) mean the same for the
+            # pipeline; others fail it
+            return code if code in (EXIT_REJECTS, EXIT_REMOVALS, EXIT_LOCKED) else EXIT_FAILED
         entry.update(status="ran", counts=counts_of(stage.output))
         state[stage.name] = {"fingerprint": fingerprint, "finished": _now(), "counts": entry["counts"]}
         write_state(pipeline, state)

@@ -1,7 +1,8 @@
 """Pure transforms of the image path: decode, convert, resize and encode files; attach labels.
 
 ``to_array`` and ``image_encoder`` prepare one file, for preprocessing and batch inference (``inference.predict``)
-alike; ``decode_image_batch`` is plain pandas/Pillow (testable without Spark); ``decode_images`` runs it on the
+alike; ``decode_file_batch`` reads and prepares listed files in plain pandas/Pillow (testable without Spark);
+``decode_images`` runs it on the
 executors in Arrow batches through ``mapInPandas``. No transform here builds a session, names a path or runs an
 action.
 """
@@ -15,10 +16,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import Column, DataFrame
-from pyspark.sql import functions as F
+from pyspark.sql import DataFrame
 
 from core.paths import normalise_url
+from pipelines import inputs
+from pipelines.labels import clean_label
 from pipelines.schemas import DECODED_SCHEMA, image_unischema
 
 
@@ -39,8 +41,8 @@ class RejectedImage(Exception):
 
 def split_relpath(path: str, root_url: str) -> tuple[str | None, str | None]:
     """(relative path, class folder) of a file URL below ``root_url``; the class is None for files in the root.
-    ``path`` is in the one spelling of ``core.paths`` (``binaryFile``'s ``path`` column, ``list_inputs``); it is
-    not decoded again, so ``a%41.png`` stays ``a%41.png``."""
+    ``path`` is in the one spelling of ``core.paths`` (``pipelines.inputs``' listing); it is not decoded, so
+    ``a%41.png`` stays ``a%41.png``."""
     prefix = normalise_url(root_url).rstrip("/") + "/"
     path = normalise_url(path)
     if not path.startswith(prefix):
@@ -127,72 +129,62 @@ def image_encoder(params: DecodeParams) -> Callable[[bytes], tuple[bytes | None,
     return encode
 
 
-def decode_image_batch(batch: pd.DataFrame, *, root_url: str, params: DecodeParams) -> pd.DataFrame:
-    """One Arrow batch of ``binaryFile`` rows (path, content) -> rows of DECODED_SCHEMA. Never raises per file."""
+BATCH_ROWS, BATCH_BYTES = 256, 32 << 20  # what a worker holds before it hands decoded images to Spark
+
+
+def file_outcome(path: str, size: int, problem: str | None, *, params: DecodeParams,
+                 encode: Callable[[bytes], tuple[bytes | None, str | None]]) -> tuple[bytes | None, str | None]:
+    """(the encoded image, None) or (None, why not) of one listed file, read here (``pipelines.inputs``): a file
+    the listing found unusable, an empty file or one above ``params.max_file_bytes`` is rejected unread."""
+    if problem:
+        return None, problem
+    if size == 0:
+        return None, "empty file: zero bytes"
+    if params.max_file_bytes is not None and size > params.max_file_bytes:
+        return None, f"file too large: {size} bytes, more than max_file_bytes {params.max_file_bytes}"
+    try:
+        content = inputs.read_bytes(path, params.max_file_bytes)
+    except Exception as exc:  # noqa: BLE001 - one unreadable file must never fail the job; keep the reason
+        return None, inputs.failure(exc)
+    return encode(content)
+
+
+def decode_file_batch(batch: pd.DataFrame, *, root_url: str, params: DecodeParams) -> Iterator[pd.DataFrame]:
+    """One Arrow batch of listed files (path, size, problem) -> rows of DECODED_SCHEMA, in frames of bounded rows
+    and bytes. Never raises per file."""
     encode = image_encoder(params)
     out = {"path": [], "relpath": [], "class_name": [], "image": [], "reason": []}
-    for path, content in zip(batch["path"], batch["content"]):
-        relpath, class_name = split_relpath(path, root_url)
+    held = 0
+    for path, size, problem in zip(batch["path"], batch["size"], batch["problem"]):
+        relpath, folder = split_relpath(path, root_url)
+        class_name, label_problem = None, None
+        if folder is not None:  # the folder as spelled on disk -> one class name (NFC, stripped), or why none
+            class_name, label_problem = clean_label(folder, what="the class folder name")
         image, reason = None, None
         if relpath is None:
             reason = f"outside the input root: {root_url}"
-        elif class_name is None:
+        elif label_problem:
+            reason = label_problem
+        elif class_name is None and not (isinstance(problem, str) and problem):
             reason = "missing label: file is directly in the input root, not in a class folder"
         else:
-            image, reason = encode(content)
+            image, reason = file_outcome(path, int(size), problem if isinstance(problem, str) else None,
+                                         params=params, encode=encode)
         for key, value in zip(out, (path, relpath, class_name, image, reason)):
             out[key].append(value)
-    return pd.DataFrame(out, columns=list(out), dtype=object)  # None stays None (pandas 3 makes str columns NaN)
+        held += len(image or b"")
+        if len(out["path"]) >= BATCH_ROWS or held >= BATCH_BYTES:
+            yield pd.DataFrame(out, columns=list(out), dtype=object)
+            out, held = {key: [] for key in out}, 0
+    if out["path"]:
+        yield pd.DataFrame(out, columns=list(out), dtype=object)  # None stays None (pandas 3 makes str columns NaN)
 
 
 def decode_images(files: DataFrame, *, root_url: str, params: DecodeParams) -> DataFrame:
-    """``binaryFile`` DataFrame -> DECODED_SCHEMA, decoded in Arrow batches on the executors. Files above
-    ``params.max_file_bytes`` are left out, unread: ``files_too_large`` gives their rejected rows."""
+    """Listed files (``storage.files_frame``) -> DECODED_SCHEMA, read and decoded in Arrow batches on the
+    executors."""
     def decode_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            yield decode_image_batch(batch, root_url=root_url, params=params)
+            yield from decode_file_batch(batch, root_url=root_url, params=params)
 
-    if params.max_file_bytes is not None:  # pushed down: larger files are never read (see files_too_large)
-        files = files.where(F.col("length") <= params.max_file_bytes)
-    return files.select("path", "content").mapInPandas(decode_partition, schema=DECODED_SCHEMA)
-
-
-def files_not_read(listed_paths: DataFrame, files: DataFrame, *, root_url: str) -> DataFrame:
-    """Files the listing holds but the ``binaryFile`` scan ``files`` never delivers, as rejected DECODED_SCHEMA rows.
-
-    Spark's file sources silently skip zero-byte files; ``listed_paths`` (one ``path`` column, in the spelling of
-    ``storage.listed_paths``: that of the scan's ``path``) comes from the listing the scan used, so every file
-    Spark saw is accounted for. Only the scan's ``path`` column is read, and the rows are built with SQL
-    expressions (no Python worker).
-    """
-    scanned = files.select(F.regexp_replace("path", r"^file:/+", "file:/").alias("path"))
-    return empty_files(listed_paths.join(scanned, "path", "left_anti"), root_url=root_url)
-
-
-def empty_files(paths: DataFrame, *, root_url: str) -> DataFrame:
-    """Zero-byte files (one ``path`` column, in the spelling of ``storage.listed_paths``), which Spark's file scan
-    never delivers, as rejected DECODED_SCHEMA rows. The preprocessing job knows them from its input listing (size
-    0), so it needs no join with the scan (``files_not_read``)."""
-    return _unread_rows(paths, root_url=root_url,
-                        reason=F.lit("empty file: zero bytes (Spark's file scan skips such files)"))
-
-
-def files_too_large(files: DataFrame, *, root_url: str, max_file_bytes: int) -> DataFrame:
-    """Files of the ``binaryFile`` scan ``files`` above ``max_file_bytes``, as rejected DECODED_SCHEMA rows. Their
-    content is never read: only ``path`` and ``length`` are selected, and Spark's binary file source tests the
-    pushed-down ``length`` filter before it reads a file (``decode_images`` keeps the others the same way)."""
-    large = files.where(F.col("length") > max_file_bytes).select(
-        F.regexp_replace("path", r"^file:/+", "file:/").alias("path"), "length")
-    reason = F.concat(F.lit("file too large: "), F.col("length").cast("string"),
-                      F.lit(f" bytes, more than max_file_bytes {max_file_bytes}"))
-    return _unread_rows(large, root_url=root_url, reason=reason)
-
-
-def _unread_rows(paths: DataFrame, *, root_url: str, reason: Column) -> DataFrame:
-    """DECODED_SCHEMA rows of files rejected without reading them (``path``, normalised), with ``reason``."""
-    prefix = normalise_url(root_url).rstrip("/") + "/"
-    relpath = F.when(F.col("path").startswith(prefix), F.expr(f"substring(path, {len(prefix) + 1})"))
-    class_name = F.regexp_extract(relpath, r"^([^/]+)/", 1)
-    return paths.select(
-        "path", relpath.alias("relpath"), F.when(class_name != "", class_name).alias("class_name"),
-        F.lit(None).cast("binary").alias("image"), reason.alias("reason"))
+    return files.select("path", "size", "problem").mapInPandas(decode_partition, schema=DECODED_SCHEMA)

@@ -4,7 +4,11 @@ forward, and commit a new snapshot.
 * ``plan``: list the inputs (path, size, modification time) and compare them with the current snapshot's. Same
   inputs and config: nothing to do. New or changed files: only they are processed, and the rows of unchanged files
   are carried over from the previous snapshot (rows of changed and removed files are dropped, so there are no
-  duplicates). Another config, or ``--mode overwrite``: everything is processed again.
+  duplicates). Another config, or ``--mode overwrite``: everything is processed again. A brake, before any Spark work
+  beyond the listing (``check_removals``): an input that lists no files is refused (a first snapshot has nothing to
+  commit; after one, it is an unmounted volume or an emptied folder far more often than a wish), and so, unless
+  ``--allow-removals``, is an incremental run that removes more than ``max_removed_fraction`` of the previous
+  snapshot's input files, or every file of a class it has rows of.
 * ``previous_records``: the previous snapshot's rows and rejected records that stay, shaped like new records (their
   class by name, mapped again with the run's label map).
 * ``group_counts`` / ``Outcomes``: one aggregation for everything a run must know before it writes: the class
@@ -14,7 +18,8 @@ forward, and commit a new snapshot.
   kind, outcome and whether the row was carried: few groups, whatever the size of the data. The rejections the
   label map makes (a name not in it, the rarer label kind when numbers and text mix) are applied to the counts
   exactly as ``pipelines.labels`` applies them to the rows, so the counts need no second pass.
-* ``finish``: the error budget, ``inputs.parquet``, then the manifest (the commit).
+* ``finish``: the error budget, a snapshot of at least one row and (unless ``allow_single_class``) two classes,
+  ``inputs.parquet``, then the manifest (the commit).
 """
 from __future__ import annotations
 
@@ -29,17 +34,18 @@ from typing import Any, Callable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from core.errors import DatasetError, RejectBudgetError, UsageError
+from core.errors import DatasetError, RejectBudgetError, RemovalsError, UsageError
 from core.logs import with_article
-from core.paths import from_encoded_url, join, normalise_url
+from core.paths import join
 from dataset import layout, manifest, snapshots
 from dataset.manifest import InputCounts, Lineage, Manifest, SplitCounts
-from pipelines import storage
+from pipelines import inputs, storage
 
 log = logging.getLogger(__name__)
 
 MODES = ("incremental", "overwrite", "error")
-IGNORED_CONFIG_KEYS = ("master", "spark_conf", "mode", "max_reject_fraction")  # do not change what is written
+IGNORED_CONFIG_KEYS = ("master", "spark_conf", "mode", "max_reject_fraction",  # do not change what is written
+                       "max_removed_fraction", "allow_single_class")
 
 
 def config_fingerprint(config: dict[str, Any]) -> str:
@@ -56,21 +62,11 @@ def bigtrain_version() -> str:
         return "unknown"
 
 
-def list_inputs(spark: SparkSession, input_url: str, relpath_of: Callable[[str], str]
-                ) -> dict[str, tuple[str, int, int]]:
-    """relative path -> (path, size, modification time in ms) of every file Spark reads below ``input_url``.
-
-    Spark's ``binaryFile`` listing with the content column pruned (no file is read); zero-byte files, which its
-    scan skips, come from the same listing with size 0. Paths are in the one spelling of ``core.paths``
-    (``big cat/a b.png``, not the listing's URI-encoded ``big%20cat/a%20b.png``), as ``inputs.parquet`` stores them.
-    """
-    files = storage.read_binary_files(spark, input_url)
-    with storage.spark_job(spark, "list", f"input files below {input_url}"):
-        rows = files.select("path", "length", F.expr("unix_millis(modificationTime)").alias("mtime")).collect()
-    found = {normalise_url(r["path"]): (int(r["length"]), int(r["mtime"])) for r in rows}
-    for path in map(from_encoded_url, files.inputFiles()):
-        found.setdefault(path, (0, 0))
-    return {relpath_of(path): (path, size, mtime) for path, (size, mtime) in found.items()}
+def list_inputs(listing: inputs.Listing) -> dict[str, tuple[str, int, int]]:
+    """relative path -> (path, size, modification time in ms) of every entry of the run's listing (the files it
+    cannot read included: they are inputs that become rejected records). Paths are in the one spelling of
+    ``core.paths`` (``big cat/a b.png``), as ``inputs.parquet`` stores them."""
+    return {e.relpath: (e.path, e.size, e.mtime) for e in listing.entries}
 
 
 @dataclass
@@ -89,29 +85,38 @@ class RunPlan:
     snapshot_id: str | None = None
     snapshot_url: str | None = None
     started: float = field(default_factory=time.time)
+    listing: inputs.Listing | None = None
 
     @property
     def nothing_to_do(self) -> bool:
         return not self.full and self.diff is not None and not self.diff.any
 
-    def paths_to_read(self) -> list[str] | None:
-        """The input files to process, or None for the whole input."""
+    def entries_to_read(self) -> list[inputs.Entry]:
+        """The listed input files to process: all of them, or the new and changed ones."""
         if self.full:
-            return None
-        return [self.inputs[k][0] for k in self.diff.added + self.diff.changed]
+            return list(self.listing.entries)
+        wanted = set(self.diff.added + self.diff.changed)
+        return [e for e in self.listing.entries if e.relpath in wanted]
 
 
-def plan(spark: SparkSession, *, dataset_url: str, input_url: str, kind: str, config: dict[str, Any], mode: str,
-         relpath_of: Callable[[str], str]) -> RunPlan:
-    """What this run must do; when there is work, a fresh staging snapshot to write it to."""
+def plan(*, dataset_url: str, input_url: str, kind: str, config: dict[str, Any], mode: str,
+         follow_links: bool, max_removed_fraction: float, allow_removals: bool = False,
+         class_of: Callable[[str], str | None] | None = None) -> RunPlan:
+    """What this run must do; when there is work, a fresh staging snapshot to write it to. ``check_removals``
+    refuses the run first when its input lost too much; ``class_of`` is the class of an input file's path where
+    the path tells it (images: the class folder), None where it does not (texts: labels are inside the records)."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
-    run = RunPlan(dataset_url, kind, input_url, mode, list_inputs(spark, input_url, relpath_of), config)
+    listing = inputs.list_files(input_url, follow_links=follow_links)
+    run = RunPlan(dataset_url, kind, input_url, mode, list_inputs(listing), config, listing=listing)
     committed, _ = layout.snapshot_ids(dataset_url)
+    previous_inputs = None
     if committed:
         run.previous_url = join(dataset_url, layout.SNAPSHOTS_DIR, committed[-1])
         run.previous = manifest.read(run.previous_url)
-        _decide(run)
+        previous_inputs = _decide(run)
+    check_removals(run, previous_inputs, max_removed_fraction=max_removed_fraction, allow_removals=allow_removals,
+                   class_of=class_of)
     if run.nothing_to_do:
         log.info("inputs and config unchanged since snapshot %s: nothing to do", committed[-1])
         return run
@@ -120,7 +125,8 @@ def plan(spark: SparkSession, *, dataset_url: str, input_url: str, kind: str, co
     return run
 
 
-def _decide(run: RunPlan) -> None:
+def _decide(run: RunPlan) -> dict[str, tuple[str, int, int]] | None:
+    """Full or incremental; for an incremental run, the diff and the previous snapshot's input listing (returned)."""
     prev = run.previous
     if prev.kind != run.kind:  # even with --mode overwrite: a new snapshot of another kind would become current
         raise UsageError(f"--output {run.dataset_url} holds {with_article(prev.kind)} dataset (snapshot "
@@ -140,9 +146,73 @@ def _decide(run: RunPlan) -> None:
         problems = snapshots.check(run.previous_url, prev, checksums=False)
         if problems:
             raise DatasetError(f"the previous snapshot is damaged: {problems[0]}; rerun with --mode overwrite")
-        run.diff = snapshots.diff_inputs({k: v[1:] for k, v in snapshots.read_inputs(run.previous_url).items()},
+        previous_inputs = snapshots.read_inputs(run.previous_url)
+        run.diff = snapshots.diff_inputs({k: v[1:] for k, v in previous_inputs.items()},
                                          {k: v[1:] for k, v in run.inputs.items()})
         run.full, run.reason = False, run.diff.describe()
+        return previous_inputs
+    return None
+
+
+def check_removals(run: RunPlan, previous_inputs: dict[str, tuple[str, int, int]] | None, *,
+                   max_removed_fraction: float, allow_removals: bool,
+                   class_of: Callable[[str], str | None] | None) -> None:
+    """A ``RemovalsError`` when the input lists no files, and, unless ``allow_removals``, when an incremental run
+    (``previous_inputs``: the previous snapshot's listing) would lose what ``lost_inputs`` names."""
+    prev = run.previous
+    if not run.inputs and prev is None:
+        raise RemovalsError(f"--input {run.input_url} lists no files: nothing to commit (the first snapshot of "
+                            f"{run.dataset_url} needs input)")
+    if not run.inputs:  # --allow-removals would only lead to a snapshot of no row, which finish refuses
+        raise RemovalsError(f"--input {run.input_url} lists no files, where snapshot {prev.snapshot_id} holds rows "
+                            f"of {prev.snapshot.inputs.files} input files (an unmounted volume, an emptied folder?): "
+                            "nothing was committed; --allow-removals does not take an empty input, as a snapshot "
+                            "needs at least one row")
+    if previous_inputs is None or allow_removals:
+        return
+    lost = lost_inputs(previous_inputs, run.inputs, rows_per_class=rows_per_class(prev.splits),
+                       max_removed_fraction=max_removed_fraction, class_of=class_of)
+    if lost:
+        raise RemovalsError(f"--input {run.input_url}: since snapshot {prev.snapshot_id}, {lost}; nothing was "
+                            "committed (an unmounted volume, a moved folder?): if they were removed on purpose, rerun "
+                            "with --allow-removals")
+
+
+def lost_inputs(previous: dict[str, tuple[str, int, int]], current: dict[str, tuple[str, int, int]], *,
+                rows_per_class: dict[str, int], max_removed_fraction: float,
+                class_of: Callable[[str], str | None] | None = None) -> str | None:
+    """What vanished from the input listing (relative path -> (path, size, mtime)) when it is more than
+    ``max_removed_fraction`` of the previous files, or every file of a class that has rows (``rows_per_class``;
+    a file's class is ``class_of`` its path): how many of how many, the first paths, the classes; else None."""
+    removed = sorted(k for k in previous if k not in current)
+    if not removed:
+        return None
+    lost: set[str | None] = set()
+    if class_of is not None:
+        lost = {class_of(previous[k][0]) for k in removed} & {name for name, n in rows_per_class.items() if n}
+        for path, _, _ in current.values():  # stops once a file of each such class is found
+            if not lost:
+                break
+            lost.discard(class_of(path))
+    too_many = len(removed) > max_removed_fraction * len(previous)
+    if not too_many and not lost:
+        return None
+    share = f"{len(removed) / len(previous):.1%}" + (f", more than max_removed_fraction {max_removed_fraction:.1%}"
+                                                      if too_many else "")
+    said = (f"{len(removed)} of the {len(previous)} input files are gone ({share}): {', '.join(removed[:5])}"
+            f"{', ...' if len(removed) > 5 else ''}")
+    if lost:
+        said += f"; classes that lost all their files: {', '.join(sorted(lost))}"
+    return said
+
+
+def rows_per_class(splits: dict[str, SplitCounts]) -> dict[str, int]:
+    """Rows of each class over every split (their ``per_class``)."""
+    rows: dict[str, int] = {}
+    for counts in splits.values():
+        for name, n in counts.per_class.items():
+            rows[name] = rows.get(name, 0) + n
+    return rows
 
 
 def previous_records(spark: SparkSession, run: RunPlan, *, key: Column, name_col: str) -> DataFrame | None:
@@ -268,15 +338,18 @@ def split_counts(summary: dict[str, Any]) -> dict[str, SplitCounts]:
             for name, info in summary["splits"].items()}
 
 
-def finish(run: RunPlan, draft: Manifest, *, processed: tuple[int, int], max_reject_fraction: float) -> Manifest:
-    """Check the error budget on this run's records, then commit the snapshot: ``draft`` (what the job wrote) with
-    the run's lineage and the snapshot's files; returns the committed manifest."""
+def finish(run: RunPlan, draft: Manifest, *, processed: tuple[int, int], max_reject_fraction: float,
+           allow_single_class: bool = False) -> Manifest:
+    """Check the error budget on this run's records and the classes of the snapshot's rows (``check_classes``),
+    then commit the snapshot: ``draft`` (what the job wrote) with the run's lineage and the snapshot's files;
+    returns the committed manifest."""
     read, rejected = processed
     if read and rejected / read > max_reject_fraction:
         raise RejectBudgetError(
             f"{rejected} of {read} records read in this run were rejected ({rejected / read:.1%}), more than "
             f"max_reject_fraction {max_reject_fraction:.1%}: snapshot {run.snapshot_url} was not committed; the "
             f"rejected records and their reasons are in {join(run.snapshot_url, layout.REJECTED_DIR)}")
+    check_classes(run, draft, processed=processed, allow_single_class=allow_single_class)
     snapshots.write_inputs(run.snapshot_url, run.inputs)
     diff = run.diff
     lineage = Lineage(
@@ -291,6 +364,20 @@ def finish(run: RunPlan, draft: Manifest, *, processed: tuple[int, int], max_rej
                            removed=len(diff.removed) if diff else None),
         records_processed=read, rejected_processed=rejected)
     return snapshots.commit(run.snapshot_url, draft.replace(snapshot=lineage))
+
+
+def check_classes(run: RunPlan, draft: Manifest, *, processed: tuple[int, int], allow_single_class: bool) -> None:
+    """A ``RemovalsError`` for a snapshot of no row, or, unless ``allow_single_class``, of rows of one class: a
+    classifier of one class is right every time and learns nothing."""
+    classes = [name for name, n in rows_per_class(draft.splits).items() if n]
+    if not classes:
+        raise RemovalsError(f"--input {run.input_url}: no record was accepted ({processed[0]} read in this run, "
+                            f"{processed[1]} rejected): snapshot {run.snapshot_url} was not committed, a snapshot "
+                            "needs at least one row")
+    if len(classes) < 2 and not allow_single_class:
+        raise RemovalsError(f"--input {run.input_url}: every row is of one class, {classes[0]}: snapshot "
+                            f"{run.snapshot_url} was not committed (a model of one class is right every time and "
+                            "learns nothing); set the config key allow_single_class: true to commit it anyway")
 
 
 def unchanged_summary(run: RunPlan) -> dict[str, Any]:

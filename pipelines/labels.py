@@ -1,12 +1,56 @@
 """Label maps shared by every dataset kind: names -> contiguous indices, and the transform that applies them."""
 from __future__ import annotations
 
+import json
 import re
+import unicodedata
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 _INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: "²" and "--5" are names, not numbers
+
+# A class name prints in summaries, reports and the manifest, and names a folder of image inputs, which file systems
+# cap at 255 bytes. 256 characters is above any real class name and far below the 10 KB of text a label column
+# holds when it is the wrong column.
+MAX_LABEL_CHARS = 256
+
+# Characters that make one name print as two lines or as nothing: the C0 and C1 controls (newline, tab, NUL, DEL)
+# and Unicode's line and paragraph separators. Format characters (Cf) stay: the zero-width (non-)joiner is part of
+# the spelling of Persian and Indic words and of emoji sequences.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+
+_JSON_TYPES = {bool: "a JSON boolean", float: "a JSON number that is not an integer", list: "a JSON array",
+               dict: "a JSON object"}
+
+
+def clean_label(value, *, what: str = "the label") -> tuple[str | None, str | None]:
+    """A label as its input states it (a JSON value, a folder name) -> (the class name, None) or (None, the reason
+    it is rejected). Text is NFC-normalised and stripped, so the NFC and NFD spellings of a name, or ``" 3"`` and
+    ``"3"``, are one class; integers (and whole floats: JSON writers turn 1 into 1.0) are their digits. ``what``
+    names the label in the reason (``'label'``, ``the class folder name``); the reason's category (before the
+    first colon) never holds the value, so rejected records group into few categories."""
+    if isinstance(value, int) and not isinstance(value, bool):  # bool is an int subclass: JSON true is no class
+        name = str(value)
+    elif isinstance(value, float) and value.is_integer():
+        name = str(int(value))
+    elif isinstance(value, str):
+        name = unicodedata.normalize("NFC", value).strip()
+    elif value is None:
+        return None, f"missing label: {what} is null"
+    else:
+        kind = next((k for t, k in _JSON_TYPES.items() if isinstance(value, t)), f"a {type(value).__name__}")
+        shown = json.dumps(value, default=repr)[:80]
+        return None, f"unmappable label: {what} is {shown}, {kind}; a label is a string or an integer"
+    if not name:
+        return None, f"missing label: {what} is empty"
+    if len(name) > MAX_LABEL_CHARS:
+        return None, f"label too long: {what} has {len(name)} characters, the limit is {MAX_LABEL_CHARS}"
+    bad = next((c for c in name if unicodedata.category(c) in _CONTROL_CATEGORIES), None)
+    if bad is not None:
+        escaped = bad.encode("unicode_escape").decode("ascii")
+        return None, f"label has a control character: {escaped} in {what}"
+    return name, None
 
 
 def _sort_key(name: str):

@@ -15,7 +15,7 @@ IMAGE_CODECS = ("png", "jpeg", "raw")
 
 # Output of the decode step (pipelines.images.decode_image_batch): one row per input file, accepted or not.
 DECODED_SCHEMA = T.StructType([
-    T.StructField("path", T.StringType(), False),        # the file's URL, decoded (core.paths.from_encoded_url)
+    T.StructField("path", T.StringType(), False),        # the file's URL as listed (pipelines.inputs)
     T.StructField("relpath", T.StringType(), True),      # path below the input root, as the file system names it
     T.StructField("class_name", T.StringType(), True),   # first folder below the input root
     T.StructField("image", T.BinaryType(), True),        # encoded with the dataset codec; null when rejected

@@ -12,7 +12,6 @@ was rejected.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import math
@@ -20,7 +19,7 @@ import os
 import pickle
 import sys
 import warnings
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from pyspark import SparkContext
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -29,9 +28,9 @@ from pyspark.sql import functions as F
 from compat import petastorm as petastorm_compat
 from core.errors import DatasetError
 from core.locales import effective_ctype, file_name_problem, jvm_locale_changes
-from core.paths import filesystem, from_encoded_url, join, normalise_url
+from core.paths import filesystem, join
 from dataset import layout
-from pipelines import text
+from pipelines import inputs, text
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +66,8 @@ def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | Non
 
 
 def local_names_problem(spark: SparkSession) -> str | None:
-    """Why the driver's JVM cannot be trusted to list a local folder (None: it can): it names files in the
-    encoding of the locale it started in. Only local file systems: HDFS and object stores name files in UTF-8."""
+    """Why the driver's JVM cannot be trusted to name a local path beyond ASCII (None: it can): it names files in
+    the encoding of the locale it started in. Only local file systems: HDFS and object stores name files in UTF-8."""
     return file_name_problem(spark.sparkContext._jvm.System.getProperty("sun.jnu.encoding"), os.environ)
 
 
@@ -78,7 +77,7 @@ def _jvm_started() -> bool:
 
 
 JOB_GROUP = "bigtrain:"  # + kind: the job group of every Spark job a preprocessing run launches
-JOB_KINDS = ("list", "lines", "aggregate", "vocabulary", "write", "rejected")
+JOB_KINDS = ("aggregate", "vocabulary", "write", "rejected")
 
 
 @contextlib.contextmanager
@@ -160,34 +159,12 @@ def require_connector(spark: SparkSession, url: str) -> None:
                                     f"classpath); add {provider.format(hadoop=hadoop)}") from None
 
 
-def read_binary_files(spark: SparkSession, root_url: str | list[str]) -> DataFrame:
-    """Every file below ``root_url`` (recursively), or the files listed, as (path, modificationTime, length, content).
-
-    Spark's file listing skips names starting with ``.`` or ``_`` (Hadoop's hidden-file rule); everything else
-    is read and must come out of the job as either a row or a rejected record.
-    """
-    return (spark.read.format("binaryFile")
-            .option("recursiveFileLookup", "true")
-            .load(spark_paths(root_url)))
+FILES_SCHEMA = "path string, relpath string, size long, problem string"
 
 
-_GLOB_CHARS = "\\*?[]{}"
-
-
-def spark_paths(url: str | list[str]) -> str | list[str]:
-    """URLs in the form Spark's readers take them: Hadoop's glob characters (``[ ] { } * ? \\``) escaped, since a
-    file named ``x [1].png`` is a path, not a pattern. Spaces, ``%``, ``#`` and other letters are taken as
-    written."""
-    if not isinstance(url, str):
-        return [spark_paths(u) for u in url]
-    return "".join("\\" + c if c in _GLOB_CHARS else c for c in url)
-
-
-def decoded_path(column: str) -> Column:
-    """``from_encoded_url`` on the executors: a ``_metadata.file_path`` (URI-encoded) in bigtrain's one spelling.
-    ``url_decode`` would turn ``+`` into a space, which a URI never means by it, so ``+`` is protected first."""
-    decoded = F.expr(f"url_decode(replace({column}, '+', '%2B'))")
-    return F.regexp_replace(decoded, r"^file:/+", "file:/")
+def files_frame(spark: SparkSession, entries: list) -> DataFrame:
+    """The listed files to read (``pipelines.inputs.Entry``), one row each, for the Python workers to read."""
+    return spark.createDataFrame([(e.path, e.relpath, e.size, e.problem) for e in entries], FILES_SCHEMA)
 
 
 TEXT_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -233,107 +210,29 @@ def detect_format(input_url: str, given: str = "auto") -> str:
     return known[0]
 
 
-def read_text_lines(spark: SparkSession, input_url: str | list[str]) -> DataFrame:
-    """Every line of every file below ``input_url`` as raw bytes (no decoding: invalid UTF-8 stays visible), with
-    the file and the block of the file it came from (for line numbers)."""
-    lines = spark.read.option("recursiveFileLookup", "true").text(spark_paths(input_url))
-    return lines.select(decoded_path("_metadata.file_path").alias("file_path"),
-                        F.col("_metadata.file_block_start").alias("block_start"),
-                        F.col("value").cast("binary").alias("raw"))
+def read_records(spark: SparkSession, entries: list, *, fmt: str, fields: list[str],
+                 max_record_bytes: int | None = None) -> DataFrame:
+    """RECORD_SCHEMA rows (``pipelines.text``: source, file_path, raw, broken, header) of every record of the listed
+    files ``entries``, read by the Python workers (``text.file_records``): a line (JSON Lines, CSV: its header line
+    is not one) or a Parquet row as a JSON object of ``fields``. Preprocessing and batch inference both read
+    through this, so a record has the same source (and sample id) in both. MissingColumnError when the first
+    Parquet file has no column of ``fields`` (a later one without it is a rejected file)."""
+    if fmt == "parquet":
+        first = next((e for e in entries if e.problem is None and e.size > 0), None)
+        if first is not None:
+            columns = inputs.parquet_columns(first.path)
+            missing = [c for c in fields if c not in columns]
+            if missing:
+                raise MissingColumnError(f"{first.path}: no column {missing[0]!r} (columns: {', '.join(columns)})")
+
+    def read(files: Iterator) -> Iterator:
+        return text.read_partition(files, fmt=fmt, fields=fields, max_record_bytes=max_record_bytes)
+
+    return files_frame(spark, entries).select("path", "relpath", "problem").mapInPandas(read, text.RECORD_SCHEMA)
 
 
 class MissingColumnError(ValueError):
     """A Parquet input has no column of a field the records are read with."""
-
-
-def read_parquet_records(spark: SparkSession, input_url: str | list[str], columns: list[str]) -> DataFrame:
-    """Rows of Parquet files as JSON objects of ``columns`` (raw bytes), so they parse like JSON Lines."""
-    urls = [input_url] if isinstance(input_url, str) else input_url
-    rows = spark.read.option("recursiveFileLookup", "true").parquet(*spark_paths(urls))
-    missing = [c for c in columns if c not in rows.columns]
-    if missing:
-        raise MissingColumnError(f"{input_url}: no column {missing[0]!r} (columns: {', '.join(rows.columns)})")
-    return rows.select(decoded_path("_metadata.file_path").alias("file_path"),
-                       F.col("_metadata.file_block_start").alias("block_start"),
-                       F.to_json(F.struct(*columns), {"ignoreNullFields": "false"}).cast("binary").alias("raw"))
-
-
-def input_root(input_url: str) -> str:
-    """The folder record sources are relative to: the input folder, or the input file's folder."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(input_url)
-    return input_url if fs.isdir(path) else input_url.rsplit("/", 1)[0]
-
-
-def relative_to(root: str) -> Callable[[str], str]:
-    """A function of a file URL: its path below ``root`` (any spelling of file URLs), or the URL itself if outside."""
-    prefix = normalise_url(root).rstrip("/") + "/"
-    return lambda path: normalise_url(path)[len(prefix):] if normalise_url(path).startswith(prefix) else path
-
-
-def read_records(spark: SparkSession, input_url: str, *, fmt: str, fields: list[str],
-                 paths: list[str] | None = None,
-                 max_record_bytes: int | None = None) -> tuple[DataFrame, dict[str, list[str]]]:
-    """(source, file_path, raw, broken) of every record of ``paths`` (default: every file below ``input_url``),
-    and the CSV header of each file (none for other formats). A record is a line (JSON Lines, CSV: its header line
-    is not one) or a Parquet row as a JSON object of ``fields`` (MissingColumnError when a column is absent);
-    ``source`` is '<file below input_root(input_url)>:<line or row>'. ``broken`` says why a record is rejected
-    before parsing, else null: longer than ``max_record_bytes`` (``raw`` then keeps only its start, cut on the JVM
-    side, so no Python worker or Arrow batch holds it whole), or a CSV line of a record whose quoted field spans
-    lines (every line of such a record: none is a fragment to train on). Preprocessing and batch inference both
-    read through this, so a record has the same source (and sample id) in both."""
-    if fmt == "parquet":
-        lines = read_parquet_records(spark, paths or input_url, fields)
-    else:
-        lines = read_text_lines(spark, paths or input_url)
-    lines = _cut_long_records(lines, max_record_bytes)
-    numbered = text.number_lines(lines, csv_quotes=fmt == "csv")
-    # CSV: the quote state each block starts in follows from the blocks before it, on the driver; other formats
-    # count the lines before each block inside the action that reads the records.
-    offsets, headers = _csv_blocks(spark, numbered) if fmt == "csv" else (text.line_offsets(numbered), {})
-    records = text.with_line_numbers(numbered, offsets, root_url=input_root(input_url))
-    if fmt == "csv":
-        spans = F.when(F.col("open_before"), F.col("quoted_start_o") | F.col("quoted_end_o")).otherwise(
-            F.col("quoted_start_c") | F.col("quoted_end_c"))
-        records = records.where(F.col("line") > 1).withColumn("broken", F.coalesce("broken", F.when(spans, F.lit(
-            "broken CSV: part of a record whose quoted field spans lines (every line of such a record is rejected; "
-            "a quote left open runs to the end of the file)"))))
-    return records, headers
-
-
-def _cut_long_records(lines: DataFrame, max_record_bytes: int | None) -> DataFrame:
-    """+ ``broken`` for records above ``max_record_bytes``, whose ``raw`` is cut to its first bytes."""
-    if max_record_bytes is None:
-        return lines.withColumn("broken", F.lit(None).cast("string"))
-    long = F.length("raw") > max_record_bytes
-    reason = F.concat(F.lit("record too long: "), F.length("raw").cast("string"),
-                      F.lit(f" bytes, more than max_record_bytes {max_record_bytes}"))
-    return (lines.withColumn("broken", F.when(long, reason))
-            .withColumn("raw", F.when(long, F.substring("raw", 1, text.RAW_TEXT_LIMIT)).otherwise(F.col("raw"))))
-
-
-def _csv_blocks(spark: SparkSession, numbered: DataFrame) -> tuple[DataFrame, dict[str, list[str]]]:
-    """Per block of each CSV file: the lines before it and whether it starts inside a quoted field; and each
-    file's header (its first line: the first of the block at offset 0), from one collect."""
-    ends = [F.max_by(name, "index_in_block").alias(name) for name in text.QUOTE_STATES[1::2]]
-    first = F.max(F.when((F.col("block_start") == 0) & (F.col("index_in_block") == 0), F.col("raw"))).alias("header")
-    with spark_job(spark, "lines", "lines per block of each input file (line numbers), quote states, headers"):
-        blocks = numbered.groupBy("file_path", "block_start").agg(F.count(F.lit(1)).alias("count"), first,
-                                                                  *ends).collect()
-    offsets = text.block_line_offsets([(r["file_path"], r["block_start"], r["count"]) for r in blocks])
-    quoted = text.block_quote_states([(r["file_path"], r["block_start"], r["quoted_end_c"], r["quoted_end_o"])
-                                      for r in blocks])
-    headers = {r["file_path"]: next(csv.reader([bytes(r["header"]).decode("utf-8", errors="replace")]), [])
-               for r in blocks if r["header"] is not None}
-    return spark.createDataFrame([(*o, quoted.get(o[:2], False)) for o in offsets],
-                                 "file_path string, block_start long, lines_before long, open_before boolean"), headers
-
-
-def listed_paths(spark: SparkSession, files: DataFrame) -> DataFrame:
-    """The files Spark's listing found for ``files`` (zero-byte ones included, which its scan skips), as a
-    DataFrame of ``path``s in the one spelling (``from_encoded_url``), the spelling of ``binaryFile``'s paths."""
-    return spark.createDataFrame([(from_encoded_url(p),) for p in files.inputFiles()], "path string")
 
 
 STAGING_DIR = "_bt_splits"   # below the snapshot: Spark's partitioned output, before each split is moved out
@@ -437,29 +336,32 @@ def parquet_options(row_group_size_mb: int) -> dict[str, str]:
 
 def write_petastorm_metadata(spark: SparkSession, url: str, schema) -> None:
     """``_common_metadata`` of the Parquet files at ``url`` as ``materialize_dataset`` writes it (Petastorm's
-    pickled Unischema, then the row groups of each file as JSON), with Petastorm's own functions, file system and
-    dataset class (``compat.petastorm`` gives it one on pyarrow >= 15); the footers are read here on the driver
-    instead of in a Spark job."""
+    pickled Unischema, then the row groups of each file as JSON), with Petastorm's own functions and dataset class
+    (``compat.petastorm`` gives it one on pyarrow >= 15); the footers are read here on the driver instead of in a
+    Spark job. The files are reached through fsspec (``core.paths.filesystem``: pyarrow.fs for hdfs://), as the
+    snapshot's commit and the training loader reach them, never through Petastorm's own resolver, whose HDFS client
+    (the legacy ``pyarrow.hdfs``) is gone from pyarrow >= 15. ``spark`` is not needed (kept for the callers)."""
     petastorm_compat.install()
     from petastorm import utils
     from petastorm.etl import dataset_metadata
-    from petastorm.fs_utils import FilesystemResolver
     from pyarrow import parquet as pq
 
-    resolver = FilesystemResolver(url, spark.sparkContext._jsc.hadoopConfiguration(),
-                                  user=spark.sparkContext.sparkUser())
-    fs, path = resolver.filesystem_factory()(), resolver.get_dataset_path()
-    legacy_dataset = dataset_metadata.pq.ParquetDataset  # pyarrow's legacy class, or compat's on pyarrow >= 15
+    fs, path = filesystem(url)
+    path = path.rstrip("/")
+
+    def legacy_dataset():  # pyarrow's legacy class (which takes fsspec file systems), or compat's on pyarrow >= 15
+        return dataset_metadata.pq.ParquetDataset(path, filesystem=fs, validate_schema=False, use_legacy_dataset=True)
+
     with warnings.catch_warnings():  # petastorm 0.13 runs on pyarrow's deprecated legacy dataset API
         warnings.simplefilter("ignore", FutureWarning)
-        dataset = legacy_dataset(path, filesystem=fs, validate_schema=False)
+        dataset = legacy_dataset()
         utils.add_to_dataset_metadata(dataset, dataset_metadata.UNISCHEMA_KEY, pickle.dumps(schema))
         row_groups = {}
         for piece in dataset.pieces:  # materialize_dataset's order (the JSON keeps it)
             with fs.open(piece.path) as fh:
                 row_groups[os.path.relpath(piece.path, dataset.paths)] = pq.read_metadata(fh).num_row_groups
         utils.add_to_dataset_metadata(dataset, dataset_metadata.ROW_GROUPS_PER_FILE_KEY, json.dumps(row_groups))
-        dataset_metadata.load_row_groups(legacy_dataset(path, filesystem=fs, validate_schema=False))  # its check
+        dataset_metadata.load_row_groups(legacy_dataset())  # its check
 
 
 def write_splits(spark: SparkSession, rows: DataFrame, *, groups: list[dict[str, Any]], output_url: str, schema,

@@ -21,7 +21,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from core.paths import normalise_url
+from pipelines import inputs
+from pipelines.labels import clean_label
 
 PAD, UNK = "<pad>", "<unk>"
 RESERVED = (PAD, UNK)          # ids 0 and 1, never given to a token
@@ -111,10 +112,11 @@ def parse_or_reason(raw: bytes, params: ParseParams, header: list[str] | None = 
 
 
 def label_name(record: dict, field: str, *, required: bool = True) -> str | None:
-    """The label ``field`` of a parsed record as a class name: strings stripped, integers and whole floats (JSON
-    writers turn 1 into 1.0) as digits. Required: an absent, empty or unmappable label is rejected. Optional: the
-    label as the input states it (another number as written), None where it states none (absent, null, blank) or
-    not as one value (a list or an object)."""
+    """The label ``field`` of a parsed record as a class name (``pipelines.labels.clean_label``: strings
+    NFC-normalised and stripped, integers and whole floats as digits). Required: an absent, empty or unusable label
+    (a boolean, a fraction, a list, too long, a control character) is rejected. Optional: the label as the input
+    states it (another number or a boolean as written), None where it states none (absent, null, blank) or not as
+    one value (a list or an object)."""
     if field not in record:
         if required:
             raise RejectedRecord(f"missing field: label field {field!r} is absent")
@@ -124,10 +126,11 @@ def label_name(record: dict, field: str, *, required: bool = True) -> str | None
         if required:
             raise RejectedRecord(f"missing label: {field!r} is empty")
         return None
-    if isinstance(label, float) and label.is_integer():
-        return str(int(label))
-    if required and isinstance(label, (dict, list, float)):  # the floats left here are not whole numbers
-        raise RejectedRecord(f"unmappable label: {field!r} is {json.dumps(label)[:80]}")
+    name, reason = clean_label(label, what=repr(field))
+    if reason is None:
+        return name
+    if required:
+        raise RejectedRecord(reason)
     return None if isinstance(label, (dict, list)) else str(label).strip()
 
 
@@ -183,17 +186,38 @@ def _given_tokens(value: Any, name: str) -> list[str]:
     return [str(v) for v in value]
 
 
-def parse_batch(batch: pd.DataFrame, *, params: ParseParams, headers: dict[str, list[str]]) -> pd.DataFrame:
-    """(source, file_path, raw[, broken]) rows -> PARSED_SCHEMA rows; never raises per record. ``broken`` is why
-    the reading rejected a record already (``pipelines.storage.read_records``); null when it did not."""
+def parse_batch(batch: pd.DataFrame, *, params: ParseParams) -> pd.DataFrame:
+    """RECORD_SCHEMA rows (source, raw, broken, header) -> PARSED_SCHEMA rows; never raises per record."""
     out: dict[str, list] = {name: [] for name in PARSED_SCHEMA.names}
-    for source, file_path, raw, broken in zip(batch["source"], batch["file_path"], batch["raw"], broken_of(batch)):
-        parsed, reason = (None, broken) if broken else parse_or_reason(bytes(raw), params, headers.get(file_path))
+    header_of = csv_header()
+    for source, raw, broken, header in zip(batch["source"], batch["raw"], broken_of(batch), headers_of(batch)):
+        raw = bytes(raw) if raw is not None else b""
+        parsed, reason = (None, broken) if broken else parse_or_reason(raw, params, header_of(header))
         tokens, label, key, is_number = parsed or (None, None, None, None)
-        raw_text = bytes(raw).decode("utf-8", errors="replace")[:RAW_TEXT_LIMIT] if reason else None
+        raw_text = raw.decode("utf-8", errors="replace")[:RAW_TEXT_LIMIT] if reason else None
         for name, value in zip(PARSED_SCHEMA.names, (source, tokens, label, is_number, key, reason, raw_text)):
             out[name].append(value)
     return pd.DataFrame(out, columns=PARSED_SCHEMA.names, dtype=object)  # None stays None under pandas 3
+
+
+def csv_header():
+    """A function of a CSV file's header line (bytes, or None for other formats) -> its cell names, parsed once
+    per distinct header."""
+    parsed: dict[bytes, list[str]] = {}
+
+    def header_of(line) -> list[str] | None:
+        if line is None or not isinstance(line, (bytes, bytearray, memoryview)):
+            return None
+        line = bytes(line)
+        if line not in parsed:
+            parsed[line] = next(csv.reader([line.decode("utf-8", errors="replace")]), [])
+        return parsed[line]
+
+    return header_of
+
+
+def headers_of(batch: pd.DataFrame) -> list:
+    return list(batch["header"]) if "header" in batch else [None] * len(batch)
 
 
 def broken_of(batch: pd.DataFrame) -> list:
@@ -204,49 +228,102 @@ def broken_of(batch: pd.DataFrame) -> list:
     return [value if isinstance(value, str) else None for value in batch["broken"]]
 
 
-def parse_lines(lines: DataFrame, *, params: ParseParams, headers: dict[str, list[str]]) -> DataFrame:
-    """(source, file_path, raw binary, broken) -> PARSED_SCHEMA, parsed in Arrow batches on the executors."""
+def parse_lines(lines: DataFrame, *, params: ParseParams) -> DataFrame:
+    """RECORD_SCHEMA rows -> PARSED_SCHEMA, parsed in Arrow batches on the executors."""
     def parse_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            yield parse_batch(batch, params=params, headers=headers)
+            yield parse_batch(batch, params=params)
 
-    return lines.select("source", "file_path", "raw", "broken").mapInPandas(parse_partition, schema=PARSED_SCHEMA)
-
-
-QUOTE_STATES = ("quoted_start_c", "quoted_end_c", "quoted_start_o", "quoted_end_o")
+    return lines.mapInPandas(parse_partition, schema=PARSED_SCHEMA)
 
 
-def number_lines(lines: DataFrame, *, csv_quotes: bool = False) -> DataFrame:
-    """Rows of a text scan (file_path, block_start, raw, ...) in scan order -> + ``index_in_block`` (0-based).
+RECORD_SCHEMA = T.StructType([
+    T.StructField("source", T.StringType(), False),      # <file below the input root>:<line or row>
+    T.StructField("file_path", T.StringType(), False),
+    T.StructField("raw", T.BinaryType(), True),          # the line as read (bytes: invalid UTF-8 stays visible)
+    T.StructField("broken", T.StringType(), True),       # why the reading already rejects it, else null
+    T.StructField("header", T.BinaryType(), True),       # a CSV file's first line, which names its cells
+])
+BATCH_ROWS, BATCH_BYTES = 4096, 8 << 20  # what a worker holds before it hands records to Spark
 
-    Spark splits big files into blocks; within a block, and within a partition, lines arrive in file order.
-    ``with_line_numbers`` turns (block, index in block) into the line number in the file. With ``csv_quotes``,
-    also whether each line starts and ends inside a quoted CSV field, for both states its block may start in
-    (``QUOTE_STATES``: ``_c`` the block starts outside a quoted field, ``_o`` inside; ``block_quote_states`` tells
-    which), since a block's state depends on the blocks before it.
-    """
-    extra = [T.StructField("index_in_block", T.LongType(), False)]
-    extra += [T.StructField(name, T.BooleanType(), False) for name in QUOTE_STATES] if csv_quotes else []
-    schema = T.StructType(lines.schema.fields + extra)
 
-    def number(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        current, count, states = None, 0, (False, True)
-        for batch in batches:
-            index = np.empty(len(batch), dtype=np.int64)
-            quoted = np.empty((len(batch), 4), dtype=bool)
-            for i, key in enumerate(zip(batch["file_path"], batch["block_start"])):
-                if key != current:
-                    current, count, states = key, 0, (False, True)
-                index[i] = count
-                count += 1
-                if csv_quotes:
-                    ends = tuple(csv_quote_state(bytes(batch["raw"].iat[i]), s) for s in states)
-                    quoted[i] = (states[0], ends[0], states[1], ends[1])
-                    states = ends
-            columns = dict(zip(QUOTE_STATES, quoted.T)) if csv_quotes else {}
-            yield batch.assign(index_in_block=index, **columns)
+class RawRecord(NamedTuple):
+    source: str
+    file_path: str
+    raw: bytes | None
+    broken: str | None
+    header: bytes | None = None
 
-    return lines.mapInPandas(number, schema=schema)
+
+def file_records(path: str, relpath: str, problem: str | None, *, fmt: str, fields: list[str],
+                 max_record_bytes: int | None) -> Iterator[RawRecord]:
+    """Every record of one listed file, read as a stream (``pipelines.inputs``): a line of JSON Lines or CSV (a
+    CSV file's first line is its header, not a record), or a Parquet row as a JSON object of ``fields``. ``source``
+    is '<relpath>:<line or row>'. A record is ``broken`` (rejected with that reason before parsing) when it is
+    longer than ``max_record_bytes`` (only its first bytes are held), or is a line of a CSV record whose quoted
+    field spans lines. A file that cannot be listed as an input (``problem``), opened or read to its end gives one
+    broken record for what could not be read (its source: the line where reading stopped, ``:1`` for the whole
+    file); the records before a failure stay."""
+    if problem:
+        yield RawRecord(f"{relpath}:1", path, b"", problem)
+        return
+    number = 0
+    try:
+        if fmt == "parquet":
+            with inputs.open_input(path) as f:
+                for number, raw in enumerate(inputs.parquet_rows(f, fields), 1):
+                    yield _record(relpath, path, number, raw, len(raw), max_record_bytes)
+            return
+        header, quoted = None, False
+        with inputs.open_input(path) as f:
+            for line in inputs.lines(f, max_record_bytes, RAW_TEXT_LIMIT):
+                number = line.number
+                if fmt == "csv" and line.number == 1:
+                    header = line.raw
+                    continue
+                record = _record(relpath, path, line.number, line.raw, line.length, max_record_bytes, header)
+                if fmt == "csv":
+                    start, quoted = quoted, csv_quote_state(line.raw, quoted)
+                    if (start or quoted) and record.broken is None:
+                        record = record._replace(broken=CSV_SPAN)
+                yield record
+    except Exception as exc:  # noqa: BLE001 - one unreadable file must never fail the job; keep the reason
+        yield RawRecord(f"{relpath}:{number + 1}", path, b"", inputs.failure(exc))
+
+
+CSV_SPAN = ("broken CSV: part of a record whose quoted field spans lines (every line of such a record is rejected; "
+            "a quote left open runs to the end of the file)")
+
+
+def _record(relpath: str, path: str, number: int, raw: bytes, length: int, max_bytes: int | None,
+            header: bytes | None = None) -> RawRecord:
+    if max_bytes is not None and length > max_bytes:
+        return RawRecord(f"{relpath}:{number}", path, raw[:RAW_TEXT_LIMIT],
+                         f"record too long: {length} bytes, more than max_record_bytes {max_bytes}", header)
+    return RawRecord(f"{relpath}:{number}", path, raw, None, header)
+
+
+def read_partition(files: Iterator[pd.DataFrame], *, fmt: str, fields: list[str],
+                   max_record_bytes: int | None) -> Iterator[pd.DataFrame]:
+    """Rows of listed files (path, relpath, problem) -> RECORD_SCHEMA rows, in batches of bounded rows and bytes."""
+    held: list[RawRecord] = []
+    size = 0
+    for batch in files:
+        for path, relpath, problem in zip(batch["path"], batch["relpath"], batch["problem"]):
+            problem = problem if isinstance(problem, str) else None
+            for record in file_records(path, relpath, problem, fmt=fmt, fields=fields,
+                                       max_record_bytes=max_record_bytes):
+                held.append(record)
+                size += len(record.raw or b"")
+                if len(held) >= BATCH_ROWS or size >= BATCH_BYTES:
+                    yield _frame(held)
+                    held, size = [], 0
+    if held:
+        yield _frame(held)
+
+
+def _frame(records: list[RawRecord]) -> pd.DataFrame:
+    return pd.DataFrame(records, columns=RECORD_SCHEMA.names, dtype=object)
 
 
 def csv_quote_state(raw: bytes, quoted: bool) -> bool:
@@ -267,53 +344,6 @@ def csv_quote_state(raw: bytes, quoted: bool) -> bool:
         field_start = not quoted and c == 0x2C
         i += 1
     return quoted
-
-
-def block_quote_states(blocks: list[tuple[str, int, bool, bool]]) -> dict[tuple[str, int], bool]:
-    """[(file, block_start, ends quoted if the block starts outside, ... if inside)] -> whether each block starts
-    inside a quoted CSV field (a file starts outside)."""
-    states, quoted, last_file = {}, False, None
-    for file_path, block_start, end_c, end_o in sorted(blocks):
-        if file_path != last_file:
-            quoted, last_file = False, file_path
-        states[(file_path, block_start)] = quoted
-        quoted = end_o if quoted else end_c
-    return states
-
-
-def block_line_offsets(block_counts: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
-    """[(file, block_start, lines in block)] -> [(file, block_start, lines in the file before the block)]."""
-    offsets, before, last_file = [], 0, None
-    for file_path, block_start, lines in sorted(block_counts):
-        if file_path != last_file:
-            before, last_file = 0, file_path
-        offsets.append((file_path, block_start, before))
-        before += lines
-    return offsets
-
-
-def line_offsets(numbered: DataFrame) -> DataFrame:
-    """``block_line_offsets`` in Spark: per block of each file, the lines before it (blocks start outside a quoted
-    field: not for CSV, whose quote states need ``block_quote_states``). Joined by ``with_line_numbers``, it is
-    computed within the action that reads the records (its broadcast), with no collect of its own."""
-    from pyspark.sql import Window
-
-    blocks = numbered.groupBy("file_path", "block_start").agg(F.count(F.lit(1)).alias("lines"))
-    before = F.sum("lines").over(Window.partitionBy("file_path").orderBy("block_start")
-                                 .rowsBetween(Window.unboundedPreceding, -1))
-    return blocks.select("file_path", "block_start", F.coalesce(before, F.lit(0)).cast("long").alias("lines_before"),
-                         F.lit(False).alias("open_before"))
-
-
-def with_line_numbers(numbered: DataFrame, offsets: DataFrame, *, root_url: str) -> DataFrame:
-    """Add ``line`` (1-based, in the file) and ``source`` = '<path below root_url>:<line>'."""
-    prefix = normalise_url(root_url).rstrip("/") + "/"
-    path = "regexp_replace(file_path, '^file:/+', 'file:/')"
-    relative = F.when(F.expr(path).startswith(prefix), F.expr(f"substring({path}, {len(prefix) + 1})"))
-    line = F.col("lines_before") + F.col("index_in_block") + 1
-    return (numbered.join(F.broadcast(offsets), ["file_path", "block_start"])
-            .withColumn("line", line)
-            .withColumn("source", F.concat(F.coalesce(relative, F.col("file_path")), F.lit(":"), line.cast("string"))))
 
 
 def token_counts(parsed: DataFrame) -> DataFrame:

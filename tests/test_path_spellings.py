@@ -1,7 +1,7 @@
 """One spelling of a path (issue 13, item 1): folder and file names with spaces, ``%``, ``#``, ``+``, glob
 characters and non-ASCII letters, through full and incremental runs of both preprocessing jobs and through the
-scoring rows of batch inference. Spark's ``binaryFile`` paths are decoded while ``inputFiles()`` and
-``_metadata.file_path`` are URI-encoded; every path bigtrain compares or stores must be the decoded one."""
+scoring rows of batch inference: every path bigtrain compares or stores is the one the file system names (Spark's
+file sources spelled it two ways, decoded and URI-encoded; the inputs are now listed by ``pipelines.inputs``)."""
 from __future__ import annotations
 
 import io
@@ -121,7 +121,7 @@ def test_text_sources_name_files_as_written_and_a_changed_file_leaves_no_duplica
 def test_scoring_rows_of_raw_inputs_carry_the_names_as_written(spark, tmp_path):
     from inference import predict
     from pipelines import images as image_transforms
-    from pipelines import storage, text
+    from pipelines import inputs, storage, text
 
     root = tmp_path / "new inputs"
     for i, name in enumerate(IMAGES):
@@ -130,17 +130,44 @@ def test_scoring_rows_of_raw_inputs_carry_the_names_as_written(spark, tmp_path):
     url = to_url(str(root))
     params = image_transforms.DecodeParams(image_size=8, channels=3, codec="raw", max_pixels=10**7, min_side=4,
                                            max_aspect_ratio=10.0)
-    files = storage.read_binary_files(spark, url)
-    rows = predict.raw_images(files, storage.listed_paths(spark, files), root_url=url, params=params).collect()
+    files = storage.files_frame(spark, inputs.list_files(url).entries)
+    rows = predict.raw_images(files, root_url=url, params=params).collect()
     assert sorted(r["source"] for r in rows) == sorted(IMAGES + [EMPTY])
     assert [r["source"] for r in rows if r["reason"]] == [EMPTY]
 
     texts = tmp_path / "new texts"
     write(texts / "dir name/part 1.jsonl", lines(2))
-    records, headers = storage.read_records(spark, to_url(str(texts)), fmt="jsonl", fields=["text"])
+    records = storage.read_records(spark, inputs.list_files(to_url(str(texts))).entries, fmt="jsonl", fields=["text"])
     params = text.ParseParams(fmt="jsonl", text_field="text", label_field="label", tokens_field=None,
                               tokenizer="word", lowercase=True)
-    scored = predict.raw_texts(records, params=params, headers=headers, vocabulary=list(text.RESERVED) + ["good"],
+    scored = predict.raw_texts(records, params=params, vocabulary=list(text.RESERVED) + ["good"],
                                max_length=8, dtype="<u2").collect()
     assert sorted(r["source"] for r in scored) == ["dir name/part 1.jsonl:1", "dir name/part 1.jsonl:2"]
     assert all(r["reason"] is None for r in scored)
+
+
+GLOB_READ = """
+import sys
+from pipelines.storage import build_spark
+spark = build_spark(app_name="bigtrain-glob-warning", master="local[1]", conf={"spark.ui.enabled": "false"})
+escaped = "".join("\\\\" + c if c in "[]" else c for c in sys.argv[1])  # a path, not a pattern
+print(len(spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(escaped).inputFiles()))
+"""
+
+
+def test_an_input_under_a_bracketed_folder_reads_without_spark_s_metadata_directory_warning(tmp_path):
+    """With conf/log4j2.properties (the Makefile's SPARK_SUBMIT_OPTS), a path that holds ``[`` lists every file and
+    no longer logs Spark's 60-line "Assume no metadata directory" warning, which it did on every run."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, subprocess_env
+
+    for name in ("a/x.png", "b/y.png"):
+        write(tmp_path / "in [1]" / name, png((1, 2, 3)))
+    env = {**subprocess_env(), "PYTHONPATH": str(REPO),
+           "SPARK_SUBMIT_OPTS": f"-Dlog4j2.configurationFile=file:{REPO}/conf/log4j2.properties"}
+    done = subprocess.run([sys.executable, "-c", GLOB_READ, f"file://{tmp_path}/in [1]"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.split() == ["2"], done.stderr[-3000:]
+    assert "FileStreamSink" not in done.stderr and "metadata directory" not in done.stderr, done.stderr[-3000:]

@@ -35,7 +35,7 @@ from core.errors import CheckpointError, ConfigError
 from dataset import layout
 from dataset.manifest import DatasetSpec
 from training.config import TrainConfig
-from training.models import Collated, collate_function
+from training.models import Collated, collate_function, is_import_path
 from training.models import build_model as build
 
 log = logging.getLogger("bigtrain.train")
@@ -173,6 +173,13 @@ def build_model(payload: dict[str, Any], *, where: str | Path = "the checkpoint"
                               f"({str(exc).strip().splitlines()[0][:300]}); was its code or train.model_config "
                               "changed?") from None
     return (model if collate is None else Collated(model, collate)).eval()
+
+
+def import_paths(payload: dict[str, Any]) -> dict[str, str]:
+    """The import paths ``build_model`` imports (runs the code of) to rebuild a checkpoint's model, by config key:
+    a user's model factory and collate function; none for bigtrain's built-in models."""
+    named = {"train.model": payload.get("model"), "train.collate": (payload.get("config") or {}).get("collate")}
+    return {key: path for key, path in named.items() if isinstance(path, str) and is_import_path(path)}
 
 
 def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:

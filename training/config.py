@@ -123,6 +123,7 @@ class TrainConfig:
     max_data_stall: float | None = None  # a rank's share of step time waiting for data; None: no budget
     stall_budget_action: Literal["warn", "fail"] = "warn"
     watchdog_seconds: float = 300.0  # no rank progressing this long: hang.json, stacks, exit 5; 0: off
+    allow_single_class: bool = False  # train on a train split of one class (a model right every time, learning nothing)
 
     def validate(self, prefix: str) -> None:
         problem = model_name_problem(self.model)

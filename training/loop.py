@@ -15,7 +15,7 @@ from training.config import TrainConfig
 from training.distributed import set_threads
 from training.models import build_model, default_optimizer, resolve_model_name
 from training.petastorm_source import PetastormSource
-from training.sources import BatchSource
+from training.sources import BatchSource, check_classes
 from training.trainer import CHECKPOINT_FILE, METRICS_FILE, Trainer, TrainResult
 
 __all__ = ["CHECKPOINT_FILE", "METRICS_FILE", "TrainResult", "build_trainer", "make_optimizer", "train"]
@@ -37,7 +37,8 @@ def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist, e
 def build_trainer(config: TrainConfig, batches: BatchSource, output_dir: str | Path, dist) -> Trainer:
     """A Trainer with the model ``config.model`` names for the data (``auto``: its kind's), initialised from
     ``config.seed``, and the optimizer, learning rate and weight decay the config names (``auto``/null: the model's
-    defaults)."""
+    defaults). Data of a single class is refused first (``check_classes``)."""
+    check_classes(batches, allow_single_class=config.allow_single_class)
     torch.manual_seed(config.seed)
     model = build_model(config.model, dataset=batches.spec, config=config).to(dist.device)
     model_name = resolve_model_name(config.model, batches.spec.kind)

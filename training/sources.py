@@ -52,6 +52,17 @@ class BatchSource(Protocol):
         """The checkpoints' ``dataset`` entry (``training.checkpoint.dataset_entry_for``)."""
 
 
+def check_classes(batches: BatchSource, *, allow_single_class: bool) -> None:
+    """A DatasetError when the train split holds rows of a single class (unless ``train.allow_single_class``): a
+    model of one class is right on every row and learns nothing, a 100 % accuracy that means nothing. A train split
+    of no rows is the trainer's to refuse."""
+    present = [name for name, rows in zip(batches.spec.classes, batches.class_rows("train")) if rows]
+    if len(present) == 1 and not allow_single_class:
+        raise DatasetError(f"{batches.name}: every row of the train split is of one class, {present[0]} (of "
+                           f"{len(batches.spec.classes)} in the dataset): a model of one class learns nothing; set "
+                           "train.allow_single_class: true to train on it anyway")
+
+
 @dataclass(frozen=True)
 class Examples:
     """One split held in memory: model inputs (images uint8 (N, C, H, W); or token ids int64 (N, T) and lengths

@@ -108,3 +108,33 @@ def test_appends_go_to_a_regular_file_and_never_through_a_link(tmp_path):
     with pytest.raises(UnsafeFileError, match="fifo is not a regular file"):
         atomic.open_append(tmp_path / "fifo")
     assert victim.read_bytes() == b"echo hi\n"
+
+
+def test_temporaries_of_dead_writers_of_this_host_go_at_the_next_write_into_their_folder(tmp_path, monkeypatch):
+    import re
+    import socket
+
+    seen = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (seen.append(os.path.basename(src)), real_replace(src, dst)))
+    atomic.write_bytes(tmp_path / "checkpoint.pt", b"one")
+    monkeypatch.undo()
+    mine = re.fullmatch(r"\.checkpoint\.pt\.(\d+)~(\d*)@(.+)-[0-9a-f]{8}\.tmp", seen[0])
+    assert mine and mine[1] == str(os.getpid()) and mine[3] == re.sub(r"[^\w.-]", "_", socket.gethostname())
+    gone = 4_194_305  # above the kernel's largest pid (PID_MAX_LIMIT): never a live process
+
+    def planted(pid=gone, space=mine[2], host=mine[3]) -> str:
+        name = f".checkpoint.pt.{pid}~{space}@{host}-0badc0de.tmp"
+        (tmp_path / name).write_bytes(b"half a checkpoint")
+        return name
+
+    dead = planted()
+    kept = {planted(pid=os.getppid()),                          # a live writer's
+            planted(host="another-host.example"),               # another host's: its pids mean nothing here
+            planted(space=mine[2] + "1"),                       # another pid namespace (a container) of this host
+            ".notes.tmp", f".checkpoint.pt.{gone}-0badc0de.tmp"}  # not named by a writer of this bigtrain
+    (tmp_path / ".notes.tmp").write_bytes(b"")
+    (tmp_path / f".checkpoint.pt.{gone}-0badc0de.tmp").write_bytes(b"")
+    atomic.write_bytes(tmp_path / "checkpoint.pt", b"two")
+    assert set(os.listdir(tmp_path)) == kept | {"checkpoint.pt"} and dead not in kept
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"two"

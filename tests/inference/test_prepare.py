@@ -23,14 +23,19 @@ def png(size=(20, 12), colour=(200, 10, 30)) -> bytes:
 
 
 @pytest.mark.parametrize("codec", ["raw", "jpeg"])
-def test_raw_images_are_prepared_exactly_as_preprocessing_decodes_them(codec):
+def test_raw_images_are_prepared_exactly_as_preprocessing_decodes_them(codec, tmp_path):
     params = images.DecodeParams(codec=codec, **PARAMS)
     files = {"cat/ok.png": png(), "cat/grey.png": png(colour=(90, 90, 90)), "cat/empty.png": b"",
              "cat/text.png": b"not an image at all", "cat/strip.png": png(size=(400, 4)),
              "cat/cut.png": png()[:60]}
-    batch = pd.DataFrame({"path": [f"{ROOT}/{name}" for name in files], "content": list(files.values())})
-    scored = predict.prepare_image_batch(batch, root_url=ROOT, params=params)
-    decoded = images.decode_image_batch(batch, root_url=ROOT, params=params)
+    (tmp_path / "cat").mkdir()
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    root = f"file:{tmp_path}"
+    batch = pd.DataFrame({"path": [f"{root}/{name}" for name in files], "size": [len(c) for c in files.values()],
+                          "problem": [None] * len(files)})
+    scored = predict.prepare_image_batch(batch, root_url=root, params=params)
+    decoded = pd.concat(list(images.decode_file_batch(batch, root_url=root, params=params)))
     assert scored["source"].tolist() == list(files)
     assert scored["features"].tolist() == decoded["image"].tolist()
     assert scored["reason"].tolist() == decoded["reason"].tolist()
@@ -65,9 +70,8 @@ def test_raw_lines_are_prepared_as_preprocessing_parses_them_with_the_label_opti
     batch = pd.DataFrame({"source": [f"a.jsonl:{i + 1}" for i in range(len(lines))],
                           "file_path": ["a.jsonl"] * len(lines), "raw": lines})
     vocabulary = ["<pad>", "<unk>", "the", "plot", "was", "good"]
-    scored = predict.prepare_text_batch(batch, params=params, headers={}, vocabulary=vocabulary, max_length=8,
-                                        dtype="<u2")
-    parsed = text.parse_batch(batch, params=params, headers={})
+    scored = predict.prepare_text_batch(batch, params=params, vocabulary=vocabulary, max_length=8, dtype="<u2")
+    parsed = text.parse_batch(batch, params=params)
     assert scored["label"].tolist() == ["pos", None, None, None, "2", None]
     assert parsed["label_name"].tolist() == ["pos", None, None, None, "2", None]
     assert parsed["reason"][1] == "missing field: label field 'label' is absent"  # preprocessing needs the label

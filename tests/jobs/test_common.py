@@ -80,3 +80,34 @@ def test_the_generators_print_their_summary_once(tmp_path, command, counted):
                           env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (done.stdout + done.stderr).count(counted) == 1, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("job", [preprocess_images, preprocess_sequences])
+def test_an_output_bigtrain_cannot_write_is_refused_before_any_spark_work_naming_what_is_missing(tmp_path, capsys,
+                                                                                                monkeypatch, job):
+    import fsspec
+    from fsspec.registry import _registry
+
+    from pipelines import storage
+
+    class NoHdfsClient(fsspec.AbstractFileSystem):  # what fsspec's hdfs:// is on a driver without libhdfs
+        protocol = "hdfs"
+
+        def __init__(self, *args, **kwargs):
+            raise OSError("Unable to load libhdfs: libhdfs.so: cannot open shared object file\ndlopen(...) failed")
+
+    def no_spark(**kwargs):
+        raise AssertionError("a Spark session was started")
+
+    monkeypatch.setitem(_registry, "hdfs", NoHdfsClient)
+    monkeypatch.setattr(storage, "build_spark", no_spark)
+    (tmp_path / "raw" / "a").mkdir(parents=True)
+    (tmp_path / "raw" / "a" / "part.jsonl").write_text('{"text": "good", "label": "pos"}\n')
+    for output, missing in [("hdfs://nn:8020/datasets/x", "Unable to load libhdfs: libhdfs.so: cannot open shared "
+                                                          "object file); for hdfs:// the driver needs pyarrow's HDFS "
+                                                          "client: JAVA_HOME, libhdfs.so"),
+                            ("nosuchfs://bucket/x", "Protocol not known: nosuchfs)")]:
+        assert job.main(["--input", str(tmp_path / "raw"), "--output", output, "--quiet"]) == 2
+        assert capsys.readouterr().err.startswith(
+            f"error: --output {output}: bigtrain writes a dataset's metadata and manifest through fsspec, which "
+            f"cannot reach {output.split(':')[0]}:// here ({missing}")

@@ -61,21 +61,15 @@ def test_a_csv_record_spanning_lines_is_rejected_whole_and_no_fragment_is_traine
 
 
 @pytest.mark.spark
-def test_a_csv_record_spanning_a_block_boundary_is_found(spark, tmp_path):
-    from pipelines import storage
+def test_a_csv_record_spanning_lines_is_found(spark, tmp_path):
+    from pipelines import inputs, storage
 
     good = [f"row {i} {'x' * (i % 29)},{i % 2}" for i in range(600)]
     body = good[:300] + ['"opens here', "and, goes on", 'closes",1'] + good[300:]
     (tmp_path / "big.csv").write_text("text,label\n" + "\n".join(body) + "\n")
-    previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
-    spark.conf.set("spark.sql.files.maxPartitionBytes", "2048")  # ~10 blocks: the record's lines are far apart
-    try:
-        records, _ = storage.read_records(spark, f"file://{tmp_path}", fmt="csv", fields=[])
-        got = {r["source"]: r["broken"] for r in records.select("source", "broken").collect()}
-        blocks = records.select("block_start").distinct().count()
-    finally:
-        spark.conf.set("spark.sql.files.maxPartitionBytes", previous)
-    assert blocks > 5 and len(got) == 603
+    records = storage.read_records(spark, inputs.list_files(f"file://{tmp_path}").entries, fmt="csv", fields=[])
+    got = {r["source"]: r["broken"] for r in records.select("source", "broken").collect()}
+    assert len(got) == 603
     assert sorted(s for s, broken in got.items() if broken) == ["big.csv:302", "big.csv:303", "big.csv:304"]
 
 
@@ -110,7 +104,7 @@ def test_a_3_gb_file_is_rejected_as_too_large_without_being_read(spark, tmp_path
     with huge.open("wb") as fh:  # sparse: 3 GB that take no disk space; Spark fails on reading a file over 2 GB
         fh.truncate(3 * 2**30)
     config = load_section("preprocess_images", PreprocessImagesConfig,
-                          flags={"image_size": 8, "ranks": 1, "max_reject_fraction": 0.5})
+                          flags={"image_size": 8, "ranks": 1, "max_reject_fraction": 0.5, "allow_single_class": True})
     summary = preprocess_images(spark, input_url=to_url(str(src)), output_url=to_url(str(tmp_path / "ds")),
                                 config=config)
     assert (summary["records_read"], summary["rows_written"], summary["rejected"]) == (5, 4, 1)
@@ -136,12 +130,12 @@ def test_parsed_records_are_kept_with_their_split_and_without_a_second_copy_of_t
     from pyspark.sql import functions as F
 
     from jobs.preprocess_sequences import parse_inputs
-    from pipelines import splits
+    from pipelines import inputs, splits
 
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": f"Review  {i} Fine", "label": "pos"}) + "\n"
                                               for i in range(20)))
     config = load_section("preprocess_sequences", PreprocessSequencesConfig)
-    parsed, _ = parse_inputs(spark, None, input_url=to_url(str(tmp_path)), fmt="jsonl", config=config)
+    parsed = parse_inputs(spark, inputs.list_files(to_url(str(tmp_path))).entries, fmt="jsonl", config=config)
     try:
         assert "split_key" not in parsed.columns and "raw" not in parsed.columns
         number = F.regexp_extract("source", r":(\d+)$", 1).cast("int") - 1  # line i + 1 holds review i

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from core.config import load_section
+from core.errors import EXIT_REMOVALS, RemovalsError
 from core.paths import to_url
-from dataset import manifest
+from dataset import layout, manifest
 from dataset.info import load_dataset_info
 from dataset.layout import SPLITS
-from jobs.preprocess_images import main
+from jobs.common import run_main
+from jobs.preprocess_images import PreprocessImagesConfig, main, preprocess_images
+from pipelines.samples import SHAPE_CLASSES, generate_images
 from tests.conftest import REPO, current_snapshot, subprocess_env, tool
 from tests.petastorm_rows import petastorm_rows
 
@@ -105,6 +111,65 @@ def test_bad_config_and_paths_are_named(tmp_path, capsys):
     assert code == 2 and "preprocess_images.splits" in err
 
 
+def images(spark, src: Path, ds: Path, *, allow_removals: bool = False, **flags) -> dict:
+    config = load_section("preprocess_images", PreprocessImagesConfig, flags={"image_size": 8, "ranks": 1, **flags})
+    return preprocess_images(spark, input_url=to_url(str(src)), output_url=to_url(str(ds)), config=config,
+                             allow_removals=allow_removals)
+
+
+def test_removed_input_files_are_refused_before_any_work_unless_allowed_and_an_emptied_input_always(
+        spark, tmp_path, capsys):
+    src, ds = tmp_path / "in", tmp_path / "ds"
+    generate_images(src, per_class=3, seed=4, classes=SHAPE_CLASSES[:5])
+    first = images(spark, src, ds)
+    dataset = to_url(str(ds))
+    lost = SHAPE_CLASSES[0]
+    gone = sorted(f"{lost}/{p.name}" for p in (src / lost).iterdir())
+    shutil.rmtree(src / lost)  # 3 of 15 files: under max_removed_fraction, but a whole class
+    with pytest.raises(RemovalsError) as refused:
+        images(spark, src, ds)
+    assert (f"--input {to_url(str(src))}: since snapshot {first['snapshot']}, 3 of the 15 input files are gone "
+            f"(20.0%): {', '.join(gone)}; classes" in str(refused.value))
+    assert str(refused.value).endswith(f"; classes that lost all their files: {lost}; nothing was committed (an "
+                                       "unmounted volume, a moved folder?): if they were removed on purpose, rerun "
+                                       "with --allow-removals")
+    assert layout.snapshot_ids(dataset) == ([first["snapshot"]], [])  # no staging folder: nothing was decoded
+
+    for name in SHAPE_CLASSES[1:5]:  # 2 more files of each other class: 11 of 15
+        for path in sorted((src / name).iterdir())[:2]:
+            path.unlink()
+    code = run_main(lambda: images(spark, src, ds))  # as the command ends
+    err = capsys.readouterr().err
+    assert code == EXIT_REMOVALS == 6
+    assert "11 of the 15 input files are gone (73.3%, more than max_removed_fraction 50.0%)" in err
+
+    second = images(spark, src, ds, allow_removals=True)
+    assert (second["rows_written"], second["processed"]) == (4, (0, 0))
+    assert manifest.read(second["output"]).snapshot.inputs.removed == 11
+
+    for name in SHAPE_CLASSES[1:5]:  # an emptied input (an unmounted volume): refused whatever the flags
+        shutil.rmtree(src / name)
+    for flags in ({"allow_removals": True}, {"mode": "overwrite"}):
+        with pytest.raises(RemovalsError, match=f"lists no files, where snapshot {second['snapshot']} holds rows "
+                                                "of 4 input files"):
+            images(spark, src, ds, **flags)
+    assert layout.snapshot_ids(dataset) == ([first["snapshot"], second["snapshot"]], [])
+
+
+def test_an_empty_input_and_a_single_class_are_not_committed(spark, tmp_path):
+    src, ds = tmp_path / "in", tmp_path / "ds"
+    (src / "cat").mkdir(parents=True)
+    with pytest.raises(RemovalsError, match=f"--input {to_url(str(src))} lists no files: nothing to commit"):
+        images(spark, src, ds)
+    for i in range(3):
+        Image.new("RGB", (12, 12), (80 * i, 10, 10)).save(src / "cat" / f"{i}.png")
+    with pytest.raises(RemovalsError, match="every row is of one class, cat: snapshot .* was not committed .*set the "
+                                            "config key allow_single_class: true"):
+        images(spark, src, ds)
+    assert layout.snapshot_ids(to_url(str(ds)))[0] == []
+    assert images(spark, src, ds, allow_single_class=True)["rows_written"] == 3
+
+
 def make_unseen_folder(root: Path) -> int:
     """Grayscale and colour, PNG and JPEG, odd sizes, three classes the generator never makes."""
     rng = np.random.default_rng(11)
@@ -142,27 +207,34 @@ def test_spark_submit_and_train_on_an_unseen_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_file_names_beyond_ascii_are_read_under_any_locale_or_refused_never_skipped(tmp_path):
-    """Under cron or LC_ALL=C the JVM names files in ASCII and Spark's listing skipped café/é.png without a word.
-    A job run by Python starts Spark in UTF-8 itself; one under spark-submit (the JVM already running) is refused
-    in one line saying what to set."""
+def test_any_file_name_is_read_or_rejected_under_no_locale_at_all(tmp_path):
+    """Under cron or `env -i` the JVM names files in ASCII: Spark's listing skipped café/é.png without a word, a
+    colon failed the whole job, a link loop multiplied the rows. The job lists and reads its input in Python: every
+    name is read, or rejected with its reason, and counted. Only a path beyond ASCII on the command line, which
+    spark-submit's ASCII JVM passes on as "donn??es", is refused (exit 2, saying what to set)."""
     images = tmp_path / "imgs"
-    for folder, name in (("café", "é.png"), ("café", "naïve.png"), ("plain", "a.png"), ("plain", "b.png")):
+    for folder, name in (("café", "é.png"), ("café", "naïve.png"), ("plain", "a.png"),
+                         ("plain", "shot 2024-01-01T10:00:00.png")):
         (images / folder).mkdir(parents=True, exist_ok=True)
         Image.new("L", (12, 12), 40 if folder == "plain" else 200).save(images / folder / name)
-    env = {**subprocess_env(), "LC_ALL": "C", "LANG": ""}
-    job = [str(REPO / "jobs" / "preprocess_images.py"), "--input", str(images), "--image-size", "8", "--quiet"]
-    done = subprocess.run([sys.executable, *job, "--output", str(tmp_path / "ds"), "--master", "local[1]"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "4 files read = 4 rows written + 0 rejected" in done.stdout
+    os.symlink("..", images / "plain" / "loop")
+    with open(os.fsencode(images / "plain") + b"/caf\xe9.png", "wb") as f:
+        f.write((images / "plain" / "a.png").read_bytes())
+    env = {"PATH": subprocess_env()["PATH"], **{k: os.environ[k] for k in ("JAVA_HOME", "HOME") if k in os.environ}}
+    job = [tool("spark-submit"), "--master", "local[1]", str(REPO / "jobs" / "preprocess_images.py"), "--input",
+           str(images), "--image-size", "8", "--quiet", "--set", "preprocess_images.max_reject_fraction=1"]
+    done = subprocess.run([*job, "--output", str(tmp_path / "ds")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "6 files read = 4 rows written + 2 rejected" in done.stdout
     meta = json.loads((current_snapshot(tmp_path / "ds") / "metadata.json").read_text())
     assert meta["classes"] == ["café", "plain"]
-    done = subprocess.run([tool("spark-submit"), "--master", "local[1]", *job, "--output", str(tmp_path / "ds2")],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and not (tmp_path / "ds2").exists()
+    assert meta["rejected_by_reason"] == {"file name is not valid UTF-8": 1, "symbolic link": 1}
+    done = subprocess.run([*job, "--output", str(tmp_path / "données")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["ds", "imgs"]
     said = done.stdout + done.stderr  # spark-submit passes the driver's stderr on as its stdout
-    assert "--input file://" in said and "LC_ALL=C.UTF-8 spark-submit" in said
+    assert "--output file://" in said and "LC_ALL=C.UTF-8 spark-submit" in said
 
 
 @pytest.mark.slow

@@ -7,11 +7,11 @@ import pytest
 from PIL import Image
 
 from pipelines.images import DecodeParams, decode_images
+from pipelines.inputs import list_files
 from pipelines.labels import assign_labels
-from pipelines.storage import row_groups_for
+from pipelines.storage import files_frame, row_groups_for
 
 pytestmark = pytest.mark.spark
-ROOT = "file:/in"
 
 
 def png(colour) -> bytes:
@@ -20,16 +20,20 @@ def png(colour) -> bytes:
     return out.getvalue()
 
 
-def test_decode_images_runs_in_batches_and_keeps_every_row(spark):
-    rows = [(f"{ROOT}/{'red' if i % 2 else 'blue'}/{i}.png", png((i, 0, 0))) for i in range(40)]
-    rows += [(f"{ROOT}/red/bad.png", b"nope"), (f"{ROOT}/loose.png", png((1, 1, 1)))]
-    files = spark.createDataFrame(rows, "path string, content binary").repartition(3)
+def test_decode_images_reads_in_the_workers_and_keeps_every_row(spark, tmp_path):
+    files = {f"{'red' if i % 2 else 'blue'}/{i}.png": png((i, 0, 0)) for i in range(40)}
+    files.update({"red/bad.png": b"nope", "loose.png": png((1, 1, 1))})
+    for rel, content in files.items():
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_bytes(content)
+    root = f"file:{tmp_path}"
+    frame = files_frame(spark, list_files(root).entries).repartition(3)
     params = DecodeParams(image_size=4, channels=1, codec="raw", max_pixels=10**6, min_side=2, max_aspect_ratio=5.0)
-    out = {r["path"]: r for r in decode_images(files, root_url=ROOT, params=params).collect()}
+    out = {r["relpath"]: r for r in decode_images(frame, root_url=root, params=params).collect()}
     assert len(out) == 42
     assert sum(r["reason"] is None for r in out.values()) == 40
-    assert "not a readable image" in out[f"{ROOT}/red/bad.png"]["reason"]
-    assert "missing label" in out[f"{ROOT}/loose.png"]["reason"]
+    assert "not a readable image" in out["red/bad.png"]["reason"]
+    assert "missing label" in out["loose.png"]["reason"]
 
 
 def test_assign_labels_maps_classes_and_rejects_unknown_ones(spark):

@@ -1,4 +1,4 @@
-"""The decode step as plain pandas (no Spark): colour modes, resizing, every rejection reason."""
+"""The read-and-decode step as plain pandas (no Spark): colour modes, resizing, every rejection reason."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipelines.images import DecodeParams, decode_image_batch, split_relpath, to_array
+from pipelines.images import DecodeParams, decode_file_batch, split_relpath, to_array
 from pipelines.labels import class_map
 from pipelines.schemas import image_unischema
 
@@ -24,6 +24,17 @@ def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
     out = io.BytesIO()
     img.save(out, fmt)
     return out.getvalue()
+
+
+def decode_files(root, files: dict[str, bytes], params: DecodeParams, *, root_url: str | None = None) -> pd.DataFrame:
+    """``decode_file_batch`` of ``files`` (path below ``root`` -> content) written under ``root``."""
+    paths = []
+    for rel, content in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(content)
+        paths.append(f"file:{root}/{rel}")
+    batch = pd.DataFrame({"path": paths, "size": [len(c) for c in files.values()], "problem": [None] * len(paths)})
+    return pd.concat(list(decode_file_batch(batch, root_url=root_url or f"file:{root}", params=params)))
 
 
 def decode_field(codec: str, size: int, channels: int, data: bytes) -> np.ndarray:
@@ -79,10 +90,9 @@ def test_resize_keeps_the_picture():
 
 
 @pytest.mark.parametrize("codec", ["png", "jpeg", "raw"])
-def test_batch_encodes_with_the_dataset_codec(codec):
+def test_batch_encodes_with_the_dataset_codec(codec, tmp_path):
     data = encode(Image.new("RGB", (30, 30), (0, 128, 255)), "JPEG")
-    out = decode_image_batch(pd.DataFrame({"path": [f"{ROOT}/blue/x.jpg"], "content": [data]}),
-                             root_url=ROOT, params=params(codec=codec))
+    out = decode_files(tmp_path, {"blue/x.jpg": data}, params(codec=codec))
     row = out.iloc[0]
     assert row["reason"] is None and row["class_name"] == "blue" and row["relpath"] == "blue/x.jpg"
     decoded = decode_field(codec, 8, 3, row["image"])
@@ -101,23 +111,25 @@ def test_only_the_listed_formats_are_opened_whatever_the_name_says():
             to_array(encode(Image.new("RGB", (20, 20)), fmt), params())
 
 
-def test_every_bad_file_gets_a_reason_and_the_batch_survives():
+def test_every_bad_file_gets_a_reason_and_the_batch_survives(tmp_path):
     good = encode(Image.new("RGB", (30, 30), (1, 2, 3)), "JPEG")
     cases = {
-        f"{ROOT}/a/good.jpg": (good, None),
-        f"{ROOT}/a/empty.png": (b"", "empty file"),
-        f"{ROOT}/a/text.png": (b"hello, not an image", "not a readable image"),
-        f"{ROOT}/a/trunc.jpg": (good[: len(good) // 2], "corrupt or truncated image"),
-        f"{ROOT}/a/strip.png": (encode(Image.new("L", (400, 2))), "absurd dimensions: 400x2"),
-        f"{ROOT}/a/huge.png": (encode(Image.new("L", (5000, 5000))), "absurd dimensions: 5000x5000"),
-        f"{ROOT}/a/long.png": (encode(Image.new("L", (500, 20))), "aspect ratio"),
-        f"{ROOT}/rootfile.png": (good, "missing label"),
-        "file:/other/a/x.png": (good, "outside the input root"),
+        "in/a/good.jpg": (good, None),
+        "in/a/empty.png": (b"", "empty file"),
+        "in/a/text.png": (b"hello, not an image", "not a readable image"),
+        "in/a/trunc.jpg": (good[: len(good) // 2], "corrupt or truncated image"),
+        "in/a/strip.png": (encode(Image.new("L", (400, 2))), "absurd dimensions: 400x2"),
+        "in/a/huge.png": (encode(Image.new("L", (5000, 5000))), "absurd dimensions: 5000x5000"),
+        "in/a/long.png": (encode(Image.new("L", (500, 20))), "aspect ratio"),
+        "in/a/large.png": (good + bytes(100_000), "file too large: "),
+        "in/rootfile.png": (good, "missing label"),
+        "other/a/x.png": (good, "outside the input root"),
     }
-    batch = pd.DataFrame({"path": list(cases), "content": [c for c, _ in cases.values()]})
-    out = decode_image_batch(batch, root_url=ROOT, params=params(max_pixels=1_000_000)).set_index("path")
+    out = decode_files(tmp_path, {k: c for k, (c, _) in cases.items()}, params(max_pixels=1_000_000,
+                       max_file_bytes=90_000), root_url=f"file:{tmp_path}/in").set_index("path")
     assert len(out) == len(cases)
-    for path, (_, reason) in cases.items():
+    for rel, (_, reason) in cases.items():
+        path = f"file:{tmp_path}/{rel}"
         if reason is None:
             assert out.loc[path, "reason"] is None and out.loc[path, "image"] is not None
         else:

@@ -7,35 +7,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import storage
+from pipelines import inputs, storage
 
 
-def test_relative_to_accepts_every_spelling_of_a_file_url():
-    relative = storage.relative_to("file:///data/texts/")
-    assert relative("file:/data/texts/a.jsonl") == "a.jsonl"
-    assert relative("file:///data/texts/sub/b.csv") == "sub/b.csv"
-    assert relative("file:/elsewhere/c.jsonl") == "file:/elsewhere/c.jsonl"  # outside the root: the URL itself
-    assert storage.relative_to("s3a://bucket/in")("s3a://bucket/in/x.parquet") == "x.parquet"
-
-
-def test_spark_encoded_urls_are_decoded_once_and_glob_characters_escaped_for_readers():
-    from core.paths import from_encoded_url
-
-    assert from_encoded_url("file:///d/big%20cat/a%20b%20é.png") == "file:/d/big cat/a b é.png"
-    assert from_encoded_url("file:/d/%C3%BC%231/a+b%2541.png") == "file:/d/ü#1/a+b%41.png"  # '+' is no space
-    assert storage.spark_paths("file:/d/ü [1]/{a}*?.png") == "file:/d/ü \\[1\\]/\\{a\\}\\*\\?.png"
-    assert storage.spark_paths(["s3a://b/x y#%.png"]) == ["s3a://b/x y#%.png"]
-
-
-def test_input_root_is_the_folder_or_the_files_folder(tmp_path):
-    (tmp_path / "a.jsonl").write_text("{}\n")
-    assert storage.input_root(f"file://{tmp_path}") == f"file://{tmp_path}"
-    assert storage.input_root(f"file://{tmp_path}/a.jsonl") == f"file://{tmp_path}"
-
-
-def _read(spark, url, fmt, fields=(), paths=None):
-    records, headers = storage.read_records(spark, url, fmt=fmt, fields=list(fields), paths=paths)
-    return {r["source"]: bytes(r["raw"]) for r in records.select("source", "raw").collect()}, headers
+def _read(spark, url, fmt, fields=()):
+    records = storage.read_records(spark, inputs.list_files(url).entries, fmt=fmt, fields=list(fields))
+    rows = records.select("source", "raw", "header").collect()
+    return ({r["source"]: bytes(r["raw"]) for r in rows},
+            {bytes(r["header"]) for r in rows if r["header"] is not None})
 
 
 @pytest.mark.spark
@@ -46,18 +25,15 @@ def test_lines_keep_their_file_and_line_and_csv_headers_are_not_records(spark, t
     root = f"file://{tmp_path}"
     got, headers = _read(spark, root, "jsonl")
     assert got == {"a.jsonl:1": b'{"text": "one"}', "a.jsonl:2": b"", "a.jsonl:3": b'{"text": "caf\xe9"}',
-                   "sub/b.jsonl:1": b'{"text": "two"}'} and headers == {}
-    only_b, _ = _read(spark, root, "jsonl", paths=[f"{root}/sub/b.jsonl"])
-    assert only_b == {"sub/b.jsonl:1": b'{"text": "two"}'}  # sources stay relative to the input root
+                   "sub/b.jsonl:1": b'{"text": "two"}'} and headers == set()
     one_file, _ = _read(spark, f"{root}/a.jsonl", "jsonl")
-    assert sorted(one_file) == ["a.jsonl:1", "a.jsonl:2", "a.jsonl:3"]
+    assert sorted(one_file) == ["a.jsonl:1", "a.jsonl:2", "a.jsonl:3"]  # relative to the file's folder
 
     csv_root = tmp_path / "csv"
     csv_root.mkdir()
-    (csv_root / "r.csv").write_text('review,stars\n"Good, really",5\nbad,1\n')
+    (csv_root / "r.csv").write_text('review,stars\n"Good, really",5\r\nbad,1\n')
     got, headers = _read(spark, f"file://{csv_root}", "csv")
-    assert got == {"r.csv:2": b'"Good, really",5', "r.csv:3": b"bad,1"}
-    assert list(headers.values()) == [["review", "stars"]] and next(iter(headers)).endswith("/csv/r.csv")
+    assert got == {"r.csv:2": b'"Good, really",5', "r.csv:3": b"bad,1"} and headers == {b"review,stars"}
 
 
 @pytest.mark.spark
@@ -69,10 +45,10 @@ def test_parquet_rows_become_json_objects_of_the_fields_read(spark, tmp_path):
                                                           "p.parquet:2": {"text": None, "stars": 1}}
     got, _ = _read(spark, url, "parquet", fields=["text"])  # predict reads no label column
     assert {k: json.loads(v) for k, v in got.items()} == {"p.parquet:1": {"text": "fine"},
-                                                          "p.parquet:2": {"text": None}} and headers == {}
+                                                          "p.parquet:2": {"text": None}} and headers == set()
     with pytest.raises(storage.MissingColumnError) as exc:
         _read(spark, url, "parquet", fields=["review"])
-    assert str(exc.value) == f"{url}: no column 'review' (columns: text, stars, other)"
+    assert str(exc.value) == f"file:{tmp_path}/p.parquet: no column 'review' (columns: text, stars, other)"
 
 
 @pytest.mark.parametrize("given", ["auto", "jsonl"])
@@ -96,3 +72,40 @@ def test_a_given_format_is_taken_for_files_without_a_known_extension(tmp_path):
         detect_format(f"file://{tmp_path}")
     (tmp_path / "a.csv").write_text("text,label\nx,1\n")
     assert detect_format(f"file://{tmp_path}") == "csv" and detect_format(f"file://{tmp_path / 'a.csv'}") == "csv"
+
+
+@pytest.mark.spark
+def test_petastorm_metadata_goes_through_fsspec_on_hdfs_not_petastorm_s_legacy_client(spark, monkeypatch):
+    """hdfs:// here is fsspec's memory file system under that scheme: the metadata reaches HDFS as the commit and
+    the loader do (fsspec, pyarrow.fs on a real cluster), where Petastorm's resolver took pyarrow's removed client."""
+    import pickle
+
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+    from fsspec.registry import _registry
+
+    from compat import petastorm as petastorm_compat
+    from pipelines.schemas import sequence_unischema
+
+    petastorm_compat.install()
+    from petastorm.etl import dataset_metadata
+
+    class FakeHdfs(MemoryFileSystem):
+        protocol, store, pseudo_dirs = ("hdfs",), {}, [""]
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return super()._strip_protocol("memory://" + path[len("hdfs://"):] if path.startswith("hdfs://") else path)
+
+    monkeypatch.setitem(_registry, "hdfs", FakeHdfs)
+    url = "hdfs://namenode:8020/datasets/texts/snapshots/000001-20261129T020000Z/train"
+    fs, path = fsspec.core.url_to_fs(url)
+    for i, rows in enumerate([4, 3]):
+        with fs.open(f"{path}/part-{i:05d}.parquet", "wb") as fh:
+            pq.write_table(pa.table({"sample_id": list(range(rows))}), fh, row_group_size=2)
+    storage.write_petastorm_metadata(spark, url, sequence_unischema())
+    with fs.open(f"{path}/_common_metadata", "rb") as fh:
+        stored = pq.read_metadata(fh).schema.to_arrow_schema().metadata
+    assert json.loads(stored[dataset_metadata.ROW_GROUPS_PER_FILE_KEY]) == {"part-00000.parquet": 2,
+                                                                             "part-00001.parquet": 2}
+    assert pickle.loads(stored[dataset_metadata.UNISCHEMA_KEY]).fields.keys() == sequence_unischema().fields.keys()

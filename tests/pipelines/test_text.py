@@ -1,5 +1,5 @@
 """The sequence transforms: tokeniser, parsing and rejection reasons (plain Python), and on small DataFrames
-built here: line numbers across file blocks, vocabulary, ids and truncation, labels, split stability."""
+built here: vocabulary, ids and truncation, labels, split stability."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +11,6 @@ from pipelines.text import (
     RESERVED,
     ParseParams,
     RejectedRecord,
-    block_line_offsets,
     label_name,
     make_vocabulary,
     map_to_ids,
@@ -42,7 +41,7 @@ def test_parse_record_returns_tokens_label_and_split_key():
     assert parse_record(b'{"text": "x", "label": 3}', JSONL)[1::2] == ("3", True)  # a number: kinds must not mix
     assert parse_record(b'{"text": "x", "label": 3.0}', JSONL)[1::2] == ("3", True)
     assert parse_record(b'{"text": "x", "label": "3"}', JSONL)[1::2] == ("3", False)
-    assert parse_record(b'{"text": "x", "label": true}', JSONL).label_is_number is False
+    assert parse_record(b'{"text": "x", "label": true}', JSONL, require_label=False).label_is_number is False
 
 
 @pytest.mark.parametrize("raw, reason", [
@@ -55,6 +54,8 @@ def test_parse_record_returns_tokens_label_and_split_key():
     (b'{"text": "a", "label": "  "}', "missing label"),
     (b'{"text": "a", "label": [1]}', "unmappable label"),
     (b'{"text": "a", "label": 0.5}', "unmappable label"),
+    (b'{"text": "a", "label": true}', "unmappable label: 'label' is true, a JSON boolean"),
+    (b'{"text": "a", "label": "p\\nq"}', r"label has a control character: \\n in 'label'"),
     (b'{"text": 7, "label": "p"}', "wrong type"),
     (b'{"text": " \\t ", "label": "p"}', "empty text"),
     (b'   ', "empty line"),
@@ -123,10 +124,16 @@ def test_with_the_label_optional_every_other_rejection_keeps_its_reason(raw, rea
     ({"label": " pos "}, "pos", "pos"),
     ({"label": 3}, "3", "3"),
     ({"label": 3.0}, "3", "3"),
-    ({"label": True}, "True", "True"),
-    ({"label": 0.5}, RejectedRecord("unmappable label: 'label' is 0.5"), "0.5"),
-    ({"label": [1]}, RejectedRecord("unmappable label: 'label' is [1]"), None),
-    ({"label": {"a": 1}}, RejectedRecord("""unmappable label: 'label' is {"a": 1}"""), None),
+    ({"label": "Cafe\u0301"}, "Caf\u00e9", "Caf\u00e9"),  # NFD and NFC spellings are one class
+    ({"label": True}, RejectedRecord("unmappable label: 'label' is true, a JSON boolean; a label is a string or "
+                                     "an integer"), "True"),
+    ({"label": 0.5}, RejectedRecord("unmappable label: 'label' is 0.5, a JSON number that is not an integer; a "
+                                    "label is a string or an integer"), "0.5"),
+    ({"label": [1]}, RejectedRecord("unmappable label: 'label' is [1], a JSON array; a label is a string or an "
+                                    "integer"), None),
+    ({"label": {"a": 1}}, RejectedRecord("""unmappable label: 'label' is {"a": 1}, a JSON object; a label is a """
+                                         "string or an integer"), None),
+    ({"label": "a\nb"}, RejectedRecord("label has a control character: \\n in 'label'"), "a\nb"),
     ({"label": None}, RejectedRecord("missing label: 'label' is empty"), None),
     ({"label": "  "}, RejectedRecord("missing label: 'label' is empty"), None),
     ({"text": "x"}, RejectedRecord("missing field: label field 'label' is absent"), None),
@@ -150,16 +157,11 @@ def test_parse_or_reason_never_raises_and_parse_batch_keeps_the_rejected_line():
     assert parse_or_reason(b"<r/>", xml) == (None, "parse failed: ValueError: format 'xml' is not jsonl, csv or parquet")
     batch = pd.DataFrame({"source": ["a.jsonl:1", "a.jsonl:2"], "file_path": ["a.jsonl", "a.jsonl"],
                           "raw": [b'{"text": "Fine", "label": "p"}', b'{"text": "caf\xe9", "label": "p"}']})
-    rows = parse_batch(batch, params=JSONL, headers={})
+    rows = parse_batch(batch, params=JSONL)
     assert rows["tokens"].tolist()[0] == ["fine"] and rows["label_name"].tolist()[0] == "p"
     assert rows["reason"].tolist() == [None, "invalid UTF-8: byte 13: invalid continuation byte"]
     assert rows["raw_text"].tolist() == [None, '{"text": "caf\ufffd", "label": "p"}']
     assert rows["tokens"].tolist()[1] is None and rows["split_key"].tolist() == ["fine", None]
-
-
-def test_block_line_offsets_count_lines_before_each_block():
-    counts = [("b", 0, 4), ("a", 100, 3), ("a", 0, 5), ("a", 200, 2)]
-    assert block_line_offsets(counts) == [("a", 0, 0), ("a", 100, 5), ("a", 200, 8), ("b", 0, 0)]
 
 
 def test_vocabulary_keeps_reserved_ids_first():
@@ -198,33 +200,8 @@ def test_fixed_label_list_rejects_labels_it_cannot_map(spark):
     assert "label_name meh is not in the label map" in out[1]["reason"]
 
 
-@pytest.mark.spark
-def test_line_numbers_are_exact_across_file_blocks(spark, tmp_path):
-
-    from pipelines import storage, text
-
-    lines = [f'{{"i": {i}, "pad": "{"x" * (i % 37)}"}}' for i in range(3000)]
-    (tmp_path / "big.jsonl").write_text("\n".join(lines) + "\n")
-    (tmp_path / "small.jsonl").write_text('{"i": 0}\n\n{"i": 2}\n')
-    previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
-    spark.conf.set("spark.sql.files.maxPartitionBytes", "8192")  # the big file is read as ~12 blocks
-    try:
-        scanned = storage.read_text_lines(spark, f"file://{tmp_path}")
-        assert scanned.select("block_start").distinct().count() > 5
-        numbered = text.number_lines(scanned)
-        counts = [(r[0], r[1], r[2]) for r in numbered.groupBy("file_path", "block_start").count().collect()]
-        offsets = spark.createDataFrame(text.block_line_offsets(counts), "file_path string, block_start long, lines_before long")
-        got = {r["source"]: bytes(r["raw"]) for r in
-               text.with_line_numbers(numbered, offsets, root_url=f"file://{tmp_path}").select("source", "raw").collect()}
-    finally:
-        spark.conf.set("spark.sql.files.maxPartitionBytes", previous)
-    assert len(got) == 3003
-    assert all(got[f"big.jsonl:{i + 1}"] == lines[i].encode() for i in range(3000))
-    assert got["small.jsonl:2"] == b"" and got["small.jsonl:3"] == b'{"i": 2}'
-
-
 def test_csv_quote_state_follows_quoting_rules():
-    from pipelines.text import block_quote_states, csv_quote_state
+    from pipelines.text import csv_quote_state
 
     assert csv_quote_state(b'plain,5', False) is False
     assert csv_quote_state(b'"opens,5', False) is True
@@ -234,6 +211,3 @@ def test_csv_quote_state_follows_quoting_rules():
     assert csv_quote_state(b'still inside ""', True) is True
     assert csv_quote_state(b'closes",1', True) is False
     assert csv_quote_state(b'a,"b', True) is False                     # inside: the quote closes, then plain text
-    assert block_quote_states([("f", 100, True, False), ("f", 0, True, True), ("f", 200, False, True),
-                               ("g", 0, False, False)]) == {("f", 0): False, ("f", 100): True, ("f", 200): False,
-                                                            ("g", 0): False}

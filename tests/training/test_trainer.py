@@ -115,6 +115,20 @@ def test_an_empty_train_split_is_refused(tmp_path):
         train(config(), image_source((0, 32, 32)), tmp_path)
 
 
+def test_a_train_split_of_one_class_is_refused_unless_allow_single_class(tmp_path):
+    images = np.zeros((8, 1, 8, 8), np.uint8)
+    ones = np.ones(8, np.int64)  # every row bright; dark is a class of the dataset with no row
+    source = InMemorySource.images({"train": (images, ones), "test": (images, ones % 2)}, classes=["dark", "bright"])
+    with pytest.raises(DatasetError) as refused:
+        build_trainer(config(), source, tmp_path, SingleProcess())
+    assert str(refused.value) == ("memory: every row of the train split is of one class, bright (of 2 in the "
+                                  "dataset): a model of one class learns nothing; set train.allow_single_class: true "
+                                  "to train on it anyway")
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+    result = train(config("train.allow_single_class=true"), source, tmp_path)
+    assert result.metrics["train_rows"] == 8
+
+
 def test_an_empty_test_split_gives_null_test_metrics_not_zero(tmp_path):
     metrics = train(config(), image_source((96, 32, 0)), tmp_path).metrics
     assert metrics["test_rows"] == 0 and metrics["test_accuracy"] is None and metrics["test_loss"] is None

@@ -53,7 +53,7 @@ def test_a_checkpoint_whose_model_cannot_be_imported_is_refused_in_one_line(tmp_
     from jobs import predict
 
     with pytest.raises(UsageError, match=r"--checkpoint: checkpoint .* cannot be rebuilt here"):
-        predict.load_checkpoint(str(moved))
+        predict.load_checkpoint(str(moved), trusted=["tests.training.gone:build"])
     reshaped = checkpoint.save(tmp_path / "reshaped" / "checkpoint.pt",
                                {**payload, "config": {**payload["config"], "model_config": {"width": 5}}})
     with pytest.raises(CheckpointError, match=r"the tests\.training\.custom_model:build model built here does not "
@@ -120,7 +120,8 @@ def test_predict_scores_as_the_trainer_did_with_a_collate_function(spark, text_d
                   collate="tests.training.custom_model:counts", epochs=2, lr=0.05, batch_size=16,
                   loader_workers=0, progress_bar="never", backend="single").metrics
     info = load_dataset_info(str(text_dataset))
-    job.predict(spark, model=job.load_checkpoint(str(tmp_path / "model")), data=info,
+    job.predict(spark, model=job.load_checkpoint(str(tmp_path / "model"), trusted=[
+                    "tests.training.custom_model:bag_model", "tests.training.custom_model:counts"]), data=info,
                 output_url=to_url(str(tmp_path / "scored")), config=load_section("predict", job.PredictConfig))
     import pandas as pd
 
@@ -168,7 +169,7 @@ def test_your_model_under_horovodrun_and_torchrun_resumes_and_predicts(spark, te
 
     config = load_section("predict", job.PredictConfig, flags={"batch_size": 16})
     info = load_dataset_info(str(text_dataset))
-    summary = job.predict(spark, model=job.load_checkpoint(str(tmp_path / "hvd")), data=info,
+    summary = job.predict(spark, model=job.load_checkpoint(str(tmp_path / "hvd"), trusted=[MODEL]), data=info,
                           output_url=to_url(str(tmp_path / "scored")), config=config)
     assert summary["scored"] == info.splits["test"].rows and summary["unusable"] == 0
     model, _ = checkpoint.load_model(tmp_path / "hvd" / "checkpoint.pt")
