@@ -38,8 +38,10 @@ def gpu_check(*args: str, tmp_path: Path, **env_vars: str) -> subprocess.Complet
 def cpu_check(image_dataset, text_dataset, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu-check")
     out = tmp / "out"
+    # --tolerance 1: one epoch on about 100 rows is noise (the text LSTM's test accuracy was seen at 0.46 in one
+    # process and 0.31 in two); the verdict itself is tested by --judge-only below.
     done = gpu_check("--out", str(out), "--images-data", str(image_dataset), "--texts-data", str(text_dataset),
-                     "--epochs", "1", "--nproc", "2", "--export", str(tmp / "export"),
+                     "--epochs", "1", "--nproc", "2", "--export", str(tmp / "export"), "--tolerance", "1",
                      "--throughput-data", str(image_dataset), *THROUGHPUT, tmp_path=tmp)
     return done, out, {"images": image_dataset, "texts": text_dataset}
 
