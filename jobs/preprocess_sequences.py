@@ -214,7 +214,7 @@ def count_records(spark, parsed, carried, *, max_length: int):
     from pipelines import incremental, storage
 
     parts = [incremental.projection(parsed, name=F.col("label_name"), is_number=F.col("label_is_number"), carried=False,
-                                 ids=F.least(F.size("tokens"), F.lit(max_length)), tokens=F.size("tokens"),
+                                 ids=F.least(F.col("n_tokens"), F.lit(max_length)), tokens=F.col("n_tokens"),
                                  max_length=max_length)]
     if carried is not None:
         parts.append(incremental.projection(carried, name=F.col("label_name"), carried=True,
@@ -258,7 +258,7 @@ def parse_inputs(spark, entries: list, *, fmt: str, config: PreprocessSequencesC
         raise UsageError(str(exc)) from None
     params = text.ParseParams(fmt=fmt, text_field=config.text_field, label_field=config.label_field,
                               tokens_field=config.tokens_field or None, tokenizer=config.tokenizer,
-                              lowercase=config.lowercase)
+                              lowercase=config.lowercase, max_length=config.max_length)
     parsed = text.parse_lines(records, params=params)
     # The split is drawn before the records are kept, so the normalised text (``split_key``) is not kept beside
     # the tokens: each accepted record's text is held once.

@@ -31,7 +31,8 @@ _WORD = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
 
 PARSED_SCHEMA = T.StructType([
     T.StructField("source", T.StringType(), False),      # <file below the input root>:<line>
-    T.StructField("tokens", T.ArrayType(T.StringType()), True),
+    T.StructField("tokens", T.ArrayType(T.StringType()), True),  # the first max_length (ParseParams) only
+    T.StructField("n_tokens", T.IntegerType(), True),    # the record's tokens before that cut
     T.StructField("label_name", T.StringType(), True),
     T.StructField("label_is_number", T.BooleanType(), True),  # the label was a JSON number, not text
     T.StructField("split_key", T.StringType(), True),    # what decides the split: the normalised content
@@ -48,6 +49,7 @@ class ParseParams:
     tokens_field: str | None    # an already tokenised integer column instead of text
     tokenizer: str              # word | char
     lowercase: bool
+    max_length: int | None = None  # tokens kept per record (the rest is never trained on); None: all
 
 
 class RejectedRecord(Exception):
@@ -194,8 +196,11 @@ def parse_batch(batch: pd.DataFrame, *, params: ParseParams) -> pd.DataFrame:
         raw = bytes(raw) if raw is not None else b""
         parsed, reason = (None, broken) if broken else parse_or_reason(raw, params, header_of(header))
         tokens, label, key, is_number = parsed or (None, None, None, None)
+        count = len(tokens) if tokens is not None else None
+        if tokens is not None and params.max_length is not None:  # a 16 MiB record holds millions of tokens
+            tokens = tokens[:params.max_length]
         raw_text = raw.decode("utf-8", errors="replace")[:RAW_TEXT_LIMIT] if reason else None
-        for name, value in zip(PARSED_SCHEMA.names, (source, tokens, label, is_number, key, reason, raw_text)):
+        for name, value in zip(PARSED_SCHEMA.names, (source, tokens, count, label, is_number, key, reason, raw_text)):
             out[name].append(value)
     return pd.DataFrame(out, columns=PARSED_SCHEMA.names, dtype=object)  # None stays None under pandas 3
 

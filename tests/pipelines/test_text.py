@@ -164,6 +164,17 @@ def test_parse_or_reason_never_raises_and_parse_batch_keeps_the_rejected_line():
     assert rows["tokens"].tolist()[1] is None and rows["split_key"].tolist() == ["fine", None]
 
 
+def test_parse_batch_keeps_max_length_tokens_and_counts_them_all():
+    """A 16 MiB record holds millions of tokens: only the first max_length are kept (all a model is trained on),
+    so a record's tokens never fill an executor's memory; the count before the cut feeds the length statistics."""
+    import dataclasses
+
+    batch = pd.DataFrame({"source": ["a.jsonl:1"], "raw": [b'{"text": "one two three four five", "label": "p"}']})
+    rows = parse_batch(batch, params=dataclasses.replace(JSONL, max_length=3))
+    assert rows["tokens"].tolist() == [["one", "two", "three"]] and rows["n_tokens"].tolist() == [5]
+    assert rows["split_key"].tolist() == ["one two three four five"]  # the split still sees the whole text
+
+
 def test_vocabulary_keeps_reserved_ids_first():
     vocab = make_vocabulary(["the", "<unk>", "a"])
     assert vocab[:2] == list(RESERVED) == ["<pad>", "<unk>"] and vocab[2:] == ["the", "a"]
