@@ -1,7 +1,8 @@
-"""Pure transforms of the sequence path: number lines, parse records, normalise and tokenise, build the vocabulary,
-map tokens to ids.
+"""Pure transforms of the sequence path: read a listed file's records (``file_records``: lines, CSV records,
+Parquet rows, numbered), parse records, normalise and tokenise, build the vocabulary, map tokens to ids.
 
-``parse_record`` and friends are plain Python (testable without Spark); the DataFrame functions run them on the
+``file_records``, ``parse_record`` and friends are plain Python (testable without Spark); the DataFrame functions
+run them on the
 executors in Arrow batches through ``mapInPandas``. ``parse_record`` is the one record parser: preprocessing and
 batch inference (``inference.predict``, label optional) both decode, parse, normalise and tokenise through it.
 No transform builds a session, names a path or runs an action.
@@ -262,42 +263,75 @@ class RawRecord(NamedTuple):
 
 def file_records(path: str, relpath: str, problem: str | None, *, fmt: str, fields: list[str],
                  max_record_bytes: int | None) -> Iterator[RawRecord]:
-    """Every record of one listed file, read as a stream (``pipelines.inputs``): a line of JSON Lines or CSV (a
-    CSV file's first line is its header, not a record), or a Parquet row as a JSON object of ``fields``. ``source``
-    is '<relpath>:<line or row>'. A record is ``broken`` (rejected with that reason before parsing) when it is
-    longer than ``max_record_bytes`` (only its first bytes are held), or is a line of a CSV record whose quoted
-    field spans lines. A file that cannot be listed as an input (``problem``), opened or read to its end gives one
-    broken record for what could not be read (its source: the line where reading stopped, ``:1`` for the whole
-    file); the records before a failure stay."""
+    """Every record of one listed file, read as a stream (``pipelines.inputs``): a line of JSON Lines, a CSV record
+    (its lines, when a quoted field spans lines; a CSV file's first line is its header, not a record), or a Parquet
+    row as a JSON object of ``fields``. ``source`` is '<relpath>:<first line or row>'. A record is ``broken``
+    (rejected with that reason before parsing) when it is longer than ``max_record_bytes`` (only its first bytes are
+    held), or is a line of a CSV quote that never closes (``csv_records``). A file that cannot be listed as an input
+    (``problem``), opened or read to its end gives one broken record for what could not be read (its source: the
+    line where reading stopped, ``:1`` for the whole file); the records before a failure stay."""
     if problem:
         yield RawRecord(f"{relpath}:1", path, b"", problem)
         return
-    number = 0
+    read = [0]  # the last line or row read: where a failure is reported
     try:
-        if fmt == "parquet":
-            with inputs.open_input(path) as f:
-                for number, raw in enumerate(inputs.parquet_rows(f, fields), 1):
-                    yield _record(relpath, path, number, raw, len(raw), max_record_bytes)
-            return
-        header, quoted = None, False
         with inputs.open_input(path) as f:
-            for line in inputs.lines(f, max_record_bytes, RAW_TEXT_LIMIT):
-                number = line.number
-                if fmt == "csv" and line.number == 1:
-                    header = line.raw
-                    continue
-                record = _record(relpath, path, line.number, line.raw, line.length, max_record_bytes, header)
-                if fmt == "csv":
-                    start, quoted = quoted, csv_quote_state(line.raw, quoted)
-                    if (start or quoted) and record.broken is None:
-                        record = record._replace(broken=CSV_SPAN)
-                yield record
+            if fmt == "parquet":
+                for read[0], raw in enumerate(inputs.parquet_rows(f, fields), 1):
+                    yield _record(relpath, path, read[0], raw, len(raw), max_record_bytes)
+                return
+            lines = _counted(inputs.lines(f, max_record_bytes, RAW_TEXT_LIMIT), read)
+            if fmt == "csv":
+                yield from csv_records(lines, relpath, path, max_record_bytes)
+            else:
+                yield from (_record(relpath, path, x.number, x.raw, x.length, max_record_bytes) for x in lines)
     except Exception as exc:  # noqa: BLE001 - one unreadable file must never fail the job; keep the reason
-        yield RawRecord(f"{relpath}:{number + 1}", path, b"", inputs.failure(exc))
+        yield RawRecord(f"{relpath}:{read[0] + 1}", path, b"", inputs.failure(exc))
 
 
-CSV_SPAN = ("broken CSV: part of a record whose quoted field spans lines (every line of such a record is rejected; "
-            "a quote left open runs to the end of the file)")
+def _counted(lines: Iterator[inputs.Line], read: list[int]) -> Iterator[inputs.Line]:
+    for line in lines:
+        read[0] = line.number
+        yield line
+
+
+def csv_records(lines: Iterator[inputs.Line], relpath: str, path: str, max_bytes: int | None) -> Iterator[RawRecord]:
+    """The records of a CSV file's lines (RFC 4180): the first line is the header; a record whose quoted field
+    spans lines is one record of those lines (joined by ``\n``), its source its first line. A quote that is still
+    open at the end of the file, or after ``max_bytes`` of the record, is unbalanced: each of its lines is rejected
+    with that reason, and reading goes on after the line that passed the limit."""
+    header, pending, size = None, [], 0
+
+    def unbalanced() -> list[RawRecord]:
+        if not pending:
+            return []
+        reason = (f"broken CSV: unbalanced quote: the quoted field opened at line {pending[0].number} is not closed "
+                  f"by the end of the file{'' if max_bytes is None else f' or within max_record_bytes {max_bytes}'}")
+        return [RawRecord(f"{relpath}:{x.number}", path, x.raw, reason, header) for x in pending]
+
+    for line in lines:
+        if line.number == 1:
+            header = line.raw
+        elif line.length > len(line.raw):  # over the limit: only its start is held, its quotes cannot be followed
+            yield from unbalanced()
+            pending, size = [], 0
+            yield _record(relpath, path, line.number, line.raw, line.length, max_bytes, header)
+        elif not pending:
+            if csv_quote_state(line.raw, False):
+                pending, size = [line], line.length
+            else:
+                yield _record(relpath, path, line.number, line.raw, line.length, max_bytes, header)
+        else:
+            pending.append(line)
+            size += line.length + 1
+            if not csv_quote_state(line.raw, True):
+                joined = b"\n".join(x.raw for x in pending)
+                yield _record(relpath, path, pending[0].number, joined, len(joined), max_bytes, header)
+                pending, size = [], 0
+            elif max_bytes is not None and size > max_bytes:
+                yield from unbalanced()
+                pending, size = [], 0
+    yield from unbalanced()
 
 
 def _record(relpath: str, path: str, number: int, raw: bytes, length: int, max_bytes: int | None,

@@ -1,6 +1,6 @@
 """Hostile inputs through the preprocessing jobs (issue 13, items 5 and 6): CSV records whose quoted field spans
-lines never become training rows, and records or files above the configured limits are rejected with a reason
-instead of failing the job. (Names with spaces and other characters: tests/test_path_spellings.py.)"""
+lines are one record each (RFC 4180) and an unbalanced quote is rejected line by line, and records or files above
+the configured limits are rejected with a reason instead of failing the job. (Names with spaces and other characters: tests/test_path_spellings.py.)"""
 from __future__ import annotations
 
 import io
@@ -46,31 +46,33 @@ def sequences(spark, src, out, fmt: str, **flags) -> dict:
 
 
 @pytest.mark.spark
-def test_a_csv_record_spanning_lines_is_rejected_whole_and_no_fragment_is_trained_on(spark, tmp_path):
+def test_a_csv_record_spanning_lines_is_one_record_and_an_unbalanced_quote_is_rejected(spark, tmp_path):
     src = tmp_path / "csv"
     src.mkdir()
     (src / "r.csv").write_text(SPANNING_CSV)
+    (src / "u.csv").write_text('review,stars\nfine,5\n"never closed,1\nread alone this is fine,2\n')
     summary = sequences(spark, src, tmp_path / "ds", "csv", text_field="review", label_field="stars")
-    assert (summary["records_read"], summary["rows_written"], summary["rejected"]) == (7, 4, 3)
+    assert (summary["records_read"], summary["rows_written"], summary["rejected"]) == (8, 6, 2)
     snapshot = snapshot_path(summary)
-    assert sorted(r["source"] for r in split_rows(snapshot, ["source"])) == ["r.csv:2", "r.csv:6", "r.csv:7", "r.csv:8"]
+    assert sorted(r["source"] for r in split_rows(snapshot, ["source"])) == [
+        "r.csv:2", "r.csv:3", "r.csv:6", "r.csv:7", "r.csv:8", "u.csv:2"]  # r.csv:3 holds lines 3 to 5
     rejected = {r["source"]: r["reason"] for r in pq.read_table(snapshot / "rejected").to_pylist()}
-    assert sorted(rejected) == ["r.csv:3", "r.csv:4", "r.csv:5"]
-    assert all(reason.startswith("broken CSV: part of a record whose quoted field spans lines")
+    assert sorted(rejected) == ["u.csv:3", "u.csv:4"]
+    assert all(reason.startswith("broken CSV: unbalanced quote: the quoted field opened at line 3 is not closed")
                for reason in rejected.values())
 
 
 @pytest.mark.spark
-def test_a_csv_record_spanning_lines_is_found(spark, tmp_path):
+def test_a_csv_record_spanning_lines_in_a_big_file_is_one_record(spark, tmp_path):
     from pipelines import inputs, storage
 
     good = [f"row {i} {'x' * (i % 29)},{i % 2}" for i in range(600)]
     body = good[:300] + ['"opens here', "and, goes on", 'closes",1'] + good[300:]
     (tmp_path / "big.csv").write_text("text,label\n" + "\n".join(body) + "\n")
     records = storage.read_records(spark, inputs.list_files(f"file://{tmp_path}").entries, fmt="csv", fields=[])
-    got = {r["source"]: r["broken"] for r in records.select("source", "broken").collect()}
-    assert len(got) == 603
-    assert sorted(s for s, broken in got.items() if broken) == ["big.csv:302", "big.csv:303", "big.csv:304"]
+    got = {r["source"]: (r["broken"], bytes(r["raw"])) for r in records.select("source", "broken", "raw").collect()}
+    assert len(got) == 601 and not any(broken for broken, _ in got.values())
+    assert got["big.csv:302"][1] == b'"opens here\nand, goes on\ncloses",1'  # lines 302 to 304, one record
 
 
 @pytest.mark.spark

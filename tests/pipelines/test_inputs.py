@@ -121,13 +121,24 @@ def test_lines_hold_at_most_the_cap_at_a_time():
 
 
 def test_csv_headers_line_numbers_and_records_spanning_lines(tmp_path):
-    (tmp_path / "r.csv").write_bytes(b'review,stars\n"Good, really",5\n"opens\nand closes",1\nbad,1\n')
+    (tmp_path / "r.csv").write_bytes(b'review,stars\n"Good, really",5\n"opens\r\nand closes",1\nbad,1\n')
     got = records(tmp_path, fmt="csv")
-    assert [(r.source, r.raw, r.broken is not None, r.header) for r in got] == [
-        ("r.csv:2", b'"Good, really",5', False, b"review,stars"),
-        ("r.csv:3", b'"opens', True, b"review,stars"),
-        ("r.csv:4", b'and closes",1', True, b"review,stars"),
-        ("r.csv:5", b"bad,1", False, b"review,stars")]
+    assert [(r.source, r.raw, r.broken, r.header) for r in got] == [
+        ("r.csv:2", b'"Good, really",5', None, b"review,stars"),
+        ("r.csv:3", b'"opens\nand closes",1', None, b"review,stars"),     # lines 3 and 4: one record
+        ("r.csv:5", b"bad,1", None, b"review,stars")]
+
+
+def test_an_unbalanced_csv_quote_rejects_its_lines_up_to_the_end_or_the_record_cap(tmp_path):
+    (tmp_path / "u.csv").write_bytes(b'a,b\nx,1\n"never closed,2\ny,3\n')
+    got = [(r.source, r.broken) for r in records(tmp_path, fmt="csv")]
+    reason = "broken CSV: unbalanced quote: the quoted field opened at line 3 is not closed by the end of the file"
+    assert got == [("u.csv:2", None), ("u.csv:3", reason), ("u.csv:4", reason)]
+    (tmp_path / "u.csv").write_bytes(b'a,b\n"opens,1\n' + b"more text,2\n" * 5 + b"z,9\n")
+    got = [(r.source, r.broken) for r in records(tmp_path, fmt="csv", max_record_bytes=40)]
+    assert [s for s, broken in got if broken] == ["u.csv:2", "u.csv:3", "u.csv:4", "u.csv:5"]  # past 40 bytes
+    assert all("not closed by the end of the file or within max_record_bytes 40" in b for _, b in got if b)
+    assert [s for s, broken in got if not broken] == ["u.csv:6", "u.csv:7", "u.csv:8"]  # reading goes on
 
 
 def test_parquet_rows_are_json_objects_and_a_file_without_the_column_is_a_reject(tmp_path):
