@@ -42,7 +42,7 @@ class PreprocessSequencesConfig:
     max_length: int
     vocab_size: int
     min_count: int
-    labels: list[str]             # [] = every label seen; else only these, the rest rejected
+    labels: list[str | int]       # [] = every label seen; else only these (integers as their digits), the rest rejected
     split_key: Literal["content", "source"]
     splits: dict[str, float]
     row_group_size_mb: int
@@ -166,7 +166,8 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
         counted = count_records(spark, parsed, carried, max_length=config.max_length)
         records, reject_kind = without_mixed_label_kinds(parsed, counted) if not config.labels else (parsed, None)
         seen = counted.names(accepted_only=True, reject_kind=reject_kind)
-        class_to_index = labels.class_map(config.labels or seen + list(previous.class_to_index if previous else []))
+        fixed = [str(name) for name in config.labels]  # labels: [0, 1, 2] names the classes "0", "1", "2"
+        class_to_index = labels.class_map(fixed or seen + list(previous.class_to_index if previous else []))
         if previous:
             vocabulary, dtype = layout.read_vocabulary(run.previous_url), previous.sequence.token_dtype
         else:

@@ -10,6 +10,12 @@ from pyspark.sql import functions as F
 
 _INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: "²" and "--5" are names, not numbers
 
+
+def is_integer_name(name: str) -> bool:
+    """Whether a class name is an integer label (``3``, ``-1``), whatever format it came in: a JSON or Parquet
+    number, a JSON string, a CSV cell, a folder name. Label kinds must not mix (``mixed_label_kind``)."""
+    return _INTEGER.fullmatch(name) is not None
+
 # A class name prints in summaries, reports and the manifest, and names a folder of image inputs, which file systems
 # cap at 255 bytes. 256 characters is above any real class name and far below the 10 KB of text a label column
 # holds when it is the wrong column.
@@ -80,8 +86,8 @@ def assign_labels(df: DataFrame, *, class_to_index: dict[str, int], name_col: st
 
 def mixed_label_kind(counts: dict[bool, int]) -> bool | None:
     """Of accepted records labelled with numbers (``True``) and with text (``False``): the kind to reject when
-    both occur, the rarer one (numbers on a tie), or None when they do not mix. A JSON ``1`` among ``"pos"`` and
-    ``"neg"`` would otherwise become a third class of one row."""
+    both occur, the rarer one (numbers on a tie), or None when they do not mix. A ``1`` among ``"pos"`` and
+    ``"neg"``, or a ``positive`` among a CSV column of 0, 1 and 2, would otherwise become a class of one row."""
     if not counts.get(True) or not counts.get(False):
         return None
     return counts[True] <= counts[False]

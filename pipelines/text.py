@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines import inputs
-from pipelines.labels import clean_label
+from pipelines.labels import clean_label, is_integer_name
 
 PAD, UNK = "<pad>", "<unk>"
 RESERVED = (PAD, UNK)          # ids 0 and 1, never given to a token
@@ -35,7 +35,7 @@ PARSED_SCHEMA = T.StructType([
     T.StructField("tokens", T.ArrayType(T.StringType()), True),  # the first max_length (ParseParams) only
     T.StructField("n_tokens", T.IntegerType(), True),    # the record's tokens before that cut
     T.StructField("label_name", T.StringType(), True),
-    T.StructField("label_is_number", T.BooleanType(), True),  # the label was a JSON number, not text
+    T.StructField("label_is_number", T.BooleanType(), True),  # an integer label (labels.is_integer_name), not text
     T.StructField("split_key", T.StringType(), True),    # what decides the split: the normalised content
     T.StructField("reason", T.StringType(), True),
     T.StructField("raw_text", T.StringType(), True),      # the line as read (for rejected records)
@@ -78,7 +78,7 @@ class ParsedRecord(NamedTuple):
     tokens: list[str]
     label: str | None    # the class name; None only where the label is optional and the record states none
     split_key: str       # the normalised text (or the token ids joined): what decides the split
-    label_is_number: bool = False  # the label was a number (JSON, Parquet), not text: kinds must not mix
+    label_is_number: bool = False  # an integer label, in any format, not text: kinds must not mix
 
 
 def parse_record(raw: bytes, params: ParseParams, header: list[str] | None = None, *,
@@ -88,8 +88,7 @@ def parse_record(raw: bytes, params: ParseParams, header: list[str] | None = Non
     usually have none, so predict makes it optional and every other step is the same."""
     record = _to_record(_decode(raw), params, header)
     label = label_name(record, params.label_field, required=require_label)
-    value = record.get(params.label_field)
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    is_number = label is not None and is_integer_name(label)
     if params.tokens_field:
         tokens = _given_tokens(_field(record, params.tokens_field, "tokens"), params.tokens_field)
         return ParsedRecord(tokens, label, " ".join(tokens), is_number)

@@ -170,6 +170,26 @@ def test_a_number_label_among_text_labels_is_rejected_not_a_class_of_its_own(spa
                                   "text labels")
 
 
+def test_a_stray_text_label_in_a_csv_column_of_integers_is_rejected_and_integer_labels_can_be_fixed(spark, tmp_path):
+    """CSV cells are text: a ``positive`` among 0, 1 and 2 became a fourth class with no training row. Integer labels
+    are one kind in any format; ``labels: [0, 1, 2]`` is taken as given."""
+    src = tmp_path / "tickets"
+    src.mkdir()
+    rows = [f'"ticket {i}, about {["billing", "login", "refunds"][i % 3]}",{i % 3}' for i in range(30)]
+    (src / "t.csv").write_text("body,label\n" + "\n".join(rows + ['"ticket 30, odd one",positive']) + "\n")
+    summary, meta, out = run_job(spark, tmp_path, src, "csv", text_field="body")
+    assert meta["classes"] == ["0", "1", "2"] and summary["rejected"] == 1
+    (rejected,) = pq.read_table(out / "rejected").to_pylist()
+    assert (rejected["source"], rejected["reason"].split(":")[0]) == ("t.csv:32", "mixed label types")
+    config = load_section("preprocess_sequences", PreprocessSequencesConfig,
+                          overrides=["preprocess_sequences.labels=[0, 1, 2]"], flags={"ranks": 2, "text_field": "body",
+                                                                                      "max_reject_fraction": 1.0})
+    summary = preprocess_sequences(spark, input_url=to_url(str(src)), output_url=to_url(str(tmp_path / "fixed")),
+                                   fmt="csv", config=config)
+    assert json.loads((snapshot_path(summary) / "metadata.json").read_text())["classes"] == ["0", "1", "2"]
+    assert summary["rejected"] == 1  # positive is not in the fixed list
+
+
 def test_labels_that_are_all_numbers_are_classes(spark, tmp_path):
     src = tmp_path / "stars"
     src.mkdir()

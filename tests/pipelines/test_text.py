@@ -40,7 +40,7 @@ def test_parse_record_returns_tokens_label_and_split_key():
     assert (tokens, label, key, is_number) == (["not", "good", "at", "all"], "neg", "not good at all", False)
     assert parse_record(b'{"text": "x", "label": 3}', JSONL)[1::2] == ("3", True)  # a number: kinds must not mix
     assert parse_record(b'{"text": "x", "label": 3.0}', JSONL)[1::2] == ("3", True)
-    assert parse_record(b'{"text": "x", "label": "3"}', JSONL)[1::2] == ("3", False)
+    assert parse_record(b'{"text": "x", "label": "3"}', JSONL)[1::2] == ("3", True)  # an integer in any format
     assert parse_record(b'{"text": "x", "label": true}', JSONL, require_label=False).label_is_number is False
 
 
@@ -88,7 +88,7 @@ def test_with_the_label_optional_a_record_parses_the_same_with_or_without_a_labe
                              tokenizer="word", lowercase=False)
     header = ["review", "stars"]
     assert parse_record(b'"Fine, really",4', csv_params, header, require_label=False) == (
-        ["Fine", ",", "really"], "4", "Fine, really", False)
+        ["Fine", ",", "really"], "4", "Fine, really", True)
     assert parse_record(b'"Fine, really",', csv_params, header, require_label=False).label is None
     with pytest.raises(RejectedRecord, match="missing label: 'stars' is empty"):
         parse_record(b'"Fine, really",', csv_params, header)
