@@ -115,10 +115,16 @@ def format_summary(summary: dict, *, job: str, unit: str) -> str:
 
 
 def class_gaps(splits: dict[str, dict]) -> list[str]:
-    """A line per split (validation, test) that lacks classes the train split has: their accuracy is then
-    unmeasured, and a class with a single row (a label that sneaked in) shows here first."""
-    trained = [name for name, n in splits.get("train", {}).get("per_class", {}).items() if n]
-    gaps = []
+    """A line for the classes of the label map the train split has no row of (a label fixed in ``labels`` that
+    never occurs, a class whose files were removed), and one per split (validation, test) that lacks classes the
+    train split has: their accuracy is then unmeasured, and a class with a single row (a label that sneaked in)
+    shows here first."""
+    per_class = splits.get("train", {}).get("per_class", {})
+    trained = [name for name, n in per_class.items() if n]
+    untrained = [name for name, n in per_class.items() if not n]
+    gaps = [f"train has no rows of {len(untrained)} of the {len(per_class)} classes: "
+            f"{', '.join(untrained[:10])}{', ...' if len(untrained) > 10 else ''} (a model never learns them)"
+            ] if untrained else []
     for split in ("validation", "test"):
         missing = [name for name in trained if not splits.get(split, {}).get("per_class", {}).get(name)]
         if missing:

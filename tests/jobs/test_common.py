@@ -111,3 +111,13 @@ def test_an_output_bigtrain_cannot_write_is_refused_before_any_spark_work_naming
         assert capsys.readouterr().err.startswith(
             f"error: --output {output}: bigtrain writes a dataset's metadata and manifest through fsspec, which "
             f"cannot reach {output.split(':')[0]}:// here ({missing}")
+
+
+def test_class_gaps_name_a_class_train_has_no_row_of_and_the_classes_other_splits_lack():
+    from jobs.common import class_gaps
+
+    splits = {"train": {"per_class": {"0": 5, "1": 4, "2": 0}}, "validation": {"per_class": {"0": 1, "1": 0}},
+              "test": {"per_class": {"0": 1, "1": 1}}}
+    assert class_gaps(splits) == [
+        "train has no rows of 1 of the 3 classes: 2 (a model never learns them)",
+        "validation has no rows of 1 of the 2 classes in train: 1"]
