@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipelines import images, text
+from pipelines import images, storage, text
 from training.collation import ImageDecoder, image_inputs, sequence_inputs
 
 log = logging.getLogger(__name__)
@@ -164,17 +164,19 @@ def prepare_text_batch(batch: pd.DataFrame, *, params: text.ParseParams, vocabul
     return frame
 
 
-def raw_texts(records: DataFrame, *, params: text.ParseParams, vocabulary, max_length: int, dtype: str) -> DataFrame:
-    """Records read as ``preprocess-sequences`` reads them (``pipelines.storage.read_records``) -> SCORING_SCHEMA.
-    ``vocabulary`` is a list of tokens in id order or a Spark Broadcast of one."""
+def raw_texts(spark, entries: list, *, fmt: str, fields: list[str], max_record_bytes: int | None,
+              params: text.ParseParams, vocabulary, max_length: int, dtype: str) -> DataFrame:
+    """The records of the listed files ``entries``, read as ``preprocess-sequences`` reads them
+    (``pipelines.storage.read_records``) and prepared in the same worker -> SCORING_SCHEMA. ``vocabulary`` is a
+    list of tokens in id order or a Spark Broadcast of one."""
     schema = T.StructType([f for f in SCORING_SCHEMA.fields if f.name != "id"])
 
-    def prepare(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def prepare(batch: pd.DataFrame) -> pd.DataFrame:
         words = vocabulary.value if hasattr(vocabulary, "value") else vocabulary
-        for batch in batches:
-            yield prepare_text_batch(batch, params=params, vocabulary=words, max_length=max_length, dtype=dtype)
+        return prepare_text_batch(batch, params=params, vocabulary=words, max_length=max_length, dtype=dtype)
 
-    return _with_id(records.mapInPandas(prepare, schema=schema))
+    return _with_id(storage.read_records(spark, entries, fmt=fmt, fields=fields, max_record_bytes=max_record_bytes,
+                                         prepare=prepare, schema=schema))
 
 
 def _model_inputs(features: list[bytes], lengths: list[int], source: ModelSource, decoder):

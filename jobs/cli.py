@@ -1,7 +1,11 @@
 """The ``bigtrain`` command: one subcommand per job; ``bigtrain SUBCOMMAND --help`` explains each."""
 from __future__ import annotations
 
+import argparse
+import contextlib
+import difflib
 import importlib
+import io
 import sys
 
 SUBCOMMANDS = {
@@ -16,6 +20,9 @@ SUBCOMMANDS = {
     "pipeline": ("jobs.pipeline:main", "run a pipeline of stages (conf/pipelines/NAME.yaml) under a lock; history"),
     "predict": ("jobs.predict:main", "Spark: score a dataset split or new raw inputs with a checkpoint -> Parquet"),
 }
+
+# Each job module's parser: build_parser(), but for the two generators that share a module.
+PARSERS = {"generate-images": "images_parser", "generate-texts": "texts_parser"}
 
 USAGE = "usage: bigtrain SUBCOMMAND [--help] [ARGS...]\n\nsubcommands:\n" + "\n".join(
     f"  {name:<20} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items())
@@ -32,6 +39,61 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, function = SUBCOMMANDS[name][0].split(":")
     return getattr(importlib.import_module(module_name), function)(rest)
+
+
+class _Refused(Exception):
+    """argparse's error, raised instead of printing usage and exiting."""
+
+
+def argument_problem(name: str, argv: list[str]) -> str | None:
+    """Why ``bigtrain NAME ARGV`` would stop at its flags (argparse's message, plus the closest flag for an unknown
+    one), or None. Only the subcommand's parser is built: nothing runs, nothing is printed, and no job imports
+    pyspark or torch before its ``run``, as for ``--help``."""
+    module_name = SUBCOMMANDS[name][0].split(":")[0]
+    parser = getattr(importlib.import_module(module_name), PARSERS.get(name, "build_parser"))()
+    _raise_errors(parser)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # a stage's --help: printed and exit 0, no problem
+            parser.parse_args(argv)
+    except _Refused as exc:
+        return str(exc) + _closest_flag(str(exc), parser)
+    except SystemExit as exc:  # --help, --version
+        return None if not exc.code else f"its parser exited with {exc.code}"
+    return None
+
+
+def _raise_errors(parser: argparse.ArgumentParser) -> None:
+    """Every ``error`` of the parser and of its sub-parsers (``datasets gc``) raises ``_Refused`` (on Python 3.11,
+    ``exit_on_error=False`` still exits on an unknown or missing flag)."""
+    def error(message: str):
+        raise _Refused(message)
+
+    parser.error = error
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _raise_errors(sub)
+
+
+def _closest_flag(message: str, parser: argparse.ArgumentParser) -> str:
+    """argparse suggests nothing for an unknown flag: `` (did you mean --max-length?)`` for the first one that has
+    a close known flag, else nothing."""
+    if not message.startswith("unrecognized arguments:"):
+        return ""
+    known = _flags(parser)
+    for word in message.split(":", 1)[1].split():
+        close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1) if word.startswith("--") else []
+        if close:
+            return f" (did you mean {close[0]}?)"
+    return ""
+
+
+def _flags(parser: argparse.ArgumentParser) -> list[str]:
+    flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            flags += [flag for sub in action.choices.values() for flag in _flags(sub)]
+    return sorted(set(flags))
 
 
 if __name__ == "__main__":

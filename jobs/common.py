@@ -143,15 +143,16 @@ def resolve_master(flag: str | None, config_master: str) -> str | None:
 
 
 def check_connectors(spark, urls: dict[str, str]) -> None:
-    """A UsageError naming the flag when Spark cannot reach one of the URLs (missing Hadoop connector), or when a
-    local path beyond ASCII went through a JVM that cannot name it (a non-UTF-8 locale: spark-submit passes such a
-    path on with "?" for those letters, and Spark would write it so). The files below --input are listed and read
-    in Python, whatever the locale."""
+    """A UsageError naming the flag when Spark cannot reach an --output (missing Hadoop connector), or when a local
+    path beyond ASCII went through a JVM that cannot name it (a non-UTF-8 locale: spark-submit passes such a path
+    on with "?" for those letters, and Spark would write it so). The files below --input are listed and read in
+    Python (``check_storage``), whatever the locale and whatever Hadoop connectors Spark has."""
     from pipelines import storage  # pyspark
 
     for flag, url in urls.items():
         try:
-            storage.require_connector(spark, url)
+            if flag != "--input":
+                storage.require_connector(spark, url)
         except storage.MissingConnectorError as exc:
             raise UsageError(f"{flag} {exc}") from None
         # Under spark-submit an ASCII JVM has already turned each letter beyond ASCII of the command line into "?"
@@ -165,18 +166,21 @@ HDFS_CLIENT = ("for hdfs:// the driver needs pyarrow's HDFS client: JAVA_HOME, l
                "ARROW_LIBHDFS_DIR) and CLASSPATH=$(hadoop classpath --glob)")
 
 
-def check_output_storage(output_url: str, *, flag: str = "--output") -> None:
-    """A UsageError naming the scheme and what is missing, before any Spark work, when bigtrain's own writes cannot
-    reach ``output_url``: Spark writes the rows, but Petastorm's metadata, the staging marker and the manifest go
-    through fsspec (pyarrow.fs for hdfs://), which would otherwise fail only after the whole Spark write."""
+def check_storage(url: str, *, flag: str) -> None:
+    """A UsageError naming the scheme and what is missing, before any Spark work, when bigtrain's own file access
+    cannot reach ``url``: the input files are listed and read through fsspec (by the driver and every executor);
+    of an output, Spark writes the rows, but Petastorm's metadata, the staging marker and the manifest go through
+    fsspec (pyarrow.fs for hdfs://), which would otherwise fail only after the whole Spark write."""
     try:
-        filesystem(output_url)
+        filesystem(url)
     except Exception as exc:  # noqa: BLE001 - ImportError (no package for the scheme), ValueError, OSError (no libhdfs)
-        scheme = output_url.split("://", 1)[0]
+        scheme = url.split("://", 1)[0]
         cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         hint = f"; {HDFS_CLIENT}" if scheme in ("hdfs", "viewfs") else ""
-        raise UsageError(f"{flag} {output_url}: bigtrain writes a dataset's metadata and manifest through fsspec, "
-                         f"which cannot reach {scheme}:// here ({cause}){hint}") from None
+        what = ("lists and reads the input files" if flag == "--input"
+                else "writes a dataset's metadata and manifest")
+        raise UsageError(f"{flag} {url}: bigtrain {what} through fsspec, which cannot reach {scheme}:// here "
+                         f"({cause}){hint}") from None
 
 
 def dataset_lock(output_url: str):
@@ -255,7 +259,8 @@ def run_preprocessing(*, job: str, unit: str, master: str | None, spark_conf: di
     from pipelines import storage  # pyspark
 
     check_apart(input_url, output_url)
-    check_output_storage(output_url)
+    check_storage(input_url, flag="--input")
+    check_storage(output_url, flag="--output")
     local = output_url.startswith("file://")
     if local:  # before anything is written there, the lock included
         check_output_kind(output_url, writes="bigtrain dataset")

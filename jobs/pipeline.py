@@ -11,7 +11,8 @@ one line saying so. A bare program name (a stage's launcher: or command:) is loo
 Python (the virtual environment's bin).
 
 Exit codes: 0 every stage ran or was skipped; 1 a stage failed (later stages not run; the history names it and its
-log); 2 the pipeline file or a flag is wrong; 3 a preprocessing stage rejected more input than max_reject_fraction
+log); 2 the pipeline file, a stage's argument (checked before the first stage runs; no run is recorded) or a flag
+is wrong; 3 a preprocessing stage rejected more input than max_reject_fraction
 (nothing committed); 75 another run of this pipeline holds the lock (try again later).
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 
 from core.errors import EXIT_OK, EXIT_USAGE, UsageError
 from core.logs import setup_logging
-from jobs.cli import SUBCOMMANDS
+from jobs.cli import SUBCOMMANDS, argument_problem
 from jobs.common import run_main
 from orchestration import runner, runs
 
@@ -59,6 +60,7 @@ def execute(args: argparse.Namespace) -> int:
         variables[name] = value
     pipeline = runner.load(args.file, variables, subcommands=SUBCOMMANDS)  # PipelineError: a UsageError, exit 2
     if args.action == "run":
+        runner.check_arguments(pipeline, argument_problem)  # before the lock and the history: nothing has started
         record = runs.run_recorded(pipeline, force=args.force)
         print(runs.locked_message(record) if record["status"] == "locked"
               else runs.format_history([record]).splitlines()[-1])

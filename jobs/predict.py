@@ -48,6 +48,7 @@ from jobs.common import (
     add_config_flags,
     check_apart,
     check_connectors,
+    check_storage,
     positive_int,
     resolve_master,
     run_main,
@@ -186,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         if input_url.startswith("file://") and not Path(input_url[len("file://"):]).exists():
             raise UsageError(f"--input {args.input}: no such file or directory")
         check_apart(input_url, output_url, advice=APART)
+        check_storage(input_url, flag="--input")
     with output_lock(output_url, args.output):
         check_output(output_url, args.output)
         spark = storage.build_spark(app_name="bigtrain-predict", master=resolve_master(args.master, config.master),
@@ -269,7 +271,7 @@ def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data,
         if config.split not in data.splits and config.split != "all":
             raise UsageError(f"--split {config.split}: {data.url} has splits {', '.join(data.splits)}")
         names = list(data.splits) if config.split == "all" else [config.split]
-        parts = [predict.dataset_rows(spark.read.parquet(data.splits[n].url), split=n, kind=kind, classes=data.classes)
+        parts = [predict.dataset_rows(spark.read.parquet(storage.spark_path(data.splits[n].url)), split=n, kind=kind, classes=data.classes)
                  for n in names if data.splits[n].rows]
         rows = parts[0] if parts else spark.createDataFrame([], predict.SCORING_SCHEMA)
         for part in parts[1:]:
@@ -303,17 +305,17 @@ def _text_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], input_u
         raise UsageError(f"checkpoint {checkpoint_path} holds no vocabulary: raw texts cannot be mapped to its ids")
     # Read exactly as preprocess-sequences reads (same file:line sources); Parquet inputs need no label column.
     listing = inputs.list_files(input_url, follow_links=bool(_setting(payload, "preprocess_sequences", "follow_links")))
-    try:
-        records = storage.read_records(spark, listing.entries, fmt=fmt, fields=[tokens_field or text_field],
-                                       max_record_bytes=_limit(payload, "preprocess_sequences", "max_record_bytes"))
-    except storage.MissingColumnError as exc:
-        raise UsageError(str(exc)) from None
     params = text.ParseParams(fmt=fmt, text_field=text_field, label_field=label_field,
                               tokens_field=tokens_field or None, tokenizer=tokenizer, lowercase=lowercase)
     dtype = text.token_dtype(len(vocabulary))
-    rows = predict.raw_texts(records, params=params,
-                             vocabulary=spark.sparkContext.broadcast(vocabulary), max_length=max_length, dtype=dtype)
-    return rows, records.count(), dtype
+    try:
+        rows = predict.raw_texts(spark, listing.entries, fmt=fmt, fields=[tokens_field or text_field],
+                                 max_record_bytes=_limit(payload, "preprocess_sequences", "max_record_bytes"),
+                                 params=params, vocabulary=spark.sparkContext.broadcast(vocabulary),
+                                 max_length=max_length, dtype=dtype)
+    except storage.MissingColumnError as exc:
+        raise UsageError(str(exc)) from None
+    return rows, rows.count(), dtype
 
 
 def predict(spark, *, model, output_url: str, data=None, input_url: str | None = None,

@@ -13,6 +13,7 @@ source (`file:line`) and reason. Records read = rows written + records rejected,
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from dataclasses import asdict, dataclass, field
@@ -161,7 +162,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
     parsed = parse_inputs(spark, run.entries_to_read(), fmt=fmt, config=config)
     previous = None if run.full else run.previous
     try:
-        carried = incremental.previous_records(spark, run, key=F.regexp_extract("source", r"^(.*):[0-9]+$", 1),
+        carried = incremental.previous_records(spark, run, key=F.regexp_extract("source", r"(?s)^(.*):[0-9]+$", 1),
                                                name_col="label_name")
         counted = count_records(spark, parsed, carried, max_length=config.max_length)
         records, reject_kind = without_mixed_label_kinds(parsed, counted) if not config.labels else (parsed, None)
@@ -249,18 +250,20 @@ def build_vocabulary(spark, records, config: PreprocessSequencesConfig) -> list[
 
 
 def parse_inputs(spark, entries: list, *, fmt: str, config: PreprocessSequencesConfig):
-    """Parsed records (persisted, with their ``split``) of the listed files ``entries``."""
+    """Parsed records (persisted, with their ``split``) of the listed files ``entries``: read and parsed in the
+    same Python worker (``storage.read_records`` with ``text.parse_batch``)."""
     from pipelines import splits, storage, text
 
     fields = [f for f in (config.tokens_field or config.text_field, config.label_field) if f]
-    try:
-        records = storage.read_records(spark, entries, fmt=fmt, fields=fields, max_record_bytes=config.max_record_bytes)
-    except storage.MissingColumnError as exc:
-        raise UsageError(str(exc)) from None
     params = text.ParseParams(fmt=fmt, text_field=config.text_field, label_field=config.label_field,
                               tokens_field=config.tokens_field or None, tokenizer=config.tokenizer,
                               lowercase=config.lowercase, max_length=config.max_length)
-    parsed = text.parse_lines(records, params=params)
+    try:
+        parsed = storage.read_records(spark, entries, fmt=fmt, fields=fields, max_record_bytes=config.max_record_bytes,
+                                      prepare=functools.partial(text.parse_batch, params=params),
+                                      schema=text.PARSED_SCHEMA)
+    except storage.MissingColumnError as exc:
+        raise UsageError(str(exc)) from None
     # The split is drawn before the records are kept, so the normalised text (``split_key``) is not kept beside
     # the tokens: each accepted record's text is held once.
     key = "split_key" if config.split_key == "content" else "source"

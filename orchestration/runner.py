@@ -15,6 +15,10 @@ A pipeline file (conf/pipelines/NAME.yaml):
 
 A stage's inputs are fingerprinted: a dataset by its current snapshot id, a file or folder by the names, sizes and
 modification times of its files. Same fingerprint as at its last success and its output still there: skipped.
+
+Before the first stage runs, every ``run:`` stage's args are checked against its subcommand's flags
+(``check_arguments``): a misspelt or wrong one refuses the whole pipeline (exit 2), before the lock is taken, so no
+stage runs and the history records no run, as for any other error in the file.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any, Callable, Collection
 
 import yaml
 
@@ -47,6 +51,8 @@ class Stage:
     argv: list[str]                 # what runs, launcher included
     inputs: list[str]
     output: str | None
+    subcommand: str | None = None   # run: a bigtrain subcommand, given subcommand_args; None for a command:
+    subcommand_args: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -134,20 +140,34 @@ def load(path: str, overrides: dict[str, str] | None = None, *, subcommands: Col
             raise PipelineError(f"{where}: every stage needs a unique name (got {stage_name!r})")
         seen.add(stage_name)
         args = raw.get("args") or {}
+        subcommand, flags = None, _args(args, where)
         if raw.get("command"):
-            argv = [str(a) for a in raw["command"]] + _args(args, where)
+            argv = [str(a) for a in raw["command"]] + flags
         elif raw.get("run") in subcommands:
-            argv = [sys.executable, "-m", "jobs.cli", raw["run"], *_args(args, where)]
+            subcommand = raw["run"]
+            argv = [sys.executable, "-m", "jobs.cli", subcommand, *flags]
         else:
             raise PipelineError(f"{where}: run {raw.get('run')!r} is not a bigtrain subcommand "
                                 f"({', '.join(subcommands)}), and no command is given")
         named = args if isinstance(args, dict) else {}
         inputs = raw.get("inputs") or [str(named[k]) for k in DEFAULT_INPUT_ARGS if named.get(k)]
         output = str(named["output"]) if named.get("output") else None
-        stages.append(Stage(stage_name, [str(a) for a in raw.get("launcher") or []] + argv, list(inputs), output))
+        stages.append(Stage(stage_name, [str(a) for a in raw.get("launcher") or []] + argv, list(inputs), output,
+                            subcommand, flags if subcommand else []))
     if not stages:
         raise PipelineError(f"{path}: no stages")
     return Pipeline(name, path, state, stages)
+
+
+def check_arguments(pipeline: Pipeline, problem_of: Callable[[str, list[str]], str | None]) -> None:
+    """Refuse the pipeline (``PipelineError``, exit 2) when a ``run:`` stage's args would stop its subcommand at
+    its flags. ``problem_of(subcommand, args)`` is that subcommand's parser, handed in from above like the names
+    (``jobs.cli.argument_problem``); it parses without running. Vars are substituted when the file is read, so
+    the args checked are the ones the stage gets. ``command:`` stages are any program's: not checked."""
+    for stage in pipeline.stages:
+        problem = problem_of(stage.subcommand, stage.subcommand_args) if stage.subcommand else None
+        if problem:
+            raise PipelineError(f"{pipeline.file}: stage {stage.name} ({stage.subcommand}): {problem}")
 
 
 def fingerprint_of(path: str) -> str:

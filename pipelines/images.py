@@ -32,7 +32,7 @@ class DecodeParams:
     max_pixels: int            # width*height above this is rejected as absurd (decompression bombs)
     min_side: int              # a side below this is rejected as absurd (1x4000 strips, empty images)
     max_aspect_ratio: float    # long side / short side above this is rejected
-    max_file_bytes: int | None = None  # larger files are rejected unread (files_too_large); None: no limit
+    max_file_bytes: int | None = None  # larger files are rejected unread (file_outcome); None: no limit
 
 
 class RejectedImage(Exception):

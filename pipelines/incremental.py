@@ -48,8 +48,14 @@ IGNORED_CONFIG_KEYS = ("master", "spark_conf", "mode", "max_reject_fraction",  #
                        "max_removed_fraction", "allow_single_class")
 
 
+# Keys added after snapshots were made, at the value that reads as before: fingerprinted as if absent, so that the
+# first run after an upgrade is not a full one for a setting nobody changed.
+NEW_KEY_DEFAULTS = {"follow_links": False}
+
+
 def config_fingerprint(config: dict[str, Any]) -> str:
-    kept = {k: v for k, v in config.items() if k not in IGNORED_CONFIG_KEYS}
+    kept = {k: v for k, v in config.items()
+            if k not in IGNORED_CONFIG_KEYS and not (k in NEW_KEY_DEFAULTS and v == NEW_KEY_DEFAULTS[k])}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -140,7 +146,7 @@ def _decide(run: RunPlan) -> dict[str, tuple[str, int, int]] | None:
         run.reason = f"the previous snapshot was made from {prev.input}: every input processed again"
     elif prev.snapshot.config_fingerprint != config_fingerprint(run.config):
         changed = sorted(k for k in run.config if k not in IGNORED_CONFIG_KEYS
-                         and prev.config.get(k) != run.config[k])
+                         and prev.config.get(k, NEW_KEY_DEFAULTS.get(k)) != run.config[k])
         run.reason = f"config changed ({', '.join(changed) or 'bigtrain version'}): every input processed again"
     else:
         problems = snapshots.check(run.previous_url, prev, checksums=False)
@@ -222,11 +228,11 @@ def previous_records(spark: SparkSession, run: RunPlan, *, key: Column, name_col
     if run.full or not run.diff.unchanged:
         return None
     prev = run.previous
-    parts = [spark.read.parquet(join(run.previous_url, name))
+    parts = [spark.read.parquet(storage.spark_path(join(run.previous_url, name)))
              .withColumn("split", F.lit(name)).withColumn("reason", F.lit(None).cast("string"))
              for name, counts in prev.splits.items() if counts.rows]
     if prev.rejected:
-        parts.append(spark.read.parquet(join(run.previous_url, layout.REJECTED_DIR)))
+        parts.append(spark.read.parquet(storage.spark_path(join(run.previous_url, layout.REJECTED_DIR))))
     if not parts:
         return None
     kept = spark.createDataFrame([(k,) for k in run.diff.unchanged], "_bt_key string")

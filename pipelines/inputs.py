@@ -13,8 +13,9 @@ and fails the whole job on one truncated ``.gz``. Here:
   with their reason when read. Names starting with ``.`` or ``_`` are hidden (Hadoop's rule, which keeps
   ``_SUCCESS`` and ``.crc`` files out), and counted in the log.
 * ``open_input`` opens one listed file in a worker (plain, ``.gz`` or ``.bz2``), ``read_bytes`` reads one whole with
-  a cap, ``text_records`` streams one text file's records with memory bounded by ``max_record_bytes``, and
-  ``parquet_records`` one Parquet file's rows as JSON objects. Each file's failure is the file's reject, never the
+  a cap, ``lines`` streams a text file's lines with memory bounded by ``max_record_bytes`` (ends ``\\n`` or
+  ``\\r\\n``; a lone ``\\r``, which Hadoop's reader also took for a line end, is not one), and ``parquet_rows`` a
+  Parquet file's rows as JSON objects. Each file's failure is the file's reject, never the
   job's.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import logging
 import os
 import stat
+import zlib
 from dataclasses import dataclass
 from typing import IO, Iterator
 
@@ -79,10 +81,10 @@ def list_files(input_url: str, *, follow_links: bool = False) -> Listing:
     listing = Listing(root=input_root(input_url), entries=[])
     walker = _LocalWalk(listing, os.fsencode(root_path), follow_links=follow_links)
     if os.path.isdir(path):
-        walker.folder(os.fsencode(path), b"")
-        walker.links()
+        walker.walk(os.fsencode(path), b"")
     else:
         walker.entry(os.fsencode(path), os.fsencode(os.path.basename(path)))
+    walker.links()
     listing.entries.sort(key=lambda e: e.relpath)
     if listing.hidden:
         log.info("%d hidden files and folders below %s not read (names starting with . or _)", listing.hidden,
@@ -103,15 +105,23 @@ def _text(name: bytes) -> tuple[str, bool]:
 
 
 class _LocalWalk:
-    """A walk of a local tree with names as bytes; links followed only when asked, only inside the root, once."""
+    """A walk of a local tree with names as bytes (a stack, not recursion: any depth); links followed only when
+    asked, only inside the root, and after the walk, so that a file's own name wins over a link's and a file or
+    folder reached through links is read once. Hard links are files of their own, as they always were."""
 
     def __init__(self, listing: Listing, root: bytes, *, follow_links: bool):
         self.listing, self.follow = listing, follow_links
         self.root = os.path.realpath(root)
         self.seen_folders: set[tuple[int, int]] = set()
         self.seen_files: dict[tuple[int, int], str] = {}
-        self.followed: list[tuple[bytes, bytes, os.stat_result]] = []  # after the walk: a file's own name wins
+        self.followed: list[tuple[bytes, bytes, os.stat_result]] = []
+        self.folders: list[tuple[bytes, bytes]] = []
         self.prefix = normalise_url(listing.root).rstrip("/") + "/"
+
+    def walk(self, path: bytes, rel: bytes) -> None:
+        self.folders.append((path, rel))
+        while self.folders:
+            self.folder(*self.folders.pop())
 
     def folder(self, path: bytes, rel: bytes) -> None:
         st = os.stat(path)
@@ -138,7 +148,7 @@ class _LocalWalk:
         if stat.S_ISLNK(st.st_mode):
             self.link(path, rel, st)
         elif stat.S_ISDIR(st.st_mode):
-            self.folder(path, rel)
+            self.folders.append((path, rel))
         else:
             self.file(rel, st)
 
@@ -152,6 +162,8 @@ class _LocalWalk:
         """Follow the links met, once the real files and folders are known (more may be met on the way)."""
         while self.followed:
             self.follow_link(*self.followed.pop(0))
+            while self.folders:
+                self.folder(*self.folders.pop())
 
     def follow_link(self, path: bytes, rel: bytes, st: os.stat_result) -> None:
         target = os.path.realpath(path)
@@ -167,7 +179,10 @@ class _LocalWalk:
             if (target_st.st_dev, target_st.st_ino) in self.seen_folders:
                 self.add(rel, st, "symbolic link: to a folder already read (a loop or a second way in)")
             else:
-                self.folder(path, rel)
+                self.folders.append((path, rel))
+        elif (target_st.st_dev, target_st.st_ino) in self.seen_files:
+            self.add(rel, st, f"symbolic link: the same file as {self.seen_files[target_st.st_dev, target_st.st_ino]} "
+                              "(read once)")
         else:
             self.file(rel, target_st)
 
@@ -175,10 +190,7 @@ class _LocalWalk:
         if not stat.S_ISREG(st.st_mode):
             self.add(rel, st, "not a regular file: a device, pipe or socket")
             return
-        first = self.seen_files.setdefault((st.st_dev, st.st_ino), _text(rel)[0])
-        if first != _text(rel)[0]:
-            self.add(rel, st, f"symbolic link: the same file as {first} (read once)")
-            return
+        self.seen_files.setdefault((st.st_dev, st.st_ino), _text(rel)[0])
         self.add(rel, st, None)
 
     def add(self, rel: bytes, st: os.stat_result | None, problem: str | None) -> None:
@@ -221,7 +233,7 @@ def _raw(path: str) -> IO[bytes]:
     local = local_path(path)
     try:
         if local is not None:
-            return open(local.encode("utf-8", errors="surrogateescape"), "rb")
+            return _open_regular(local.encode("utf-8", errors="surrogateescape"))
         import fsspec
 
         return fsspec.open(path, "rb").open()
@@ -229,6 +241,20 @@ def _raw(path: str) -> IO[bytes]:
         raise UnreadableFile("unreadable file: vanished after it was listed") from None
     except OSError as exc:
         raise UnreadableFile(f"unreadable file: {exc.strerror or exc}") from None
+
+
+def _open_regular(path: bytes) -> IO[bytes]:
+    """A local file opened for reading only if it is still the regular file the listing saw: a name swapped for a
+    link or a pipe after the listing is neither followed nor waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnreadableFile("unreadable file: no longer a regular file (replaced after it was listed)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 COMPRESSIONS = {".gz": gzip.GzipFile, ".bz2": bz2.BZ2File}
@@ -242,14 +268,20 @@ def open_input(path: str) -> IO[bytes]:
         raise UnreadableFile(f"unsupported compression: {ext} (use .gz or .bz2, or none)")
     raw = _raw(path)
     opener = COMPRESSIONS.get(ext)
-    return opener(fileobj=raw) if opener is gzip.GzipFile else (opener(raw) if opener else raw)
+    if opener is None:
+        return raw
+    if not raw.read(1):  # an empty .gz or .bz2 (a failed upload) decompresses to nothing without an error
+        raw.close()
+        raise UnreadableFile(f"corrupt or truncated file: an empty {ext} file")
+    raw.seek(0)
+    return opener(fileobj=raw) if opener is gzip.GzipFile else opener(raw)
 
 
 def failure(exc: Exception) -> str:
     """The reason a file failed part way, in a stable form (no object addresses)."""
     if isinstance(exc, UnreadableFile):
         return str(exc)
-    if isinstance(exc, (EOFError, gzip.BadGzipFile, OSError)) and not isinstance(exc, FileNotFoundError):
+    if isinstance(exc, (EOFError, gzip.BadGzipFile, OSError, zlib.error)) and not isinstance(exc, FileNotFoundError):
         return f"corrupt or truncated file: {type(exc).__name__}: {exc}"
     return f"unreadable file: {type(exc).__name__}: {exc}"
 
@@ -289,6 +321,8 @@ def lines(f: IO[bytes], max_bytes: int | None, keep: int) -> Iterator[Line]:
                 yield Line(number, body, len(body))
                 continue
         length, head = len(chunk), chunk[:keep]
+        if chunk.endswith(b"\n"):  # the whole line is in this chunk: its line break is not part of it
+            head = chunk[:-2 if chunk.endswith(b"\r\n") else -1][:keep]
         while not chunk.endswith(b"\n"):
             chunk = reader.readline(READ_CHUNK)
             if not chunk:
@@ -298,8 +332,12 @@ def lines(f: IO[bytes], max_bytes: int | None, keep: int) -> Iterator[Line]:
         yield Line(number, head, length)
 
 
+PARQUET_BATCH_BYTES = 8 << 20  # the rows of a Parquet file held at once, by the row groups' sizes
+
+
 def parquet_rows(f: IO[bytes], columns: list[str], batch_rows: int = 1024) -> Iterator[bytes]:
-    """Each row of a Parquet file as a JSON object of ``columns`` (UTF-8 bytes), row group by row group."""
+    """Each row of a Parquet file as a JSON object of ``columns`` (UTF-8 bytes), row group by row group, in batches
+    of at most ``batch_rows`` rows and, by the row group's average row, about PARQUET_BATCH_BYTES."""
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(f)
@@ -307,7 +345,15 @@ def parquet_rows(f: IO[bytes], columns: list[str], batch_rows: int = 1024) -> It
     missing = [c for c in columns if c not in names]
     if missing:
         raise UnreadableFile(f"no column {missing[0]!r} (columns: {', '.join(names)})")
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+    for group in range(parquet.metadata.num_row_groups):
+        meta = parquet.metadata.row_group(group)
+        row_bytes = meta.total_byte_size / max(meta.num_rows, 1)
+        size = max(1, min(batch_rows, int(PARQUET_BATCH_BYTES / max(row_bytes, 1))))
+        yield from _json_rows(parquet.iter_batches(batch_size=size, row_groups=[group], columns=columns))
+
+
+def _json_rows(batches) -> Iterator[bytes]:
+    for batch in batches:
         for row in batch.to_pylist():
             yield json.dumps(row, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
 

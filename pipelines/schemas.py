@@ -13,7 +13,7 @@ from compat import petastorm as petastorm_compat
 IMAGE_CODECS = ("png", "jpeg", "raw")
 
 
-# Output of the decode step (pipelines.images.decode_image_batch): one row per input file, accepted or not.
+# Output of the decode step (pipelines.images.decode_file_batch): one row per input file, accepted or not.
 DECODED_SCHEMA = T.StructType([
     T.StructField("path", T.StringType(), False),        # the file's URL as listed (pipelines.inputs)
     T.StructField("relpath", T.StringType(), True),      # path below the input root, as the file system names it

@@ -19,7 +19,7 @@ import os
 import pickle
 import sys
 import warnings
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pyspark import SparkContext
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -159,6 +159,15 @@ def require_connector(spark: SparkSession, url: str) -> None:
                                     f"classpath); add {provider.format(hadoop=hadoop)}") from None
 
 
+_GLOB_CHARS = "\\*?[]{}"
+
+
+def spark_path(url: str) -> str:
+    """A URL as Spark's readers take it: Hadoop's glob characters (``[ ] { } * ? \\``) escaped, since a dataset
+    folder named ``ds [v2]`` is a path, not a pattern."""
+    return "".join("\\" + c if c in _GLOB_CHARS else c for c in url)
+
+
 FILES_SCHEMA = "path string, relpath string, size long, problem string"
 
 
@@ -211,24 +220,41 @@ def detect_format(input_url: str, given: str = "auto") -> str:
 
 
 def read_records(spark: SparkSession, entries: list, *, fmt: str, fields: list[str],
-                 max_record_bytes: int | None = None) -> DataFrame:
+                 max_record_bytes: int | None = None, prepare: Callable[[Any], Any] | None = None,
+                 schema=None) -> DataFrame:
     """RECORD_SCHEMA rows (``pipelines.text``: source, file_path, raw, broken, header) of every record of the listed
-    files ``entries``, read by the Python workers (``text.file_records``): a line (JSON Lines, CSV: its header line
-    is not one) or a Parquet row as a JSON object of ``fields``. Preprocessing and batch inference both read
-    through this, so a record has the same source (and sample id) in both. MissingColumnError when the first
-    Parquet file has no column of ``fields`` (a later one without it is a rejected file)."""
+    files ``entries``, read by the Python workers (``text.file_records``): a line (JSON Lines), a CSV record (its
+    header line is not one) or a Parquet row as a JSON object of ``fields``; or, with ``prepare`` (a function of a
+    frame of such records -> a frame of ``schema``), what it makes of them in the same worker: records are never
+    batched again between reading and parsing (Spark batches by rows, and 10,000 records of up to
+    ``max_record_bytes`` each would not fit). Preprocessing and batch inference both read through this, so a
+    record has the same source (and sample id) in both. MissingColumnError when the first readable Parquet file
+    has no column of ``fields`` (a later one without it is a rejected file)."""
     if fmt == "parquet":
-        first = next((e for e in entries if e.problem is None and e.size > 0), None)
-        if first is not None:
-            columns = inputs.parquet_columns(first.path)
-            missing = [c for c in fields if c not in columns]
-            if missing:
-                raise MissingColumnError(f"{first.path}: no column {missing[0]!r} (columns: {', '.join(columns)})")
+        _check_columns(entries, fields)
 
     def read(files: Iterator) -> Iterator:
-        return text.read_partition(files, fmt=fmt, fields=fields, max_record_bytes=max_record_bytes)
+        for frame in text.read_partition(files, fmt=fmt, fields=fields, max_record_bytes=max_record_bytes):
+            yield prepare(frame) if prepare is not None else frame
 
-    return files_frame(spark, entries).select("path", "relpath", "problem").mapInPandas(read, text.RECORD_SCHEMA)
+    return files_frame(spark, entries).select("path", "relpath", "problem").mapInPandas(
+        read, schema if prepare is not None else text.RECORD_SCHEMA)
+
+
+def _check_columns(entries: list, fields: list[str]) -> None:
+    """MissingColumnError when the first Parquet file that can be read has no column of ``fields`` (a file that
+    cannot be read is the workers' reject, not a reason to fail the job here)."""
+    for entry in entries:
+        if entry.problem is not None or entry.size == 0:
+            continue
+        try:
+            columns = inputs.parquet_columns(entry.path)
+        except Exception:  # noqa: BLE001 - not Parquet, truncated, unreadable: rejected when read
+            continue
+        missing = [c for c in fields if c not in columns]
+        if missing:
+            raise MissingColumnError(f"{entry.path}: no column {missing[0]!r} (columns: {', '.join(columns)})")
+        return
 
 
 class MissingColumnError(ValueError):

@@ -233,15 +233,6 @@ def broken_of(batch: pd.DataFrame) -> list:
     return [value if isinstance(value, str) else None for value in batch["broken"]]
 
 
-def parse_lines(lines: DataFrame, *, params: ParseParams) -> DataFrame:
-    """RECORD_SCHEMA rows -> PARSED_SCHEMA, parsed in Arrow batches on the executors."""
-    def parse_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            yield parse_batch(batch, params=params)
-
-    return lines.mapInPandas(parse_partition, schema=PARSED_SCHEMA)
-
-
 RECORD_SCHEMA = T.StructType([
     T.StructField("source", T.StringType(), False),      # <file below the input root>:<line or row>
     T.StructField("file_path", T.StringType(), False),

@@ -53,7 +53,7 @@ def images(spark, src, out) -> dict:
 
 
 def test_image_names_with_spaces_percent_hash_and_accents_in_full_and_incremental_runs(spark, tmp_path):
-    src, ds = tmp_path / "in put [1]", tmp_path / "data set"
+    src, ds = tmp_path / "in put [1]", tmp_path / "data set [2]"  # the incremental run reads "[2]" as a path
     for i, name in enumerate(IMAGES):
         write(src / name, png((30 * i, 10, 200)), mtime=1_700_000_000)
     write(src / EMPTY, b"")
@@ -137,37 +137,10 @@ def test_scoring_rows_of_raw_inputs_carry_the_names_as_written(spark, tmp_path):
 
     texts = tmp_path / "new texts"
     write(texts / "dir name/part 1.jsonl", lines(2))
-    records = storage.read_records(spark, inputs.list_files(to_url(str(texts))).entries, fmt="jsonl", fields=["text"])
+    entries = inputs.list_files(to_url(str(texts))).entries
     params = text.ParseParams(fmt="jsonl", text_field="text", label_field="label", tokens_field=None,
                               tokenizer="word", lowercase=True)
-    scored = predict.raw_texts(records, params=params, vocabulary=list(text.RESERVED) + ["good"],
-                               max_length=8, dtype="<u2").collect()
+    scored = predict.raw_texts(spark, entries, fmt="jsonl", fields=["text"], max_record_bytes=None, params=params,
+                               vocabulary=list(text.RESERVED) + ["good"], max_length=8, dtype="<u2").collect()
     assert sorted(r["source"] for r in scored) == ["dir name/part 1.jsonl:1", "dir name/part 1.jsonl:2"]
     assert all(r["reason"] is None for r in scored)
-
-
-GLOB_READ = """
-import sys
-from pipelines.storage import build_spark
-spark = build_spark(app_name="bigtrain-glob-warning", master="local[1]", conf={"spark.ui.enabled": "false"})
-escaped = "".join("\\\\" + c if c in "[]" else c for c in sys.argv[1])  # a path, not a pattern
-print(len(spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(escaped).inputFiles()))
-"""
-
-
-def test_an_input_under_a_bracketed_folder_reads_without_spark_s_metadata_directory_warning(tmp_path):
-    """With conf/log4j2.properties (the Makefile's SPARK_SUBMIT_OPTS), a path that holds ``[`` lists every file and
-    no longer logs Spark's 60-line "Assume no metadata directory" warning, which it did on every run."""
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO, subprocess_env
-
-    for name in ("a/x.png", "b/y.png"):
-        write(tmp_path / "in [1]" / name, png((1, 2, 3)))
-    env = {**subprocess_env(), "PYTHONPATH": str(REPO),
-           "SPARK_SUBMIT_OPTS": f"-Dlog4j2.configurationFile=file:{REPO}/conf/log4j2.properties"}
-    done = subprocess.run([sys.executable, "-c", GLOB_READ, f"file://{tmp_path}/in [1]"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.split() == ["2"], done.stderr[-3000:]
-    assert "FileStreamSink" not in done.stderr and "metadata directory" not in done.stderr, done.stderr[-3000:]

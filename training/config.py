@@ -108,7 +108,10 @@ class TrainConfig:
     grad_clip_norm: float | None = None
     mixed_precision: bool = False
     early_stopping_patience: int = 0
-    early_stopping_min_delta: float = 0.0
+    # an epoch improves on the best validation loss when it is lower by more than both margins (early_stopping_margin)
+    early_stopping_min_delta_relative: float = 0.0  # a share of the best loss: 0.001 = 0.1%, whatever the loss's scale
+    early_stopping_min_delta_absolute: float = 0.0  # in units of the loss
+    early_stopping_min_delta: float | None = None   # the old name of early_stopping_min_delta_absolute, still read
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 2
     resume: Literal["auto", "require", "never"] = "auto"
@@ -119,7 +122,7 @@ class TrainConfig:
     model_config: dict[str, Any] = field(default_factory=dict)  # handed to a model factory (train.model a:b)
     loss: str = "cross_entropy"   # or package.module:function, (logits, labels) -> one loss per row
     collate: str | None = None    # package.module:function, the batch's inputs -> the model's inputs
-    keep_best: bool = True        # end with the weights of the epoch of lowest validation loss
+    keep_best: bool = True        # end with the weights of the last epoch that improved (early_stopping_margin)
     max_data_stall: float | None = None  # a rank's share of step time waiting for data; None: no budget
     stall_budget_action: Literal["warn", "fail"] = "warn"
     watchdog_seconds: float = 300.0  # no rank progressing this long: hang.json, stacks, exit 5; 0: off
@@ -153,8 +156,7 @@ class TrainConfig:
                  f"must be positive (or null for no clipping), got {self.grad_clip_norm}")
         _require(self.early_stopping_patience >= 0, f"{prefix}.early_stopping_patience",
                  f"must be >= 0 (0 = off), got {self.early_stopping_patience}")
-        _require(self.early_stopping_min_delta >= 0, f"{prefix}.early_stopping_min_delta",
-                 f"must be >= 0, got {self.early_stopping_min_delta}")
+        self._validate_early_stopping_margins(prefix)
         _require(self.checkpoint_every_steps >= 0, f"{prefix}.checkpoint_every_steps",
                  f"must be >= 0 (0 = at epoch ends only), got {self.checkpoint_every_steps}")
         _require(self.max_data_stall is None or 0 < self.max_data_stall < 1, f"{prefix}.max_data_stall",
@@ -163,3 +165,26 @@ class TrainConfig:
                  f"must be >= 0 (0 = no watchdog), got {self.watchdog_seconds}")
         _require(self.keep_checkpoints >= 1, f"{prefix}.keep_checkpoints",
                  f"must be at least 1, got {self.keep_checkpoints}")
+
+    def _validate_early_stopping_margins(self, prefix: str) -> None:
+        relative, absolute, old = (self.early_stopping_min_delta_relative, self.early_stopping_min_delta_absolute,
+                                   self.early_stopping_min_delta)
+        _require(0 <= relative < 1, f"{prefix}.early_stopping_min_delta_relative",
+                 f"must be a share of the best loss in [0, 1) (0.001 = 0.1%), got {relative}")
+        _require(absolute >= 0, f"{prefix}.early_stopping_min_delta_absolute", f"must be >= 0, got {absolute}")
+        _require(old is None or old >= 0, f"{prefix}.early_stopping_min_delta", f"must be >= 0, got {old}")
+        _require(old is None or absolute in (0, old), f"{prefix}.early_stopping_min_delta",
+                 f"is the old name of {prefix}.early_stopping_min_delta_absolute; set only that one (got {old} and "
+                 f"{absolute})")
+
+    def early_stopping_margin(self, best_val_loss: float) -> float:
+        """How much lower than ``best_val_loss`` a validation loss must be to count as an improvement: the larger
+        of the relative margin (a share of the loss, so that a loss of 0.0009 still improves to 0.0001) and the
+        absolute one."""
+        return max(self.early_stopping_absolute_margin, self.early_stopping_min_delta_relative * abs(best_val_loss))
+
+    @property
+    def early_stopping_absolute_margin(self) -> float:
+        """``early_stopping_min_delta_absolute``, or ``early_stopping_min_delta`` (its old name) where that is set."""
+        old = self.early_stopping_min_delta
+        return self.early_stopping_min_delta_absolute if old is None else old

@@ -4,7 +4,8 @@
     <output>/tensorboard/             TensorBoard event files: every numeric value of an epoch as ``epoch/<key>``
     <output>/evaluation.json          accuracy, per-class precision/recall/F1, macro and weighted averages, confusion
     <output>/confusion_matrix.png     the confusion matrix as an annotated heatmap
-    <output>/training_curves.png      loss and accuracy per epoch (train, validation), and the data-stall fraction
+    <output>/training_curves.png      loss and accuracy per epoch (train, validation), and the data-stall fraction;
+                                      a dashed line at the epoch whose weights the run kept
     <output>/stages.png               the last epoch's stage ledger: each rank's time stacked by stage, and its loader's
 
 Everything here runs on rank 0 only. Plots use matplotlib's object API on the Agg canvas (``Figure``, never
@@ -17,6 +18,7 @@ import json
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -231,28 +233,52 @@ def _series(history: list[dict], key: str) -> tuple[list[float], list[float]]:
     return [float(e) for e, _ in points], [float(v) for _, v in points]
 
 
-def plot_curves(history: list[dict], path: Path) -> Path:
-    """Loss and accuracy per epoch (train and validation), and the data-stall fraction where the records have it."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+@dataclass(frozen=True)
+class CurvePanel:
+    """One panel of ``training_curves.png``: its lines (label, epochs, values) and the epoch whose weights the run
+    kept (a dashed vertical line; None: not drawn)."""
+    title: str
+    lines: list[tuple[str, list[float], list[float]]]
+    kept_epoch: int | None
+    share: bool  # values in [0, 1]
 
+
+def curve_panels(history: list[dict], kept_epoch: int | None = None) -> list[CurvePanel]:
+    """What ``training_curves.png`` draws: loss and accuracy per epoch (train and validation), the data-stall
+    fraction where the records have it, each marked with ``kept_epoch`` when it is one of the recorded epochs."""
     panels = [("loss", ("train_loss", "val_loss")), ("accuracy", ("train_accuracy", "val_accuracy"))]
     if any(_is_number(r.get("data_stall")) for r in history):
         panels.append(("data stall (share of step time waiting for data)", ("data_stall",)))
+    recorded = {r.get("epoch") for r in history}
+    kept = kept_epoch if kept_epoch in recorded else None
+    out = []
+    for title, keys in panels:
+        lines = [(key.replace("_", " ").replace("val ", "validation "), *_series(history, key)) for key in keys]
+        out.append(CurvePanel(title, [line for line in lines if line[2]], kept, title != "loss"))
+    return out
+
+
+def plot_curves(history: list[dict], path: Path, *, kept_epoch: int | None = None) -> Path:
+    """``curve_panels`` drawn side by side; the kept epoch is a dashed vertical line in each panel."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    panels = curve_panels(history, kept_epoch)
     figure = Figure(figsize=(5.0 * len(panels), 4.0))
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (title, keys) in zip(axes, panels):
-        for key in keys:
-            epochs, values = _series(history, key)
-            if values:
-                ax.plot(epochs, values, marker="o", label=key.replace("_", " ").replace("val ", "validation "))
-        ax.set_title(title)
+    for ax, panel in zip(axes, panels):
+        for label, epochs, values in panel.lines:
+            ax.plot(epochs, values, marker="o", label=label)
+        if panel.kept_epoch is not None and panel.lines:
+            ax.axvline(panel.kept_epoch, color="0.4", linestyle="--", linewidth=1,
+                       label=f"weights kept (epoch {panel.kept_epoch})")
+        ax.set_title(panel.title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(history) == 1:  # one point: matplotlib's tiny range has no integer inside but the epoch itself
             ax.set_xticks([history[0]["epoch"]])
         ax.grid(alpha=0.3)
-        if "accuracy" in title or "stall" in title:
+        if panel.share:
             ax.set_ylim(0.0, 1.02)
         if ax.lines:
             ax.legend()
@@ -262,15 +288,28 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     return path
 
 
+def val_loss_summary(history: list[dict], weights_epoch: int | None) -> dict[str, Any]:
+    """metrics.json's validation losses: ``kept_val_loss``, that of ``weights_epoch`` (the epoch whose weights the
+    run ends with), and ``lowest_val_loss`` of epoch ``lowest_val_loss_epoch`` (the first of equals), the lowest any
+    epoch had: lower than the kept one by less than early stopping's margins, or, with train.keep_best off, an
+    earlier epoch's. None where there was no validation."""
+    losses = {r["epoch"]: float(r["val_loss"]) for r in history
+              if _is_number(r.get("val_loss")) and math.isfinite(float(r["val_loss"]))}
+    lowest = min(losses, key=losses.__getitem__, default=None)
+    return {"kept_val_loss": losses.get(weights_epoch), "lowest_val_loss": losses.get(lowest),
+            "lowest_val_loss_epoch": lowest}
+
+
 def write_evaluation_report(output_dir: str | Path, report: dict[str, Any], history: list[dict]) -> list[Path]:
     """``evaluation.json`` (the report), ``confusion_matrix.png`` and ``training_curves.png`` in ``output_dir``;
-    returns their paths. Each file is written aside and renamed, so none is ever half-written."""
+    returns their paths; the curves mark the epoch ``report["weights_epoch"]`` names. Each file is written aside and
+    renamed, so none is ever half-written."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path = output_dir / EVALUATION_FILE
     atomic.write_text(json_path, json.dumps(_plain(report), indent=2) + "\n")
     paths = [json_path, plot_confusion(report, output_dir / CONFUSION_PNG),
-             plot_curves(list(history), output_dir / CURVES_PNG)]
+             plot_curves(list(history), output_dir / CURVES_PNG, kept_epoch=report.get("weights_epoch"))]
     ledgers = [r["ledger"] for r in history if isinstance(r.get("ledger"), dict)]
     if ledgers:
         paths.append(plot_stages(ledgers[-1], output_dir / STAGES_PNG, epoch=len(history)))

@@ -36,8 +36,10 @@ class Progress:
     sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # this epoch so far, all ranks: loss*n, hits, n
     stall: list[float] = field(default_factory=lambda: [0.0, 0.0])      # seconds waiting for data, seconds in steps
     history: list[dict[str, Any]] = field(default_factory=list)
+    # the last epoch whose validation loss beat the best before it by more than early stopping's margins, and that
+    # loss (a later epoch's may be lower by less: metrics.json's lowest_val_loss); its weights are checkpoints/best.pt
     best_val_loss: float | None = None
-    best_epoch: int | None = None   # the epoch of best_val_loss (1-based); its weights are <output>/checkpoints/best.pt
+    best_epoch: int | None = None   # 1-based
     bad_epochs: int = 0
     stopped_early: bool = False
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from training.ledger import RankLedger, StageClock
 from training.ledger import describe as describe_ledger
 from training.ledger import summary as ledger_summary
 from training.models import collate_function, loss_function, resolve_model_name
-from training.reports import MetricsLog, classification_report, write_evaluation_report
+from training.reports import MetricsLog, classification_report, val_loss_summary, write_evaluation_report
 from training.resume import Progress
 from training.shards import DataCoverageError, plan_shard, shard_files
 from training.sources import BatchSource
@@ -141,6 +142,11 @@ class Trainer:
                  counted(torch.get_num_threads(), "thread"), dist.name, describe(self.device),
                  self.precision.name, plan.steps(config.batch_size), config.batch_size, self.optimizer_name,
                  self.peak_lr, "" if plan.by_row_group else " (fewer row groups than ranks: row sharding)")
+        if config.early_stopping_min_delta is not None:
+            log.warning("train.early_stopping_min_delta (%g) is the old name of train.early_stopping_min_delta_absolute "
+                        "and read as that, a margin in units of the loss: no gain smaller than it counts as an "
+                        "improvement; train.early_stopping_min_delta_relative (%g) is a share of the best loss",
+                        config.early_stopping_min_delta, config.early_stopping_min_delta_relative)
 
     def start_or_resume(self) -> tuple[Progress, str | None]:
         """A fresh Progress, or the one of the newest resume point (read on rank 0 and broadcast, so the output
@@ -208,8 +214,7 @@ class Trainer:
                          100 * record["data_stall"], record["seconds"], describe_ledger(record["ledger"]))
                 self._metrics_log(progress.history[:-1]).log_epoch(record)
                 if progress.stopped_early:
-                    log.info("early stopping: val_loss has not improved by more than %g for %d epochs",
-                             config.early_stopping_min_delta, config.early_stopping_patience)
+                    log.info("%s", describe_stop(progress, config))
             self.heartbeat.set("checkpoint")
             self.save_resume_point(progress, commit)
             self._check_stall_budget(record)
@@ -331,9 +336,9 @@ class Trainer:
         """Test evaluation; on rank 0 the final checkpoint, metrics.json and the evaluation report."""
         dist, classes = self.dist, self.batches.spec.classes
         weights_epoch = self.restore_best(progress)
+        val_losses = val_loss_summary(progress.history, weights_epoch)
         if dist.rank == 0 and weights_epoch != progress.epoch:
-            log.info("keeping the weights of epoch %d (lowest validation loss, %.4f), not those of the last epoch %d",
-                     weights_epoch, progress.best_val_loss, progress.epoch)
+            log.info("%s", describe_kept(weights_epoch, val_losses, progress.epoch))
         self.heartbeat.enter("test")
         test = self.evaluate("test", check_ids=True)
         self.heartbeat.enter("finish")
@@ -342,8 +347,8 @@ class Trainer:
         compared = baselines(self.batches, dist, test_rows=test["per_class_rows"], batch_size=self.config.batch_size)
         metrics = {
             "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_rows": test["rows"],
-            "baselines": compared, "weights_epoch": weights_epoch, "best_epoch": progress.best_epoch,
-            "best_val_loss": progress.best_val_loss,
+            "baselines": compared, "weights_epoch": weights_epoch, **val_losses,
+            "best_epoch": progress.best_epoch,  # the last epoch that improved (read by benchmarks/text_models.py)
             "parameters": sum(p.numel() for p in unwrap(self.model).parameters()),
             "per_class_accuracy": dict(zip(classes, test["per_class_accuracy"])),
             "per_class_rows": dict(zip(classes, test["per_class_rows"])),
@@ -393,18 +398,51 @@ def output_lock(output_dir: Path, dist):
 
 
 def update_best(progress: Progress, record: dict[str, Any], config: TrainConfig) -> bool:
-    """Track the best validation loss and its epoch (an epoch is the new best when it improves on the best by more
-    than ``early_stopping_min_delta``, as Keras counts it), and stop early after ``early_stopping_patience`` epochs
-    without one (0: never). True when this epoch is the new best: its weights are the ones to keep."""
+    """Track the best validation loss and its epoch, and stop early after ``early_stopping_patience`` epochs without
+    an improvement (0: never). An epoch improves when its loss is lower than the best by more than
+    ``config.early_stopping_margin`` (the larger of a share of the best and an absolute margin; Keras counts
+    ``min_delta`` alike); a loss that is not finite never does. True when this epoch is the new best: its weights
+    are the ones to keep."""
     val_loss = record.get("val_loss")
     if val_loss is None:
         return False
-    if progress.best_val_loss is None or val_loss < progress.best_val_loss - config.early_stopping_min_delta:
+    best = progress.best_val_loss
+    if math.isfinite(val_loss) and (best is None or val_loss < best - config.early_stopping_margin(best)):
         progress.best_val_loss, progress.best_epoch, progress.bad_epochs = val_loss, record["epoch"], 0
         return True
     progress.bad_epochs += 1
     progress.stopped_early = 0 < config.early_stopping_patience <= progress.bad_epochs
     return False
+
+
+def describe_margins(config: TrainConfig) -> str:
+    """"0.1% of it and 0.001": the margins an improvement must beat, as the early-stopping line names them."""
+    absolute = config.early_stopping_absolute_margin
+    parts = ([f"{100 * config.early_stopping_min_delta_relative:g}% of it"] if config.early_stopping_min_delta_relative
+             else []) + ([f"{absolute:g}"] if absolute else [])
+    return " and ".join(parts) or "0"
+
+
+def describe_stop(progress: Progress, config: TrainConfig) -> str:
+    """The line that says why a run stopped early."""
+    if progress.best_epoch is None:
+        return f"early stopping: no finite validation loss in {counted(progress.bad_epochs, 'epoch')}"
+    return (f"early stopping: validation loss has not improved on epoch {progress.best_epoch}'s "
+            f"{_fmt_loss(progress.best_val_loss)} by more than {describe_margins(config)} for "
+            f"{counted(config.early_stopping_patience, 'epoch')}")
+
+
+def describe_kept(weights_epoch: int, val_losses: dict[str, Any], last_epoch: int) -> str:
+    """The closing line about the weights a run ends with, naming their validation loss and, where another epoch's
+    was lower by less than the early-stopping margins, that one."""
+    kept, lowest, lowest_epoch = (val_losses["kept_val_loss"], val_losses["lowest_val_loss"],
+                                  val_losses["lowest_val_loss_epoch"])
+    if lowest_epoch == weights_epoch:
+        about = f"validation loss {_fmt_loss(kept)}, the lowest"
+    else:
+        about = (f"validation loss {_fmt_loss(kept)}; epoch {lowest_epoch}'s {_fmt_loss(lowest)} was lower by less "
+                 "than the early-stopping margins")
+    return f"keeping the weights of epoch {weights_epoch} ({about}), not those of the last epoch {last_epoch}"
 
 
 def describe_baselines(compared: dict[str, Any]) -> str:
@@ -416,3 +454,8 @@ def describe_baselines(compared: dict[str, Any]) -> str:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def _fmt_loss(value: float | None) -> str:
+    """Four significant digits: a loss of 0.0001 is not 0.0000."""
+    return "-" if value is None else f"{value:.4g}"

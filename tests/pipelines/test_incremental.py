@@ -143,3 +143,11 @@ def test_both_jobs_take_allow_removals(job):
     assert parser.parse_args(["--input", "in", "--output", "out"]).allow_removals is False
     assert parser.parse_args(["--input", "in", "--output", "out", "--allow-removals"]).allow_removals is True
     assert "--allow-removals" in parser.format_help() and "max_removed_fraction" in parser.format_help()
+
+
+def test_a_key_added_at_its_old_behaviour_does_not_change_the_fingerprint_of_older_snapshots():
+    from pipelines.incremental import config_fingerprint
+
+    before = {"image_size": 32, "mode": "incremental"}  # a snapshot made before follow_links existed
+    assert config_fingerprint({**before, "follow_links": False}) == config_fingerprint(before)
+    assert config_fingerprint({**before, "follow_links": True}) != config_fingerprint(before)

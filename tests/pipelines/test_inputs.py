@@ -66,6 +66,28 @@ def test_links_are_rejects_unless_followed_and_then_only_inside_the_input_and_on
     assert listed(root, follow_links=True)["c"].startswith("symbolic link: to a folder already read")
 
 
+def test_hard_links_are_files_of_their_own_and_any_depth_is_walked(tmp_path):
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "dogs").mkdir()
+    (tmp_path / "cats" / "x.png").write_bytes(b"x")
+    os.link(tmp_path / "cats" / "x.png", tmp_path / "dogs" / "x.png")  # cp -al, rsync --link-dest
+    deep = tmp_path.joinpath(*["a"] * 600)  # deeper than Python's recursion limit allows a recursive walk
+    deep.mkdir(parents=True)
+    (deep / "y.png").write_bytes(b"y")
+    got = listed(tmp_path, follow_links=True)
+    assert got["cats/x.png"] is None and got["dogs/x.png"] is None
+    assert got["/".join(["a"] * 600) + "/y.png"] is None and len(got) == 3
+
+
+def test_one_file_input_that_is_a_link_is_followed_when_asked(tmp_path):
+    (tmp_path / "real.jsonl").write_text("{}\n")
+    os.symlink(tmp_path / "real.jsonl", tmp_path / "current.jsonl")
+    url = f"file://{tmp_path}/current.jsonl"
+    assert [(e.relpath, e.problem) for e in inputs.list_files(url).entries] == [("current.jsonl", inputs.LINK)]
+    assert [(e.relpath, e.problem) for e in inputs.list_files(url, follow_links=True).entries] == [
+        ("current.jsonl", None)]
+
+
 def test_special_files_and_unreadable_folders_are_rejects(tmp_path):
     os.mkfifo(tmp_path / "pipe.jsonl")
     assert listed(tmp_path) == {"pipe.jsonl": "not a regular file: a device, pipe or socket"}
