@@ -44,7 +44,7 @@ from training.watchdog import Heartbeat, Watchdog
 log = logging.getLogger("bigtrain.train")
 CHECKPOINT_FILE = checkpoint.FINAL_FILE
 METRICS_FILE = "metrics.json"
-BEST_FILE = "best.pt"  # in <output>/checkpoints: the weights of the epoch of lowest validation loss so far
+BEST_FILE = "best.pt"  # in <output>/checkpoints: the weights of the best epoch so far (update_best)
 
 
 @dataclass
@@ -143,9 +143,10 @@ class Trainer:
                  self.precision.name, plan.steps(config.batch_size), config.batch_size, self.optimizer_name,
                  self.peak_lr, "" if plan.by_row_group else " (fewer row groups than ranks: row sharding)")
         if config.early_stopping_min_delta is not None:
-            log.warning("train.early_stopping_min_delta (%g) is the old name of train.early_stopping_min_delta_absolute "
-                        "and read as that, a margin in units of the loss: no gain smaller than it counts as an "
-                        "improvement; train.early_stopping_min_delta_relative (%g) is a share of the best loss",
+            log.warning("train.early_stopping_min_delta (%g) is the old name of "
+                        "train.early_stopping_min_delta_absolute and read as that, a margin in units of the loss: no "
+                        "gain smaller than it counts as an improvement; train.early_stopping_min_delta_relative (%g) "
+                        "is a share of the best loss",
                         config.early_stopping_min_delta, config.early_stopping_min_delta_relative)
 
     def start_or_resume(self) -> tuple[Progress, str | None]:

@@ -157,7 +157,7 @@ def test_the_loop_applies_the_schedule(tmp_path):
 
 def test_early_stopping_ends_the_run_when_validation_loss_stalls(tmp_path):
     metrics = prepare(config("train.epochs=6", "train.lr=1e-9", "train.early_stopping_patience=2",
-                             "train.early_stopping_min_delta=0.5"), tmp_path, SingleProcess()).train().metrics
+                             "train.early_stopping_min_delta_absolute=0.5"), tmp_path, SingleProcess()).train().metrics
     assert metrics["stopped_early"] is True and metrics["epochs_completed"] == 3
     assert len(metrics["history"]) == 3
 

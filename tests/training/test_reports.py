@@ -162,3 +162,37 @@ def test_curves_without_epochs_or_data_stall_still_draw(tmp_path):
     paths = reports.write_evaluation_report(tmp_path, report, [])
     with Image.open(paths[2]) as image:
         assert image.width < 1000  # two panels: no data-stall panel without data-stall values
+
+
+def test_curve_panels_mark_the_kept_epoch_in_every_panel():
+    history = [_record(1, val_loss=0.0009, val_accuracy=0.9, data_stall=0.2),
+               _record(2, val_loss=0.0001, val_accuracy=0.95, data_stall=0.1), _record(3, val_loss=0.0004)]
+    panels = reports.curve_panels(history, kept_epoch=2)
+    assert [p.title for p in panels] == ["loss", "accuracy", "data stall (share of step time waiting for data)"]
+    assert [p.kept_epoch for p in panels] == [2, 2, 2]
+    loss = panels[0]
+    assert [label for label, _, _ in loss.lines] == ["train loss", "validation loss"]
+    assert loss.lines[1][1:] == ([1.0, 2.0, 3.0], [0.0009, 0.0001, 0.0004])
+    assert [p.share for p in panels] == [False, True, True]
+    assert [p.kept_epoch for p in reports.curve_panels(history, kept_epoch=None)] == [None, None, None]
+    assert [p.kept_epoch for p in reports.curve_panels(history, kept_epoch=7)] == [None, None, None]  # not recorded
+
+
+def test_the_evaluation_report_hands_the_kept_epoch_to_the_curves(tmp_path, monkeypatch):
+    asked = []
+    panels = reports.curve_panels
+    monkeypatch.setattr(reports, "curve_panels", lambda history, kept_epoch=None: asked.append(kept_epoch) or
+                        panels(history, kept_epoch))
+    report = {**reports.classification_report(np.array(CONFUSION), CLASSES), "weights_epoch": 1}
+    reports.write_evaluation_report(tmp_path, report, [_record(1, val_loss=0.5), _record(2, val_loss=0.6)])
+    assert asked == [1]
+
+
+def test_val_loss_summary_names_the_kept_loss_and_the_lowest_one_apart():
+    history = [_record(1, val_loss=0.002), _record(2, val_loss=0.0009), _record(3, val_loss=float("nan")),
+               _record(4, val_loss=0.000899), _record(5, val_loss=0.000899), _record(6)]
+    assert reports.val_loss_summary(history, 2) == {"kept_val_loss": 0.0009, "lowest_val_loss": 0.000899,
+                                                    "lowest_val_loss_epoch": 4}
+    assert reports.val_loss_summary(history, 6)["kept_val_loss"] is None  # an epoch without validation
+    assert reports.val_loss_summary([_record(1)], 1) == {"kept_val_loss": None, "lowest_val_loss": None,
+                                                         "lowest_val_loss_epoch": None}

@@ -244,15 +244,17 @@ def test_the_run_ends_with_the_weights_of_its_best_validation_epoch(tmp_path):
     losses = [h["val_loss"] for h in metrics["history"]]
     best = 1 + int(np.argmin(losses))
     assert best < 6, losses  # the case this test is about: the last epoch is not the best
-    assert metrics["best_epoch"] == metrics["weights_epoch"] == best
-    assert metrics["best_val_loss"] == pytest.approx(losses[best - 1])
+    assert metrics["best_epoch"] == metrics["weights_epoch"] == metrics["lowest_val_loss_epoch"] == best
+    assert metrics["kept_val_loss"] == metrics["lowest_val_loss"] == pytest.approx(losses[best - 1])
+    assert "best_val_loss" not in metrics  # it named the kept loss, which need not be the lowest
     model, payload = checkpoint.load_model(tmp_path / "best" / "checkpoint.pt")
     assert payload["weights_epoch"] == best and payload["epoch"] == 6
     assert validation_loss(model, source) == pytest.approx(losses[best - 1], rel=1e-5)
     assert json.loads((tmp_path / "best" / "evaluation.json").read_text())["weights_epoch"] == best
 
     last = train(dataclasses.replace(cfg, keep_best=False), source, tmp_path / "last").metrics
-    assert last["weights_epoch"] == 6 and last["best_epoch"] == best
+    assert last["weights_epoch"] == 6 and last["best_epoch"] == last["lowest_val_loss_epoch"] == best
+    assert last["kept_val_loss"] == pytest.approx(losses[-1]) and last["lowest_val_loss"] == pytest.approx(min(losses))
     model, _ = checkpoint.load_model(tmp_path / "last" / "checkpoint.pt")
     assert validation_loss(model, source) == pytest.approx(losses[-1], rel=1e-5)
 
@@ -263,4 +265,6 @@ def test_early_stopping_is_on_by_default_and_stops_after_three_epochs_without_im
     metrics = train(cfg, image_source(), tmp_path).metrics
     losses = [h["val_loss"] for h in metrics["history"]]
     assert metrics["stopped_early"] and len(losses) == metrics["best_epoch"] + 3 < 40
-    assert all(loss >= metrics["best_val_loss"] - cfg.early_stopping_min_delta for loss in losses[-3:])
+    kept = metrics["kept_val_loss"]
+    assert kept == pytest.approx(losses[metrics["weights_epoch"] - 1])
+    assert all(loss >= kept - cfg.early_stopping_margin(kept) for loss in losses[-3:])
