@@ -309,7 +309,9 @@ def _text_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], input_u
                               tokens_field=tokens_field or None, tokenizer=tokenizer, lowercase=lowercase)
     dtype = text.token_dtype(len(vocabulary))
     try:
-        rows = predict.raw_texts(spark, listing.entries, fmt=fmt, fields=[tokens_field or text_field],
+        entries = inputs.capped(listing.entries, _limit(payload, "preprocess_sequences", "max_file_bytes"),
+                                "max_file_bytes")
+        rows = predict.raw_texts(spark, entries, fmt=fmt, fields=[tokens_field or text_field],
                                  max_record_bytes=_limit(payload, "preprocess_sequences", "max_record_bytes"),
                                  params=params, vocabulary=spark.sparkContext.broadcast(vocabulary),
                                  max_length=max_length, dtype=dtype)

@@ -27,6 +27,7 @@ from dataset import layout
 from dataset.layout import validate_fractions
 from dataset.manifest import Manifest, SequenceSpec
 from jobs.common import add_config_flags, add_snapshot_flags, positive_int, resolve_master, run_main, run_preprocessing
+from pipelines import inputs
 
 log = logging.getLogger("bigtrain.preprocess_sequences")
 
@@ -49,6 +50,7 @@ class PreprocessSequencesConfig:
     row_group_size_mb: int
     ranks: int
     max_record_bytes: int
+    max_file_bytes: int = 64 << 30  # larger input files are rejected unread (one worker reads a file whole)
     spark_conf: dict[str, str] = field(default_factory=dict)
     mode: Literal["incremental", "overwrite", "error"] = "incremental"
     max_reject_fraction: float = 0.1
@@ -64,6 +66,7 @@ class PreprocessSequencesConfig:
         require(self.ranks >= 1, f"{prefix}.ranks", f"must be at least 1, got {self.ranks}")
         require(1 <= self.max_record_bytes <= 2**31 - 1, f"{prefix}.max_record_bytes",
                 f"must be in [1, {2**31 - 1}], got {self.max_record_bytes}")
+        require(self.max_file_bytes >= 1, f"{prefix}.max_file_bytes", f"must be at least 1, got {self.max_file_bytes}")
         require(bool(self.label_field), f"{prefix}.label_field", "must name a field")
         require(0 <= self.max_reject_fraction <= 1, f"{prefix}.max_reject_fraction",
                 f"must be in [0, 1], got {self.max_reject_fraction}")
@@ -159,7 +162,8 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
                            max_removed_fraction=config.max_removed_fraction, allow_removals=allow_removals)
     if run.nothing_to_do:
         return incremental.unchanged_summary(run)
-    parsed = parse_inputs(spark, run.entries_to_read(), fmt=fmt, config=config)
+    entries = inputs.capped(run.entries_to_read(), config.max_file_bytes, "max_file_bytes")
+    parsed = parse_inputs(spark, entries, fmt=fmt, config=config)
     previous = None if run.full else run.previous
     try:
         carried = incremental.previous_records(spark, run, key=F.regexp_extract("source", r"(?s)^(.*):[0-9]+$", 1),
@@ -201,7 +205,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
         sequence=SequenceSpec(vocab_size=len(vocabulary), token_dtype=dtype, max_length=config.max_length,
                               tokenizer=config.tokenizer, tokens_field=config.tokens_field or None, **lengths),
         splits=incremental.split_counts(summary), records_read=summary["records_read"],
-        csv_header_lines=csv_headers(run.entries_to_read(), fmt) + ((previous.csv_header_lines or 0) if previous else 0),
+        csv_header_lines=csv_headers(entries, fmt) + ((previous.csv_header_lines or 0) if previous else 0),
         rejected=summary["rejected"], rejected_by_reason=summary["rejected_by_reason"], config=asdict(config))
     incremental.finish(run, draft, processed=processed, max_reject_fraction=config.max_reject_fraction,
                        allow_single_class=config.allow_single_class)

@@ -50,12 +50,13 @@ IGNORED_CONFIG_KEYS = ("master", "spark_conf", "mode", "max_reject_fraction",  #
 
 # Keys added after snapshots were made, at the value that reads as before: fingerprinted as if absent, so that the
 # first run after an upgrade is not a full one for a setting nobody changed.
-NEW_KEY_DEFAULTS = {"follow_links": False}
+NEW_KEY_DEFAULTS = {"image": {"follow_links": False},
+                    "sequence": {"follow_links": False, "max_file_bytes": 64 << 30}}
 
 
-def config_fingerprint(config: dict[str, Any]) -> str:
-    kept = {k: v for k, v in config.items()
-            if k not in IGNORED_CONFIG_KEYS and not (k in NEW_KEY_DEFAULTS and v == NEW_KEY_DEFAULTS[k])}
+def config_fingerprint(config: dict[str, Any], kind: str) -> str:
+    new = NEW_KEY_DEFAULTS.get(kind, {})
+    kept = {k: v for k, v in config.items() if k not in IGNORED_CONFIG_KEYS and not (k in new and v == new[k])}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -144,9 +145,9 @@ def _decide(run: RunPlan) -> dict[str, tuple[str, int, int]] | None:
         run.reason = "--mode overwrite: every input processed again"
     elif prev.input != run.input_url:
         run.reason = f"the previous snapshot was made from {prev.input}: every input processed again"
-    elif prev.snapshot.config_fingerprint != config_fingerprint(run.config):
+    elif prev.snapshot.config_fingerprint != config_fingerprint(run.config, run.kind):
         changed = sorted(k for k in run.config if k not in IGNORED_CONFIG_KEYS
-                         and prev.config.get(k, NEW_KEY_DEFAULTS.get(k)) != run.config[k])
+                         and prev.config.get(k, NEW_KEY_DEFAULTS.get(run.kind, {}).get(k)) != run.config[k])
         run.reason = f"config changed ({', '.join(changed) or 'bigtrain version'}): every input processed again"
     else:
         problems = snapshots.check(run.previous_url, prev, checksums=False)
@@ -363,7 +364,7 @@ def finish(run: RunPlan, draft: Manifest, *, processed: tuple[int, int], max_rej
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(run.started)),
         committed=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         run="full" if run.full else "incremental", reason=run.reason, mode=run.mode,
-        bigtrain_version=bigtrain_version(), config_fingerprint=config_fingerprint(run.config),
+        bigtrain_version=bigtrain_version(), config_fingerprint=config_fingerprint(run.config, run.kind),
         inputs=InputCounts(file=layout.INPUTS_FILE, files=len(run.inputs), bytes=sum(v[1] for v in run.inputs.values()),
                            processed=len(run.inputs) if run.full else len(diff.added) + len(diff.changed),
                            added=len(diff.added) if diff else None, changed=len(diff.changed) if diff else None,

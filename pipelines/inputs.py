@@ -21,6 +21,7 @@ and fails the whole job on one truncated ``.gz``. Here:
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import gzip
 import io
 import json
@@ -59,6 +60,12 @@ class Listing:
 
     def by_relpath(self) -> dict[str, Entry]:
         return {e.relpath: e for e in self.entries}
+
+
+def capped(entries: list[Entry], max_bytes: int, key: str) -> list[Entry]:
+    """``entries`` with the files larger than ``max_bytes`` (the config key ``key``) rejected unread."""
+    return [dataclasses.replace(e, problem=f"file too large: {e.size} bytes, more than {key} {max_bytes}")
+            if e.problem is None and e.size > max_bytes else e for e in entries]
 
 
 def input_root(input_url: str) -> str:

@@ -76,18 +76,22 @@ def test_a_csv_record_spanning_lines_in_a_big_file_is_one_record(spark, tmp_path
 
 
 @pytest.mark.spark
-def test_a_record_over_max_record_bytes_is_rejected_with_its_size_and_a_cut_raw_text(spark, tmp_path):
+def test_a_record_or_a_text_file_over_its_limit_is_rejected_with_its_size(spark, tmp_path):
     src = tmp_path / "texts"
     src.mkdir()
     huge = json.dumps({"text": "word " * 2000, "label": "pos"})
     (src / "a.jsonl").write_text("\n".join([json.dumps({"text": "fine film", "label": "pos"}), huge,
                                             json.dumps({"text": "dull film", "label": "neg"})]) + "\n")
-    summary = sequences(spark, src, tmp_path / "ds", "jsonl", max_record_bytes=1024)
-    assert (summary["records_read"], summary["rows_written"], summary["rejected"]) == (3, 2, 1)
-    [row] = pq.read_table(snapshot_path(summary) / "rejected").to_pylist()
+    big = "".join(json.dumps({"text": f"line {i}", "label": "neg"}) + "\n" for i in range(2000))  # ~64 KB
+    (src / "b.jsonl").write_text(big)
+    summary = sequences(spark, src, tmp_path / "ds", "jsonl", max_record_bytes=1024, max_file_bytes=32 * 1024)
+    assert (summary["records_read"], summary["rows_written"], summary["rejected"]) == (4, 2, 2)
+    row, unread = sorted(pq.read_table(snapshot_path(summary) / "rejected").to_pylist(), key=lambda r: r["source"])
     assert row["source"] == "a.jsonl:2"
     assert row["reason"] == f"record too long: {len(huge)} bytes, more than max_record_bytes 1024"
     assert row["raw_text"] == huge[:500]
+    assert unread["source"] == "b.jsonl:1"  # the whole file, never read
+    assert unread["reason"] == f"file too large: {len(big)} bytes, more than max_file_bytes 32768"
 
 
 def png(colour) -> bytes:

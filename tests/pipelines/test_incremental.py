@@ -131,9 +131,15 @@ def test_the_new_keys_are_validated_and_change_no_fingerprint(section, cls):
         load_section(section, cls, overrides=[f"{section}.max_removed_fraction=1.5"])
     changed = load_section(section, cls, overrides=[f"{section}.max_removed_fraction=0.9",
                                                     f"{section}.allow_single_class=true"])
-    fingerprint = incremental.config_fingerprint
+    kind = "image" if section == "preprocess_images" else "sequence"
+
+    def fingerprint(values):
+        return incremental.config_fingerprint(values, kind)
+
     assert fingerprint(asdict(changed)) == fingerprint(asdict(config))  # a dataset is not processed again for them
-    old = {k: v for k, v in asdict(config).items() if k not in ("max_removed_fraction", "allow_single_class")}
+    added = ("max_removed_fraction", "allow_single_class", "follow_links") + (("max_file_bytes",) if kind == "sequence"
+                                                                              else ())
+    old = {k: v for k, v in asdict(config).items() if k not in added}
     assert fingerprint(old) == fingerprint(asdict(config))  # nor for a snapshot written before they existed
 
 
@@ -149,5 +155,6 @@ def test_a_key_added_at_its_old_behaviour_does_not_change_the_fingerprint_of_old
     from pipelines.incremental import config_fingerprint
 
     before = {"image_size": 32, "mode": "incremental"}  # a snapshot made before follow_links existed
-    assert config_fingerprint({**before, "follow_links": False}) == config_fingerprint(before)
-    assert config_fingerprint({**before, "follow_links": True}) != config_fingerprint(before)
+    assert config_fingerprint({**before, "follow_links": False}, "image") == config_fingerprint(before, "image")
+    assert config_fingerprint({**before, "follow_links": True}, "image") != config_fingerprint(before, "image")
+    assert config_fingerprint({**before, "max_file_bytes": 64 << 30}, "sequence") == config_fingerprint(before, "sequence")
