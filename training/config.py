@@ -127,6 +127,7 @@ class TrainConfig:
     stall_budget_action: Literal["warn", "fail"] = "warn"
     watchdog_seconds: float = 300.0  # no rank progressing this long: hang.json, stacks, exit 5; 0: off
     allow_single_class: bool = False  # train on a train split of one class (a model right every time, learning nothing)
+    threads: int | Literal["auto"] = "auto"  # torch's compute threads per rank (distributed.set_threads)
 
     def validate(self, prefix: str) -> None:
         problem = model_name_problem(self.model)
@@ -161,6 +162,8 @@ class TrainConfig:
                  f"must be >= 0 (0 = at epoch ends only), got {self.checkpoint_every_steps}")
         _require(self.max_data_stall is None or 0 < self.max_data_stall < 1, f"{prefix}.max_data_stall",
                  f"must be a fraction in (0, 1) (or null for no budget), got {self.max_data_stall}")
+        _require(self.threads == "auto" or self.threads >= 1, f"{prefix}.threads",
+                 f"must be auto or at least 1, got {self.threads}")
         _require(self.watchdog_seconds >= 0, f"{prefix}.watchdog_seconds",
                  f"must be >= 0 (0 = no watchdog), got {self.watchdog_seconds}")
         _require(self.keep_checkpoints >= 1, f"{prefix}.keep_checkpoints",

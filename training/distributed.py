@@ -243,12 +243,14 @@ def init_distributed(backend: str = "auto", device: str = "auto"):
         return SingleProcess(device)
 
 
-def set_threads(dist, environ=os.environ) -> int:
-    """torch's compute threads in this rank: ``OMP_NUM_THREADS`` where it is set (torchrun sets it to 1); else one on
-    a GPU (the GPU computes, and the host's cores are the loader workers': idle compute threads spinning after each
-    small host-side op would take them); else the rank's share of the cores, so N ranks on one host don't
-    oversubscribe it."""
-    if environ.get("OMP_NUM_THREADS", "").strip().isdigit() and int(environ["OMP_NUM_THREADS"]) > 0:
+def set_threads(dist, threads: int | str = "auto", environ=os.environ) -> int:
+    """torch's compute threads in this rank: ``threads`` (``train.threads``) when it is a number; else
+    ``OMP_NUM_THREADS`` where it is set (torchrun sets it to 1); else one on a GPU (the GPU computes, and the host's
+    cores are the loader workers': idle compute threads spinning after each small host-side op would take them);
+    else the rank's share of the cores, so N ranks on one host don't oversubscribe it."""
+    if threads != "auto":
+        threads = int(threads)
+    elif environ.get("OMP_NUM_THREADS", "").strip().isdigit() and int(environ["OMP_NUM_THREADS"]) > 0:
         threads = int(environ["OMP_NUM_THREADS"])
     elif dist.device.type == "cuda":
         threads = 1

@@ -7,6 +7,7 @@ tests and notebooks that hold their data in memory build a Trainer from ``traini
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ from training.petastorm_source import PetastormSource
 from training.sources import BatchSource, check_classes
 from training.trainer import CHECKPOINT_FILE, METRICS_FILE, Trainer, TrainResult
 
+log = logging.getLogger(__name__)
+
 __all__ = ["CHECKPOINT_FILE", "METRICS_FILE", "TrainResult", "build_trainer", "make_optimizer", "train"]
 
 
@@ -25,7 +28,9 @@ def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist, e
     """Train on ``data_url``'s train split, validate every epoch, evaluate on test; returns the metrics and the
     trained model. Rank 0 writes checkpoints, ``metrics.json``, ``metrics.jsonl``, TensorBoard events and the
     evaluation report into ``output_dir``."""
-    set_threads(dist)
+    threads = set_threads(dist, config.threads)
+    if dist.rank == 0:
+        log.info("%d compute thread%s per rank (train.threads %s)", threads, "" if threads == 1 else "s", config.threads)
     source = PetastormSource.open(data_url, config, pin_memory=dist.device.type == "cuda",
                                   local_ranks=dist.local_size)
     try:
