@@ -51,6 +51,10 @@ def test_train_ctrl_c_says_the_run_is_resumable(tmp_path):
     assert job.stdout.readline().strip() == "ready"
     time.sleep(0.2)
     job.send_signal(signal.SIGINT)
+    try:
+        job.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # seen once on a loaded machine (Python 3.12): the signal did not interrupt
+        job.send_signal(signal.SIGINT)
     err = job.stderr.read()
     assert job.wait(timeout=60) == 130
     assert "Traceback" not in err and f"the run is resumable: the same command resumes it from the last checkpoint " \
