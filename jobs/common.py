@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import time
 from typing import Callable
@@ -78,7 +79,10 @@ def run_main(body: Callable[[], int], *, on_interrupt: str = "") -> int:
     lost peer; 3 more rejected input than max_reject_fraction allows, nothing committed; 6 input files removed
     beyond max_removed_fraction or a whole class, no input, no row or one class, nothing committed; 75 a lock held
     by another run; 130 Ctrl-C, with ``on_interrupt`` saying what the user can do next). A reader of the output
-    that went away (``| head``) ends the command quietly. Anything else keeps its traceback."""
+    that went away (``| head``) ends the command quietly. Anything else keeps its traceback. SIGINT and SIGTERM are
+    unblocked first: a process started with them blocked (a signal mask is inherited; it was seen from a test
+    runner under Python 3.12) would otherwise never see Ctrl-C or a scheduler's stop."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         return body()
     except BigtrainError as exc:
