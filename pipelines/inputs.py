@@ -58,9 +58,6 @@ class Listing:
     entries: list[Entry]
     hidden: int = 0
 
-    def by_relpath(self) -> dict[str, Entry]:
-        return {e.relpath: e for e in self.entries}
-
 
 def capped(entries: list[Entry], max_bytes: int, key: str) -> list[Entry]:
     """``entries`` with the files larger than ``max_bytes`` (the config key ``key``) rejected unread."""

@@ -40,7 +40,7 @@ def test_every_name_the_file_system_allows_is_listed_and_one_that_is_not_utf8_is
     assert got == {"café/é.png": None, "a/shot 2024-01-01T10:00:00.png": None, "a/x [1] {2} *?%20#+.png": None,
                    "a/caf\\xe9.png": "file name is not valid UTF-8: rename it to read it"}
     assert listing.hidden == 2
-    entry = listing.by_relpath()["café/é.png"]
+    entry = next(e for e in listing.entries if e.relpath == "café/é.png")
     assert entry.path == f"file:{tmp_path}/café/é.png" and entry.size == 1 and entry.mtime > 0
 
 
