@@ -1,6 +1,6 @@
 """Preprocessing throughput: the Spark jobs in local[2] against a plain single-process Python loop doing the same
 work, and (images) against the same job with the decode step written as a row-at-a-time Python UDF; and how many
-Spark jobs one preprocessing run launches, per kind (Spark's status tracker, ``pipelines.storage.jobs_by_kind``).
+Spark jobs one preprocessing run launches, per kind (Spark's status tracker, ``pipelines.session.jobs_by_kind``).
 Every timed figure is the median of 3 runs after a warm-up, with its min-max spread (``benchmarks.common.rate``)."""
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 from benchmarks.common import Result, Timing, check, rate
 from core.config import load_section
 from core.paths import to_url
-from jobs.preprocess_images import PreprocessImagesConfig, preprocess_images
-from jobs.preprocess_sequences import PreprocessSequencesConfig, preprocess_sequences
+from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
+from pipelines.sequence_dataset import PreprocessSequencesConfig, preprocess_sequences
 from pipelines import images
-from pipelines.storage import jobs_by_kind
+from pipelines.session import jobs_by_kind
 
 JOBS_TARGET = 5  # Spark jobs per preprocessing run (issue 15)
 

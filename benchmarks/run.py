@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     from benchmarks import feeding, growth, loader, preprocess, train_bench
     from core.logs import setup_logging
     from pipelines.samples import generate_images, generate_texts
-    from pipelines.storage import build_spark
+    from pipelines.session import build_spark
 
     setup_logging(quiet=True)
     common.set_repeats(args.repeats)
@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     generate_images(raw_images, per_class=per_class, seed=1)
     generate_texts(raw_texts, records=n_texts, files=4, seed=1)
     from core.config import load_section
-    from jobs.preprocess_images import PreprocessImagesConfig
-    from jobs.preprocess_sequences import PreprocessSequencesConfig
+    from pipelines.image_dataset import PreprocessImagesConfig
+    from pipelines.sequence_dataset import PreprocessSequencesConfig
 
     # The jobs' own Spark settings (conf/bigtrain.yaml), so the bench measures the jobs as a user runs them.
     job_conf = {**load_section("preprocess_sequences", PreprocessSequencesConfig).spark_conf,
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         # the codec rows compare raw, PNG and JPEG
         preprocess.run_image_job(spark, raw_images, image_ds, codec="png")
         from core.paths import to_url
-        from jobs.preprocess_sequences import preprocess_sequences
+        from pipelines.sequence_dataset import preprocess_sequences
         preprocess_sequences(spark, input_url=to_url(raw_texts), output_url=to_url(text_ds), fmt="jsonl",
                              config=load_section("preprocess_sequences", PreprocessSequencesConfig, flags={"ranks": 2}))
         if "loader" in args.groups:

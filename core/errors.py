@@ -1,6 +1,6 @@
 """Every error a bigtrain command reports in one line, with the exit code it ends the process with.
 
-The rule (README "Production"): 0 done, or nothing to do; 1 the data, a checkpoint or a stage failed (the
+The rule (docs/operations.md, "Exit codes"): 0 done, or nothing to do; 1 the data, a checkpoint or a stage failed (the
 message names the file); 2 the command line, a config key, a pipeline file or the launch is wrong (the message
 names the flag or key; a flag naming a file or folder that is not there is one); 3 more input rejected than
 max_reject_fraction allows (nothing committed); 4 training waited for its data longer than

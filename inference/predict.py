@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipelines import images, storage, text
+from pipelines import images, reading, text
 from training.collation import ImageDecoder, image_inputs, sequence_inputs
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def prepare_image_batch(batch: pd.DataFrame, *, root_url: str, params: images.De
 
 
 def raw_images(files: DataFrame, *, root_url: str, params: images.DecodeParams) -> DataFrame:
-    """Listed files (``pipelines.storage.files_frame``) -> SCORING_SCHEMA, read and prepared on the executors;
+    """Listed files (``pipelines.reading.files_frame``) -> SCORING_SCHEMA, read and prepared on the executors;
     a file that cannot be used (empty, too large, unreadable, a link, not an image) is a row with its reason."""
     schema = T.StructType([f for f in SCORING_SCHEMA.fields if f.name != "id"])
 
@@ -167,7 +167,7 @@ def prepare_text_batch(batch: pd.DataFrame, *, params: text.ParseParams, vocabul
 def raw_texts(spark, entries: list, *, fmt: str, fields: list[str], max_record_bytes: int | None,
               params: text.ParseParams, vocabulary, max_length: int, dtype: str) -> DataFrame:
     """The records of the listed files ``entries``, read as ``preprocess-sequences`` reads them
-    (``pipelines.storage.read_records``) and prepared in the same worker -> SCORING_SCHEMA. ``vocabulary`` is a
+    (``pipelines.reading.read_records``) and prepared in the same worker -> SCORING_SCHEMA. ``vocabulary`` is a
     list of tokens in id order or a Spark Broadcast of one."""
     schema = T.StructType([f for f in SCORING_SCHEMA.fields if f.name != "id"])
 
@@ -175,7 +175,7 @@ def raw_texts(spark, entries: list, *, fmt: str, fields: list[str], max_record_b
         words = vocabulary.value if hasattr(vocabulary, "value") else vocabulary
         return prepare_text_batch(batch, params=params, vocabulary=words, max_length=max_length, dtype=dtype)
 
-    return _with_id(storage.read_records(spark, entries, fmt=fmt, fields=fields, max_record_bytes=max_record_bytes,
+    return _with_id(reading.read_records(spark, entries, fmt=fmt, fields=fields, max_record_bytes=max_record_bytes,
                                          prepare=prepare, schema=schema))
 
 

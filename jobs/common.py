@@ -151,17 +151,17 @@ def check_connectors(spark, urls: dict[str, str]) -> None:
     path beyond ASCII went through a JVM that cannot name it (a non-UTF-8 locale: spark-submit passes such a path
     on with "?" for those letters, and Spark would write it so). The files below --input are listed and read in
     Python (``check_storage``), whatever the locale and whatever Hadoop connectors Spark has."""
-    from pipelines import storage  # pyspark
+    from pipelines import session  # pyspark
 
     for flag, url in urls.items():
         try:
             if flag != "--input":
-                storage.require_connector(spark, url)
-        except storage.MissingConnectorError as exc:
+                session.require_connector(spark, url)
+        except session.MissingConnectorError as exc:
             raise UsageError(f"{flag} {exc}") from None
         # Under spark-submit an ASCII JVM has already turned each letter beyond ASCII of the command line into "?"
         beyond_ascii = url.startswith("file:") and (not url.isascii() or "?" in url)
-        problem = storage.local_names_problem(spark) if beyond_ascii else None
+        problem = session.local_names_problem(spark) if beyond_ascii else None
         if problem:
             raise LaunchError(f"{flag} {url}: {problem}")
 
@@ -226,7 +226,7 @@ def _as_folder(url: str) -> str:
 OUTPUT_MARKERS = {
     "bigtrain dataset": (layout.SNAPSHOTS_DIR, layout.METADATA_FILE),
     "training output": ("checkpoint.pt", "metrics.json", "checkpoints"),   # training.checkpoint, training.trainer
-    "prediction output": ("_predict.json",),                               # jobs.predict.SUMMARY_FILE
+    "prediction output": ("_predict.json",),                               # inference.batch.SUMMARY_FILE
 }
 
 
@@ -260,7 +260,7 @@ def run_preprocessing(*, job: str, unit: str, master: str | None, spark_conf: di
     """The shared life of a preprocessing job: input and output kept apart, a session, the storage checks,
     ``body(spark)`` timed, the session stopped whatever happens, and the summary printed (read = written +
     rejected)."""
-    from pipelines import storage  # pyspark
+    from pipelines import session  # pyspark
 
     check_apart(input_url, output_url)
     check_storage(input_url, flag="--input")
@@ -269,7 +269,7 @@ def run_preprocessing(*, job: str, unit: str, master: str | None, spark_conf: di
     if local:  # before anything is written there, the lock included
         check_output_kind(output_url, writes="bigtrain dataset")
     with dataset_lock(output_url):
-        spark = storage.build_spark(app_name=f"bigtrain-{job}", master=master, conf=spark_conf)
+        spark = session.build_spark(app_name=f"bigtrain-{job}", master=master, conf=spark_conf)
         try:
             check_connectors(spark, {"--input": input_url, "--output": output_url})
             if not local:  # object storage: once Spark's connector is known to be there (its error names it)

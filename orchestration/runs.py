@@ -114,7 +114,7 @@ def run_recorded(pipeline: Pipeline, *, force: bool = False) -> dict[str, Any]:
         record.update(status="terminated", error="stopped by SIGTERM; the running stage was stopped too")
         code = EXIT_TERMINATED
     except locking.LockHeld as exc:
-        # Not an error: the run holding the lock does the work (README: a scheduler does nothing on 75).
+        # Not an error: the run holding the lock does the work (docs/operations.md: a scheduler does nothing on 75).
         record.update(status="locked", error=str(exc), holder=exc.holder)
         code = EXIT_LOCKED
         log.debug("%s", exc)

@@ -181,7 +181,7 @@ def decode_file_batch(batch: pd.DataFrame, *, root_url: str, params: DecodeParam
 
 
 def decode_images(files: DataFrame, *, root_url: str, params: DecodeParams) -> DataFrame:
-    """Listed files (``storage.files_frame``) -> DECODED_SCHEMA, read and decoded in Arrow batches on the
+    """Listed files (``reading.files_frame``) -> DECODED_SCHEMA, read and decoded in Arrow batches on the
     executors."""
     def decode_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:

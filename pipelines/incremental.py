@@ -14,7 +14,7 @@ forward, and commit a new snapshot.
 * ``group_counts`` / ``Outcomes``: one aggregation for everything a run must know before it writes: the class
   (label) names seen, the kinds of label (numbers or text), what each record became (accepted, or the category of
   its rejection), the rows and bytes of every split, the sequence lengths, and the accepted rows of each split per
-  input partition (what ``storage.route`` balances the row groups with). Grouped by partition, split, name, label
+  input partition (what ``routing.route`` balances the row groups with). Grouped by partition, split, name, label
   kind, outcome and whether the row was carried: few groups, whatever the size of the data. The rejections the
   label map makes (a name not in it, the rarer label kind when numbers and text mix) are applied to the counts
   exactly as ``pipelines.labels`` applies them to the rows, so the counts need no second pass.
@@ -39,7 +39,7 @@ from core.logs import with_article
 from core.paths import join
 from dataset import layout, manifest, snapshots
 from dataset.manifest import InputCounts, Lineage, Manifest, SplitCounts
-from pipelines import inputs, storage
+from pipelines import inputs, reading
 
 log = logging.getLogger(__name__)
 
@@ -229,11 +229,11 @@ def previous_records(spark: SparkSession, run: RunPlan, *, key: Column, name_col
     if run.full or not run.diff.unchanged:
         return None
     prev = run.previous
-    parts = [spark.read.parquet(storage.spark_path(join(run.previous_url, name)))
+    parts = [spark.read.parquet(reading.spark_path(join(run.previous_url, name)))
              .withColumn("split", F.lit(name)).withColumn("reason", F.lit(None).cast("string"))
              for name, counts in prev.splits.items() if counts.rows]
     if prev.rejected:
-        parts.append(spark.read.parquet(storage.spark_path(join(run.previous_url, layout.REJECTED_DIR))))
+        parts.append(spark.read.parquet(reading.spark_path(join(run.previous_url, layout.REJECTED_DIR))))
     if not parts:
         return None
     kept = spark.createDataFrame([(k,) for k in run.diff.unchanged], "_bt_key string")
@@ -340,7 +340,7 @@ def processed(resolved: list[dict[str, Any]]) -> tuple[int, int]:
 
 
 def split_counts(summary: dict[str, Any]) -> dict[str, SplitCounts]:
-    """The manifest's rows per split from ``storage.write_splits``'s summary (what is on disk)."""
+    """The manifest's rows per split from ``writing.write_splits``'s summary (what is on disk)."""
     return {name: SplitCounts(rows=info["rows"], row_groups=info["row_groups"], per_class=info["per_class"])
             for name, info in summary["splits"].items()}
 

@@ -25,7 +25,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from pipelines.storage import build_spark
+    from pipelines.session import build_spark
 
     warehouse = tmp_path_factory.mktemp("spark-warehouse")
     session = build_spark(app_name="bigtrain-tests", master="local[2]", conf={
@@ -55,7 +55,7 @@ def image_dataset(spark, sample_images, tmp_path_factory) -> Path:
     split so that two ranks get uneven shards."""
     from core.config import load_section
     from core.paths import to_url
-    from jobs.preprocess_images import PreprocessImagesConfig, preprocess_images
+    from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
 
     out = tmp_path_factory.mktemp("image-dataset") / "ds"
     config = load_section("preprocess_images", PreprocessImagesConfig, flags={"image_size": 16, "ranks": 3,
@@ -134,7 +134,7 @@ def text_dataset(spark, sample_texts, tmp_path_factory) -> Path:
     """The sample texts through the real sequence job (in this session's Spark), 3 row groups per split."""
     from core.config import load_section
     from core.paths import to_url
-    from jobs.preprocess_sequences import (
+    from pipelines.sequence_dataset import (
         PreprocessSequencesConfig,
         preprocess_sequences,
     )

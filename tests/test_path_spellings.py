@@ -15,8 +15,8 @@ from PIL import Image
 from core.config import load_section
 from core.paths import to_url
 from dataset import layout
-from jobs.preprocess_images import PreprocessImagesConfig, preprocess_images
-from jobs.preprocess_sequences import PreprocessSequencesConfig, preprocess_sequences
+from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
+from pipelines.sequence_dataset import PreprocessSequencesConfig, preprocess_sequences
 from tests.conftest import snapshot_path
 
 pytestmark = pytest.mark.spark
@@ -121,7 +121,7 @@ def test_text_sources_name_files_as_written_and_a_changed_file_leaves_no_duplica
 def test_scoring_rows_of_raw_inputs_carry_the_names_as_written(spark, tmp_path):
     from inference import predict
     from pipelines import images as image_transforms
-    from pipelines import inputs, storage, text
+    from pipelines import inputs, reading, text
 
     root = tmp_path / "new inputs"
     for i, name in enumerate(IMAGES):
@@ -130,7 +130,7 @@ def test_scoring_rows_of_raw_inputs_carry_the_names_as_written(spark, tmp_path):
     url = to_url(str(root))
     params = image_transforms.DecodeParams(image_size=8, channels=3, codec="raw", max_pixels=10**7, min_side=4,
                                            max_aspect_ratio=10.0)
-    files = storage.files_frame(spark, inputs.list_files(url).entries)
+    files = reading.files_frame(spark, inputs.list_files(url).entries)
     rows = predict.raw_images(files, root_url=url, params=params).collect()
     assert sorted(r["source"] for r in rows) == sorted(IMAGES + [EMPTY])
     assert [r["source"] for r in rows if r["reason"]] == [EMPTY]

@@ -29,10 +29,10 @@ def main() -> None:
 
     from core.config import load_section
     from core.paths import to_url
-    from jobs.preprocess_images import PreprocessImagesConfig, preprocess_images
-    from jobs.preprocess_sequences import PreprocessSequencesConfig, preprocess_sequences
+    from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
+    from pipelines.sequence_dataset import PreprocessSequencesConfig, preprocess_sequences
     from pipelines.samples import BAD_LINES, generate_images, generate_texts
-    from pipelines.storage import build_spark
+    from pipelines.session import build_spark
 
     if not pyspark.__version__.startswith("3.5") or int(pyarrow.__version__.split(".")[0]) >= 15:
         sys.exit(f"run this on the previous stack (pyspark 3.5, pyarrow 14): found pyspark {pyspark.__version__}, "

@@ -7,7 +7,7 @@ import pytest
 
 from core.config import from_dict, load_section, parse_overrides
 from core.errors import ConfigError
-from jobs.preprocess_images import PreprocessImagesConfig
+from pipelines.image_dataset import PreprocessImagesConfig
 from training.config import TrainConfig
 
 

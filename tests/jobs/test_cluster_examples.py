@@ -1,5 +1,5 @@
-"""The README's Kubernetes spark-submit line, as written, is accepted by spark-submit: run against an API server that
-is not there, it gets as far as contacting the cluster (the line once failed before that, asking for
+"""The Kubernetes spark-submit line of docs/operations.md, as written, is accepted by spark-submit: run against an
+API server that is not there, it gets as far as contacting the cluster (the line once failed before that, asking for
 spark.kubernetes.file.upload.path)."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from tests.conftest import REPO, subprocess_env, tool
 
 
 def readme_command(comment: str) -> list[str]:
-    """The command under the README line starting with ``comment`` (continuation lines joined)."""
-    lines = (REPO / "README.md").read_text().splitlines()
+    """The command under the docs/operations.md line starting with ``comment`` (continuation lines joined)."""
+    lines = (REPO / "docs" / "operations.md").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(comment))
     body = lines[start + 1:]
     first = next(i for i, line in enumerate(body) if not line.startswith("#"))

@@ -88,7 +88,7 @@ def test_an_output_bigtrain_cannot_write_is_refused_before_any_spark_work_naming
     import fsspec
     from fsspec.registry import _registry
 
-    from pipelines import storage
+    from pipelines import session
 
     class NoHdfsClient(fsspec.AbstractFileSystem):  # what fsspec's hdfs:// is on a driver without libhdfs
         protocol = "hdfs"
@@ -100,7 +100,7 @@ def test_an_output_bigtrain_cannot_write_is_refused_before_any_spark_work_naming
         raise AssertionError("a Spark session was started")
 
     monkeypatch.setitem(_registry, "hdfs", NoHdfsClient)
-    monkeypatch.setattr(storage, "build_spark", no_spark)
+    monkeypatch.setattr(session, "build_spark", no_spark)
     (tmp_path / "raw" / "a").mkdir(parents=True)
     (tmp_path / "raw" / "a" / "part.jsonl").write_text('{"text": "good", "label": "pos"}\n')
     for output, missing in [("hdfs://nn:8020/datasets/x", "Unable to load libhdfs: libhdfs.so: cannot open shared "
@@ -121,3 +121,11 @@ def test_class_gaps_name_a_class_train_has_no_row_of_and_the_classes_other_split
     assert class_gaps(splits) == [
         "train has no rows of 1 of the 3 classes: 2 (a model never learns them)",
         "validation has no rows of 1 of the 2 classes in train: 1"]
+
+
+@pytest.mark.parametrize("job", [preprocess_images, preprocess_sequences])
+def test_both_jobs_take_allow_removals(job):
+    parser = job.build_parser()
+    assert parser.parse_args(["--input", "in", "--output", "out"]).allow_removals is False
+    assert parser.parse_args(["--input", "in", "--output", "out", "--allow-removals"]).allow_removals is True
+    assert "--allow-removals" in parser.format_help() and "max_removed_fraction" in parser.format_help()

@@ -15,8 +15,8 @@ from core.config import load_section
 from core.errors import ConfigError
 from core.paths import to_url
 from dataset import layout
-from jobs.preprocess_images import PreprocessImagesConfig, preprocess_images
-from jobs.preprocess_sequences import PreprocessSequencesConfig, preprocess_sequences
+from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
+from pipelines.sequence_dataset import PreprocessSequencesConfig, preprocess_sequences
 from tests.conftest import snapshot_path
 
 SPANNING_CSV = (
@@ -64,12 +64,12 @@ def test_a_csv_record_spanning_lines_is_one_record_and_an_unbalanced_quote_is_re
 
 @pytest.mark.spark
 def test_a_csv_record_spanning_lines_in_a_big_file_is_one_record(spark, tmp_path):
-    from pipelines import inputs, storage
+    from pipelines import inputs, reading
 
     good = [f"row {i} {'x' * (i % 29)},{i % 2}" for i in range(600)]
     body = good[:300] + ['"opens here', "and, goes on", 'closes",1'] + good[300:]
     (tmp_path / "big.csv").write_text("text,label\n" + "\n".join(body) + "\n")
-    records = storage.read_records(spark, inputs.list_files(f"file://{tmp_path}").entries, fmt="csv", fields=[])
+    records = reading.read_records(spark, inputs.list_files(f"file://{tmp_path}").entries, fmt="csv", fields=[])
     got = {r["source"]: (r["broken"], bytes(r["raw"])) for r in records.select("source", "broken", "raw").collect()}
     assert len(got) == 601 and not any(broken for broken, _ in got.values())
     assert got["big.csv:302"][1] == b'"opens here\nand, goes on\ncloses",1'  # lines 302 to 304, one record
@@ -135,7 +135,7 @@ def test_size_limits_out_of_range_are_named(section, cls, key, value):
 def test_parsed_records_are_kept_with_their_split_and_without_a_second_copy_of_the_text(spark, tmp_path):
     from pyspark.sql import functions as F
 
-    from jobs.preprocess_sequences import parse_inputs
+    from pipelines.sequence_dataset import parse_inputs
     from pipelines import inputs, splits
 
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": f"Review  {i} Fine", "label": "pos"}) + "\n"

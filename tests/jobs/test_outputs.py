@@ -7,7 +7,8 @@ import pytest
 from core.errors import UsageError
 from core.paths import to_url
 from dataset import layout
-from jobs import common, predict, train
+from inference import batch
+from jobs import common, train
 from training import checkpoint, trainer
 
 
@@ -15,7 +16,7 @@ def test_the_markers_are_the_names_the_writers_use():
     assert common.OUTPUT_MARKERS["bigtrain dataset"] == (layout.SNAPSHOTS_DIR, layout.METADATA_FILE)
     assert common.OUTPUT_MARKERS["training output"] == (checkpoint.FINAL_FILE, trainer.METRICS_FILE,
                                                         checkpoint.RESUME_DIR)
-    assert common.OUTPUT_MARKERS["prediction output"] == (predict.SUMMARY_FILE,)
+    assert common.OUTPUT_MARKERS["prediction output"] == (batch.SUMMARY_FILE,)
 
 
 @pytest.mark.parametrize("marker, kind", [("snapshots", "bigtrain dataset"), ("_predict.json", "prediction output")])
@@ -67,7 +68,7 @@ def test_an_image_job_refuses_a_sequence_dataset_as_its_output(spark, text_datas
     import shutil
 
     from core.config import load_section
-    from jobs.preprocess_images import PreprocessImagesConfig, preprocess_images
+    from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
 
     out = tmp_path / "texts_ds"
     shutil.copytree(text_dataset.parent.parent, out)  # the fixture is a snapshot folder: its dataset

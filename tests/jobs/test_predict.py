@@ -14,7 +14,7 @@ import torch
 from core.config import load_section
 from core.paths import to_url
 from dataset.info import load_dataset_info
-from jobs import predict as job
+from inference import batch
 from tests.conftest import REPO, subprocess_env
 from training import checkpoint
 from training.collation import ImageDecoder, image_collate, sequence_collate
@@ -47,11 +47,11 @@ def text_checkpoint(text_dataset, tmp_path_factory):
 
 
 def _config(**changes):
-    return load_section("predict", job.PredictConfig, flags={"batch_size": 16, **changes})
+    return load_section("predict", batch.PredictConfig, flags={"batch_size": 16, **changes})
 
 
 def _run(spark, ckpt, out, **where):
-    summary = job.predict(spark, model=job.load_checkpoint(str(ckpt)), output_url=to_url(str(out)),
+    summary = batch.predict(spark, model=batch.load_checkpoint(str(ckpt)), output_url=to_url(str(out)),
                           config=_config(split=where.pop("split", "test")), **where)
     return summary, pd.read_parquet(out)
 
@@ -90,7 +90,7 @@ def test_dataset_split_predictions_equal_the_model_in_process(spark, image_datas
         assert row.predicted_class == info.classes[row.predicted_index]
         assert row.top_probability == pytest.approx(float(np.max(expected[row.id])), abs=1e-6)
     assert summary["classes"] == info.classes
-    assert (tmp_path / "out" / job.SUMMARY_FILE).is_file()
+    assert (tmp_path / "out" / batch.SUMMARY_FILE).is_file()
 
 
 def test_raw_images_rows_in_equal_rows_out_and_match_their_dataset_rows(spark, sample_images, image_dataset,
@@ -132,9 +132,9 @@ def test_raw_texts_rows_in_equal_rows_out_and_match_their_dataset_rows(spark, sa
 
 
 def test_a_dataset_the_model_was_not_trained_for_is_refused(image_checkpoint, text_dataset):
-    model = job.load_checkpoint(str(image_checkpoint))
-    with pytest.raises(job.UsageError, match=rf"--data .*does not match checkpoint {model.path}.*sequence dataset"):
-        job.check_dataset(model.payload, load_dataset_info(str(text_dataset)), model.path)
+    model = batch.load_checkpoint(str(image_checkpoint))
+    with pytest.raises(batch.UsageError, match=rf"--data .*does not match checkpoint {model.path}.*sequence dataset"):
+        batch.check_dataset(model.payload, load_dataset_info(str(text_dataset)), model.path)
 
 
 def _cli(*args):
@@ -191,9 +191,9 @@ def test_an_output_that_is_not_an_earlier_prediction_is_never_replaced(image_che
     assert notes.read_text() == "mine"
     earlier = tmp_path / "earlier"
     earlier.mkdir()
-    (earlier / job.SUMMARY_FILE).write_text("{}")
-    job.check_output(to_url(str(earlier)), str(earlier))  # an earlier prediction output may be replaced
-    job.check_output(to_url(str(tmp_path / "new")), "new")
+    (earlier / batch.SUMMARY_FILE).write_text("{}")
+    batch.check_output(to_url(str(earlier)), str(earlier))  # an earlier prediction output may be replaced
+    batch.check_output(to_url(str(tmp_path / "new")), "new")
 
 
 def test_a_second_prediction_into_one_output_exits_75_and_leftovers_of_dead_runs_go(image_checkpoint, image_dataset,
@@ -205,10 +205,10 @@ def test_a_second_prediction_into_one_output_exits_75_and_leftovers_of_dead_runs
         result = _cli("--checkpoint", str(image_checkpoint), "--data", str(image_dataset), "--output", str(out))
     assert result.returncode == 75 and "a prediction into --output" in result.stderr
     assert "is already running" in result.stderr and not out.exists()
-    leftover = tmp_path / f".preds.{job.STAGING}-4242-deadbeef"
+    leftover = tmp_path / f".preds.{batch.STAGING}-4242-deadbeef"
     leftover.mkdir()
     (leftover / "part-0.parquet").write_bytes(b"half")
-    with job.output_lock(to_url(str(out)), str(out)):
+    with batch.output_lock(to_url(str(out)), str(out)):
         assert not leftover.exists() and (tmp_path / ".preds.predict.lock").exists()
     assert not (tmp_path / ".preds.predict.lock").exists()  # nothing of the lock is left beside the output
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from core.paths import to_url
+from inference import batch
 from jobs import predict as job
 from tests.jobs.test_predict import _cli, _config, _save_checkpoint
 
@@ -24,26 +25,26 @@ def image_checkpoint(image_dataset, tmp_path_factory):
 def _predict(spark, ckpt, data, out, split):
     from dataset.info import load_dataset_info
 
-    return job.predict(spark, model=job.load_checkpoint(str(ckpt)), output_url=to_url(str(out)),
+    return batch.predict(spark, model=batch.load_checkpoint(str(ckpt)), output_url=to_url(str(out)),
                        data=load_dataset_info(str(data)), config=_config(split=split))
 
 
 def _rows_lost(stats, *, inputs_read, output_url):
     """A check after scoring that fails, as when rows were lost between scoring and writing."""
-    raise job.PredictionCountError(f"{output_url}: {inputs_read} inputs read but 0 predictions written")
+    raise batch.PredictionCountError(f"{output_url}: {inputs_read} inputs read but 0 predictions written")
 
 
 def test_a_run_that_fails_after_scoring_leaves_the_earlier_output_intact(spark, image_checkpoint, image_dataset,
                                                                           tmp_path, monkeypatch):
     out = tmp_path / "scored"
     _predict(spark, image_checkpoint, image_dataset, out, "test")
-    before, summary = pd.read_parquet(out), (out / job.SUMMARY_FILE).read_text()
+    before, summary = pd.read_parquet(out), (out / batch.SUMMARY_FILE).read_text()
 
-    monkeypatch.setattr(job, "summarise", _rows_lost)
-    with pytest.raises(job.PredictionCountError, match="predictions written"):
+    monkeypatch.setattr(batch, "summarise", _rows_lost)
+    with pytest.raises(batch.PredictionCountError, match="predictions written"):
         _predict(spark, image_checkpoint, image_dataset, out, "validation")
     pd.testing.assert_frame_equal(pd.read_parquet(out), before)
-    assert (out / job.SUMMARY_FILE).read_text() == summary
+    assert (out / batch.SUMMARY_FILE).read_text() == summary
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scored"]  # no staging copy left behind
     monkeypatch.undo()
     _predict(spark, image_checkpoint, image_dataset, out, "validation")  # a run that passes its checks replaces it
@@ -55,9 +56,9 @@ def test_an_output_left_aside_by_a_run_killed_while_swapping_is_put_back(spark, 
                                                                          tmp_path, monkeypatch):
     out = tmp_path / "scored"
     _predict(spark, image_checkpoint, image_dataset, out, "test")
-    out.rename(tmp_path / f".scored.{job.ASIDE}")  # killed between moving the old output aside and the new one in
-    monkeypatch.setattr(job, "summarise", _rows_lost)
-    with pytest.raises(job.PredictionCountError):
+    out.rename(tmp_path / f".scored.{batch.ASIDE}")  # killed between moving the old output aside and the new one in
+    monkeypatch.setattr(batch, "summarise", _rows_lost)
+    with pytest.raises(batch.PredictionCountError):
         _predict(spark, image_checkpoint, image_dataset, out, "validation")
     assert set(pd.read_parquet(out)["split"]) == {"test"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scored"]
@@ -73,7 +74,7 @@ def test_the_checkpoint_is_read_once_and_the_verified_bytes_are_the_ones_scored_
     shutil.copy(image_checkpoint, ckpt)
     shutil.copy(image_checkpoint.with_suffix(".json"), ckpt.with_suffix(".json"))
     digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    check_output = job.check_output
+    check_output = batch.check_output
 
     def swapped_after_the_check(output_url, flag_value):
         check_output(output_url, flag_value)
@@ -84,7 +85,7 @@ def test_the_checkpoint_is_read_once_and_the_verified_bytes_are_the_ones_scored_
     args = job.build_parser().parse_args(["--checkpoint", str(ckpt), "--input", str(sample_images), "--output",
                                           str(out), "--master", "local[1]", "--quiet"])
     assert job.run(args) == 0
-    assert json.loads((out / job.SUMMARY_FILE).read_text())["checkpoint_sha256"] == digest
+    assert json.loads((out / batch.SUMMARY_FILE).read_text())["checkpoint_sha256"] == digest
     assert pd.read_parquet(out)["top_probability"].notna().any()
 
 
@@ -108,7 +109,7 @@ def test_a_raw_input_over_the_checkpoints_size_limit_is_unusable_not_read(spark,
     with (images / "circle" / "huge.png").open("wb") as fh:  # sparse: 3 GB on no disk; Spark cannot read it whole
         fh.truncate(3 * 2**30)
     out = tmp_path / "scored"
-    summary = job.predict(spark, model=job.load_checkpoint(str(image_checkpoint)), output_url=to_url(str(out)),
+    summary = batch.predict(spark, model=batch.load_checkpoint(str(image_checkpoint)), output_url=to_url(str(out)),
                           input_url=to_url(str(images)), config=_config())
     rows = pd.read_parquet(out)
     huge = rows[rows["source"] == "circle/huge.png"]

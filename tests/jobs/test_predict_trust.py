@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+from inference import batch
 from jobs import predict as job
 from tests.training.inmemory import config, sequence_source
 from training import checkpoint
@@ -53,5 +54,5 @@ def test_predict_imports_a_path_the_checkpoint_names_only_when_the_command_line_
 
 
 def test_built_in_models_need_no_trust(tmp_path):
-    verified = job.load_checkpoint(str(saved(tmp_path, "lstm")))
+    verified = batch.load_checkpoint(str(saved(tmp_path, "lstm")))
     assert verified.payload["model"] == "lstm" and checkpoint.import_paths(verified.payload) == {}

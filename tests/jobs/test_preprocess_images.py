@@ -20,7 +20,8 @@ from dataset import layout, manifest
 from dataset.info import load_dataset_info
 from dataset.layout import SPLITS
 from jobs.common import run_main
-from jobs.preprocess_images import PreprocessImagesConfig, main, preprocess_images
+from jobs.preprocess_images import main
+from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
 from pipelines.samples import SHAPE_CLASSES, generate_images
 from tests.conftest import REPO, current_snapshot, subprocess_env, tool
 from tests.petastorm_rows import petastorm_rows

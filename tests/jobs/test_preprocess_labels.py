@@ -9,7 +9,7 @@ import pytest
 
 from core.config import load_section
 from core.paths import to_url
-from jobs.preprocess_sequences import PreprocessSequencesConfig, preprocess_sequences
+from pipelines.sequence_dataset import PreprocessSequencesConfig, preprocess_sequences
 
 pytestmark = pytest.mark.spark
 

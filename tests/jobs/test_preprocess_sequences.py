@@ -12,11 +12,8 @@ from core.config import load_section
 from core.paths import to_url
 from dataset.info import load_dataset_info
 from dataset.layout import SPLITS, read_vocabulary
-from jobs.preprocess_sequences import (
-    PreprocessSequencesConfig,
-    main,
-    preprocess_sequences,
-)
+from jobs.preprocess_sequences import main
+from pipelines.sequence_dataset import PreprocessSequencesConfig, preprocess_sequences
 from pipelines.samples import BAD_LINES
 from pipelines.text import normalise, tokenise
 from tests.conftest import snapshot_path

@@ -49,7 +49,7 @@ def test_the_pattern_matching_is_strict():
 @pytest.mark.spark
 def test_the_image_example_prints_what_the_readme_shows(tmp_path):
     part = section("## Running the jobs yourself")
-    block = part.split("```bash\n", 1)[1].split("```", 1)[0]
+    block = "".join(b.split("```", 1)[0] for b in part.split("```bash\n")[1:])  # the section's shell blocks
     generate, preprocess = commands(block, "bigtrain generate-images", "spark-submit --master 'local[*]' jobs/preprocess_images.py")
     env = subprocess_env()
     done = subprocess.run([tool("bigtrain"), *generate[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,

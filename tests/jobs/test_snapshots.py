@@ -19,9 +19,8 @@ from core.paths import to_url
 from dataset import layout, snapshots
 from dataset.info import load_dataset_info
 from dataset.layout import SPLITS
-from pipelines import storage
-from jobs.preprocess_images import PreprocessImagesConfig, preprocess_images
-from jobs.preprocess_sequences import PreprocessSequencesConfig, preprocess_sequences
+from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
+from pipelines.sequence_dataset import PreprocessSequencesConfig, preprocess_sequences
 from tests.conftest import REPO, snapshot_path, subprocess_env
 
 pytestmark = pytest.mark.spark
@@ -238,7 +237,7 @@ def test_a_job_killed_mid_write_leaves_the_last_snapshot_intact_and_the_next_run
     try:
         deadline = time.monotonic() + 240
         def writing() -> bool:  # the new snapshot's write has begun: Spark's staging folder or a split is there
-            return any(p.parent.name != first["snapshot"] for pattern in (f"*/{storage.STAGING_DIR}", "*/train")
+            return any(p.parent.name != first["snapshot"] for pattern in (f"*/{writing.STAGING_DIR}", "*/train")
                        for p in (ds / "snapshots").glob(pattern))
 
         while not writing() and job.poll() is None and time.monotonic() < deadline:

@@ -13,14 +13,14 @@ from core.config import load_section
 from core.paths import to_url
 from dataset import manifest
 from dataset.layout import REJECTED_DIR, SPLITS
-from jobs.preprocess_images import PreprocessImagesConfig, preprocess_images
-from jobs.preprocess_sequences import PreprocessSequencesConfig, preprocess_sequences
+from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
+from pipelines.sequence_dataset import PreprocessSequencesConfig, preprocess_sequences
 from pipelines.samples import generate_images, generate_texts
 from tests.conftest import snapshot_path
 
 pytestmark = pytest.mark.spark
 
-KINDS = ("aggregate", "vocabulary", "write", "rejected")  # pipelines.storage.JOB_KINDS
+KINDS = ("aggregate", "vocabulary", "write", "rejected")  # pipelines.session.JOB_KINDS
 
 
 def job_ids(spark) -> dict[str, set[int]]:

@@ -237,7 +237,8 @@ def test_the_airflow_dag_imports_without_airflow():
 
 
 def readme_cron_line() -> str:
-    lines = (REPO / "README.md").read_text().split("```cron\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    text = (REPO / "docs" / "operations.md").read_text()
+    lines = text.split("```cron\n", 1)[1].split("```", 1)[0].strip().splitlines()
     assert len(lines) == 1, lines
     return lines[0].split(" ", 5)[5]  # the command after the five time fields
 
@@ -245,8 +246,8 @@ def readme_cron_line() -> str:
 @pytest.mark.spark
 @pytest.mark.slow
 def test_the_nightly_example_runs_on_the_sample_data_and_skips_when_nothing_changed(tmp_path):
-    """The README's cron line, run by sh as cron would, with its own root (a folder that does not exist yet) and
-    raw folder: every output lands below the root, the log included."""
+    """The cron line of docs/operations.md, run by sh as cron would, with its own root (a folder that does not exist
+    yet) and raw folder: every output lands below the root, the log included."""
     from pipelines.samples import generate_images
 
     generate_images(tmp_path / "incoming", per_class=4, seed=11, bad_files=0)

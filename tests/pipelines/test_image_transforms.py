@@ -9,7 +9,8 @@ from PIL import Image
 from pipelines.images import DecodeParams, decode_images
 from pipelines.inputs import list_files
 from pipelines.labels import assign_labels
-from pipelines.storage import files_frame, row_groups_for
+from pipelines.reading import files_frame
+from pipelines.routing import row_groups_for
 
 pytestmark = pytest.mark.spark
 
@@ -64,7 +65,7 @@ def test_row_groups_are_a_multiple_of_the_expected_ranks(rows, size_mb, ranks, e
 def test_route_makes_each_splits_files_equal_to_one_row_in_one_shuffle(spark, rows, files):
     from pyspark.sql import functions as F
 
-    from pipelines.storage import route
+    from pipelines.routing import route
 
     # Many small, uneven input partitions (where round-robin repartition() was seen to give 5/3/3), the splits
     # interleaved within each: every split's files must still be equal to within one row.
@@ -91,7 +92,7 @@ def test_route_makes_each_splits_files_equal_to_one_row_in_one_shuffle(spark, ro
 def test_spark_hash_long_matches_sparks_hash(spark):
     from pyspark.sql import functions as F
 
-    from pipelines.storage import spark_hash_long
+    from pipelines.routing import spark_hash_long
 
     values = list(range(-50, 200)) + [2**31, -(2**31) - 1, 2**62 + 12345, -(2**63)]
     df = spark.createDataFrame([(v,) for v in values], "v long")

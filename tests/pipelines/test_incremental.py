@@ -10,8 +10,7 @@ import pytest
 from core.config import load_section
 from core.errors import EXIT_REMOVALS, ConfigError, RemovalsError
 from dataset.manifest import Manifest, SplitCounts
-from jobs import preprocess_images, preprocess_sequences
-from pipelines import incremental
+from pipelines import image_dataset, incremental, sequence_dataset
 from pipelines.images import split_relpath
 
 ROOT = "file:///data/in"
@@ -122,8 +121,8 @@ def test_a_snapshot_of_no_row_or_of_one_class_is_refused_at_commit():
     incremental.check_classes(run, draft({"cat": 5, "dog": 1}), processed=(9, 3), allow_single_class=False)
 
 
-@pytest.mark.parametrize("section, cls", [("preprocess_images", preprocess_images.PreprocessImagesConfig),
-                                          ("preprocess_sequences", preprocess_sequences.PreprocessSequencesConfig)])
+@pytest.mark.parametrize("section, cls", [("preprocess_images", image_dataset.PreprocessImagesConfig),
+                                          ("preprocess_sequences", sequence_dataset.PreprocessSequencesConfig)])
 def test_the_new_keys_are_validated_and_change_no_fingerprint(section, cls):
     config = load_section(section, cls)
     assert (config.max_removed_fraction, config.allow_single_class) == (0.5, False)
@@ -141,14 +140,6 @@ def test_the_new_keys_are_validated_and_change_no_fingerprint(section, cls):
                                                                               else ())
     old = {k: v for k, v in asdict(config).items() if k not in added}
     assert fingerprint(old) == fingerprint(asdict(config))  # nor for a snapshot written before they existed
-
-
-@pytest.mark.parametrize("job", [preprocess_images, preprocess_sequences])
-def test_both_jobs_take_allow_removals(job):
-    parser = job.build_parser()
-    assert parser.parse_args(["--input", "in", "--output", "out"]).allow_removals is False
-    assert parser.parse_args(["--input", "in", "--output", "out", "--allow-removals"]).allow_removals is True
-    assert "--allow-removals" in parser.format_help() and "max_removed_fraction" in parser.format_help()
 
 
 def test_a_key_added_at_its_old_behaviour_does_not_change_the_fingerprint_of_older_snapshots():

@@ -1,4 +1,4 @@
-"""Reading records as both sequence jobs do (``storage.read_records``): sources, CSV headers, Parquet fields."""
+"""Reading records as both sequence jobs do (``reading.read_records``): sources, CSV headers, Parquet fields."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import inputs, storage
+from pipelines import inputs, reading, writing
 
 
 def _read(spark, url, fmt, fields=()):
-    records = storage.read_records(spark, inputs.list_files(url).entries, fmt=fmt, fields=list(fields))
+    records = reading.read_records(spark, inputs.list_files(url).entries, fmt=fmt, fields=list(fields))
     rows = records.select("source", "raw", "header").collect()
     return ({r["source"]: bytes(r["raw"]) for r in rows},
             {bytes(r["header"]) for r in rows if r["header"] is not None})
@@ -46,14 +46,14 @@ def test_parquet_rows_become_json_objects_of_the_fields_read(spark, tmp_path):
     got, _ = _read(spark, url, "parquet", fields=["text"])  # predict reads no label column
     assert {k: json.loads(v) for k, v in got.items()} == {"p.parquet:1": {"text": "fine"},
                                                           "p.parquet:2": {"text": None}} and headers == set()
-    with pytest.raises(storage.MissingColumnError) as exc:
+    with pytest.raises(reading.MissingColumnError) as exc:
         _read(spark, url, "parquet", fields=["review"])
     assert str(exc.value) == f"file:{tmp_path}/p.parquet: no column 'review' (columns: text, stars, other)"
 
 
 @pytest.mark.parametrize("given", ["auto", "jsonl"])
 def test_a_folder_of_two_formats_is_refused_naming_which_files_are_which(tmp_path, given):
-    from pipelines.storage import detect_format
+    from pipelines.reading import detect_format
 
     (tmp_path / "a.jsonl").write_text('{"text": "x", "label": 1}\n')
     (tmp_path / "sub").mkdir()
@@ -64,7 +64,7 @@ def test_a_folder_of_two_formats_is_refused_naming_which_files_are_which(tmp_pat
 
 
 def test_a_given_format_is_taken_for_files_without_a_known_extension(tmp_path):
-    from pipelines.storage import detect_format
+    from pipelines.reading import detect_format
 
     (tmp_path / "part-0").write_text('{"text": "x", "label": 1}\n')
     assert detect_format(f"file://{tmp_path}", "jsonl") == "jsonl"
@@ -103,7 +103,7 @@ def test_petastorm_metadata_goes_through_fsspec_on_hdfs_not_petastorm_s_legacy_c
     for i, rows in enumerate([4, 3]):
         with fs.open(f"{path}/part-{i:05d}.parquet", "wb") as fh:
             pq.write_table(pa.table({"sample_id": list(range(rows))}), fh, row_group_size=2)
-    storage.write_petastorm_metadata(spark, url, sequence_unischema())
+    writing.write_petastorm_metadata(spark, url, sequence_unischema())
     with fs.open(f"{path}/_common_metadata", "rb") as fh:
         stored = pq.read_metadata(fh).schema.to_arrow_schema().metadata
     assert json.loads(stored[dataset_metadata.ROW_GROUPS_PER_FILE_KEY]) == {"part-00000.parquet": 2,

@@ -376,7 +376,7 @@ def test_reading_an_epoch_leaves_the_global_random_state_alone(image_dataset, wo
 def raw_image_dataset(spark, sample_images, tmp_path_factory):
     """The sample images of ``image_dataset`` stored with the default codec at 16 px (auto: raw pixels)."""
     from core.paths import to_url
-    from jobs.preprocess_images import PreprocessImagesConfig, preprocess_images
+    from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
     from tests.conftest import snapshot_path
 
     config = load_section("preprocess_images", PreprocessImagesConfig, flags={"image_size": 16, "ranks": 3})
@@ -392,7 +392,7 @@ def test_small_images_are_stored_raw_by_default_and_load_to_the_same_pixels_as_p
     sample, exactly the pixels PNG (lossless) gives."""
     import torch
 
-    from jobs.preprocess_images import storage_codec
+    from pipelines.image_dataset import storage_codec
 
     assert storage_codec("auto", 64) == "raw" and storage_codec("auto", 65) == "png" and storage_codec("png", 8) == "png"
     assert load_dataset_info(str(raw_image_dataset)).spec.image.codec == "raw"

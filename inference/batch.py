@@ -1,0 +1,297 @@
+"""The batch-prediction recipe: a verified checkpoint and a dataset split or raw inputs -> Parquet predictions, one
+row per input, with Spark.
+
+Extract (a dataset split, or raw inputs through the preprocessing the checkpoint records), transform (score on the
+executors, ``inference.predict``), load (Parquet beside the output, checked to hold one row per input, then swapped
+in for an earlier prediction output). ``jobs/predict.py`` parses the command line, checks the flags and calls
+``load_checkpoint`` and ``predict``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Collection, Literal
+
+from core import atomic
+from core.config import read_defaults, require
+from core.errors import CheckpointError, DatasetError, RejectBudgetError, UsageError
+from core.locking import hold
+from core.logs import with_article
+from core.paths import join, local_path
+from dataset import layout
+from pipelines import inputs
+
+log = logging.getLogger("bigtrain.predict")
+SUMMARY_FILE = "_predict.json"  # a leading "_": Spark, pyarrow and pandas readers of the Parquet folder skip it
+STAGING, ASIDE = "predict-tmp", "predict-old"  # the siblings .NAME.predict-tmp (new output), .NAME.predict-old
+
+
+class PredictionCountError(DatasetError):
+    """The predictions written are not one per input."""
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    master: str
+    split: Literal["test", "validation", "train", "all"]
+    format: Literal["auto", "jsonl", "csv", "parquet"]
+    batch_size: int
+    threads_per_task: int
+    spark_conf: dict[str, str] = field(default_factory=dict)
+
+    def validate(self, prefix: str) -> None:
+        require(self.batch_size >= 1, f"{prefix}.batch_size", f"must be at least 1, got {self.batch_size}")
+        require(self.threads_per_task >= 1, f"{prefix}.threads_per_task",
+                f"must be at least 1, got {self.threads_per_task}")
+
+
+
+def load_checkpoint(path_text: str, trusted: Collection[str] = ()):
+    """The checkpoint file (``PATH`` or ``PATH/checkpoint.pt``) read once and verified (``checkpoint.Verified``:
+    path, bytes, sidecar bytes, payload); a UsageError (exit 2) with the CheckpointError's message, which names the
+    file, when it cannot be used, and naming the import paths it holds that are not ``trusted`` (--trust-import)."""
+    from training import checkpoint
+
+    path = Path(path_text)
+    if path.is_dir():
+        path = path / checkpoint.FINAL_FILE
+    try:
+        verified = checkpoint.read(path)
+        check_trusted(checkpoint.import_paths(verified.payload), trusted, path)
+        # built once here: a model whose code cannot be imported fails now, in one line, not in every Spark task
+        checkpoint.build_model(verified.payload, where=f"checkpoint {path}")
+        return verified
+    except CheckpointError as exc:
+        raise UsageError(f"--checkpoint: {exc}") from None
+
+
+def check_trusted(import_paths: dict[str, str], trusted: Collection[str], path: Path) -> None:
+    """A UsageError naming each import path of a checkpoint (config key -> path) that the user did not give with
+    --trust-import: a checkpoint is data, and importing a path it names runs code that whoever wrote it chose."""
+    untrusted = {key: name for key, name in import_paths.items() if name not in trusted}
+    if untrusted:
+        raise UsageError(f"--checkpoint {path} names code to import ("
+                         + ", ".join(f"{key} {name}" for key, name in untrusted.items())
+                         + "); predict imports only bigtrain's built-in models and the paths given with "
+                           "--trust-import: if you trust that code, add "
+                         + " ".join(f"--trust-import {name}" for name in untrusted.values()))
+
+
+def check_dataset(payload: dict[str, Any], info, checkpoint_path: Path) -> None:
+    """The dataset must encode rows as the checkpoint's training data did: same kind, classes, image shape or
+    vocabulary. Otherwise the predictions would be confidently wrong, so refuse, naming both."""
+    trained = payload["dataset"]
+    where = f"--data {info.url} does not match checkpoint {checkpoint_path} (trained on {trained.get('url')})"
+    if info.kind != trained["kind"]:
+        raise UsageError(f"{where}: {with_article(info.kind)} dataset, the model is for {trained['kind']} data")
+    if info.classes != list(payload["classes"]):
+        raise UsageError(f"{where}: classes {info.classes} differ from the model's {list(payload['classes'])}")
+    if info.kind == "image":
+        have, want = info.manifest.image, trained["image"]
+        if (have.size, have.channels) != (want["size"], want["channels"]):
+            raise UsageError(f"{where}: images are {have.size}px x {have.channels} channels, the model takes "
+                             f"{want['size']}px x {want['channels']}")
+    elif trained.get("vocabulary") is not None and layout.read_vocabulary(info.url) != trained["vocabulary"]:
+        raise UsageError(f"{where}: its vocabulary differs from the model's, so its token ids mean other words")
+
+
+
+@contextlib.contextmanager
+def output_lock(output_url: str, flag_value: str):
+    """A local --output is held for the whole run (``.NAME.predict.lock`` beside it, removed at the end; a second
+    predict into it exits 75 at once), and the staging folders that runs which died there left behind are removed. Object stores
+    have no lock: there each run stages apart and the last to finish publishes."""
+    local = local_path(output_url)
+    if local is None:
+        yield
+        return
+    folder, name = os.path.split(os.path.abspath(local).rstrip("/"))
+    with hold(os.path.join(folder, f".{name}.predict.lock"), what=f"a prediction into --output {flag_value}",
+              remove=True):
+        for leftover in Path(folder).glob(f".{name}.{STAGING}*"):
+            log.info("removing %s, left by a prediction that did not finish", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+        yield
+
+
+def check_output(output_url: str, flag_value: str) -> None:
+    """Predictions replace an earlier prediction output only: a model, a dataset, a file or any other folder at
+    --output is refused rather than overwritten."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(output_url)
+    if not fs.exists(path):
+        return
+    if fs.isfile(path):
+        raise UsageError(f"--output {flag_value} is a file; predictions are written as a folder of Parquet files")
+    if fs.ls(path) and not fs.exists(path.rstrip("/") + "/" + SUMMARY_FILE):
+        raise UsageError(f"--output {flag_value} holds files that are not an earlier prediction output (no "
+                         f"{SUMMARY_FILE}): refusing to replace them; give a new or empty folder")
+
+
+def _preprocess(payload: dict[str, Any], checkpoint_path: Path, *keys: str) -> list[Any]:
+    settings = payload["dataset"].get("preprocess")
+    if not settings:
+        raise UsageError(f"checkpoint {checkpoint_path} does not record how its data was preprocessed, so raw inputs "
+                         "cannot be prepared the same way: preprocess them and score the dataset with --data")
+    missing = [k for k in keys if k not in settings]
+    if missing:
+        raise UsageError(f"checkpoint {checkpoint_path}: its preprocessing config has no key {missing[0]!r}")
+    return [settings[k] for k in keys]
+
+
+def _limit(payload: dict[str, Any], section: str, key: str) -> int:
+    """A size limit of the checkpoint's preprocessing (raw inputs larger are unusable, never read whole)."""
+    return int(_setting(payload, section, key))
+
+
+def _setting(payload: dict[str, Any], section: str, key: str) -> Any:
+    """A setting of the checkpoint's preprocessing; for a checkpoint older than the setting, the committed default
+    of that preprocessing section."""
+    settings = payload["dataset"].get("preprocess") or {}
+    return settings[key] if key in settings else read_defaults()[section][key]
+
+
+def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data, input_url: str | None,
+                 config: PredictConfig):
+    """(rows to score, inputs read, the codec or token dtype the rows are in)."""
+    from inference import predict
+    from pipelines import images, reading
+
+    kind = payload["dataset"]["kind"]
+    if data is not None:
+        if config.split not in data.splits and config.split != "all":
+            raise UsageError(f"--split {config.split}: {data.url} has splits {', '.join(data.splits)}")
+        names = list(data.splits) if config.split == "all" else [config.split]
+        parts = [predict.dataset_rows(spark.read.parquet(reading.spark_path(data.splits[n].url)), split=n, kind=kind, classes=data.classes)
+                 for n in names if data.splits[n].rows]
+        rows = parts[0] if parts else spark.createDataFrame([], predict.SCORING_SCHEMA)
+        for part in parts[1:]:
+            rows = rows.unionByName(part)
+        encoding = data.manifest.image.codec if kind == "image" else data.manifest.sequence.token_dtype
+        return rows, sum(data.splits[n].rows for n in names), encoding
+    if kind == "image":
+        size, channels, codec, max_pixels, min_side, ratio = _preprocess(
+            payload, checkpoint_path, "image_size", "channels", "codec", "max_pixels", "min_side", "max_aspect_ratio")
+        params = images.DecodeParams(image_size=size, channels=channels, codec=predict.raw_image_codec(codec),
+                                     max_pixels=max_pixels, min_side=min_side, max_aspect_ratio=ratio,
+                                     max_file_bytes=_limit(payload, "preprocess_images", "max_file_bytes"))
+        listing = inputs.list_files(input_url, follow_links=bool(_setting(payload, "preprocess_images", "follow_links")))
+        files = reading.files_frame(spark, listing.entries)
+        return predict.raw_images(files, root_url=input_url, params=params), len(listing.entries), params.codec
+    return _text_rows(spark, checkpoint_path=checkpoint_path, payload=payload, input_url=input_url, config=config)
+
+
+def _text_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], input_url: str, config: PredictConfig):
+    from inference import predict
+    from pipelines import reading, text
+
+    (text_field, label_field, tokens_field, tokenizer, lowercase, max_length) = _preprocess(
+        payload, checkpoint_path, "text_field", "label_field", "tokens_field", "tokenizer", "lowercase", "max_length")
+    try:
+        fmt = reading.detect_format(input_url, config.format)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"--input {input_url}: {exc}") from None
+    vocabulary = payload["dataset"].get("vocabulary")
+    if not vocabulary:
+        raise UsageError(f"checkpoint {checkpoint_path} holds no vocabulary: raw texts cannot be mapped to its ids")
+    # Read exactly as preprocess-sequences reads (same file:line sources); Parquet inputs need no label column.
+    listing = inputs.list_files(input_url, follow_links=bool(_setting(payload, "preprocess_sequences", "follow_links")))
+    params = text.ParseParams(fmt=fmt, text_field=text_field, label_field=label_field,
+                              tokens_field=tokens_field or None, tokenizer=tokenizer, lowercase=lowercase)
+    dtype = text.token_dtype(len(vocabulary))
+    try:
+        entries = inputs.capped(listing.entries, _limit(payload, "preprocess_sequences", "max_file_bytes"),
+                                "max_file_bytes")
+        rows = predict.raw_texts(spark, entries, fmt=fmt, fields=[tokens_field or text_field],
+                                 max_record_bytes=_limit(payload, "preprocess_sequences", "max_record_bytes"),
+                                 params=params, vocabulary=spark.sparkContext.broadcast(vocabulary),
+                                 max_length=max_length, dtype=dtype)
+    except reading.MissingColumnError as exc:
+        raise UsageError(str(exc)) from None
+    return rows, rows.count(), dtype
+
+
+def predict(spark, *, model, output_url: str, data=None, input_url: str | None = None,
+            config: PredictConfig) -> dict[str, Any]:
+    """Extract (dataset split or raw inputs), transform (prepare, score on the executors with ``model``, a
+    ``checkpoint.Verified``), load (Parquet beside ``output_url``, checked to hold one row per input, then swapped
+    in); returns the summary."""
+    from inference import predict as transforms
+
+    kind, payload = model.payload["dataset"]["kind"], model.payload
+    rows, inputs_read, encoding = scoring_rows(spark, checkpoint_path=model.path, payload=payload, data=data,
+                                               input_url=input_url, config=config)
+    source = transforms.ModelSource(
+        checkpoint=spark.sparkContext.broadcast((model.data, model.sidecar)),  # the bytes verified, not a re-read
+        sha256=transforms.checkpoint_digest(model.data), kind=kind, classes=tuple(payload["classes"]),
+        codec=encoding if kind == "image" else None, token_dtype=encoding if kind == "sequence" else None)
+    log.info("scoring %s with %s (%s, %d classes) -> %s", data.url if data else input_url, model.path,
+             payload["model"], len(payload["classes"]), output_url)
+    scored = transforms.score(rows, source=source, batch_size=config.batch_size, threads=config.threads_per_task)
+    about = {"checkpoint": str(model.path), "checkpoint_sha256": source.sha256, "classes": list(payload["classes"]),
+             "input": data.url if data else input_url, "split": config.split if data else None}
+    return publish(spark, scored, output_url=output_url, inputs_read=inputs_read, about=about)
+
+
+def publish(spark, scored, *, output_url: str, inputs_read: int, about: dict[str, Any]) -> dict[str, Any]:
+    """Write ``scored`` to the staging sibling of ``output_url``, check it (rows written = inputs read, at least
+    one scored), then swap it in for the earlier output; on any failure the staging copy is removed and the
+    earlier output is left as it was."""
+    import fsspec
+    from pyspark.sql import functions as F
+
+    fs, target = fsspec.core.url_to_fs(output_url)
+    own = f"{STAGING}-{os.getpid()}-{secrets.token_hex(4)}"  # this run's own: never another run's folder
+    staging_url, staging = atomic.sibling(output_url, own), atomic.sibling(target, own)
+    atomic.recover_folder(fs, target, aside=ASIDE)
+    try:
+        scored.write.mode("overwrite").parquet(staging_url)
+        # The part files by name: Spark ignores (with a warning) a folder whose own name is hidden, as the staging
+        # folder's is, so that no reader of the output's parent ever takes it for data.
+        parts = [join(staging_url, p.rsplit("/", 1)[-1]) for p in fs.ls(staging, detail=False) if p.endswith(".parquet")]
+        stats = (spark.read.schema(scored.schema).parquet(*parts)
+                 .groupBy(F.substring_index("reason", ":", 1).alias("category"), "predicted_class").count().collect()
+                 if parts else [])
+        summary = {**summarise(stats, inputs_read=inputs_read, output_url=output_url), **about}
+        if summary["inputs_read"] and not summary["scored"]:
+            reasons = ", ".join(f"{r} ({n})" for r, n in summary["unusable_by_reason"].items())
+            raise RejectBudgetError(f"none of the {summary['inputs_read']} inputs could be scored ({reasons}): wrong "
+                                    f"--input for this model? Nothing written to {output_url}")
+        _write_summary(staging_url, summary)
+        atomic.replace_folder(fs, staging, target, aside=ASIDE)
+    finally:
+        if fs.exists(staging):
+            fs.rm(staging, recursive=True)
+    return summary
+
+
+def summarise(stats: list, *, inputs_read: int, output_url: str) -> dict[str, Any]:
+    """Counts by outcome; inputs read must equal rows written (scored + unusable), or the job fails."""
+    scored = sum(r["count"] for r in stats if r["category"] is None)
+    unusable: dict[str, int] = {}
+    predicted: dict[str, int] = {}
+    for r in stats:
+        if r["category"] is not None:
+            unusable[r["category"]] = unusable.get(r["category"], 0) + r["count"]
+        else:
+            predicted[r["predicted_class"]] = predicted.get(r["predicted_class"], 0) + r["count"]
+    written = scored + sum(unusable.values())
+    if written != inputs_read:
+        raise PredictionCountError(f"{output_url}: {inputs_read} inputs read but {written} predictions written")
+    return {"inputs_read": inputs_read, "scored": scored, "unusable": sum(unusable.values()),
+            "unusable_by_reason": dict(sorted(unusable.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "predicted": dict(sorted(predicted.items(), key=lambda kv: (-kv[1], str(kv[0])))), "output": output_url}
+
+
+def _write_summary(output_url: str, summary: dict[str, Any]) -> None:
+    import fsspec
+
+    with fsspec.open(join(output_url, SUMMARY_FILE), "w") as fh:
+        json.dump(summary, fh, indent=2)

@@ -1,0 +1,144 @@
+"""Spark sessions for the preprocessing jobs and batch inference, and the Spark jobs of a run named by kind.
+
+``build_spark`` starts (or joins) the session with the locale and logging bigtrain needs; ``spark_job`` names the
+Spark jobs of a preprocessing run per kind so that a run's jobs can be counted (``jobs_by_kind``);
+``require_connector`` names the Hadoop connector an output URL needs before any work.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from typing import Any, Iterator
+
+from pyspark import SparkContext
+from pyspark.sql import DataFrame, SparkSession
+
+from core.locales import effective_ctype, file_name_problem, jvm_locale_changes
+
+log = logging.getLogger(__name__)
+
+
+def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | None = None) -> SparkSession:
+    """A SparkSession for a job. ``master=None`` leaves it to spark-submit (``--master`` on its command line).
+
+    In local mode the Python workers must be this interpreter (the one with bigtrain installed), not whatever
+    ``python3`` is first on PATH.
+    """
+    if not _jvm_started():  # the JVM inherits this process's environment: file names in UTF-8 whatever the locale
+        changes = jvm_locale_changes(os.environ)
+        if changes:
+            log.info("starting Spark with %s: the locale %r would have it skip file names that are not ASCII",
+                     ", ".join(f"{k}={v}" for k, v in changes.items()), effective_ctype(os.environ))
+            os.environ.update(changes)
+    builder = SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    if (master or "").startswith("local") and "PYSPARK_PYTHON" not in os.environ:
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+    builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    # petastorm 0.13 runs on pyarrow's deprecated legacy API in the Python workers too; its FutureWarnings there
+    # would bury the job's own log.
+    builder = builder.config("spark.executorEnv.PYTHONWARNINGS", "ignore::FutureWarning")
+    # Spark's stage progress bar when a person watches (a terminal), not in logs that schedulers keep.
+    builder = builder.config("spark.ui.showConsoleProgress", str(sys.stderr.isatty()).lower())
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, str(value))
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("BIGTRAIN_SPARK_LOG_LEVEL", "WARN"))
+    return spark
+
+
+def local_names_problem(spark: SparkSession) -> str | None:
+    """Why the driver's JVM cannot be trusted to name a local path beyond ASCII (None: it can): it names files in
+    the encoding of the locale it started in. Only local file systems: HDFS and object stores name files in UTF-8."""
+    return file_name_problem(spark.sparkContext._jvm.System.getProperty("sun.jnu.encoding"), os.environ)
+
+
+def _jvm_started() -> bool:
+    """A JVM runs already: spark-submit started this process, or a session exists."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ or SparkContext._active_spark_context is not None
+
+
+JOB_GROUP = "bigtrain:"  # + kind: the job group of every Spark job a preprocessing run launches
+JOB_KINDS = ("aggregate", "vocabulary", "write", "rejected")
+
+
+@contextlib.contextmanager
+def spark_job(spark: SparkSession, kind: str, what: str) -> Iterator[None]:
+    """Name the Spark jobs of the actions inside: job group ``bigtrain:<kind>`` (``jobs_by_kind`` counts them with
+    Spark's status tracker), ``what`` their description in Spark's UI; the thread's earlier group comes back after.
+    The actions are planned without adaptive query execution (``without_adaptive``)."""
+    if kind not in JOB_KINDS:
+        raise ValueError(f"Spark job kind {kind!r} is not one of {', '.join(JOB_KINDS)}")
+    sc = spark.sparkContext
+    saved = {key: sc.getLocalProperty(key) for key in ("spark.jobGroup.id", "spark.job.description")}
+    sc.setJobGroup(JOB_GROUP + kind, f"bigtrain {kind}: {what}")
+    try:
+        with without_adaptive(spark):
+            yield
+    finally:
+        for key, value in saved.items():
+            sc.setLocalProperty(key, value)
+
+
+@contextlib.contextmanager
+def without_adaptive(spark: SparkSession) -> Iterator[None]:
+    """Plan the queries inside without adaptive query execution (the setting comes back after). AQE runs every
+    shuffle stage as a Spark job of its own, and bigtrain's shuffles have a fixed partition count (one per row
+    group written) or a handful of output rows (the aggregations, the lines per block), so it would add a job per
+    shuffle and save nothing. A persisted DataFrame keeps the plan it was persisted with: ``persist``."""
+    adaptive = spark.conf.get("spark.sql.adaptive.enabled")
+    spark.conf.set("spark.sql.adaptive.enabled", "false")
+    try:
+        yield
+    finally:
+        spark.conf.set("spark.sql.adaptive.enabled", adaptive)
+
+
+def persist(spark: SparkSession, df: DataFrame) -> DataFrame:
+    """``df`` persisted (memory, then disk), planned ``without_adaptive`` like the actions that will fill it."""
+    from pyspark import StorageLevel
+
+    with without_adaptive(spark):
+        return df.persist(StorageLevel.MEMORY_AND_DISK)
+
+
+def jobs_by_kind(spark: SparkSession) -> dict[str, set[int]]:
+    """The ids of the Spark jobs this session ran inside ``spark_job``, per kind, and (``"other"``) those outside
+    any job group, as Spark's status tracker knows them (``spark.ui.retainedJobs``, 1000 by default)."""
+    tracker = spark.sparkContext.statusTracker()
+    found = {kind: set(tracker.getJobIdsForGroup(JOB_GROUP + kind)) for kind in JOB_KINDS}
+    found["other"] = set(tracker.getJobIdsForGroup(None))
+    return found
+
+
+HADOOP_FILESYSTEMS = {  # URL scheme -> (Hadoop class, what provides it; {hadoop}: the version Spark runs)
+    "s3a": ("org.apache.hadoop.fs.s3a.S3AFileSystem",
+            "the Hadoop S3 connector: spark-submit --packages org.apache.hadoop:hadoop-aws:{hadoop}"),
+    "gs": ("com.google.cloud.hadoop.fs.gcs.GoogleHadoopFileSystem", "the GCS connector jar"),
+    "abfs": ("org.apache.hadoop.fs.azurebfs.AzureBlobFileSystem",
+             "spark-submit --packages org.apache.hadoop:hadoop-azure:{hadoop}"),
+}
+
+
+class MissingConnectorError(ValueError):
+    """Spark cannot reach a URL's storage: its Hadoop connector is not on the classpath."""
+
+
+def require_connector(spark: SparkSession, url: str) -> None:
+    """Fail before any work when Spark has no file system for ``url`` (s3a://, gs://, abfs://; s3:// is not one)."""
+    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    if scheme in ("s3", "s3n"):
+        raise MissingConnectorError(f"{url}: Spark reaches object storage through s3a://, not {scheme}:// "
+                                    f"(use s3a://{url.split('://', 1)[1]})")
+    if scheme not in HADOOP_FILESYSTEMS:
+        return
+    class_name, provider = HADOOP_FILESYSTEMS[scheme]
+    try:
+        spark.sparkContext._jvm.java.lang.Class.forName(class_name)
+    except Exception:  # noqa: BLE001 - py4j wraps the ClassNotFoundException
+        hadoop = spark.sparkContext._jvm.org.apache.hadoop.util.VersionInfo.getVersion()  # the connector must match
+        raise MissingConnectorError(f"{url}: Spark has no {scheme}:// file system ({class_name} is not on the "
+                                    f"classpath); add {provider.format(hadoop=hadoop)}") from None
