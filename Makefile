@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export SPARK_SUBMIT_OPTS ?= -Dlog4j2.configurationFile=file:$(CURDIR)/conf/log4j2.properties
 
-.PHONY: setup demo demo-images demo-text test test-fast test-legacy test-other-pythons bench bench-text dist clean help gpu-check gpu-check-data
+.PHONY: setup demo demo-images demo-text lint test test-fast test-legacy test-other-pythons bench bench-text dist clean help gpu-check gpu-check-data
 BENCH_ARGS ?= --size quick
 
 help:
@@ -32,6 +32,7 @@ help:
 	@echo "make demo-images / make demo-text   one of the two"
 	@echo "make test       the full test suite on the current stack (CI: then test-legacy, test-other-pythons)"
 	@echo "make test-fast  tests that need neither Spark nor horovodrun"
+	@echo "make lint       ruff (rules in pyproject.toml); CI runs it first"
 	@echo "make test-legacy        the subset CI runs on STACK=spark35, and each stack reading the other's datasets"
 	@echo "                        (sets .venv-spark35 and .venv up)"
 	@echo "make test-other-pythons the fast suite and a horovodrun training on every other CPython 3.11-3.13 found"
@@ -45,7 +46,8 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml $(RUNTIME) requirements/petastorm.txt requirements/dev.txt scripts/build_horovod.sh scripts/horovod_build_env.py
+$(STAMP): pyproject.toml $(RUNTIME) requirements/petastorm.txt requirements/dev.txt scripts/build_horovod.sh scripts/horovod_build_env.py \
+		compat/petastorm_hook.py
 	@bash scripts/check_java.sh $(STACK)
 	@$(PYTHON) scripts/check_python.py $(STACK)
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -54,7 +56,9 @@ $(STAMP): pyproject.toml $(RUNTIME) requirements/petastorm.txt requirements/dev.
 	$(VPY) -m pip install -q --no-deps -r requirements/petastorm.txt
 	wheel=$$(bash scripts/build_horovod.sh $(VPY) $(WHEELS)) && $(VPY) -m pip install -q "$$wheel"
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
-	$(VPY) -c 'import compat.petastorm; compat.petastorm.install(); import horovod.torch, petastorm, pyarrow, pyspark, torch; print("stack ok ($(STACK)): python", __import__("sys").version.split()[0], "torch", torch.__version__, "pyspark", pyspark.__version__, "pyarrow", pyarrow.__version__, "petastorm", petastorm.__version__)'
+# The hook (a .pth in site-packages): a plain `import petastorm` in this venv applies compat/petastorm.py first.
+	$(VPY) -m compat.petastorm_hook
+	$(VPY) -c 'import sys, horovod.torch, petastorm, pyarrow, pyspark, torch; getattr(petastorm, "_bigtrain_compat", False) or sys.exit("import petastorm did not apply compat.petastorm: the hook (compat/petastorm_hook.py) is missing"); print("stack ok ($(STACK)): python", sys.version.split()[0], "torch", torch.__version__, "pyspark", pyspark.__version__, "pyarrow", pyarrow.__version__, "petastorm", petastorm.__version__)'
 	@touch $(STAMP)
 
 demo: setup
@@ -65,6 +69,9 @@ demo-images: setup
 
 demo-text: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh $(DEMO_DIR) texts
+
+lint: setup
+	$(VENV)/bin/ruff check --no-cache .
 
 # Every test of one stack; the tests marked `stacks` need both set up and run in test-legacy.
 test: setup

@@ -28,7 +28,7 @@ def loader_growth_mb(dataset: str, workers: int = 2) -> dict:
                           timeout=900, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
-    return json.loads(next(l for l in done.stdout.splitlines() if l.startswith("BENCH ")).split(" ", 1)[1])
+    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("BENCH ")).split(" ", 1)[1])
 
 
 def growth_results(spark, raws: dict[int, str], work: str, n_images: dict[int, int]) -> list[Result]:

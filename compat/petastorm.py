@@ -4,7 +4,9 @@
 wherever it imports Petastorm: the Spark driver (``pipelines``), executors (the same modules, shipped by
 ``make dist``), readers on training nodes, and Petastorm's own process-pool workers (started through
 ``compat/petastorm_worker.py``, see below). On the previous stack (pyarrow 14, numpy 1, Python 3.11) the
-compatibility patches find nothing to do and only the fixes apply.
+compatibility patches find nothing to do and only the fixes apply. In a venv built by ``make setup`` a plain
+``import petastorm`` runs ``install()`` first (the import hook of ``compat/petastorm_hook.py``), so users' own
+Petastorm code needs no call.
 
 **Compatibility** (each patch applies only where the stack lacks what Petastorm calls):
 
@@ -63,13 +65,14 @@ import contextvars
 import importlib
 import importlib.util
 import os
-import pickle
 import subprocess
 import sys
 import types
 from tempfile import mkstemp
 
 _installed = False
+# True while install() imports Petastorm: the import hook (compat/petastorm_hook.py) lets that import through.
+_installing = False
 # Filled by install(): which compatibility patches this stack needed (tests and `make setup` print them).
 APPLIED: list[str] = []
 
@@ -147,6 +150,16 @@ def _stand_ins() -> dict[str, types.ModuleType]:
         modules["distutils.version"] = version
         APPLIED.append("distutils")
     return modules
+
+
+@contextlib.contextmanager
+def _importing_petastorm():
+    global _installing
+    _installing = True
+    try:
+        yield
+    finally:
+        _installing = False
 
 
 @contextlib.contextmanager
@@ -422,7 +435,7 @@ def install() -> None:
     if "petastorm" in sys.modules and not getattr(sys.modules["petastorm"], "_bigtrain_compat", False):
         raise RuntimeError("petastorm was imported before compat.petastorm.install(): call install() first")
     stand_ins = _stand_ins()
-    with _modules_during_import(stand_ins):
+    with _modules_during_import(stand_ins), _importing_petastorm():
         import petastorm
         import petastorm.etl.dataset_metadata  # noqa: F401  (every module below, while the stand-ins are there)
         import petastorm.etl.legacy

@@ -1,6 +1,7 @@
 """Build dist/bigtrain-src.zip: what `spark-submit --py-files` ships to the executors (and the driver, when the
 project is not installed there): every package of the project, with conf/bigtrain.yaml inside as the core
-package's defaults (core.config).
+package's defaults (core.config). ``compat/petastorm_hook.py`` travels in it: run with the zip on ``PYTHONPATH``, it
+installs the hook that applies ``compat.petastorm`` on a plain ``import petastorm`` into a node's Python.
 
 Usage: python scripts/make_dist.py [OUTPUT_ZIP]
 """
@@ -28,3 +29,7 @@ def build(output: Path) -> Path:
 if __name__ == "__main__":
     out = build(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "dist" / "bigtrain-src.zip")
     print(f"wrote {out} ({out.stat().st_size // 1024} KB): spark-submit --py-files {out} jobs/<job>.py ...")
+    # bigtrain's jobs install the Petastorm layer themselves; a user's own `import petastorm` on an executor needs
+    # the hook in the nodes' Python (a .pth inside the zip is never read), which `make setup` venvs already have.
+    print(f"for a plain `import petastorm` on nodes whose Python was not set up by `make setup`: "
+          f"PYTHONPATH={out} <their python> -m compat.petastorm_hook")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,18 @@ def s3_server():
     yield {"AWS_ACCESS_KEY_ID": "bigtrain-test", "AWS_SECRET_ACCESS_KEY": "bigtrain-test",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
     server.stop()
+
+
+@pytest.fixture(params=["file", "memory"])
+def dataset_url(request, tmp_path):
+    """A dataset folder on the local disk, and in fsspec's in-memory file system (standing in for object storage
+    where the behaviour does not depend on the engine: no lock, no rename)."""
+    from core.paths import filesystem, to_url
+
+    if request.param == "file":
+        yield to_url(str(tmp_path / "ds"))
+        return
+    url = f"memory://bigtrain-{uuid.uuid4().hex}/ds"
+    yield url
+    fs, path = filesystem(url)
+    fs.rm(path.rsplit("/", 1)[0], recursive=True)

@@ -8,7 +8,6 @@ import logging
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
@@ -48,19 +47,6 @@ def committed(dataset_url: str, rows: dict[str, int] = ROWS) -> str:
         write_rows(join(url, split), n)
     snapshots.commit(url, draft(sid, rows))
     return sid
-
-
-@pytest.fixture(params=["file", "memory"])
-def dataset_url(request, tmp_path):
-    """A dataset folder on the local disk, and in fsspec's in-memory file system (standing in for object storage
-    where the behaviour does not depend on the engine: no lock, no rename)."""
-    if request.param == "file":
-        yield to_url(str(tmp_path / "ds"))
-        return
-    url = f"memory://bigtrain-{uuid.uuid4().hex}/ds"
-    yield url
-    fs, path = filesystem(url)
-    fs.rm(path.rsplit("/", 1)[0], recursive=True)
 
 
 def plant(dataset_url: str, name: str, *, metadata: bytes | None = None, marker: dict | None = None) -> str:

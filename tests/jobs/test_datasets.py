@@ -12,7 +12,7 @@ from core.paths import filesystem, join
 from dataset import layout, snapshots
 from jobs.common import dataset_lock
 from jobs.datasets import main as datasets
-from tests.dataset.test_staging import committed, dataset_url, plant, present  # noqa: F401 - dataset_url: a fixture
+from tests.dataset.test_staging import committed, plant, present
 
 
 def checkpoint(folder, snapshot_id: str, name: str = "checkpoint.pt") -> None:

@@ -254,7 +254,7 @@ def test_the_nightly_example_runs_on_the_sample_data_and_skips_when_nothing_chan
     root = tmp_path / "bigtrain"
     line = (readme_cron_line().replace("cd /opt/bigtrain", f"cd {REPO}").replace("/data/bigtrain", str(root))
             .replace("/data/incoming/images", str(tmp_path / "incoming")).replace(" --quiet", " --var epochs=1 --quiet"))
-    assert f"--var root=\"$ROOT\"" in line and str(root) in line
+    assert "--var root=\"$ROOT\"" in line and str(root) in line
     for _ in range(2):
         done = subprocess.run(["sh", "-c", line], env=subprocess_env(), capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, (root / "cron.log").read_text()[-4000:] if (root / "cron.log").exists() else done
