@@ -13,6 +13,7 @@ from benchmarks.common import Result, check, cores, rate, seconds
 from compat import petastorm as petastorm_compat
 from core.config import load_section
 from dataset.info import load_dataset_info
+from dataset.rows import LABEL, rows_of
 from training.collation import ImageDecoder, padded_ids
 from training.config import TrainConfig
 from training.petastorm_source import PetastormSource
@@ -132,7 +133,7 @@ def petastorm_reader(dataset: str, *, pool: str, workers: int | None, batched: b
     url, rows = "file://" + train_dir(dataset), split.rows
     backlog = (workers or 10) * (1 + _VENTILATE_EXTRA_ROWGROUPS) * max(split.row_group_sizes)  # first run only
     extra = {} if workers is None else {"workers_count": workers}
-    fields = ["image", "label"] if info.kind == "image" else ["tokens", "length", "label"]
+    fields = [*rows_of(info.kind).features, LABEL]
     if batched:
         codec = info.spec.image.codec
         transform = TransformSpec(_decode_frame(codec), edit_fields=[("image", np.uint8, tuple(info.spec.image.shape),

@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from dataset.rows import LABEL, SAMPLE_ID, rows_of
 from pipelines import images, reading, text
 from training.collation import ImageDecoder, image_inputs, sequence_inputs
 
@@ -93,15 +94,13 @@ def checkpoint_digest(data: bytes) -> str:
 
 def dataset_rows(split_df: DataFrame, *, split: str, kind: str, classes: list[str]) -> DataFrame:
     """A split of a bigtrain dataset (its Petastorm Parquet read by Spark) -> SCORING_SCHEMA."""
+    rows = rows_of(kind)
     names = F.array(*[F.lit(c) for c in classes])
-    label = F.element_at(names, F.col("label") + 1)
-    if kind == "image":
-        source, features, length = F.col("relpath"), F.col("image"), F.lit(None).cast("int")
-    else:
-        source, features, length = F.col("source"), F.col("tokens"), F.col("length").cast("int")
-    return split_df.select(F.col("sample_id").alias("id"), source.alias("source"), F.lit(split).alias("split"),
-                           label.alias("label"), features.alias("features"), length.alias("length"),
-                           F.lit(None).cast("string").alias("reason"))
+    label = F.element_at(names, F.col(LABEL) + 1)
+    length = F.col(rows.length).cast("int") if rows.length else F.lit(None).cast("int")
+    return split_df.select(F.col(SAMPLE_ID).alias("id"), F.col(rows.source).alias("source"),
+                           F.lit(split).alias("split"), label.alias("label"), F.col(rows.features[0]).alias("features"),
+                           length.alias("length"), F.lit(None).cast("string").alias("reason"))
 
 
 def _with_id(df: DataFrame) -> DataFrame:

@@ -14,6 +14,7 @@ from typing import Literal
 from core.config import require
 from dataset.layout import validate_fractions
 from dataset.manifest import ImageSpec, Manifest
+from dataset.rows import IMAGE
 
 log = logging.getLogger("bigtrain.preprocess_images")
 # `codec: auto` stores images up to this side as raw pixels (measured at 32 px: 1.3x the bytes of PNG on disk, the
@@ -119,7 +120,7 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
             spark, records, groups=groups, output_url=run.snapshot_url,
             schema=image_unischema(config.image_size, config.channels, config.storage_codec),
             label_names=list(class_to_index), row_group_size_mb=config.row_group_size_mb, ranks=config.ranks,
-            rejected_columns=["path", "relpath", "class_name", "reason"])
+            rejected_columns=list(IMAGE.rejected))
     finally:
         decoded.unpersist()
     draft = Manifest(kind="image", input=input_url, classes=list(class_to_index), class_to_index=class_to_index,

@@ -1,7 +1,7 @@
 """Schemas, side by side: the Spark ``StructType`` of each intermediate and the Petastorm ``Unischema`` written to disk.
 
-The training loader reads the Unischema back from the dataset, so this module is the one place that says what a
-row of an image dataset is.
+The column names are the row contract's (``dataset.rows``), which the training loader and batch prediction read
+too; this module adds the types and codecs each column is written with.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 from pyspark.sql import types as T
 
 from compat import petastorm as petastorm_compat
+from dataset.rows import IMAGE, LABEL, SAMPLE_ID, SEQUENCE
 
 IMAGE_CODECS = ("png", "jpeg", "raw")
 
@@ -21,15 +22,6 @@ DECODED_SCHEMA = T.StructType([
     T.StructField("image", T.BinaryType(), True),        # encoded with the dataset codec; null when rejected
     T.StructField("reason", T.StringType(), True),       # why the file was rejected; null when accepted
 ])
-
-# The rejected-records output written next to the dataset.
-REJECTED_SCHEMA = T.StructType([
-    T.StructField("path", T.StringType(), False),
-    T.StructField("relpath", T.StringType(), True),
-    T.StructField("class_name", T.StringType(), True),
-    T.StructField("reason", T.StringType(), False),
-])
-
 
 def image_shape(image_size: int, channels: int) -> tuple[int, ...]:
     """Grayscale is stored as (H, W) because OpenCV's image codecs only take (H, W) or (H, W, 3)."""
@@ -45,16 +37,13 @@ def image_unischema(image_size: int, channels: int, codec: str):
     if codec not in IMAGE_CODECS:
         raise ValueError(f"image codec {codec!r} is not one of {IMAGE_CODECS}")
     image_codec = NdarrayCodec() if codec == "raw" else CompressedImageCodec(codec, quality=95)
+    (image,) = IMAGE.features
     return Unischema("ImageRow", [
-        UnischemaField("sample_id", np.int64, (), ScalarCodec(T.LongType()), False),
-        UnischemaField("relpath", np.str_, (), ScalarCodec(T.StringType()), False),
-        UnischemaField("label", np.int32, (), ScalarCodec(T.IntegerType()), False),
-        UnischemaField("image", np.uint8, image_shape(image_size, channels), image_codec, False),
+        UnischemaField(SAMPLE_ID, np.int64, (), ScalarCodec(T.LongType()), False),
+        UnischemaField(IMAGE.source, np.str_, (), ScalarCodec(T.StringType()), False),
+        UnischemaField(LABEL, np.int32, (), ScalarCodec(T.IntegerType()), False),
+        UnischemaField(image, np.uint8, image_shape(image_size, channels), image_codec, False),
     ])
-
-
-# Rejected records of the sequence path: where the record came from, why, and what it said.
-REJECTED_SEQUENCE_COLUMNS = ["source", "reason", "raw_text"]
 
 
 def sequence_unischema():
@@ -69,10 +58,11 @@ def sequence_unischema():
     from petastorm.codecs import ScalarCodec
     from petastorm.unischema import Unischema, UnischemaField
 
+    tokens, length = SEQUENCE.features
     return Unischema("SequenceRow", [
-        UnischemaField("sample_id", np.int64, (), ScalarCodec(T.LongType()), False),
-        UnischemaField("source", np.str_, (), ScalarCodec(T.StringType()), False),
-        UnischemaField("label", np.int32, (), ScalarCodec(T.IntegerType()), False),
-        UnischemaField("length", np.int32, (), ScalarCodec(T.IntegerType()), False),
-        UnischemaField("tokens", np.bytes_, (), ScalarCodec(T.BinaryType()), False),
+        UnischemaField(SAMPLE_ID, np.int64, (), ScalarCodec(T.LongType()), False),
+        UnischemaField(SEQUENCE.source, np.str_, (), ScalarCodec(T.StringType()), False),
+        UnischemaField(LABEL, np.int32, (), ScalarCodec(T.IntegerType()), False),
+        UnischemaField(length, np.int32, (), ScalarCodec(T.IntegerType()), False),
+        UnischemaField(tokens, np.bytes_, (), ScalarCodec(T.BinaryType()), False),
     ])

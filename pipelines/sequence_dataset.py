@@ -17,6 +17,7 @@ from core.errors import UsageError
 from dataset import layout
 from dataset.layout import validate_fractions
 from dataset.manifest import Manifest, SequenceSpec
+from dataset.rows import SEQUENCE
 from pipelines import inputs
 
 log = logging.getLogger("bigtrain.preprocess_sequences")
@@ -81,7 +82,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
     from pyspark.sql import functions as F
 
     from pipelines import incremental, labels, splits, text, writing
-    from pipelines.schemas import REJECTED_SEQUENCE_COLUMNS, sequence_unischema
+    from pipelines.schemas import sequence_unischema
 
     run = incremental.plan(dataset_url=output_url, input_url=input_url, kind="sequence", config=asdict(config),
                            mode=config.mode, follow_links=config.follow_links,
@@ -120,7 +121,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
         summary = writing.write_splits(
             spark, rows, groups=groups, output_url=run.snapshot_url, schema=sequence_unischema(),
             label_names=list(class_to_index), row_group_size_mb=config.row_group_size_mb, ranks=config.ranks,
-            rejected_columns=REJECTED_SEQUENCE_COLUMNS)
+            rejected_columns=list(SEQUENCE.rejected))
         lengths = length_stats(counted.lengths(reject_kind=reject_kind), previous)
     finally:
         parsed.unpersist()
