@@ -47,7 +47,7 @@ def _train_rate(dataset: str, workers: int, out: str, batch: int) -> float:
     """Rows/s of the null model's training epochs after the first (each epoch's own train time, as
     ``samples_per_second`` reports it: from the epoch's start, its first batch included, to its last step)."""
     from training.distributed import SingleProcess
-    from training.loop import train
+    from training.wiring import fit
 
     config = load_section("train", TrainConfig, overrides=[
         "train.model=benchmarks.feeding:null_model", f"train.epochs={1 + EPOCHS_PER_ROUND}",
@@ -57,7 +57,7 @@ def _train_rate(dataset: str, workers: int, out: str, batch: int) -> float:
     saved = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
-        history = train(config, data_url=dataset, output_dir=out, dist=SingleProcess("cpu")).metrics["history"][1:]
+        history = fit(config, data_url=dataset, output_dir=out, dist=SingleProcess("cpu")).metrics["history"][1:]
     finally:
         if saved is None:
             del os.environ["OMP_NUM_THREADS"]

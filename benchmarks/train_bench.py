@@ -13,7 +13,7 @@ import torch
 from benchmarks.common import Result, check, cores, repeats, timing
 from core.config import load_section
 from training.config import TrainConfig
-from training.loop import make_optimizer
+from training.wiring import make_optimizer
 from training.models import build_model, default_optimizer, resolve_model_name
 from training.petastorm_source import PetastormSource
 from training.shards import EpochCounter, plan_shard
@@ -93,7 +93,7 @@ def _run_worker(cmd: list[str]) -> dict:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    line = next(l for l in done.stdout.splitlines() if "BENCH " in l)
+    line = next(text for text in done.stdout.splitlines() if "BENCH " in text)
     return json.loads(line.split("BENCH ", 1)[1])
 
 
@@ -103,13 +103,13 @@ def checkpoint_results(name: str, dataset: str, work: str) -> list[Result]:
     reports are not counted)."""
     from training import checkpoint
     from training.distributed import SingleProcess
-    from training.loop import train
+    from training.wiring import fit
 
     def epoch_seconds(every: int, out: str) -> tuple[float, int]:
         config = load_section("train", TrainConfig, overrides=[
             "train.epochs=1", "train.progress_bar=never", "train.resume=never",
             f"train.checkpoint_every_steps={every}"])
-        metrics = train(config, data_url=dataset, output_dir=out, dist=SingleProcess()).metrics
+        metrics = fit(config, data_url=dataset, output_dir=out, dist=SingleProcess()).metrics
         steps = -(-metrics["train_rows"] // config.batch_size)
         return metrics["history"][0]["seconds"], steps
 

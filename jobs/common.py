@@ -13,6 +13,7 @@ from core import locking
 from core.config import read_defaults
 from core.paths import filesystem
 from dataset import layout
+from training import outputs
 from core.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTS, EXIT_REMOVALS, BigtrainError, LaunchError,
                          UsageError)
 
@@ -225,8 +226,8 @@ def _as_folder(url: str) -> str:
 # writers): one command's output is never written into another's.
 OUTPUT_MARKERS = {
     "bigtrain dataset": (layout.SNAPSHOTS_DIR, layout.METADATA_FILE),
-    "training output": ("checkpoint.pt", "metrics.json", "checkpoints"),   # training.checkpoint, training.trainer
-    "prediction output": ("_predict.json",),                               # inference.batch.SUMMARY_FILE
+    "training output": (outputs.CHECKPOINT_FILE, outputs.METRICS_FILE, outputs.RESUME_DIR),
+    "prediction output": (outputs.PREDICT_SUMMARY_FILE,),
 }
 
 

@@ -6,12 +6,12 @@ Launch:
     bigtrain train --data runs/demo/dataset --output runs/demo/model --epochs 5
     torchrun --nproc_per_node 2 jobs/train.py --backend torch --data runs/demo/dataset --output runs/demo/model
     torchrun --nproc_per_node 8 jobs/train.py --backend torch --mixed-precision --data s3://bucket/ds \
-        --output /shared/model                                        # one process per GPU (NCCL + Gloo)
+        --output /mnt/model                                           # one process per GPU (NCCL + Gloo)
     horovodrun -np 3 --min-np 2 --max-np 3 --host-discovery-script scripts/discover_hosts.sh \
         python jobs/train.py --elastic --data runs/demo/dataset --output runs/demo/model --checkpoint-every-steps 20
-    horovodrun -np 8 -H host1:4,host2:4 python jobs/train.py --data s3://bucket/ds --output /shared/model
+    horovodrun -np 8 -H host1:4,host2:4 python jobs/train.py --data s3://bucket/ds --output /mnt/model
     spark-submit --master spark://master:7077 --py-files dist/bigtrain-src.zip jobs/train.py --launcher spark \
-        --num-proc 8 --data s3://bucket/ds --output /shared/model     # ranks on the Spark executors
+        --num-proc 8 --data s3://bucket/ds --output /mnt/model        # ranks on the Spark executors
 
 Writes (rank 0): <output>/checkpoint.pt + checkpoint.json (weights, config, class map, dataset snapshot; SHA-256;
 loads with training.checkpoint.load_model), <output>/checkpoints/ (resume points: the same command run again
@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Config keys (section train in conf/bigtrain.yaml) can be set with --set train.KEY=VALUE; "
                "flags win over config. Where the time went: every epoch's line names the slowest rank and what "
                "held it up, and metrics.json keeps each rank's stage ledger (history[].ledger, drawn in "
-               "stages.png). Exit codes: 0 done; 1 data or checkpoint refused; 2 flag, key or launch wrong; 4 a "
+               "stages.png). Exit codes: 0 done; 1 data or checkpoint refused; 2 flag, key or launch wrong, or your "
+               "model, loss or collate function failed on the first batch (its traceback in "
+               "--output/first-batch-error/); 4 a "
                "rank waited for data beyond train.max_data_stall (with train.stall_budget_action=fail); 5 no rank "
                "progressed for train.watchdog_seconds (default 300: hang.json and hang-stacks/ in --output name "
                "the stuck rank); 75 another run holds --output; 130 Ctrl-C.")
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from training.distributed import init_distributed
-    from training.loop import train
+    from training.wiring import fit
 
     flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
              "model": args.model, "optimizer": args.optimizer, "loader_workers": args.loader_workers,
@@ -173,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--elastic needs the Horovod backend (this run uses {dist.name}); launch it with "
                          "horovodrun --min-np N --max-np M --host-discovery-script SCRIPT")
     try:
-        metrics = train(config, data_url=args.data, output_dir=args.output, dist=dist, elastic=args.elastic).metrics
+        metrics = fit(config, data_url=args.data, output_dir=args.output, dist=dist, elastic=args.elastic).metrics
     except dist.peer_errors as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PeerLostError(f"rank {dist.rank}: another rank of this job failed or vanished ({detail[:200]}); run "
@@ -206,11 +208,11 @@ def run_spark(args: argparse.Namespace, config) -> int:
     import os
     from dataclasses import asdict
 
-    from pipelines import storage
+    from pipelines import session
     from training.spark_launch import run_on_spark
 
     setup_logging()
-    spark = storage.build_spark(app_name="bigtrain-train", master=resolve_master(args.master, "local[*]"))
+    spark = session.build_spark(app_name="bigtrain-train", master=resolve_master(args.master, "local[*]"))
     try:
         num_proc = args.num_proc or spark.sparkContext.defaultParallelism
         metrics = run_on_spark(spark, config=asdict(config), data_url=args.data,

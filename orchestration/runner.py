@@ -36,6 +36,7 @@ import yaml
 from core.errors import DatasetError, UsageError
 from core.paths import filesystem, to_url
 from dataset import layout, manifest
+from training import outputs
 
 DEFAULT_INPUT_ARGS = ("input", "data", "checkpoint")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -229,7 +230,7 @@ def counts_of(output: str | None) -> dict[str, Any]:
                 "rows": {k: v.rows for k, v in contents.splits.items()}}
     except DatasetError:
         pass
-    for name, keys in (("metrics.json", ("test_accuracy", "test_rows")), ("_predict.json", None)):
+    for name, keys in ((outputs.METRICS_FILE, ("test_accuracy", "test_rows")), (outputs.PREDICT_SUMMARY_FILE, None)):
         file = Path(output) / name
         if file.is_file():
             try:

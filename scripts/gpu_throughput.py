@@ -5,7 +5,7 @@ of its interpreter and reads the JSON it writes):
     python scripts/gpu_throughput.py loader  --data DIR --json FILE [--workers 1,2,4] [--batch-size 256] [--passes N]
     python scripts/gpu_throughput.py decode  --data DIR --json FILE [--processes 1,16] [--passes N]
 
-step: images/s of the CNN's training step (training.models, set up as training/loop.py's build_trainer does; bf16
+step: images/s of the CNN's training step (training.models, set up as training/wiring.py's build_trainer does; bf16
 autocast where the GPU has it) on synthetic uint8 images already on the device: what the model could take if
 feeding cost nothing. loader: images/s of the training loader alone (benchmarks/loader.py open_source and
 epoch_runner: PetastormSource reading the whole train split, no model). decode: the decode-only ceiling of the same
@@ -32,7 +32,7 @@ def step_rates(data: str, batches: list[int], steps: int | None, warmup: int | N
     from dataset.info import load_dataset_info
     from training.config import TrainConfig
     from training.device import describe, precision_for
-    from training.loop import make_optimizer
+    from training.wiring import make_optimizer
     from training.models import build_model, default_optimizer, loss_function
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

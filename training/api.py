@@ -24,7 +24,7 @@ from core.logs import setup_logging
 from training.checkpoint import load_model
 from training.config import TrainConfig
 from training.distributed import init_distributed
-from training.loop import train
+from training import wiring
 from training.trainer import TrainResult
 
 __all__ = ["fit", "load_model", "model_path"]
@@ -63,6 +63,6 @@ def fit(data: str, output: str | Path, *, model: str | Callable[..., Any] | None
                           flags=flags)
     dist = init_distributed(backend, device=config.device)
     setup_logging(rank=dist.rank)
-    result = train(config, data_url=str(data), output_dir=output, dist=dist)
+    result = wiring.fit(config, data_url=str(data), output_dir=output, dist=dist)
     dist.close()
     return result

@@ -16,6 +16,10 @@ leaves a loadable model, the old or the new one:
 Loading checks the digest before ``torch.load`` sees a byte, then loads with ``weights_only=True`` (tensors and
 plain values only: a foreign or tampered file never runs code) and checks the payload says it is a bigtrain
 checkpoint. ``read`` keeps the verified bytes, so a caller that ships the checkpoint on (predict) ships those.
+
+What a checkpoint holds is the ``Checkpoint`` dataclass, the one place its keys are spelled: the final model, the
+best epoch's weights and the resume points are each one, with the fields of their kind set. The file names are
+``training.outputs``'.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import hashlib
 import io
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +39,15 @@ from core.errors import CheckpointError, ConfigError
 from dataset import layout
 from dataset.manifest import DatasetSpec
 from training.config import TrainConfig
+from training.model_inputs import as_trained
 from training.models import Collated, collate_function, is_import_path
 from training.models import build_model as build
+from training.outputs import CHECKPOINT_FILE, RESUME_DIR
 
 log = logging.getLogger("bigtrain.train")
 FORMAT = "bigtrain-checkpoint"
 VERSION = 2
-FINAL_FILE = "checkpoint.pt"
-RESUME_DIR = "checkpoints"
+FINAL_FILE = CHECKPOINT_FILE  # its name here before training.outputs (predict and tests read it)
 
 
 def sidecar_of(path: Path) -> Path:
@@ -96,11 +101,16 @@ def _entries(info: Any) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Verified:
-    """A checkpoint as read once: its bytes and its sidecar's, verified, and the payload loaded from those bytes."""
+    """A checkpoint as read once: its bytes and its sidecar's, verified, and what they hold (``checkpoint``;
+    ``payload``: the same as the plain dict of the file, for readers not yet on the typed checkpoint)."""
     path: Path
     data: bytes
     sidecar: bytes
     payload: dict[str, Any]
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint.from_payload(self.payload, where=self.path)
 
 
 def read(path: str | Path) -> Verified:
@@ -147,53 +157,135 @@ def load_bytes(data: bytes, sidecar: bytes, *, where: str | Path) -> dict[str, A
     return payload
 
 
-def dataset_spec(payload: dict[str, Any]) -> DatasetSpec:
-    """What the model was built for: the dataset's kind, classes, image shape or vocabulary size."""
-    dataset = payload["dataset"]
-    return DatasetSpec.from_dict({"kind": dataset["kind"], "classes": payload["classes"], "image": dataset.get("image"),
-                                  "sequence": dataset.get("sequence")}, where="checkpoint dataset")
+@dataclass
+class Checkpoint:
+    """What a bigtrain checkpoint holds, read (``load``, ``from_payload``) and written (``save``, ``to_payload``)
+    here only. The file is a plain dict whose keys are these fields' names (tensors and plain values, so that
+    ``torch.load(weights_only=True)`` reads it) beside the format marker; a field left None is left out of the
+    file, so each kind of checkpoint holds the keys it always held, and files written before this class load."""
+    model_state: dict[str, torch.Tensor]
+    model: str                                    # the model's built-in name or import path: what rebuilds it
+    config: dict[str, Any]                        # the run's TrainConfig as a mapping
+    classes: list[str]
+    class_to_index: dict[str, int]
+    dataset: dict[str, Any]                       # dataset_entry_for: url, kind, image or sequence, snapshot_id, ...
+    epoch: int | None = None                      # epochs completed
+    global_step: int | None = None                # optimizer steps so far
+    weights_epoch: int | None = None              # the final checkpoint: the epoch whose weights it holds
+    step: int | None = None                       # resume points: batches of the current epoch already trained
+    optimizer_state: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None        # resume.Progress as a mapping
+    schedule: dict[str, Any] | None = None        # the global step and each parameter group's learning rate
+    random: dict[str, Any] | None = None          # resume.random_states
+
+    @classmethod
+    def of_model(cls, model, model_name: str, config, *, classes: list[str], class_to_index: dict[str, int],
+                 dataset: dict[str, Any], **counters: Any) -> Checkpoint:
+        """The checkpoint of ``model`` (unwrapped) trained under ``config`` on ``dataset`` (``dataset_entry_for``);
+        ``counters``: epoch, global_step, weights_epoch."""
+        return cls(model.state_dict(), model_name, asdict(config), list(classes), dict(class_to_index), dataset,
+                   **counters)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        """The checkpoint at ``path``, verified against its sidecar; CheckpointError names what is wrong."""
+        return cls.from_payload(load(path), where=path)
+
+    def save(self, path: str | Path) -> Path:
+        """Written atomically with its sidecar (``save``); returns ``path``."""
+        return save(path, self.to_payload())
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], *, where: str | Path = "the checkpoint") -> Checkpoint:
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in payload]
+        if missing:
+            raise CheckpointError(f"{where} lacks {', '.join(missing)}: it is not a complete bigtrain checkpoint")
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in payload.items() if key in known})
+
+    def to_payload(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    @property
+    def kind(self) -> str:
+        return self.dataset["kind"]
+
+    @property
+    def snapshot_id(self) -> str | None:
+        return self.dataset.get("snapshot_id")
+
+    @property
+    def dataset_url(self) -> str | None:
+        return self.dataset.get("url")
+
+    @property
+    def preprocess(self) -> dict[str, Any] | None:
+        """The preprocessing job's config: how predict turns raw inputs into rows as training's data was."""
+        return self.dataset.get("preprocess")
+
+    @property
+    def vocabulary(self) -> Any:
+        return self.dataset.get("vocabulary")
+
+    def dataset_spec(self) -> DatasetSpec:
+        """What the model was built for: the dataset's kind, classes, image shape or vocabulary size."""
+        return DatasetSpec.from_dict({"kind": self.kind, "classes": self.classes, "image": self.dataset.get("image"),
+                                      "sequence": self.dataset.get("sequence")}, where="checkpoint dataset")
+
+    def train_config(self) -> TrainConfig:
+        return from_dict(TrainConfig, self.config, prefix="checkpoint config")
+
+    def import_paths(self) -> dict[str, str]:
+        """The import paths ``build_model`` imports (runs the code of) to rebuild the model, by config key: a
+        user's model factory and collate function; none for bigtrain's built-in models."""
+        named = {"train.model": self.model, "train.collate": (self.config or {}).get("collate")}
+        return {key: path for key, path in named.items() if isinstance(path, str) and is_import_path(path)}
 
 
-def build_model(payload: dict[str, Any], *, where: str | Path = "the checkpoint"):
+def _typed(checkpoint: Checkpoint | dict[str, Any], where: str | Path) -> Checkpoint:
+    """A payload dict as a Checkpoint: for readers not yet on the typed checkpoint (predict's)."""
+    return checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.from_payload(checkpoint, where=where)
+
+
+def build_model(checkpoint: Checkpoint | dict[str, Any], *, where: str | Path = "the checkpoint"):
     """The trained model of a loaded checkpoint, in eval mode, taking bigtrain's batch inputs (with the run's
-    ``train.collate`` applied first, where it had one: ``models.Collated``). A model from an import path (``package.module:
+    ``train.collate`` applied first, where it had one: ``models.Collated``; uint8 images scaled to [0, 1] first for
+    a model trained on them so: ``model_inputs.ScaledImages``). A model from an import path (``package.module:
     factory``) is rebuilt by calling that factory again: a CheckpointError says so when it cannot be imported here
     or builds a model whose parameters differ from the saved ones."""
-    config = from_dict(TrainConfig, payload["config"], prefix="checkpoint config")
-    name = payload["model"]
+    checkpoint = _typed(checkpoint, where)
+    config, name = checkpoint.train_config(), checkpoint.model
     try:
-        model = build(name, dataset=dataset_spec(payload), config=config)
+        model = build(name, dataset=checkpoint.dataset_spec(), config=config)
         collate = collate_function(config.collate)
     except ConfigError as exc:
         raise CheckpointError(f"{where} holds a {name} model that cannot be rebuilt here: {exc}") from None
     try:
-        model.load_state_dict(payload["model_state"])
+        model.load_state_dict(checkpoint.model_state)
     except RuntimeError as exc:
         raise CheckpointError(f"{where}: the {name} model built here does not take the saved weights "
                               f"({str(exc).strip().splitlines()[0][:300]}); was its code or train.model_config "
                               "changed?") from None
-    return (model if collate is None else Collated(model, collate)).eval()
+    return (as_trained(model, checkpoint.kind) if collate is None else Collated(model, collate)).eval()
 
 
-def import_paths(payload: dict[str, Any]) -> dict[str, str]:
-    """The import paths ``build_model`` imports (runs the code of) to rebuild a checkpoint's model, by config key:
-    a user's model factory and collate function; none for bigtrain's built-in models."""
-    named = {"train.model": payload.get("model"), "train.collate": (payload.get("config") or {}).get("collate")}
-    return {key: path for key, path in named.items() if isinstance(path, str) and is_import_path(path)}
+def import_paths(checkpoint: Checkpoint | dict[str, Any]) -> dict[str, str]:
+    """``Checkpoint.import_paths`` of a checkpoint or of its payload dict."""
+    return _typed(checkpoint, "the checkpoint").import_paths()
 
 
 def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """``(model, payload)`` from a checkpoint file, verified and safely loaded."""
+    """``(model, payload)`` from a checkpoint file, verified and safely loaded (``Checkpoint.load`` for the
+    typed content)."""
     payload = load(path)
     return build_model(payload, where=f"checkpoint {path}"), payload
 
 
 def model_payload(model, model_name: str, config, *, classes: list[str], class_to_index: dict[str, int],
                   dataset: dict[str, Any]) -> dict[str, Any]:
-    """What every checkpoint holds: weights, model name, config, class map, and the ``dataset`` entry
-    (``dataset_entry_for``)."""
-    return {"model_state": model.state_dict(), "model": model_name, "config": asdict(config),
-            "classes": list(classes), "class_to_index": dict(class_to_index), "dataset": dataset}
+    """``Checkpoint.of_model`` as the plain dict ``save`` writes (for callers that change it before saving)."""
+    return Checkpoint.of_model(model, model_name, config, classes=classes, class_to_index=class_to_index,
+                               dataset=dataset).to_payload()
 
 
 def dataset_entry(info) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 One process per GPU: the process with local rank ``i`` on a host trains on ``cuda:i`` (``select_device``), made
 its current device before any process group or CUDA tensor exists (``pin_process``). Batches are collated on the
 host as compact tensors (images uint8, token ids int64), pinned in the loader's thread when the device is a GPU,
-and copied with ``non_blocking=True`` (``to_device``), so the copy overlaps the previous step; the model scales
-images to [0, 1] on the device. Mixed precision is bfloat16 where the GPU has it (no loss scaling needed) and
+and copied with ``non_blocking=True`` (``to_device``), so the copy overlaps the previous step; images are scaled
+to float32 in [0, 1] there, on the device (``to_device``'s ``scaled``), unless the model asks for uint8
+(``training.model_inputs``). Mixed precision is bfloat16 where the GPU has it (no loss scaling needed) and
 float16 with a GradScaler elsewhere (``precision_for``).
 """
 from __future__ import annotations
@@ -93,12 +94,19 @@ def precision_for(mixed_precision: bool, device: torch.device, *, bf16_supported
     return Precision(torch.bfloat16, False) if bf16_supported else Precision(torch.float16, True)
 
 
-def to_device(inputs: tuple[torch.Tensor, ...], device: torch.device,
-              host_inputs: tuple[int, ...] = ()) -> tuple[torch.Tensor, ...]:
+def to_device(inputs: tuple[torch.Tensor, ...], device: torch.device, host_inputs: tuple[int, ...] = (),
+              scaled: tuple[int, ...] = ()) -> tuple[torch.Tensor, ...]:
     """The model inputs on ``device``, asynchronously (the source is pinned when the device is a GPU); the inputs
     at ``host_inputs`` stay where they are (sequence lengths: packing reads them on the host, and a copy to the
-    GPU and back would wait for the GPU at every step)."""
-    return tuple(t if i in host_inputs else t.to(device, non_blocking=True) for i, t in enumerate(inputs))
+    GPU and back would wait for the GPU at every step). The uint8 inputs at ``scaled`` (images) become float32 in
+    [0, 1] once on the device: the copy moves a quarter of the bytes float32 would."""
+    moved = tuple(t if i in host_inputs else t.to(device, non_blocking=True) for i, t in enumerate(inputs))
+    return unit_float(moved, scaled) if scaled else moved
+
+
+def unit_float(inputs: tuple[torch.Tensor, ...], scaled: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """The uint8 tensors at ``scaled`` as float32 in [0, 1]; every other input as it is."""
+    return tuple(t.float().div_(255.0) if i in scaled and t.dtype == torch.uint8 else t for i, t in enumerate(inputs))
 
 
 class DeviceBusy:

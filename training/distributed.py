@@ -1,5 +1,6 @@
-"""The distributed glue: one small interface the training loop uses, backed by Horovod, by PyTorch
-DistributedDataParallel (``torchrun``), or by a single process.
+"""The distributed glue: one small interface training uses (``Backend``, a protocol), implemented by Horovod, by
+PyTorch DistributedDataParallel (``torchrun``) and by a single process, each on its own: no backend inherits
+another's behaviour, so what each does is read in its class.
 
 Every line that exists only because training is distributed is marked ``# Horovod:`` (or ``# DDP:``).
 """
@@ -9,6 +10,7 @@ import contextlib
 import logging
 import os
 import socket
+from typing import Any, ContextManager, Protocol
 
 import torch
 
@@ -19,12 +21,47 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "horovod", "torch", "single")
 
 
+class Backend(Protocol):
+    """What training uses of its world: who this process is, the collectives, and how model and optimizer become
+    distributed. ``SingleProcess``, ``HorovodBackend`` and ``TorchBackend`` each implement all of it."""
+
+    name: str                                         # single | horovod | torch: logs and metrics.json
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int                                   # ranks on this host: the loader's share of its cores
+    hosts: int
+    device: torch.device                              # this rank's GPU, or the CPU
+    peer_errors: tuple[type[BaseException], ...]      # what a collective raises when another rank is gone
+
+    def allreduce_sum(self, tensor: torch.Tensor, name: str) -> torch.Tensor: ...
+    def allgather(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        """Every rank's ``tensor`` concatenated along dim 0, in rank order."""
+    def broadcast_object(self, obj: Any, name: str) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+    def broadcast_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Rank 0's weights and optimizer state on every rank."""
+    def wrap_model(self, model: torch.nn.Module, *, fp16_compression: bool = False) -> torch.nn.Module: ...
+    def distributed_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, *,
+                              backward_passes_per_step: int = 1, fp16_compression: bool = False) -> Any: ...
+    def no_sync(self, model: torch.nn.Module) -> ContextManager[Any]:
+        """Context for a backward pass whose gradients are accumulated, not yet averaged over ranks."""
+    def synchronize(self, optimizer: Any) -> None:
+        """Finish averaging gradients over ranks now (before clipping them)."""
+    def skip_synchronize(self, optimizer: Any) -> ContextManager[Any]:
+        """Context for the optimizer's step, which must not average the gradients a second time."""
+    def barrier(self) -> None: ...
+    def close(self) -> None:
+        """Leave the world after a run that ended well (not after an error: a rank still waiting in a collective
+        would then wait for this one's goodbye)."""
+
+
 class SingleProcess:
     """World of one: what the loop sees under plain ``python jobs/train.py`` when Horovod is not installed."""
 
     name = "single"
     rank, size, local_rank, local_size, hosts = 0, 1, 0, 1, 1
-    peer_errors: tuple[type[BaseException], ...] = ()  # what a collective raises when another rank is gone
+    peer_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, device: str = "auto"):
         self.device = take_device(device, 0)
@@ -49,11 +86,10 @@ class SingleProcess:
         return optimizer
 
     def no_sync(self, model: torch.nn.Module):
-        """Context for a backward pass whose gradients are accumulated, not yet averaged over ranks."""
         return contextlib.nullcontext()
 
     def synchronize(self, optimizer) -> None:
-        """Finish averaging gradients over ranks now (before clipping them)."""
+        pass
 
     def skip_synchronize(self, optimizer):
         return contextlib.nullcontext()
@@ -62,11 +98,10 @@ class SingleProcess:
         pass
 
     def close(self) -> None:
-        """Leave the world after a run that ended well (not after an error: a rank still waiting in a collective
-        would then wait for this one's goodbye)."""
+        pass
 
 
-class HorovodBackend(SingleProcess):
+class HorovodBackend:
     """Horovod over Gloo (CPU) or NCCL (GPU); ``hvd.init()`` also works as a world of one without horovodrun.
 
     rank and size are read from Horovod each time: under ``--elastic`` they change when workers leave or join."""
@@ -109,6 +144,9 @@ class HorovodBackend(SingleProcess):
         self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
+    def wrap_model(self, model: torch.nn.Module, *, fp16_compression: bool = False) -> torch.nn.Module:
+        return model  # Horovod: the optimizer averages the gradients, the model stays as it is
+
     def distributed_optimizer(self, optimizer, model, *, backward_passes_per_step=1, fp16_compression=False):
         # Horovod: average gradients over ranks with allreduce, once every backward_passes_per_step backward passes.
         compression = self.hvd.Compression.fp16 if fp16_compression else self.hvd.Compression.none
@@ -122,11 +160,17 @@ class HorovodBackend(SingleProcess):
     def skip_synchronize(self, optimizer):
         return optimizer.skip_synchronize()  # Horovod: step() must not allreduce a second time
 
+    def no_sync(self, model: torch.nn.Module):
+        return contextlib.nullcontext()  # Horovod: the optimizer counts backward_passes_per_step itself
+
     def barrier(self) -> None:
         self.hvd.allreduce(torch.zeros(1), name="barrier")  # Horovod: wait for every rank
 
+    def close(self) -> None:
+        pass
 
-class TorchBackend(SingleProcess):
+
+class TorchBackend:
     """PyTorch DistributedDataParallel in a world set up by ``torchrun`` (which sets RANK, WORLD_SIZE, LOCAL_RANK,
     LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT): one process per GPU, NCCL for CUDA tensors and Gloo for CPU
     tensors (``process_group_backend``); Gloo alone on CPU hosts."""
@@ -196,8 +240,17 @@ class TorchBackend(SingleProcess):
             wrapped.register_comm_hook(None, default_hooks.fp16_compress_hook)  # DDP: allreduce in float16
         return wrapped
 
+    def distributed_optimizer(self, optimizer, model, *, backward_passes_per_step=1, fp16_compression=False):
+        return optimizer  # DDP: the wrapped model averages the gradients in backward
+
     def no_sync(self, model: torch.nn.Module):
         return model.no_sync()  # DDP: accumulate locally, allreduce on the last backward pass of the group
+
+    def synchronize(self, optimizer) -> None:
+        pass  # DDP: backward has averaged the gradients already
+
+    def skip_synchronize(self, optimizer):
+        return contextlib.nullcontext()
 
     def barrier(self) -> None:
         self.tdist.barrier()
@@ -221,7 +274,7 @@ def launched_by_torchrun() -> bool:
                                                     and "MASTER_ADDR" in os.environ)
 
 
-def init_distributed(backend: str = "auto", device: str = "auto"):
+def init_distributed(backend: str = "auto", device: str = "auto") -> Backend:
     """``auto``: DDP under torchrun, else Horovod when installed, else a single process. ``horovod`` and ``torch``:
     that backend or an error. ``device`` (auto, cpu, cuda): where this process trains; the backend pins it."""
     if backend not in BACKENDS:

@@ -9,20 +9,26 @@ and the learning rate follows the new size where ``train.scale_lr`` is set.
 from __future__ import annotations
 
 import logging
+from typing import Any, Callable
+
+import torch
 
 from core.logs import setup_logging
-from training.distributed import unwrap
+from training.distributed import Backend
+from training.resume import Progress
 
 log = logging.getLogger("bigtrain.train")
+# fit(progress, commit): runs epochs from progress, calling commit(progress) at every resume point
+Fit = Callable[[Progress, Callable[[Progress], None]], None]
 
 
-def fit_elastic(run, progress, dist, fit):
-    """Run ``fit(progress, commit=...)`` (the trainer's, handed in: the trainer calls this module) under
-    ``hvd.elastic.run``, ``run`` holding the model and optimizer to commit; returns the final Progress."""
+def fit_elastic(model: torch.nn.Module, optimizer: Any, progress: Progress, dist: Backend, fit: Fit) -> Progress:
+    """Run ``fit(progress, commit)`` under ``hvd.elastic.run``, committing ``model`` (unwrapped: what is saved),
+    ``optimizer`` and the progress at every resume point; returns the final Progress."""
     import horovod.torch as hvd
 
     # Horovod: what is rolled back to on a failure and sent to workers that join.
-    state = hvd.elastic.TorchState(model=unwrap(run.model), optimizer=run.optimizer, progress=progress)
+    state = hvd.elastic.TorchState(model=model, optimizer=optimizer, progress=progress)
 
     def on_reset() -> None:
         setup_logging(rank=dist.rank)  # Horovod: ranks are renumbered; rank 0 (maybe another process now) logs
@@ -34,7 +40,7 @@ def fit_elastic(run, progress, dist, fit):
 
     @hvd.elastic.run  # Horovod: on HorovodInternalError restore the last commit, re-rendezvous, call again
     def elastic_fit(state):
-        fit(state.progress, commit=lambda _progress: state.commit())
+        fit(state.progress, lambda _progress: state.commit())
         return state.progress
 
     return elastic_fit(state)

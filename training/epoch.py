@@ -1,5 +1,7 @@
-"""One training epoch of a ``training.trainer.Trainer``: its batches to optimizer steps, gradient accumulation,
-clipping, loss scaling, mid-epoch resume points, and the epoch's metrics summed over all ranks.
+"""One training epoch: its batches to optimizer steps, gradient accumulation, clipping, loss scaling, mid-epoch
+resume points, and the epoch's metrics summed over all ranks. It takes the parts it uses (``StepParts``: model,
+optimizer, loss, precision, backend; the batch source and how batches reach the device, ``feed.Placement``), not
+the ``training.trainer.Trainer`` that owns them.
 
 Every rank runs the same ``plan.steps(batch_size)`` steps (a short shard is padded by the source), so no rank waits
 in an allreduce for one that has stopped; the rows the ranks read first are counted and checked against the split.
@@ -9,51 +11,74 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-import time
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
-from training.device import DeviceBusy
-from training.distributed import unwrap
-from training.feed import feed
+from training.config import TrainConfig
+from training.device import DeviceBusy, Precision
+from training.distributed import Backend, unwrap
+from training.feed import Placement
 from training.ledger import STEP_STAGES, StageClock
 from training.resume import Progress
 from training.schedule import lr_factor
 from training.shards import DataCoverageError, EpochCounter, plan_shard
+from training.sources import BatchSource
+from training.user_code import LOSS, MODEL, FirstBatchGuard
+from training.watchdog import Heartbeat
 
 log = logging.getLogger("bigtrain.train")
 
 
-def train_epoch(trainer, progress: Progress, commit=None, clock: StageClock | None = None) -> dict[str, float]:
+@dataclass
+class StepParts:
+    """What a training step uses: the model and optimizer as the backend made them distributed (DDP's wrapper,
+    Horovod's DistributedOptimizer), the loss (one value per row), the precision and its gradient scaler, the
+    backend, and the guard around the user's code on the first batch."""
+    model: torch.nn.Module
+    optimizer: Any
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    precision: Precision
+    scaler: torch.amp.GradScaler
+    dist: Backend
+    guard: FirstBatchGuard
+    grad_clip_norm: float | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+
+def train_epoch(step: StepParts, batches: BatchSource, placement: Placement, config: TrainConfig,
+                progress: Progress, *, peak_lr: float, beat: Heartbeat, save_point: Callable[[Progress], None],
+                clock: StageClock | None = None) -> dict[str, Any]:
     """One pass over the train split from ``progress.step`` on; returns the epoch's metrics over all ranks. The
-    training thread's time goes into ``clock``'s stages (``training.ledger``) and the loader's into
-    ``metrics["loader_times"]``; the heartbeat (``trainer.heartbeat``) follows every step."""
-    config, dist, split = trainer.config, trainer.dist, trainer.batches.splits["train"]
+    learning rate is ``peak_lr`` times the schedule's factor; ``save_point(progress)`` writes a mid-epoch resume
+    point (every ``config.checkpoint_every_steps``). The training thread's time goes into ``clock``'s stages
+    (``training.ledger``) and the loader's into ``metrics["loader_times"]``; ``beat`` follows every step."""
+    dist, split = step.dist, batches.splits["train"]
     clock = clock or StageClock()
-    beat = trainer.heartbeat
     plan = plan_shard(split.row_group_sizes, dist.rank, dist.size)
     _follow_world_size(progress, dist)
-    trainer.model.train()
+    step.model.train()
     counter = EpochCounter(split, plan)
     steps = plan.steps(config.batch_size)
     k = config.backward_passes_per_step
     local = torch.zeros(5, dtype=torch.float64)  # loss * n, correct, n, seconds waiting for data, seconds in steps
     # loss * n, correct, n summed where the model runs: reading them every step would wait for the GPU each time
-    on_device = torch.zeros(3, dtype=torch.float64, device=trainer.device)
+    on_device = torch.zeros(3, dtype=torch.float64, device=step.device)
     # The resumed epoch's sums so far (over all ranks) are counted once, on rank 0.
     base = torch.tensor(progress.sums + progress.stall if dist.rank == 0 else [0.0] * 5, dtype=torch.float64)
     progress_bar = _progress(steps, f"epoch {progress.epoch + 1}", config, dist, initial=progress.step)
-    busy = DeviceBusy(trainer.device)
+    busy = DeviceBusy(step.device)
     # A resumed epoch starts at its saved step: the order is a function of (seed, epoch, rank, world), so the
     # source begins there without reading the batches trained before the interruption.
-    batches = feed(trainer.batches.training_batches(plan, batch_size=config.batch_size, epoch=progress.epoch,
-                                                    counter=counter, start=progress.step),
-                   device=trainer.device, host_inputs=trainer.batches.host_inputs, collate=trainer.collate,
-                   times=counter.loader)
+    fed_batches = placement.feed(batches.training_batches(plan, batch_size=config.batch_size, epoch=progress.epoch,
+                                                          counter=counter, start=progress.step), times=counter.loader)
     first = progress.step
     beat.set("loading", first + 1)  # steps counted from 1, as in the logs
-    for index, fed in enumerate(batches, start=first):
+    for index, fed in enumerate(fed_batches, start=first):
         clock.mark("start" if index == first else "wait")  # the first batch: the workers' first reads
         beat.set("compute", index + 1)
         fed.ready()
@@ -64,27 +89,24 @@ def train_epoch(trainer, progress: Progress, commit=None, clock: StageClock | No
         # The shard's own rows come first, padding after: metrics count the real rows only.
         real = max(0, min(len(fed.labels), plan.local_rows - index * config.batch_size))
         busy.begin()
-        loss_sum, hits = forward_backward(trainer, fed.inputs, fed.labels, group_size, sync=last_of_group, real=real,
-                                          placed=True, beat=beat)
+        loss_sum, hits = forward_backward(step, fed.inputs, fed.labels, group_size, sync=last_of_group, real=real,
+                                          beat=beat)
         on_device[0] += loss_sum.double()
         on_device[1] += hits
         on_device[2] += real
         clock.mark("compute")
         progress.step = index + 1
         if last_of_group:
-            optimizer_step(trainer, lr=trainer.peak_lr * lr_factor(config, progress.epoch + progress.step / steps),
-                           clock=clock, beat=beat)
+            optimizer_step(step, lr=peak_lr * lr_factor(config, progress.epoch + progress.step / steps), clock=clock,
+                           beat=beat)
         busy.end()
         if last_of_group:
             progress.global_step += 1
             every = config.checkpoint_every_steps
             if every and progress.global_step % every == 0 and progress.step < steps:
                 beat.set("checkpoint", index + 1)
-                local[:3] = on_device.cpu()
-                local[3:] = _stall_sums(clock)
-                totals = base + dist.allreduce_sum(local, name=f"partial_{progress.global_step}")
-                progress.sums, progress.stall = totals[:3].tolist(), totals[3:].tolist()
-                trainer.save_resume_point(progress, commit)
+                _partial_sums(progress, dist, local, on_device, base, clock)
+                save_point(progress)
                 clock.mark("checkpoint")
         _report_step(progress_bar, progress, steps, clock, on_device, config, dist)
         beat.set("loading", index + 2)
@@ -94,10 +116,19 @@ def train_epoch(trainer, progress: Progress, commit=None, clock: StageClock | No
     beat.set("collective", progress.step)
     local[:3] = on_device.cpu()  # waits for the epoch's last step
     local[3:] = _stall_sums(clock)
-    metrics = _epoch_metrics(trainer, progress, local, base, counter, seconds=clock.elapsed)
+    metrics = _epoch_metrics(step, split, progress, local, base, counter, seconds=clock.elapsed)
     clock.mark("collective")
     metrics.update(loader_times=counter.loader, device_busy=busy.total())
     return metrics
+
+
+def _partial_sums(progress: Progress, dist: Backend, local: torch.Tensor, on_device: torch.Tensor,
+                  base: torch.Tensor, clock: StageClock) -> None:
+    """The epoch's sums so far over all ranks into ``progress``, for a mid-epoch resume point."""
+    local[:3] = on_device.cpu()
+    local[3:] = _stall_sums(clock)
+    totals = base + dist.allreduce_sum(local, name=f"partial_{progress.global_step}")
+    progress.sums, progress.stall = totals[:3].tolist(), totals[3:].tolist()
 
 
 def _stall_sums(clock: StageClock) -> torch.Tensor:
@@ -107,7 +138,7 @@ def _stall_sums(clock: StageClock) -> torch.Tensor:
     return torch.tensor([clock.seconds["wait"], stepping - clock.seconds["wait"]], dtype=torch.float64)
 
 
-def _follow_world_size(progress: Progress, dist) -> None:
+def _follow_world_size(progress: Progress, dist: Backend) -> None:
     """Elastic: when the world size changed, the shards were re-planned and a saved position means nothing now."""
     if progress.world == dist.size:
         return
@@ -118,12 +149,11 @@ def _follow_world_size(progress: Progress, dist) -> None:
     progress.world = dist.size
 
 
-def _epoch_metrics(trainer, progress: Progress, local: torch.Tensor, base: torch.Tensor, counter: EpochCounter, *,
-                   seconds: float) -> dict[str, float]:
+def _epoch_metrics(step: StepParts, split, progress: Progress, local: torch.Tensor, base: torch.Tensor,
+                   counter: EpochCounter, *, seconds: float) -> dict[str, Any]:
     """The epoch's sums over all ranks (and the resumed part before this session), checked for coverage."""
-    split = trainer.batches.splits["train"]
     coverage = torch.tensor([counter.first_pass_rows, counter.padding_rows], dtype=torch.float64)
-    totals = trainer.dist.allreduce_sum(torch.cat([local, coverage]), name=f"train_epoch_{progress.epoch}") + torch.cat(
+    totals = step.dist.allreduce_sum(torch.cat([local, coverage]), name=f"train_epoch_{progress.epoch}") + torch.cat(
         [base, torch.zeros(2, dtype=torch.float64)])
     delivered = int(totals[5])
     if delivered != split.rows:  # every rank raises together: no rank is left waiting in a collective
@@ -131,41 +161,41 @@ def _epoch_metrics(trainer, progress: Progress, local: torch.Tensor, base: torch
                                 f"the split holds {split.rows}")
     waiting, busy = float(totals[3]), float(totals[4])
     return {"train_loss": float(totals[0] / totals[2]), "train_accuracy": float(totals[1] / totals[2]),
-            "train_rows": delivered, "padding_rows": int(totals[6]), "lr": trainer.optimizer.param_groups[0]["lr"],
+            "train_rows": delivered, "padding_rows": int(totals[6]), "lr": step.optimizer.param_groups[0]["lr"],
             "data_stall": round(waiting / (waiting + busy), 4) if waiting + busy > 0 else 0.0,
             # rows trained by all ranks in this process's training time (this session's part of a resumed epoch)
             "samples_per_second": round(float(totals[2] - base[2]) / seconds, 1) if seconds > 0 else None}
 
 
-def forward_backward(trainer, inputs, y, group_size: int, *, sync: bool, real: int | None = None,
-                     placed: bool = False, beat=None) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_backward(step: StepParts, inputs: tuple[torch.Tensor, ...], y: torch.Tensor, group_size: int, *,
+                     sync: bool, real: int | None = None, beat: Heartbeat | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch's loss and gradients; returns the summed loss and the count of correct predictions of its first
     ``real`` rows (default all; the rest pad a short shard: they are trained on, so that every rank takes the same
     steps, but not counted in the metrics), as tensors on the device (reading them here would make the host wait
     for the GPU). The loss is divided by the batches per optimizer step, so k accumulated batches of b rows give the
-    gradient of one batch of k*b rows. ``placed``: the inputs are the model's already, on its device
-    (``training.feed``); else they are a batch's, collated and moved here. ``beat``: the heartbeat, told when the
-    backward pass starts (under DDP it waits there for the other ranks' gradients)."""
-    if not placed:
-        inputs = trainer.model_inputs(inputs)
-        y = y.to(trainer.device, non_blocking=True)
+    gradient of one batch of k*b rows. ``inputs`` and ``y``: the model's, on its device (``feed.Placement``).
+    ``beat``: the heartbeat, told when the backward pass starts (under DDP it waits there for the other ranks'
+    gradients)."""
     real = len(y) if real is None else real
     with contextlib.ExitStack() as stack:
         if not sync:
-            stack.enter_context(trainer.dist.no_sync(trainer.model))  # DDP: allreduce only on the group's last pass
-        with trainer.precision.context(trainer.device):
-            logits = trainer.model(*inputs)
-            per_row = trainer.loss(logits, y)
+            stack.enter_context(step.dist.no_sync(step.model))  # DDP: allreduce only on the group's last pass
+        with step.precision.context(step.device):
+            logits = step.guard.call(MODEL, step.model, *inputs)
+            per_row = step.guard.call(LOSS, step.loss, logits, y)
         if beat is not None:
             beat.set("backward")
-        trainer.scaler.scale(per_row.mean() / group_size).backward()
+        step.scaler.scale(per_row.mean() / group_size).backward()
+        step.guard.passed()
     return per_row[:real].detach().float().sum(), (logits[:real].argmax(1) == y[:real]).sum()
 
 
-def optimizer_step(trainer, *, lr: float, clock: StageClock | None = None, beat=None) -> None:
+def optimizer_step(step: StepParts, *, lr: float, clock: StageClock | None = None,
+                   beat: Heartbeat | None = None) -> None:
     """Set the learning rate, wait for the gradients averaged over the ranks (the ledger's ``collective``), then
     unscale and clip them where asked, step and zero (``compute``)."""
-    optimizer, scaler, dist = trainer.optimizer, trainer.scaler, trainer.dist
+    optimizer, scaler, dist = step.optimizer, step.scaler, step.dist
     for group in optimizer.param_groups:
         group["lr"] = lr
     if beat is not None:
@@ -175,11 +205,10 @@ def optimizer_step(trainer, *, lr: float, clock: StageClock | None = None, beat=
         clock.mark("collective")
     if beat is not None:
         beat.set("step")
-    clip = trainer.config.grad_clip_norm
     if scaler.is_enabled():
         scaler.unscale_(optimizer)
-    if clip is not None:
-        torch.nn.utils.clip_grad_norm_(unwrap(trainer.model).parameters(), clip)
+    if step.grad_clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(unwrap(step.model).parameters(), step.grad_clip_norm)
     with dist.skip_synchronize(optimizer):
         scaler.step(optimizer)
     scaler.update()
@@ -189,7 +218,7 @@ def optimizer_step(trainer, *, lr: float, clock: StageClock | None = None, beat=
 
 
 def _report_step(progress_bar, progress: Progress, steps: int, clock: StageClock, on_device: torch.Tensor,
-                 config, dist) -> None:
+                 config: TrainConfig, dist: Backend) -> None:
     """The progress bar or a log line on rank 0. The running loss is read from the device only every
     ``log_every`` steps: each read waits for the GPU to finish the step."""
     if progress_bar is not None:
@@ -207,7 +236,7 @@ def _report_step(progress_bar, progress: Progress, steps: int, clock: StageClock
                  100 * stall)
 
 
-def _progress(steps: int, desc: str, config, dist, initial: int = 0):
+def _progress(steps: int, desc: str, config: TrainConfig, dist: Backend, initial: int = 0):
     if dist.rank != 0 or config.progress_bar == "never":
         return None
     if config.progress_bar == "auto" and not sys.stderr.isatty():

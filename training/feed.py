@@ -19,6 +19,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
@@ -53,18 +54,39 @@ class Fed:
         return self
 
 
+@dataclass(frozen=True)
+class Placement:
+    """How a batch's inputs become the model's, on ``device``: through the user's ``collate`` hook when there is
+    one (all of its outputs moved), else as collated, the inputs at ``host_inputs`` left on the host (sequence
+    lengths) and the uint8 ones at ``scaled`` made float32 in [0, 1] on the device (images,
+    ``training.model_inputs``)."""
+    device: torch.device
+    host_inputs: tuple[int, ...] = ()
+    collate: Callable | None = None
+    scaled: tuple[int, ...] = ()
+
+    def inputs(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        if self.collate is not None:
+            return to_device(self.collate(inputs), self.device)
+        return to_device(inputs, self.device, self.host_inputs, self.scaled)
+
+    def feed(self, batches: Iterator[Any], *, times: LoaderTimes | None = None) -> Iterator[Fed]:
+        return feed(batches, device=self.device, host_inputs=self.host_inputs, collate=self.collate, times=times,
+                    scaled=self.scaled)
+
+
 def feed(batches: Iterator[Any], *, device: torch.device, host_inputs: tuple[int, ...] = (),
          collate: Callable | None = None, times: LoaderTimes | None = None, depth: int = DEPTH,
-         threaded: bool | None = None) -> Iterator[Fed]:
-    """``batches`` (batch inputs, labels, ids) as ``Fed`` batches; ``threaded`` (default: on a GPU) ``depth`` ahead
-    in a background thread. The work done on each batch before ``ready`` is added to ``times`` as hand-over."""
+         threaded: bool | None = None, scaled: tuple[int, ...] = ()) -> Iterator[Fed]:
+    """``batches`` (batch inputs, labels, ids) as ``Fed`` batches, their inputs placed as ``Placement`` says;
+    ``threaded`` (default: on a GPU) ``depth`` ahead in a background thread. The work done on each batch before
+    ``ready`` is added to ``times`` as hand-over."""
+    placement = Placement(device, host_inputs, collate, scaled)
     side = torch.cuda.Stream(device) if device.type == "cuda" and collate is None else None
 
     def place(inputs, labels):
         """The training thread's part: the hook (if any), then the copy to the device."""
-        inputs = to_device(collate(inputs), device) if collate is not None else to_device(inputs, device,
-                                                                                            host_inputs)
-        return inputs, labels.to(device, non_blocking=True)
+        return placement.inputs(inputs), labels.to(device, non_blocking=True)
 
     def ahead(batch) -> Fed:
         began = time.monotonic()

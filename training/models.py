@@ -5,8 +5,9 @@ over the real tokens only. Every sequence model gives a sequence the same logits
 
 A user's model is named by an import path, ``package.module:factory`` (``train.model``, ``--model``): the factory
 is called as ``factory(dataset, model_config)`` with the dataset's ``DatasetSpec`` and the ``train.model_config``
-mapping, and returns an ``nn.Module`` whose ``forward`` takes the batch inputs of the dataset's kind (images uint8
-``(B, C, H, W)``; or token ids ``(B, T)`` and lengths ``(B,)``) and returns logits ``(B, classes)``.
+mapping, and returns an ``nn.Module`` whose ``forward`` takes the batch inputs of the dataset's kind (images float32
+``(B, C, H, W)`` in [0, 1], or uint8 0..255 where the model sets ``wants_uint8 = True``; or token ids int64
+``(B, T)`` and lengths int64 ``(B,)``) and returns logits ``(B, classes)`` (``training.model_inputs``).
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ CUSTOM_OPTIMIZER = ("adam", 0.001, 0.0)  # a model from an import path: PyTorch'
 
 
 class CNN(nn.Module):
+    wants_uint8 = True  # training.model_inputs: it scales the images itself, so a checkpoint takes uint8 anywhere
+
     def __init__(self, *, in_channels: int, image_size: int, num_classes: int,
                  conv_channels: tuple[int, int] = (32, 64), hidden: int = 128, dropout: float = 0.25):
         super().__init__()

@@ -26,14 +26,9 @@ import numpy as np
 
 from core import atomic
 from training.ledger import LOADER_STAGES, TRAINER_STAGES
+from training.outputs import CONFUSION_PNG, CURVES_PNG, EVALUATION_FILE, METRICS_LOG_FILE, STAGES_PNG, TENSORBOARD_DIR
 
 log = logging.getLogger("bigtrain.train")
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
-EVALUATION_FILE = "evaluation.json"
-CONFUSION_PNG = "confusion_matrix.png"
-CURVES_PNG = "training_curves.png"
-STAGES_PNG = "stages.png"
 ANNOTATE_MAX_CLASSES = 30  # beyond this the counts in the heatmap cells are unreadable; the colours still show
 
 
@@ -74,7 +69,7 @@ class MetricsLog:
 
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.output_dir / METRICS_FILE
+        self.path = self.output_dir / METRICS_LOG_FILE
         history = list(history)
         # written aside and renamed: a crash here never leaves half the old history
         atomic.write_text(self.path, "".join(_json_line(r) for r in history))
@@ -112,7 +107,7 @@ class MetricsLog:
 def read_metrics(output_dir: str | Path) -> list[dict]:
     """The records of ``<output>/metrics.jsonl`` (empty when there is none); a line torn by a crash while it was
     appended is skipped with a warning."""
-    path = Path(output_dir) / METRICS_FILE
+    path = Path(output_dir) / METRICS_LOG_FILE
     if not path.is_file():
         return []
     records = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 
 from core.errors import CheckpointError
 from training import checkpoint
+from training.outputs import RESUME_DIR
 
 log = logging.getLogger("bigtrain.train")
 # Config keys a resumed run must share with the checkpoint: they shape the model, the optimizer state or what a
@@ -68,14 +69,14 @@ def set_random_states(states: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save_point(output_dir: Path, base: dict[str, Any], optimizer, progress: Progress, keep: int) -> Path:
-    """Write a resume point (rank 0 only) and drop the older ones beyond ``keep``."""
-    path = output_dir / checkpoint.RESUME_DIR / f"step-{progress.global_step:09d}-e{progress.epoch}.pt"
-    payload = {**base, "optimizer_state": optimizer.state_dict(), "progress": asdict(progress),
-               "schedule": {"global_step": progress.global_step, "lr": [g["lr"] for g in optimizer.param_groups]},
-               "random": random_states(), "epoch": progress.epoch, "step": progress.step,
-               "global_step": progress.global_step}
-    checkpoint.save(path, payload)
+def save_point(output_dir: Path, base: checkpoint.Checkpoint, optimizer, progress: Progress, keep: int) -> Path:
+    """Write a resume point (rank 0 only): ``base`` (the model's checkpoint) with the optimizer, the progress and
+    the random states; drop the older ones beyond ``keep``."""
+    path = output_dir / RESUME_DIR / f"step-{progress.global_step:09d}-e{progress.epoch}.pt"
+    replace(base, optimizer_state=optimizer.state_dict(), progress=asdict(progress),
+            schedule={"global_step": progress.global_step, "lr": [g["lr"] for g in optimizer.param_groups]},
+            random=random_states(), epoch=progress.epoch, step=progress.step,
+            global_step=progress.global_step).save(path)
     checkpoint.prune(output_dir, keep)
     return path
 
@@ -86,29 +87,28 @@ def find_point(config, output_dir: Path) -> Path | None:
     if config.resume == "never":
         if latest is not None:  # removed, or the new run's early points would sort below the old run's later ones
             log.info("train.resume=never: starting over; removing the resume points of the previous run in %s",
-                     output_dir / checkpoint.RESUME_DIR)
+                     output_dir / RESUME_DIR)
             checkpoint.prune(output_dir, keep=0)
         return None
     if latest is None and config.resume == "require":
-        raise CheckpointError(f"train.resume=require (--resume) but {output_dir / checkpoint.RESUME_DIR} holds no "
+        raise CheckpointError(f"train.resume=require (--resume) but {output_dir / RESUME_DIR} holds no "
                               "complete checkpoint to continue from")
     return latest
 
 
-def check_compatible(payload: dict[str, Any], path: Path, config, identity: str, model_name: str) -> None:
+def check_compatible(saved: checkpoint.Checkpoint, path: Path, config, identity: str, model_name: str) -> None:
     """Refuse to continue a checkpoint with another dataset, model or a config that changes what it means."""
-    saved = payload["dataset"].get("snapshot_id")
-    if saved != identity:
+    if saved.snapshot_id != identity:
         raise CheckpointError(
-            f"checkpoint {path} was trained on dataset snapshot {saved} ({payload['dataset'].get('url')}), but "
+            f"checkpoint {path} was trained on dataset snapshot {saved.snapshot_id} ({saved.dataset_url}), but "
             f"--data is snapshot {identity}: refusing to resume on other data (use a new --output, or "
             "--no-resume to start over)")
-    if payload["model"] != model_name:
-        raise CheckpointError(f"checkpoint {path} holds a {payload['model']} model, this run trains {model_name}")
+    if saved.model != model_name:
+        raise CheckpointError(f"checkpoint {path} holds a {saved.model} model, this run trains {model_name}")
     current = asdict(config)
-    changed = [k for k in MUST_MATCH if payload["config"].get(k) != current.get(k)]
+    changed = [k for k in MUST_MATCH if saved.config.get(k) != current.get(k)]
     if changed:
         key = changed[0]
-        raise CheckpointError(f"checkpoint {path} was trained with train.{key}={payload['config'].get(key)!r}, "
+        raise CheckpointError(f"checkpoint {path} was trained with train.{key}={saved.config.get(key)!r}, "
                               f"this run has {current.get(key)!r}: resuming would not continue the same run "
                               "(use a new --output, or --no-resume)")

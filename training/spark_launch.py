@@ -10,7 +10,7 @@ from core.config import from_dict
 from core.logs import setup_logging
 from training.config import TrainConfig
 from training.distributed import init_distributed
-from training.loop import train
+from training.wiring import fit
 
 log = logging.getLogger("bigtrain.train")
 
@@ -21,7 +21,7 @@ def train_rank(config: dict[str, Any], data_url: str, output_dir: str, backend: 
     # Horovod: the ranks were started by horovod.spark.run (DDP: by torchrun); each pins its own GPU if it has one.
     dist = init_distributed(backend, device=train_config.device)
     setup_logging(rank=dist.rank)
-    metrics = train(train_config, data_url=data_url, output_dir=output_dir, dist=dist).metrics
+    metrics = fit(train_config, data_url=data_url, output_dir=output_dir, dist=dist).metrics
     dist.close()
     return metrics
 

@@ -2,8 +2,9 @@
 
 It takes its parts (model, optimizer, batch source, distributed backend, config, output folder), so the same code
 runs under horovodrun (also elastic), under torchrun with DDP, as one plain process, and in tests and notebooks on
-a dataset held in memory (``training.sources.InMemorySource``); ``training.loop.train`` builds the parts for a
-dataset URL. Rank 0 writes resume points every ``checkpoint_every_steps`` optimizer steps and at each epoch end,
+a dataset held in memory (``training.sources.InMemorySource``); ``training.wiring.fit`` builds the parts for a
+dataset URL. ``fit`` is its one verb: resume, epochs (``training.epoch``, handed the parts each step uses), the
+final evaluation and the outputs. Rank 0 writes resume points every ``checkpoint_every_steps`` optimizer steps and at each epoch end,
 and a run continues from the newest one (``train.resume``), ending with the same weights as a run that was never
 interrupted.
 """
@@ -15,7 +16,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -23,28 +24,30 @@ from core import atomic
 from core.errors import CheckpointError, DatasetError, LockHeld, StallBudgetError
 from core.locking import hold
 from core.logs import counted
-from training import checkpoint, resume
+from training import outputs, resume
 from training.baselines import baselines
+from training.checkpoint import Checkpoint
 from training.config import TrainConfig
-from training.device import describe, precision_for, to_device
-from training.distributed import unwrap
+from training.device import describe, precision_for
+from training.distributed import Backend, unwrap
 from training.elastic import fit_elastic
-from training.epoch import train_epoch
-from training.feed import feed
+from training.epoch import StepParts, train_epoch
+from training.evaluation import evaluate
+from training.feed import Placement
 from training.ledger import RankLedger, StageClock
 from training.ledger import describe as describe_ledger
 from training.ledger import summary as ledger_summary
+from training.model_inputs import scaled_inputs
 from training.models import collate_function, loss_function, resolve_model_name
 from training.reports import MetricsLog, classification_report, val_loss_summary, write_evaluation_report
 from training.resume import Progress
-from training.shards import DataCoverageError, plan_shard, shard_files
+from training.shards import plan_shard, shard_files
 from training.sources import BatchSource
+from training.user_code import COLLATE, guard_for
 from training.watchdog import Heartbeat, Watchdog
 
 log = logging.getLogger("bigtrain.train")
-CHECKPOINT_FILE = checkpoint.FINAL_FILE
-METRICS_FILE = "metrics.json"
-BEST_FILE = "best.pt"  # in <output>/checkpoints: the weights of the best epoch so far (update_best)
+METRICS_FILE = outputs.METRICS_FILE  # its name here before training.outputs (tests/jobs/test_outputs.py reads it)
 
 
 @dataclass
@@ -62,8 +65,8 @@ class Trainer:
     model (``training.checkpoint.load_model``); by default the one ``config.model`` names for the data's kind.
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: BatchSource, backend,
-                 config: TrainConfig, output_dir: str | Path, *, model_name: str | None = None):
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: BatchSource,
+                 backend: Backend, config: TrainConfig, output_dir: str | Path, *, model_name: str | None = None):
         train_split = batches.splits["train"]
         if train_split.rows == 0:
             raise DatasetError(f"split {train_split.url} is empty: nothing to train on")
@@ -73,21 +76,37 @@ class Trainer:
         self.base_lr = optimizer.param_groups[0]["lr"]
         self.device = backend.device  # this rank's GPU, or the CPU
         model.to(self.device)  # the optimizer keeps its parameters: moving a module keeps the Parameter objects
-        self.model = backend.wrap_model(model, fp16_compression=config.fp16_compression)  # DDP: gradients averaged
-        # Horovod: the optimizer averages gradients over the ranks every backward_passes_per_step batches
-        self.optimizer = backend.distributed_optimizer(optimizer, model,
-                                                       backward_passes_per_step=config.backward_passes_per_step,
-                                                       fp16_compression=config.fp16_compression)
-        self.precision = precision_for(config.mixed_precision, self.device)  # autocast dtype, or float32
-        if config.mixed_precision and self.precision.autocast is None and backend.rank == 0:
+        precision = precision_for(config.mixed_precision, self.device)  # autocast dtype, or float32
+        if config.mixed_precision and precision.autocast is None and backend.rank == 0:
             log.info("train.mixed_precision: no GPU here, training in float32 on CPU (the setting only acts on GPU)")
-        # float16 gradients underflow without loss scaling; enabled only for float16 mixed precision on a GPU
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
-        self.loss = loss_function(config.loss)  # (logits, labels) -> one loss per row
-        self.collate = collate_function(config.collate)  # None, or the batch's inputs -> the model's
+        # An exception of the user's model, loss or collate function on the first batch: one line, exit 2
+        guard = guard_for(model, self.model_name, config, kind=batches.spec.kind, output_dir=self.output_dir,
+                          rank=backend.rank)
+        self.step = StepParts(
+            model=backend.wrap_model(model, fp16_compression=config.fp16_compression),  # DDP: gradients averaged
+            # Horovod: the optimizer averages gradients over the ranks every backward_passes_per_step batches
+            optimizer=backend.distributed_optimizer(optimizer, model,
+                                                    backward_passes_per_step=config.backward_passes_per_step,
+                                                    fp16_compression=config.fp16_compression),
+            loss=loss_function(config.loss), precision=precision,
+            # float16 gradients underflow without loss scaling; enabled only for float16 mixed precision on a GPU
+            scaler=torch.amp.GradScaler(self.device.type, enabled=precision.scaled),
+            dist=backend, guard=guard, grad_clip_norm=config.grad_clip_norm)
+        collate = guard.wrap(COLLATE, collate_function(config.collate))  # None, or the inputs -> the model's
+        self.placement = Placement(self.device, batches.host_inputs, collate,
+                                   scaled_inputs(batches.spec.kind, model, collate))  # images: float [0, 1]
         self.dataset = batches.dataset_entry()  # once: it may read the vocabulary
         self.metrics_log: MetricsLog | None = None  # rank 0's, opened on first use
         self.heartbeat = Heartbeat(position=getattr(getattr(batches, "loader", None), "position", None))
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model as training runs it (inside DDP's wrapper under --backend torch; ``unwrap`` for the model)."""
+        return self.step.model
+
+    @property
+    def optimizer(self):
+        return self.step.optimizer
 
     @property
     def identity(self) -> str:
@@ -98,12 +117,13 @@ class Trainer:
     def peak_lr(self) -> float:
         return self.base_lr * (self.dist.size if self.config.scale_lr else 1)  # Horovod: scale the lr by the ranks
 
-    def base_payload(self) -> dict[str, Any]:
-        return checkpoint.model_payload(unwrap(self.model), self.model_name, self.config,
-                                        classes=self.batches.spec.classes,
-                                        class_to_index=self.batches.class_to_index, dataset=self.dataset)
+    def model_checkpoint(self, **counters: Any) -> Checkpoint:
+        """The model's checkpoint now (weights, name, config, classes, dataset); ``counters``: epoch, global_step,
+        weights_epoch."""
+        return Checkpoint.of_model(unwrap(self.model), self.model_name, self.config, classes=self.batches.spec.classes,
+                                   class_to_index=self.batches.class_to_index, dataset=self.dataset, **counters)
 
-    def train(self, *, elastic: bool = False) -> TrainResult:
+    def fit(self, *, elastic: bool = False) -> TrainResult:
         """Train from the newest resume point in the output folder (or from the start) until ``config.epochs`` or
         early stopping, then evaluate on the test split; returns the metrics and the trained model. Rank 0 holds
         the output folder locked meanwhile and writes checkpoints, ``metrics.json``, ``metrics.jsonl``,
@@ -113,9 +133,9 @@ class Trainer:
             self._log_start()
             try:
                 if elastic:
-                    progress = fit_elastic(self, progress, self.dist, self.fit)
+                    progress = fit_elastic(unwrap(self.model), self.optimizer, progress, self.dist, self._epochs)
                 else:
-                    self.fit(progress)
+                    self._epochs(progress)
                 self.heartbeat.enter("finish")
                 return self.finish(progress, resumed_from)
             finally:
@@ -140,7 +160,7 @@ class Trainer:
                  "%s, %s), %d steps/epoch of %d, %s lr %.4g%s", self.model_name, self.batches.name, self.identity,
                  counted(split.rows, "train row"), counted(dist.size, "rank"), counted(dist.hosts, "host"),
                  counted(torch.get_num_threads(), "thread"), dist.name, describe(self.device),
-                 self.precision.name, plan.steps(config.batch_size), config.batch_size, self.optimizer_name,
+                 self.step.precision.name, plan.steps(config.batch_size), config.batch_size, self.optimizer_name,
                  self.peak_lr, "" if plan.by_row_group else " (fewer row groups than ranks: row sharding)")
         if config.early_stopping_min_delta is not None:
             log.warning("train.early_stopping_min_delta (%g) is the old name of "
@@ -158,9 +178,9 @@ class Trainer:
             try:
                 path = resume.find_point(self.config, self.output_dir)
                 if path is not None:
-                    payload = checkpoint.load(path)
-                    resume.check_compatible(payload, path, self.config, self.identity, self.model_name)
-                    found = ("ok", (str(path), payload))
+                    point = Checkpoint.load(path)
+                    resume.check_compatible(point, path, self.config, self.identity, self.model_name)
+                    found = ("ok", (str(path), point))
             except CheckpointError as exc:
                 found = ("error", str(exc))
         found = dist.broadcast_object(found, name="resume_point")  # every rank raises together, none is left waiting
@@ -169,11 +189,11 @@ class Trainer:
         if found[0] == "none":
             dist.broadcast_state(unwrap(self.model), self.optimizer)
             return Progress(world=dist.size), None
-        path, payload = found[1]
-        unwrap(self.model).load_state_dict(payload["model_state"])
-        self.optimizer.load_state_dict(payload["optimizer_state"])
-        resume.set_random_states(payload["random"])
-        progress = Progress(**payload["progress"])
+        path, point = found[1]
+        unwrap(self.model).load_state_dict(point.model_state)
+        self.optimizer.load_state_dict(point.optimizer_state)
+        resume.set_random_states(point.random)
+        progress = Progress(**point.progress)
         if dist.rank == 0 and (progress.epoch >= self.config.epochs or progress.stopped_early):
             log.info("the run in %s is complete (%d epochs%s, %s): evaluating it again; raise --epochs to train on, "
                      "or --no-resume to start over", self.output_dir, progress.epoch,
@@ -183,7 +203,7 @@ class Trainer:
                      progress.step, progress.global_step)
         return progress, path
 
-    def fit(self, progress: Progress, commit=None) -> None:
+    def _epochs(self, progress: Progress, commit: Callable[[Progress], None] | None = None) -> None:
         """Epochs from ``progress`` on until ``config.epochs`` or early stopping. ``commit(progress)`` is called at
         every resume point (the elastic wrapper passes Horovod's state commit)."""
         config, dist = self.config, self.dist
@@ -191,7 +211,10 @@ class Trainer:
             start = time.monotonic()
             clock = StageClock()
             self.heartbeat.enter("train", progress.epoch)
-            record = {"epoch": progress.epoch + 1, **train_epoch(self, progress, commit, clock)}
+            record = {"epoch": progress.epoch + 1,
+                      **train_epoch(self.step, self.batches, self.placement, config, progress, peak_lr=self.peak_lr,
+                                    beat=self.heartbeat, save_point=lambda p: self.save_resume_point(p, commit),
+                                    clock=clock)}
             loader_times, device_busy = record.pop("loader_times"), record.pop("device_busy")
             if self.batches.splits["validation"].rows:
                 self.heartbeat.enter("validation")
@@ -206,8 +229,7 @@ class Trainer:
             progress.epoch += 1
             progress.start_epoch_over()
             if update_best(progress, record, config) and config.keep_best and dist.rank == 0:
-                checkpoint.save(self.best_path, {**self.base_payload(), "epoch": progress.epoch,
-                                                 "global_step": progress.global_step})
+                self.model_checkpoint(epoch=progress.epoch, global_step=progress.global_step).save(self.best_path)
             if dist.rank == 0:
                 log.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %s acc %s | lr %.3g | data stall %.0f%% | "
                          "%.1fs | %s", record["epoch"], config.epochs, record["train_loss"], record["train_accuracy"],
@@ -241,16 +263,9 @@ class Trainer:
         if self.dist.rank == 0:
             log.warning("%s", message)
 
-    def model_inputs(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """A batch's inputs as the model takes them, on its device: through ``train.collate`` when there is one
-        (all of its outputs moved), else as collated (sequence lengths left on the host)."""
-        if self.collate is not None:
-            return to_device(self.collate(inputs), self.device)
-        return to_device(inputs, self.device, self.batches.host_inputs)
-
     @property
     def best_path(self) -> Path:
-        return self.output_dir / checkpoint.RESUME_DIR / BEST_FILE
+        return self.output_dir / outputs.RESUME_DIR / outputs.BEST_FILE
 
     def restore_best(self, progress: Progress) -> int:
         """The weights of the best validation epoch on every rank (read by rank 0, broadcast); returns the epoch
@@ -261,10 +276,10 @@ class Trainer:
         outcome: Any = best
         if self.dist.rank == 0:
             try:
-                payload = checkpoint.load(self.best_path)
-                if payload.get("epoch") != best:
-                    raise CheckpointError(f"{self.best_path} holds epoch {payload.get('epoch')}, not {best}")
-                unwrap(self.model).load_state_dict(payload["model_state"])
+                kept = Checkpoint.load(self.best_path)
+                if kept.epoch != best:
+                    raise CheckpointError(f"{self.best_path} holds epoch {kept.epoch}, not {best}")
+                unwrap(self.model).load_state_dict(kept.model_state)
             except CheckpointError as exc:  # e.g. an elastic run whose new rank 0 is on another host
                 log.warning("keeping the last epoch's weights, not those of the best validation epoch %d: %s", best,
                             exc)
@@ -282,56 +297,15 @@ class Trainer:
 
     def save_resume_point(self, progress: Progress, commit=None) -> None:
         if self.dist.rank == 0:
-            resume.save_point(self.output_dir, self.base_payload(), self.optimizer, progress,
+            resume.save_point(self.output_dir, self.model_checkpoint(), self.optimizer, progress,
                               self.config.keep_checkpoints)
         if commit is not None:
             commit(progress)
 
-    @torch.no_grad()
     def evaluate(self, split_name: str, check_ids: bool = False) -> dict[str, Any]:
-        """Loss, accuracy and confusion matrix over every row of the split, each read exactly once across the
-        ranks."""
-        model, device, split = self.model, self.device, self.batches.splits[split_name]
-        model.eval()
-        num_classes = len(self.batches.spec.classes)
-        plan = plan_shard(split.row_group_sizes, self.dist.rank, self.dist.size)
-        # Summed on the model's device and read once at the end, not once per batch.
-        loss_sum = torch.zeros(1, dtype=torch.float64, device=device)
-        confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device)  # row: true class
-        ids = []
-        batches = feed(self.batches.evaluation_batches(split_name, plan, batch_size=self.config.batch_size),
-                       device=device, host_inputs=self.batches.host_inputs, collate=self.collate)
-        for index, fed in enumerate(batches):
-            self.heartbeat.set("compute", index + 1)
-            y, batch_ids = fed.ready().labels, fed.ids
-            with self.precision.context(device):
-                logits = model(*fed.inputs)
-            logits = logits.float()
-            loss_sum += self.loss(logits, y).double().sum()
-            confusion.index_add_(0, y * num_classes + logits.argmax(1),
-                                 torch.ones(len(y), dtype=torch.float64, device=device))
-            ids.append(batch_ids)
-            self.heartbeat.set("loading", index + 2)
-        self.heartbeat.set("collective")
-        totals = self.dist.allreduce_sum(torch.cat([loss_sum, confusion]).cpu(), name=f"eval_{split.name}")
-        loss_sum, confusion = totals[0], totals[1:].reshape(num_classes, num_classes)
-        rows = int(confusion.sum())
-        if rows != split.rows:
-            raise DataCoverageError(f"evaluation read {rows} rows of {split.url}, the split holds {split.rows}")
-        if check_ids:
-            self._check_distinct(split, ids)
-        per_class_rows = confusion.sum(1)
-        return {"loss": float(loss_sum / rows) if rows else None,
-                "accuracy": float(confusion.diagonal().sum() / rows) if rows else None, "rows": rows,
-                "per_class_accuracy": [float(c / t) if t else None
-                                       for c, t in zip(confusion.diagonal(), per_class_rows)],
-                "per_class_rows": [int(t) for t in per_class_rows], "confusion": confusion.long()}
-
-    def _check_distinct(self, split, ids: list[torch.Tensor]) -> None:
-        local = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64)
-        unique = int(torch.unique(self.dist.allgather(local, name=f"ids_{split.name}")).numel())
-        if unique != split.rows:
-            raise DataCoverageError(f"evaluation of {split.url} saw {unique} distinct rows of {split.rows}")
+        """``training.evaluation.evaluate`` of the split with this run's parts."""
+        return evaluate(self.step, self.batches, self.placement, split_name, batch_size=self.config.batch_size,
+                        beat=self.heartbeat, check_ids=check_ids)
 
     def finish(self, progress: Progress, resumed_from: str | None) -> TrainResult:
         """Test evaluation; on rank 0 the final checkpoint, metrics.json and the evaluation report."""
@@ -355,7 +329,7 @@ class Trainer:
             "per_class_rows": dict(zip(classes, test["per_class_rows"])),
             "history": progress.history, "epochs_completed": progress.epoch, "stopped_early": progress.stopped_early,
             "world_size": dist.size, "hosts": dist.hosts, "backend": dist.name, "lr": self.peak_lr,
-            "device": str(self.device), "precision": self.precision.name, "optimizer": self.optimizer_name,
+            "device": str(self.device), "precision": self.step.precision.name, "optimizer": self.optimizer_name,
             "model": self.model_name, "dataset": self.batches.name, "snapshot_id": self.identity,
             "train_rows": self.batches.splits["train"].rows, "resumed_from": resumed_from,
             "config": asdict(self.config),
@@ -365,10 +339,10 @@ class Trainer:
         return TrainResult(metrics, unwrap(self.model))
 
     def _write_outputs(self, progress: Progress, metrics: dict[str, Any], test: dict[str, Any]) -> None:
-        final = checkpoint.save(self.output_dir / CHECKPOINT_FILE,
-                                {**self.base_payload(), "epoch": progress.epoch, "global_step": progress.global_step,
-                                 "weights_epoch": metrics["weights_epoch"]})
-        atomic.write_json(self.output_dir / METRICS_FILE, metrics)
+        final = self.output_dir / outputs.CHECKPOINT_FILE
+        self.model_checkpoint(epoch=progress.epoch, global_step=progress.global_step,
+                              weights_epoch=metrics["weights_epoch"]).save(final)
+        atomic.write_json(self.output_dir / outputs.METRICS_FILE, metrics)
         written = []
         if test["rows"]:
             report = classification_report(test["confusion"].numpy(), self.batches.spec.classes)
@@ -377,7 +351,7 @@ class Trainer:
             written = write_evaluation_report(self.output_dir, report, progress.history)
         log.info("test accuracy %s, loss %s on %d rows (%s); wrote %s, %s%s", _fmt(test["accuracy"]),
                  _fmt(test["loss"]), test["rows"], describe_baselines(metrics["baselines"]), final,
-                 self.output_dir / METRICS_FILE, "".join(f", {p.name}" for p in written))
+                 self.output_dir / outputs.METRICS_FILE, "".join(f", {p.name}" for p in written))
 
 
 @contextlib.contextmanager
@@ -389,7 +363,7 @@ def output_lock(output_dir: Path, dist):
         if dist.rank == 0:
             try:
                 output_dir.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(hold(str(output_dir / ".bigtrain-train.lock"), what=f"training into {output_dir}"))
+                stack.enter_context(hold(str(output_dir / outputs.LOCK_FILE), what=f"training into {output_dir}"))
             except LockHeld as exc:
                 outcome = str(exc)
         outcome = dist.broadcast_object(outcome, name="output_lock")

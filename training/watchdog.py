@@ -36,10 +36,9 @@ from torch.distributed import TCPStore
 from core import atomic
 from core.errors import EXIT_HUNG
 from core.logs import counted
+from training.outputs import HANG_FILE, STACKS_DIR, rank_file
 
 log = logging.getLogger("bigtrain.train")
-HANG_FILE = "hang.json"
-STACKS_DIR = "hang-stacks"
 PARTS = ("start", "train", "validation", "test", "finish")
 PHASES = ("loading", "compute", "backward", "step", "checkpoint", "collective")  # a step's order; collective last
 STACKS_WAIT_S = 15.0  # how long rank 0 waits for the other ranks' stacks
@@ -224,12 +223,12 @@ class Watchdog:
             atomic.write_json(path, report)  # first: the other ranks' exits may end this process soon
             self.store.set("hang", json.dumps(stuck))
             stacks.mkdir(parents=True, exist_ok=True)
-            (stacks / "rank0.txt").write_text(_own_stacks())
+            (stacks / rank_file(0)).write_text(_own_stacks())
             deadline = time.monotonic() + STACKS_WAIT_S
             while missing and time.monotonic() < deadline:
                 for r in sorted(missing):
                     if self.store.check([f"stacks/{r}"]):
-                        (stacks / f"rank{r}.txt").write_bytes(self.store.get(f"stacks/{r}"))
+                        (stacks / rank_file(r)).write_bytes(self.store.get(f"stacks/{r}"))
                         missing.discard(r)
                 time.sleep(0.1)
             written = f"wrote {path} and the stacks of {counted(self.dist.size - len(missing), 'rank')} in {stacks}"

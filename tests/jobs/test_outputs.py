@@ -7,16 +7,7 @@ import pytest
 from core.errors import UsageError
 from core.paths import to_url
 from dataset import layout
-from inference import batch
 from jobs import common, train
-from training import checkpoint, trainer
-
-
-def test_the_markers_are_the_names_the_writers_use():
-    assert common.OUTPUT_MARKERS["bigtrain dataset"] == (layout.SNAPSHOTS_DIR, layout.METADATA_FILE)
-    assert common.OUTPUT_MARKERS["training output"] == (checkpoint.FINAL_FILE, trainer.METRICS_FILE,
-                                                        checkpoint.RESUME_DIR)
-    assert common.OUTPUT_MARKERS["prediction output"] == (batch.SUMMARY_FILE,)
 
 
 @pytest.mark.parametrize("marker, kind", [("snapshots", "bigtrain dataset"), ("_predict.json", "prediction output")])

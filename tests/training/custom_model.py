@@ -29,7 +29,7 @@ class TinyImages(nn.Module):
                                  nn.Flatten(), nn.Linear(width, classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images.float() / 255.0)
+        return self.net(images)  # float32 in [0, 1]: bigtrain scales a user's images
 
 
 def build(dataset: DatasetSpec, config: dict) -> nn.Module:
@@ -38,6 +38,58 @@ def build(dataset: DatasetSpec, config: dict) -> nn.Module:
     if dataset.kind == "sequence":
         return MeanOfTokens(dataset.sequence.vocab_size, len(dataset.classes), width)
     return TinyImages(dataset.image.channels, dataset.image.size, len(dataset.classes), width)
+
+
+def linear(dataset: DatasetSpec, config: dict) -> nn.Module:
+    """The first model a new user writes for images: flatten, one linear layer, no scaling code."""
+    image = dataset.image
+    return nn.Sequential(nn.Flatten(), nn.Linear(image.channels * image.size * image.size, len(dataset.classes)))
+
+
+class Bytes(nn.Module):
+    """A model that asks for uint8 images (``wants_uint8``) and scales them itself."""
+    wants_uint8 = True
+
+    def __init__(self, pixels: int, classes: int):
+        super().__init__()
+        self.linear = nn.Linear(pixels, classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 images, got {images.dtype}")
+        return self.linear(images.flatten(1).float() / 255.0)
+
+
+def uint8_model(dataset: DatasetSpec, config: dict) -> nn.Module:
+    image = dataset.image
+    return Bytes(image.channels * image.size * image.size, len(dataset.classes))
+
+
+class Fails(nn.Module):
+    """A model whose forward raises on call ``at`` (1-based), as a model written for other inputs would."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.calls = at, 0
+        self.linear = nn.Linear(1, 2)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.at:
+            raise RuntimeError("mat1 and mat2 must have the same dtype, but got Byte and Float")
+        return self.linear(inputs[0].float().flatten(1).mean(1, keepdim=True))
+
+
+def failing_model(dataset: DatasetSpec, config: dict) -> nn.Module:
+    return Fails(int(config.get("at", 1)))
+
+
+def failing_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    raise ValueError("labels must be float")
+
+
+def failing_collate(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    raise IndexError("tuple index out of range")
 
 
 def not_a_module(dataset: DatasetSpec, config: dict):

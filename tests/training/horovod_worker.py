@@ -13,7 +13,7 @@ import numpy as np
 from core.config import load_section
 from training.config import TrainConfig
 from training.distributed import init_distributed
-from training.loop import train
+from training.wiring import fit
 from training.petastorm_source import PetastormSource
 from training.shards import EpochCounter, plan_shard
 
@@ -34,7 +34,7 @@ def main(data: str, out: str) -> None:
     config = load_section("train", TrainConfig, overrides=["train.epochs=4", "train.batch_size=8", "train.lr=0.02",
                                                           "train.progress_bar=never", f"train.seed={1000 + dist.rank}"])
     model_dir = Path(out) / "model"
-    model = train(config, data_url=data, output_dir=model_dir, dist=dist).model
+    model = fit(config, data_url=data, output_dir=model_dir, dist=dist).model
     weights = np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
     np.save(Path(out) / f"weights_rank{dist.rank}.npy", weights)
     (Path(out) / f"rank{dist.rank}.json").write_text(json.dumps(

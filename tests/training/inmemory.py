@@ -91,11 +91,11 @@ class Claiming(Wrapped):
 
 
 class Pixels(torch.nn.Module):
-    """Not a bigtrain model: a trainer takes any module and optimizer."""
+    """Not a bigtrain model: a trainer takes any module and optimizer (and gives it images as float32 in [0, 1])."""
 
     def __init__(self):
         super().__init__()
         self.linear = torch.nn.Linear(64, 2)
 
     def forward(self, images):
-        return self.linear(images.float().flatten(1) / 255)
+        return self.linear(images.flatten(1))

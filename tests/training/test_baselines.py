@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.inmemory import config, image_source, sequence_source
+from tests.training.inmemory import config, image_source
 from training.baselines import NaiveBayes, majority_class
 from training.distributed import SingleProcess
-from training.loop import build_trainer
+from training.wiring import build_trainer
 
 
 def reference_naive_bayes(train, test, classes: int, vocab: int) -> float:
@@ -67,7 +67,7 @@ def test_every_report_shows_both_baselines_on_the_same_splits(tmp_path, caplog):
     source = noisy_sequences()
     with caplog.at_level("INFO", logger="bigtrain.train"):
         metrics = build_trainer(config("train.epochs=2", "train.model=fasttext"), source, tmp_path,
-                                SingleProcess()).train().metrics
+                                SingleProcess()).fit().metrics
     train, test = source.examples["train"], source.examples["test"]
     top = int(torch.bincount(train.labels, minlength=3).argmax())
     expected = {"majority_class": {"class": "xyz"[top], "accuracy": pytest.approx(float((test.labels == top).sum()) / 60)},
@@ -83,7 +83,7 @@ def test_every_report_shows_both_baselines_on_the_same_splits(tmp_path, caplog):
 
 def test_an_image_dataset_has_a_majority_class_and_no_bag_of_words(tmp_path):
     source = image_source()
-    metrics = build_trainer(config(), source, tmp_path, SingleProcess()).train().metrics
+    metrics = build_trainer(config(), source, tmp_path, SingleProcess()).fit().metrics
     assert metrics["baselines"]["bag_of_words"] is None
     test = source.examples["test"].labels
     top = int(torch.bincount(source.examples["train"].labels, minlength=2).argmax())

@@ -13,7 +13,7 @@ from core.errors import ConfigError
 from tests.training.inmemory import config, image_source
 from training.config import TrainConfig
 from training.distributed import SingleProcess
-from training.loop import build_trainer
+from training.wiring import build_trainer
 from training.resume import Progress
 from training.trainer import describe_kept, describe_stop, update_best
 
@@ -105,7 +105,7 @@ def test_the_old_key_and_the_new_one_with_different_values_are_refused_naming_bo
 def test_a_run_with_the_old_key_says_what_it_means(tmp_path, caplog):
     cfg = config("train.early_stopping_min_delta=0.001", "train.cnn.conv_channels=[2,2]", "train.cnn.hidden=4")
     with caplog.at_level(logging.WARNING, logger="bigtrain.train"):
-        build_trainer(cfg, image_source((16, 16, 16)), tmp_path, SingleProcess()).train()
+        build_trainer(cfg, image_source((16, 16, 16)), tmp_path, SingleProcess()).fit()
     assert ("train.early_stopping_min_delta (0.001) is the old name of train.early_stopping_min_delta_absolute"
             in caplog.text)
 

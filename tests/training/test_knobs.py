@@ -17,7 +17,7 @@ from training import checkpoint
 from training.config import TrainConfig
 from training.distributed import SingleProcess, unwrap
 from training.epoch import forward_backward, optimizer_step
-from training.loop import build_trainer, train
+from training.wiring import build_trainer, fit
 from training.schedule import lr_factor
 from training.shards import plan_shard
 
@@ -44,9 +44,14 @@ def one_batch(trainer, rows: int):
 def step(trainer, batches, lr: float = 0.05) -> dict[str, torch.Tensor]:
     """One optimizer step over ``batches`` accumulated as one group, as train_epoch does; the new weights."""
     for i, (inputs, y) in enumerate(batches):
-        forward_backward(trainer, inputs, y, len(batches), sync=i == len(batches) - 1)
-    optimizer_step(trainer, lr=lr)
+        forward_backward(trainer.step, *placed(trainer, inputs, y), len(batches), sync=i == len(batches) - 1)
+    optimizer_step(trainer.step, lr=lr)
     return {k: v.detach().clone() for k, v in unwrap(trainer.model).state_dict().items()}
+
+
+def placed(trainer, inputs, y):
+    """A batch's inputs and labels as the model takes them, on its device."""
+    return trainer.placement.inputs(inputs), y.to(trainer.device)
 
 
 def split_batch(inputs, y, parts: int):
@@ -78,7 +83,7 @@ def test_accumulating_k_batches_of_b_matches_one_batch_of_k_times_b(tmp_path, ba
 
 
 def test_an_epoch_takes_one_optimizer_step_per_k_batches(tmp_path):
-    result = prepare(config("train.backward_passes_per_step=3"), tmp_path, SingleProcess()).train()
+    result = prepare(config("train.backward_passes_per_step=3"), tmp_path, SingleProcess()).fit()
     split_rows = result.metrics["train_rows"]
     batches = math.ceil(split_rows / 16)
     saved = checkpoint.load(tmp_path / "checkpoint.pt")
@@ -132,7 +137,7 @@ def test_fp16_compression_allreduces_gradients_at_half_precision(tmp_path, ddp_w
     batch = one_batch(exact, 16)
     grads = []
     for run in (exact, compressed):
-        forward_backward(run, *batch, 1, sync=True)  # DDP: the allreduce (and its comm hook) runs here
+        forward_backward(run.step, *placed(run, *batch), 1, sync=True)  # DDP: the allreduce (and its comm hook)
         grads.append({n: p.grad.clone() for n, p in unwrap(run.model).named_parameters()})
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g.half().float(), rtol=0, atol=0, msg=name)
@@ -151,7 +156,7 @@ def test_learning_rate_warmup_then_step_and_cosine_schedules():
 
 def test_the_loop_applies_the_schedule(tmp_path):
     metrics = prepare(config("train.epochs=3", "train.warmup_epochs=1", "train.lr_schedule=cosine", "train.lr=0.04"),
-                      tmp_path, SingleProcess()).train().metrics
+                      tmp_path, SingleProcess()).fit().metrics
     lrs = [h["lr"] for h in metrics["history"]]  # the lr of each epoch's last step
     assert lrs[0] == pytest.approx(0.04)                           # end of warmup: the peak
     assert lrs[1] == pytest.approx(0.04 * 0.5 * (1 + math.cos(math.pi / 2)))  # half-way through the cosine
@@ -160,7 +165,7 @@ def test_the_loop_applies_the_schedule(tmp_path):
 
 def test_early_stopping_ends_the_run_when_validation_loss_stalls(tmp_path):
     metrics = prepare(config("train.epochs=6", "train.lr=1e-9", "train.early_stopping_patience=2",
-                             "train.early_stopping_min_delta_absolute=0.5"), tmp_path, SingleProcess()).train().metrics
+                             "train.early_stopping_min_delta_absolute=0.5"), tmp_path, SingleProcess()).fit().metrics
     assert metrics["stopped_early"] is True and metrics["epochs_completed"] == 3
     assert len(metrics["history"]) == 3
 
@@ -168,14 +173,14 @@ def test_early_stopping_ends_the_run_when_validation_loss_stalls(tmp_path):
 def test_mixed_precision_on_cpu_is_a_logged_no_op(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="bigtrain.train"):
         run = prepare(config("train.mixed_precision=true"), tmp_path, SingleProcess())
-    assert not run.scaler.is_enabled()
+    assert not run.step.scaler.is_enabled()
     assert "mixed_precision: no GPU here" in caplog.text
 
 
 @pytest.mark.spark
 def test_the_seed_makes_a_run_reproducible(image_dataset, tmp_path):
     def weights(seed: int, out: str):
-        model = train(config(f"train.seed={seed}", "train.cnn.dropout=0.25"), data_url=str(image_dataset),
+        model = fit(config(f"train.seed={seed}", "train.cnn.dropout=0.25"), data_url=str(image_dataset),
                       output_dir=tmp_path / out, dist=SingleProcess()).model
         return torch.cat([p.detach().ravel() for p in model.parameters()])
 

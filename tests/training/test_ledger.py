@@ -13,7 +13,7 @@ from tests.training.inmemory import Wrapped, config, image_source
 from training import checkpoint
 from training.distributed import SingleProcess
 from training.ledger import LOADER_STAGES, TRAINER_STAGES, RankLedger, StageClock, describe, summary
-from training.loop import build_trainer
+from training.wiring import build_trainer
 
 
 def rank(r, *, wall, wait=0.0, collective=0.0, read=0.0, decode=0.0, handover=0.0, workers=2):
@@ -74,7 +74,7 @@ class Slow(Wrapped):
 
 def test_metrics_hold_each_epochs_ledger_adding_up_to_its_time(tmp_path):
     trainer = build_trainer(config("train.epochs=2"), Slow(image_source(), 0.01), tmp_path, SingleProcess("cpu"))
-    history = trainer.train().metrics["history"]
+    history = trainer.fit().metrics["history"]
     for record in history:
         (mine,) = record["ledger"]["ranks"]
         total = sum(mine["trainer_s"].values())
@@ -93,7 +93,7 @@ def test_a_stall_over_budget_warns_naming_the_rank(tmp_path, caplog):
     trainer = build_trainer(config("train.epochs=2", "train.max_data_stall=0.2"), Slow(image_source(), 0.05),
                             tmp_path, SingleProcess("cpu"))
     with caplog.at_level(logging.WARNING, logger="bigtrain.train"):
-        trainer.train()
+        trainer.fit()
     warnings = [r.getMessage() for r in caplog.records if "train.max_data_stall" in r.getMessage()]
     assert len(warnings) == 2 and warnings[0].startswith("epoch 1: rank 0 waited for data ")
 
@@ -103,7 +103,7 @@ def test_a_stall_over_budget_can_stop_the_run_resumably_with_exit_code_4(tmp_pat
                             Slow(image_source(), 0.05), tmp_path, SingleProcess("cpu"))
     with pytest.raises(StallBudgetError, match=r"epoch 1: rank 0 waited for data .* over train\.max_data_stall "
                                                r"20\.0%") as raised:
-        trainer.train()
+        trainer.fit()
     assert raised.value.exit_code == EXIT_STALL == 4
     point = checkpoint.load(checkpoint.latest_resume_point(tmp_path))
     assert point["progress"]["epoch"] == 1  # the epoch that went over budget is saved: a resume goes on from it

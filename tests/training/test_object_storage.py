@@ -14,7 +14,7 @@ from dataset.info import load_dataset_info
 from tests.conftest import REPO, subprocess_env
 from training.config import TrainConfig
 from training.distributed import SingleProcess
-from training.loop import train
+from training.wiring import fit
 from training.petastorm_source import PetastormSource
 from training.shards import plan_shard
 
@@ -57,7 +57,7 @@ def test_the_loader_reads_every_row_from_s3(s3_dataset, image_dataset):
 
 def test_training_reads_an_s3_dataset(s3_dataset, tmp_path):
     config = load_section("train", TrainConfig, overrides=["train.epochs=2", "train.progress_bar=never"])
-    metrics = train(config, data_url=s3_dataset, output_dir=tmp_path, dist=SingleProcess()).metrics
+    metrics = fit(config, data_url=s3_dataset, output_dir=tmp_path, dist=SingleProcess()).metrics
     assert metrics["dataset"] == s3_dataset and metrics["test_rows"] == load_dataset_info(s3_dataset).splits["test"].rows
 
 

@@ -19,7 +19,7 @@ from tests.training import inmemory
 from training import checkpoint
 from training.config import TrainConfig
 from training.distributed import SingleProcess
-from training.loop import build_trainer, train
+from training.wiring import build_trainer, fit
 
 IMAGES, TEXTS = inmemory.image_source(), inmemory.sequence_source()
 
@@ -31,7 +31,7 @@ def config(*overrides: str) -> TrainConfig:
 
 
 def train_in_memory(config: TrainConfig, source, output_dir):
-    return build_trainer(config, source, output_dir, SingleProcess()).train()
+    return build_trainer(config, source, output_dir, SingleProcess()).fit()
 
 
 def run_train_job(*args: str, **popen) -> subprocess.Popen:
@@ -142,7 +142,7 @@ def test_foreign_checkpoints_are_refused(tmp_path):
 
 @pytest.mark.spark
 def test_train_job_exits_1_naming_an_altered_checkpoint(image_dataset, tmp_path):
-    train(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
+    fit(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
     point = checkpoint.latest_resume_point(tmp_path)
     point.write_bytes(point.read_bytes() + b"x")
     job = run_train_job("--data", str(image_dataset), "--output", str(tmp_path), "--epochs", "2",
@@ -160,7 +160,7 @@ def test_resume_is_refused_once_the_dataset_has_a_new_snapshot_but_works_pinned_
     write_partition(src, "date=2026-11-27", 40)
     first = sequences(spark, src, ds)
     small = ["train.batch_size=8", "train.rnn.hidden=8", "train.rnn.embed_dim=8"]
-    trained = train(config(*small), data_url=str(ds), output_dir=out, dist=SingleProcess()).metrics
+    trained = fit(config(*small), data_url=str(ds), output_dir=out, dist=SingleProcess()).metrics
     assert trained["snapshot_id"] == first["snapshot"]
     assert checkpoint.load(out / "checkpoint.pt")["dataset"]["snapshot_id"] == first["snapshot"]
 
@@ -169,9 +169,9 @@ def test_resume_is_refused_once_the_dataset_has_a_new_snapshot_but_works_pinned_
     assert second["snapshot"] != first["snapshot"]
     with pytest.raises(CheckpointError, match=rf"snapshot {first['snapshot']} .* but --data is snapshot "
                                               rf"{second['snapshot']}"):
-        train(config(*small, "train.epochs=2"), data_url=str(ds), output_dir=out, dist=SingleProcess())
+        fit(config(*small, "train.epochs=2"), data_url=str(ds), output_dir=out, dist=SingleProcess())
     pinned = ds / "snapshots" / first["snapshot"]
-    resumed = train(config(*small, "train.epochs=2"), data_url=str(pinned), output_dir=out,
+    resumed = fit(config(*small, "train.epochs=2"), data_url=str(pinned), output_dir=out,
                     dist=SingleProcess()).metrics
     assert resumed["resumed_from"] and len(resumed["history"]) == 2
 
@@ -182,7 +182,7 @@ def test_two_runs_into_one_output_folder_are_refused(image_dataset, tmp_path):
 
     with hold(str(tmp_path / ".bigtrain-train.lock"), what="another training run"):
         with pytest.raises(LockHeld, match=f"training into {tmp_path} is already running"):
-            train(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
+            fit(config(), data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess())
         job = run_train_job("--data", str(image_dataset), "--output", str(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
         _, err = job.communicate(timeout=300)

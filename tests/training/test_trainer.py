@@ -25,14 +25,14 @@ from tests.training.inmemory import (
 )
 from training import checkpoint
 from training.distributed import SingleProcess
-from training.loop import build_trainer
+from training.wiring import build_trainer
 from training.shards import DataCoverageError, EpochCounter, plan_shard
 from training.sources import InMemorySource
 from training.trainer import Trainer
 
 
 def train(cfg, source, output_dir):
-    return build_trainer(cfg, source, output_dir, SingleProcess()).train()
+    return build_trainer(cfg, source, output_dir, SingleProcess()).fit()
 
 
 def test_training_in_memory_learns_and_writes_metrics_reports_and_a_checkpoint_that_loads(tmp_path):
@@ -77,7 +77,7 @@ def test_a_trainer_takes_its_own_model_and_optimizer(tmp_path):
     model = Pixels()
     trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=0.05), image_source(), SingleProcess(),
                       config("train.epochs=3"), tmp_path, model_name="pixels")
-    metrics = trainer.train().metrics
+    metrics = trainer.fit().metrics
     assert metrics["model"] == "pixels" and metrics["optimizer"] == "adam" and metrics["lr"] == 0.05
     assert metrics["test_accuracy"] >= 0.9
     assert checkpoint.load(tmp_path / "checkpoint.pt")["model"] == "pixels"

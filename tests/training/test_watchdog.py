@@ -14,7 +14,7 @@ from core.errors import EXIT_HUNG
 from tests.conftest import REPO, subprocess_env, tool
 from tests.training.inmemory import config, image_source
 from training.distributed import SingleProcess
-from training.loop import build_trainer
+from training.wiring import build_trainer
 from training.watchdog import Heartbeat, Watchdog, stuck_ranks
 
 BUDGET = 3  # seconds without progress before the watchdog fires
@@ -68,7 +68,7 @@ def test_a_hang_in_one_process_ends_with_hang_json_stacks_and_exit_5(tmp_path, m
     monkeypatch.setattr(logging.getLogger(), "handlers", [*logging.getLogger().handlers, broken])
     monkeypatch.setattr(logging, "raiseExceptions", False)
     started = time.monotonic()
-    trainer.train()  # the hook "sleeps" until the watchdog has exited, then training ends normally
+    trainer.fit()  # the hook "sleeps" until the watchdog has exited, then training ends normally
     assert exits == [EXIT_HUNG] and time.monotonic() - started < BUDGET + 30
     report = json.loads((tmp_path / "hang.json").read_text())
     assert report["stuck_ranks"] == [0] and report["exit_code"] == EXIT_HUNG

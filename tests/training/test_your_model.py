@@ -4,7 +4,6 @@ it, or refuse in one line when its code cannot be imported. The two new built-in
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ from tests.training.inmemory import config, sequence_source
 from training import checkpoint
 from training.api import fit, model_path
 from training.distributed import SingleProcess
-from training.loop import build_trainer
+from training.wiring import build_trainer
 
 MODEL = "tests.training.custom_model:build"
 TRAIN = str(REPO / "jobs" / "train.py")
@@ -28,7 +27,7 @@ def test_a_model_from_an_import_path_trains_and_its_checkpoint_rebuilds_it(tmp_p
     source = sequence_source()
     cfg = config("train.epochs=4", f"train.model={MODEL}", "train.model_config.width=12", "train.lr=0.02",
                  "train.loss=tests.training.custom_model:smoothed")
-    metrics = build_trainer(cfg, source, tmp_path, SingleProcess()).train().metrics
+    metrics = build_trainer(cfg, source, tmp_path, SingleProcess()).fit().metrics
     assert metrics["model"] == MODEL and metrics["optimizer"] == "adam"
     assert metrics["test_accuracy"] >= 0.9  # two token ranges: easy
     model, payload = checkpoint.load_model(tmp_path / "checkpoint.pt")
@@ -42,7 +41,7 @@ def test_a_model_from_an_import_path_trains_and_its_checkpoint_rebuilds_it(tmp_p
 
 
 def test_a_checkpoint_whose_model_cannot_be_imported_is_refused_in_one_line(tmp_path):
-    metrics = build_trainer(config(f"train.model={MODEL}"), sequence_source(), tmp_path, SingleProcess()).train().metrics
+    metrics = build_trainer(config(f"train.model={MODEL}"), sequence_source(), tmp_path, SingleProcess()).fit().metrics
     assert (metrics["optimizer"], metrics["lr"]) == ("adam", pytest.approx(0.001))  # a user's model: Adam's default
     payload = checkpoint.load(tmp_path / "checkpoint.pt")
     moved = checkpoint.save(tmp_path / "moved" / "checkpoint.pt", {**payload, "model": "tests.training.gone:build"})
@@ -50,7 +49,7 @@ def test_a_checkpoint_whose_model_cannot_be_imported_is_refused_in_one_line(tmp_
                                               r"cannot be rebuilt here: config key train\.model \(--model\): cannot "
                                               r"import tests\.training\.gone"):
         checkpoint.load_model(moved)
-    from jobs import predict
+    from inference import batch as predict
 
     with pytest.raises(UsageError, match=r"--checkpoint: checkpoint .* cannot be rebuilt here"):
         predict.load_checkpoint(str(moved), trusted=["tests.training.gone:build"])
@@ -67,7 +66,7 @@ def test_a_collate_function_shapes_the_inputs_in_training_and_after_loading(tmp_
     source = sequence_source()
     cfg = config("train.epochs=3", "train.lr=0.05", "train.model=tests.training.custom_model:bag_model",
                  "train.collate=tests.training.custom_model:counts")
-    metrics = build_trainer(cfg, source, tmp_path, SingleProcess()).train().metrics
+    metrics = build_trainer(cfg, source, tmp_path, SingleProcess()).fit().metrics
     assert metrics["test_accuracy"] >= 0.9 and metrics["parameters"] == 4096 * 2 + 2  # the linear model over counts
     model, payload = checkpoint.load_model(tmp_path / "checkpoint.pt")
     assert isinstance(model, Collated) and isinstance(model.model, torch.nn.Linear)
@@ -79,11 +78,11 @@ def test_a_collate_function_shapes_the_inputs_in_training_and_after_loading(tmp_
 
 
 def test_resuming_with_another_model_config_is_refused(tmp_path):
-    build_trainer(config(f"train.model={MODEL}"), sequence_source(), tmp_path, SingleProcess()).train()
+    build_trainer(config(f"train.model={MODEL}"), sequence_source(), tmp_path, SingleProcess()).fit()
     with pytest.raises(CheckpointError, match=r"was trained with train\.model_config=\{\}, this run has "
                                               r"\{'width': 8\}"):
         build_trainer(config(f"train.model={MODEL}", "train.model_config.width=8", "train.epochs=2"),
-                      sequence_source(), tmp_path, SingleProcess()).train()
+                      sequence_source(), tmp_path, SingleProcess()).fit()
 
 
 def test_model_path_of_a_factory_and_of_what_has_none():
@@ -114,15 +113,15 @@ def test_predict_scores_as_the_trainer_did_with_a_collate_function(spark, text_d
     from core.config import load_section
     from core.paths import to_url
     from dataset.info import load_dataset_info
-    from jobs import predict as job
+    from inference import batch
 
     metrics = fit(str(text_dataset), tmp_path / "model", model="tests.training.custom_model:bag_model",
                   collate="tests.training.custom_model:counts", epochs=2, lr=0.05, batch_size=16,
                   loader_workers=0, progress_bar="never", backend="single").metrics
     info = load_dataset_info(str(text_dataset))
-    job.predict(spark, model=job.load_checkpoint(str(tmp_path / "model"), trusted=[
+    batch.predict(spark, model=batch.load_checkpoint(str(tmp_path / "model"), trusted=[
                     "tests.training.custom_model:bag_model", "tests.training.custom_model:counts"]), data=info,
-                output_url=to_url(str(tmp_path / "scored")), config=load_section("predict", job.PredictConfig))
+                output_url=to_url(str(tmp_path / "scored")), config=load_section("predict", batch.PredictConfig))
     import pandas as pd
 
     scored = pd.read_parquet(tmp_path / "scored")
@@ -164,12 +163,12 @@ def test_your_model_under_horovodrun_and_torchrun_resumes_and_predicts(spark, te
 
     from core.paths import to_url
     from dataset.info import load_dataset_info
-    from jobs import predict as job
+    from inference import batch
     from core.config import load_section
 
-    config = load_section("predict", job.PredictConfig, flags={"batch_size": 16})
+    config = load_section("predict", batch.PredictConfig, flags={"batch_size": 16})
     info = load_dataset_info(str(text_dataset))
-    summary = job.predict(spark, model=job.load_checkpoint(str(tmp_path / "hvd"), trusted=[MODEL]), data=info,
+    summary = batch.predict(spark, model=batch.load_checkpoint(str(tmp_path / "hvd"), trusted=[MODEL]), data=info,
                           output_url=to_url(str(tmp_path / "scored")), config=config)
     assert summary["scored"] == info.splits["test"].rows and summary["unusable"] == 0
     model, _ = checkpoint.load_model(tmp_path / "hvd" / "checkpoint.pt")

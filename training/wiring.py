@@ -1,9 +1,8 @@
-"""Training on a bigtrain dataset: the wiring from a dataset URL to a ``training.trainer.Trainer``'s parts.
-
-``train`` opens the dataset (``PetastormSource``), builds the model the config names for it, seeded, and its
-optimizer (``build_trainer``), and runs the trainer. jobs/train.py and the Spark launcher call it on every rank;
-tests and notebooks that hold their data in memory build a Trainer from ``training.sources.InMemorySource``
-(``build_trainer`` takes either source).
+"""The wiring from a dataset URL to a ``training.trainer.Trainer``: ``fit`` opens the dataset (``PetastormSource``),
+builds the model the config names for it, seeded, and its optimizer (``build_trainer``), and fits the trainer.
+jobs/train.py, the Spark launcher and ``training.api.fit`` call it on every rank; tests and notebooks that hold
+their data in memory build a Trainer from ``training.sources.InMemorySource`` (``build_trainer`` takes either
+source).
 """
 from __future__ import annotations
 
@@ -13,18 +12,19 @@ from pathlib import Path
 import torch
 
 from training.config import TrainConfig
-from training.distributed import set_threads
+from training.distributed import Backend, set_threads
 from training.models import build_model, default_optimizer, resolve_model_name
 from training.petastorm_source import PetastormSource
 from training.sources import BatchSource, check_classes
-from training.trainer import CHECKPOINT_FILE, METRICS_FILE, Trainer, TrainResult
+from training.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_FILE", "METRICS_FILE", "TrainResult", "build_trainer", "make_optimizer", "train"]
+__all__ = ["TrainResult", "build_trainer", "fit", "make_optimizer"]
 
 
-def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist, elastic: bool = False) -> TrainResult:
+def fit(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist: Backend,
+        elastic: bool = False) -> TrainResult:
     """Train on ``data_url``'s train split, validate every epoch, evaluate on test; returns the metrics and the
     trained model. Rank 0 writes checkpoints, ``metrics.json``, ``metrics.jsonl``, TensorBoard events and the
     evaluation report into ``output_dir``."""
@@ -34,12 +34,12 @@ def train(config: TrainConfig, *, data_url: str, output_dir: str | Path, dist, e
     source = PetastormSource.open(data_url, config, pin_memory=dist.device.type == "cuda",
                                   local_ranks=dist.local_size)
     try:
-        return build_trainer(config, source, output_dir, dist).train(elastic=elastic)
+        return build_trainer(config, source, output_dir, dist).fit(elastic=elastic)
     finally:
         source.close()  # the loader's worker processes
 
 
-def build_trainer(config: TrainConfig, batches: BatchSource, output_dir: str | Path, dist) -> Trainer:
+def build_trainer(config: TrainConfig, batches: BatchSource, output_dir: str | Path, dist: Backend) -> Trainer:
     """A Trainer with the model ``config.model`` names for the data (``auto``: its kind's), initialised from
     ``config.seed``, and the optimizer, learning rate and weight decay the config names (``auto``/null: the model's
     defaults). Data of a single class is refused first (``check_classes``)."""

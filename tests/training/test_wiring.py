@@ -1,4 +1,5 @@
-"""The training loop in one process (a world of one): it learns, evaluates every test row, and saves safely."""
+"""Training from a dataset URL in one process (``training.wiring.fit``, a world of one): it learns, evaluates
+every test row, and saves safely."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import torch
 from core.config import load_section
 from training.config import TrainConfig
 from training.distributed import SingleProcess
-from training.loop import train
+from training.wiring import fit
 
 pytestmark = pytest.mark.spark
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.spark
 def test_training_learns_and_writes_metrics_and_a_safe_checkpoint(image_dataset, tmp_path):
     config = load_section("train", TrainConfig, overrides=["train.epochs=6", "train.batch_size=16", "train.lr=0.05",
                                                           "train.progress_bar=never"])
-    metrics = train(config, data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess()).metrics
+    metrics = fit(config, data_url=str(image_dataset), output_dir=tmp_path, dist=SingleProcess()).metrics
     meta = json.loads((image_dataset / "metadata.json").read_text())
     history = metrics["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -50,20 +51,20 @@ def test_an_empty_train_split_is_refused(image_dataset, tmp_path):
     copy = without_split(image_dataset, tmp_path, "train")
     config = load_section("train", TrainConfig, overrides=["train.epochs=1"])
     with pytest.raises(DatasetError, match="train is empty"):
-        train(config, data_url=str(copy), output_dir=tmp_path / "out", dist=SingleProcess())
+        fit(config, data_url=str(copy), output_dir=tmp_path / "out", dist=SingleProcess())
 
 
 def test_an_empty_test_split_gives_null_test_metrics_not_zero(image_dataset, tmp_path):
     copy = without_split(image_dataset, tmp_path, "test")
     config = load_section("train", TrainConfig, overrides=["train.epochs=1", "train.progress_bar=never"])
-    metrics = train(config, data_url=str(copy), output_dir=tmp_path / "out", dist=SingleProcess()).metrics
+    metrics = fit(config, data_url=str(copy), output_dir=tmp_path / "out", dist=SingleProcess()).metrics
     assert metrics["test_rows"] == 0 and metrics["test_accuracy"] is None and metrics["test_loss"] is None
 
 
 def test_sequence_training_learns_with_the_default_fasttext(text_dataset, tmp_path):
     config = load_section("train", TrainConfig, overrides=["train.epochs=4", "train.batch_size=16",
                                                           "train.progress_bar=never"])
-    metrics = train(config, data_url=str(text_dataset), output_dir=tmp_path, dist=SingleProcess()).metrics
+    metrics = fit(config, data_url=str(text_dataset), output_dir=tmp_path, dist=SingleProcess()).metrics
     assert metrics["model"] == "fasttext" and metrics["optimizer"] == "adam"
     assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
     meta = json.loads((text_dataset / "metadata.json").read_text())
