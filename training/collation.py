@@ -12,6 +12,7 @@ import numpy as np
 
 from core.errors import DatasetError
 from dataset.manifest import DatasetSpec
+from dataset.rows import IMAGE, LABEL, SAMPLE_ID, SEQUENCE, rows_of
 
 
 @dataclass(frozen=True)
@@ -189,14 +190,16 @@ class Task:
 
     def prepare(self, columns: dict[str, Any]) -> Prepared:
         """A window's columns (pyarrow arrays or numpy) -> ``Prepared``."""
-        labels, ids = np.asarray(columns["label"], dtype=np.int64), np.asarray(columns["sample_id"], dtype=np.int64)
-        if self.kind == "image":
-            column = Binary.of(columns["image"])
+        labels, ids = np.asarray(columns[LABEL], dtype=np.int64), np.asarray(columns[SAMPLE_ID], dtype=np.int64)
+        if self.kind == IMAGE.kind:
+            (image,) = IMAGE.features
+            column = Binary.of(columns[image])
             if self.codec == "raw":
                 return Prepared(labels, ids, pixels=_npy_pixels(column))
             return Prepared(labels, ids, encoded=column)
-        return Prepared(labels, ids, lengths=np.asarray(columns["length"], dtype=np.int64),
-                        encoded=Binary.of(columns["tokens"]))
+        tokens, length = SEQUENCE.features
+        return Prepared(labels, ids, lengths=np.asarray(columns[length], dtype=np.int64),
+                        encoded=Binary.of(columns[tokens]))
 
     def collate(self, prepared: Prepared, index: np.ndarray):
         """Rows ``index`` of a prepared window -> (model inputs, labels int64 (B,), sample ids int64 (B,))."""
@@ -267,10 +270,9 @@ class Task:
 def task_for(dataset: DatasetSpec, *, length_bucketing: bool = True) -> Task:
     """Images arrive as their stored bytes (decoded a batch at a time in the loader's workers); sequences as compact
     ids with their lengths, batched by similar length when ``length_bucketing``."""
-    if dataset.kind == "image":
-        return Task("image", ("image", "label", "sample_id"), codec=dataset.image.codec)
-    if dataset.kind == "sequence":
-        return Task("sequence", ("tokens", "length", "label", "sample_id"), token_dtype=dataset.sequence.token_dtype,
-                    bucket_by_length=length_bucketing, host_inputs=(1,))
-    raise DatasetError(f"dataset kind {dataset.kind!r} is not image or sequence")
+    rows = rows_of(dataset.kind)  # a DatasetError naming a kind bigtrain does not have
+    if rows is IMAGE:
+        return Task(rows.kind, rows.read, codec=dataset.image.codec)
+    return Task(rows.kind, rows.read, token_dtype=dataset.sequence.token_dtype, bucket_by_length=length_bucketing,
+                host_inputs=(1,))
 
