@@ -11,12 +11,26 @@ OUR_LOGGERS = ("bigtrain", "core", "dataset", "pipelines", "training", "inferenc
                "benchmarks")
 
 
+class CurrentStderr(logging.StreamHandler):
+    """A handler writing to ``sys.stderr`` as it is when a line is logged, not as it was at setup: a test runner,
+    a notebook or a job's own redirection may swap it, and a handler holding the old one would write to a closed
+    stream ("--- Logging error ---")."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass  # always the current sys.stderr
+
+
 def setup_logging(*, quiet: bool = False, rank: int = 0) -> None:
     """INFO on rank 0, WARNING elsewhere (and everywhere with ``quiet``); other ranks' lines carry their rank."""
     level = logging.WARNING if (quiet or rank != 0) else logging.INFO
     prefix = "" if rank == 0 else f"[rank {rank}] "
     # Libraries log at WARNING; bigtrain's own loggers at `level` (py4j reports its retried connections at INFO).
-    logging.basicConfig(level=logging.WARNING, format=prefix + LOG_FORMAT, stream=sys.stderr, force=True)
+    logging.basicConfig(level=logging.WARNING, format=prefix + LOG_FORMAT, handlers=[CurrentStderr()], force=True)
     for ours in OUR_LOGGERS:
         logging.getLogger(ours).setLevel(level)
     # petastorm 0.13 uses pyarrow's legacy dataset API (docs/stack.md: the previous stack pins pyarrow 14 for it); its deprecation

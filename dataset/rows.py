@@ -7,6 +7,7 @@ reads and collates them (``training.collation.task_for``), and batch prediction 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from core.errors import DatasetError
@@ -14,6 +15,7 @@ from core.errors import DatasetError
 SAMPLE_ID = "sample_id"  # a stable hash of where the row came from (pipelines.splits.with_sample_id)
 LABEL = "label"          # the class index (int32) of the manifest's class_to_index
 REASON = "reason"        # a rejected record's "category: detail"
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: "²" and "--5" are names, not numbers
 
 
 @dataclass(frozen=True)
@@ -51,3 +53,10 @@ def rows_of(kind: str) -> Rows:
         return KINDS[kind]
     except KeyError:
         raise DatasetError(f"dataset kind {kind!r} is not one of {', '.join(KINDS)}") from None
+
+
+def is_integer_name(name: str) -> bool:
+    """Whether a class name is an integer label (``3``, ``-1``), whatever format it came in: a JSON or Parquet
+    number, a JSON string, a CSV cell, a folder name. Label kinds must not mix (``pipelines.labels``); a model whose
+    classes are all integers predicts integers (``inference.columns``)."""
+    return _INTEGER.fullmatch(name) is not None

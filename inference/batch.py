@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, Collection, Literal
 
 from core import atomic
-from core.config import read_defaults, require
+from core.config import require
 from core.errors import CheckpointError, DatasetError, RejectBudgetError, UsageError
 from core.locking import hold
 from core.logs import with_article
 from core.paths import join, local_path
 from dataset import layout
-from pipelines import inputs
+from inference import columns, raw_inputs
 
 log = logging.getLogger("bigtrain.predict")
 SUMMARY_FILE = "_predict.json"  # a leading "_": Spark, pyarrow and pandas readers of the Parquet folder skip it
@@ -43,6 +43,9 @@ class PredictConfig:
     format: Literal["auto", "jsonl", "csv", "parquet"]
     batch_size: int
     threads_per_task: int
+    text_field: str = ""          # raw texts: "" = the checkpoint's preprocessing text_field
+    label_field: str = ""         # raw texts: "" = the checkpoint's preprocessing label_field (optional per record)
+    keep_columns: list[str] = field(default_factory=list)  # raw texts: input columns copied to the output
     spark_conf: dict[str, str] = field(default_factory=dict)
 
     def validate(self, prefix: str) -> None:
@@ -135,34 +138,12 @@ def check_output(output_url: str, flag_value: str) -> None:
                          f"{SUMMARY_FILE}): refusing to replace them; give a new or empty folder")
 
 
-def _preprocess(payload: dict[str, Any], checkpoint_path: Path, *keys: str) -> list[Any]:
-    settings = payload["dataset"].get("preprocess")
-    if not settings:
-        raise UsageError(f"checkpoint {checkpoint_path} does not record how its data was preprocessed, so raw inputs "
-                         "cannot be prepared the same way: preprocess them and score the dataset with --data")
-    missing = [k for k in keys if k not in settings]
-    if missing:
-        raise UsageError(f"checkpoint {checkpoint_path}: its preprocessing config has no key {missing[0]!r}")
-    return [settings[k] for k in keys]
-
-
-def _limit(payload: dict[str, Any], section: str, key: str) -> int:
-    """A size limit of the checkpoint's preprocessing (raw inputs larger are unusable, never read whole)."""
-    return int(_setting(payload, section, key))
-
-
-def _setting(payload: dict[str, Any], section: str, key: str) -> Any:
-    """A setting of the checkpoint's preprocessing; for a checkpoint older than the setting, the committed default
-    of that preprocessing section."""
-    settings = payload["dataset"].get("preprocess") or {}
-    return settings[key] if key in settings else read_defaults()[section][key]
-
-
 def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data, input_url: str | None,
-                 config: PredictConfig):
-    """(rows to score, inputs read, the codec or token dtype the rows are in)."""
+                 config: PredictConfig, keep: tuple[str, ...] = ()):
+    """(rows to score, inputs read, the codec or token dtype the rows are in); raw texts with the ``keep``
+    columns."""
     from inference import predict
-    from pipelines import images, reading
+    from pipelines import reading
 
     kind = payload["dataset"]["kind"]
     if data is not None:
@@ -177,45 +158,9 @@ def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data,
         encoding = data.manifest.image.codec if kind == "image" else data.manifest.sequence.token_dtype
         return rows, sum(data.splits[n].rows for n in names), encoding
     if kind == "image":
-        size, channels, codec, max_pixels, min_side, ratio = _preprocess(
-            payload, checkpoint_path, "image_size", "channels", "codec", "max_pixels", "min_side", "max_aspect_ratio")
-        params = images.DecodeParams(image_size=size, channels=channels, codec=predict.raw_image_codec(codec),
-                                     max_pixels=max_pixels, min_side=min_side, max_aspect_ratio=ratio,
-                                     max_file_bytes=_limit(payload, "preprocess_images", "max_file_bytes"))
-        listing = inputs.list_files(input_url, follow_links=bool(_setting(payload, "preprocess_images", "follow_links")))
-        files = reading.files_frame(spark, listing.entries)
-        return predict.raw_images(files, root_url=input_url, params=params), len(listing.entries), params.codec
-    return _text_rows(spark, checkpoint_path=checkpoint_path, payload=payload, input_url=input_url, config=config)
-
-
-def _text_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], input_url: str, config: PredictConfig):
-    from inference import predict
-    from pipelines import reading, text
-
-    (text_field, label_field, tokens_field, tokenizer, lowercase, max_length) = _preprocess(
-        payload, checkpoint_path, "text_field", "label_field", "tokens_field", "tokenizer", "lowercase", "max_length")
-    try:
-        fmt = reading.detect_format(input_url, config.format)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UsageError(f"--input {input_url}: {exc}") from None
-    vocabulary = payload["dataset"].get("vocabulary")
-    if not vocabulary:
-        raise UsageError(f"checkpoint {checkpoint_path} holds no vocabulary: raw texts cannot be mapped to its ids")
-    # Read exactly as preprocess-sequences reads (same file:line sources); Parquet inputs need no label column.
-    listing = inputs.list_files(input_url, follow_links=bool(_setting(payload, "preprocess_sequences", "follow_links")))
-    params = text.ParseParams(fmt=fmt, text_field=text_field, label_field=label_field,
-                              tokens_field=tokens_field or None, tokenizer=tokenizer, lowercase=lowercase)
-    dtype = text.token_dtype(len(vocabulary))
-    try:
-        entries = inputs.capped(listing.entries, _limit(payload, "preprocess_sequences", "max_file_bytes"),
-                                "max_file_bytes")
-        rows = predict.raw_texts(spark, entries, fmt=fmt, fields=[tokens_field or text_field],
-                                 max_record_bytes=_limit(payload, "preprocess_sequences", "max_record_bytes"),
-                                 params=params, vocabulary=spark.sparkContext.broadcast(vocabulary),
-                                 max_length=max_length, dtype=dtype)
-    except reading.MissingColumnError as exc:
-        raise UsageError(str(exc)) from None
-    return rows, rows.count(), dtype
+        return raw_inputs.image_rows(spark, checkpoint_path=checkpoint_path, payload=payload, input_url=input_url)
+    return raw_inputs.text_rows(spark, checkpoint_path=checkpoint_path, payload=payload, input_url=input_url,
+                                config=config, keep=keep)
 
 
 def predict(spark, *, model, output_url: str, data=None, input_url: str | None = None,
@@ -226,17 +171,21 @@ def predict(spark, *, model, output_url: str, data=None, input_url: str | None =
     from inference import predict as transforms
 
     kind, payload = model.payload["dataset"]["kind"], model.payload
+    keep = columns.check_text_options(config, kind=kind, dataset=data is not None)
     rows, inputs_read, encoding = scoring_rows(spark, checkpoint_path=model.path, payload=payload, data=data,
-                                               input_url=input_url, config=config)
+                                               input_url=input_url, config=config, keep=keep)
     source = transforms.ModelSource(
         checkpoint=spark.sparkContext.broadcast((model.data, model.sidecar)),  # the bytes verified, not a re-read
         sha256=transforms.checkpoint_digest(model.data), kind=kind, classes=tuple(payload["classes"]),
         codec=encoding if kind == "image" else None, token_dtype=encoding if kind == "sequence" else None)
     log.info("scoring %s with %s (%s, %d classes) -> %s", data.url if data else input_url, model.path,
              payload["model"], len(payload["classes"]), output_url)
-    scored = transforms.score(rows, source=source, batch_size=config.batch_size, threads=config.threads_per_task)
+    scored = transforms.score(rows, source=source, batch_size=config.batch_size, threads=config.threads_per_task,
+                              keep=keep)
     about = {"checkpoint": str(model.path), "checkpoint_sha256": source.sha256, "classes": list(payload["classes"]),
-             "input": data.url if data else input_url, "split": config.split if data else None}
+             "class_type": "integer" if columns.integer_classes(source.classes) else "string",
+             "input": data.url if data else input_url, "split": config.split if data else None,
+             "keep_columns": list(keep)}
     return publish(spark, scored, output_url=output_url, inputs_read=inputs_read, about=about)
 
 
@@ -257,13 +206,14 @@ def publish(spark, scored, *, output_url: str, inputs_read: int, about: dict[str
         # folder's is, so that no reader of the output's parent ever takes it for data.
         parts = [join(staging_url, p.rsplit("/", 1)[-1]) for p in fs.ls(staging, detail=False) if p.endswith(".parquet")]
         stats = (spark.read.schema(scored.schema).parquet(*parts)
-                 .groupBy(F.substring_index("reason", ":", 1).alias("category"), "predicted_class").count().collect()
+                 .groupBy(F.substring_index("reason", ":", 1).alias("category"), "predicted_class")
+                 .agg(F.count(F.lit(1)).alias("count"), F.min("reason").alias("example")).collect()
                  if parts else [])
         summary = {**summarise(stats, inputs_read=inputs_read, output_url=output_url), **about}
         if summary["inputs_read"] and not summary["scored"]:
-            reasons = ", ".join(f"{r} ({n})" for r, n in summary["unusable_by_reason"].items())
-            raise RejectBudgetError(f"none of the {summary['inputs_read']} inputs could be scored ({reasons}): wrong "
-                                    f"--input for this model? Nothing written to {output_url}")
+            raise RejectBudgetError(f"none of the {summary['inputs_read']} inputs could be scored "
+                                    f"({_reasons(summary)}): wrong --input for this model{_field_hint(summary)}? "
+                                    f"Nothing written to {output_url}")
         _write_summary(staging_url, summary)
         atomic.replace_folder(fs, staging, target, aside=ASIDE)
     finally:
@@ -272,14 +222,28 @@ def publish(spark, scored, *, output_url: str, inputs_read: int, about: dict[str
     return summary
 
 
+def _reasons(summary: dict[str, Any]) -> str:
+    """The unusable inputs by category, each with one full reason, which names the field, file or limit."""
+    examples = summary["unusable_examples"]
+    return ", ".join(f"{r} ({n}, e.g. {examples[r][:200]!r})" for r, n in summary["unusable_by_reason"].items())
+
+
+def _field_hint(summary: dict[str, Any]) -> str:
+    return (", or are its fields named otherwise (--text-field, --label-field)"
+            if "missing field" in summary["unusable_by_reason"] else "")
+
+
 def summarise(stats: list, *, inputs_read: int, output_url: str) -> dict[str, Any]:
-    """Counts by outcome; inputs read must equal rows written (scored + unusable), or the job fails."""
+    """Counts by outcome, and the smallest reason of each unusable category (``unusable_examples``); inputs read
+    must equal rows written (scored + unusable), or the job fails."""
     scored = sum(r["count"] for r in stats if r["category"] is None)
     unusable: dict[str, int] = {}
+    examples: dict[str, str] = {}
     predicted: dict[str, int] = {}
     for r in stats:
         if r["category"] is not None:
             unusable[r["category"]] = unusable.get(r["category"], 0) + r["count"]
+            examples[r["category"]] = min(examples.get(r["category"], r["example"]), r["example"])
         else:
             predicted[r["predicted_class"]] = predicted.get(r["predicted_class"], 0) + r["count"]
     written = scored + sum(unusable.values())
@@ -287,6 +251,7 @@ def summarise(stats: list, *, inputs_read: int, output_url: str) -> dict[str, An
         raise PredictionCountError(f"{output_url}: {inputs_read} inputs read but {written} predictions written")
     return {"inputs_read": inputs_read, "scored": scored, "unusable": sum(unusable.values()),
             "unusable_by_reason": dict(sorted(unusable.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "unusable_examples": dict(sorted(examples.items())),
             "predicted": dict(sorted(predicted.items(), key=lambda kv: (-kv[1], str(kv[0])))), "output": output_url}
 
 

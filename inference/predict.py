@@ -7,7 +7,9 @@ with the dataset's codec, or token ids as bytes), usable or not; ``score`` turns
 Raw inputs go through the preprocessing jobs' own functions (``pipelines.images.image_encoder``, which decodes with
 ``to_array``; ``pipelines.text.parse_record``, the label optional, and ``encode_ids``) with the checkpoint's copy of
 the preprocessing config and vocabulary, and through the training loader's collate functions, so a model sees at
-prediction what it saw in training.
+prediction what it saw in training. Raw texts may carry columns of the input through to the output (``keep``, one
+string column each, after the scoring columns), and the class columns are typed as the training labels were
+(``inference.columns``).
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from dataset.rows import LABEL, SAMPLE_ID, rows_of
-from pipelines import images, reading, text
+from inference import columns, raw_inputs
+from pipelines import images, text
 from training.collation import ImageDecoder, image_inputs, sequence_inputs
 
 log = logging.getLogger(__name__)
@@ -37,13 +40,27 @@ SCORING_SCHEMA = T.StructType([
     T.StructField("length", T.IntegerType(), True),     # tokens in ``features`` (sequences)
     T.StructField("reason", T.StringType(), True),      # why the input cannot be scored; null when usable
 ])
-PREDICTION_SCHEMA = T.StructType([f for f in SCORING_SCHEMA.fields if f.name not in ("features", "length", "reason")] + [
-    T.StructField("predicted_index", T.IntegerType(), True),
-    T.StructField("predicted_class", T.StringType(), True),
-    T.StructField("top_probability", T.DoubleType(), True),
-    T.StructField("probabilities", T.ArrayType(T.FloatType()), True),  # in the order of the checkpoint's classes
-    T.StructField("reason", T.StringType(), True),
-])
+
+
+def prediction_schema(classes: tuple[str, ...] | list[str], keep: tuple[str, ...] = ()) -> T.StructType:
+    """The output: one row per input. ``label``, ``predicted_class`` and the keys of ``probability_by_class`` are
+    of the checkpoint's class type (``columns.class_type``: integers when every class is one); the ``keep`` input
+    columns come last, as strings."""
+    typed = columns.class_type(classes)
+    return T.StructType([
+        *[f for f in SCORING_SCHEMA.fields if f.name in ("id", "source", "split")],
+        T.StructField("label", typed, True),
+        T.StructField("predicted_index", T.IntegerType(), True),
+        T.StructField("predicted_class", typed, True),
+        T.StructField("top_probability", T.DoubleType(), True),
+        T.StructField("probabilities", T.ArrayType(T.FloatType()), True),  # in the order of the checkpoint's classes
+        T.StructField("reason", T.StringType(), True),
+        T.StructField("probability_by_class", T.MapType(typed, T.FloatType()), True),  # class -> probability
+        *[T.StructField(name, T.StringType(), True) for name in keep],
+    ])
+
+
+PREDICTION_SCHEMA = prediction_schema(())  # classes named by text (no checkpoint yet), no kept columns
 
 
 @dataclass(frozen=True)
@@ -103,9 +120,14 @@ def dataset_rows(split_df: DataFrame, *, split: str, kind: str, classes: list[st
                            length.alias("length"), F.lit(None).cast("string").alias("reason"))
 
 
-def _with_id(df: DataFrame) -> DataFrame:
+def _with_id(df: DataFrame, keep: tuple[str, ...] = ()) -> DataFrame:
     """The id preprocessing gives the same record (``pipelines.splits.with_sample_id`` hashes relpath or source)."""
-    return df.withColumn("id", F.xxhash64("source")).select(*SCORING_SCHEMA.names)
+    return df.withColumn("id", F.xxhash64("source")).select(*_cols(*SCORING_SCHEMA.names, *keep))
+
+
+def _cols(*names: str) -> list:
+    """Columns by their exact names: an input column ``meta.id`` is a name, not a field of a struct."""
+    return [F.col("`" + name.replace("`", "``") + "`") for name in names]
 
 
 def raw_image_codec(codec: str) -> str:
@@ -142,11 +164,13 @@ def raw_images(files: DataFrame, *, root_url: str, params: images.DecodeParams) 
 
 
 def prepare_text_batch(batch: pd.DataFrame, *, params: text.ParseParams, vocabulary: list[str], max_length: int,
-                       dtype: str) -> pd.DataFrame:
-    """RECORD_SCHEMA rows (``pipelines.text``) -> SCORING_SCHEMA rows (no id yet); never raises per record."""
+                       dtype: str, keep: tuple[str, ...] = ()) -> pd.DataFrame:
+    """RECORD_SCHEMA rows (``pipelines.text``) -> SCORING_SCHEMA rows (no id yet), then the ``keep`` columns of
+    each record (``columns.kept_values``); never raises per record."""
     index = {token: i for i, token in enumerate(vocabulary)}
     header_of = text.csv_header()
     out: dict[str, list] = {name: [] for name in SCORING_SCHEMA.names if name != "id"}
+    kept: list[list] = []
     for source, raw, broken, header in zip(batch["source"], batch["raw"], text.broken_of(batch),
                                            text.headers_of(batch)):
         label = features = length = None
@@ -158,24 +182,32 @@ def prepare_text_batch(batch: pd.DataFrame, *, params: text.ParseParams, vocabul
             features, length = text.encode_ids(parsed.tokens, index, max_length, dtype)
         for name, value in zip(out, (source, None, label, features, length, reason)):
             out[name].append(value)
+        if keep:
+            kept.append(columns.kept_values(raw, fmt=params.fmt, header=header_of(header), names=keep))
     frame = pd.DataFrame(out, columns=list(out), dtype=object)  # None stays None under pandas 3
     frame["length"] = pd.array(frame["length"], dtype="Int32")
+    for i, name in enumerate(keep):
+        frame[name] = pd.Series([values[i] for values in kept], index=frame.index, dtype=object)
     return frame
 
 
 def raw_texts(spark, entries: list, *, fmt: str, fields: list[str], max_record_bytes: int | None,
-              params: text.ParseParams, vocabulary, max_length: int, dtype: str) -> DataFrame:
+              params: text.ParseParams, vocabulary, max_length: int, dtype: str, optional: tuple[str, ...] = (),
+              keep: tuple[str, ...] = ()) -> DataFrame:
     """The records of the listed files ``entries``, read as ``preprocess-sequences`` reads them
-    (``pipelines.reading.read_records``) and prepared in the same worker -> SCORING_SCHEMA. ``vocabulary`` is a
-    list of tokens in id order or a Spark Broadcast of one."""
-    schema = T.StructType([f for f in SCORING_SCHEMA.fields if f.name != "id"])
+    (``inference.raw_inputs.read_records``: Parquet files with the ``optional`` columns each has) and prepared in the
+    same worker -> SCORING_SCHEMA and the ``keep`` columns. ``vocabulary`` is a list of tokens in id order or a
+    Spark Broadcast of one."""
+    schema = T.StructType([f for f in SCORING_SCHEMA.fields if f.name != "id"]
+                          + [T.StructField(name, T.StringType(), True) for name in keep])
 
     def prepare(batch: pd.DataFrame) -> pd.DataFrame:
         words = vocabulary.value if hasattr(vocabulary, "value") else vocabulary
-        return prepare_text_batch(batch, params=params, vocabulary=words, max_length=max_length, dtype=dtype)
+        return prepare_text_batch(batch, params=params, vocabulary=words, max_length=max_length, dtype=dtype,
+                                  keep=keep)
 
-    return _with_id(reading.read_records(spark, entries, fmt=fmt, fields=fields, max_record_bytes=max_record_bytes,
-                                         prepare=prepare, schema=schema))
+    return _with_id(raw_inputs.read_records(spark, entries, fmt=fmt, fields=fields, optional=optional,
+                                         max_record_bytes=max_record_bytes, prepare=prepare, schema=schema), keep)
 
 
 def _model_inputs(features: list[bytes], lengths: list[int], source: ModelSource, decoder):
@@ -185,8 +217,10 @@ def _model_inputs(features: list[bytes], lengths: list[int], source: ModelSource
     return sequence_inputs(features, np.asarray(lengths, dtype=np.int64), dtype=source.token_dtype)
 
 
-def score_batch(batch: pd.DataFrame, *, model, source: ModelSource, batch_size: int) -> pd.DataFrame:
-    """SCORING_SCHEMA rows -> PREDICTION_SCHEMA rows, the usable ones through ``model`` ``batch_size`` at a time."""
+def score_batch(batch: pd.DataFrame, *, model, source: ModelSource, batch_size: int,
+                keep: tuple[str, ...] = ()) -> pd.DataFrame:
+    """SCORING_SCHEMA rows (and the ``keep`` columns) -> ``prediction_schema`` rows, the usable ones through
+    ``model`` ``batch_size`` at a time."""
     import torch
 
     n = len(batch)
@@ -206,22 +240,40 @@ def score_batch(batch: pd.DataFrame, *, model, source: ModelSource, batch_size: 
             top[rows] = probs.max(axis=1)
             for i, p in zip(rows, probs):
                 probabilities[i] = p
+    return _predictions(batch, index, top, probabilities, source.classes, keep)
+
+
+def _predictions(batch: pd.DataFrame, index: np.ndarray, top: np.ndarray, probabilities: list, classes,
+                 keep: tuple[str, ...]) -> pd.DataFrame:
+    """The output rows of a scored batch (``index`` -1 where unscored), class names in the output's class type."""
+    integer = columns.integer_classes(classes)
+    names = [columns.as_class(name, integer) for name in classes]
     scored = index >= 0
-    classes = source.classes
-    return pd.DataFrame({
-        "id": batch["id"], "source": batch["source"], "split": batch["split"], "label": batch["label"],
+
+    def typed(values: list) -> Any:
+        return pd.array(values, dtype="Int64") if integer else pd.Series(values, index=batch.index, dtype=object)
+
+    frame = pd.DataFrame({
+        "id": batch["id"], "source": batch["source"], "split": batch["split"],
+        "label": typed([columns.as_class(label, integer) for label in batch["label"]]),
         "predicted_index": pd.array([int(i) if ok else None for i, ok in zip(index, scored)], dtype="Int32"),
-        "predicted_class": [classes[i] if ok else None for i, ok in zip(index, scored)],
+        "predicted_class": typed([names[i] if ok else None for i, ok in zip(index, scored)]),
         "top_probability": pd.array([float(t) if ok else None for t, ok in zip(top, scored)], dtype="Float64"),
         "probabilities": probabilities, "reason": batch["reason"],
-    }, columns=PREDICTION_SCHEMA.names)
+        "probability_by_class": [None if p is None else dict(zip(names, p.tolist())) for p in probabilities],
+        **{name: batch[name] for name in keep},
+    }, index=batch.index)
+    return frame[prediction_schema(classes, keep).names]
 
 
-def score(rows: DataFrame, *, source: ModelSource, batch_size: int, threads: int = 1) -> DataFrame:
-    """SCORING_SCHEMA -> PREDICTION_SCHEMA on the executors; the model is built there, once per Python worker."""
+def score(rows: DataFrame, *, source: ModelSource, batch_size: int, threads: int = 1,
+          keep: tuple[str, ...] = ()) -> DataFrame:
+    """SCORING_SCHEMA (and the ``keep`` columns) -> ``prediction_schema`` on the executors; the model is built
+    there, once per Python worker."""
     def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         model = model_for(source, threads)
         for batch in batches:
-            yield score_batch(batch, model=model, source=source, batch_size=batch_size)
+            yield score_batch(batch, model=model, source=source, batch_size=batch_size, keep=keep)
 
-    return rows.select(*SCORING_SCHEMA.names).mapInPandas(predict, schema=PREDICTION_SCHEMA)
+    return rows.select(*_cols(*SCORING_SCHEMA.names, *keep)).mapInPandas(
+        predict, schema=prediction_schema(source.classes, keep))

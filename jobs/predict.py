@@ -7,6 +7,9 @@ Launch:
     # new raw inputs, through the same preprocessing the training data had (the checkpoint keeps its config)
     bigtrain predict --checkpoint runs/cnn/checkpoint.pt --input new_images/ --output runs/cnn/scored
     bigtrain predict --checkpoint runs/lstm --input new_reviews.jsonl --output runs/lstm/scored
+    # texts whose fields are named otherwise; copy the ticket_id column through, to join the predictions back
+    bigtrain predict --checkpoint runs/lstm --input tickets.csv --text-field body --label-field category \
+        --keep-columns ticket_id --output runs/lstm/tickets
     # a model of your own: predict imports the code a checkpoint names only when you name it too
     bigtrain predict --checkpoint runs/mine --data data/texts_ds --output runs/mine/scored \
         --trust-import mypackage.models:build
@@ -15,7 +18,9 @@ executors need no access to it, and the model is built once per executor Python 
 
 Output: Parquet at --output, one row per input: id, source, split, label (the true class where known),
 predicted_index, predicted_class, top_probability, probabilities (in the order of `_predict.json`'s classes),
-reason (why an input could not be scored; its prediction is then null). Inputs read = scored + unusable, always.
+reason (why an input could not be scored; its prediction is then null), probability_by_class (class -> probability),
+then the --keep-columns, as strings. label, predicted_class and the classes of probability_by_class are integers
+when every class of the checkpoint is one, else strings. Inputs read = scored + unusable, always.
 The predictions are written beside --output (``.NAME.predict-tmp``), checked, and only then swapped in for an
 earlier prediction output, which a failed or refused run therefore leaves as it was. A checkpoint that is missing,
 altered or not bigtrain's is refused (exit 2), naming the file; it is read once, and the bytes verified are the
@@ -36,6 +41,7 @@ from core.paths import to_url
 from dataset import layout
 from dataset.info import load_dataset_info
 from inference.batch import PredictConfig, check_dataset, check_output, load_checkpoint, output_lock, predict
+from inference.columns import check_text_options, split_names
 from jobs.common import (
     add_config_flags,
     check_apart,
@@ -66,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --data: the split to score (default test)")
     parser.add_argument("--format", choices=("auto", "jsonl", "csv", "parquet"),
                         help="with --input text: the file format (default: from the extension)")
+    parser.add_argument("--text-field", metavar="NAME",
+                        help="with --input text: the field holding the text (default: the checkpoint's preprocessing "
+                             "text_field)")
+    parser.add_argument("--label-field", metavar="NAME",
+                        help="with --input text: the field holding the true label, optional per record (default: "
+                             "the checkpoint's preprocessing label_field)")
+    parser.add_argument("--keep-columns", metavar="NAME[,NAME...]",
+                        help="with --input text: input columns copied to the output, one string column each (a JSON "
+                             "number or boolean as its JSON text, null where a record lacks it), to join the "
+                             "predictions back to the inputs")
     parser.add_argument("--output", required=True, metavar="DIR_OR_URL", help="where the Parquet predictions go")
     parser.add_argument("--batch-size", type=positive_int("--batch-size"), metavar="N",
                         help="rows per forward pass in each Spark task")
@@ -80,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config(args: argparse.Namespace) -> PredictConfig:
-    flags = {"split": args.split, "format": args.format, "batch_size": args.batch_size}
+    flags = {"split": args.split, "format": args.format, "batch_size": args.batch_size, "text_field": args.text_field,
+             "label_field": args.label_field, "keep_columns": split_names(args.keep_columns)}
     return load_section("predict", PredictConfig, config_file=args.config, overrides=args.overrides, flags=flags)
 
 
@@ -95,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     model = load_checkpoint(args.checkpoint, trusted=args.trust_import)
+    check_text_options(config, kind=model.payload["dataset"]["kind"], dataset=bool(args.data))  # before Spark starts
     output_url = to_url(args.output)
     data = input_url = None
     if args.data:

@@ -2,19 +2,12 @@
 from __future__ import annotations
 
 import json
-import re
 import unicodedata
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: "²" and "--5" are names, not numbers
-
-
-def is_integer_name(name: str) -> bool:
-    """Whether a class name is an integer label (``3``, ``-1``), whatever format it came in: a JSON or Parquet
-    number, a JSON string, a CSV cell, a folder name. Label kinds must not mix (``mixed_label_kind``)."""
-    return _INTEGER.fullmatch(name) is not None
+from dataset.rows import is_integer_name
 
 # A class name prints in summaries, reports and the manifest, and names a folder of image inputs, which file systems
 # cap at 255 bytes. 256 characters is above any real class name and far below the 10 KB of text a label column
@@ -63,7 +56,7 @@ def _sort_key(name: str):
     """Integers in numeric order ("2" before "10"), then everything else alphabetically. Equal numbers ("1", "01")
     are ordered by their text, so the map never depends on the order the names came in (or on PYTHONHASHSEED)."""
     stripped = name.strip()
-    if _INTEGER.fullmatch(stripped):
+    if is_integer_name(stripped):
         return (0, int(stripped), name)
     return (1, 0, name)
 

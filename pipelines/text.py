@@ -23,7 +23,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines import inputs
-from pipelines.labels import clean_label, is_integer_name
+from dataset.rows import is_integer_name
+from pipelines.labels import clean_label
 
 PAD, UNK = "<pad>", "<unk>"
 RESERVED = (PAD, UNK)          # ids 0 and 1, never given to a token
@@ -35,7 +36,7 @@ PARSED_SCHEMA = T.StructType([
     T.StructField("tokens", T.ArrayType(T.StringType()), True),  # the first max_length (ParseParams) only
     T.StructField("n_tokens", T.IntegerType(), True),    # the record's tokens before that cut
     T.StructField("label_name", T.StringType(), True),
-    T.StructField("label_is_number", T.BooleanType(), True),  # an integer label (labels.is_integer_name), not text
+    T.StructField("label_is_number", T.BooleanType(), True),  # an integer label (rows.is_integer_name), not text
     T.StructField("split_key", T.StringType(), True),    # what decides the split: the normalised content
     T.StructField("reason", T.StringType(), True),
     T.StructField("raw_text", T.StringType(), True),      # the line as read (for rejected records)
