@@ -6,6 +6,7 @@ import shutil
 import sys
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,6 +39,32 @@ def spark(tmp_path_factory):
     })
     yield session
     session.stop()
+
+
+@pytest.fixture
+def cli(spark, monkeypatch, capsys):
+    """``bigtrain SUBCOMMAND ARGS...`` run in this process on the test session's Spark, as ``run(*argv) -> (exit code,
+    stdout, stderr)``: the whole command (flags, config, checks, summary, exit code) without a JVM of its own. A job
+    stops its session when it ends; here that is the test session's, so the stop is left out."""
+    from jobs.cli import main
+
+    monkeypatch.setattr(spark, "stop", lambda: None)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+    return run
+
+
+@pytest.fixture
+def predict_cli(cli):
+    """``bigtrain predict ARGS...`` in this process (``cli``), answering as a subprocess's CompletedProcess does."""
+    def run(*args: str) -> SimpleNamespace:
+        code, out, err = cli("predict", *args)
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -142,7 +142,7 @@ def _cli(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_tampered_and_foreign_checkpoints_exit_2_naming_the_file(image_checkpoint, image_dataset, tmp_path):
+def test_tampered_and_foreign_checkpoints_exit_2_naming_the_file(predict_cli, image_checkpoint, image_dataset, tmp_path):
     tampered = tmp_path / "tampered" / "checkpoint.pt"
     tampered.parent.mkdir()
     shutil.copy(checkpoint.sidecar_of(image_checkpoint), checkpoint.sidecar_of(tampered))
@@ -152,16 +152,16 @@ def test_tampered_and_foreign_checkpoints_exit_2_naming_the_file(image_checkpoin
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
     for bad, message in ((tampered, "does not match the SHA-256"), (foreign, "has no foreign.json beside it")):
-        result = _cli("--checkpoint", str(bad), "--data", str(image_dataset), "--output", str(tmp_path / "out"))
+        result = predict_cli("--checkpoint", str(bad), "--data", str(image_dataset), "--output", str(tmp_path / "out"))
         assert result.returncode == 2, result.stderr
         assert f"error: --checkpoint: checkpoint {bad} {message}" in result.stderr
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_scores_raw_texts_end_to_end(text_checkpoint, sample_texts, tmp_path):
+def test_cli_scores_raw_texts_end_to_end(predict_cli, text_checkpoint, sample_texts, tmp_path):
     out = tmp_path / "scored"
-    result = _cli("--checkpoint", str(text_checkpoint.parent), "--input", str(sample_texts), "--output", str(out),
+    result = predict_cli("--checkpoint", str(text_checkpoint.parent), "--input", str(sample_texts), "--output", str(out),
                   "--master", "local[1]", "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = sum(len(p.read_bytes().split(b"\n")) - 1 for p in sample_texts.glob("*.jsonl"))
@@ -169,8 +169,8 @@ def test_cli_scores_raw_texts_end_to_end(text_checkpoint, sample_texts, tmp_path
     assert len(pd.read_parquet(out)) == lines
 
 
-def test_an_output_inside_the_dataset_is_refused(image_checkpoint, image_dataset):
-    result = _cli("--checkpoint", str(image_checkpoint), "--data", str(image_dataset),
+def test_an_output_inside_the_dataset_is_refused(predict_cli, image_checkpoint, image_dataset):
+    result = predict_cli("--checkpoint", str(image_checkpoint), "--data", str(image_dataset),
                   "--output", str(image_dataset / "predictions"))
     assert result.returncode == 2
     root = image_dataset.parent.parent  # the fixture is a snapshot folder: <dataset>/snapshots/<id>
@@ -178,15 +178,15 @@ def test_an_output_inside_the_dataset_is_refused(image_checkpoint, image_dataset
             "keep the predictions and the inputs apart") in result.stderr
 
 
-def test_an_output_that_is_not_an_earlier_prediction_is_never_replaced(image_checkpoint, image_dataset, tmp_path):
+def test_an_output_that_is_not_an_earlier_prediction_is_never_replaced(predict_cli, image_checkpoint, image_dataset, tmp_path):
     model = image_checkpoint.parent
     before = sorted(p.name for p in model.iterdir())
-    result = _cli("--checkpoint", str(image_checkpoint), "--data", str(image_dataset), "--output", str(model))
+    result = predict_cli("--checkpoint", str(image_checkpoint), "--data", str(image_dataset), "--output", str(model))
     assert result.returncode == 2 and "holds files that are not an earlier prediction output" in result.stderr
     assert sorted(p.name for p in model.iterdir()) == before
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")
-    result = _cli("--checkpoint", str(image_checkpoint), "--data", str(image_dataset), "--output", str(notes))
+    result = predict_cli("--checkpoint", str(image_checkpoint), "--data", str(image_dataset), "--output", str(notes))
     assert result.returncode == 2 and f"--output {notes} is a file" in result.stderr
     assert notes.read_text() == "mine"
     earlier = tmp_path / "earlier"
@@ -213,11 +213,11 @@ def test_a_second_prediction_into_one_output_exits_75_and_leftovers_of_dead_runs
     assert not (tmp_path / ".preds.predict.lock").exists()  # nothing of the lock is left beside the output
 
 
-def test_inputs_of_which_none_can_be_scored_fail_with_exit_3(image_checkpoint, sample_texts, tmp_path):
-    result = _cli("--checkpoint", str(image_checkpoint), "--input", str(sample_texts), "--output",
-                  str(tmp_path / "out"), "--master", "local[1]", "--quiet")
-    assert result.returncode == 3, result.stderr[-3000:]
-    assert "none of the" in result.stderr and "inputs could be scored" in result.stderr
+def test_inputs_of_which_none_can_be_scored_fail_with_exit_3(cli, image_checkpoint, sample_texts, tmp_path):
+    code, _, err = cli("predict", "--checkpoint", str(image_checkpoint), "--input", str(sample_texts), "--output",
+                       str(tmp_path / "out"), "--quiet")
+    assert code == 3, err[-3000:]
+    assert "none of the" in err and "inputs could be scored" in err
 
 
 def test_raw_csv_lines_are_prepared_like_preprocessing_with_the_label_optional():

@@ -12,7 +12,7 @@ import pytest
 from core.paths import to_url
 from inference import batch
 from jobs import predict as job
-from tests.jobs.test_predict import _cli, _config, _save_checkpoint
+from tests.jobs.test_predict import _config, _save_checkpoint
 
 pytestmark = pytest.mark.spark
 
@@ -89,14 +89,13 @@ def test_the_checkpoint_is_read_once_and_the_verified_bytes_are_the_ones_scored_
     assert pd.read_parquet(out)["top_probability"].notna().any()
 
 
-def test_an_output_inside_the_input_or_around_it_is_refused_with_exit_2_naming_both(image_checkpoint, sample_images,
-                                                                                    tmp_path):
+def test_an_output_inside_the_input_or_around_it_is_refused_with_exit_2_naming_both(predict_cli, image_checkpoint,
+                                                                                    sample_images, tmp_path):
     images = tmp_path / "images"
     shutil.copytree(sample_images, images)
     listing = sorted(p.relative_to(images) for p in images.rglob("*"))
     for inputs, output, relation in ((images, images / "scored", "is inside"), (images / "circle", images, "contains")):
-        result = _cli("--checkpoint", str(image_checkpoint), "--input", str(inputs), "--output", str(output),
-                      "--master", "local[1]")
+        result = predict_cli("--checkpoint", str(image_checkpoint), "--input", str(inputs), "--output", str(output))
         assert result.returncode == 2, result.stderr[-2000:]
         assert f"error: --output {to_url(str(output))} {relation} --input {to_url(str(inputs))}" in result.stderr
     assert sorted(p.relative_to(images) for p in images.rglob("*")) == listing

@@ -105,14 +105,13 @@ def test_the_error_budget_fails_the_run_without_committing(spark, tmp_path):
     assert layout.snapshot_ids(to_url(str(ds)))[1] == []  # the failed run's leftovers are gone
 
 
-def test_the_cli_exit_code_says_the_budget_was_exceeded(tmp_path):
+def test_the_cli_exit_code_says_the_budget_was_exceeded(cli, tmp_path):
     src = tmp_path / "raw"
     write_partition(src, "d", 3, bad=1)
-    done = subprocess.run([sys.executable, "-m", "jobs.cli", "preprocess-sequences", "--input", str(src), "--output",
-                           str(tmp_path / "ds"), "--max-reject-fraction", "0.2", "--master", "local[1]", "--quiet"],
-                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 3, done.stderr[-3000:]
-    assert "1 of 4 records read in this run were rejected" in done.stderr and "was not committed" in done.stderr
+    code, _, err = cli("preprocess-sequences", "--input", str(src), "--output", str(tmp_path / "ds"),
+                       "--max-reject-fraction", "0.2", "--quiet")
+    assert code == 3, err[-3000:]
+    assert "1 of 4 records read in this run were rejected" in err and "was not committed" in err
 
 
 def flip_a_byte(path) -> None:
