@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export SPARK_SUBMIT_OPTS ?= -Dlog4j2.configurationFile=file:$(CURDIR)/conf/log4j2.properties
 
-.PHONY: setup demo demo-images demo-text lint test test-fast test-legacy test-other-pythons bench bench-text dist clean help gpu-check gpu-check-data
+.PHONY: setup demo demo-images demo-text lint test test-slow test-fast test-legacy test-other-pythons bench bench-text dist clean help gpu-check gpu-check-data
 BENCH_ARGS ?= --size quick
 
 help:
@@ -30,7 +30,10 @@ help:
 	@echo "                STACK=spark35: the previous stack (Spark 3.5, pyarrow 14, numpy 1) in .venv-spark35"
 	@echo "make demo       images and texts: sample data -> spark-submit preprocessing -> horovodrun -np 2 -> test metrics"
 	@echo "make demo-images / make demo-text   one of the two"
-	@echo "make test       the full test suite on the current stack (CI: then test-legacy, test-other-pythons)"
+	@echo "make test       the test suite on the current stack but the slow tests (CI: then test-slow, test-legacy,"
+	@echo "                test-other-pythons)"
+	@echo "make test-slow  whole jobs and scripts end to end: standalone cluster, locales, nightly pipeline, bench and"
+	@echo "                GPU-check smoke runs"
 	@echo "make test-fast  tests that need neither Spark nor horovodrun"
 	@echo "make lint       ruff (rules in pyproject.toml); CI runs it first"
 	@echo "make test-legacy        the subset CI runs on STACK=spark35, and each stack reading the other's datasets"
@@ -73,9 +76,13 @@ demo-text: setup
 lint: setup
 	$(VENV)/bin/ruff check --no-cache .
 
-# Every test of one stack; the tests marked `stacks` need both set up and run in test-legacy.
+# Every test of one stack but the slow ones (whole jobs and scripts end to end: test-slow); the tests marked
+# `stacks` need both stacks set up and run in test-legacy.
 test: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m pytest -m "not stacks" $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m pytest -m "not stacks and not slow" $(PYTEST_ARGS)
+
+test-slow: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m pytest -m "slow and not stacks" $(PYTEST_ARGS)
 
 test-fast: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m pytest -m "not spark and not horovod and not slow" $(PYTEST_ARGS)

@@ -47,6 +47,7 @@ def test_the_pattern_matching_is_strict():
 
 
 @pytest.mark.spark
+@pytest.mark.slow  # a whole run end to end: make test-slow
 def test_the_image_example_prints_what_the_readme_shows(tmp_path):
     part = section("## Running the jobs yourself")
     block = "".join(b.split("```", 1)[0] for b in part.split("```bash\n")[1:])  # the section's shell blocks

@@ -45,6 +45,7 @@ def test_torch_backend_under_torchrun_matches_horovodrun(image_dataset, tmp_path
         assert (tmp_path / "ddp" / name).is_file(), name
 
 
+@pytest.mark.slow  # a whole run end to end: make test-slow
 def test_torch_backend_launched_on_spark_by_torch_distributor(image_dataset, tmp_path):
     """--launcher spark --backend torch: Spark's TorchDistributor starts the DDP ranks in barrier tasks (no Horovod
     involved); the run equals the same run under torchrun. The model is a user's, from an import path."""
@@ -110,6 +111,7 @@ def _parent(pid: int) -> int | None:
         return None
 
 
+@pytest.mark.slow  # a whole run end to end: make test-slow
 def test_elastic_run_survives_a_killed_worker(image_dataset, tmp_path):
     """Three workers on two host names (both this machine); the one on the second name is killed after the first
     epoch. Horovod drops that host, the two others roll back to the last commit and finish every epoch. The model

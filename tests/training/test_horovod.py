@@ -85,6 +85,7 @@ def test_horovodrun_over_two_host_names_with_a_hostfile(image_dataset, tmp_path)
     assert "2 ranks on 2 hosts" in done.stdout + done.stderr
 
 
+@pytest.mark.slow  # a whole run end to end: make test-slow
 def test_training_launched_on_spark_matches_horovodrun(image_dataset, tmp_path):
     """--launcher spark runs the same loop as Horovod ranks inside Spark tasks (horovod.spark.run); with one reader
     thread per rank the data order is fixed, so both launchers train the same model: here a user's model from an
