@@ -19,6 +19,7 @@ from core.paths import to_url
 from dataset import layout, snapshots
 from dataset.info import load_dataset_info
 from dataset.layout import SPLITS
+from pipelines import writing
 from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
 from pipelines.sequence_dataset import PreprocessSequencesConfig, preprocess_sequences
 from tests.conftest import REPO, snapshot_path, subprocess_env
@@ -235,11 +236,11 @@ def test_a_job_killed_mid_write_leaves_the_last_snapshot_intact_and_the_next_run
                            start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        def writing() -> bool:  # the new snapshot's write has begun: Spark's staging folder or a split is there
+        def write_begun() -> bool:  # the new snapshot's write has begun: Spark's staging folder or a split is there
             return any(p.parent.name != first["snapshot"] for pattern in (f"*/{writing.STAGING_DIR}", "*/train")
                        for p in (ds / "snapshots").glob(pattern))
 
-        while not writing() and job.poll() is None and time.monotonic() < deadline:
+        while not write_begun() and job.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         os.killpg(job.pid, signal.SIGKILL)  # the driver (Python and its JVM), mid-write
