@@ -3,6 +3,7 @@ the config sections (``core.config``) and the dataset manifest (``dataset.manife
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -33,7 +34,9 @@ def build(cls: type[T], data: Any, *, prefix: str, rules: Rules) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown and rules.unknown_keys_are_errors:
-        raise rules.error(f"unknown {rules.label} {_key(prefix, unknown[0])} (known keys of {prefix}: "
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        guess = f"did you mean {_key(prefix, close[0])}? " if close else ""
+        raise rules.error(f"unknown {rules.label} {_key(prefix, unknown[0])} ({guess}known keys of {prefix}: "
                           f"{', '.join(sorted(fields))})")
     values = {}
     for name, field in fields.items():

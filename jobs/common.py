@@ -14,8 +14,8 @@ from core.config import read_defaults
 from core.paths import filesystem
 from dataset import layout
 from training import outputs
-from core.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTS, EXIT_REMOVALS, BigtrainError, LaunchError,
-                         UsageError)
+from core.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTS, EXIT_REMOVALS, BigtrainError, ConfigError,
+                         LaunchError, UsageError)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, section: str) -> None:
@@ -74,7 +74,28 @@ def positive_float(flag: str, *, allow_zero: bool = False) -> Callable[[str], fl
     return parse
 
 
-def run_main(body: Callable[[], int], *, on_interrupt: str = "") -> int:
+# Where a launcher gives this process its rank: horovodrun (HOROVOD_RANK), mpirun (OMPI_COMM_WORLD_RANK, PMI_RANK),
+# torchrun (RANK, beside its TORCHELASTIC_RUN_ID).
+RANK_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
+
+def launcher_rank(environ=os.environ) -> int | None:
+    """This process's rank when a launcher (horovodrun, mpirun, torchrun) started it, else None."""
+    names = RANK_VARIABLES + (("RANK",) if "TORCHELASTIC_RUN_ID" in environ else ())
+    for name in names:
+        if environ.get(name, "").strip().isdigit():
+            return int(environ[name])
+    return None
+
+
+SAME_ON_EVERY_RANK = (UsageError, ConfigError)  # the command line and config: every rank reads the same
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def run_main(body: Callable[[], int], *, on_interrupt: str = "", sigterm_interrupts: bool = False) -> int:
     """Run a job body. A BigtrainError ends in one clear line and its exit code (core.errors: 2 configuration,
     usage and launch errors; 1 a dataset missing, incomplete or read short, a checkpoint altered or foreign, a
     lost peer; 3 more rejected input than max_reject_fraction allows, nothing committed; 6 input files removed
@@ -82,15 +103,25 @@ def run_main(body: Callable[[], int], *, on_interrupt: str = "") -> int:
     by another run; 130 Ctrl-C, with ``on_interrupt`` saying what the user can do next). A reader of the output
     that went away (``| head``) ends the command quietly. Anything else keeps its traceback. SIGINT and SIGTERM are
     unblocked first: a process started with them blocked (a signal mask is inherited; it was seen from a test
-    runner under Python 3.12) would otherwise never see Ctrl-C or a scheduler's stop."""
+    runner under Python 3.12) would otherwise never see Ctrl-C or a scheduler's stop.
+
+    Under a launcher every rank runs this: a flag or config error, which every rank meets alike, and the interrupt
+    line are printed by rank 0 only; any other error by the rank that met it. With
+    ``sigterm_interrupts`` SIGTERM stops the body as Ctrl-C does: horovodrun and torchrun pass a Ctrl-C on to
+    their ranks, and a scheduler stops a job, with SIGTERM."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    if sigterm_interrupts:
+        signal.signal(signal.SIGTERM, _interrupt)
+    rank = launcher_rank()
     try:
         return body()
     except BigtrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if rank in (None, 0) or not isinstance(exc, SAME_ON_EVERY_RANK):
+            print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"\ninterrupted{': ' + on_interrupt if on_interrupt else ''}", file=sys.stderr)
+        if rank in (None, 0):
+            print(f"\ninterrupted{': ' + on_interrupt if on_interrupt else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # Python would print another BrokenPipeError when it flushes stdout at exit; point stdout at /dev/null.

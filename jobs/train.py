@@ -144,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_main(lambda: run(args), on_interrupt=f"the run is resumable: the same command resumes it from the "
-                                                    f"last checkpoint in {args.output} (train.resume=auto)")
+    return run_main(lambda: run(args), sigterm_interrupts=True,
+                    on_interrupt=f"the run is resumable: the same command resumes it from the last checkpoint in "
+                                 f"{args.output} (train.resume=auto)")
 
 
 def run(args: argparse.Namespace) -> int:

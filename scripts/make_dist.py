@@ -7,7 +7,7 @@ Usage: python scripts/make_dist.py [OUTPUT_ZIP]
 """
 from __future__ import annotations
 
-import sys
+import argparse
 import zipfile
 from pathlib import Path
 
@@ -26,8 +26,20 @@ def build(output: Path) -> Path:
     return output
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/make_dist.py", description="Build the zip of bigtrain's packages (conf/bigtrain.yaml inside) that "
+        "spark-submit --py-files ships to the driver and the executors.")
+    parser.add_argument("output", nargs="?", type=Path, default=ROOT / "dist" / "bigtrain-src.zip", metavar="OUTPUT_ZIP",
+                        help="where the zip goes (default: dist/bigtrain-src.zip)")
+    args = parser.parse_args(argv)
+    if args.output.suffix != ".zip":
+        parser.error(f"OUTPUT_ZIP {args.output} must end in .zip (spark-submit --py-files takes .zip, .egg or .py)")
+    return args
+
+
 if __name__ == "__main__":
-    out = build(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "dist" / "bigtrain-src.zip")
+    out = build(parse_args().output)
     print(f"wrote {out} ({out.stat().st_size // 1024} KB): spark-submit --py-files {out} jobs/<job>.py ...")
     # bigtrain's jobs install the Petastorm layer themselves; a user's own `import petastorm` on an executor needs
     # the hook in the nodes' Python (a .pth inside the zip is never read), which `make setup` venvs already have.

@@ -4,8 +4,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from core.errors import EXIT_INTERRUPTED, ConfigError
-from jobs.common import run_main
+import pytest
+
+from core.errors import EXIT_INTERRUPTED, ConfigError, DatasetError
+from jobs.common import launcher_rank, run_main
 from tests.conftest import REPO, subprocess_env
 
 
@@ -38,8 +40,36 @@ def test_output_piped_into_head_ends_quietly():
     assert job.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipeError" not in err, err
 
 
-def test_train_ctrl_c_says_the_run_is_resumable(tmp_path):
-    """A real SIGINT to `bigtrain train` while it waits: one line naming the output folder, exit 130."""
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_under_a_launcher_a_config_error_and_the_interrupt_line_come_from_rank_0_only(rank, monkeypatch, capsys):
+    monkeypatch.setenv("HOROVOD_RANK", rank)
+
+    def config_error() -> int:
+        raise ConfigError("config key train.lr: must be positive")
+
+    def data_error() -> int:
+        raise DatasetError("rank 1: shard 3 of file://ds/train is empty")
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    assert run_main(config_error) == 2 and run_main(interrupted, on_interrupt="resumable") == 130
+    printed = capsys.readouterr().err
+    assert printed == ("error: config key train.lr: must be positive\n\ninterrupted: resumable\n" if rank == "0" else "")
+    assert run_main(data_error) == 1  # met by one rank: that rank says it, whichever it is
+    assert capsys.readouterr().err == "error: rank 1: shard 3 of file://ds/train is empty\n"
+
+
+def test_the_launchers_rank_variables():
+    assert launcher_rank({}) is None and launcher_rank({"RANK": "3"}) is None  # RANK alone: not a launcher of ours
+    assert launcher_rank({"RANK": "3", "TORCHELASTIC_RUN_ID": "x"}) == 3  # torchrun
+    assert launcher_rank({"HOROVOD_RANK": "1"}) == 1 and launcher_rank({"OMPI_COMM_WORLD_RANK": "2"}) == 2
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_train_ctrl_c_or_a_launchers_sigterm_says_the_run_is_resumable(tmp_path, signum):
+    """A real SIGINT (Ctrl-C) or SIGTERM (what horovodrun and torchrun send their ranks on Ctrl-C, and what a
+    scheduler sends to stop a job) to `bigtrain train` while it waits: one line naming the output folder, exit 130."""
     import signal
     import time
 
@@ -57,7 +87,7 @@ def test_train_ctrl_c_says_the_run_is_resumable(tmp_path):
                            stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
     assert job.stdout.readline().strip() == "ready"
     time.sleep(0.2)
-    job.send_signal(signal.SIGINT)
+    job.send_signal(getattr(signal, signum))
     err = job.stderr.read()
     assert job.wait(timeout=60) == 130
     assert "Traceback" not in err and f"the run is resumable: the same command resumes it from the last checkpoint " \

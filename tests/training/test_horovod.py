@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from core.paths import to_url
 from tests.conftest import REPO, second_host_name, subprocess_env, tool
 
 pytestmark = [pytest.mark.horovod, pytest.mark.spark]
@@ -40,6 +41,17 @@ def test_two_ranks_read_disjoint_shards_and_keep_identical_weights(dataset_fixtu
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
+
+
+def test_a_data_typo_under_horovodrun_is_one_line_from_rank_0(tmp_path):
+    """Every rank reads the same command line: its mistake is said once, with bigtrain's code in the ranks' exits."""
+    cmd = [tool("horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, str(REPO / "jobs" / "train.py"),
+           "--data", str(tmp_path / "no-such-dataset"), "--output", str(tmp_path / "m")]
+    done = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    everything = done.stdout + done.stderr
+    assert done.returncode != 0 and everything.count("error: --data") == 1, everything[-3000:]
+    assert f"error: --data {to_url(str(tmp_path / 'no-such-dataset'))}: no such dataset folder" in everything
+    assert "Traceback" not in "".join(line for line in everything.splitlines(True) if "<std" in line)  # the ranks'
 
 
 def test_train_job_under_horovodrun_logs_once_and_writes_outputs(image_dataset, tmp_path):

@@ -104,7 +104,7 @@ def test_fit_trains_from_python_with_a_factory_and_settings(text_dataset, tmp_pa
     assert written["model"] == MODEL == result.metrics["model"] and written["config"]["model_config"] == {"width": 8}
     assert written["epochs_completed"] == 2 and isinstance(result.model, MeanOfTokens)
     assert written["baselines"]["bag_of_words"]["accuracy"] > written["baselines"]["majority_class"]["accuracy"]
-    with pytest.raises(ConfigError, match=r"unknown config key train\.epoch \(known keys of train: "):
+    with pytest.raises(ConfigError, match=r"unknown config key train\.epoch \(did you mean train\.epochs\? known keys of train: "):
         fit(str(text_dataset), tmp_path / "typo", epoch=2)
 
 
