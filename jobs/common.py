@@ -11,6 +11,7 @@ from typing import Callable
 
 from core import locking
 from core.config import read_defaults
+from core.logs import counted
 from core.paths import filesystem
 from dataset import layout
 from training import outputs
@@ -135,11 +136,16 @@ def format_summary(summary: dict, *, job: str, unit: str) -> str:
         return (f"{job}: nothing to do: {summary['inputs']} input files and the config are unchanged since snapshot "
                 f"{summary['snapshot']} ({summary['rows_written']} rows, {summary['rejected']} rejected)\n"
                 f"  output: {summary['output']}")
-    lines = [f"{job}: {summary['records_read']} {unit} read = {summary['rows_written']} rows written "
-             f"+ {summary['rejected']} rejected ({summary['seconds']}s)",
+    read, rejected = summary["processed"]
+    # An incremental run carries the rows of unchanged inputs over: the totals are the snapshot's, not this run's.
+    carried = summary["records_read"] - read
+    totals = f"{summary['records_read']} {unit} read" if not carried else \
+        f"{summary['records_read']} {unit} in the snapshot ({read} read by this run, {carried} carried over)"
+    lines = [f"{job}: {totals} = {summary['rows_written']} rows written + {summary['rejected']} rejected "
+             f"({summary['seconds']}s)",
              f"  output: {summary['output']}",
-             f"  snapshot {summary['snapshot']}: {summary['run']}; this run read {summary['processed'][0]} {unit}, "
-             f"rejected {summary['processed'][1]}"]
+             f"  snapshot {summary['snapshot']}: {summary['run']}; this run read {counted(read, unit[:-1])}, "
+             f"rejected {rejected}"]
     for split, info in summary["splits"].items():
         per_class = ", ".join(f"{name}={n}" for name, n in info["per_class"].items())
         lines.append(f"  {split:<10} {info['rows']:>8} rows in {info['row_groups']} row groups  [{per_class}]")

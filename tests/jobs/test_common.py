@@ -129,3 +129,19 @@ def test_both_jobs_take_allow_removals(job):
     assert parser.parse_args(["--input", "in", "--output", "out"]).allow_removals is False
     assert parser.parse_args(["--input", "in", "--output", "out", "--allow-removals"]).allow_removals is True
     assert "--allow-removals" in parser.format_help() and "max_removed_fraction" in parser.format_help()
+
+
+def test_an_incremental_summary_says_which_totals_are_the_snapshots_and_which_this_runs():
+    from jobs.common import format_summary
+
+    summary = {"records_read": 304, "rows_written": 300, "rejected": 4, "seconds": 1.5, "output": "file:///ds",
+               "snapshot": "000002-20261206T000000Z", "run": "1 new, 0 changed, 0 removed, 303 unchanged input files",
+               "processed": (1, 0), "splits": {}, "rejected_url": "file:///ds/rejected", "rejected_by_reason": {}}
+    lines = format_summary(summary, job="preprocess-images", unit="files").splitlines()
+    assert lines[0] == ("preprocess-images: 304 files in the snapshot (1 read by this run, 303 carried over) = 300 rows "
+                        "written + 4 rejected (1.5s)")
+    assert lines[2].endswith("303 unchanged input files; this run read 1 file, rejected 0")
+    full = format_summary({**summary, "processed": (304, 4), "run": "first snapshot"}, job="preprocess-images",
+                          unit="files").splitlines()
+    assert full[0] == "preprocess-images: 304 files read = 300 rows written + 4 rejected (1.5s)"
+    assert full[2].endswith("first snapshot; this run read 304 files, rejected 4")
