@@ -16,7 +16,7 @@ import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Literal
+from typing import TYPE_CHECKING, Any, Collection, Literal
 
 from core import atomic
 from core.config import require
@@ -26,9 +26,13 @@ from core.logs import with_article
 from core.paths import join, local_path
 from dataset import layout
 from inference import columns, raw_inputs
+from training import outputs
+
+if TYPE_CHECKING:
+    from training.checkpoint import Checkpoint
 
 log = logging.getLogger("bigtrain.predict")
-SUMMARY_FILE = "_predict.json"  # a leading "_": Spark, pyarrow and pandas readers of the Parquet folder skip it
+SUMMARY_FILE = outputs.PREDICT_SUMMARY_FILE
 STAGING, ASIDE = "predict-tmp", "predict-old"  # the siblings .NAME.predict-tmp (new output), .NAME.predict-old
 
 
@@ -57,18 +61,18 @@ class PredictConfig:
 
 def load_checkpoint(path_text: str, trusted: Collection[str] = ()):
     """The checkpoint file (``PATH`` or ``PATH/checkpoint.pt``) read once and verified (``checkpoint.Verified``:
-    path, bytes, sidecar bytes, payload); a UsageError (exit 2) with the CheckpointError's message, which names the
+    path, bytes, sidecar bytes, and the typed ``checkpoint``); a UsageError (exit 2) with the CheckpointError's message, which names the
     file, when it cannot be used, and naming the import paths it holds that are not ``trusted`` (--trust-import)."""
     from training import checkpoint
 
     path = Path(path_text)
     if path.is_dir():
-        path = path / checkpoint.FINAL_FILE
+        path = path / outputs.CHECKPOINT_FILE
     try:
         verified = checkpoint.read(path)
-        check_trusted(checkpoint.import_paths(verified.payload), trusted, path)
+        check_trusted(verified.checkpoint.import_paths(), trusted, path)
         # built once here: a model whose code cannot be imported fails now, in one line, not in every Spark task
-        checkpoint.build_model(verified.payload, where=f"checkpoint {path}")
+        checkpoint.build_model(verified.checkpoint, where=f"checkpoint {path}")
         return verified
     except CheckpointError as exc:
         raise UsageError(f"--checkpoint: {exc}") from None
@@ -86,21 +90,20 @@ def check_trusted(import_paths: dict[str, str], trusted: Collection[str], path: 
                          + " ".join(f"--trust-import {name}" for name in untrusted.values()))
 
 
-def check_dataset(payload: dict[str, Any], info, checkpoint_path: Path) -> None:
+def check_dataset(trained: Checkpoint, info, checkpoint_path: Path) -> None:
     """The dataset must encode rows as the checkpoint's training data did: same kind, classes, image shape or
     vocabulary. Otherwise the predictions would be confidently wrong, so refuse, naming both."""
-    trained = payload["dataset"]
-    where = f"--data {info.url} does not match checkpoint {checkpoint_path} (trained on {trained.get('url')})"
-    if info.kind != trained["kind"]:
-        raise UsageError(f"{where}: {with_article(info.kind)} dataset, the model is for {trained['kind']} data")
-    if info.classes != list(payload["classes"]):
-        raise UsageError(f"{where}: classes {info.classes} differ from the model's {list(payload['classes'])}")
+    where = f"--data {info.url} does not match checkpoint {checkpoint_path} (trained on {trained.dataset_url})"
+    if info.kind != trained.kind:
+        raise UsageError(f"{where}: {with_article(info.kind)} dataset, the model is for {trained.kind} data")
+    if info.classes != list(trained.classes):
+        raise UsageError(f"{where}: classes {info.classes} differ from the model's {list(trained.classes)}")
     if info.kind == "image":
-        have, want = info.manifest.image, trained["image"]
-        if (have.size, have.channels) != (want["size"], want["channels"]):
+        have, want = info.manifest.image, trained.dataset_spec().image
+        if (have.size, have.channels) != (want.size, want.channels):
             raise UsageError(f"{where}: images are {have.size}px x {have.channels} channels, the model takes "
-                             f"{want['size']}px x {want['channels']}")
-    elif trained.get("vocabulary") is not None and layout.read_vocabulary(info.url) != trained["vocabulary"]:
+                             f"{want.size}px x {want.channels}")
+    elif trained.vocabulary is not None and layout.read_vocabulary(info.url) != trained.vocabulary:
         raise UsageError(f"{where}: its vocabulary differs from the model's, so its token ids mean other words")
 
 
@@ -138,14 +141,14 @@ def check_output(output_url: str, flag_value: str) -> None:
                          f"{SUMMARY_FILE}): refusing to replace them; give a new or empty folder")
 
 
-def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data, input_url: str | None,
+def scoring_rows(spark, *, checkpoint_path: Path, trained: Checkpoint, data, input_url: str | None,
                  config: PredictConfig, keep: tuple[str, ...] = ()):
     """(rows to score, inputs read, the codec or token dtype the rows are in); raw texts with the ``keep``
     columns."""
     from inference import predict
     from pipelines import reading
 
-    kind = payload["dataset"]["kind"]
+    kind = trained.kind
     if data is not None:
         if config.split not in data.splits and config.split != "all":
             raise UsageError(f"--split {config.split}: {data.url} has splits {', '.join(data.splits)}")
@@ -158,8 +161,8 @@ def scoring_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], data,
         encoding = data.manifest.image.codec if kind == "image" else data.manifest.sequence.token_dtype
         return rows, sum(data.splits[n].rows for n in names), encoding
     if kind == "image":
-        return raw_inputs.image_rows(spark, checkpoint_path=checkpoint_path, payload=payload, input_url=input_url)
-    return raw_inputs.text_rows(spark, checkpoint_path=checkpoint_path, payload=payload, input_url=input_url,
+        return raw_inputs.image_rows(spark, checkpoint_path=checkpoint_path, trained=trained, input_url=input_url)
+    return raw_inputs.text_rows(spark, checkpoint_path=checkpoint_path, trained=trained, input_url=input_url,
                                 config=config, keep=keep)
 
 
@@ -170,19 +173,20 @@ def predict(spark, *, model, output_url: str, data=None, input_url: str | None =
     in); returns the summary."""
     from inference import predict as transforms
 
-    kind, payload = model.payload["dataset"]["kind"], model.payload
+    trained = model.checkpoint
+    kind = trained.kind
     keep = columns.check_text_options(config, kind=kind, dataset=data is not None)
-    rows, inputs_read, encoding = scoring_rows(spark, checkpoint_path=model.path, payload=payload, data=data,
+    rows, inputs_read, encoding = scoring_rows(spark, checkpoint_path=model.path, trained=trained, data=data,
                                                input_url=input_url, config=config, keep=keep)
     source = transforms.ModelSource(
         checkpoint=spark.sparkContext.broadcast((model.data, model.sidecar)),  # the bytes verified, not a re-read
-        sha256=transforms.checkpoint_digest(model.data), kind=kind, classes=tuple(payload["classes"]),
+        sha256=transforms.checkpoint_digest(model.data), kind=kind, classes=tuple(trained.classes),
         codec=encoding if kind == "image" else None, token_dtype=encoding if kind == "sequence" else None)
     log.info("scoring %s with %s (%s, %d classes) -> %s", data.url if data else input_url, model.path,
-             payload["model"], len(payload["classes"]), output_url)
+             trained.model, len(trained.classes), output_url)
     scored = transforms.score(rows, source=source, batch_size=config.batch_size, threads=config.threads_per_task,
                               keep=keep)
-    about = {"checkpoint": str(model.path), "checkpoint_sha256": source.sha256, "classes": list(payload["classes"]),
+    about = {"checkpoint": str(model.path), "checkpoint_sha256": source.sha256, "classes": list(trained.classes),
              "class_type": "integer" if columns.integer_classes(source.classes) else "string",
              "input": data.url if data else input_url, "split": config.split if data else None,
              "keep_columns": list(keep)}

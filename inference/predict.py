@@ -27,6 +27,7 @@ from pyspark.sql import types as T
 from dataset.rows import LABEL, SAMPLE_ID, rows_of
 from inference import columns, raw_inputs
 from pipelines import images, text
+from training import outputs
 from training.collation import ImageDecoder, image_inputs, sequence_inputs
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def model_for(source: ModelSource, threads: int):
     if source.sha256 not in _MODELS:
         data, sidecar = source.blobs()
         with tempfile.TemporaryDirectory(prefix="bigtrain-predict-") as folder:
-            path = Path(folder) / checkpoint.FINAL_FILE
+            path = Path(folder) / outputs.CHECKPOINT_FILE
             path.write_bytes(data)
             checkpoint.sidecar_of(path).write_bytes(sidecar)
             model, _ = checkpoint.load_model(path)

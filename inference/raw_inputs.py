@@ -8,15 +8,18 @@ otherwise) and input columns kept (``--keep-columns``); the label and the kept c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from core.config import read_defaults
 from core.errors import UsageError
 from pipelines import inputs
 
+if TYPE_CHECKING:
+    from training.checkpoint import Checkpoint
 
-def _preprocess(payload: dict[str, Any], checkpoint_path: Path, *keys: str) -> list[Any]:
-    settings = payload["dataset"].get("preprocess")
+
+def _preprocess(trained: Checkpoint, checkpoint_path: Path, *keys: str) -> list[Any]:
+    settings = trained.preprocess
     if not settings:
         raise UsageError(f"checkpoint {checkpoint_path} does not record how its data was preprocessed, so raw inputs "
                          "cannot be prepared the same way: preprocess them and score the dataset with --data")
@@ -26,54 +29,54 @@ def _preprocess(payload: dict[str, Any], checkpoint_path: Path, *keys: str) -> l
     return [settings[k] for k in keys]
 
 
-def _limit(payload: dict[str, Any], section: str, key: str) -> int:
+def _limit(trained: Checkpoint, section: str, key: str) -> int:
     """A size limit of the checkpoint's preprocessing (raw inputs larger are unusable, never read whole)."""
-    return int(_setting(payload, section, key))
+    return int(_setting(trained, section, key))
 
 
-def _setting(payload: dict[str, Any], section: str, key: str) -> Any:
+def _setting(trained: Checkpoint, section: str, key: str) -> Any:
     """A setting of the checkpoint's preprocessing; for a checkpoint older than the setting, the committed default
     of that preprocessing section."""
-    settings = payload["dataset"].get("preprocess") or {}
+    settings = trained.preprocess or {}
     return settings[key] if key in settings else read_defaults()[section][key]
 
 
-def image_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], input_url: str):
+def image_rows(spark, *, checkpoint_path: Path, trained: Checkpoint, input_url: str):
     """(rows to score, files read, the codec the rows are in) of a folder of raw images."""
     from inference import predict
     from pipelines import images, reading
 
     size, channels, codec, max_pixels, min_side, ratio = _preprocess(
-        payload, checkpoint_path, "image_size", "channels", "codec", "max_pixels", "min_side", "max_aspect_ratio")
+        trained, checkpoint_path, "image_size", "channels", "codec", "max_pixels", "min_side", "max_aspect_ratio")
     params = images.DecodeParams(image_size=size, channels=channels, codec=predict.raw_image_codec(codec),
                                  max_pixels=max_pixels, min_side=min_side, max_aspect_ratio=ratio,
-                                 max_file_bytes=_limit(payload, "preprocess_images", "max_file_bytes"))
-    listing = inputs.list_files(input_url, follow_links=bool(_setting(payload, "preprocess_images", "follow_links")))
+                                 max_file_bytes=_limit(trained, "preprocess_images", "max_file_bytes"))
+    listing = inputs.list_files(input_url, follow_links=bool(_setting(trained, "preprocess_images", "follow_links")))
     files = reading.files_frame(spark, listing.entries)
     return predict.raw_images(files, root_url=input_url, params=params), len(listing.entries), params.codec
 
 
-def text_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], input_url: str, config,
+def text_rows(spark, *, checkpoint_path: Path, trained: Checkpoint, input_url: str, config,
               keep: tuple[str, ...]):
     """(rows to score with the ``keep`` columns, records read, the token dtype) of raw texts; ``config`` (a
     ``batch.PredictConfig``) gives the format and the fields that replace the checkpoint's."""
     from inference import predict
     from pipelines import reading, text
 
-    params, max_length = _parse_params(payload, checkpoint_path, input_url, config)
-    vocabulary = payload["dataset"].get("vocabulary")
+    params, max_length = _parse_params(trained, checkpoint_path, input_url, config)
+    vocabulary = trained.vocabulary
     if not vocabulary:
         raise UsageError(f"checkpoint {checkpoint_path} holds no vocabulary: raw texts cannot be mapped to its ids")
     # Read exactly as preprocess-sequences reads (same file:line sources); the label and the kept columns are
     # optional: a record, or a Parquet file, without them is still scored.
-    listing = inputs.list_files(input_url, follow_links=bool(_setting(payload, "preprocess_sequences", "follow_links")))
+    listing = inputs.list_files(input_url, follow_links=bool(_setting(trained, "preprocess_sequences", "follow_links")))
     dtype = text.token_dtype(len(vocabulary))
     try:
-        entries = inputs.capped(listing.entries, _limit(payload, "preprocess_sequences", "max_file_bytes"),
+        entries = inputs.capped(listing.entries, _limit(trained, "preprocess_sequences", "max_file_bytes"),
                                 "max_file_bytes")
         rows = predict.raw_texts(spark, entries, fmt=params.fmt, fields=[params.tokens_field or params.text_field],
                                  optional=(params.label_field, *keep), keep=keep,
-                                 max_record_bytes=_limit(payload, "preprocess_sequences", "max_record_bytes"),
+                                 max_record_bytes=_limit(trained, "preprocess_sequences", "max_record_bytes"),
                                  params=params, vocabulary=spark.sparkContext.broadcast(vocabulary),
                                  max_length=max_length, dtype=dtype)
     except reading.MissingColumnError as exc:
@@ -84,12 +87,12 @@ def text_rows(spark, *, checkpoint_path: Path, payload: dict[str, Any], input_ur
 _FIELD_FLAGS = "; --text-field and --label-field name the input's fields (default: the checkpoint's)"
 
 
-def _parse_params(payload: dict[str, Any], checkpoint_path: Path, input_url: str, config):
+def _parse_params(trained: Checkpoint, checkpoint_path: Path, input_url: str, config):
     """(the checkpoint's parsing of texts, with ``config``'s fields where given; its max_length)."""
     from pipelines import reading, text
 
     (text_field, label_field, tokens_field, tokenizer, lowercase, max_length) = _preprocess(
-        payload, checkpoint_path, "text_field", "label_field", "tokens_field", "tokenizer", "lowercase", "max_length")
+        trained, checkpoint_path, "text_field", "label_field", "tokens_field", "tokenizer", "lowercase", "max_length")
     if config.text_field and tokens_field:
         raise UsageError(f"--text-field {config.text_field}: checkpoint {checkpoint_path} reads token ids from the "
                          f"field {tokens_field!r} (preprocessing's tokens_field), not text")

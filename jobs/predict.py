@@ -112,12 +112,12 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     model = load_checkpoint(args.checkpoint, trusted=args.trust_import)
-    check_text_options(config, kind=model.payload["dataset"]["kind"], dataset=bool(args.data))  # before Spark starts
+    check_text_options(config, kind=model.checkpoint.kind, dataset=bool(args.data))  # before Spark starts
     output_url = to_url(args.output)
     data = input_url = None
     if args.data:
         data = load_dataset_info(args.data)
-        check_dataset(model.payload, data, model.path)
+        check_dataset(model.checkpoint, data, model.path)
         dataset_root = data.url.split("/snapshots/")[0].rstrip("/") + "/"  # the dataset, also when given a snapshot
         check_apart(dataset_root, output_url, input_flag="--data", advice=APART)
     else:

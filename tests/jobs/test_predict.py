@@ -134,7 +134,7 @@ def test_raw_texts_rows_in_equal_rows_out_and_match_their_dataset_rows(spark, sa
 def test_a_dataset_the_model_was_not_trained_for_is_refused(image_checkpoint, text_dataset):
     model = batch.load_checkpoint(str(image_checkpoint))
     with pytest.raises(batch.UsageError, match=rf"--data .*does not match checkpoint {model.path}.*sequence dataset"):
-        batch.check_dataset(model.payload, load_dataset_info(str(text_dataset)), model.path)
+        batch.check_dataset(model.checkpoint, load_dataset_info(str(text_dataset)), model.path)
 
 
 def _cli(*args):
