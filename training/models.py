@@ -194,7 +194,14 @@ def build_model(name: str, *, dataset: DatasetSpec, config) -> nn.Module:
     kind = dataset.kind
     name = resolve_model_name(name, kind)
     if is_import_path(name):
-        model = import_object(name, key="train.model (--model)")(dataset, dict(config.model_config))
+        factory = import_object(name, key="train.model (--model)")
+        try:
+            model = factory(dataset, dict(config.model_config))
+        except Exception as exc:  # noqa: BLE001 - the user's code: any error, said in one line with the contract
+            raise ConfigError(f"config key train.model (--model): {name}(dataset, model_config) raised "
+                              f"{type(exc).__name__}: {exc}; a model factory is called with the dataset's "
+                              f"description (a DatasetSpec: kind {kind!r}, classes, image or sequence) and the "
+                              "train.model_config mapping, and returns a torch.nn.Module") from exc
         if not isinstance(model, nn.Module):
             raise ConfigError(f"config key train.model (--model): {name}(dataset, model_config) returned "
                               f"{type(model).__name__}, not a torch.nn.Module")

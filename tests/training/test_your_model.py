@@ -77,6 +77,16 @@ def test_a_collate_function_shapes_the_inputs_in_training_and_after_loading(tmp_
         config("train.collate=counts")
 
 
+def test_a_model_class_given_where_a_factory_goes_is_one_line_naming_the_contract():
+    from training.models import build_model
+
+    cfg = config("train.model=tests.training.custom_model:TinyImages")
+    with pytest.raises(ConfigError, match=r"train\.model \(--model\): tests\.training\.custom_model:TinyImages\(dataset, "
+                                          r"model_config\) raised TypeError: .*; a model factory is called with the "
+                                          r"dataset's description \(a DatasetSpec: kind 'sequence'"):
+        build_model(cfg.model, dataset=sequence_source().spec, config=cfg)
+
+
 def test_resuming_with_another_model_config_is_refused(tmp_path):
     build_trainer(config(f"train.model={MODEL}"), sequence_source(), tmp_path, SingleProcess()).fit()
     with pytest.raises(CheckpointError, match=r"was trained with train\.model_config=\{\}, this run has "
