@@ -49,6 +49,9 @@ def add_snapshot_flags(parser: argparse.ArgumentParser, section: str) -> None:
                             "previous snapshot's input files, or (images) every file of a class folder (without "
                             f"it: exit {EXIT_REMOVALS}, nothing committed; an input that lists no files is refused "
                             "either way)")
+    group.add_argument("--strict", action="store_true",
+                       help=f"refuse (exit {EXIT_REMOVALS}, nothing committed) a snapshot with a class that the train "
+                            f"split has no row of, which is otherwise a warning (default: false; config {section}.strict)")
 
 
 def positive_int(flag: str, *, allow_zero: bool = False) -> Callable[[str], int]:

@@ -61,6 +61,7 @@ def load_config(args: argparse.Namespace) -> PreprocessImagesConfig:
             overrides.append(f"preprocess_images.splits.{name}={value}")
     flags = {"image_size": args.image_size, "channels": args.channels, "codec": args.codec,
              "row_group_size_mb": args.row_group_size_mb, "ranks": args.ranks, "mode": args.mode,
+             "strict": True if args.strict else None,
              "max_reject_fraction": args.max_reject_fraction}
     return load_section("preprocess_images", PreprocessImagesConfig, config_file=args.config,
                         overrides=overrides, flags=flags)

@@ -59,6 +59,7 @@ def load_config(args: argparse.Namespace) -> PreprocessSequencesConfig:
     flags = {"format": args.format, "text_field": args.text_field, "label_field": args.label_field,
              "tokens_field": args.tokens_field, "tokenizer": args.tokenizer, "max_length": args.max_length,
              "vocab_size": args.vocab_size, "min_count": args.min_count, "ranks": args.ranks, "mode": args.mode,
+             "strict": True if args.strict else None,
              "max_reject_fraction": args.max_reject_fraction}
     return load_section("preprocess_sequences", PreprocessSequencesConfig, config_file=args.config,
                         overrides=args.overrides, flags=flags)

@@ -50,6 +50,7 @@ class PreprocessImagesConfig:
     max_reject_fraction: float = 0.1
     max_removed_fraction: float = 0.5  # an incremental run losing more of the previous input files is refused
     allow_single_class: bool = False  # commit a snapshot whose rows are all of one class
+    strict: bool = False  # refuse (exit 6) a snapshot with a class the train split has no row of
     follow_links: bool = False  # read what symbolic links below --input point to (inside it only); else rejects
 
     @property
@@ -129,7 +130,7 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
                      splits=incremental.split_counts(summary), records_read=summary["records_read"], rejected=summary["rejected"],
                      rejected_by_reason=summary["rejected_by_reason"], config=asdict(config))
     incremental.finish(run, draft, processed=processed, max_reject_fraction=config.max_reject_fraction,
-                       allow_single_class=config.allow_single_class)
+                       allow_single_class=config.allow_single_class, strict=config.strict)
     return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed}
 
 

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("incremental", "overwrite", "error")
 IGNORED_CONFIG_KEYS = ("master", "spark_conf", "mode", "max_reject_fraction",  # do not change what is written
-                       "max_removed_fraction", "allow_single_class")
+                       "max_removed_fraction", "allow_single_class", "strict")
 
 
 # Keys added after snapshots were made, at the value that reads as before: fingerprinted as if absent, so that the
@@ -346,7 +346,7 @@ def split_counts(summary: dict[str, Any]) -> dict[str, SplitCounts]:
 
 
 def finish(run: RunPlan, draft: Manifest, *, processed: tuple[int, int], max_reject_fraction: float,
-           allow_single_class: bool = False) -> Manifest:
+           allow_single_class: bool = False, strict: bool = False) -> Manifest:
     """Check the error budget on this run's records and the classes of the snapshot's rows (``check_classes``),
     then commit the snapshot: ``draft`` (what the job wrote) with the run's lineage and the snapshot's files;
     returns the committed manifest."""
@@ -357,6 +357,8 @@ def finish(run: RunPlan, draft: Manifest, *, processed: tuple[int, int], max_rej
             f"max_reject_fraction {max_reject_fraction:.1%}: snapshot {run.snapshot_url} was not committed; the "
             f"rejected records and their reasons are in {join(run.snapshot_url, layout.REJECTED_DIR)}")
     check_classes(run, draft, processed=processed, allow_single_class=allow_single_class)
+    if strict:
+        check_trained_classes(run, draft)
     snapshots.write_inputs(run.snapshot_url, run.inputs)
     diff = run.diff
     lineage = Lineage(
@@ -395,3 +397,16 @@ def unchanged_summary(run: RunPlan) -> dict[str, Any]:
             "records_read": prev.records_read, "rows_written": prev.rows, "rejected": prev.rejected,
             "rejected_by_reason": prev.rejected_by_reason, "splits": splits,
             "rejected_url": join(run.previous_url, layout.REJECTED_DIR), "inputs": len(run.inputs)}
+
+
+def check_trained_classes(run: RunPlan, draft: Manifest) -> None:
+    """Under ``strict: true``, a ``RemovalsError`` when a class of the label map has no row in the train split (a
+    label fixed in ``labels`` that never occurs, a stray label with its few rows in other splits): a model never
+    learns it. Without ``strict`` the job's summary warns of it."""
+    per_class = draft.splits["train"].per_class if "train" in draft.splits else {}
+    untrained = [name for name, n in per_class.items() if not n]
+    if untrained:
+        shown = ", ".join(untrained[:10]) + (", ..." if len(untrained) > 10 else "")
+        raise RemovalsError(f"--input {run.input_url}: train has no rows of {len(untrained)} of the {len(per_class)} "
+                            f"classes ({shown}): snapshot {run.snapshot_url} was not committed (strict: true); fix "
+                            "the labels, or set strict: false to commit it with a warning")

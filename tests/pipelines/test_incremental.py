@@ -149,3 +149,15 @@ def test_a_key_added_at_its_old_behaviour_does_not_change_the_fingerprint_of_old
     assert config_fingerprint({**before, "follow_links": False}, "image") == config_fingerprint(before, "image")
     assert config_fingerprint({**before, "follow_links": True}, "image") != config_fingerprint(before, "image")
     assert config_fingerprint({**before, "max_file_bytes": 64 << 30}, "sequence") == config_fingerprint(before, "sequence")
+
+
+def test_strict_refuses_a_snapshot_with_a_class_train_has_no_row_of():
+    run = SimpleNamespace(input_url="file:///data/in", snapshot_url="file:///ds/snapshots/000002")
+    splits = {"train": SplitCounts(rows=5, row_groups=1, per_class={"0": 3, "1": 2, "positive": 0}),
+              "test": SplitCounts(rows=1, row_groups=1, per_class={"0": 0, "1": 0, "positive": 1})}
+    with pytest.raises(RemovalsError, match=r"train has no rows of 1 of the 3 classes \(positive\): snapshot "
+                                            r"file:///ds/snapshots/000002 was not committed \(strict: true\)"):
+        incremental.check_trained_classes(run, SimpleNamespace(splits=splits))
+    splits["train"] = SplitCounts(rows=6, row_groups=1, per_class={"0": 3, "1": 2, "positive": 1})
+    incremental.check_trained_classes(run, SimpleNamespace(splits=splits))  # every class trained: nothing to say
+    assert "strict" in incremental.IGNORED_CONFIG_KEYS  # it decides a commit, not what is written
