@@ -201,6 +201,23 @@ def report(metrics: dict, output: str) -> None:
           + f" ({counted(metrics['world_size'], 'rank')}, {counted(metrics['epochs_completed'], 'epoch')}"
           + (f", weights of epoch {kept}" if kept is not None and kept != metrics["epochs_completed"] else "")
           + f"); outputs in {output}")
+    weak = weak_model(metrics)
+    if weak:
+        print(f"train: warning: {weak}")
+
+
+def weak_model(metrics: dict) -> str | None:
+    """A sentence when the model does no better than a baseline on the same test split (too few epochs, a learning
+    rate off, labels that do not follow the inputs): the accuracy line alone is easy to miss in a nightly log."""
+    accuracy, compared = metrics["test_accuracy"], metrics["baselines"]
+    if accuracy is None:
+        return None
+    for name, label in (("majority_class", "the majority class"), ("bag_of_words", "a bag-of-words model")):
+        baseline = (compared.get(name) or {}).get("accuracy")
+        if baseline is not None and accuracy <= baseline:
+            return (f"test accuracy {accuracy:.4f} is no better than {label} ({baseline:.4f}) on the same rows: "
+                    "train longer (--epochs), check the learning rate, or check that the labels follow the inputs")
+    return None
 
 
 def run_spark(args: argparse.Namespace, config) -> int:

@@ -145,3 +145,4 @@ def test_an_incremental_summary_says_which_totals_are_the_snapshots_and_which_th
                           unit="files").splitlines()
     assert full[0] == "preprocess-images: 304 files read = 300 rows written + 4 rejected (1.5s)"
     assert full[2].endswith("first snapshot; this run read 304 files, rejected 4")
+
