@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Iterator
 
 from pyspark import SparkContext
@@ -32,6 +33,7 @@ def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | Non
             log.info("starting Spark with %s: the locale %r would have it skip file names that are not ASCII",
                      ", ".join(f"{k}={v}" for k, v in changes.items()), effective_ctype(os.environ))
             os.environ.update(changes)
+        quiet_jvm_logging(os.environ)
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
@@ -48,6 +50,19 @@ def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | Non
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("BIGTRAIN_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+# Spark's log4j set to warnings (conf/log4j2.properties, in a checkout or an installed tree; not in the dist zip).
+LOG4J_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "log4j2.properties"
+
+
+def quiet_jvm_logging(environ) -> None:
+    """A JVM that this process starts (a ``bigtrain`` command, ``python jobs/...``) logs warnings only, as the
+    Makefile targets have it (``SPARK_SUBMIT_OPTS``): Spark's default prints its start-up at INFO. A log4j
+    configuration the user chose in ``SPARK_SUBMIT_OPTS`` is kept."""
+    options = environ.get("SPARK_SUBMIT_OPTS", "")
+    if "log4j2.configurationFile" not in options and LOG4J_CONFIG.is_file():
+        environ["SPARK_SUBMIT_OPTS"] = f"{options} -Dlog4j2.configurationFile=file:{LOG4J_CONFIG}".strip()
 
 
 def local_names_problem(spark: SparkSession) -> str | None:
