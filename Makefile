@@ -14,7 +14,10 @@ else
 $(error STACK=$(STACK): choose STACK=current (Spark 4, the default) or STACK=spark35 (Spark 3.5))
 endif
 VPY := $(VENV)/bin/python
-WHEELS := .cache/wheels
+# Horovod's wheel, built once per machine (by scripts/build_horovod.sh, keyed by Horovod version, build kind, torch
+# and Python) and shared by every checkout and venv here, as pip shares its own wheel cache: a fresh clone or a new
+# venv installs it in seconds instead of compiling for 2-3 minutes. WHEELS=DIR moves it.
+WHEELS ?= $(HOME)/.cache/bigtrain/wheels
 STAMP := $(VENV)/.bigtrain-setup
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
