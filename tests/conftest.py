@@ -92,6 +92,39 @@ def image_dataset(spark, sample_images, tmp_path_factory) -> Path:
     return snapshot_path(summary)
 
 
+def save_untrained_checkpoint(dataset: Path, folder: Path, seed: int) -> Path:
+    """A checkpoint of the default model for ``dataset``, untrained (seeded): its predictions are as testable as a
+    trained one's, at none of the cost."""
+    import torch
+
+    from core.config import load_section
+    from dataset.info import load_dataset_info
+    from training import checkpoint
+    from training.config import TrainConfig
+    from training.models import build_model, resolve_model_name
+
+    config = load_section("train", TrainConfig, flags={"seed": seed})
+    info = load_dataset_info(str(dataset))
+    torch.manual_seed(seed)
+    model = build_model(config.model, dataset=info.spec, config=config)
+    name = resolve_model_name(config.model, info.kind)
+    return checkpoint.save(folder / checkpoint.FINAL_FILE, checkpoint.model_payload(
+        model, name, config, classes=info.classes, class_to_index=info.manifest.class_to_index,
+        dataset=checkpoint.dataset_entry(info)))
+
+
+@pytest.fixture(scope="session")
+def image_checkpoint(image_dataset, tmp_path_factory) -> Path:
+    """The CNN for ``image_dataset``, untrained; tests copy it before they change it."""
+    return save_untrained_checkpoint(image_dataset, tmp_path_factory.mktemp("cnn"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def text_checkpoint(text_dataset, tmp_path_factory) -> Path:
+    """The default text model for ``text_dataset``, untrained; tests copy it before they change it."""
+    return save_untrained_checkpoint(text_dataset, tmp_path_factory.mktemp("lstm"), seed=2)
+
+
 def snapshot_path(summary: dict) -> Path:
     """The committed snapshot folder a preprocessing job wrote (``<dataset>/snapshots/<id>``): fixtures hand it
     out, so tests read its metadata.json and splits directly, and readers take it as a pinned snapshot."""

@@ -15,7 +15,8 @@ from core.errors import RejectBudgetError, UsageError
 from core.paths import to_url
 from inference import batch
 from jobs import predict as job
-from tests.jobs.test_predict import _config, _save_checkpoint
+from tests.conftest import save_untrained_checkpoint
+from tests.jobs.test_predict import _config
 from training import checkpoint
 
 pytestmark = pytest.mark.spark
@@ -30,19 +31,9 @@ TICKETS = [
 
 
 @pytest.fixture(scope="module")
-def text_checkpoint(text_dataset, tmp_path_factory):
-    return _save_checkpoint(text_dataset, tmp_path_factory.mktemp("lstm"), seed=2)
-
-
-@pytest.fixture(scope="module")
-def image_checkpoint(image_dataset, tmp_path_factory):
-    return _save_checkpoint(image_dataset, tmp_path_factory.mktemp("cnn"), seed=1)
-
-
-@pytest.fixture(scope="module")
 def integer_checkpoint(text_dataset, tmp_path_factory):
     """The text model's checkpoint with its classes named 0 and 1, as ``labels: [0, 1]`` names them."""
-    ckpt = _save_checkpoint(text_dataset, tmp_path_factory.mktemp("lstm-int"), seed=2)
+    ckpt = save_untrained_checkpoint(text_dataset, tmp_path_factory.mktemp("lstm-int"), seed=2)
     payload = checkpoint.load(ckpt)
     names = [str(i) for i in range(len(payload["classes"]))]
     payload.update(classes=names, class_to_index={name: i for i, name in enumerate(names)})

@@ -22,30 +22,6 @@ from training.collation import ImageDecoder, image_collate, sequence_collate
 pytestmark = pytest.mark.spark
 
 
-def _save_checkpoint(dataset, folder, seed):
-    from training.config import TrainConfig
-    from training.models import build_model, resolve_model_name
-
-    config = load_section("train", TrainConfig, flags={"seed": seed})
-    info = load_dataset_info(str(dataset))
-    torch.manual_seed(seed)  # an untrained model: its predictions are as testable as a trained one's
-    model = build_model(config.model, dataset=info.spec, config=config)
-    name = resolve_model_name(config.model, info.kind)
-    return checkpoint.save(folder / checkpoint.FINAL_FILE, checkpoint.model_payload(
-        model, name, config, classes=info.classes, class_to_index=info.manifest.class_to_index,
-        dataset=checkpoint.dataset_entry(info)))
-
-
-@pytest.fixture(scope="module")
-def image_checkpoint(image_dataset, tmp_path_factory):
-    return _save_checkpoint(image_dataset, tmp_path_factory.mktemp("cnn"), seed=1)
-
-
-@pytest.fixture(scope="module")
-def text_checkpoint(text_dataset, tmp_path_factory):
-    return _save_checkpoint(text_dataset, tmp_path_factory.mktemp("lstm"), seed=2)
-
-
 def _config(**changes):
     return load_section("predict", batch.PredictConfig, flags={"batch_size": 16, **changes})
 

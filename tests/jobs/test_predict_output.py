@@ -12,14 +12,9 @@ import pytest
 from core.paths import to_url
 from inference import batch
 from jobs import predict as job
-from tests.jobs.test_predict import _config, _save_checkpoint
+from tests.jobs.test_predict import _config
 
 pytestmark = pytest.mark.spark
-
-
-@pytest.fixture(scope="module")
-def image_checkpoint(image_dataset, tmp_path_factory):
-    return _save_checkpoint(image_dataset, tmp_path_factory.mktemp("cnn"), seed=1)
 
 
 def _predict(spark, ckpt, data, out, split):
