@@ -172,6 +172,7 @@ def predict(spark, *, model, output_url: str, data=None, input_url: str | None =
     ``checkpoint.Verified``), load (Parquet beside ``output_url``, checked to hold one row per input, then swapped
     in); returns the summary."""
     from inference import predict as transforms
+    from pipelines import session  # pyspark
 
     trained = model.checkpoint
     kind = trained.kind
@@ -179,7 +180,7 @@ def predict(spark, *, model, output_url: str, data=None, input_url: str | None =
     rows, inputs_read, encoding = scoring_rows(spark, checkpoint_path=model.path, trained=trained, data=data,
                                                input_url=input_url, config=config, keep=keep)
     source = transforms.ModelSource(
-        checkpoint=spark.sparkContext.broadcast((model.data, model.sidecar)),  # the bytes verified, not a re-read
+        checkpoint=session.share(spark, (model.data, model.sidecar)),  # the bytes verified, not a re-read
         sha256=transforms.checkpoint_digest(model.data), kind=kind, classes=tuple(trained.classes),
         codec=encoding if kind == "image" else None, token_dtype=encoding if kind == "sequence" else None)
     log.info("scoring %s with %s (%s, %d classes) -> %s", data.url if data else input_url, model.path,

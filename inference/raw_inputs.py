@@ -61,7 +61,7 @@ def text_rows(spark, *, checkpoint_path: Path, trained: Checkpoint, input_url: s
     """(rows to score with the ``keep`` columns, records read, the token dtype) of raw texts; ``config`` (a
     ``batch.PredictConfig``) gives the format and the fields that replace the checkpoint's."""
     from inference import predict
-    from pipelines import reading, text
+    from pipelines import reading, session, text
 
     params, max_length = _parse_params(trained, checkpoint_path, input_url, config)
     vocabulary = trained.vocabulary
@@ -77,7 +77,7 @@ def text_rows(spark, *, checkpoint_path: Path, trained: Checkpoint, input_url: s
         rows = predict.raw_texts(spark, entries, fmt=params.fmt, fields=[params.tokens_field or params.text_field],
                                  optional=(params.label_field, *keep), keep=keep,
                                  max_record_bytes=_limit(trained, "preprocess_sequences", "max_record_bytes"),
-                                 params=params, vocabulary=spark.sparkContext.broadcast(vocabulary),
+                                 params=params, vocabulary=session.share(spark, vocabulary),
                                  max_length=max_length, dtype=dtype)
     except reading.MissingColumnError as exc:
         raise UsageError(f"{exc}{_FIELD_FLAGS}") from None

@@ -187,6 +187,27 @@ def resolve_master(flag: str | None, config_master: str) -> str | None:
     return config_master
 
 
+def add_remote_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--remote", metavar="sc://HOST:PORT",
+                        help="run on a Spark Connect server instead of a Spark master (default: SPARK_REMOTE when "
+                             "set). Its executors need bigtrain and its stack installed; the driver side here needs "
+                             "no Java")
+
+
+def spark_target(args: argparse.Namespace, config_master: str) -> tuple[str | None, str | None]:
+    """(master, remote) for ``build_spark``: --master and --remote exclude each other; --remote (or SPARK_REMOTE)
+    runs on a Spark Connect server."""
+    remote = getattr(args, "remote", None)
+    if remote and args.master:
+        raise UsageError(f"--remote {remote} and --master {args.master}: give one (--remote is a Spark Connect "
+                         "server, --master a classic Spark master)")
+    if remote and not remote.startswith(("sc://", "local")):
+        raise UsageError(f"--remote {remote}: expected a Spark Connect URL, sc://HOST:PORT")
+    if remote or (os.environ.get("SPARK_REMOTE") and not args.master):
+        return None, remote or os.environ["SPARK_REMOTE"]
+    return resolve_master(args.master, config_master), None
+
+
 def check_connectors(spark, urls: dict[str, str]) -> None:
     """A UsageError naming the flag when Spark cannot reach an --output (missing Hadoop connector), or when a local
     path beyond ASCII went through a JVM that cannot name it (a non-UTF-8 locale: spark-submit passes such a path
@@ -297,7 +318,7 @@ def check_exists(url: str, *, flag: str, what: str) -> None:
 
 
 def run_preprocessing(*, job: str, unit: str, master: str | None, spark_conf: dict[str, str], input_url: str,
-                      output_url: str, body: Callable[..., dict]) -> int:
+                      output_url: str, body: Callable[..., dict], remote: str | None = None) -> int:
     """The shared life of a preprocessing job: input and output kept apart, a session, the storage checks,
     ``body(spark)`` timed, the session stopped whatever happens, and the summary printed (read = written +
     rejected)."""
@@ -310,7 +331,7 @@ def run_preprocessing(*, job: str, unit: str, master: str | None, spark_conf: di
     if local:  # before anything is written there, the lock included
         check_output_kind(output_url, writes="bigtrain dataset")
     with dataset_lock(output_url):
-        spark = session.build_spark(app_name=f"bigtrain-{job}", master=master, conf=spark_conf)
+        spark = session.build_spark(app_name=f"bigtrain-{job}", master=master, conf=spark_conf, remote=remote)
         try:
             check_connectors(spark, {"--input": input_url, "--output": output_url})
             if not local:  # object storage: once Spark's connector is known to be there (its error names it)

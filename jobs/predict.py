@@ -44,12 +44,13 @@ from inference.batch import PredictConfig, check_dataset, check_output, load_che
 from inference.columns import check_text_options, split_names
 from jobs.common import (
     add_config_flags,
+    add_remote_flag,
     check_apart,
     check_connectors,
     check_storage,
     positive_int,
-    resolve_master,
     run_main,
+    spark_target,
 )
 
 APART = "keep the predictions and the inputs apart, neither inside the other"
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int("--batch-size"), metavar="N",
                         help="rows per forward pass in each Spark task")
     parser.add_argument("--master", help="Spark master (default: spark-submit's, else config predict.master)")
+    add_remote_flag(parser)
     parser.add_argument("--trust-import", action="append", default=[], metavar="MODULE:NAME",
                         help="an import path the checkpoint names (its train.model factory or train.collate "
                              "function) that predict may import to rebuild the model; repeatable. A checkpoint is "
@@ -128,8 +130,9 @@ def run(args: argparse.Namespace) -> int:
         check_storage(input_url, flag="--input")
     with output_lock(output_url, args.output):
         check_output(output_url, args.output)
-        spark = session.build_spark(app_name="bigtrain-predict", master=resolve_master(args.master, config.master),
-                                    conf=config.spark_conf)
+        master, remote = spark_target(args, config.master)
+        spark = session.build_spark(app_name="bigtrain-predict", master=master, conf=config.spark_conf,
+                                    remote=remote)
         try:
             check_connectors(spark, {"--output": output_url, **({"--input": input_url} if input_url else {})})
             start = time.monotonic()

@@ -19,7 +19,8 @@ from core.config import load_section
 from core.errors import UsageError
 from core.logs import setup_logging
 from core.paths import to_url
-from jobs.common import add_config_flags, add_snapshot_flags, positive_int, resolve_master, run_main, run_preprocessing
+from jobs.common import (add_config_flags, add_remote_flag, add_snapshot_flags, positive_int, run_main,
+                         run_preprocessing, spark_target)
 from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
 
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training processes expected: each split is written as a multiple of N row groups")
     parser.add_argument("--master", help="Spark master (default: spark-submit's, else config preprocess_images.master, "
                                          "local[*])")
+    add_remote_flag(parser)
     add_snapshot_flags(parser, "preprocess_images")
     parser.add_argument("--quiet", action="store_true", help="only warnings and the summary")
     add_config_flags(parser, "preprocess_images")
@@ -78,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
     input_url, output_url = to_url(args.input), to_url(args.output)
     if input_url.startswith("file://") and not os.path.isdir(input_url[len("file://"):]):
         raise UsageError(f"--input {args.input}: no such directory")
+    master, remote = spark_target(args, config.master)
     return run_preprocessing(
-        job="preprocess-images", unit="files", master=resolve_master(args.master, config.master),
+        job="preprocess-images", unit="files", master=master, remote=remote,
         spark_conf=config.spark_conf, input_url=input_url, output_url=output_url,
         body=lambda spark: preprocess_images(spark, input_url=input_url, output_url=output_url, config=config,
                                              allow_removals=args.allow_removals))

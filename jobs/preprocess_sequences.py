@@ -19,7 +19,8 @@ from core.config import load_section
 from core.errors import UsageError
 from core.logs import setup_logging
 from core.paths import to_url
-from jobs.common import add_config_flags, add_snapshot_flags, positive_int, resolve_master, run_main, run_preprocessing
+from jobs.common import (add_config_flags, add_remote_flag, add_snapshot_flags, positive_int, run_main,
+                         run_preprocessing, spark_target)
 from pipelines.sequence_dataset import PreprocessSequencesConfig, preprocess_sequences
 
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ranks", type=positive_int("--ranks"), metavar="N",
                         help="training processes expected: each split is written as a multiple of N row groups")
     parser.add_argument("--master", help="Spark master (default: spark-submit's, else config, local[*])")
+    add_remote_flag(parser)
     add_snapshot_flags(parser, "preprocess_sequences")
     parser.add_argument("--quiet", action="store_true", help="only warnings and the summary")
     add_config_flags(parser, "preprocess_sequences")
@@ -82,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--input {args.input}: no such file or directory") from None
     except ValueError as exc:
         raise UsageError(f"--input {args.input}: {exc}") from None
+    master, remote = spark_target(args, config.master)
     return run_preprocessing(
-        job="preprocess-sequences", unit="records", master=resolve_master(args.master, config.master),
+        job="preprocess-sequences", unit="records", master=master, remote=remote,
         spark_conf=config.spark_conf, input_url=input_url, output_url=output_url,
         body=lambda spark: preprocess_sequences(spark, input_url=input_url, output_url=output_url, fmt=fmt,
                                                 config=config, allow_removals=args.allow_removals))

@@ -82,7 +82,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
     import numpy as np
     from pyspark.sql import functions as F
 
-    from pipelines import incremental, labels, splits, text, writing
+    from pipelines import incremental, labels, session, splits, text, writing
     from pipelines.schemas import sequence_unischema
 
     run = incremental.plan(dataset_url=output_url, input_url=input_url, kind="sequence", config=asdict(config),
@@ -113,7 +113,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
             g["bytes"] = (g["bytes"] or 0) + (g["ids"] or 0) * np.dtype(dtype).itemsize
         processed = incremental.processed(groups)
         labelled = labels.assign_labels(records, class_to_index=class_to_index, name_col="label_name")
-        encoded = text.map_to_ids(labelled, vocabulary=spark.sparkContext.broadcast(vocabulary),
+        encoded = text.map_to_ids(labelled, vocabulary=session.share(spark, vocabulary),
                                   max_length=config.max_length, dtype=dtype)
         rows = splits.with_sample_id(encoded, key_col="source")
         if carried is not None:

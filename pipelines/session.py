@@ -1,8 +1,14 @@
 """Spark sessions for the preprocessing jobs and batch inference, and the Spark jobs of a run named by kind.
 
-``build_spark`` starts (or joins) the session with the locale and logging bigtrain needs; ``spark_job`` names the
-Spark jobs of a preprocessing run per kind so that a run's jobs can be counted (``jobs_by_kind``);
-``require_connector`` names the Hadoop connector an output URL needs before any work.
+``build_spark`` starts (or joins) the session with the locale and logging bigtrain needs, or connects to a Spark
+Connect server (``remote``, or ``SPARK_REMOTE``); ``spark_job`` names the Spark jobs of a preprocessing run per kind
+so that a run's jobs can be counted (``jobs_by_kind``); ``require_connector`` names the Hadoop connector an output
+URL needs before any work.
+
+Spark Connect: a Connect session has no ``sparkContext``, RDD or JVM gateway. The preprocessing and predict paths
+use none of them there: the log level, the job groups, the status tracker, the connector check and the JVM's file
+name encoding are the server's (skipped, ``is_connect``), and what the executors need from the driver (a
+vocabulary, a checkpoint) travels in the Python functions' closures, not in broadcasts.
 """
 from __future__ import annotations
 
@@ -16,17 +22,29 @@ from typing import Any, Iterator
 from pyspark import SparkContext
 from pyspark.sql import DataFrame, SparkSession
 
+from core.errors import LaunchError
 from core.locales import effective_ctype, file_name_problem, jvm_locale_changes
 
 log = logging.getLogger(__name__)
 
 
-def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | None = None) -> SparkSession:
+def is_connect(spark) -> bool:
+    """Whether ``spark`` is a Spark Connect session (no sparkContext, RDD or JVM gateway)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | None = None,
+                remote: str | None = None) -> SparkSession:
     """A SparkSession for a job. ``master=None`` leaves it to spark-submit (``--master`` on its command line).
+    ``remote``: a Spark Connect session on that server (``sc://host:port``) instead (``jobs.common.spark_target``
+    decides between ``--master``, ``--remote`` and ``SPARK_REMOTE``; a classic session here ignores SPARK_REMOTE).
 
     In local mode the Python workers must be this interpreter (the one with bigtrain installed), not whatever
     ``python3`` is first on PATH.
     """
+    if remote:
+        return _connect(remote, app_name=app_name, conf=conf)
+    os.environ.pop("SPARK_REMOTE", None)  # PySpark's builder would connect there instead of starting this master
     if not _jvm_started():  # the JVM inherits this process's environment: file names in UTF-8 whatever the locale
         changes = jvm_locale_changes(os.environ)
         if changes:
@@ -52,6 +70,37 @@ def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | Non
     return spark
 
 
+def _connect(url: str, *, app_name: str, conf: dict[str, Any] | None) -> SparkSession:
+    """A Spark Connect session on ``url``. The settings a job gives are runtime SQL settings of the session; a
+    server's static settings (executor environment, console progress) are the server's own."""
+    # PySpark's own builder (not pyspark.sql.connect's): it marks the process as a Connect client, which
+    # pyspark.sql.functions needs to build Connect columns. It needs grpcio, grpcio-status, googleapis-common-protos
+    # and zstandard (requirements/runtime.txt).
+    try:
+        import grpc  # noqa: F401 - the first of the Connect client's packages PySpark imports
+        import zstandard  # noqa: F401
+    except ImportError as exc:
+        raise LaunchError(f"--remote {url}: this Python has no Spark Connect client ({exc.name} is not "
+                                    "installed; requirements/runtime.txt pins grpcio, grpcio-status, "
+                                    "googleapis-common-protos and zstandard)") from None
+    builder = SparkSession.builder.remote(url).config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, str(value))
+    spark = builder.getOrCreate()
+    log.info("%s on the Spark Connect server %s (Spark %s)", app_name, url, spark.version)
+    return spark
+
+
+def share(spark: SparkSession, value: Any) -> Any:
+    """``value`` for the executors' functions: a broadcast on a classic session (sent once per executor), the value
+    itself on a Connect session, which has no broadcasts: it travels in the pickled function (a vocabulary, a
+    checkpoint of a few MB; the server's ``spark.connect.grpc.maxInboundMessageSize``, 128 MiB by default, bounds it).
+    The functions take either (``getattr(shared, "value", shared)``)."""
+    if is_connect(spark):
+        return value
+    return spark.sparkContext.broadcast(value)
+
+
 # Spark's log4j set to warnings (conf/log4j2.properties, in a checkout or an installed tree; not in the dist zip).
 LOG4J_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "log4j2.properties"
 
@@ -67,7 +116,10 @@ def quiet_jvm_logging(environ) -> None:
 
 def local_names_problem(spark: SparkSession) -> str | None:
     """Why the driver's JVM cannot be trusted to name a local path beyond ASCII (None: it can): it names files in
-    the encoding of the locale it started in. Only local file systems: HDFS and object stores name files in UTF-8."""
+    the encoding of the locale it started in. Only local file systems: HDFS and object stores name files in UTF-8.
+    A Connect server's JVM is not this process's: the job's own arguments reach it in UTF-8 (None)."""
+    if is_connect(spark):
+        return None
     return file_name_problem(spark.sparkContext._jvm.System.getProperty("sun.jnu.encoding"), os.environ)
 
 
@@ -87,6 +139,10 @@ def spark_job(spark: SparkSession, kind: str, what: str) -> Iterator[None]:
     The actions are planned without adaptive query execution (``without_adaptive``)."""
     if kind not in JOB_KINDS:
         raise ValueError(f"Spark job kind {kind!r} is not one of {', '.join(JOB_KINDS)}")
+    if is_connect(spark):  # no job groups there (its jobs are tagged by the server); the plan is what matters
+        with without_adaptive(spark):
+            yield
+        return
     sc = spark.sparkContext
     saved = {key: sc.getLocalProperty(key) for key in ("spark.jobGroup.id", "spark.job.description")}
     sc.setJobGroup(JOB_GROUP + kind, f"bigtrain {kind}: {what}")
@@ -122,7 +178,8 @@ def persist(spark: SparkSession, df: DataFrame) -> DataFrame:
 
 def jobs_by_kind(spark: SparkSession) -> dict[str, set[int]]:
     """The ids of the Spark jobs this session ran inside ``spark_job``, per kind, and (``"other"``) those outside
-    any job group, as Spark's status tracker knows them (``spark.ui.retainedJobs``, 1000 by default)."""
+    any job group, as Spark's status tracker knows them (``spark.ui.retainedJobs``, 1000 by default). Classic
+    sessions only: a Connect client has no status tracker."""
     tracker = spark.sparkContext.statusTracker()
     found = {kind: set(tracker.getJobIdsForGroup(JOB_GROUP + kind)) for kind in JOB_KINDS}
     found["other"] = set(tracker.getJobIdsForGroup(None))
@@ -148,8 +205,8 @@ def require_connector(spark: SparkSession, url: str) -> None:
     if scheme in ("s3", "s3n"):
         raise MissingConnectorError(f"{url}: Spark reaches object storage through s3a://, not {scheme}:// "
                                     f"(use s3a://{url.split('://', 1)[1]})")
-    if scheme not in HADOOP_FILESYSTEMS:
-        return
+    if scheme not in HADOOP_FILESYSTEMS or is_connect(spark):  # a Connect server's classpath is not visible here:
+        return  # its write fails with the server's error
     class_name, provider = HADOOP_FILESYSTEMS[scheme]
     try:
         spark.sparkContext._jvm.java.lang.Class.forName(class_name)

@@ -279,6 +279,48 @@ def standalone_cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def connect_server(tmp_path_factory):
+    """A real Spark Connect server on this machine (``SparkConnectServer`` through the spark-submit that pyspark
+    ships, local[2], its Python workers this interpreter), stopped afterwards. Yields its ``sc://`` URL. A client
+    must run in a process of its own: PySpark marks a process that connects as a Connect client, and this test
+    session's classic SparkSession could not run beside it."""
+    import socket
+    import subprocess
+    import time
+
+    root = tmp_path_factory.mktemp("connect")
+    port = _free_port(15002)
+    log = root / "server.log"
+    env = {**subprocess_env(), "SPARK_LOCAL_IP": "127.0.0.1"}
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            [tool("spark-submit"), "--master", "local[2]", "--class",
+             "org.apache.spark.sql.connect.service.SparkConnectServer",
+             "--conf", f"spark.connect.grpc.binding.port={port}",
+             "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
+             "--conf", "spark.executorEnv.PYTHONWARNINGS=ignore::FutureWarning",
+             "--driver-java-options", f"-Dlog4j2.configurationFile=file:{REPO / 'conf' / 'log4j2.properties'}",
+             "spark-internal"], stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=root)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Spark Connect server did not listen on port {port}:\n"
+                                   f"{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.5)
+        yield f"sc://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="session")
 def python_without_bigtrain(tmp_path_factory) -> str:
     """An interpreter that has every dependency but not bigtrain itself (the editable install's .pth is skipped),
     as on a cluster where only the zip shipped with --py-files brings the code."""

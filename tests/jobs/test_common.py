@@ -146,3 +146,23 @@ def test_an_incremental_summary_says_which_totals_are_the_snapshots_and_which_th
     assert full[0] == "preprocess-images: 304 files read = 300 rows written + 4 rejected (1.5s)"
     assert full[2].endswith("first snapshot; this run read 304 files, rejected 4")
 
+
+
+@pytest.mark.parametrize("job", [preprocess_images, preprocess_sequences])
+def test_remote_picks_a_spark_connect_server_and_excludes_master(job, monkeypatch):
+    from core.errors import UsageError
+    from jobs.common import spark_target
+
+    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    parse = job.build_parser().parse_args
+    base = ["--input", "in", "--output", "out"]
+    assert spark_target(parse(base), "local[*]") == ("local[*]", None)
+    assert spark_target(parse([*base, "--remote", "sc://h:15002"]), "local[*]") == (None, "sc://h:15002")
+    with pytest.raises(UsageError, match=r"--remote sc://h:15002 and --master local\[2\]: give one"):
+        spark_target(parse([*base, "--remote", "sc://h:15002", "--master", "local[2]"]), "local[*]")
+    with pytest.raises(UsageError, match="--remote h:15002: expected a Spark Connect URL, sc://HOST:PORT"):
+        spark_target(parse([*base, "--remote", "h:15002"]), "local[*]")
+    monkeypatch.setenv("SPARK_REMOTE", "sc://env:15002")
+    assert spark_target(parse(base), "local[*]") == (None, "sc://env:15002")
+    assert spark_target(parse([*base, "--master", "local[2]"]), "local[*]") == ("local[2]", None)
