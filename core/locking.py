@@ -40,13 +40,18 @@ os.register_at_fork(after_in_child=_close_in_child)
 @contextlib.contextmanager
 def hold(path: str, *, what: str, remove: bool = False) -> Iterator[None]:
     """Hold ``path`` exclusively for the ``with`` block, or raise LockHeld at once (never wait); LockFileError when
-    ``path`` is not a lock file bigtrain may write (a link, a folder, a FIFO, a device). A folder this call created
-    that holds nothing but the lock when the block ends (a run refused before it wrote anything) is removed; with
-    ``remove`` the lock file itself is (a lock beside an output, not inside it), while still held."""
+    ``path`` is not a lock file bigtrain may write (a link, a folder, a FIFO, a device). When the block ends having
+    added nothing to the lock's folder (a run refused or failed before it wrote anything), the lock file goes, and
+    so does the folder if this call created it or found only a lock there (left by a run killed with SIGKILL, whose
+    own clean-up never ran); with ``remove`` the lock file always goes (a lock beside an output, not inside it).
+    Either happens while the lock is still held."""
     import fcntl
 
     folder = os.path.dirname(os.path.abspath(path))
-    created = not os.path.isdir(folder)
+    name = os.path.basename(path)
+    found = os.listdir(folder) if os.path.isdir(folder) else None
+    before = set(found or ()) - {name}
+    created = found is None or found == [name]  # made here, or holding only a killed run's lock
     os.makedirs(folder, exist_ok=True)
     fd = _open_lock_file(path)
     held = False
@@ -67,11 +72,12 @@ def hold(path: str, *, what: str, remove: bool = False) -> Iterator[None]:
                                   "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode(), 0)
         yield
     finally:
-        if held and created and os.listdir(folder) == [os.path.basename(path)]:
+        unchanged = held and set(os.listdir(folder)) - {name} == before and _names(path, fd)
+        if unchanged or (held and remove and _names(path, fd)):
             os.unlink(path)  # still locked: a process that opened it meanwhile finds it unnamed and backs off
-            os.rmdir(folder)
-        elif held and remove and _names(path, fd):
-            os.unlink(path)
+        if unchanged and created:
+            with contextlib.suppress(OSError):  # something written there meanwhile keeps it
+                os.rmdir(folder)
         _HELD.discard(fd)
         os.close(fd)  # closing the descriptor releases the lock
 

@@ -361,8 +361,7 @@ def output_lock(output_dir: Path, dist):
     with contextlib.ExitStack() as stack:
         outcome = "ok"
         if dist.rank == 0:
-            try:
-                output_dir.mkdir(parents=True, exist_ok=True)
+            try:  # hold makes the folder: a run that fails before writing anything leaves none
                 stack.enter_context(hold(str(output_dir / outputs.LOCK_FILE), what=f"training into {output_dir}"))
             except LockHeld as exc:
                 outcome = str(exc)

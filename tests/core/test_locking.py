@@ -78,7 +78,31 @@ def test_a_folder_the_lock_created_is_removed_when_nothing_else_was_written(tmp_
     existing.mkdir()
     with locking.hold(str(existing / ".lock"), what="a run"):
         pass
-    assert (existing / ".lock").is_file()  # a folder that was there stays, lock and all
+    assert existing.is_dir() and not any(existing.iterdir())  # a folder that was there stays, without the lock
+
+
+def test_a_folder_holding_only_the_lock_of_a_killed_run_is_removed_by_the_next_run_that_writes_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "model"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from core import locking\n"
+                               f"with locking.hold({str(out / '.lock')!r}, what='a run'):\n"
+                               "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)  # its clean-up never runs: the folder is left holding only the lock
+    holder.wait(timeout=30)
+    assert [p.name for p in out.iterdir()] == [".lock"]
+    with pytest.raises(RuntimeError, match="refused"), locking.hold(str(out / ".lock"), what="a run"):
+        raise RuntimeError("refused before writing anything")
+    assert not out.exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError), locking.hold(str(existing / ".lock"), what="a run"):
+        raise RuntimeError("refused")
+    assert [p.name for p in existing.iterdir()] == ["notes.txt"]  # the user's folder stays, without the lock
 
 
 def test_a_lock_removed_by_its_holder_between_open_and_flock_is_not_taken(tmp_path, monkeypatch):

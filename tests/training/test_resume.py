@@ -82,6 +82,7 @@ def test_a_finished_run_continues_when_given_more_epochs(tmp_path):
     assert metrics["resumed_from"] and [h["epoch"] for h in metrics["history"]] == [1, 2]
     with pytest.raises(CheckpointError, match="holds no complete checkpoint"):
         train_in_memory(config("train.resume=require"), IMAGES, tmp_path / "new")
+    assert not (tmp_path / "new").exists()  # a run refused before it wrote anything leaves no folder (lock and all)
 
 
 def test_resuming_on_another_dataset_or_with_another_batch_size_is_refused(tmp_path):
