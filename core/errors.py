@@ -7,7 +7,9 @@ max_reject_fraction allows (nothing committed); 4 training waited for its data l
 ``train.max_data_stall`` allows (with ``train.stall_budget_action: fail``); 5 the training watchdog found no rank
 making progress for ``train.watchdog_seconds`` (``<output>/hang.json`` names the stuck rank); 6 a preprocessing run
 would commit a snapshot that lost input files (more than max_removed_fraction, every file of a class; rerun with
---allow-removals), or one of no input, no row or a single class (nothing committed); 75 another run holds the lock
+--allow-removals), or one of no input, no row or a single class (nothing committed); 7 a snapshot drifted from the
+one it is compared with beyond a limit ``bigtrain verify`` was given (label shift, reject fraction, rows; the
+pipeline stops before training); 75 another run holds the lock
 (EX_TEMPFAIL: try again later); 130 interrupted (Ctrl-C). ``jobs.common.run_main`` turns a BigtrainError into its
 message and ``exit_code``; anything else keeps its traceback.
 """
@@ -20,6 +22,7 @@ EXIT_REJECTS = 3       # more input rejected than max_reject_fraction allows: no
 EXIT_STALL = 4         # a training epoch waited for data beyond train.max_data_stall (stall_budget_action: fail)
 EXIT_HUNG = 5          # the training watchdog saw no rank progress for train.watchdog_seconds (<output>/hang.json)
 EXIT_REMOVALS = 6      # not committed: inputs vanished (max_removed_fraction, a whole class), no row, one class
+EXIT_DRIFT = 7         # verify: the snapshot drifted from its parent (or --against) beyond a --max-* limit
 EXIT_LOCKED = 75       # another run holds the lock (EX_TEMPFAIL: try again later)
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT), as shells report it
 EXIT_TERMINATED = 143  # stopped by SIGTERM (a scheduler's stop), as shells report it
@@ -60,6 +63,12 @@ class RemovalsError(DatasetError):
     of no input, no accepted row, or rows of a single class. Nothing was committed; the message says what vanished
     and the way past it (``--allow-removals``, ``allow_single_class``) where there is one."""
     exit_code = EXIT_REMOVALS
+
+
+class DriftError(DatasetError):
+    """A snapshot differs from the one it is compared with by more than a limit allows (``bigtrain verify
+    --max-label-shift`` ...): the message says what shifted and by how much."""
+    exit_code = EXIT_DRIFT
 
 
 class StallBudgetError(BigtrainError, RuntimeError):

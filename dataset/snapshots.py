@@ -341,14 +341,11 @@ def write_inputs(snapshot_url: str, inputs: dict[str, tuple[str, int, int]]) -> 
 
 
 def read_inputs(snapshot_url: str) -> dict[str, tuple[str, int, int]]:
-    import pyarrow.parquet as pq
-
     url = join(snapshot_url, layout.INPUTS_FILE)
     fs, path = filesystem(url)
     if not fs.exists(path):
         raise DatasetError(f"{url} not found: the snapshot does not record its inputs")
-    with fs.open(path, "rb") as fh:
-        rows = pq.read_table(fh).to_pylist()
+    rows = layout.read_parquet(fs, path).to_pylist()
     return {r["relpath"]: (r["path"], r["size"], r["mtime_ms"]) for r in rows}
 
 

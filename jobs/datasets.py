@@ -6,6 +6,7 @@ Launch:
     bigtrain datasets show data/images_ds            # the current snapshot in detail (or a snapshot folder)
     bigtrain datasets show data/images_ds --json     # its whole manifest
     bigtrain datasets gc data/images_ds --keep 3 --pinned-by runs/cnn runs/lstm --dry-run   # what would go
+    bigtrain datasets diff data/images_ds/snapshots/000001-... data/images_ds   # what changed since a snapshot
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from core.errors import EXIT_OK, DatasetError, UsageError
 from core.logs import setup_logging
 from core.paths import join, to_url
-from dataset import layout, manifest, snapshots
+from dataset import diff, layout, manifest, snapshots
 from jobs.common import dataset_lock, positive_int, run_main
 
 GC_DESCRIPTION = (
@@ -50,6 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="checkpoint files (checkpoint.pt, checkpoints/step-*.pt) or training output folders "
                          "(their checkpoint and resume points): the snapshots they were trained on stay")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    diff = sub.add_parser("diff", help="what changed from snapshot A to snapshot B: rows added, removed, changed "
+                                       "and moved per split and class, label shift, sizes, vocabulary, rejects",
+                          description="Compare two committed snapshots, of one dataset or of two (a dataset folder "
+                                      "stands for its current snapshot). A row is known by its sample_id and its "
+                                      "content by a fingerprint of what is stored (the image's bytes, the record's "
+                                      "tokens as words); changed: other content or another label. The label "
+                                      "shift is the population stability index of the class shares (below 0.1 "
+                                      "small, above 0.25 large). Reads the splits here, without Spark.")
+    diff.add_argument("before", metavar="A", help="the earlier snapshot (or dataset folder)")
+    diff.add_argument("after", metavar="B", help="the later snapshot (or dataset folder)")
+    diff.add_argument("--json", action="store_true", help="print the comparison as JSON, with every added and "
+                                                          "dropped vocabulary token")
     return parser
 
 
@@ -57,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(quiet=True)
     actions = {"list": lambda: list_snapshots(args.dataset), "show": lambda: show(args.dataset, args.json),
-               "gc": lambda: gc(args.dataset, keep=args.keep, pinned_by=args.pinned_by, dry_run=args.dry_run)}
+               "gc": lambda: gc(args.dataset, keep=args.keep, pinned_by=args.pinned_by, dry_run=args.dry_run),
+               "diff": lambda: show_diff(args.before, args.after, args.json)}
     return run_main(actions[args.action])
 
 
@@ -120,6 +134,12 @@ def show(dataset: str, as_json: bool) -> int:
     lines.append(f"  files      {len(contents.files)}, {sum(f.bytes for f in contents.files.values())} bytes "
                  "(sha256 of each in metadata.json)")
     print("\n".join(lines))
+    return EXIT_OK
+
+
+def show_diff(before: str, after: str, as_json: bool) -> int:
+    result = diff.compare(to_url(before), to_url(after))
+    print(json.dumps(result, indent=2, sort_keys=True) if as_json else diff.format_diff(result))
     return EXIT_OK
 
 

@@ -13,7 +13,9 @@ Python (the virtual environment's bin).
 Exit codes: 0 every stage ran or was skipped; 1 a stage failed (later stages not run; the history names it and its
 log); 2 the pipeline file, a stage's argument (checked before the first stage runs; no run is recorded) or a flag
 is wrong; 3 a preprocessing stage rejected more input than max_reject_fraction
-(nothing committed); 75 another run of this pipeline holds the lock (try again later).
+(nothing committed); 6 a preprocessing stage refused a snapshot that lost inputs or has one class; 7 a verify stage
+found drift beyond its limits (nothing trained); 75 another run of this pipeline holds the lock (try again later);
+130 Ctrl-C, 143 SIGTERM (the running stage is stopped too; the history records it).
 """
 from __future__ import annotations
 

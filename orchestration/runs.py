@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from core import atomic, locking
-from core.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_REJECTS, EXIT_REMOVALS, EXIT_TERMINATED
+from core.errors import (
+    EXIT_DRIFT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_REJECTS,
+    EXIT_REMOVALS,
+    EXIT_TERMINATED,
+)
 from core.redact import redact_argv
 from orchestration.runner import (
     Pipeline,
@@ -95,7 +104,8 @@ def read_history(pipeline: Pipeline) -> list[dict[str, Any]]:
 
 def run(pipeline: Pipeline, *, force: bool = False) -> int:
     """Run the pipeline under its lock; returns the exit code (0 ok, 1 a stage failed, 3 a stage rejected too much
-    input, 75 another run holds the lock). Every run, refused ones included, is appended to the history."""
+    input, 6 a stage refused a snapshot that lost inputs, 7 a stage found drift beyond its limits, 75 another run
+    holds the lock). Every run, refused ones included, is appended to the history."""
     return run_recorded(pipeline, force=force)["exit_code"]
 
 
@@ -113,6 +123,12 @@ def run_recorded(pipeline: Pipeline, *, force: bool = False) -> dict[str, Any]:
         # cron's or a scheduler's SIGTERM: the stage was stopped first (_execute), the record says so, the lock goes
         record.update(status="terminated", error="stopped by SIGTERM; the running stage was stopped too")
         code = EXIT_TERMINATED
+    except KeyboardInterrupt:
+        # Ctrl-C: the stage got its SIGINT from the terminal too; the record says interrupted (exit 130), and the
+        # interrupt goes on to the command, which prints its line and exits 130
+        record.update(status="interrupted", error="stopped by Ctrl-C (SIGINT); the running stage was stopped too")
+        code = EXIT_INTERRUPTED
+        raise
     except locking.LockHeld as exc:
         # Not an error: the run holding the lock does the work (docs/operations.md: a scheduler does nothing on 75).
         record.update(status="locked", error=str(exc), holder=exc.holder)
@@ -167,7 +183,7 @@ def _run_stages(pipeline: Pipeline, run_id: str, record: dict[str, Any], *, forc
                       "\n  ".join(tail))
             # 3 (rejects), 6 (input vanished) and 75 (a stage's own lock held: try later) mean the same for the
             # pipeline; others fail it
-            return code if code in (EXIT_REJECTS, EXIT_REMOVALS, EXIT_LOCKED) else EXIT_FAILED
+            return code if code in (EXIT_REJECTS, EXIT_REMOVALS, EXIT_DRIFT, EXIT_LOCKED) else EXIT_FAILED
         entry.update(status="ran", counts=counts_of(stage.output))
         state[stage.name] = {"fingerprint": fingerprint, "finished": _now(), "counts": entry["counts"]}
         write_state(pipeline, state)

@@ -68,6 +68,34 @@ def test_a_failed_stage_stops_the_run_with_its_exit_code(tmp_path):
     assert done.returncode == 0 and "failed  " in done.stdout and "ok:ran bad:failed after:not run" in done.stdout
 
 
+def test_ctrl_c_stops_the_stage_and_is_recorded_as_interrupted_with_130(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group: the runner and its stage."""
+    import signal
+
+    pid_file = tmp_path / "stage.pid"
+    stage = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)"
+    file = write_pipeline(tmp_path, [{"name": "slow", "command": py(stage)}, {"name": "after", "command": py("pass")}])
+    runner_process = subprocess.Popen([sys.executable, "-m", "jobs.cli", "pipeline", "run", file], cwd=REPO,
+                                      env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(runner_process.pid, signal.SIGINT)
+    _, err = runner_process.communicate(timeout=60)
+    assert runner_process.returncode == 130, err
+    (last,) = runs.read_history(load(file))
+    assert (last["status"], last["exit_code"]) == ("interrupted", 130) and "Ctrl-C" in last["error"]
+    assert [s["status"] for s in last["stages"]] == ["stopped", "not run"]
+
+
+def test_a_drift_stage_keeps_its_exit_7(tmp_path):
+    file = write_pipeline(tmp_path, [{"name": "verify", "command": py("raise SystemExit(7)")},
+                                     {"name": "train", "command": py("pass")}])
+    assert runs.run(load(file)) == 7
+    assert statuses(file) == [["failed", "not run"]]
+
+
 def test_a_second_concurrent_run_exits_75_and_is_recorded(tmp_path):
     go = tmp_path / "go"
     wait = f"import os, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.05)"
