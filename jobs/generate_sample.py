@@ -33,7 +33,7 @@ class SampleTextsConfig:
 
 def images_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bigtrain generate-images",
+        allow_abbrev=False, prog="bigtrain generate-images",
         description="Write a 10-class image-folder dataset (shapes; PNG and JPEG; RGB, L, RGBA and P modes; "
                     "24-140 px) plus a few unusable files, for the demo and the tests.")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write <class>/<file> into")
@@ -46,7 +46,7 @@ def images_parser() -> argparse.ArgumentParser:
 
 def texts_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bigtrain generate-texts",
+        allow_abbrev=False, prog="bigtrain generate-texts",
         description="Write positive/negative reviews as JSON Lines (or CSV) whose label depends on word order "
                     "('was not good' vs 'not ... was good'), plus a few unusable lines, for the demo and the tests.")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write part-NNNNN.jsonl files into")

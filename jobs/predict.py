@@ -58,7 +58,7 @@ APART = "keep the predictions and the inputs apart, neither inside the other"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bigtrain predict",
+        allow_abbrev=False, prog="bigtrain predict",
         description="Score a preprocessed dataset split, or new raw images or texts, with a trained checkpoint, "
                     "on Spark executors; write the predictions and class probabilities as Parquet.",
         epilog="Config keys (section predict in conf/bigtrain.yaml) can be set with --set predict.KEY=VALUE; "

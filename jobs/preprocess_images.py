@@ -26,7 +26,7 @@ from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bigtrain preprocess-images",
+        allow_abbrev=False, prog="bigtrain preprocess-images",
         description="Decode, convert, resize and split an image-folder dataset into Petastorm datasets with Spark.",
         epilog="Config keys (section preprocess_images in conf/bigtrain.yaml) can be set with --set "
                "preprocess_images.KEY=VALUE; flags win over config.")

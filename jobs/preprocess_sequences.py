@@ -26,7 +26,7 @@ from pipelines.sequence_dataset import PreprocessSequencesConfig, preprocess_seq
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bigtrain preprocess-sequences",
+        allow_abbrev=False, prog="bigtrain preprocess-sequences",
         description="Tokenise text (or take integer token sequences), build the vocabulary and label map, split, and "
                     "write Petastorm datasets with Spark.",
         epilog="Config keys (section preprocess_sequences in conf/bigtrain.yaml) can be set with --set "

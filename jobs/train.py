@@ -32,6 +32,7 @@ from core.logs import counted, setup_logging
 from core.paths import to_url
 from jobs.common import (
     add_config_flags,
+    check_apart,
     check_exists,
     check_output_kind,
     positive_float,
@@ -59,7 +60,7 @@ def _model(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bigtrain train",
+        allow_abbrev=False, prog="bigtrain train",
         description="Train on a preprocessed bigtrain dataset (Petastorm), data-parallel with Horovod or PyTorch DDP, "
                     "validate every epoch, evaluate on the test split. Run under horovodrun (or torchrun with "
                     "--backend torch) for several processes. Running the same command again resumes from the newest "
@@ -164,6 +165,9 @@ def run(args: argparse.Namespace) -> int:
     config = load_section("train", TrainConfig, config_file=args.config, overrides=args.overrides, flags=flags)
     check_output_kind(to_url(args.output), writes="training output")
     check_exists(to_url(args.data), flag="--data", what="dataset folder")
+    check_apart(to_url(args.data).split("/snapshots/")[0], to_url(args.output), input_flag="--data",
+                advice="keep the training output and the dataset apart, neither inside the other (a folder in a "
+                       "dataset is read as a broken snapshot by every later command)")
     if args.launcher == "spark":
         if args.elastic:
             raise UsageError("--elastic runs under horovodrun (--min-np/--max-np), not with --launcher spark")
@@ -214,7 +218,7 @@ def weak_model(metrics: dict) -> str | None:
         return None
     for name, label in (("majority_class", "the majority class"), ("bag_of_words", "a bag-of-words model")):
         baseline = (compared.get(name) or {}).get("accuracy")
-        if baseline is not None and accuracy <= baseline:
+        if baseline is not None and accuracy <= baseline and accuracy < 1:  # both perfect: nothing to improve
             return (f"test accuracy {accuracy:.4f} is no better than {label} ({baseline:.4f}) on the same rows: "
                     "train longer (--epochs), check the learning rate, or check that the labels follow the inputs")
     return None

@@ -25,7 +25,7 @@ from jobs.common import run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bigtrain verify", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="bigtrain verify", description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", metavar="DATASET", help="a dataset folder (its current snapshot) or a snapshot "
                                                            "folder; local path or URL (s3://, file://)")
     parser.add_argument("--quick", action="store_true", help="skip the sha256 checksums (no full read of the data)")

@@ -88,8 +88,9 @@ def mixed_label_kind(counts: dict[bool, int]) -> bool | None:
 
 def reject_label_kind(df: DataFrame, *, numbers: bool, counts: dict[bool, int]) -> DataFrame:
     """Reject (``reason``) the records whose label is of the kind ``numbers`` (``label_is_number``)."""
-    kind, other = ("a number", "text") if numbers else ("text", "numbers")
-    reason = (f"mixed label types: the label is {kind}, as in {counts[numbers]} records, where {counts[not numbers]} "
-              f"records have {other} labels")
+    kind, other = ("a number", "text labels") if numbers else ("text", "integer labels")
+    rare, common = counts[numbers], counts[not numbers]
+    reason = (f"mixed label types: the label is {kind}, as in {rare} record{'s' if rare != 1 else ''}, where "
+              f"{common} record{'s have' if common != 1 else ' has'} {other}")
     return df.withColumn("reason", F.when(F.col("reason").isNull() & (F.col("label_is_number") == F.lit(numbers)),
                                           F.lit(reason)).otherwise(F.col("reason")))

@@ -166,3 +166,19 @@ def test_remote_picks_a_spark_connect_server_and_excludes_master(job, monkeypatc
     monkeypatch.setenv("SPARK_REMOTE", "sc://env:15002")
     assert spark_target(parse(base), "local[*]") == (None, "sc://env:15002")
     assert spark_target(parse([*base, "--master", "local[2]"]), "local[*]") == ("local[2]", None)
+
+
+@pytest.mark.parametrize("name, argv, refused", [
+    ("train", ["--data", "d", "--output", "o", "--epoch", "3"], "unrecognized arguments: --epoch 3"),
+    ("preprocess-images", ["--input", "i", "--output", "o", "--image-siz", "32"], "unrecognized arguments: --image-siz"),
+    ("predict", ["--checkpoint", "c", "--input", "i", "--output", "o", "--keep", "id"], "unrecognized arguments: --keep"),
+    ("datasets", ["gc", "ds", "--kee", "3"], "required: --keep"),
+    ("pipeline", ["run", "p.yaml", "--forc"], "unrecognized arguments: --forc (did you mean --force?)"),
+])
+def test_a_shortened_flag_is_refused_on_the_command_line_and_in_a_pipeline_stage(name, argv, refused):
+    """argparse would take an unambiguous prefix (--epoch for --epochs): a typo that happens to be a prefix would
+    run with a setting the user did not write, and a pipeline stage's check would pass it."""
+    from jobs.cli import argument_problem
+
+    problem = argument_problem(name, argv)
+    assert problem is not None and refused in problem

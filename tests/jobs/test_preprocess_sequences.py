@@ -163,7 +163,7 @@ def test_a_number_label_among_text_labels_is_rejected_not_a_class_of_its_own(spa
     assert summary["records_read"] == 21 == summary["rows_written"] + summary["rejected"] and summary["rejected"] == 1
     (rejected,) = pq.read_table(out / "rejected").to_pylist()
     assert rejected["source"] == "part.jsonl:21"
-    assert rejected["reason"] == ("mixed label types: the label is a number, as in 1 records, where 20 records have "
+    assert rejected["reason"] == ("mixed label types: the label is a number, as in 1 record, where 20 records have "
                                   "text labels")
 
 
