@@ -9,6 +9,7 @@ into the same folder removes those whose writer is provably gone: a process of t
 no longer exists. Another host's temporary files, and those of live processes, are left alone."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -16,9 +17,11 @@ import os
 import re
 import secrets
 import socket
+import signal
 import stat
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from core import paths
 from core.errors import UnsafeFileError
@@ -211,3 +214,23 @@ def recover_folder(fs, target: str, *, aside: str) -> None:
     else:
         log.warning("putting back %s, which an interrupted run left aside", target)
         fs.mv(old, target, recursive=True)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM held off until the block ends, then delivered: a group of writes that belong
+    together (a checkpoint and its sidecar) is done whole, so a stop never costs the point being saved. Only the
+    main thread receives signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])  # to the handler that was there: KeyboardInterrupt, the run's stop

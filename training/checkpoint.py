@@ -65,11 +65,12 @@ def save(path: str | Path, payload: dict[str, Any]) -> Path:
     info = {"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
             "epoch": payload.get("epoch"), "step": payload.get("step"), "global_step": payload.get("global_step"),
             "snapshot_id": (payload.get("dataset") or {}).get("snapshot_id")}
-    previous = _valid_entry(path)
-    if previous is not None:  # the sidecar accepts both files while checkpoint.pt is being replaced
-        atomic.write_json(sidecar_of(path), {**info, "previous": previous})
-    atomic.write_bytes(path, data)
-    atomic.write_json(sidecar_of(path), info)
+    with atomic.uninterrupted():  # a Ctrl-C here would leave the file without its sidecar: a lost resume point
+        previous = _valid_entry(path)
+        if previous is not None:  # the sidecar accepts both files while checkpoint.pt is being replaced
+            atomic.write_json(sidecar_of(path), {**info, "previous": previous})
+        atomic.write_bytes(path, data)
+        atomic.write_json(sidecar_of(path), info)
     return path
 
 

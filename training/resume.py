@@ -84,6 +84,13 @@ def save_point(output_dir: Path, base: checkpoint.Checkpoint, optimizer, progres
 def find_point(config, output_dir: Path) -> Path | None:
     """The resume point this run continues from, by ``config.resume``; None to start fresh."""
     latest = checkpoint.latest_resume_point(output_dir)
+    folder = output_dir / RESUME_DIR
+    incomplete = sorted(p for p in folder.glob("step-*.pt") if not checkpoint.sidecar_of(p).is_file()
+                        and (latest is None or p.name > latest.name)) if folder.is_dir() else []
+    if incomplete and config.resume != "never":
+        log.warning("ignoring %s: no sidecar, its save was cut short (a crash or a kill during the write); %s",
+                    ", ".join(p.name for p in incomplete),
+                    f"continuing from {latest.name}" if latest else "no complete resume point before it")
     if config.resume == "never":
         if latest is not None:  # removed, or the new run's early points would sort below the old run's later ones
             log.info("train.resume=never: starting over; removing the resume points of the previous run in %s",

@@ -138,3 +138,19 @@ def test_temporaries_of_dead_writers_of_this_host_go_at_the_next_write_into_thei
     atomic.write_bytes(tmp_path / "checkpoint.pt", b"two")
     assert set(os.listdir(tmp_path)) == kept | {"checkpoint.pt"} and dead not in kept
     assert (tmp_path / "checkpoint.pt").read_bytes() == b"two"
+
+
+def test_uninterrupted_holds_ctrl_c_until_the_writes_are_done_then_delivers_it(tmp_path):
+    import signal
+
+    from core import atomic
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.uninterrupted():
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C between the checkpoint and its sidecar
+            atomic.write_bytes(tmp_path / "step.pt", b"weights")
+            atomic.write_json(tmp_path / "step.json", {"bytes": 7})
+            done.append("both written")
+    assert done == ["both written"] and (tmp_path / "step.json").is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back

@@ -198,3 +198,21 @@ def test_rerunning_a_finished_run_says_it_is_complete(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="bigtrain.train"):
         metrics = train_in_memory(config(), IMAGES, tmp_path).metrics
     assert "is complete (1 epochs" in caplog.text and len(metrics["history"]) == 1
+
+
+def test_a_resume_point_cut_short_by_a_kill_is_named_when_the_run_continues_from_the_one_before(tmp_path, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from training import resume
+
+    points = tmp_path / "checkpoints"
+    points.mkdir()
+    (points / "step-000000090-e15.pt").write_bytes(b"x")
+    (points / "step-000000090-e15.json").write_text("{}")
+    (points / "step-000000092-e15.pt").write_bytes(b"half")  # no sidecar: killed between the two writes
+    with caplog.at_level(logging.WARNING, logger="bigtrain.train"):
+        found = resume.find_point(SimpleNamespace(resume="auto"), tmp_path)
+    assert found == points / "step-000000090-e15.pt"
+    assert ("ignoring step-000000092-e15.pt: no sidecar, its save was cut short (a crash or a kill during the "
+            "write); continuing from step-000000090-e15.pt") in caplog.text
