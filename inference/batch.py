@@ -136,9 +136,16 @@ def check_output(output_url: str, flag_value: str) -> None:
         return
     if fs.isfile(path):
         raise UsageError(f"--output {flag_value} is a file; predictions are written as a folder of Parquet files")
-    if fs.ls(path) and not fs.exists(path.rstrip("/") + "/" + SUMMARY_FILE):
+    found = [e for e in fs.ls(path, detail=False) if not _lock_file(e.rstrip("/").rsplit("/", 1)[-1])]
+    if found and not fs.exists(path.rstrip("/") + "/" + SUMMARY_FILE):
         raise UsageError(f"--output {flag_value} holds files that are not an earlier prediction output (no "
                          f"{SUMMARY_FILE}): refusing to replace them; give a new or empty folder")
+
+
+def _lock_file(name: str) -> bool:
+    """A lock bigtrain leaves behind only when its holder was killed (``.bigtrain.lock``, ``.bigtrain-train.lock``):
+    a folder holding nothing else is as good as empty."""
+    return name.startswith(".bigtrain") and name.endswith(".lock")
 
 
 def scoring_rows(spark, *, checkpoint_path: Path, trained: Checkpoint, data, input_url: str | None,

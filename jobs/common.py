@@ -255,7 +255,7 @@ def dataset_lock(output_url: str):
     if not output_url.startswith("file://"):
         return contextlib.nullcontext()
     folder = output_url[len("file://"):]
-    return locking.hold(os.path.join(folder, ".bigtrain.lock"), what=f"a job writing {output_url}")
+    return locking.hold(os.path.join(folder, ".bigtrain.lock"), what=f"a job writing {output_url}", remove=True)
 
 
 APART_ADVICE = ("keep the dataset folder and the input apart, neither inside the other (the next run would read the "

@@ -362,7 +362,8 @@ def output_lock(output_dir: Path, dist):
         outcome = "ok"
         if dist.rank == 0:
             try:  # hold makes the folder: a run that fails before writing anything leaves none
-                stack.enter_context(hold(str(output_dir / outputs.LOCK_FILE), what=f"training into {output_dir}"))
+                stack.enter_context(hold(str(output_dir / outputs.LOCK_FILE), what=f"training into {output_dir}",
+                                         remove=True))
             except LockHeld as exc:
                 outcome = str(exc)
         outcome = dist.broadcast_object(outcome, name="output_lock")

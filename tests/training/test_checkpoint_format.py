@@ -86,7 +86,7 @@ def test_a_checkpoint_missing_a_key_is_refused_naming_it(tmp_path, run):
 def test_a_run_names_its_outputs_from_one_module(run):
     out, _ = run
     for name in (outputs.CHECKPOINT_FILE, outputs.METRICS_FILE, outputs.METRICS_LOG_FILE, outputs.RESUME_DIR,
-                 outputs.TENSORBOARD_DIR, outputs.EVALUATION_FILE, outputs.CONFUSION_PNG, outputs.CURVES_PNG,
-                 outputs.LOCK_FILE):
+                 outputs.TENSORBOARD_DIR, outputs.EVALUATION_FILE, outputs.CONFUSION_PNG, outputs.CURVES_PNG):
         assert (out / name).exists(), name
+    assert not (out / outputs.LOCK_FILE).exists()  # held for the run, removed at its end
     assert checkpoint.FINAL_FILE == outputs.CHECKPOINT_FILE and checkpoint.RESUME_DIR == outputs.RESUME_DIR
