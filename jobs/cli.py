@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import importlib
 import io
 import sys
+
+from jobs.common import closest_flag
 
 SUBCOMMANDS = {
     "generate-images": ("jobs.generate_sample:main_images", "write the sample image-folder dataset"),
@@ -56,7 +57,7 @@ def argument_problem(name: str, argv: list[str]) -> str | None:
         with contextlib.redirect_stdout(io.StringIO()):  # a stage's --help: printed and exit 0, no problem
             parser.parse_args(argv)
     except _Refused as exc:
-        return str(exc) + _closest_flag(str(exc), parser)
+        return str(exc) + closest_flag(str(exc), parser)
     except SystemExit as exc:  # --help, --version
         return None if not exc.code else f"its parser exited with {exc.code}"
     return None
@@ -73,27 +74,6 @@ def _raise_errors(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 _raise_errors(sub)
-
-
-def _closest_flag(message: str, parser: argparse.ArgumentParser) -> str:
-    """argparse suggests nothing for an unknown flag: `` (did you mean --max-length?)`` for the first one that has
-    a close known flag, else nothing."""
-    if not message.startswith("unrecognized arguments:"):
-        return ""
-    known = _flags(parser)
-    for word in message.split(":", 1)[1].split():
-        close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1) if word.startswith("--") else []
-        if close:
-            return f" (did you mean {close[0]}?)"
-    return ""
-
-
-def _flags(parser: argparse.ArgumentParser) -> list[str]:
-    flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            flags += [flag for sub in action.choices.values() for flag in _flags(sub)]
-    return sorted(set(flags))
 
 
 if __name__ == "__main__":

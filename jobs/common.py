@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import os
 import signal
 import sys
@@ -176,6 +177,40 @@ def class_gaps(splits: dict[str, dict]) -> list[str]:
             gaps.append(f"{split} has no rows of {len(missing)} of the {len(trained)} classes in train: "
                         f"{', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}")
     return gaps
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Every bigtrain command's parser: argparse's, without abbreviated flags (``--epoch`` would be taken for
+    ``--epochs``, on the command line and in a pipeline stage) and with ``(did you mean --epochs?)`` after an
+    unknown flag. Its sub-parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        super().error(message + closest_flag(message, self))
+
+
+def closest_flag(message: str, parser: argparse.ArgumentParser) -> str:
+    """argparse suggests nothing for an unknown flag: `` (did you mean --max-length?)`` for the first one that has
+    a close known flag, else nothing."""
+    if not message.startswith("unrecognized arguments:"):
+        return ""
+    known = _flags(parser)
+    for word in message.split(":", 1)[1].split():
+        close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1) if word.startswith("--") else []
+        if close:
+            return f" (did you mean {close[0]}?)"
+    return ""
+
+
+def _flags(parser: argparse.ArgumentParser) -> list[str]:
+    flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            flags += [flag for sub in action.choices.values() for flag in _flags(sub)]
+    return sorted(set(flags))
 
 
 def resolve_master(flag: str | None, config_master: str) -> str | None:

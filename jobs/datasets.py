@@ -19,7 +19,7 @@ from core.errors import EXIT_OK, DatasetError, UsageError
 from core.logs import setup_logging
 from core.paths import join, to_url
 from dataset import diff, layout, manifest, snapshots
-from jobs.common import dataset_lock, positive_int, run_main
+from jobs.common import ArgumentParser, dataset_lock, positive_int, run_main
 
 GC_DESCRIPTION = (
     "Remove the committed snapshots of a dataset older than the newest N. Never removed: the current snapshot, "
@@ -34,17 +34,17 @@ GC_DESCRIPTION = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bigtrain datasets", allow_abbrev=False,
+    parser = ArgumentParser(prog="bigtrain datasets",
                                      description="The snapshots of a dataset.")
     sub = parser.add_subparsers(dest="action", required=True)
-    listing = sub.add_parser("list", allow_abbrev=False, help="every snapshot of a dataset, oldest first")
+    listing = sub.add_parser("list", help="every snapshot of a dataset, oldest first")
     listing.add_argument("dataset", metavar="DATASET_OR_SNAPSHOT",
                          help="a dataset folder, or one of its snapshot folders (marked in the list)")
-    show = sub.add_parser("show", allow_abbrev=False,
+    show = sub.add_parser("show",
                           help="one snapshot: lineage, inputs, counts per split and class, files")
     show.add_argument("dataset", metavar="DATASET_OR_SNAPSHOT")
     show.add_argument("--json", action="store_true", help="print the whole manifest (metadata.json)")
-    gc = sub.add_parser("gc", allow_abbrev=False,
+    gc = sub.add_parser("gc",
                         help="remove committed snapshots older than the newest N, never the current one or "
                              "one a named checkpoint was trained on", description=GC_DESCRIPTION)
     gc.add_argument("dataset", metavar="DATASET", help="the dataset folder (holding snapshots/)")
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="checkpoint files (checkpoint.pt, checkpoints/step-*.pt) or training output folders "
                          "(their checkpoint and resume points): the snapshots they were trained on stay")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
-    diff = sub.add_parser("diff", allow_abbrev=False,
+    diff = sub.add_parser("diff",
                           help="what changed from snapshot A to snapshot B: rows added, removed, changed "
                                "and moved per split and class, label shift, sizes, vocabulary, rejects",
                           description="Compare two committed snapshots, of one dataset or of two (a dataset folder "

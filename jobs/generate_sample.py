@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from core.config import load_section
 from core.logs import setup_logging
-from jobs.common import add_config_flags, positive_int, run_main
+from jobs.common import ArgumentParser, add_config_flags, positive_int, run_main
 from pipelines.samples import generate_images, generate_texts
 
 
@@ -32,8 +32,8 @@ class SampleTextsConfig:
 
 
 def images_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        allow_abbrev=False, prog="bigtrain generate-images",
+    parser = ArgumentParser(
+        prog="bigtrain generate-images",
         description="Write a 10-class image-folder dataset (shapes; PNG and JPEG; RGB, L, RGBA and P modes; "
                     "24-140 px) plus a few unusable files, for the demo and the tests.")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write <class>/<file> into")
@@ -45,8 +45,8 @@ def images_parser() -> argparse.ArgumentParser:
 
 
 def texts_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        allow_abbrev=False, prog="bigtrain generate-texts",
+    parser = ArgumentParser(
+        prog="bigtrain generate-texts",
         description="Write positive/negative reviews as JSON Lines (or CSV) whose label depends on word order "
                     "('was not good' vs 'not ... was good'), plus a few unusable lines, for the demo and the tests.")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write part-NNNNN.jsonl files into")

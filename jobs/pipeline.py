@@ -26,21 +26,21 @@ import sys
 from core.errors import EXIT_OK, EXIT_USAGE, UsageError
 from core.logs import setup_logging
 from jobs.cli import SUBCOMMANDS, argument_problem
-from jobs.common import run_main
+from jobs.common import ArgumentParser, run_main
 from orchestration import runner, runs
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bigtrain pipeline", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+    parser = ArgumentParser(prog="bigtrain pipeline", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n")[-1], formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
-    run = sub.add_parser("run", allow_abbrev=False,
+    run = sub.add_parser("run",
                          help="run the stages in order, skipping those whose inputs are unchanged")
     run.add_argument("file", metavar="PIPELINE_YAML")
     run.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="override a var of the file")
     run.add_argument("--force", action="store_true", help="run every stage, changed inputs or not")
     run.add_argument("--quiet", action="store_true", help="warnings only")
-    history = sub.add_parser("history", allow_abbrev=False,
+    history = sub.add_parser("history",
                              help="the recorded runs of a pipeline, oldest first (by start time)")
     history.add_argument("file", metavar="PIPELINE_YAML")
     history.add_argument("--var", action="append", default=[], metavar="NAME=VALUE")

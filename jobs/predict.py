@@ -43,6 +43,7 @@ from dataset.info import load_dataset_info
 from inference.batch import PredictConfig, check_dataset, check_output, load_checkpoint, output_lock, predict
 from inference.columns import check_text_options, split_names
 from jobs.common import (
+    ArgumentParser,
     add_config_flags,
     add_remote_flag,
     check_apart,
@@ -57,8 +58,8 @@ APART = "keep the predictions and the inputs apart, neither inside the other"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        allow_abbrev=False, prog="bigtrain predict",
+    parser = ArgumentParser(
+        prog="bigtrain predict",
         description="Score a preprocessed dataset split, or new raw images or texts, with a trained checkpoint, "
                     "on Spark executors; write the predictions and class probabilities as Parquet.",
         epilog="Config keys (section predict in conf/bigtrain.yaml) can be set with --set predict.KEY=VALUE; "

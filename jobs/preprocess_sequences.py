@@ -19,14 +19,14 @@ from core.config import load_section
 from core.errors import UsageError
 from core.logs import setup_logging
 from core.paths import to_url
-from jobs.common import (add_config_flags, add_remote_flag, add_snapshot_flags, positive_int, run_main,
-                         run_preprocessing, spark_target)
+from jobs.common import (ArgumentParser, add_config_flags, add_remote_flag, add_snapshot_flags, positive_int,
+                         run_main, run_preprocessing, spark_target)
 from pipelines.sequence_dataset import PreprocessSequencesConfig, preprocess_sequences
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        allow_abbrev=False, prog="bigtrain preprocess-sequences",
+    parser = ArgumentParser(
+        prog="bigtrain preprocess-sequences",
         description="Tokenise text (or take integer token sequences), build the vocabulary and label map, split, and "
                     "write Petastorm datasets with Spark.",
         epilog="Config keys (section preprocess_sequences in conf/bigtrain.yaml) can be set with --set "

@@ -31,6 +31,7 @@ from core.errors import PeerLostError, UsageError
 from core.logs import counted, setup_logging
 from core.paths import to_url
 from jobs.common import (
+    ArgumentParser,
     add_config_flags,
     check_apart,
     check_exists,
@@ -59,8 +60,8 @@ def _model(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        allow_abbrev=False, prog="bigtrain train",
+    parser = ArgumentParser(
+        prog="bigtrain train",
         description="Train on a preprocessed bigtrain dataset (Petastorm), data-parallel with Horovod or PyTorch DDP, "
                     "validate every epoch, evaluate on the test split. Run under horovodrun (or torchrun with "
                     "--backend torch) for several processes. Running the same command again resumes from the newest "

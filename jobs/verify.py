@@ -21,11 +21,11 @@ from core.errors import EXIT_FAILED, EXIT_OK, DriftError
 from core.logs import setup_logging
 from core.paths import join, to_url
 from dataset import diff, snapshots
-from jobs.common import run_main
+from jobs.common import ArgumentParser, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog="bigtrain verify", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="bigtrain verify", description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", metavar="DATASET", help="a dataset folder (its current snapshot) or a snapshot "
                                                            "folder; local path or URL (s3://, file://)")
     parser.add_argument("--quick", action="store_true", help="skip the sha256 checksums (no full read of the data)")

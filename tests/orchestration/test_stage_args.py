@@ -45,7 +45,8 @@ def test_a_bad_stage_value_is_refused_with_argparses_message(tmp_path, capsys):
 @pytest.mark.parametrize("subcommand, argv, problem", [
     ("train", ["--data", "d", "--output", "m", "--max-epochs=3"],
      "unrecognized arguments: --max-epochs=3 (did you mean --epochs?)"),
-    ("train", ["--data", "d", "--output", "m", "--epoch", "3"], None),  # an abbreviation the job itself accepts
+    ("train", ["--data", "d", "--output", "m", "--epoch", "3"],  # no abbreviations: the job refuses it too
+     "unrecognized arguments: --epoch 3 (did you mean --epochs?)"),
     ("train", ["--data", "d"], "the following arguments are required: --output"),
     ("verify", ["d", "--jsn"], "unrecognized arguments: --jsn (did you mean --json?)"),
     ("predict", ["--checkpoint", "c", "--data", "d", "--output", "o", "--zzzz"],
