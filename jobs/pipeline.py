@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="run the stages in order, skipping those whose inputs are unchanged")
     run.add_argument("file", metavar="PIPELINE_YAML")
     run.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="override a var of the file")
-    run.add_argument("--force", action="store_true", help="run every stage, changed inputs or not")
+    run.add_argument("--force", action="store_true", help="run every stage, changed inputs or not (a preprocessing stage still decodes only "
+                                                        "new or changed files and commits nothing when there are "
+                                                        "none: give it mode: full to rebuild the dataset)")
     run.add_argument("--quiet", action="store_true", help="warnings only")
     history = sub.add_parser("history",
                              help="the recorded runs of a pipeline, oldest first (by start time)")
