@@ -18,6 +18,7 @@ import torch
 
 from training.config import TrainConfig
 from training.device import DeviceBusy, Precision
+from training.digests import StepDigests
 from training.distributed import Backend, unwrap
 from training.feed import Placement
 from training.ledger import STEP_STAGES, StageClock
@@ -52,11 +53,12 @@ class StepParts:
 
 def train_epoch(step: StepParts, batches: BatchSource, placement: Placement, config: TrainConfig,
                 progress: Progress, *, peak_lr: float, beat: Heartbeat, save_point: Callable[[Progress], None],
-                clock: StageClock | None = None) -> dict[str, Any]:
+                clock: StageClock | None = None, digests: StepDigests | None = None) -> dict[str, Any]:
     """One pass over the train split from ``progress.step`` on; returns the epoch's metrics over all ranks. The
     learning rate is ``peak_lr`` times the schedule's factor; ``save_point(progress)`` writes a mid-epoch resume
     point (every ``config.checkpoint_every_steps``). The training thread's time goes into ``clock``'s stages
-    (``training.ledger``) and the loader's into ``metrics["loader_times"]``; ``beat`` follows every step."""
+    (``training.ledger``) and the loader's into ``metrics["loader_times"]``; ``beat`` follows every step;
+    ``digests`` gets each step's sample ids (``training.digests``)."""
     dist, split = step.dist, batches.splits["train"]
     clock = clock or StageClock()
     plan = plan_shard(split.row_group_sizes, dist.rank, dist.size)
@@ -96,6 +98,8 @@ def train_epoch(step: StepParts, batches: BatchSource, placement: Placement, con
         on_device[2] += real
         clock.mark("compute")
         progress.step = index + 1
+        if digests is not None:
+            digests.record(progress.epoch + 1, progress.step, fed.ids)
         if last_of_group:
             optimizer_step(step, lr=peak_lr * lr_factor(config, progress.epoch + progress.step / steps), clock=clock,
                            beat=beat)

@@ -10,6 +10,7 @@ orchestration and inference read these names too.
     <output>/evaluation.json, *.png                the evaluation report and its figures (training.reports)
     <output>/hang.json, hang-stacks/rank<N>.txt    the watchdog's verdict and every rank's stacks
     <output>/first-batch-error/rank<N>.txt         the traceback of a user's code failing on the first batch
+    <output>/digests/rank<N>.tsv                   each step's digest of its batch's sample ids (training.digests)
     <prediction output>/_predict.json              predict's summary beside its Parquet files
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ LOCK_FILE = ".bigtrain-train.lock"  # rank 0 holds it for the whole run; removed
 HANG_FILE = "hang.json"
 STACKS_DIR = "hang-stacks"
 FIRST_BATCH_ERRORS_DIR = "first-batch-error"
+DIGESTS_DIR = "digests"
 PREDICT_SUMMARY_FILE = "_predict.json"  # a leading "_": Spark, pyarrow and pandas readers of the Parquet skip it
 
 

@@ -29,6 +29,7 @@ from training.baselines import baselines
 from training.checkpoint import Checkpoint
 from training.config import TrainConfig
 from training.device import describe, precision_for
+from training.digests import StepDigests
 from training.distributed import Backend, unwrap
 from training.elastic import fit_elastic
 from training.epoch import StepParts, train_epoch
@@ -71,6 +72,7 @@ class Trainer:
         if train_split.rows == 0:
             raise DatasetError(f"split {train_split.url} is empty: nothing to train on")
         self.config, self.batches, self.dist, self.output_dir = config, batches, backend, Path(output_dir)
+        self.digests: StepDigests | None = None  # open during fit
         self.model_name = model_name or resolve_model_name(config.model, batches.spec.kind)
         self.optimizer_name = type(optimizer).__name__.lower()
         self.base_lr = optimizer.param_groups[0]["lr"]
@@ -128,7 +130,7 @@ class Trainer:
         early stopping, then evaluate on the test split; returns the metrics and the trained model. Rank 0 holds
         the output folder locked meanwhile and writes checkpoints, ``metrics.json``, ``metrics.jsonl``,
         TensorBoard events and the evaluation report there. ``elastic``: under Horovod Elastic."""
-        with output_lock(self.output_dir, self.dist), self._watchdog(elastic):
+        with output_lock(self.output_dir, self.dist), self._watchdog(elastic), self._digests():
             progress, resumed_from = self.start_or_resume()
             self._log_start()
             try:
@@ -142,6 +144,16 @@ class Trainer:
                 if self.metrics_log is not None:
                     self.metrics_log.close()
                     self.metrics_log = None
+
+    @contextlib.contextmanager
+    def _digests(self):
+        """This rank's digest file (``<output>/digests/rank<R>.tsv``) open for the run."""
+        self.digests = StepDigests(self.output_dir, self.dist)
+        try:
+            yield
+        finally:
+            self.digests.close()
+            self.digests = None
 
     def _watchdog(self, elastic: bool):
         """Every rank's watchdog (``training.watchdog``); none under --elastic, where Horovod replaces lost
@@ -214,7 +226,7 @@ class Trainer:
             record = {"epoch": progress.epoch + 1,
                       **train_epoch(self.step, self.batches, self.placement, config, progress, peak_lr=self.peak_lr,
                                     beat=self.heartbeat, save_point=lambda p: self.save_resume_point(p, commit),
-                                    clock=clock)}
+                                    clock=clock, digests=self.digests)}
             loader_times, device_busy = record.pop("loader_times"), record.pop("device_busy")
             if self.batches.splits["validation"].rows:
                 self.heartbeat.enter("validation")

@@ -16,7 +16,7 @@ from core.config import load_section
 from core.errors import CheckpointError
 from tests.conftest import REPO, subprocess_env
 from tests.training import inmemory
-from training import checkpoint
+from training import checkpoint, digests
 from training.config import TrainConfig
 from training.distributed import SingleProcess
 from training.wiring import build_trainer, fit
@@ -74,6 +74,12 @@ def test_a_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(i
         assert after["train_rows"] == before["train_rows"]
     lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    # every step's rows, as each run logged them: the resumed run's digests after its resume point are the
+    # uninterrupted run's (the killed run's lines for steps it ran past the point are replaced by the rerun's)
+    whole_digests, killed_digests = (digests.read(tmp_path / d) for d in ("whole", "killed"))
+    steps_per_epoch = max(step for (_, epoch, step) in whole_digests if epoch == 1)
+    assert len(whole_digests) == 2 * steps_per_epoch >= 8
+    assert killed_digests == whole_digests
 
 
 def test_a_finished_run_continues_when_given_more_epochs(tmp_path):
