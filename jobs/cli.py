@@ -17,9 +17,10 @@ SUBCOMMANDS = {
                              "Spark: JSON Lines/CSV/Parquet text or token ids -> Petastorm train/validation/test"),
     "train": ("jobs.train:main", "train and evaluate a model on a dataset (run under horovodrun for many processes)"),
     "verify": ("jobs.verify:main", "re-check a dataset snapshot's files, rows and schema against its manifest"),
-    "datasets": ("jobs.datasets:main", "list the snapshots of a dataset, or show one with its counts and lineage"),
+    "datasets": ("jobs.datasets:main", "list, show, compare (diff) or gc the snapshots of a dataset"),
     "pipeline": ("jobs.pipeline:main", "run a pipeline of stages (conf/pipelines/NAME.yaml) under a lock; history"),
     "predict": ("jobs.predict:main", "Spark: score a dataset split or new raw inputs with a checkpoint -> Parquet"),
+    "batches": ("jobs.batches:main", "the rows a training step trained (sample_id, source, label), rebuilt from a run"),
 }
 
 # Each job module's parser: build_parser(), but for the two generators that share a module.
