@@ -146,8 +146,9 @@ def test_train_job_with_device_cuda_on_a_cpu_host_exits_2_in_one_line(tmp_path):
 
     from tests.conftest import REPO, subprocess_env
 
+    (tmp_path / "data").mkdir()
     done = subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), "--backend", "single", "--device", "cuda",
-                           "--data", str(tmp_path), "--output", str(tmp_path / "out")],  # there, not read
+                           "--data", str(tmp_path / "data"), "--output", str(tmp_path / "out")],  # there, not read
                           env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
