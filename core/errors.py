@@ -9,7 +9,8 @@ making progress for ``train.watchdog_seconds`` (``<output>/hang.json`` names the
 would commit a snapshot that lost input files (more than max_removed_fraction, every file of a class; rerun with
 --allow-removals), or one of no input, no row or a single class (nothing committed); 7 a snapshot drifted from the
 one it is compared with beyond a limit ``bigtrain verify`` was given (label shift, reject fraction, rows; the
-pipeline stops before training); 75 another run holds the lock
+pipeline stops before training); 8 training met more unreadable stored rows than ``train.max_read_errors``
+(``<output>/read_errors.jsonl``); 75 another run holds the lock
 (EX_TEMPFAIL: try again later); 130 interrupted (Ctrl-C). ``jobs.common.run_main`` turns a BigtrainError into its
 message and ``exit_code``; anything else keeps its traceback.
 """
@@ -23,6 +24,7 @@ EXIT_STALL = 4         # a training epoch waited for data beyond train.max_data_
 EXIT_HUNG = 5          # the training watchdog saw no rank progress for train.watchdog_seconds (<output>/hang.json)
 EXIT_REMOVALS = 6      # not committed: inputs vanished (max_removed_fraction, a whole class), no row, one class
 EXIT_DRIFT = 7         # verify: the snapshot drifted from its parent (or --against) beyond a --max-* limit
+EXIT_READ_ERRORS = 8   # training met more unreadable stored rows than train.max_read_errors (read_errors.jsonl)
 EXIT_LOCKED = 75       # another run holds the lock (EX_TEMPFAIL: try again later)
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT), as shells report it
 EXIT_TERMINATED = 143  # stopped by SIGTERM (a scheduler's stop), as shells report it
@@ -69,6 +71,12 @@ class DriftError(DatasetError):
     """A snapshot differs from the one it is compared with by more than a limit allows (``bigtrain verify
     --max-label-shift`` ...): the message says what shifted and by how much."""
     exit_code = EXIT_DRIFT
+
+
+class ReadErrorBudgetError(DatasetError):
+    """Training met more stored rows that do not read (each replaced by a stand-in of its window) than
+    ``train.max_read_errors`` allows: the message names ``read_errors.jsonl`` and the data files."""
+    exit_code = EXIT_READ_ERRORS
 
 
 class StallBudgetError(BigtrainError, RuntimeError):

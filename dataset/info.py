@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.errors import DatasetError
-from core.paths import join, to_url
+from core.paths import filesystem, join, to_url
 from dataset import layout, manifest, snapshots
 from dataset.manifest import DatasetSpec, Manifest
+from dataset.rows import SAMPLE_ID, rows_of
 
 
 @dataclass(frozen=True)
@@ -63,3 +64,20 @@ def load_dataset_info(dataset_url: str) -> DatasetInfo:
                                f"the Parquet files hold {sum(sizes)}: the dataset is incomplete or was altered")
         splits[name] = SplitInfo(name, split_url, counts.rows, sizes, tuple((f, i) for f, i, _ in groups))
     return DatasetInfo(url, contents, splits)
+
+
+def locate_rows(split_url: str, kind: str, sample_ids: set[int]) -> dict[int, tuple[str, str]]:
+    """sample_id -> (source, data file) of the rows ``sample_ids`` of a split: where a row that failed to read in
+    training came from, and the Parquet file that holds it (two columns read, one row group at a time)."""
+    source = rows_of(kind).source
+    fs, _ = filesystem(split_url)
+    found: dict[int, tuple[str, str]] = {}
+    for file, group, _ in layout.row_groups(split_url):
+        with layout.open_parquet(fs, file) as parquet:
+            table = parquet.read_row_group(group, columns=[SAMPLE_ID, source], use_threads=False)
+        for sid, where in zip(table.column(SAMPLE_ID).to_pylist(), table.column(source).to_pylist()):
+            if sid in sample_ids:
+                found[sid] = (where, file)
+        if len(found) == len(sample_ids):
+            break
+    return found

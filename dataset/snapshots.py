@@ -46,6 +46,7 @@ from core.errors import DatasetError
 from core.paths import filesystem, join, local_path
 from dataset import layout, manifest
 from dataset.manifest import FileEntry, Manifest
+from dataset.rows import SAMPLE_ID, rows_of
 
 log = logging.getLogger(__name__)
 
@@ -375,9 +376,53 @@ def verify(url: str, *, checksums: bool = True) -> tuple[str, Manifest | None, l
     except DatasetError as exc:
         return snapshot_url, None, [Problem(join(snapshot_url, layout.METADATA_FILE), str(exc))]
     problems = unfinished + check(snapshot_url, contents, checksums=checksums)
+    if checksums and not problems:  # every file is the one committed: are its rows still readable?
+        problems += unreadable_rows(snapshot_url, contents)
     listed = rows_per_split(contents.files)
     for split, counts in contents.splits.items():
         if listed.get(split, 0) != counts.rows:
             problems.append(Problem(join(snapshot_url, split), f"metadata.json says {counts.rows} rows, the "
                                                                f"manifest's files hold {listed.get(split, 0)}"))
     return snapshot_url, contents, problems
+
+
+def unreadable_rows(snapshot_url: str, contents: Manifest) -> list[Problem]:
+    """The stored rows that training could not read (it replaces each by a stand-in and logs it in
+    ``read_errors.jsonl``): a PNG or JPEG image that does not decode, token ids whose bytes disagree with the row's
+    length. A file rewritten with such rows and a manifest to match passes the checksums; this reads every row."""
+    import numpy as np
+
+    contract = rows_of(contents.kind)
+    if contents.kind == "image" and contents.image.codec == "raw":
+        return []  # raw pixels are any bytes of the right size: the Parquet reader checks the rest
+    columns = [SAMPLE_ID, contract.source, *contract.features]
+    itemsize = np.dtype(contents.sequence.token_dtype).itemsize if contents.sequence else 0
+    problems = []
+    for split, counts in contents.splits.items():
+        if not counts.rows:
+            continue
+        fs, _ = filesystem(join(snapshot_url, split))
+        for file, group, _ in layout.row_groups(join(snapshot_url, split)):
+            with layout.open_parquet(fs, file) as parquet:
+                table = parquet.read_row_group(group, columns=columns, use_threads=False)
+            values = [table.column(c).to_pylist() for c in columns]
+            for sample_id, source, *feature in zip(*values):
+                why = _unreadable(feature, contents.kind, itemsize)
+                if why:
+                    problems.append(Problem(f"{file} row group {group}", f"row {sample_id} ({source}): {why}"))
+    return problems
+
+
+def _unreadable(feature: list, kind: str, itemsize: int) -> str | None:
+    import numpy as np
+
+    if kind == "image":
+        import cv2
+
+        if cv2.imdecode(np.frombuffer(feature[0], np.uint8), cv2.IMREAD_UNCHANGED) is None:
+            return "the stored image does not decode"
+        return None
+    tokens, length = feature
+    if len(tokens) != length * itemsize:
+        return f"its {len(tokens)} bytes of token ids disagree with its length {length}"
+    return None

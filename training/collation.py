@@ -5,7 +5,7 @@ reads and how it collates them; predict makes its inputs with the same functions
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -170,12 +170,33 @@ def sequence_collate(rows: Sequence[Any], *, dtype: str, longest_first: bool = F
 @dataclass(frozen=True)
 class Prepared:
     """A window's columns, ready to be cut into batches: labels, ids, lengths as numpy arrays; images decoded to
-    one array (raw codec) or kept as one binary column (PNG/JPEG, decoded per batch); tokens as one binary column."""
+    one array (raw codec) or kept as one binary column (PNG/JPEG, decoded per batch); tokens as one binary column.
+    ``replaced``: rows found unreadable when the window was prepared -> (the row used instead, why);
+    ``read_errors``: (batch of the chunk, row, row used instead, why) for each use of an unreadable row, taken by
+    the loader after each chunk (``take_read_errors``)."""
     labels: np.ndarray
     sample_ids: np.ndarray
     lengths: np.ndarray | None = None
     pixels: np.ndarray | None = None
     encoded: Binary | None = None
+    replaced: dict[int, tuple[int, str]] = field(default_factory=dict)
+    read_errors: list[tuple[int, int, int, str]] = field(default_factory=list)
+
+    def take_read_errors(self) -> list[tuple[int, int, int, str]]:
+        taken = list(self.read_errors)
+        self.read_errors.clear()
+        return taken
+
+
+def substitute(sample_ids: np.ndarray, row: int, usable) -> int:
+    """The row of the window that stands in for unreadable row ``row``: the first that ``usable(j)`` accepts in a
+    permutation seeded by the bad row's sample id, so every run and every resume picks the same one."""
+    rng = np.random.default_rng(int(sample_ids[row]) % 2**63)
+    for j in rng.permutation(len(sample_ids)):
+        if j != row and usable(int(j)):
+            return int(j)
+    raise DatasetError("every row of a window is unreadable: the dataset's files were damaged after it was "
+                       "written (`bigtrain verify DATASET` names them)")
 
 
 @dataclass(frozen=True)
@@ -195,20 +216,27 @@ class Task:
             (image,) = IMAGE.features
             column = Binary.of(columns[image])
             if self.codec == "raw":
-                return Prepared(labels, ids, pixels=_npy_pixels(column))
+                try:
+                    return Prepared(labels, ids, pixels=_npy_pixels(column))
+                except DatasetError:  # some rows are not the window's .npy shape: the others stand in for them
+                    return _raw_with_stand_ins(labels, ids, column)
             return Prepared(labels, ids, encoded=column)
         tokens, length = SEQUENCE.features
-        return Prepared(labels, ids, lengths=np.asarray(columns[length], dtype=np.int64),
-                        encoded=Binary.of(columns[tokens]))
+        lengths, encoded = np.asarray(columns[length], dtype=np.int64), Binary.of(columns[tokens])
+        bad = np.flatnonzero(encoded.lengths() != lengths * np.dtype(self.token_dtype).itemsize)
+        good = set(range(len(ids))) - set(bad.tolist())
+        replaced = {int(i): (substitute(ids, int(i), good.__contains__), "stored token ids and length disagree")
+                    for i in bad}
+        return Prepared(labels, ids, lengths=lengths, encoded=encoded, replaced=replaced)
 
     def collate(self, prepared: Prepared, index: np.ndarray):
         """Rows ``index`` of a prepared window -> (model inputs, labels int64 (B,), sample ids int64 (B,))."""
+        index = _stand_ins(prepared, np.asarray(index), lambda k: 0)
         if self.kind == "image":
             if prepared.pixels is not None:
                 images = prepared.pixels[index]
             else:
-                decoder = ImageDecoder(self.codec)
-                images = np.stack([decoder.decode_one(prepared.encoded.value(i)) for i in index])
+                images, index = _decode_images(prepared, index, self.codec, lambda k: 0)
             return image_inputs(images), *_labels_and_ids(prepared.labels[index], prepared.sample_ids[index])
         # longest first: the order of rows in a batch means nothing, and the RNNs then pack it without reordering
         index = index[np.argsort(-prepared.lengths[index], kind="stable")]
@@ -226,13 +254,15 @@ class Task:
         sizes = np.array([len(b) for b in batches], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(sizes)])
         n = int(starts[-1])
+        def batch_of(k: int) -> int:
+            return int(np.searchsorted(starts, k, side="right")) - 1
         if self.kind == "image":
             rows = np.concatenate(batches) if batches else np.zeros(0, np.int64)
+            rows = _stand_ins(prepared, rows, batch_of)
             if prepared.pixels is not None:
                 images = prepared.pixels[rows]
             else:
-                decoder = ImageDecoder(self.codec)
-                images = np.stack([decoder.decode_one(prepared.encoded.value(i)) for i in rows])
+                images, rows = _decode_images(prepared, rows, self.codec, batch_of)
                 if decoded is not None:
                     decoded()
             if images.ndim == 3:
@@ -244,6 +274,7 @@ class Task:
                         ("int64", n + int(a), (int(k),))) for a, k in zip(starts[:-1], sizes)]
             return {"uint8": images.reshape(-1), "int64": meta}, layouts
         # sequences: each batch longest first, padded to its own longest row, all batches scattered in one step
+        batches = [_stand_ins(prepared, np.asarray(b), lambda k, a=a: a) for a, b in enumerate(batches)]
         ordered = [b[np.argsort(-prepared.lengths[b], kind="stable")] for b in batches]
         rows = np.concatenate(ordered) if ordered else np.zeros(0, np.int64)
         lengths = prepared.lengths[rows]
@@ -265,6 +296,61 @@ class Task:
                     ("int64", total + n + int(a), (int(k),)), ("int64", total + 2 * n + int(a), (int(k),)))
                    for a, k, w, t in zip(starts[:-1], sizes, widths, token_starts[:-1])]
         return {"int64": flat}, layouts
+
+
+def _stand_ins(prepared: Prepared, rows: np.ndarray, batch_of) -> np.ndarray:
+    """``rows`` with every row the window's preparation found unreadable replaced by its stand-in, each use
+    recorded in ``prepared.read_errors`` with ``batch_of(k)``, the chunk's batch of position ``k``."""
+    if not prepared.replaced:
+        return rows
+    rows = rows.copy()
+    for k, row in enumerate(rows):
+        if int(row) in prepared.replaced:
+            instead, why = prepared.replaced[int(row)]
+            prepared.read_errors.append((batch_of(k), int(row), instead, why))
+            rows[k] = instead
+    return rows
+
+
+def _decode_images(prepared: Prepared, rows: np.ndarray, codec: str, batch_of) -> tuple[np.ndarray, np.ndarray]:
+    """PNG/JPEG rows decoded, (images, the rows they are): a row that does not decode is replaced by its stand-in
+    (``substitute``) and recorded in ``prepared.read_errors``."""
+    decoder = ImageDecoder(codec)
+    images, used = [], rows.copy()
+    for k, row in enumerate(rows):
+        try:
+            images.append(decoder.decode_one(prepared.encoded.value(int(row))))
+        except DatasetError:
+            def decodes(j: int) -> bool:
+                try:
+                    decoder.decode_one(prepared.encoded.value(j))
+                    return True
+                except DatasetError:
+                    return False
+            instead = substitute(prepared.sample_ids, int(row), decodes)
+            prepared.read_errors.append((batch_of(k), int(row), instead, f"a stored {codec} image does not decode"))
+            used[k] = instead
+            images.append(decoder.decode_one(prepared.encoded.value(instead)))
+    shapes = {image.shape for image in images}
+    if len(shapes) > 1:
+        raise DatasetError(f"stored images of different shapes in one window ({sorted(shapes)}): the dataset's files "
+                           "were altered after it was written (`bigtrain verify DATASET` names them)")
+    return (np.stack(images) if images else np.zeros((0, 0, 0), np.uint8)), used
+
+
+def _raw_with_stand_ins(labels: np.ndarray, ids: np.ndarray, column: Binary) -> Prepared:
+    """A raw-codec window some of whose rows are not the .npy of the others (a size or header of their own): the
+    most common form is the window's; every other row is replaced by a stand-in of that form."""
+    sizes = column.lengths()
+    values, counts = np.unique(sizes, return_counts=True)
+    common = int(values[np.argmax(counts)])
+    heads = [column.value(i)[:16].tobytes() for i in range(len(column))]
+    head = max(set(heads[i] for i in range(len(column)) if sizes[i] == common), key=heads.count)
+    good = {i for i in range(len(column)) if sizes[i] == common and heads[i] == head}
+    replaced = {i: (substitute(ids, i, good.__contains__), "a stored raw image is not the window's .npy shape")
+                for i in range(len(column)) if i not in good}
+    fixed = Binary.of([column.value(replaced.get(i, (i,))[0]).tobytes() for i in range(len(column))])
+    return Prepared(labels, ids, pixels=_npy_pixels(fixed), replaced=replaced)
 
 
 def task_for(dataset: DatasetSpec, *, length_bucketing: bool = True) -> Task:

@@ -125,6 +125,7 @@ class TrainConfig:
     keep_best: bool = True        # end with the weights of the last epoch that improved (early_stopping_margin)
     max_data_stall: float | None = None  # a rank's share of step time waiting for data; None: no budget
     stall_budget_action: Literal["warn", "fail"] = "warn"
+    max_read_errors: int = 10  # stored rows that fail to read (each replaced by a stand-in) before the run stops, exit 8
     watchdog_seconds: float = 300.0  # no rank progressing this long: hang.json, stacks, exit 5; 0: off
     allow_single_class: bool = False  # train on a train split of one class (a model right every time, learning nothing)
     threads: int | Literal["auto"] = "auto"  # torch's compute threads per rank (distributed.set_threads)
@@ -160,6 +161,8 @@ class TrainConfig:
         self._validate_early_stopping_margins(prefix)
         _require(self.checkpoint_every_steps >= 0, f"{prefix}.checkpoint_every_steps",
                  f"must be >= 0 (0 = at epoch ends only), got {self.checkpoint_every_steps}")
+        _require(self.max_read_errors >= 0, f"{prefix}.max_read_errors",
+                 f"must be 0 or more (a count of rows), got {self.max_read_errors}")
         _require(self.max_data_stall is None or 0 < self.max_data_stall < 1, f"{prefix}.max_data_stall",
                  f"must be a fraction in (0, 1) (or null for no budget), got {self.max_data_stall}")
         _require(self.threads == "auto" or self.threads >= 1, f"{prefix}.threads",

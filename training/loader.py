@@ -187,11 +187,14 @@ class _Passes(torch.utils.data.IterableDataset):
                     batches.append(index)
                 buffers, layouts = self.task.chunk(prepared, batches, decoded=lambda: clock.mark("decode"))
                 packed = ({k: torch.from_numpy(v) for k, v in buffers.items()}, layouts)
+                ids = prepared.sample_ids
+                unreadable = tuple((first + b, int(ids[row]), int(ids[instead]), why)
+                                   for b, row, instead, why in prepared.take_read_errors())
                 clock.mark("batch")
                 work = (*(clock.seconds[s] for s in WORKER_STAGES), time.monotonic())  # monotonic: one clock per host
-                yield first, tuple(reals), packed, work
+                yield first, tuple(reals), packed, work, unreadable
             except Exception as exc:  # noqa: BLE001 - handed to the training process, which raises it
-                yield _ERROR, (), _picklable(_located(exc, split, window)), None
+                yield _ERROR, (), _picklable(_located(exc, split, window)), None, ()
                 return
 
     def _prepare(self, split: SplitInfo, order: EpochOrder, window: Window,
@@ -306,6 +309,9 @@ class Loader:
         self._dataloader: torch.utils.data.DataLoader | None = None
         self._at: tuple[SplitInfo, EpochOrder, list[int]] | None = None  # the pass being read, for ``position``
         self.expected = 0  # the next batch the pass hands on
+        # rows that did not read, each replaced by a stand-in of its window (training.collation.substitute): the
+        # trainer takes them (take_read_errors) into <output>/read_errors.jsonl
+        self.read_errors: list[dict[str, Any]] = []
 
     def _loader(self, workers: int) -> torch.utils.data.DataLoader:
         if self._dataloader is None:
@@ -448,7 +454,7 @@ class Loader:
         while True:
             asked = time.monotonic()
             try:
-                first, reals, packed, work = next(iterator)
+                first, reals, packed, work, unreadable = next(iterator)
             except StopIteration:
                 break
             except RuntimeError as exc:  # torch's DataLoader: a worker killed (out of memory?), or gone silent
@@ -461,6 +467,11 @@ class Loader:
                 raise packed
             for index, (real, batch) in enumerate(zip(reals, unpack(packed)), start=first):
                 waiting[index] = (real, batch)
+            if unreadable:
+                split, order, _ = self._at
+                self.read_errors.extend({"split": split.name, "epoch": order.epoch + 1, "batch": int(batch),
+                                         "sample_id": int(sample_id), "replaced_by": int(instead), "reason": why}
+                                        for batch, sample_id, instead, why in unreadable)
             if times is not None:
                 for stage, seconds in zip(WORKER_STAGES, work):
                     times.add(stage, seconds)
@@ -480,6 +491,11 @@ class Loader:
         if waiting:
             raise DataCoverageError(f"the loader delivered batches {sorted(waiting)[:5]} out of order and never the "
                                     f"batch {self.expected} before them")
+
+    def take_read_errors(self) -> list[dict[str, Any]]:
+        """The unreadable rows met since the last call (split, epoch, batch, sample_id, replaced_by, reason)."""
+        taken, self.read_errors = self.read_errors, []
+        return taken
 
     def close(self) -> None:
         """Stop the worker processes (they also stop with this process)."""

@@ -11,6 +11,7 @@ orchestration and inference read these names too.
     <output>/hang.json, hang-stacks/rank<N>.txt    the watchdog's verdict and every rank's stacks
     <output>/first-batch-error/rank<N>.txt         the traceback of a user's code failing on the first batch
     <output>/digests/rank<N>.tsv                   each step's digest of its batch's sample ids (training.digests)
+    <output>/read_errors.jsonl                     stored rows that did not read in training, and their stand-ins
     <prediction output>/_predict.json              predict's summary beside its Parquet files
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ HANG_FILE = "hang.json"
 STACKS_DIR = "hang-stacks"
 FIRST_BATCH_ERRORS_DIR = "first-batch-error"
 DIGESTS_DIR = "digests"
+READ_ERRORS_FILE = "read_errors.jsonl"  # every stored row that failed to read, and the row that stood in for it
 PREDICT_SUMMARY_FILE = "_predict.json"  # a leading "_": Spark, pyarrow and pandas readers of the Parquet skip it
 
 

@@ -52,5 +52,9 @@ class PetastormSource:
     def dataset_entry(self) -> dict[str, Any]:
         return checkpoint.dataset_entry(self.info)
 
+    def take_read_errors(self) -> list[dict[str, Any]]:
+        """The stored rows that failed to read since the last call (``training.loader``)."""
+        return self.loader.take_read_errors()
+
     def close(self) -> None:
         self.loader.close()

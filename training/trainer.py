@@ -11,6 +11,7 @@ interrupted.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -21,9 +22,10 @@ from typing import Any, Callable
 import torch
 
 from core import atomic
-from core.errors import CheckpointError, DatasetError, LockHeld, StallBudgetError
+from core.errors import CheckpointError, DatasetError, LockHeld, ReadErrorBudgetError, StallBudgetError
 from core.locking import hold
 from core.logs import counted
+from dataset.info import locate_rows
 from training import outputs, resume
 from training.baselines import baselines
 from training.checkpoint import Checkpoint
@@ -233,6 +235,7 @@ class Trainer:
                 val = self.evaluate("validation")
                 record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             clock.mark("evaluation")
+            record["read_errors"] = self._read_errors(progress.epoch)
             record["seconds"] = round(time.monotonic() - start, 2)
             mine = RankLedger(dist.rank, sum(clock.seconds.values()), progress.step, dict(clock.seconds),
                               dict(loader_times.seconds), loader_times.workers, device_busy)
@@ -253,6 +256,42 @@ class Trainer:
             self.heartbeat.set("checkpoint")
             self.save_resume_point(progress, commit)
             self._check_stall_budget(record)
+            self._check_read_errors(progress)
+
+    def _read_errors(self, epoch: int) -> int:
+        """The stored rows this epoch failed to read (each replaced by a stand-in of its window), over all ranks;
+        this rank's go into ``<output>/read_errors.jsonl``, one JSON line each, appended."""
+        take = getattr(self.batches, "take_read_errors", None)
+        events = take() if take is not None else []
+        if events:
+            found = {}
+            for split in {e["split"] for e in events}:
+                ids = {e["sample_id"] for e in events if e["split"] == split}
+                found.update(locate_rows(self.batches.splits[split].url, self.batches.spec.kind, ids))
+            lines = []
+            for e in events:
+                source, file = found.get(e["sample_id"], (None, None))
+                lines.append(json.dumps({"rank": self.dist.rank, "epoch": e["epoch"], "step": e["batch"] + 1,
+                                         "split": e["split"], "sample_id": e["sample_id"], "source": source,
+                                         "file": file, "reason": e["reason"], "replaced_by": e["replaced_by"]}))
+                log.warning("rank %d, epoch %d, step %d: row %s of %s (%s) did not read (%s): replaced by row %s of "
+                            "its window", self.dist.rank, e["epoch"], e["batch"] + 1, e["sample_id"], e["split"],
+                            source, e["reason"], e["replaced_by"])
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.output_dir / outputs.READ_ERRORS_FILE, "a", encoding="utf-8") as handle:  # O_APPEND
+                handle.write("".join(line + "\n" for line in lines))
+        total = self.dist.allreduce_sum(torch.tensor([float(len(events))], dtype=torch.float64),
+                                        name=f"read_errors_{epoch}")
+        return int(total.item())
+
+    def _check_read_errors(self, progress: Progress) -> None:
+        """``train.max_read_errors`` over the run: every rank sees the same totals, so all stop together."""
+        total = sum(int(h.get("read_errors", 0)) for h in progress.history)
+        if total > self.config.max_read_errors:
+            raise ReadErrorBudgetError(
+                f"{total} stored rows failed to read so far, over train.max_read_errors {self.config.max_read_errors}"
+                f": {self.output_dir / outputs.READ_ERRORS_FILE} names them and their files (the dataset was damaged "
+                "after it was written: `bigtrain verify` finds them; the epoch's resume point is saved)")
 
     def _gather_ledger(self, mine: RankLedger, epoch: int) -> dict[str, Any]:
         """Every rank's ledger of the epoch, on every rank (one allgather of a row of floats per rank)."""
@@ -344,6 +383,9 @@ class Trainer:
             "device": str(self.device), "precision": self.step.precision.name, "optimizer": self.optimizer_name,
             "model": self.model_name, "dataset": self.batches.name, "snapshot_id": self.identity,
             "train_rows": self.batches.splits["train"].rows, "resumed_from": resumed_from,
+            # stored rows that failed to read (read_errors.jsonl): in the epochs, and in the test evaluation now
+            "read_errors": sum(int(h.get("read_errors", 0)) for h in progress.history)
+            + self._read_errors(progress.epoch + 1),
             "config": asdict(self.config),
         }
         if dist.rank == 0:

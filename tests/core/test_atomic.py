@@ -146,11 +146,15 @@ def test_uninterrupted_holds_ctrl_c_until_the_writes_are_done_then_delivers_it(t
     from core import atomic
 
     done = []
-    with pytest.raises(KeyboardInterrupt):
-        with atomic.uninterrupted():
-            signal.raise_signal(signal.SIGINT)  # Ctrl-C between the checkpoint and its sidecar
-            atomic.write_bytes(tmp_path / "step.pt", b"weights")
-            atomic.write_json(tmp_path / "step.json", {"bytes": 7})
-            done.append("both written")
-    assert done == ["both written"] and (tmp_path / "step.json").is_file()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+    session = signal.signal(signal.SIGINT, signal.default_int_handler)  # a test session's Spark installs its own
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with atomic.uninterrupted():
+                signal.raise_signal(signal.SIGINT)  # Ctrl-C between the checkpoint and its sidecar
+                atomic.write_bytes(tmp_path / "step.pt", b"weights")
+                atomic.write_json(tmp_path / "step.json", {"bytes": 7})
+                done.append("both written")
+        assert done == ["both written"] and (tmp_path / "step.json").is_file()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+    finally:
+        signal.signal(signal.SIGINT, session)

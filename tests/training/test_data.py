@@ -247,16 +247,20 @@ def test_a_short_row_group_is_an_error_not_a_short_epoch(image_dataset, workers)
         source.close()
 
 
-def _damage_image(path) -> None:
+def _damage_image(path, rows=(0,)) -> list[int]:
+    """The PNG bytes of ``rows`` of a one-row-group file replaced by bytes that do not decode (the Parquet file
+    itself stays valid); returns their sample ids."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
     images = table.column("image").to_pylist()
-    images[0] = b"\x89PNG\r\n\x1a\n damaged"
+    for row in rows:
+        images[row] = b"\x89PNG\r\n\x1a\n damaged"
     pq.write_table(table.set_column(table.schema.get_field_index("image"), "image",
                                     pa.array(images, table.schema.field("image").type)), path,
                    row_group_size=table.num_rows)
+    return [table.column("sample_id")[row].as_py() for row in rows]
 
 
 def _truncate(path) -> None:
@@ -265,8 +269,46 @@ def _truncate(path) -> None:
 
 
 @pytest.mark.spark
-@pytest.mark.parametrize("damage,message", [(_damage_image, r"^a stored png image cannot be decoded: .*damaged"),
-                                            (_truncate, r"^ArrowInvalid: ")])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_row_that_does_not_decode_is_replaced_by_a_stand_in_of_its_window_the_same_every_time(image_dataset,
+                                                                                              tmp_path, workers):
+    """A stored image damaged after the snapshot was written (the file still valid Parquet): each such row is
+    replaced by a row of its window chosen from its sample id, so the epoch keeps its steps and rows per batch, a
+    rerun or a resume makes the same choice, and the loader reports each one."""
+    copy = tmp_path / "ds"
+    shutil.copytree(image_dataset, copy)
+    split = load_dataset_info(str(copy)).splits["train"]
+    plan = plan_shard(split.row_group_sizes, 0, 1)
+    config = load_section("train", TrainConfig, overrides=[f"train.loader_workers={workers}"])
+    clean = PetastormSource(_info_without_checks(copy), config)
+    try:
+        before = epoch_ids(clean, plan, batch_size=4)
+    finally:
+        clean.close()
+    path, _ = split.row_group_files[0]
+    damaged = _damage_image(path, rows=(0, 1, 2))
+    runs = []
+    for _ in range(2):
+        source = PetastormSource(_info_without_checks(copy), config)
+        try:
+            runs.append((epoch_ids(source, plan, batch_size=4), source.take_read_errors()))
+        finally:
+            source.close()
+    (after, errors), (again, errors_again) = runs
+    assert after == again and errors == errors_again  # the same stand-ins every time
+    assert [len(b) for b in after] == [len(b) for b in before]  # the same steps, full batches
+    flat_before, flat_after = sum(before, []), sum(after, [])
+    assert not set(damaged) & set(flat_after) and set(damaged) <= set(flat_before)
+    assert sorted(e["sample_id"] for e in errors) == sorted(damaged)
+    assert all(e["reason"] == "a stored png image does not decode" and e["split"] == "train" and e["epoch"] == 1
+               and e["replaced_by"] not in damaged for e in errors)
+    for e in errors:  # the stand-in sits where the damaged row sat
+        position = flat_before.index(e["sample_id"])
+        assert flat_after[position] == e["replaced_by"] and position // 4 == e["batch"]
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("damage,message", [(_truncate, r"^ArrowInvalid: ")])
 def test_a_damaged_file_fails_the_epoch_with_one_line_naming_it(image_dataset, tmp_path, damage, message):
     """A worker's error reaches the training process as one error naming the file and row group it was reading,
     not as a worker traceback (the file damaged after the run opened the dataset)."""
