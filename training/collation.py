@@ -224,9 +224,11 @@ class Task:
         tokens, length = SEQUENCE.features
         lengths, encoded = np.asarray(columns[length], dtype=np.int64), Binary.of(columns[tokens])
         bad = np.flatnonzero(encoded.lengths() != lengths * np.dtype(self.token_dtype).itemsize)
-        good = set(range(len(ids))) - set(bad.tolist())
-        replaced = {int(i): (substitute(ids, int(i), good.__contains__), "stored token ids and length disagree")
-                    for i in bad}
+        replaced = {}
+        if len(bad):  # rare: the window's other rows stand in for them
+            good = set(range(len(ids))) - set(bad.tolist())
+            replaced = {int(i): (substitute(ids, int(i), good.__contains__), "stored token ids and length disagree")
+                        for i in bad}
         return Prepared(labels, ids, lengths=lengths, encoded=encoded, replaced=replaced)
 
     def collate(self, prepared: Prepared, index: np.ndarray):
@@ -274,7 +276,8 @@ class Task:
                         ("int64", n + int(a), (int(k),))) for a, k in zip(starts[:-1], sizes)]
             return {"uint8": images.reshape(-1), "int64": meta}, layouts
         # sequences: each batch longest first, padded to its own longest row, all batches scattered in one step
-        batches = [_stand_ins(prepared, np.asarray(b), lambda k, a=a: a) for a, b in enumerate(batches)]
+        if prepared.replaced:
+            batches = [_stand_ins(prepared, np.asarray(b), lambda k, a=a: a) for a, b in enumerate(batches)]
         ordered = [b[np.argsort(-prepared.lengths[b], kind="stable")] for b in batches]
         rows = np.concatenate(ordered) if ordered else np.zeros(0, np.int64)
         lengths = prepared.lengths[rows]

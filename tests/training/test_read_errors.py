@@ -70,3 +70,25 @@ def test_more_damaged_rows_than_the_budget_stop_the_run_with_exit_8(damaged, tmp
     assert "3 stored rows failed to read so far, over train.max_read_errors 2" in err and "read_errors.jsonl" in err
     assert len((run / "read_errors.jsonl").read_text().splitlines()) == 3
     assert list((run / "checkpoints").glob("step-*-e1.pt"))  # the epoch's resume point was saved first
+
+
+def test_token_ids_that_disagree_with_their_length_are_replaced_in_the_batch():
+    import numpy as np
+
+    from training.collation import Task
+    from training.loader import unpack
+
+    task = Task(kind="sequence", fields=("tokens", "length", "label", "sample_id"), token_dtype="uint16")
+    tokens = [np.array([5, 6], "<u2").tobytes(), np.array([7], "<u2").tobytes()[:1],  # row 1: a byte short
+              np.array([8, 9, 10], "<u2").tobytes(), np.array([11], "<u2").tobytes()]
+    prepared = task.prepare({"label": [0, 1, 0, 1], "sample_id": [100, 101, 102, 103], "tokens": tokens,
+                             "length": [2, 1, 3, 1]})
+    assert list(prepared.replaced) == [1]
+    buffers, layouts = task.chunk(prepared, [np.array([0, 1]), np.array([2, 3])])
+    import torch
+
+    batches = unpack(({k: torch.from_numpy(v) for k, v in buffers.items()}, layouts))
+    (_, _), _, first_ids = batches[0]
+    stand_in = prepared.replaced[1][0]
+    assert 101 not in first_ids.tolist() and 100 + stand_in in first_ids.tolist()
+    assert prepared.take_read_errors() == [(0, 1, stand_in, "stored token ids and length disagree")]
