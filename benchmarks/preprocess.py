@@ -1,7 +1,10 @@
 """Preprocessing throughput: the Spark jobs in local[2] against a plain single-process Python loop doing the same
 work, and (images) against the same job with the decode step written as a row-at-a-time Python UDF; and how many
 Spark jobs one preprocessing run launches, per kind (Spark's status tracker, ``pipelines.session.jobs_by_kind``).
-Every timed figure is the median of 3 runs after a warm-up, with its min-max spread (``benchmarks.common.rate``)."""
+Every timed figure is the median of 3 runs after a warm-up, with its min-max spread (``benchmarks.common.rate``).
+Of the same timed runs of each job: the driver's seconds (the run's wall time less the time its Spark jobs ran,
+submission to completion, as Spark's status store has them: listing, planning, the metadata, the commit) and the
+seconds per 1,000 input files."""
 from __future__ import annotations
 
 import glob
@@ -12,7 +15,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import Result, Timing, check, rate
+from benchmarks.common import Result, Timing, check, rate, timing
 from core.config import load_section
 from core.paths import to_url
 from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
@@ -21,6 +24,37 @@ from pipelines import images
 from pipelines.session import jobs_by_kind
 
 JOBS_TARGET = 5  # Spark jobs per preprocessing run (issue 15)
+FULL_SIZE = 16  # --size at and above which the full-size targets apply (issue 30)
+DRIVER_SHARE_TARGET = 0.10  # the driver's share of an image run at --size 16
+
+
+def per_core_target(kind: str, scale: float) -> float:
+    """The per-core target over the plain loop: images 0.5 at --size 16, 0.35 below; texts 0.5 at --size 16, 0.3
+    below."""
+    if scale >= FULL_SIZE:
+        return 0.5
+    return 0.35 if kind == "images" else 0.3
+
+
+def spark_job_seconds(spark, job_ids) -> float:
+    """Seconds during which the Spark jobs ``job_ids`` ran (the union of their submission-to-completion spans, as
+    Spark's status store keeps them; a job it no longer keeps counts as none). Classic sessions only."""
+    store = spark.sparkContext._jsc.sc().statusStore()
+    spans = []
+    for job_id in job_ids:
+        try:
+            job = store.job(int(job_id))
+        except Exception:  # noqa: BLE001 - evicted (spark.ui.retainedJobs): nothing to count
+            continue
+        if job.submissionTime().isDefined() and job.completionTime().isDefined():
+            spans.append((job.submissionTime().get().getTime(), job.completionTime().get().getTime()))
+    total, end = 0, None
+    for start, stop in sorted(spans):
+        if end is None or start > end:
+            total, end = total + stop - start, stop
+        elif stop > end:
+            total, end = total + stop - end, stop
+    return total / 1000
 
 
 def image_config(**flags) -> PreprocessImagesConfig:
@@ -60,7 +94,7 @@ def plain_python_images(raw: str, out: str) -> tuple[float, int]:
 
 
 def row_udf_decode(files, *, root_url, params):
-    """The read-and-decode step as a row-at-a-time Python UDF (what mapInPandas replaces), same output schema."""
+    """The read-and-decode step as a row-at-a-time Python UDF (what mapInArrow replaces), same output schema."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -80,12 +114,35 @@ def row_udf_decode(files, *, root_url, params):
     return decoded.select("path", "d.relpath", "d.class_name", "d.image", "d.reason")
 
 
-def jobs_launched(spark, run) -> tuple[object, dict[str, int]]:
-    """(what ``run()`` returned, the Spark jobs it launched per kind; "other" those outside bigtrain's kinds)."""
+def jobs_launched(spark, run, timed: list | None = None) -> tuple[object, dict[str, int]]:
+    """(what ``run()`` returned, the Spark jobs it launched per kind; "other" those outside bigtrain's kinds).
+    ``timed``: (wall seconds, driver seconds) of the run is appended to it (``spark_job_seconds``)."""
     before = jobs_by_kind(spark)
+    start = time.perf_counter()
     result = run()
+    wall = time.perf_counter() - start
     after = jobs_by_kind(spark)
+    if timed is not None:
+        launched = set().union(*(after[kind] - before[kind] for kind in after))
+        timed.append((wall, max(0.0, wall - spark_job_seconds(spark, launched))))
     return result, {kind: len(after[kind] - before[kind]) for kind in after if after[kind] - before[kind]}
+
+
+def driver_rows(group: str, timed: list[tuple[float, float]], files: int, *, share_target: float | None) -> list[Result]:
+    """The driver's seconds and share of the run, and the seconds per 1,000 input files, of the timed runs
+    ``timed`` ((wall, driver) each; the warm-up left out by the caller)."""
+    wall, driver = timing([w for w, _ in timed]), timing([d for _, d in timed])
+    share = timing([d / w for w, d in timed])
+    per_1000 = timing([w / files * 1000 for w, _ in timed])
+    return [
+        Result(group, "driver seconds per run (outside Spark jobs)", driver.median, "s",
+               f"{driver.text(fmt='.2f', unit=' s')} of a run of {wall.text(fmt='.2f', unit=' s')}"),
+        Result(group, "driver share of a run", share.median, "",
+               f"{share.low:.3g}-{share.high:.3g}", f"<= {share_target}" if share_target is not None else "",
+               check(share.median, "<=", share_target) if share_target is not None else None),
+        Result(group, "seconds per 1,000 input files", per_1000.median, "s",
+               f"{per_1000.text(fmt='.3g', unit=' s')}; {files:,} input files"),
+    ]
 
 
 def jobs_row(group: str, jobs: dict[str, int]) -> Result:
@@ -103,16 +160,18 @@ def per_core_row(group: str, job: Timing, python: Timing, cores: int, unit: str,
                   f"plain Python {python.text(unit=f' {unit}/s')}", f">= {target}", check(ratio, ">=", target))
 
 
-def image_results(spark, raw: str, work: str, n_images: int) -> list[Result]:
+def image_results(spark, raw: str, work: str, n_images: int, scale: float = 1.0) -> list[Result]:
     group = "preprocess/images"
     seen: dict = {}
+    timed: list[tuple[float, float]] = []
 
     def job() -> int:
         (_, seen["summary"]), seen["jobs"] = jobs_launched(
-            spark, lambda: run_image_job(spark, raw, os.path.join(work, "job")))
+            spark, lambda: run_image_job(spark, raw, os.path.join(work, "job")), timed)
         return n_images
 
     job_rate = rate(job)
+    timed = timed[1:]  # the warm-up
     jobs = seen["jobs"]
     python_rate = rate(lambda: plain_python_images(raw, os.path.join(work, "plain"))[1])
     original = images.decode_images
@@ -126,9 +185,10 @@ def image_results(spark, raw: str, work: str, n_images: int) -> list[Result]:
     speedup = job_rate.median / udf_rate.median
     return [
         jobs_row(group, jobs),
-        per_core_row(group, job_rate, python_rate, spark_cores, "images", 0.5),
+        per_core_row(group, job_rate, python_rate, spark_cores, "images", per_core_target("images", scale)),
         Result(group, "Spark job / same job with a row UDF", speedup, "x",
                f"row UDF {udf_rate.text(unit=' images/s')}", ">= 3", check(speedup, ">=", 3)),
+        *driver_rows(group, timed, n_images, share_target=DRIVER_SHARE_TARGET if scale >= FULL_SIZE else None),
     ]
 
 
@@ -167,19 +227,24 @@ def plain_python_texts(raw: str, out: str) -> tuple[float, int]:
     return time.perf_counter() - start, len(parsed)
 
 
-def text_results(spark, raw: str, work: str, n_lines: int) -> list[Result]:
+def text_results(spark, raw: str, work: str, n_lines: int, scale: float = 1.0) -> list[Result]:
     group = "preprocess/texts"
     out = os.path.join(work, "job")
     config = load_section("preprocess_sequences", PreprocessSequencesConfig, flags={"ranks": 2})
     seen: dict = {}
+    timed: list[tuple[float, float]] = []
 
     def job() -> int:
         shutil.rmtree(out, ignore_errors=True)
         _, seen["jobs"] = jobs_launched(spark, lambda: preprocess_sequences(
-            spark, input_url=to_url(raw), output_url=to_url(out), fmt="jsonl", config=config))
+            spark, input_url=to_url(raw), output_url=to_url(out), fmt="jsonl", config=config), timed)
         return n_lines
 
     job_rate = rate(job)
+    timed = timed[1:]  # the warm-up
     python_rate = rate(lambda: plain_python_texts(raw, os.path.join(work, "plain"))[1])
     spark_cores = spark.sparkContext.defaultParallelism
-    return [jobs_row(group, seen["jobs"]), per_core_row(group, job_rate, python_rate, spark_cores, "lines", 0.3)]
+    files = sum(1 for name in os.listdir(raw) if not name.startswith((".", "_")))
+    return [jobs_row(group, seen["jobs"]),
+            per_core_row(group, job_rate, python_rate, spark_cores, "lines", per_core_target("texts", scale)),
+            *driver_rows(group, timed, files, share_target=None)]

@@ -107,8 +107,10 @@ def main(argv=None) -> int:
             results += feeding.scaling_results("raw", raw_ds)
         if "preprocess" in args.groups:
             say("preprocessing throughput")
-            results += preprocess.image_results(spark, raw_images, os.path.join(work, "pre-images"), per_class * 10)
-            results += preprocess.text_results(spark, raw_texts, os.path.join(work, "pre-texts"), n_texts)
+            results += preprocess.image_results(spark, raw_images, os.path.join(work, "pre-images"), per_class * 10,
+                                                scale=args.scale)
+            results += preprocess.text_results(spark, raw_texts, os.path.join(work, "pre-texts"), n_texts,
+                                               scale=args.scale)
         if "stall" in args.groups:
             say("data stall")
             results += train_bench.stall_results("images", image_ds)

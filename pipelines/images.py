@@ -2,8 +2,8 @@
 
 ``to_array`` and ``image_encoder`` prepare one file, for preprocessing and batch inference (``inference.predict``)
 alike; ``decode_file_batch`` reads and prepares listed files in plain pandas/Pillow (testable without Spark);
-``decode_images`` runs it on the
-executors in Arrow batches through ``mapInPandas``. No transform here builds a session, names a path or runs an
+``decode_images`` runs it (``decode_arrow_batch``)
+on the executors in Arrow batches through ``mapInArrow``. No transform here builds a session, names a path or runs an
 action.
 """
 from __future__ import annotations
@@ -149,13 +149,13 @@ def file_outcome(path: str, size: int, problem: str | None, *, params: DecodePar
     return encode(content)
 
 
-def decode_file_batch(batch: pd.DataFrame, *, root_url: str, params: DecodeParams) -> Iterator[pd.DataFrame]:
-    """One Arrow batch of listed files (path, size, problem) -> rows of DECODED_SCHEMA, in frames of bounded rows
-    and bytes. Never raises per file."""
+def _decode_rows(paths, sizes, problems, *, root_url: str, params: DecodeParams) -> Iterator[dict[str, list]]:
+    """Listed files (path, size, problem) -> columns of DECODED_SCHEMA (lists), in chunks of bounded rows and
+    bytes. Never raises per file."""
     encode = image_encoder(params)
-    out = {"path": [], "relpath": [], "class_name": [], "image": [], "reason": []}
+    out: dict[str, list] = {name: [] for name in DECODED_COLUMNS}
     held = 0
-    for path, size, problem in zip(batch["path"], batch["size"], batch["problem"]):
+    for path, size, problem in zip(paths, sizes, problems):
         relpath, folder = split_relpath(path, root_url)
         class_name, label_problem = None, None
         if folder is not None:  # the folder as spelled on disk -> one class name (NFC, stripped), or why none
@@ -174,17 +174,47 @@ def decode_file_batch(batch: pd.DataFrame, *, root_url: str, params: DecodeParam
             out[key].append(value)
         held += len(image or b"")
         if len(out["path"]) >= BATCH_ROWS or held >= BATCH_BYTES:
-            yield pd.DataFrame(out, columns=list(out), dtype=object)
+            yield out
             out, held = {key: [] for key in out}, 0
     if out["path"]:
+        yield out
+
+
+DECODED_COLUMNS = tuple(DECODED_SCHEMA.names)
+
+
+def decode_file_batch(batch: pd.DataFrame, *, root_url: str, params: DecodeParams) -> Iterator[pd.DataFrame]:
+    """One batch of listed files (path, size, problem) as pandas -> rows of DECODED_SCHEMA, in frames of bounded
+    rows and bytes (``decode_arrow_batch`` is the same in Arrow, what the executors run). Never raises per file."""
+    for out in _decode_rows(batch["path"], batch["size"], batch["problem"], root_url=root_url, params=params):
         yield pd.DataFrame(out, columns=list(out), dtype=object)  # None stays None (pandas 3 makes str columns NaN)
+
+
+def _arrow_schema():
+    import pyarrow as pa
+
+    return pa.schema([pa.field("path", pa.string(), nullable=False), pa.field("relpath", pa.string()),
+                      pa.field("class_name", pa.string()), pa.field("image", pa.binary()),
+                      pa.field("reason", pa.string())])
+
+
+def decode_arrow_batch(batch, *, root_url: str, params: DecodeParams) -> Iterator:
+    """``decode_file_batch`` on an Arrow record batch of listed files, yielding Arrow record batches of
+    DECODED_SCHEMA: no pandas frame either way (``mapInArrow``)."""
+    import pyarrow as pa
+
+    schema = _arrow_schema()
+    columns = {name: batch.column(name).to_pylist() for name in ("path", "size", "problem")}
+    for out in _decode_rows(columns["path"], columns["size"], columns["problem"], root_url=root_url,
+                            params=params):
+        yield pa.RecordBatch.from_arrays([pa.array(out[f.name], f.type) for f in schema], schema=schema)
 
 
 def decode_images(files: DataFrame, *, root_url: str, params: DecodeParams) -> DataFrame:
     """Listed files (``reading.files_frame``) -> DECODED_SCHEMA, read and decoded in Arrow batches on the
-    executors."""
-    def decode_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    executors (``mapInArrow``: the batches stay Arrow, no pandas conversion either way)."""
+    def decode_partition(batches: Iterator) -> Iterator:
         for batch in batches:
-            yield from decode_file_batch(batch, root_url=root_url, params=params)
+            yield from decode_arrow_batch(batch, root_url=root_url, params=params)
 
-    return files.select("path", "size", "problem").mapInPandas(decode_partition, schema=DECODED_SCHEMA)
+    return files.select("path", "size", "problem").mapInArrow(decode_partition, schema=DECODED_SCHEMA)

@@ -40,6 +40,7 @@ HIDDEN_PREFIXES = (".", "_")          # Hadoop's hidden files: _SUCCESS, _metada
 COPYING_SUFFIX = "._COPYING_"         # a file `hdfs dfs -put` is still writing
 LINK = "symbolic link: not followed (follow_links is false)"
 READ_CHUNK = 1 << 20
+LIST_THREADS = 8                      # threads listing the folders below an input root (``list_files``)
 BOM = b"\xef\xbb\xbf"                 # UTF-8's byte order mark
 
 
@@ -85,7 +86,10 @@ def list_files(input_url: str, *, follow_links: bool = False) -> Listing:
     listing = Listing(root=input_root(input_url), entries=[])
     walker = _LocalWalk(listing, os.fsencode(root_path), follow_links=follow_links)
     if os.path.isdir(path):
-        walker.walk(os.fsencode(path), b"")
+        if not walker.walk_parallel(os.fsencode(path)):
+            listing = Listing(root=listing.root, entries=[])
+            walker = _LocalWalk(listing, os.fsencode(root_path), follow_links=follow_links)
+            walker.walk(os.fsencode(path), b"")
     else:
         walker.entry(os.fsencode(path), os.fsencode(os.path.basename(path)))
     walker.links()
@@ -126,6 +130,41 @@ class _LocalWalk:
         self.folders.append((path, rel))
         while self.folders:
             self.folder(*self.folders.pop())
+
+    def walk_parallel(self, path: bytes) -> bool:
+        """``walk(path, b"")`` with the folders below the root walked by a pool of threads (``os.scandir`` and
+        ``os.lstat`` wait on the file system without the GIL: an NFS mount, a cold cache, a large tree), each into
+        a walker of its own, merged in the order ``walk`` visits them (the stack pops the last folder first), so
+        the entries, the file a link names as "the same file as" and the order links are followed in are
+        ``walk``'s. False (nothing listed: walk again in one thread) when two walks met the same folder (a bind
+        mount), which ``walk`` would have read once."""
+        self.folder(path, b"")
+        tops, self.folders = self.folders, []
+        if len(tops) < 2:
+            self.folders = tops
+            while self.folders:
+                self.folder(*self.folders.pop())
+            return True
+        from concurrent.futures import ThreadPoolExecutor
+
+        def walk_one(top: tuple[bytes, bytes]) -> _LocalWalk:
+            sub = _LocalWalk(Listing(root=self.listing.root, entries=[]), b"", follow_links=self.follow)
+            sub.root, sub.prefix = self.root, self.prefix
+            sub.walk(*top)
+            return sub
+
+        with ThreadPoolExecutor(min(LIST_THREADS, len(tops))) as pool:
+            subs = list(pool.map(walk_one, tops[::-1]))
+        for sub in subs:
+            if sub.seen_folders & self.seen_folders:
+                return False
+            self.seen_folders |= sub.seen_folders
+            for key, name in sub.seen_files.items():
+                self.seen_files.setdefault(key, name)
+            self.followed += sub.followed
+            self.listing.entries += sub.listing.entries
+            self.listing.hidden += sub.listing.hidden
+        return True
 
     def folder(self, path: bytes, rel: bytes) -> None:
         st = os.stat(path)
@@ -205,13 +244,30 @@ class _LocalWalk:
         self.listing.entries.append(Entry(self.prefix + relpath, relpath, size, mtime, problem))
 
 
+def _find(fs, inner: str) -> dict[str, dict]:
+    """``fs.find(inner, detail=True)``, the folders at the top of ``inner`` each found by a thread of a pool (an
+    object store answers a listing request with 1,000 keys: one after the other, a large tree is thousands of
+    round trips); the same files, the folders' and those at the top."""
+    top = fs.ls(inner, detail=True)
+    folders = sorted(info["name"] for info in top if info.get("type") == "directory")
+    if len(folders) < 2:
+        return fs.find(inner, detail=True)
+    from concurrent.futures import ThreadPoolExecutor
+
+    found = {info["name"]: info for info in top if info.get("type") != "directory"}
+    with ThreadPoolExecutor(min(LIST_THREADS, len(folders))) as pool:
+        for part in pool.map(lambda folder: fs.find(folder, detail=True), folders):
+            found.update(part)
+    return found
+
+
 def _list_remote(input_url: str) -> Listing:
     """Object stores and HDFS through fsspec: keys are UTF-8 and there are no links."""
     import fsspec
 
     fs, inner = fsspec.core.url_to_fs(input_url)
     root = input_root(input_url)
-    found = fs.find(inner, detail=True) if fs.isdir(inner) else {inner: fs.info(inner)}
+    found = _find(fs, inner) if fs.isdir(inner) else {inner: fs.info(inner)}
     listing = Listing(root=root, entries=[])
     base = fsspec.core.url_to_fs(root)[1].rstrip("/") + "/"
     for name, info in sorted(found.items()):

@@ -136,3 +136,29 @@ def test_every_bad_file_gets_a_reason_and_the_batch_survives(tmp_path):
             assert reason in out.loc[path, "reason"], (path, out.loc[path, "reason"])
             assert " at 0x" not in out.loc[path, "reason"]  # the same file gets the same reason in every run
             assert out.loc[path, "image"] is None
+
+
+def test_the_arrow_batches_the_executors_run_hold_the_pandas_batches_rows(tmp_path):
+    """``decode_arrow_batch`` (``mapInArrow``) and ``decode_file_batch`` give the same rows, rejects included."""
+    import pyarrow as pa
+
+    from pipelines.images import decode_arrow_batch
+
+    files = {"a/ok.png": encode(Image.new("RGB", (20, 16), (9, 8, 7))), "b/bad.png": b"nope", "c/empty.png": b"",
+             "loose.png": encode(Image.new("L", (9, 9), 3)), "d/strip.png": encode(Image.new("RGB", (200, 4)))}
+    paths = []
+    for rel, content in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(content)
+        paths.append(f"file:{tmp_path}/{rel}")
+    paths.append(f"file:{tmp_path}/e/listed-problem.png")
+    sizes = [len(c) for c in files.values()] + [0]
+    problems = [None] * len(files) + ["symbolic link: not followed (follow_links is false)"]
+    root = f"file:{tmp_path}"
+    frames = decode_file_batch(pd.DataFrame({"path": paths, "size": sizes, "problem": problems}), root_url=root,
+                               params=params())
+    expected = [row for frame in frames for row in frame.to_dict("records")]
+    batch = pa.record_batch({"path": paths, "size": pa.array(sizes, pa.int64()), "problem": pa.array(problems, pa.string())})
+    got = [row for out in decode_arrow_batch(batch, root_url=root, params=params()) for row in out.to_pylist()]
+    assert got == expected and len(got) == 6
+    assert sum(row["reason"] is None for row in got) == 1

@@ -202,3 +202,54 @@ def test_an_object_store_input_is_listed_and_read_through_fsspec(s3_server, monk
         assert got == [("a b:1.jsonl:1", b'{"t": 1}'), ("a b:1.jsonl:2", b'{"t": 2}'), ("sub/c.jsonl.gz:1", b"x")]
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def one_thread_listing(url: str, *, follow_links: bool) -> inputs.Listing:
+    """The listing as one walk in one thread (``_LocalWalk.walk``), what the threaded listing must equal."""
+    root = inputs.local_path(url)
+    listing = inputs.Listing(root=inputs.input_root(url), entries=[])
+    walker = inputs._LocalWalk(listing, os.fsencode(root), follow_links=follow_links)
+    walker.walk(os.fsencode(root), b"")
+    walker.links()
+    listing.entries.sort(key=lambda e: e.relpath)
+    return listing
+
+
+def test_folders_listed_by_threads_give_the_one_thread_walks_entries_order_and_reasons(tmp_path):
+    root = tmp_path / "in"
+    for folder in ("a", "b", "c/deep/er", "_hidden", "d"):
+        (root / folder).mkdir(parents=True)
+    (root / "top.png").write_bytes(b"t")
+    (root / ".DS_Store").write_bytes(b"")
+    (root / "a" / "x.png").write_bytes(b"x")
+    (root / "c" / "deep" / "er" / "y.png").write_bytes(b"y")
+    (root / "c" / "_SUCCESS").write_bytes(b"")
+    os.link(root / "a" / "x.png", root / "b" / "x.png")           # the same file in two folders: which name is
+    os.link(root / "a" / "x.png", root / "d" / "x.png")           # first decides a link's "the same file as"
+    os.symlink(root / "d" / "x.png", root / "c" / "to-x.png")
+    os.symlink(root / "c" / "deep", root / "b" / "deep")          # a folder read a second way
+    os.symlink(root / "b", root / "link-to-b")
+    os.symlink("..", root / "d" / "loop")
+    os.symlink(tmp_path, root / "a" / "out")
+    for follow in (False, True):
+        url = f"file://{root}"
+        threaded, single = inputs.list_files(url, follow_links=follow), one_thread_listing(url, follow_links=follow)
+        assert threaded.entries == single.entries and threaded.hidden == single.hidden == 3
+    followed = listed(root, follow_links=True)
+    assert followed["c/to-x.png"].startswith("symbolic link: the same file as d/x.png")  # walk: d before b and a
+
+
+def test_an_object_store_tree_is_found_by_threads_per_top_folder_as_one_find_finds_it():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    base = "/bigtrain-list-threads"
+    fs.pipe({f"{base}/top.jsonl": b"1\n", f"{base}/_SUCCESS": b"", f"{base}/a/x.jsonl": b"2\n",
+             f"{base}/b/c/y.jsonl": b"3\n", f"{base}/b/_tmp/z.jsonl": b"4\n", f"{base}/d/w.jsonl": b"5\n"})
+    try:
+        assert inputs._find(fs, base) == fs.find(base, detail=True)
+        listing = inputs.list_files(f"memory://{base}")
+        assert [e.relpath for e in listing.entries] == ["a/x.jsonl", "b/c/y.jsonl", "d/w.jsonl", "top.jsonl"]
+        assert listing.hidden == 2
+    finally:
+        fs.rm(base, recursive=True)
