@@ -75,9 +75,12 @@ def test_ctrl_c_stops_the_stage_and_is_recorded_as_interrupted_with_130(tmp_path
     pid_file = tmp_path / "stage.pid"
     stage = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)"
     file = write_pipeline(tmp_path, [{"name": "slow", "command": py(stage)}, {"name": "after", "command": py("pass")}])
+    # SIGINT at its default: a test run started in the background of a non-interactive shell inherits it ignored,
+    # and Python then leaves it ignored (as a pipeline run from such a shell does: only a terminal sends Ctrl-C)
     runner_process = subprocess.Popen([sys.executable, "-m", "jobs.cli", "pipeline", "run", file], cwd=REPO,
                                       env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      start_new_session=True)
+                                      start_new_session=True,
+                                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)
