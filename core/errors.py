@@ -19,7 +19,7 @@ from __future__ import annotations
 EXIT_OK = 0            # done, or nothing to do
 EXIT_FAILED = 1        # a dataset is missing, damaged or refused; a checkpoint is refused; a stage failed
 EXIT_USAGE = 2         # a flag, config key, pipeline file or launch is wrong
-EXIT_REJECTS = 3       # more input rejected than max_reject_fraction allows: nothing committed
+EXIT_REJECTS = 3       # more input rejected than max_reject_fraction (or copied than duplicates_budget) allows
 EXIT_STALL = 4         # a training epoch waited for data beyond train.max_data_stall (stall_budget_action: fail)
 EXIT_HUNG = 5          # the training watchdog saw no rank progress for train.watchdog_seconds (<output>/hang.json)
 EXIT_REMOVALS = 6      # not committed: inputs vanished (max_removed_fraction, a whole class), no row, one class

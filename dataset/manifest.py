@@ -58,6 +58,22 @@ class SplitCounts:
 
 
 @dataclass(frozen=True)
+class DuplicateCounts:
+    """Copies of one content among the snapshot's records (``pipelines.duplicates``), as the run that wrote it
+    found them (records rejected as copies are read again by every incremental run, so the counts cover the whole
+    snapshot): ``groups`` contents held by more than one record, ``duplicates`` records after the first of a group
+    of one class, ``conflicting`` records of groups under more than one class, ``rejected`` those of both kinds
+    rejected (0 under ``keep``), ``cross_split`` groups whose rows stay in more than one split (0, unless rows of
+    a snapshot written before fingerprints are kept)."""
+    mode: str
+    groups: int
+    duplicates: int
+    conflicting: int
+    rejected: int
+    cross_split: int
+
+
+@dataclass(frozen=True)
 class FileEntry:
     """One file of the snapshot: its size and digest, and for a split's Parquet file its rows."""
     bytes: int
@@ -129,6 +145,7 @@ class Manifest:
     sequence: SequenceSpec | None = None
     input_format: str | None = None          # sequences: jsonl, csv or parquet
     csv_header_lines: int | None = None      # sequences: CSV header lines read (not records)
+    duplicates: DuplicateCounts | None = None  # None: a snapshot written before the search, or duplicates: off
     files: dict[str, FileEntry] = field(default_factory=dict)
     schema_fingerprints: dict[str, str] = field(default_factory=dict)
     format_version: int = layout.FORMAT_VERSION

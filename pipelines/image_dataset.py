@@ -14,7 +14,7 @@ from typing import Literal
 from core.config import require
 from dataset.layout import validate_fractions
 from dataset.manifest import ImageSpec, Manifest
-from dataset.rows import IMAGE
+from dataset.rows import FINGERPRINT, IMAGE
 
 log = logging.getLogger("bigtrain.preprocess_images")
 # `codec: auto` stores images up to this side as raw pixels (measured at 32 px: 1.3x the bytes of PNG on disk, the
@@ -52,6 +52,8 @@ class PreprocessImagesConfig:
     allow_single_class: bool = False  # commit a snapshot whose rows are all of one class
     strict: bool = False  # refuse (exit 6) a snapshot with a class the train split has no row of
     follow_links: bool = False  # read what symbolic links below --input point to (inside it only); else rejects
+    duplicates: Literal["reject", "keep", "off"] = "reject"  # copies of one content (pipelines.duplicates)
+    duplicates_budget: float = 0.1  # a run whose records duplicate others' content beyond this fraction is refused
 
     @property
     def storage_codec(self) -> str:
@@ -71,6 +73,8 @@ class PreprocessImagesConfig:
                 f"must be in [0, 1], got {self.max_reject_fraction}")
         require(0 <= self.max_removed_fraction <= 1, f"{prefix}.max_removed_fraction",
                 f"must be in [0, 1], got {self.max_removed_fraction}")
+        require(0 <= self.duplicates_budget <= 1, f"{prefix}.duplicates_budget",
+                f"must be in [0, 1], got {self.duplicates_budget}")
         try:
             validate_fractions(self.splits, key=f"{prefix}.splits")
         except ValueError as exc:
@@ -86,7 +90,7 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
     ``allow_removals`` (``incremental.check_removals``)."""
     from pyspark.sql import functions as F
 
-    from pipelines import images, incremental, labels, session, splits, writing
+    from pipelines import duplicates, images, incremental, labels, session, splits, writing
     from pipelines.schemas import image_shape, image_unischema
 
     run = incremental.plan(dataset_url=output_url, input_url=input_url, kind="image", config=asdict(config),
@@ -100,8 +104,14 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
                                  max_aspect_ratio=config.max_aspect_ratio, max_file_bytes=config.max_file_bytes)
     decoded = decode_files(spark, run.entries_to_read(), input_url=input_url, params=params)
     try:
-        new = splits.assign_split(decoded, fractions=config.splits)
-        previous = incremental.previous_records(spark, run, key=F.col("relpath"), name_col="class_name")
+        new = splits.assign_split_by_content(decoded.withColumn(FINGERPRINT, duplicates.content_fingerprint(
+            F.col("image"))), fractions=config.splits, fallback_col="relpath")
+        previous = duplicates.carried_fingerprints(
+            incremental.previous_records(spark, run, key=F.col("relpath"), name_col="class_name"), F.col("image"))
+        found = incremental.find_duplicates(spark, new, previous, source=F.col("relpath"),
+                                            name=F.col("class_name"), mode=config.duplicates)
+        new, previous = (duplicates.apply(df, found, spark=spark, source=F.col("relpath")) if df is not None
+                         else None for df in (new, previous))
         parts = [incremental.projection(new, name=F.col("class_name"), carried=False, bytes_=F.length("image"))]
         if previous is not None:
             parts.append(incremental.projection(previous, name=F.col("class_name"), carried=True,
@@ -128,9 +138,11 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
                      image=ImageSpec(size=config.image_size, channels=config.channels, codec=config.storage_codec,
                                      shape=list(image_shape(config.image_size, config.channels))),
                      splits=incremental.split_counts(summary), records_read=summary["records_read"], rejected=summary["rejected"],
-                     rejected_by_reason=summary["rejected_by_reason"], config=asdict(config))
+                     rejected_by_reason=summary["rejected_by_reason"], config=asdict(config),
+                     duplicates=incremental.duplicate_counts(found, config.duplicates))
     incremental.finish(run, draft, processed=processed, max_reject_fraction=config.max_reject_fraction,
-                       allow_single_class=config.allow_single_class, strict=config.strict)
+                       allow_single_class=config.allow_single_class, strict=config.strict, copies=found,
+                       duplicates_budget=config.duplicates_budget)
     return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed}
 
 

@@ -36,22 +36,22 @@ from pyspark.sql import functions as F
 
 from core.errors import DatasetError, RejectBudgetError, RemovalsError, UsageError
 from core.logs import with_article
-from core.paths import join
+from core.paths import filesystem, join
 from dataset import layout, manifest, snapshots
 from dataset.manifest import InputCounts, Lineage, Manifest, SplitCounts
-from pipelines import inputs, reading
+from pipelines import duplicates, inputs, reading, session
 
 log = logging.getLogger(__name__)
 
 MODES = ("incremental", "overwrite", "error")
 IGNORED_CONFIG_KEYS = ("master", "spark_conf", "mode", "max_reject_fraction",  # do not change what is written
-                       "max_removed_fraction", "allow_single_class", "strict")
+                       "max_removed_fraction", "allow_single_class", "strict", "duplicates_budget")
 
 
 # Keys added after snapshots were made, at the value that reads as before: fingerprinted as if absent, so that the
 # first run after an upgrade is not a full one for a setting nobody changed.
-NEW_KEY_DEFAULTS = {"image": {"follow_links": False},
-                    "sequence": {"follow_links": False, "max_file_bytes": 64 << 30}}
+NEW_KEY_DEFAULTS = {"image": {"follow_links": False, "duplicates": "reject"},
+                    "sequence": {"follow_links": False, "max_file_bytes": 64 << 30, "duplicates": "reject"}}
 
 
 def config_fingerprint(config: dict[str, Any], kind: str) -> str:
@@ -156,9 +156,55 @@ def _decide(run: RunPlan) -> dict[str, tuple[str, int, int]] | None:
         previous_inputs = snapshots.read_inputs(run.previous_url)
         run.diff = snapshots.diff_inputs({k: v[1:] for k, v in previous_inputs.items()},
                                          {k: v[1:] for k, v in run.inputs.items()})
+        copies = set(copies_rejected(run.previous_url, prev)) & set(run.diff.unchanged)
+        if copies:  # read again, so that a copy whose original is gone (or changed) becomes a row again
+            run.diff = dataclasses.replace(run.diff, unchanged=sorted(set(run.diff.unchanged) - copies),
+                                           changed=sorted(set(run.diff.changed) | copies))
         run.full, run.reason = False, run.diff.describe()
+        if copies:
+            run.reason += f" ({len(copies)} of the changed hold records rejected as copies, read again)"
         return previous_inputs
     return None
+
+
+def copies_rejected(snapshot_url: str, snapshot: Manifest) -> list[str]:
+    """The input files (relative paths) of the records a snapshot rejected as copies of another record's content
+    (``pipelines.duplicates``): an incremental run reads them again, as a new copy decides again which one stays."""
+    if not any(r.split(":", 1)[0] in duplicates.CATEGORIES for r in snapshot.rejected_by_reason):
+        return []
+    fs, root = filesystem(join(snapshot_url, layout.REJECTED_DIR))
+    column = "relpath" if snapshot.kind == "image" else "source"
+    found: set[str] = set()
+    for rel in sorted(snapshot.files):
+        if rel.startswith(layout.REJECTED_DIR + "/") and rel.endswith(".parquet"):
+            table = layout.read_parquet(fs, f"{root.rstrip('/')}/{rel.split('/', 1)[1]}", columns=[column, "reason"])
+            for key, reason in zip(table.column(column).to_pylist(), table.column("reason").to_pylist()):
+                if key is not None and (reason or "").split(":", 1)[0] in duplicates.CATEGORIES:
+                    found.add(key if snapshot.kind == "image" else key.rsplit(":", 1)[0])
+    return sorted(found)
+
+
+def find_duplicates(spark: SparkSession, new: DataFrame, carried: DataFrame | None, *, source: Column,
+                    name: Column, mode: str) -> duplicates.Found:
+    """The copies among the accepted rows of ``new`` and ``carried`` (``pipelines.duplicates``), in one Spark job;
+    nothing under ``duplicates: off``."""
+    if mode == "off":
+        return duplicates.Found()
+    parts = [duplicates.members(new, source=source, name=name, carried=False)]
+    if carried is not None:
+        parts.append(duplicates.members(carried, source=source, name=name, carried=True))
+    with session.spark_job(spark, "duplicates", "copies of one content among the records"):
+        found = duplicates.decide(duplicates.find(parts), mode=mode)
+    if found.groups:
+        log.info("%d groups of copies of one content: %d copies of a row of the same class, %d rows under "
+                 "conflicting labels; %s", found.groups, found.duplicates, found.conflicting,
+                 f"{found.rejected} rejected" if mode == "reject" else "kept (duplicates: keep)")
+    return found
+
+
+def duplicate_counts(found: duplicates.Found, mode: str) -> manifest.DuplicateCounts | None:
+    """The manifest's counts of the copies ``found`` (None under ``duplicates: off``: nothing was looked for)."""
+    return None if mode == "off" else manifest.DuplicateCounts(mode=mode, **found.counts())
 
 
 def check_removals(run: RunPlan, previous_inputs: dict[str, tuple[str, int, int]] | None, *,
@@ -346,11 +392,20 @@ def split_counts(summary: dict[str, Any]) -> dict[str, SplitCounts]:
 
 
 def finish(run: RunPlan, draft: Manifest, *, processed: tuple[int, int], max_reject_fraction: float,
-           allow_single_class: bool = False, strict: bool = False) -> Manifest:
-    """Check the error budget on this run's records and the classes of the snapshot's rows (``check_classes``),
-    then commit the snapshot: ``draft`` (what the job wrote) with the run's lineage and the snapshot's files;
-    returns the committed manifest."""
+           allow_single_class: bool = False, strict: bool = False, copies: duplicates.Found | None = None,
+           duplicates_budget: float = 1.0) -> Manifest:
+    """Check the error budgets: ``max_reject_fraction`` on this run's records, copies of another record's content
+    left out; ``duplicates_budget`` on the snapshot's records (every copy is looked at again by each run); and the classes of the snapshot's rows
+    (``check_classes``), then commit the snapshot: ``draft`` (what the job wrote) with the run's lineage and the
+    snapshot's files; returns the committed manifest."""
     read, rejected = processed
+    copies = copies or duplicates.Found()
+    problem = duplicates.budget_problem(copies.duplicates + copies.conflicting, draft.records_read, duplicates_budget)
+    if problem:
+        raise RejectBudgetError(f"{problem}: snapshot {run.snapshot_url} was not committed; the copies and what "
+                                f"they copy are in {join(run.snapshot_url, layout.REJECTED_DIR)} (under "
+                                "duplicates: keep, in the splits); raise duplicates_budget if they are expected")
+    rejected -= copies.new_rejected
     if read and rejected / read > max_reject_fraction:
         raise RejectBudgetError(
             f"{rejected} of {read} records read in this run were rejected ({rejected / read:.1%}), more than "

@@ -9,7 +9,7 @@ import numpy as np
 from pyspark.sql import types as T
 
 from compat import petastorm as petastorm_compat
-from dataset.rows import IMAGE, LABEL, SAMPLE_ID, SEQUENCE
+from dataset.rows import FINGERPRINT, IMAGE, LABEL, SAMPLE_ID, SEQUENCE
 
 IMAGE_CODECS = ("png", "jpeg", "raw")
 
@@ -43,6 +43,7 @@ def image_unischema(image_size: int, channels: int, codec: str):
         UnischemaField(IMAGE.source, np.str_, (), ScalarCodec(T.StringType()), False),
         UnischemaField(LABEL, np.int32, (), ScalarCodec(T.IntegerType()), False),
         UnischemaField(image, np.uint8, image_shape(image_size, channels), image_codec, False),
+        UnischemaField(FINGERPRINT, np.int64, (), ScalarCodec(T.LongType()), True),
     ])
 
 
@@ -52,7 +53,7 @@ def sequence_unischema():
     ``tokens`` holds the token ids without padding, as little-endian bytes of the dtype named in metadata.json
     (uint16 for vocabularies up to 65,536, else int32): Petastorm's columnar reader refuses ragged list columns
     ("Length of all values in column ... are expected to be the same length"), while bytes read fast in both of
-    its modes. ``length`` is the true (truncated) length.
+    its modes. ``length`` is the true (truncated) length. ``fingerprint``: ``pipelines.duplicates``.
     """
     petastorm_compat.install()
     from petastorm.codecs import ScalarCodec
@@ -65,4 +66,5 @@ def sequence_unischema():
         UnischemaField(LABEL, np.int32, (), ScalarCodec(T.IntegerType()), False),
         UnischemaField(length, np.int32, (), ScalarCodec(T.IntegerType()), False),
         UnischemaField(tokens, np.bytes_, (), ScalarCodec(T.BinaryType()), False),
+        UnischemaField(FINGERPRINT, np.int64, (), ScalarCodec(T.LongType()), True),
     ])

@@ -17,7 +17,7 @@ from core.errors import UsageError
 from dataset import layout
 from dataset.layout import validate_fractions
 from dataset.manifest import Manifest, SequenceSpec
-from dataset.rows import SEQUENCE
+from dataset.rows import FINGERPRINT, SEQUENCE
 from pipelines import inputs
 
 log = logging.getLogger("bigtrain.preprocess_sequences")
@@ -49,6 +49,8 @@ class PreprocessSequencesConfig:
     allow_single_class: bool = False  # commit a snapshot whose rows are all of one class
     strict: bool = False  # refuse (exit 6) a snapshot with a class the train split has no row of
     follow_links: bool = False  # read what symbolic links below --input point to (inside it only); else rejects
+    duplicates: Literal["reject", "keep", "off"] = "reject"  # copies of one content (pipelines.duplicates)
+    duplicates_budget: float = 0.1  # a run whose records duplicate others' content beyond this fraction is refused
 
     def validate(self, prefix: str) -> None:
         require(self.max_length >= 1, f"{prefix}.max_length", f"must be at least 1, got {self.max_length}")
@@ -65,6 +67,8 @@ class PreprocessSequencesConfig:
         require(0 <= self.max_removed_fraction <= 1, f"{prefix}.max_removed_fraction",
                 f"must be in [0, 1], got {self.max_removed_fraction}")
         require(bool(self.text_field or self.tokens_field), f"{prefix}.text_field", "or tokens_field must name a field")
+        require(0 <= self.duplicates_budget <= 1, f"{prefix}.duplicates_budget",
+                f"must be in [0, 1], got {self.duplicates_budget}")
         try:
             validate_fractions(self.splits, key=f"{prefix}.splits")
         except ValueError as exc:
@@ -82,7 +86,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
     import numpy as np
     from pyspark.sql import functions as F
 
-    from pipelines import incremental, labels, session, splits, text, writing
+    from pipelines import duplicates, incremental, labels, session, splits, text, writing
     from pipelines.schemas import sequence_unischema
 
     run = incremental.plan(dataset_url=output_url, input_url=input_url, kind="sequence", config=asdict(config),
@@ -91,11 +95,15 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
     if run.nothing_to_do:
         return incremental.unchanged_summary(run)
     entries = inputs.capped(run.entries_to_read(), config.max_file_bytes, "max_file_bytes")
-    parsed = parse_inputs(spark, entries, fmt=fmt, config=config)
+    parsed = persisted = parse_inputs(spark, entries, fmt=fmt, config=config)
     previous = None if run.full else run.previous
     try:
-        carried = incremental.previous_records(spark, run, key=F.regexp_extract("source", r"(?s)^(.*):[0-9]+$", 1),
-                                               name_col="label_name")
+        carried = duplicates.carried_fingerprints(incremental.previous_records(
+            spark, run, key=F.regexp_extract("source", r"(?s)^(.*):[0-9]+$", 1), name_col="label_name"), None)
+        found = incremental.find_duplicates(spark, parsed, carried, source=F.col("source"),
+                                            name=F.col("label_name"), mode=config.duplicates)
+        parsed, carried = (duplicates.apply(df, found, spark=spark, source=F.col("source")) if df is not None
+                           else None for df in (persisted, carried))
         counted = count_records(spark, parsed, carried, max_length=config.max_length)
         records, reject_kind = without_mixed_label_kinds(parsed, counted) if not config.labels else (parsed, None)
         seen = counted.names(accepted_only=True, reject_kind=reject_kind)
@@ -125,7 +133,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
             rejected_columns=list(SEQUENCE.rejected))
         lengths = length_stats(counted.lengths(reject_kind=reject_kind), previous)
     finally:
-        parsed.unpersist()
+        persisted.unpersist()
     layout.write_vocabulary(run.snapshot_url, vocabulary)
     draft = Manifest(
         kind="sequence", input=input_url, input_format=fmt, classes=list(class_to_index),
@@ -134,9 +142,11 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
                               tokenizer=config.tokenizer, tokens_field=config.tokens_field or None, **lengths),
         splits=incremental.split_counts(summary), records_read=summary["records_read"],
         csv_header_lines=csv_headers(entries, fmt) + ((previous.csv_header_lines or 0) if previous else 0),
-        rejected=summary["rejected"], rejected_by_reason=summary["rejected_by_reason"], config=asdict(config))
+        rejected=summary["rejected"], rejected_by_reason=summary["rejected_by_reason"], config=asdict(config),
+        duplicates=incremental.duplicate_counts(found, config.duplicates))
     incremental.finish(run, draft, processed=processed, max_reject_fraction=config.max_reject_fraction,
-                       allow_single_class=config.allow_single_class, strict=config.strict)
+                       allow_single_class=config.allow_single_class, strict=config.strict, copies=found,
+                       duplicates_budget=config.duplicates_budget)
     return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed}
 
 
@@ -184,7 +194,9 @@ def build_vocabulary(spark, records, config: PreprocessSequencesConfig) -> list[
 def parse_inputs(spark, entries: list, *, fmt: str, config: PreprocessSequencesConfig):
     """Parsed records (persisted, with their ``split``) of the listed files ``entries``: read and parsed in the
     same Python worker (``reading.read_records`` with ``text.parse_batch``)."""
-    from pipelines import reading, session, splits, text
+    from pyspark.sql import functions as F
+
+    from pipelines import duplicates, reading, session, splits, text
 
     fields = [f for f in (config.tokens_field or config.text_field, config.label_field) if f]
     params = text.ParseParams(fmt=fmt, text_field=config.text_field, label_field=config.label_field,
@@ -198,9 +210,14 @@ def parse_inputs(spark, entries: list, *, fmt: str, config: PreprocessSequencesC
         raise UsageError(str(exc)) from None
     # The split is drawn before the records are kept, so the normalised text (``split_key``) is not kept beside
     # the tokens: each accepted record's text is held once.
-    key = "split_key" if config.split_key == "content" else "source"
-    parsed = splits.assign_split(parsed, fractions=config.splits, key_col=key).drop("split_key")
-    return session.persist(spark, parsed)
+    # The fingerprint of a record is the hash of its normalised text (pipelines.duplicates); drawn from it, the
+    # split is the one ``split_key: content`` has always drawn from that text.
+    parsed = parsed.withColumn(FINGERPRINT, duplicates.content_fingerprint(F.col("split_key")))
+    if config.split_key == "content":
+        parsed = splits.assign_split_by_content(parsed, fractions=config.splits, fallback_col="source")
+    else:
+        parsed = splits.assign_split(parsed, fractions=config.splits, key_col="source")
+    return session.persist(spark, parsed.drop("split_key"))
 
 
 def csv_headers(entries: list, fmt: str) -> int:

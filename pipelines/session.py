@@ -129,7 +129,7 @@ def _jvm_started() -> bool:
 
 
 JOB_GROUP = "bigtrain:"  # + kind: the job group of every Spark job a preprocessing run launches
-JOB_KINDS = ("aggregate", "vocabulary", "write", "rejected")
+JOB_KINDS = ("duplicates", "aggregate", "vocabulary", "write", "rejected")
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from tests.conftest import snapshot_path
 
 pytestmark = pytest.mark.spark
 
-KINDS = ("aggregate", "vocabulary", "write", "rejected")  # pipelines.session.JOB_KINDS
+KINDS = ("duplicates", "aggregate", "vocabulary", "write", "rejected")  # pipelines.session.JOB_KINDS
 
 
 def job_ids(spark) -> dict[str, set[int]]:
@@ -50,24 +50,24 @@ def texts(spark, src, out, **flags):
                                 config=config)
 
 
-def test_an_image_run_launches_two_spark_jobs_and_one_more_for_rejects(spark, tmp_path):
+def test_an_image_run_launches_three_spark_jobs_and_one_more_for_rejects(spark, tmp_path):
     """The listing is bigtrain's (``pipelines.inputs``), on the driver: no Spark job."""
     generate_images(tmp_path / "in", per_class=8, seed=5)
     summary, jobs = jobs_launched(spark, lambda: images(spark, tmp_path / "in", tmp_path / "ds"))
     assert summary["rejected"] == 0 and all(s["rows"] for s in summary["splits"].values())
-    assert jobs == {"aggregate": 1, "write": 1}
+    assert jobs == {"duplicates": 1, "aggregate": 1, "write": 1}
 
     generate_images(tmp_path / "bad", per_class=8, seed=5, bad_files=4)
     summary, jobs = jobs_launched(spark, lambda: images(spark, tmp_path / "bad", tmp_path / "ds-bad"))
     assert summary["rejected"] == 4
-    assert jobs == {"aggregate": 1, "write": 1, "rejected": 1}
+    assert jobs == {"duplicates": 1, "aggregate": 1, "write": 1, "rejected": 1}
 
 
-def test_a_text_run_launches_three_spark_jobs(spark, tmp_path):
+def test_a_text_run_launches_four_spark_jobs(spark, tmp_path):
     generate_texts(tmp_path / "in", records=400, files=3, seed=2)
     summary, jobs = jobs_launched(spark, lambda: texts(spark, tmp_path / "in", tmp_path / "ds"))
     assert summary["rejected"] == 0 and all(s["rows"] for s in summary["splits"].values())
-    assert jobs == {"aggregate": 1, "vocabulary": 1, "write": 1}
+    assert jobs == {"duplicates": 1, "aggregate": 1, "vocabulary": 1, "write": 1}
 
 
 def test_a_csv_run_reads_its_headers_quote_states_and_line_numbers_in_the_reading_job(spark, tmp_path):
@@ -78,7 +78,7 @@ def test_a_csv_run_reads_its_headers_quote_states_and_line_numbers_in_the_readin
         spark, input_url=to_url(str(tmp_path / "in")), output_url=to_url(str(tmp_path / "ds")), fmt="csv",
         config=load_section("preprocess_sequences", PreprocessSequencesConfig, flags={"ranks": 2})))
     assert summary["records_read"] == 300 and summary["rejected"] == 0
-    assert jobs == {"aggregate": 1, "vocabulary": 1, "write": 1}
+    assert jobs == {"duplicates": 1, "aggregate": 1, "vocabulary": 1, "write": 1}
 
 
 def test_nothing_rejected_writes_no_rejected_table_and_the_snapshot_still_verifies_and_grows(spark, tmp_path, capsys):
