@@ -133,6 +133,12 @@ def show(dataset: str, as_json: bool) -> int:
         lines.append(f"  {split:<10} {counts.rows:>8} rows in {counts.row_groups} row groups  [{per_class}]")
     reasons = ", ".join(f"{r} ({n})" for r, n in contents.rejected_by_reason.items())
     lines.append(f"  rejected   {contents.rejected:>8} records{': ' + reasons if reasons else ''}")
+    copies = contents.duplicates
+    lines.append("  copies     not looked for (a snapshot written before fingerprints, or duplicates: off)"
+                 if copies is None else
+                 f"  copies   {copies.groups:>8} contents held by more than one record: {copies.duplicates} "
+                 f"duplicates, {copies.conflicting} under conflicting labels, {copies.rejected} rejected "
+                 f"(duplicates: {copies.mode}); {copies.cross_split} across splits")
     if contents.sequence:
         lines.append(f"  vocabulary {contents.sequence.vocab_size} tokens ({contents.sequence.token_dtype})")
     lines.append(f"  files      {len(contents.files)}, {sum(f.bytes for f in contents.files.values())} bytes "

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from core.errors import EXIT_DRIFT
 from dataset import diff
+from pipelines.samples import encode, render_shape
 from tests.conftest import current_snapshot
 
 
@@ -44,20 +46,12 @@ def two_snapshots(spark, sample_images, tmp_path_factory):
     config = load_section("preprocess_images", PreprocessImagesConfig, flags={"image_size": 16, "ranks": 2})
     preprocess_images(spark, input_url=to_url(str(raw)), output_url=to_url(str(out)), config=config)
     first = current_snapshot(out)
+    rng = np.random.default_rng(99)  # new pictures: a copy of a committed one would be rejected as a duplicate
     circles = sorted(p for p in (raw / "circle").iterdir() if not p.name.startswith("bad"))
-    squares = sorted(p for p in (raw / "square").iterdir() if not p.name.startswith("bad"))
-    added = []
-    for i, source in enumerate(squares[:3]):
-        target = raw / "square" / f"new_{i}{source.suffix}"
-        shutil.copy(source, target)
-        added.append(target)
-    for a, b in ((circles[0], circles[2]), (circles[1], circles[3])):  # another circle's pixels under its name
-        if a.suffix == b.suffix:
-            shutil.copy(b, a)
-        else:
-            from PIL import Image
-
-            Image.open(b).convert("RGB").save(a)
+    for i in range(3):
+        (raw / "square" / f"new_{i}.png").write_bytes(encode(render_shape("square", rng), "RGB", "PNG"))
+    for a in circles[:2]:  # other pixels under its name, in its format
+        a.write_bytes(encode(render_shape("circle", rng), "RGB", "JPEG" if a.suffix == ".jpg" else "PNG"))
     circles[4].unlink()
     preprocess_images(spark, input_url=to_url(str(raw)), output_url=to_url(str(out)), config=config)
     return first, current_snapshot(out)

@@ -15,6 +15,7 @@ from core.errors import EXIT_REJECTS, RejectBudgetError
 from core.paths import to_url
 from dataset import manifest
 from dataset.layout import REJECTED_DIR, SPLITS
+from jobs import datasets as datasets_job
 from pipelines.duplicates import Member, decide
 from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
 from pipelines.samples import generate_images
@@ -105,7 +106,7 @@ def planted(tmp_path_factory):
 
 
 @pytest.mark.spark
-def test_planted_copies_are_found_counted_and_never_split(spark, planted, tmp_path):
+def test_planted_copies_are_found_counted_and_never_split(spark, planted, tmp_path, capsys):
     summary = images(spark, planted, tmp_path / "ds")
     snap = snapshot_path(summary)
     reasons = rejected_reasons(snap, "relpath")
@@ -122,6 +123,9 @@ def test_planted_copies_are_found_counted_and_never_split(spark, planted, tmp_pa
     assert meta.duplicates == manifest.DuplicateCounts(mode="reject", groups=3, duplicates=2, conflicting=2,
                                                        rejected=4, cross_split=0)
     assert meta.rejected_by_reason == {"conflicting labels": 2, "duplicate": 2}
+    assert datasets_job.show(str(snap), as_json=False) == 0
+    assert ("copies          3 contents held by more than one record: 2 duplicates, 2 under conflicting labels, "
+            "4 rejected (duplicates: reject); 0 across splits") in capsys.readouterr().out
     assert meta.records_read == 18 + 3 == meta.rows + meta.rejected
     written = rows_by_fingerprint(snap, "relpath")
     assert sum(len(v) for v in written.values()) == meta.rows == 17 and all(len(v) == 1 for v in written.values())
