@@ -64,13 +64,15 @@ class DuplicateCounts:
     snapshot): ``groups`` contents held by more than one record, ``duplicates`` records after the first of a group
     of one class, ``conflicting`` records of groups under more than one class, ``rejected`` those of both kinds
     rejected (0 under ``keep``), ``cross_split`` groups whose rows stay in more than one split (0, unless rows of
-    a snapshot written before fingerprints are kept)."""
+    a snapshot written before fingerprints are kept, or a new row joins near copies committed in two splits)."""
     mode: str
     groups: int
     duplicates: int
     conflicting: int
     rejected: int
     cross_split: int
+    near_groups: int | None = None  # images: groups of near copies (rows of more than one fingerprint); None: not
+    near_rows: int | None = None    # searched (texts, near_duplicates: false); rows in those groups
 
 
 @dataclass(frozen=True)

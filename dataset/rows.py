@@ -16,6 +16,7 @@ SAMPLE_ID = "sample_id"  # a stable hash of where the row came from (pipelines.s
 LABEL = "label"          # the class index (int32) of the manifest's class_to_index
 REASON = "reason"        # a rejected record's "category: detail"
 FINGERPRINT = "fingerprint"  # a 64-bit hash of the row's content after preparation (pipelines.duplicates)
+THUMBNAIL = "thumbnail"      # images: the 8x8 grey thumbnail the near-duplicate search compares
 _INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: "²" and "--5" are names, not numbers
 
 
@@ -41,7 +42,7 @@ class Rows:
         return "length" if "length" in self.stored else None
 
 
-IMAGE = Rows(kind="image", source="relpath", features=("image",), stored=(SAMPLE_ID, "relpath", LABEL, "image", FINGERPRINT),
+IMAGE = Rows(kind="image", source="relpath", features=("image",), stored=(SAMPLE_ID, "relpath", LABEL, "image", FINGERPRINT, THUMBNAIL),
              rejected=("path", "relpath", "class_name", REASON))
 SEQUENCE = Rows(kind="sequence", source="source", features=("tokens", "length"),
                 stored=(SAMPLE_ID, "source", LABEL, "length", "tokens", FINGERPRINT), rejected=("source", REASON, "raw_text"))

@@ -138,7 +138,10 @@ def show(dataset: str, as_json: bool) -> int:
                  if copies is None else
                  f"  copies   {copies.groups:>8} contents held by more than one record: {copies.duplicates} "
                  f"duplicates, {copies.conflicting} under conflicting labels, {copies.rejected} rejected "
-                 f"(duplicates: {copies.mode}); {copies.cross_split} across splits")
+                 f"(duplicates: {copies.mode}); "
+                 + (f"{copies.near_groups} groups of near copies ({copies.near_rows} rows); "
+                    if copies.near_groups is not None else "")
+                 + f"{copies.cross_split} groups across splits")
     if contents.sequence:
         lines.append(f"  vocabulary {contents.sequence.vocab_size} tokens ({contents.sequence.token_dtype})")
     lines.append(f"  files      {len(contents.files)}, {sum(f.bytes for f in contents.files.values())} bytes "

@@ -1,30 +1,44 @@
-"""Exact duplicates: the same content under two names, found in one Spark job of a run and decided on the driver.
+"""Copies of one content, exact and near: found in one Spark job of a run and decided on the driver.
 
 Every row carries a *fingerprint* of its content after preparation (``dataset.rows.FINGERPRINT``): for an image
 the 64-bit xxHash of its stored bytes (the decoded, converted, resized pixels as the dataset's codec encodes them,
-so one picture saved as two files, or as PNG and as JPEG that decode to the same pixels, has one fingerprint); for
-a text the 64-bit xxHash of its normalised text (Unicode NFKC, lower-cased when ``lowercase``, whitespace runs
-collapsed; the token list joined when the records give tokens), the key its split is drawn from. The split of a row
-is drawn from its fingerprint (``pipelines.splits.split_of_hash``), so copies land in one split by construction.
+so one picture saved as two files, or as PNG and as BMP, has one fingerprint); for a text the 64-bit xxHash of its
+normalised text (Unicode NFKC, lower-cased when ``lowercase``, whitespace runs collapsed; the token list joined
+when the records give tokens), the key its split is drawn from. The split of a row is drawn from its fingerprint
+(``pipelines.splits.split_of_hash``), so exact copies land in one split by construction.
 
-``find`` groups the accepted rows of a run (new and carried from the previous snapshot) by fingerprint and collects
-the groups of more than one row: the copies, not the rows, reach the driver. ``decide`` (plain Python) turns them
-into *marks*: under ``duplicates: reject`` every copy after the first of a group of one class is rejected as
-``duplicate: same content as <first>`` (rows carried from the snapshot come first, then by source name), and every
-copy of a group under several classes as ``conflicting labels: ...``; under ``keep`` nothing is rejected and the
-counts still say what was found. A group that holds rows of the previous snapshot keeps their split, so an
-incremental run on a snapshot written before fingerprints (split by name) routes a new copy to where its content
-already is. ``apply`` joins the marks (a small table, broadcast) to the rows: the rows keep their partitions, as
-``routing.route`` needs.
+*Near* copies of an image (resized, re-encoded: other pixels) are found from its 8x8 grey thumbnail
+(``pipelines.images.thumbnail``, stored as ``dataset.rows.THUMBNAIL``): two images whose thumbnails differ by at
+most ``NEAR_MEAN_DIFF`` grey levels on average are near copies. Candidates come from locality-sensitive hashing:
+``NEAR_TABLES`` tables, each keyed by ``NEAR_DIMS`` fixed thumbnail pixels quantised into cells of ``NEAR_CELL``
+levels at fixed random offsets, so near thumbnails share a key in some table with high probability, and only rows
+sharing a key are compared. Near copies are grouped (connected components), never rejected: a group's rows go to
+one split. Texts are matched on their normalised text only (the fingerprint): it catches the same review posted
+twice with other spacing or case, which is the copy that decides whether a test split measures memory; a fuzzy
+text match (MinHash over shingles) would be the next step.
+
+``search`` sends every accepted row to the partition of its exact key (the fingerprint) and of its near keys, in
+one shuffle; a Python worker walks each sorted partition and returns the exact groups and the verified near pairs,
+not the rows, to the driver. ``decide`` (plain Python) turns them into *marks*: under ``duplicates: reject`` every
+copy after the first of an exact group of one class is rejected as ``duplicate: same content as <first>`` (rows
+carried from the snapshot come first, then by source name), and every copy of an exact group under several
+classes as ``conflicting labels: ...``; under ``keep`` nothing is rejected and the counts still say what was
+found. A group (exact or near) that holds rows of the previous snapshot keeps their split, so an incremental run
+routes a new copy to where its content already is; a group of new rows goes to the split of its smallest
+fingerprint. ``apply`` joins the marks (a small table, broadcast) to the rows, which keep their partitions and
+their order, as ``routing.route`` needs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
+import numpy as np
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from dataset.rows import FINGERPRINT
+from dataset.rows import FINGERPRINT, THUMBNAIL
+from pipelines.splits import split_of_hash_value
 
 MODES = ("reject", "keep", "off")
 DUPLICATE = "duplicate"                   # the rejection categories (a reason's text up to its first ':')
@@ -32,14 +46,26 @@ CONFLICTING = "conflicting labels"
 CATEGORIES = (DUPLICATE, CONFLICTING)
 SHOWN = 3                                 # names quoted in a conflicting-labels reason
 
+# Near copies. Measured on the sample images at 16, 32 and 64 px (tests/pipelines/test_duplicates.py plants such
+# copies): a copy resized to 50-90 % and saved again as JPEG differs from its original's thumbnail by 0.3-0.5 grey
+# levels on average (at most 4.9), two different images by at least 7.2 in 45,000 pairs; 8 tables of 16 pixels in
+# cells of 48 levels gave every planted copy a shared key with fewer candidate pairs than rows.
+NEAR_MEAN_DIFF = 6.0
+NEAR_TABLES, NEAR_DIMS, NEAR_CELL, NEAR_SEED = 8, 16, 48, 20261207
+EXACT_TABLE = -1
+_SEARCH_SCHEMA = ("kind string, grp long, source string, name string, split string, carried boolean, "
+                  "fingerprint long, other string")
+
 
 @dataclass(frozen=True)
 class Member:
-    """One accepted row of a duplicate group: where it came from, its class name, its split, whether carried."""
+    """One accepted row of a group: where it came from, its class name, its split, whether carried, its
+    fingerprint."""
     source: str
     name: str | None
     split: str
     carried: bool
+    fingerprint: int | None = None
 
 
 @dataclass
@@ -47,17 +73,21 @@ class Found:
     """What ``decide`` found: ``marks`` (source -> (split or None, reason or None)) and the manifest's counts."""
     marks: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     groups: int = 0             # fingerprints held by more than one row
-    duplicates: int = 0         # rows after the first of a group of one class
-    conflicting: int = 0        # rows of groups under more than one class
+    duplicates: int = 0         # rows after the first of an exact group of one class
+    conflicting: int = 0        # rows of exact groups under more than one class
     rejected: int = 0           # rows rejected for either (0 under keep)
-    new_found: int = 0          # duplicates and conflicting rows among this run's new records
-    new_rejected: int = 0       # of which rejected
-    cross_split: int = 0        # groups whose accepted rows stay in more than one split
+    new_rejected: int = 0       # of which this run's new records
+    near_groups: int | None = None  # groups of near copies: rows of more than one fingerprint (None: not searched)
+    near_rows: int | None = None    # rows in them
+    cross_split: int = 0        # groups (exact or near) whose kept rows stay in more than one split
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, int | None]:
         return {"groups": self.groups, "duplicates": self.duplicates, "conflicting": self.conflicting,
-                "rejected": self.rejected, "cross_split": self.cross_split}
+                "rejected": self.rejected, "cross_split": self.cross_split, "near_groups": self.near_groups,
+                "near_rows": self.near_rows}
 
+
+# ----- the search ----------------------------------------------------------------------------------------------
 
 def content_fingerprint(content: Column) -> Column:
     """The fingerprint of an accepted row from the column that holds its prepared content (null when rejected)."""
@@ -76,41 +106,172 @@ def carried_fingerprints(df: DataFrame | None, content: Column | None) -> DataFr
     return df.withColumn(FINGERPRINT, computed)
 
 
-def members(df: DataFrame, *, source: Column, name: Column, carried: bool) -> DataFrame:
-    """The columns ``find`` groups: the accepted rows of ``df`` with a fingerprint."""
+def members(df: DataFrame, *, source: Column, name: Column, carried: bool, near: bool) -> DataFrame:
+    """The columns ``search`` reads: the accepted rows of ``df`` with a fingerprint (and their thumbnail when
+    ``near`` and ``df`` has one)."""
+    thumb = F.col(THUMBNAIL) if near and THUMBNAIL in df.columns else F.lit(None).cast("binary")
     return (df.where(F.col("reason").isNull() & F.col(FINGERPRINT).isNotNull())
-            .select(F.col(FINGERPRINT), source.alias("source"), name.alias("name"), F.col("split"),
-                    F.lit(carried).alias("carried")))
+            .select(F.col(FINGERPRINT).alias("fingerprint"), source.alias("source"), name.alias("name"),
+                    F.col("split"), F.lit(carried).alias("carried"), thumb.alias("thumbnail")))
 
 
-def find(parts: list[DataFrame]) -> list[list[Member]]:
-    """The groups of more than one row among ``parts`` (``members``) (a Spark job: the caller names it)."""
+def _tables() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(NEAR_SEED)
+    dims = np.stack([rng.choice(64, NEAR_DIMS, replace=False) for _ in range(NEAR_TABLES)])
+    return dims, rng.uniform(0, NEAR_CELL, (NEAR_TABLES, NEAR_DIMS))
+
+
+def near_keys(thumbs: np.ndarray) -> np.ndarray:
+    """(rows, NEAR_TABLES) int64 keys of 64-byte thumbnails (rows, 64): each table's pixels quantised into cells,
+    packed 3 bits a pixel (a cell index is below 6)."""
+    dims, offsets = _tables()
+    cells = np.floor((thumbs[:, dims].astype(np.float64) + offsets) / NEAR_CELL).astype(np.int64)  # (n, T, D)
+    return (cells << (3 * np.arange(NEAR_DIMS, dtype=np.int64))).sum(axis=2)
+
+
+def near_pairs(thumbs: np.ndarray) -> list[tuple[int, int]]:
+    """Index pairs (i < j) of thumbnails (rows, 64) that differ by at most NEAR_MEAN_DIFF levels on average."""
+    t = thumbs.astype(np.int32)
+    found = []
+    for start in range(0, len(t), 256):  # bounded memory whatever a bucket's size
+        block = np.abs(t[start:start + 256, None, :] - t[None, :, :]).mean(axis=2)
+        for i, j in zip(*np.nonzero(block <= NEAR_MEAN_DIFF)):
+            if start + i < j:
+                found.append((start + int(i), int(j)))
+    return found
+
+
+def _keyed(parts: list[DataFrame], near: bool) -> DataFrame:
+    """Every member once under its exact key (table -1, its fingerprint) and, with ``near``, under its near keys."""
     union = parts[0]
     for part in parts[1:]:
         union = union.unionByName(part)
-    grouped = (union.groupBy(FINGERPRINT)
-               .agg(F.count(F.lit(1)).alias("n"),
-                    F.collect_list(F.struct("carried", "source", "name", "split")).alias("rows"))
-               .where(F.col("n") > 1))
-    return [[Member(m["source"], m["name"], m["split"], m["carried"]) for m in row["rows"]]
-            for row in grouped.collect()]
+    info = ["fingerprint", "source", "name", "split", "carried"]
+    exact = union.select(F.lit(EXACT_TABLE).alias("tbl"), F.col("fingerprint").alias("key"), *info,
+                         F.lit(None).cast("binary").alias("thumbnail"))
+    if not near:
+        return exact
+    schema = "tbl int, key long, fingerprint long, source string, name string, split string, carried boolean, " \
+             "thumbnail binary"
+
+    def with_keys(batches: Iterator) -> Iterator:
+        import pyarrow as pa
+
+        for batch in batches:
+            thumbs = batch.column("thumbnail").to_pylist()
+            rows = [i for i, t in enumerate(thumbs) if t is not None and len(t) == 64]
+            if not rows:
+                continue
+            keys = near_keys(np.frombuffer(b"".join(thumbs[i] for i in rows), np.uint8).reshape(len(rows), 64))
+            take = pa.array(np.repeat(rows, NEAR_TABLES))
+            picked = batch.take(take)
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(np.tile(np.arange(NEAR_TABLES, dtype=np.int32), len(rows))), pa.array(keys.reshape(-1)),
+                 *[picked.column(name) for name in (*info, "thumbnail")]],
+                names=["tbl", "key", *info, "thumbnail"])
+
+    near_rows = union.where(F.col("thumbnail").isNotNull()).select(*info, "thumbnail").mapInArrow(with_keys, schema)
+    return exact.unionByName(near_rows)
 
 
-def decide(groups: list[list[Member]], *, mode: str) -> Found:
-    """Marks and counts of the duplicate ``groups``. The row kept of a group of one class is the first carried from
-    the previous snapshot, else the first by source name."""
+def search(parts: list[DataFrame], *, near: bool) -> list[dict]:
+    """The exact groups (one row per member, ``kind`` exact, ``grp`` the fingerprint) and verified near pairs (two
+    rows per pair, ``kind`` near, ``other`` the pair's other source) among ``parts`` (``members``): one shuffle and
+    one pass of Python workers over sorted partitions (a Spark job: the caller names it)."""
+    keyed = _keyed(parts, near).repartition("tbl", "key").sortWithinPartitions("tbl", "key", "source")
+
+    def walk(batches: Iterator) -> Iterator:
+        import pyarrow as pa
+
+        bucket: list[dict] = []
+        current = None
+        out: list[dict] = []
+
+        def flush() -> None:
+            if len(bucket) < 2:
+                return
+            if bucket[0]["tbl"] == EXACT_TABLE:
+                out.extend({**_plain(m), "kind": "exact", "grp": m["key"], "other": None} for m in bucket)
+                return
+            thumbs = np.frombuffer(b"".join(m["thumbnail"] for m in bucket), np.uint8).reshape(len(bucket), 64)
+            for i, j in near_pairs(thumbs):
+                a, b = bucket[i], bucket[j]
+                out.append({**_plain(a), "kind": "near", "grp": 0, "other": b["source"]})
+                out.append({**_plain(b), "kind": "near", "grp": 0, "other": a["source"]})
+
+        for batch in batches:
+            for row in batch.to_pylist():
+                key = (row["tbl"], row["key"])
+                if key != current:
+                    flush()
+                    bucket, current = [], key
+                bucket.append(row)
+            if out:
+                yield pa.RecordBatch.from_pylist(out, schema=_arrow_search_schema())
+                out = []
+        flush()
+        if out:
+            yield pa.RecordBatch.from_pylist(out, schema=_arrow_search_schema())
+
+    return [row.asDict() for row in keyed.mapInArrow(walk, _SEARCH_SCHEMA).collect()]
+
+
+def _plain(m: dict) -> dict:
+    return {k: m[k] for k in ("source", "name", "split", "carried", "fingerprint")}
+
+
+def _arrow_search_schema():
+    import pyarrow as pa
+
+    return pa.schema([("kind", pa.string()), ("grp", pa.int64()), ("source", pa.string()), ("name", pa.string()),
+                      ("split", pa.string()), ("carried", pa.bool_()), ("fingerprint", pa.int64()),
+                      ("other", pa.string())])
+
+
+# ----- the decision ----------------------------------------------------------------------------------------------
+
+def decide(rows: list[dict], *, mode: str, fractions: dict[str, float], near: bool) -> Found:
+    """Marks and counts of ``search``'s rows. The row kept of an exact group of one class is the first carried
+    from the previous snapshot, else the first by source name; every group (exact copies joined with their near
+    copies) goes to the smallest split of its carried rows, else to the split of its smallest fingerprint."""
     if mode not in MODES:
         raise ValueError(f"duplicates {mode!r} is not one of {', '.join(MODES)}")
-    found = Found()
-    for group in groups:
-        group = sorted(group, key=lambda m: (not m.carried, m.source))
+    nodes: dict[str, Member] = {}
+    exact: dict[int, set[str]] = {}
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def join(a: str, b: str) -> None:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    for r in rows:
+        nodes[r["source"]] = Member(r["source"], r["name"], r["split"], r["carried"], r["fingerprint"])
+        root(r["source"])
+        if r["kind"] == "exact":
+            exact.setdefault(r["grp"], set()).add(r["source"])
+        else:
+            join(r["source"], r["other"])
+    for sources in exact.values():
+        first = min(sources)
+        for s in sources:
+            join(first, s)
+
+    found = Found(near_groups=0 if near else None, near_rows=0 if near else None)
+    rejected: set[str] = set()
+    for fp in sorted(exact):
+        group = sorted((nodes[s] for s in exact[fp]), key=lambda m: (not m.carried, m.source))
         found.groups += 1
         names = sorted({m.name for m in group if m.name is not None})
-        carried_split = min((m.split for m in group if m.carried), default=None)
-        conflicting = len(names) > 1
         for i, m in enumerate(group):
             reason = None
-            if conflicting:
+            if len(names) > 1:
                 found.conflicting += 1
                 others = [o.source for o in group if o is not m][:SHOWN]
                 reason = (f"{CONFLICTING}: the same content is labelled {', '.join(names)} (also "
@@ -118,17 +279,29 @@ def decide(groups: list[list[Member]], *, mode: str) -> Found:
             elif i:
                 found.duplicates += 1
                 reason = f"{DUPLICATE}: same content as {group[0].source}"
-            if reason and not m.carried:
-                found.new_found += 1
-            reject = reason is not None and mode == "reject"
-            found.rejected += reject
-            found.new_rejected += reject and not m.carried
-            move = carried_split if not m.carried and carried_split not in (None, m.split) and not reject else None
-            if reject or move:
-                found.marks[m.source] = (move, reason if reject else None)
-        kept = {found.marks.get(m.source, (None, None))[0] or m.split for m in group
-                if found.marks.get(m.source, (None, None))[1] is None}
+            if reason is not None and mode == "reject":
+                found.marks[m.source] = (None, reason)
+                rejected.add(m.source)
+                found.rejected += 1
+                found.new_rejected += not m.carried
+    components: dict[str, list[Member]] = {}
+    for source in nodes:
+        components.setdefault(root(source), []).append(nodes[source])
+    for group in components.values():
+        carried = [m.split for m in group if m.carried]
+        target = min(carried) if carried else split_of_hash_value(min(m.fingerprint for m in group), fractions)
+        kept = set()
+        for m in group:
+            split = m.split
+            if not m.carried and m.split != target and m.source not in rejected:
+                found.marks[m.source] = (target, None)
+                split = target
+            if m.source not in rejected:
+                kept.add(split)
         found.cross_split += len(kept) > 1
+        if near and len({m.fingerprint for m in group}) > 1:
+            found.near_groups += 1
+            found.near_rows += len(group)
     return found
 
 

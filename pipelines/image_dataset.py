@@ -53,6 +53,7 @@ class PreprocessImagesConfig:
     strict: bool = False  # refuse (exit 6) a snapshot with a class the train split has no row of
     follow_links: bool = False  # read what symbolic links below --input point to (inside it only); else rejects
     duplicates: Literal["reject", "keep", "off"] = "reject"  # copies of one content (pipelines.duplicates)
+    near_duplicates: bool = True  # also group resized and re-encoded copies (one split each; never rejected)
     duplicates_budget: float = 0.1  # a run whose records duplicate others' content beyond this fraction is refused
 
     @property
@@ -109,7 +110,8 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
         previous = duplicates.carried_fingerprints(
             incremental.previous_records(spark, run, key=F.col("relpath"), name_col="class_name"), F.col("image"))
         found = incremental.find_duplicates(spark, new, previous, source=F.col("relpath"),
-                                            name=F.col("class_name"), mode=config.duplicates)
+                                            name=F.col("class_name"), mode=config.duplicates,
+                                            fractions=config.splits, near=config.near_duplicates)
         new, previous = (duplicates.apply(df, found, spark=spark, source=F.col("relpath")) if df is not None
                          else None for df in (new, previous))
         parts = [incremental.projection(new, name=F.col("class_name"), carried=False, bytes_=F.length("image"))]

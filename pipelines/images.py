@@ -12,7 +12,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -113,18 +113,43 @@ def _to_mode(img, mode: str):
     return img.convert(mode)
 
 
-def image_encoder(params: DecodeParams) -> Callable[[bytes], tuple[bytes | None, str | None]]:
-    """A function of one file's bytes that never raises: (the image as a dataset of ``params`` stores it: decoded
-    and checked by ``to_array``, then encoded with ``params.codec``; None) or (None, why the file is unusable)."""
+THUMBNAIL_SIDE = 8  # the near-duplicate search's view of an image: its 8x8 grey thumbnail (pipelines.duplicates)
+
+
+def thumbnail(array: np.ndarray) -> bytes:
+    """The 8x8 grey thumbnail (64 bytes, box-averaged) of a prepared image: resized and re-encoded copies of one
+    picture give thumbnails within a few grey levels of each other, whatever the noise of their pixels."""
+    from PIL import Image
+
+    grey = Image.fromarray(array).convert("L")
+    return grey.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.BOX).tobytes()
+
+
+def image_preparer(params: DecodeParams) -> Callable[[bytes], tuple[tuple[bytes, bytes] | None, str | None]]:
+    """A function of one file's bytes that never raises: ((the image as a dataset of ``params`` stores it: decoded
+    and checked by ``to_array``, then encoded with ``params.codec``; its ``thumbnail``), None) or (None, why the
+    file is unusable)."""
     field = image_unischema(params.image_size, params.channels, params.codec).fields["image"]
 
-    def encode(content: bytes) -> tuple[bytes | None, str | None]:
+    def prepare(content: bytes) -> tuple[tuple[bytes, bytes] | None, str | None]:
         try:
-            return bytes(field.codec.encode(field, to_array(content, params))), None
+            array = to_array(content, params)
+            return (bytes(field.codec.encode(field, array)), thumbnail(array)), None
         except RejectedImage as exc:
             return None, str(exc)
         except Exception as exc:  # noqa: BLE001 - one bad file must never fail the job; keep the reason
             return None, f"decode failed: {type(exc).__name__}: {exc}"
+
+    return prepare
+
+
+def image_encoder(params: DecodeParams) -> Callable[[bytes], tuple[bytes | None, str | None]]:
+    """``image_preparer`` without the thumbnail: (the stored image, None) or (None, why the file is unusable)."""
+    prepare = image_preparer(params)
+
+    def encode(content: bytes) -> tuple[bytes | None, str | None]:
+        prepared, reason = prepare(content)
+        return (prepared[0] if prepared else None), reason
 
     return encode
 
@@ -133,9 +158,10 @@ BATCH_ROWS, BATCH_BYTES = 256, 32 << 20  # what a worker holds before it hands d
 
 
 def file_outcome(path: str, size: int, problem: str | None, *, params: DecodeParams,
-                 encode: Callable[[bytes], tuple[bytes | None, str | None]]) -> tuple[bytes | None, str | None]:
-    """(the encoded image, None) or (None, why not) of one listed file, read here (``pipelines.inputs``): a file
-    the listing found unusable, an empty file or one above ``params.max_file_bytes`` is rejected unread."""
+                 encode: Callable[[bytes], tuple[Any, str | None]]) -> tuple[Any, str | None]:
+    """(what ``encode`` makes of the file, None) or (None, why not) of one listed file, read here
+    (``pipelines.inputs``): a file the listing found unusable, an empty file or one above ``params.max_file_bytes``
+    is rejected unread."""
     if problem:
         return None, problem
     if size == 0:
@@ -152,7 +178,7 @@ def file_outcome(path: str, size: int, problem: str | None, *, params: DecodePar
 def _decode_rows(paths, sizes, problems, *, root_url: str, params: DecodeParams) -> Iterator[dict[str, list]]:
     """Listed files (path, size, problem) -> columns of DECODED_SCHEMA (lists), in chunks of bounded rows and
     bytes. Never raises per file."""
-    encode = image_encoder(params)
+    prepare = image_preparer(params)
     out: dict[str, list] = {name: [] for name in DECODED_COLUMNS}
     held = 0
     for path, size, problem in zip(paths, sizes, problems):
@@ -160,7 +186,7 @@ def _decode_rows(paths, sizes, problems, *, root_url: str, params: DecodeParams)
         class_name, label_problem = None, None
         if folder is not None:  # the folder as spelled on disk -> one class name (NFC, stripped), or why none
             class_name, label_problem = clean_label(folder, what="the class folder name")
-        image, reason = None, None
+        prepared, reason = None, None
         if relpath is None:
             reason = f"outside the input root: {root_url}"
         elif label_problem:
@@ -168,9 +194,10 @@ def _decode_rows(paths, sizes, problems, *, root_url: str, params: DecodeParams)
         elif class_name is None and not (isinstance(problem, str) and problem):
             reason = "missing label: file is directly in the input root, not in a class folder"
         else:
-            image, reason = file_outcome(path, int(size), problem if isinstance(problem, str) else None,
-                                         params=params, encode=encode)
-        for key, value in zip(out, (path, relpath, class_name, image, reason)):
+            prepared, reason = file_outcome(path, int(size), problem if isinstance(problem, str) else None,
+                                            params=params, encode=prepare)
+        image, thumb = prepared or (None, None)
+        for key, value in zip(out, (path, relpath, class_name, image, reason, thumb)):
             out[key].append(value)
         held += len(image or b"")
         if len(out["path"]) >= BATCH_ROWS or held >= BATCH_BYTES:
@@ -195,7 +222,7 @@ def _arrow_schema():
 
     return pa.schema([pa.field("path", pa.string(), nullable=False), pa.field("relpath", pa.string()),
                       pa.field("class_name", pa.string()), pa.field("image", pa.binary()),
-                      pa.field("reason", pa.string())])
+                      pa.field("reason", pa.string()), pa.field("thumbnail", pa.binary())])
 
 
 def decode_arrow_batch(batch, *, root_url: str, params: DecodeParams) -> Iterator:

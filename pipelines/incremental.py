@@ -50,7 +50,7 @@ IGNORED_CONFIG_KEYS = ("master", "spark_conf", "mode", "max_reject_fraction",  #
 
 # Keys added after snapshots were made, at the value that reads as before: fingerprinted as if absent, so that the
 # first run after an upgrade is not a full one for a setting nobody changed.
-NEW_KEY_DEFAULTS = {"image": {"follow_links": False, "duplicates": "reject"},
+NEW_KEY_DEFAULTS = {"image": {"follow_links": False, "duplicates": "reject", "near_duplicates": True},
                     "sequence": {"follow_links": False, "max_file_bytes": 64 << 30, "duplicates": "reject"}}
 
 
@@ -185,20 +185,22 @@ def copies_rejected(snapshot_url: str, snapshot: Manifest) -> list[str]:
 
 
 def find_duplicates(spark: SparkSession, new: DataFrame, carried: DataFrame | None, *, source: Column,
-                    name: Column, mode: str) -> duplicates.Found:
-    """The copies among the accepted rows of ``new`` and ``carried`` (``pipelines.duplicates``), in one Spark job;
-    nothing under ``duplicates: off``."""
+                    name: Column, mode: str, fractions: dict[str, float], near: bool = False) -> duplicates.Found:
+    """The copies (exact, and near with ``near``) among the accepted rows of ``new`` and ``carried``
+    (``pipelines.duplicates``), in one Spark job; nothing under ``duplicates: off``."""
     if mode == "off":
         return duplicates.Found()
-    parts = [duplicates.members(new, source=source, name=name, carried=False)]
+    parts = [duplicates.members(new, source=source, name=name, carried=False, near=near)]
     if carried is not None:
-        parts.append(duplicates.members(carried, source=source, name=name, carried=True))
+        parts.append(duplicates.members(carried, source=source, name=name, carried=True, near=near))
     with session.spark_job(spark, "duplicates", "copies of one content among the records"):
-        found = duplicates.decide(duplicates.find(parts), mode=mode)
-    if found.groups:
-        log.info("%d groups of copies of one content: %d copies of a row of the same class, %d rows under "
-                 "conflicting labels; %s", found.groups, found.duplicates, found.conflicting,
-                 f"{found.rejected} rejected" if mode == "reject" else "kept (duplicates: keep)")
+        found = duplicates.decide(duplicates.search(parts, near=near), mode=mode, fractions=fractions, near=near)
+    if found.groups or found.near_groups:
+        log.info("copies of one content: %d groups of exact copies (%d copies of a row of the same class, %d rows "
+                 "under conflicting labels; %s)%s", found.groups, found.duplicates, found.conflicting,
+                 f"{found.rejected} rejected" if mode == "reject" else "kept: duplicates: keep",
+                 f", {found.near_groups} groups of near copies ({found.near_rows} rows, each group in one split)"
+                 if near else "")
     return found
 
 

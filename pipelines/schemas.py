@@ -9,7 +9,7 @@ import numpy as np
 from pyspark.sql import types as T
 
 from compat import petastorm as petastorm_compat
-from dataset.rows import FINGERPRINT, IMAGE, LABEL, SAMPLE_ID, SEQUENCE
+from dataset.rows import FINGERPRINT, IMAGE, LABEL, SAMPLE_ID, SEQUENCE, THUMBNAIL
 
 IMAGE_CODECS = ("png", "jpeg", "raw")
 
@@ -21,6 +21,7 @@ DECODED_SCHEMA = T.StructType([
     T.StructField("class_name", T.StringType(), True),   # first folder below the input root
     T.StructField("image", T.BinaryType(), True),        # encoded with the dataset codec; null when rejected
     T.StructField("reason", T.StringType(), True),       # why the file was rejected; null when accepted
+    T.StructField("thumbnail", T.BinaryType(), True),    # 8x8 grey thumbnail (pipelines.images.thumbnail)
 ])
 
 def image_shape(image_size: int, channels: int) -> tuple[int, ...]:
@@ -44,6 +45,7 @@ def image_unischema(image_size: int, channels: int, codec: str):
         UnischemaField(LABEL, np.int32, (), ScalarCodec(T.IntegerType()), False),
         UnischemaField(image, np.uint8, image_shape(image_size, channels), image_codec, False),
         UnischemaField(FINGERPRINT, np.int64, (), ScalarCodec(T.LongType()), True),
+        UnischemaField(THUMBNAIL, np.bytes_, (), ScalarCodec(T.BinaryType()), True),
     ])
 
 

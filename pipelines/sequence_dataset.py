@@ -101,7 +101,8 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
         carried = duplicates.carried_fingerprints(incremental.previous_records(
             spark, run, key=F.regexp_extract("source", r"(?s)^(.*):[0-9]+$", 1), name_col="label_name"), None)
         found = incremental.find_duplicates(spark, parsed, carried, source=F.col("source"),
-                                            name=F.col("label_name"), mode=config.duplicates)
+                                            name=F.col("label_name"), mode=config.duplicates,
+                                            fractions=config.splits)
         parsed, carried = (duplicates.apply(df, found, spark=spark, source=F.col("source")) if df is not None
                            else None for df in (persisted, carried))
         counted = count_records(spark, parsed, carried, max_length=config.max_length)

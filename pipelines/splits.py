@@ -30,6 +30,14 @@ def split_of_hash(hashed: Column, fractions: dict[str, float]) -> Column:
             .otherwise(F.lit("test")))
 
 
+def split_of_hash_value(hashed: int, fractions: dict[str, float]) -> str:
+    """``split_of_hash`` of one hash on the driver: the split Spark gives a row of that hash."""
+    bucket = hashed % _BUCKETS  # Python's % of a negative number is Spark's pmod
+    train_end = int(round(fractions["train"] * _BUCKETS))
+    validation_end = train_end + int(round(fractions["validation"] * _BUCKETS))
+    return "train" if bucket < train_end else "validation" if bucket < validation_end else "test"
+
+
 def assign_split(df: DataFrame, *, fractions: dict[str, float], key_col: str = "relpath") -> DataFrame:
     """Add ``split`` (train/validation/test) from a hash of ``key_col``."""
     validate_fractions(fractions)

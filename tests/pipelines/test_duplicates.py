@@ -16,45 +16,110 @@ from core.paths import to_url
 from dataset import manifest
 from dataset.layout import REJECTED_DIR, SPLITS
 from jobs import datasets as datasets_job
-from pipelines.duplicates import Member, decide
+from pipelines import duplicates, splits
 from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
 from pipelines.samples import generate_images
 from pipelines.sequence_dataset import PreprocessSequencesConfig, preprocess_sequences
 from tests.conftest import snapshot_path
 
 
-def m(source, name, split="train", carried=False):
-    return Member(source, name, split, carried)
+FRACTIONS = {"train": 0.5, "validation": 0.25, "test": 0.25}
+
+
+def rows(kind, grp, *members, other=None):
+    return [{"kind": kind, "grp": grp, "source": s, "name": n, "split": sp, "carried": c, "fingerprint": grp,
+             "other": other} for s, n, sp, c in members]
+
+
+def decide(found_rows, mode="reject", near=False):
+    return duplicates.decide(found_rows, mode=mode, fractions=FRACTIONS, near=near)
 
 
 def test_the_first_copy_stays_later_copies_of_one_class_are_rejected_and_conflicts_reject_every_copy():
-    found = decide([[m("a/1.png", "a"), m("a/2.png", "a", "test"), m("a/3.png", "a")],
-                    [m("a/9.png", "a"), m("b/9.png", "b")]], mode="reject")
+    fp = 7  # split_of_hash_value(7) is train
+    found = decide(rows("exact", fp, ("a/2.png", "a", "train", False), ("a/1.png", "a", "train", False),
+                        ("a/3.png", "a", "train", False))
+                   + rows("exact", 8, ("a/9.png", "a", "train", False), ("b/9.png", "b", "train", False)))
     assert found.marks == {
         "a/2.png": (None, "duplicate: same content as a/1.png"),
         "a/3.png": (None, "duplicate: same content as a/1.png"),
         "a/9.png": (None, "conflicting labels: the same content is labelled a, b (also b/9.png)"),
         "b/9.png": (None, "conflicting labels: the same content is labelled a, b (also a/9.png)")}
-    assert found.counts() == {"groups": 2, "duplicates": 2, "conflicting": 2, "rejected": 4, "cross_split": 0}
-    assert (found.new_found, found.new_rejected) == (4, 4)
+    assert found.counts() == {"groups": 2, "duplicates": 2, "conflicting": 2, "rejected": 4, "cross_split": 0,
+                              "near_groups": None, "near_rows": None}
+    assert found.new_rejected == 4
 
 
 def test_keep_rejects_nothing_counts_the_same_and_moves_a_new_copy_to_its_carried_rows_split():
-    groups = [[m("a/1.png", "a", "validation", carried=True), m("a/2.png", "a", "train")],
-              [m("a/5.png", "a", "test"), m("a/6.png", "a", "test")]]
-    found = decide(groups, mode="keep")
+    found = decide(rows("exact", 7, ("a/1.png", "a", "validation", True), ("a/2.png", "a", "train", False)),
+                   mode="keep")
     assert found.marks == {"a/2.png": ("validation", None)}  # where its content already is in the snapshot
-    assert found.counts() == {"groups": 2, "duplicates": 2, "conflicting": 0, "rejected": 0, "cross_split": 0}
+    assert (found.groups, found.duplicates, found.rejected, found.cross_split) == (1, 1, 0, 0)
     # Rows of an old snapshot (split by name) kept in two splits are counted, not hidden.
-    old = decide([[m("a/1.png", "a", "train", carried=True), m("a/2.png", "a", "test", carried=True)]], mode="keep")
-    assert old.marks == {} and old.cross_split == 1 and old.new_found == 0
+    old = decide(rows("exact", 7, ("a/1.png", "a", "train", True), ("a/2.png", "a", "test", True)), mode="keep")
+    assert old.marks == {} and old.cross_split == 1
 
 
 def test_a_carried_row_stays_first_and_a_carried_row_under_a_new_conflict_is_rejected_too():
-    found = decide([[m("z/new.png", "a"), m("a/old.png", "a", "test", carried=True)]], mode="reject")
+    found = decide(rows("exact", 7, ("z/new.png", "a", "train", False), ("a/old.png", "a", "test", True)))
     assert found.marks == {"z/new.png": (None, "duplicate: same content as a/old.png")}
-    found = decide([[m("b/new.png", "b"), m("a/old.png", "a", "test", carried=True)]], mode="reject")
-    assert set(found.marks) == {"a/old.png", "b/new.png"} and (found.new_found, found.rejected) == (1, 2)
+    found = decide(rows("exact", 7, ("b/new.png", "b", "train", False), ("a/old.png", "a", "test", True)))
+    assert set(found.marks) == {"a/old.png", "b/new.png"} and (found.new_rejected, found.rejected) == (1, 2)
+
+
+def test_near_copies_join_one_group_in_the_split_of_its_smallest_fingerprint_or_of_its_carried_rows():
+    assert splits.split_of_hash_value(7, FRACTIONS) == "train"
+    assert splits.split_of_hash_value(600_003, FRACTIONS) == "validation"
+    near = (rows("near", 0, ("a/x.png", "a", "validation", False), other="a/y.png")
+            + rows("near", 0, ("a/y.png", "a", "test", False), other="a/x.png")
+            + rows("near", 0, ("a/y.png", "a", "test", False), other="a/z.png")
+            + rows("near", 0, ("a/z.png", "a", "train", False), other="a/y.png"))
+    for r, fp in zip(near, (600_003, 900_001, 900_001, 7)):
+        r["fingerprint"] = fp
+    found = decide(near, near=True)
+    assert found.marks == {"a/x.png": ("train", None), "a/y.png": ("train", None)}  # a chain is one group
+    assert (found.near_groups, found.near_rows, found.groups, found.cross_split) == (1, 3, 0, 0)
+    near[-1]["carried"], near[-1]["split"] = True, "test"
+    assert decide(near, near=True).marks == {"a/x.png": ("test", None)}  # a/y.png was in test already
+
+
+def test_resized_and_reencoded_copies_share_a_near_key_and_pass_the_check_and_different_images_do_not():
+    """The search's two parts on 300 sample images and 100 copies resized to 50-90 % and saved as JPEG."""
+    import io
+    from collections import defaultdict
+
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.images import DecodeParams, thumbnail, to_array
+    from pipelines.samples import SHAPE_CLASSES, render_shape
+    from pipelines.samples import encode as encode_image
+
+    params = DecodeParams(image_size=32, channels=3, codec="raw", max_pixels=10**8, min_side=4, max_aspect_ratio=10)
+    rng = np.random.default_rng(5)
+    thumbs, planted = [], []
+    for i in range(300):
+        img = render_shape(SHAPE_CLASSES[i % 10], rng)
+        thumbs.append(thumbnail(to_array(encode_image(img, "RGB", "PNG"), params)))
+        if i < 100:
+            w, h = img.size
+            f = rng.uniform(0.5, 0.9)
+            out = io.BytesIO()
+            img.resize((max(8, int(w * f)), max(8, int(h * f))), Image.LANCZOS).save(out, "JPEG", quality=85)
+            thumbs.append(thumbnail(to_array(out.getvalue(), params)))
+            planted.append((len(thumbs) - 2, len(thumbs) - 1))
+    array = np.frombuffer(b"".join(thumbs), np.uint8).reshape(len(thumbs), 64)
+    buckets = defaultdict(list)
+    for i, keys in enumerate(duplicates.near_keys(array)):
+        for table, key in enumerate(keys):
+            buckets[(table, int(key))].append(i)
+    pairs = set()
+    for members in buckets.values():
+        pairs |= {(members[a], members[b]) for a, b in duplicates.near_pairs(array[members])}
+    grouped = sum(p in pairs for p in planted)
+    assert grouped >= 0.95 * len(planted)
+    assert pairs <= set(planted)  # no two different pictures linked
+    assert sum(len(m) * (len(m) - 1) // 2 for m in buckets.values()) < 10 * len(thumbs)  # few candidates
 
 
 def test_an_unknown_mode_is_refused():
@@ -102,7 +167,14 @@ def planted(tmp_path_factory):
     shutil.copy(next(root.glob("square/square_00001.*")), root / "ring/zz_square_1_under_ring")
     png = next(p for p in sorted(root.glob("ring/ring_*.png")))
     Image.open(png).save(root / "ring" / (png.stem + "_again.bmp"))
+    for source in NEAR_PLANTED:  # near copies: 70 % of the size, saved as JPEG
+        img = Image.open(next(root.glob(source + ".*"))).convert("RGB")
+        img.resize((img.width * 7 // 10, img.height * 7 // 10), Image.LANCZOS).save(
+            root / f"{source}_small.jpg", "JPEG", quality=85)
     return root
+
+
+NEAR_PLANTED = ("circle/circle_00002", "square/square_00003", "ring/ring_00004")
 
 
 @pytest.mark.spark
@@ -121,14 +193,19 @@ def test_planted_copies_are_found_counted_and_never_split(spark, planted, tmp_pa
     assert len(reasons) == 4
     meta = manifest.read(to_url(str(snap)))
     assert meta.duplicates == manifest.DuplicateCounts(mode="reject", groups=3, duplicates=2, conflicting=2,
-                                                       rejected=4, cross_split=0)
+                                                       rejected=4, cross_split=0, near_groups=3, near_rows=6)
     assert meta.rejected_by_reason == {"conflicting labels": 2, "duplicate": 2}
     assert datasets_job.show(str(snap), as_json=False) == 0
     assert ("copies          3 contents held by more than one record: 2 duplicates, 2 under conflicting labels, "
-            "4 rejected (duplicates: reject); 0 across splits") in capsys.readouterr().out
-    assert meta.records_read == 18 + 3 == meta.rows + meta.rejected
+            "4 rejected (duplicates: reject); 3 groups of near copies (6 rows); 0 groups across splits"
+            ) in capsys.readouterr().out
+    assert meta.records_read == 18 + 3 + 3 == meta.rows + meta.rejected
     written = rows_by_fingerprint(snap, "relpath")
-    assert sum(len(v) for v in written.values()) == meta.rows == 17 and all(len(v) == 1 for v in written.values())
+    assert sum(len(v) for v in written.values()) == meta.rows == 20 and all(len(v) == 1 for v in written.values())
+    split_of = {source: split for rows in written.values() for split, source in rows}
+    for near in NEAR_PLANTED:  # each near copy in its original's split
+        original = next(r for r in split_of if r.startswith(near + ".") and "_small" not in r)
+        assert split_of[f"{near}_small.jpg"] == split_of[original]
 
     # Incremental: a new copy of a committed row is rejected against it; the rejected copies are read again, and
     # when the file they copy is gone, the first copy becomes the row (in the split its content had).
@@ -153,9 +230,10 @@ def test_keep_writes_every_copy_in_one_split_and_the_budget_refuses_too_many(spa
     assert meta.rejected == 0 and meta.duplicates.rejected == 0 and meta.duplicates.groups == 3
     groups = [rows for rows in rows_by_fingerprint(snap, "relpath").values() if len(rows) > 1]
     assert sorted(len(g) for g in groups) == [2, 2, 2] and all(len({split for split, _ in g}) == 1 for g in groups)
+    assert meta.duplicates.near_groups == 3
 
-    with pytest.raises(RejectBudgetError, match="4 of the snapshot's 21 records are copies of another record's "
-                                                r"content \(19.0%\), more than duplicates_budget 10.0%") as err:
+    with pytest.raises(RejectBudgetError, match="4 of the snapshot's 24 records are copies of another record's "
+                                                r"content \(16.7%\), more than duplicates_budget 10.0%") as err:
         images(spark, planted, tmp_path / "budget", duplicates_budget=0.1)
     assert err.value.exit_code == EXIT_REJECTS
 
