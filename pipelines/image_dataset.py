@@ -102,7 +102,8 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
         return incremental.unchanged_summary(run)
     params = images.DecodeParams(image_size=config.image_size, channels=config.channels, codec=config.storage_codec,
                                  max_pixels=config.max_pixels, min_side=config.min_side,
-                                 max_aspect_ratio=config.max_aspect_ratio, max_file_bytes=config.max_file_bytes)
+                                 max_aspect_ratio=config.max_aspect_ratio, max_file_bytes=config.max_file_bytes,
+                                 thumbnails=config.near_duplicates and config.duplicates != "off")
     decoded = decode_files(spark, run.entries_to_read(), input_url=input_url, params=params)
     try:
         new = splits.assign_split_by_content(decoded.withColumn(FINGERPRINT, duplicates.content_fingerprint(

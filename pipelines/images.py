@@ -33,6 +33,7 @@ class DecodeParams:
     min_side: int              # a side below this is rejected as absurd (1x4000 strips, empty images)
     max_aspect_ratio: float    # long side / short side above this is rejected
     max_file_bytes: int | None = None  # larger files are rejected unread (file_outcome); None: no limit
+    thumbnails: bool = False   # also make each image's thumbnail (the near-duplicate search's view of it)
 
 
 class RejectedImage(Exception):
@@ -127,14 +128,14 @@ def thumbnail(array: np.ndarray) -> bytes:
 
 def image_preparer(params: DecodeParams) -> Callable[[bytes], tuple[tuple[bytes, bytes] | None, str | None]]:
     """A function of one file's bytes that never raises: ((the image as a dataset of ``params`` stores it: decoded
-    and checked by ``to_array``, then encoded with ``params.codec``; its ``thumbnail``), None) or (None, why the
-    file is unusable)."""
+    and checked by ``to_array``, then encoded with ``params.codec``; its ``thumbnail`` where ``params.thumbnails``,
+    else None), None) or (None, why the file is unusable)."""
     field = image_unischema(params.image_size, params.channels, params.codec).fields["image"]
 
     def prepare(content: bytes) -> tuple[tuple[bytes, bytes] | None, str | None]:
         try:
             array = to_array(content, params)
-            return (bytes(field.codec.encode(field, array)), thumbnail(array)), None
+            return (bytes(field.codec.encode(field, array)), thumbnail(array) if params.thumbnails else None), None
         except RejectedImage as exc:
             return None, str(exc)
         except Exception as exc:  # noqa: BLE001 - one bad file must never fail the job; keep the reason

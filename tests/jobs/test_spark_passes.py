@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -15,7 +16,7 @@ from dataset import manifest
 from dataset.layout import REJECTED_DIR, SPLITS
 from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
 from pipelines.sequence_dataset import PreprocessSequencesConfig, preprocess_sequences
-from pipelines.samples import generate_images, generate_texts
+from pipelines.samples import encode, generate_images, generate_texts, render_shape
 from tests.conftest import snapshot_path
 
 pytestmark = pytest.mark.spark
@@ -92,9 +93,9 @@ def test_nothing_rejected_writes_no_rejected_table_and_the_snapshot_still_verifi
     assert verify([str(tmp_path / "ds")]) == 0 and datasets(["show", str(tmp_path / "ds")]) == 0
     capsys.readouterr()
 
-    good = sorted((tmp_path / "in").rglob("*.png"))[:2]
-    for i, path in enumerate(good):  # two new usable files and two unusable ones
-        shutil.copy(path, path.with_name(f"copy_{i}.png"))
+    rng = np.random.default_rng(8)
+    for i, path in enumerate(sorted((tmp_path / "in").rglob("*.png"))[:2]):  # two new pictures, two unusable files
+        path.with_name(f"new_{i}.png").write_bytes(encode(render_shape(path.parent.name, rng), "RGB", "PNG"))
         path.with_name(f"broken_{i}.png").write_bytes(b"not an image")
     second = images(spark, tmp_path / "in", tmp_path / "ds", max_reject_fraction=1.0)  # incremental: rows carried
     assert second["processed"] == (4, 2) and second["rejected"] == 2

@@ -95,7 +95,8 @@ def test_resized_and_reencoded_copies_share_a_near_key_and_pass_the_check_and_di
     from pipelines.samples import SHAPE_CLASSES, render_shape
     from pipelines.samples import encode as encode_image
 
-    params = DecodeParams(image_size=32, channels=3, codec="raw", max_pixels=10**8, min_side=4, max_aspect_ratio=10)
+    params = DecodeParams(image_size=32, channels=3, codec="raw", max_pixels=10**8, min_side=4, max_aspect_ratio=10,
+                          thumbnails=True)
     rng = np.random.default_rng(5)
     thumbs, planted = [], []
     for i in range(300):
