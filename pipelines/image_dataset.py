@@ -14,7 +14,7 @@ from typing import Literal
 from core.config import require
 from dataset.layout import validate_fractions
 from dataset.manifest import ImageSpec, Manifest
-from dataset.rows import FINGERPRINT, IMAGE
+from dataset.rows import IMAGE
 
 log = logging.getLogger("bigtrain.preprocess_images")
 # `codec: auto` stores images up to this side as raw pixels (measured at 32 px: 1.3x the bytes of PNG on disk, the
@@ -106,10 +106,10 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
                                  thumbnails=config.near_duplicates and config.duplicates != "off")
     decoded = decode_files(spark, run.entries_to_read(), input_url=input_url, params=params)
     try:
-        new = splits.assign_split_by_content(decoded.withColumn(FINGERPRINT, duplicates.content_fingerprint(
-            F.col("image"))), fractions=config.splits, fallback_col="relpath")
+        new = splits.assign_split_by_content(decoded, fractions=config.splits, fallback_col="relpath")
         previous = duplicates.carried_fingerprints(
-            incremental.previous_records(spark, run, key=F.col("relpath"), name_col="class_name"), F.col("image"))
+            incremental.previous_records(spark, run, key=F.col("relpath"), name_col="class_name"),
+            F.when(F.col("reason").isNull(), images.stored_fingerprints(params)(F.col("image"))))
         found = incremental.find_duplicates(spark, new, previous, source=F.col("relpath"),
                                             name=F.col("class_name"), mode=config.duplicates,
                                             fractions=config.splits, near=config.near_duplicates)

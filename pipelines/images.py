@@ -8,6 +8,7 @@ action.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import warnings
@@ -126,16 +127,40 @@ def thumbnail(array: np.ndarray) -> bytes:
     return grey.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.BOX).tobytes()
 
 
-def image_preparer(params: DecodeParams) -> Callable[[bytes], tuple[tuple[bytes, bytes] | None, str | None]]:
-    """A function of one file's bytes that never raises: ((the image as a dataset of ``params`` stores it: decoded
-    and checked by ``to_array``, then encoded with ``params.codec``; its ``thumbnail`` where ``params.thumbnails``,
-    else None), None) or (None, why the file is unusable)."""
+def pixel_fingerprint(array: np.ndarray) -> int:
+    """The fingerprint of a prepared image (``dataset.rows.FINGERPRINT``): a signed 64-bit BLAKE2b of its shape and
+    pixels, so the same picture has one fingerprint whatever file, format or codec it came in or is stored with."""
+    digest = hashlib.blake2b(repr(array.shape).encode() + array.tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def stored_fingerprints(params: DecodeParams):
+    """A function of the stored ``image`` column -> its pixels' fingerprints (an Arrow UDF: rows carried from a
+    snapshot written before fingerprints are fingerprinted once, decoded with the dataset's codec)."""
+    from pyspark.sql.functions import pandas_udf
+
     field = image_unischema(params.image_size, params.channels, params.codec).fields["image"]
 
-    def prepare(content: bytes) -> tuple[tuple[bytes, bytes] | None, str | None]:
+    @pandas_udf("long")
+    def fingerprints(stored: pd.Series) -> pd.Series:
+        return pd.Series([None if b is None else pixel_fingerprint(field.codec.decode(field, bytes(b)))
+                          for b in stored], dtype="Int64")
+
+    return fingerprints
+
+
+def image_preparer(params: DecodeParams) -> Callable[[bytes], tuple[tuple[bytes, bytes | None, int] | None,
+                                                                      str | None]]:
+    """A function of one file's bytes that never raises: ((the image as a dataset of ``params`` stores it: decoded
+    and checked by ``to_array``, then encoded with ``params.codec``; its ``thumbnail`` where ``params.thumbnails``,
+    else None; its ``pixel_fingerprint``), None) or (None, why the file is unusable)."""
+    field = image_unischema(params.image_size, params.channels, params.codec).fields["image"]
+
+    def prepare(content: bytes) -> tuple[tuple[bytes, bytes | None, int] | None, str | None]:
         try:
             array = to_array(content, params)
-            return (bytes(field.codec.encode(field, array)), thumbnail(array) if params.thumbnails else None), None
+            return (bytes(field.codec.encode(field, array)), thumbnail(array) if params.thumbnails else None,
+                    pixel_fingerprint(array)), None
         except RejectedImage as exc:
             return None, str(exc)
         except Exception as exc:  # noqa: BLE001 - one bad file must never fail the job; keep the reason
@@ -197,8 +222,8 @@ def _decode_rows(paths, sizes, problems, *, root_url: str, params: DecodeParams)
         else:
             prepared, reason = file_outcome(path, int(size), problem if isinstance(problem, str) else None,
                                             params=params, encode=prepare)
-        image, thumb = prepared or (None, None)
-        for key, value in zip(out, (path, relpath, class_name, image, reason, thumb)):
+        image, thumb, fingerprint = prepared or (None, None, None)
+        for key, value in zip(out, (path, relpath, class_name, image, reason, thumb, fingerprint)):
             out[key].append(value)
         held += len(image or b"")
         if len(out["path"]) >= BATCH_ROWS or held >= BATCH_BYTES:
@@ -223,7 +248,8 @@ def _arrow_schema():
 
     return pa.schema([pa.field("path", pa.string(), nullable=False), pa.field("relpath", pa.string()),
                       pa.field("class_name", pa.string()), pa.field("image", pa.binary()),
-                      pa.field("reason", pa.string()), pa.field("thumbnail", pa.binary())])
+                      pa.field("reason", pa.string()), pa.field("thumbnail", pa.binary()),
+                      pa.field("fingerprint", pa.int64())])
 
 
 def decode_arrow_batch(batch, *, root_url: str, params: DecodeParams) -> Iterator:

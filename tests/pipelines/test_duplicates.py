@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from pyspark.sql import functions as F
 
 from core.config import load_section
 from core.errors import EXIT_REJECTS, RejectBudgetError
@@ -17,6 +18,7 @@ from dataset import manifest
 from dataset.layout import REJECTED_DIR, SPLITS
 from jobs import datasets as datasets_job
 from pipelines import duplicates, splits
+from pipelines.session import jobs_by_kind
 from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
 from pipelines.samples import generate_images
 from pipelines.sequence_dataset import PreprocessSequencesConfig, preprocess_sequences
@@ -180,7 +182,11 @@ NEAR_PLANTED = ("circle/circle_00002", "square/square_00003", "ring/ring_00004")
 
 @pytest.mark.spark
 def test_planted_copies_are_found_counted_and_never_split(spark, planted, tmp_path, capsys):
+    before = jobs_by_kind(spark)
     summary = images(spark, planted, tmp_path / "ds")
+    after = jobs_by_kind(spark)
+    assert {kind: len(after[kind] - before[kind]) for kind in after if after[kind] - before[kind]} == {
+        "duplicates": 1, "aggregate": 1, "write": 1, "rejected": 1}  # the marks cost no job of their own
     snap = snapshot_path(summary)
     reasons = rejected_reasons(snap, "relpath")
     first_circle = next(p.name for p in sorted((planted / "circle").iterdir()) if p.name.startswith("circle_00000"))
@@ -225,13 +231,29 @@ def test_planted_copies_are_found_counted_and_never_split(spark, planted, tmp_pa
 
 
 @pytest.mark.spark
-def test_keep_writes_every_copy_in_one_split_and_the_budget_refuses_too_many(spark, planted, tmp_path):
+def test_keep_writes_every_copy_in_one_split_and_the_budget_refuses_too_many(spark, planted, tmp_path, monkeypatch):
     snap = snapshot_path(images(spark, planted, tmp_path / "keep", duplicates="keep"))
     meta = manifest.read(to_url(str(snap)))
     assert meta.rejected == 0 and meta.duplicates.rejected == 0 and meta.duplicates.groups == 3
     groups = [rows for rows in rows_by_fingerprint(snap, "relpath").values() if len(rows) > 1]
     assert sorted(len(g) for g in groups) == [2, 2, 2] and all(len({split for split, _ in g}) == 1 for g in groups)
     assert meta.duplicates.near_groups == 3
+
+    # Very many marks are joined as a broadcast table instead of map literals: the same snapshot.
+    monkeypatch.setattr(duplicates, "LITERAL_MARKS", 0)
+    joined = snapshot_path(images(spark, planted, tmp_path / "keep-joined", duplicates="keep"))
+    assert rows_by_fingerprint(joined, "relpath") == rows_by_fingerprint(snap, "relpath")
+
+    # Rows of a snapshot written before fingerprints get them from their stored pixels, as a new row would.
+    from pipelines.images import DecodeParams, stored_fingerprints
+
+    stored = spark.read.parquet(str(snap / "train"))
+    params = DecodeParams(image_size=16, channels=meta.image.channels, codec=meta.image.codec, max_pixels=1, min_side=1,
+                          max_aspect_ratio=1)
+    again = duplicates.carried_fingerprints(stored.drop("fingerprint").withColumn("reason", F.lit(None)),
+                                            stored_fingerprints(params)(F.col("image")))
+    assert sorted(again.select("fingerprint").toPandas()["fingerprint"]) == sorted(
+        stored.select("fingerprint").toPandas()["fingerprint"])
 
     with pytest.raises(RejectBudgetError, match="4 of the snapshot's 24 records are copies of another record's "
                                                 r"content \(16.7%\), more than duplicates_budget 10.0%") as err:
