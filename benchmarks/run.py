@@ -118,6 +118,7 @@ def main(argv=None) -> int:
         if "resilience" in args.groups:
             say("resume points")
             results += train_bench.checkpoint_results("images", image_ds, work)
+            results += train_bench.digest_cost_results("images", image_ds, work)
         if "distributed" in args.groups:
             say("distributed overhead")
             horovodrun = shutil.which("horovodrun") or os.path.join(os.path.dirname(sys.executable), "horovodrun")

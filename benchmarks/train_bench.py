@@ -126,3 +126,45 @@ def checkpoint_results(name: str, dataset: str, work: str) -> list[Result]:
     return [Result(f"resilience/{name}", "epoch with a resume point every step / with none", each / none, "x",
                    f"{steps} steps: {each_t.text('.2f', ' s')} with {saves} resume points ({size / 1e6:.1f} MB each, "
                    f"{1000 * max(each - none, 0) / saves:.0f} ms per point), {none_t.text('.2f', ' s')} without")]
+
+
+def digest_cost_results(name: str, dataset: str, work: str) -> list[Result]:
+    """What the per-step digests (``training.digests``) cost a step: steps of the dataset's default model on batches
+    in memory with and without recording each step's digest, alternated (the median of each); and the record alone,
+    timed in a loop (a batch's ids hashed, one line written), against the step without it: the figure checked."""
+    from types import SimpleNamespace
+
+    from training.digests import StepDigests
+
+    torch.set_num_threads(cores())
+    _, model, optimizer, batches, source = _setup(dataset)
+    try:
+        held = [batch for _, batch in zip(range(8), batches())]
+    finally:
+        source.close()
+    log = StepDigests(os.path.join(work, f"digests-{name}"), SimpleNamespace(rank=0, size=1))
+
+    def steps(digests: bool) -> None:
+        for i, batch in enumerate(held):
+            _step(model, optimizer, batch)
+            if digests:
+                log.record(1, i + 1, batch[2])
+
+    steps(True)  # warm-up
+    timings: dict[bool, list[float]] = {False: [], True: []}
+    for digests in (False, True) * repeats():  # alternated, so drift hits both alike
+        start = time.perf_counter()
+        steps(digests)
+        timings[digests].append((time.perf_counter() - start) / len(held))
+    ids, n = held[0][2], 20_000
+    start = time.perf_counter()
+    for i in range(n):
+        log.record(2, i + 1, ids)
+    per_record = (time.perf_counter() - start) / n
+    log.close()
+    without, with_ = (timing([1e3 * t for t in timings[d]]) for d in (False, True))  # ms per step
+    ratio = per_record * 1e3 / without.median
+    return [Result(f"resilience/{name}", "per-step digest / default model's step", ratio, "",
+                   f"{per_record * 1e6:.1f} us per step (the {len(ids)} ids of a batch hashed, a line written); step "
+                   f"{without.text('.1f', ' ms')} without digests, {with_.text('.1f', ' ms')} with (alternated)",
+                   "<= 0.01", check(ratio, "<=", 0.01))]

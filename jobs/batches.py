@@ -30,7 +30,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--rank", type=positive_int("--rank", allow_zero=True), default=0, metavar="R",
                         help="the rank whose batch to list (default 0)")
     parser.add_argument("--world", type=positive_int("--world"), metavar="N",
-                        help="the world size of that step (default: the one its digest line records, else 1)")
+                        help="the world size of that step (default: that of its stretch where the epoch was resumed "
+                             "on another world size, else the one its digest line records, else 1)")
     parser.add_argument("--check", action="store_true",
                         help="compare the rebuilt batch's digest with the one the run logged (exit 1 if not equal)")
     parser.add_argument("--json", action="store_true", help="print the rows and digests as JSON")
@@ -49,11 +50,15 @@ def run(args) -> int:
     found = step_rows(args.run, epoch=args.epoch, step=args.step, rank=args.rank, world=args.world)
     if args.json:
         print(json.dumps({"epoch": found.epoch, "step": found.step, "rank": found.rank, "world": found.world,
-                          "steps": found.steps, "dataset": found.dataset, "digest": found.digest,
-                          "logged": found.logged, "rows": found.rows}, indent=2))
+                          "steps": found.steps, "real": found.real, "stretches": found.stretches,
+                          "dataset": found.dataset, "digest": found.digest, "logged": found.logged,
+                          "rows": found.rows}, indent=2))
     else:
+        padding = len(found.rows) - found.real
         print(f"epoch {found.epoch}, step {found.step} of {found.steps}, rank {found.rank} of {found.world}: "
-              f"{len(found.rows)} rows of {found.dataset}; digest {found.digest}"
+              f"{len(found.rows)} rows of {found.dataset}"
+              + (f" (the last {padding} repeat rows of the shard: padding)" if padding else "")
+              + f"; digest {found.digest}"
               + (f" (logged {found.logged})" if found.logged else " (no digest logged for this step)"))
         for row in found.rows:
             print(f"  {row['sample_id']:>20}  {row['label']:<16} {row['source']}")

@@ -3,8 +3,9 @@ workers, ``hvd.elastic.run`` restarts the epoch loop when a worker dies or hosts
 
 At every resume point the loop commits a ``TorchState`` (model, optimizer and the run's ``Progress``) in memory.
 When a worker fails, the others roll back to the last commit, Horovod re-forms the ring without it, and the loop
-goes on: the train split is re-sharded for the new world size (an epoch cut short starts over on the new shards),
-and the learning rate follows the new size where ``train.scale_lr`` is set.
+goes on: the train split is re-sharded for the new world size (an epoch cut short goes on with the rows no rank
+trained in it yet, dealt to the new ranks: ``training.order.remainder``), and the learning rate follows the new
+size where ``train.scale_lr`` is set.
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from core.logs import counted
 from training.config import TrainConfig
 from training.device import DeviceBusy, Precision
 from training.digests import StepDigests
@@ -24,7 +25,7 @@ from training.feed import Placement
 from training.ledger import STEP_STAGES, StageClock
 from training.resume import Progress
 from training.schedule import lr_factor
-from training.shards import DataCoverageError, EpochCounter, plan_shard
+from training.shards import DataCoverageError, EpochCounter, ShardPlan, plan_shard
 from training.sources import BatchSource
 from training.user_code import LOSS, MODEL, FirstBatchGuard
 from training.watchdog import Heartbeat
@@ -61,8 +62,7 @@ def train_epoch(step: StepParts, batches: BatchSource, placement: Placement, con
     ``digests`` gets each step's sample ids (``training.digests``)."""
     dist, split = step.dist, batches.splits["train"]
     clock = clock or StageClock()
-    plan = plan_shard(split.row_group_sizes, dist.rank, dist.size)
-    _follow_world_size(progress, dist)
+    plan = _epoch_plan(batches, split, dist, progress, config)
     step.model.train()
     counter = EpochCounter(split, plan)
     steps = plan.steps(config.batch_size)
@@ -89,7 +89,7 @@ def train_epoch(step: StepParts, batches: BatchSource, placement: Placement, con
         group_size = min(k, steps - group_start)
         last_of_group = index + 1 == group_start + group_size
         # The shard's own rows come first, padding after: metrics count the real rows only.
-        real = max(0, min(len(fed.labels), plan.local_rows - index * config.batch_size))
+        real = max(0, min(len(fed.labels), plan.local_rows - (index - plan.first_step) * config.batch_size))
         busy.begin()
         loss_sum, hits = forward_backward(step, fed.inputs, fed.labels, group_size, sync=last_of_group, real=real,
                                           beat=beat)
@@ -120,9 +120,14 @@ def train_epoch(step: StepParts, batches: BatchSource, placement: Placement, con
     beat.set("collective", progress.step)
     local[:3] = on_device.cpu()  # waits for the epoch's last step
     local[3:] = _stall_sums(clock)
-    metrics = _epoch_metrics(step, split, progress, local, base, counter, seconds=clock.elapsed)
+    # the rows the epoch's earlier stretches trained (an epoch resumed on another world size): its row groups' rows
+    # less those dealt to this stretch's ranks
+    earlier = sum(split.row_group_sizes) - sum(plan.rows_per_rank) if plan.stretches else 0
+    metrics = _epoch_metrics(step, split, progress, local, base, counter, seconds=clock.elapsed, earlier=earlier)
     clock.mark("collective")
     metrics.update(loader_times=counter.loader, device_busy=busy.total())
+    if plan.stretches:  # what `bigtrain batches` needs to rebuild this epoch's steps
+        metrics["stretches"] = [list(s) for s in plan.stretches] + [[dist.size, steps]]
     return metrics
 
 
@@ -142,21 +147,50 @@ def _stall_sums(clock: StageClock) -> torch.Tensor:
     return torch.tensor([clock.seconds["wait"], stepping - clock.seconds["wait"]], dtype=torch.float64)
 
 
-def _follow_world_size(progress: Progress, dist: Backend) -> None:
-    """Elastic: when the world size changed, the shards were re-planned and a saved position means nothing now."""
+def _epoch_plan(batches: BatchSource, split, dist: Backend, progress: Progress, config: TrainConfig) -> ShardPlan:
+    """This rank's shard for the epoch: Petastorm's, or, in an epoch resumed on another world size, its part of the
+    rows the epoch's earlier stretches left (``training.order.remainder``)."""
+    resumable = getattr(batches, "resumed_plan", None)
+    changed = _follow_world_size(progress, dist, resumable=resumable is not None)
+    if not progress.stretches:
+        return plan_shard(split.row_group_sizes, dist.rank, dist.size)
+    plan = resumable(dist.rank, dist.size, tuple((int(w), int(e)) for w, e in progress.stretches),
+                     batch_size=config.batch_size, epoch=progress.epoch)
+    if changed and dist.rank == 0:
+        left = sum(plan.rows_per_rank)
+        log.info("world size changed from %d to %d at step %d of epoch %d: the %s row%s of the train split not "
+                 "trained in it yet go to %s, each once, in %d more steps per rank; later epochs are sharded for %d",
+                 changed, dist.size, progress.step, progress.epoch + 1, f"{left:,}", "" if left == 1 else "s",
+                 counted(dist.size, "rank"), plan.steps(config.batch_size) - plan.first_step, dist.size)
+    return plan
+
+
+def _follow_world_size(progress: Progress, dist: Backend, *, resumable: bool) -> int:
+    """A resume or an elastic reset on another world size: mid-epoch, the stretch trained so far is recorded in
+    ``progress.stretches`` (the rest of the epoch is what it left); where the source cannot plan that, the epoch
+    starts over on the new shards. Returns the old world size when it changed, else 0."""
     if progress.world == dist.size:
-        return
+        return 0
+    old = progress.world
+    if progress.step and resumable:
+        if not progress.stretches or progress.stretches[-1][1] != progress.step:  # a stretch of no step adds none
+            progress.stretches.append([old, progress.step])
+        progress.world = dist.size
+        return old
     if progress.step and dist.rank == 0:
         log.warning("world size changed from %d to %d during epoch %d: it starts over on the new shards",
-                    progress.world, dist.size, progress.epoch + 1)
+                    old, dist.size, progress.epoch + 1)
     progress.start_epoch_over()
     progress.world = dist.size
+    return old
 
 
 def _epoch_metrics(step: StepParts, split, progress: Progress, local: torch.Tensor, base: torch.Tensor,
-                   counter: EpochCounter, *, seconds: float) -> dict[str, Any]:
-    """The epoch's sums over all ranks (and the resumed part before this session), checked for coverage."""
-    coverage = torch.tensor([counter.first_pass_rows, counter.padding_rows], dtype=torch.float64)
+                   counter: EpochCounter, *, seconds: float, earlier: int = 0) -> dict[str, Any]:
+    """The epoch's sums over all ranks (and the resumed part before this session), checked for coverage; ``earlier``:
+    the rows an epoch resumed on another world size trained before (counted once, on rank 0)."""
+    first_pass = counter.first_pass_rows + (earlier if step.dist.rank == 0 else 0)
+    coverage = torch.tensor([first_pass, counter.padding_rows], dtype=torch.float64)
     totals = step.dist.allreduce_sum(torch.cat([local, coverage]), name=f"train_epoch_{progress.epoch}") + torch.cat(
         [base, torch.zeros(2, dtype=torch.float64)])
     delivered = int(totals[5])

@@ -41,7 +41,7 @@ from dataset.manifest import DatasetSpec
 from training.collation import Prepared, Task
 from training.feed import prefetched
 from training.ledger import StageClock
-from training.order import EpochOrder, Window, epoch_order
+from training.order import EpochOrder, Remainder, Window, epoch_order, remainder, resumed_plan
 from training.shards import DataCoverageError, EpochCounter, ShardPlan, plan_shard
 
 log = logging.getLogger("bigtrain.train")
@@ -142,6 +142,7 @@ class SplitReader:
 
 # control[]: what the next pass over the data is (set by the training process before each pass)
 _SPLIT, _TRAINING, _EPOCH, _START, _RANK, _WORLD, _BATCH, _CHUNK, _RAMP = range(9)
+MAX_STRETCHES = 64  # earlier stretches of a resumed epoch (each a resume on another world size) the workers take
 WORKER_STAGES = ("read", "decode", "batch")
 
 
@@ -153,24 +154,67 @@ class _Passes(torch.utils.data.IterableDataset):
         self.names = sorted(splits)
         self.splits, self.task, self.seed, self.shuffle_rows = splits, task, seed, shuffle_rows
         self.control = torch.zeros(9, dtype=torch.int64).share_memory_()
+        # the pass's plan.stretches (an epoch resumed on another world size): their count, then (world, end) pairs
+        self.stretches = torch.zeros(1 + 2 * MAX_STRETCHES, dtype=torch.int64).share_memory_()
         self._readers: dict[str, SplitReader] = {}
         self._cached: tuple[Any, Prepared] | None = None
+        self._left: tuple[Any, Remainder] | None = None  # the last remainder computed (training.order.remainder)
 
     def set_pass(self, split: str, *, training: bool, epoch: int, start: int, plan: ShardPlan, batch_size: int,
                  chunk: int, ramp: int) -> None:
+        stretches = plan.stretches if training else ()
+        if len(stretches) > MAX_STRETCHES:
+            raise DatasetError(f"epoch {epoch + 1} was resumed on another world size {len(stretches)} times, more "
+                               f"than the loader takes ({MAX_STRETCHES}): resume it on the world size it has now")
+        flat = [len(stretches), *(v for stretch in stretches for v in stretch)]
+        self.stretches.copy_(torch.tensor(flat + [0] * (len(self.stretches) - len(flat))))
         self.control.copy_(torch.tensor([self.names.index(split), int(training), epoch, start, plan.rank,
                                          plan.world, batch_size, chunk, ramp]))
 
+    def _reader(self, split: SplitInfo) -> SplitReader:
+        return self._readers.get(split.url) or self._readers.setdefault(split.url, SplitReader(split, self.task.fields))
+
+    def remainder(self, split: SplitInfo, stretches: tuple[tuple[int, int], ...], world: int, *, epoch: int,
+                  batch_size: int) -> Remainder:
+        """The rows of ``split`` the ``stretches`` of ``epoch`` left, dealt to ``world`` ranks
+        (``training.order.remainder``; with length bucketing the windows cut short are read for their lengths);
+        the last one is kept."""
+        key = (split.url, stretches, world, epoch, batch_size)
+        if self._left is None or self._left[0] != key:
+            lengths_of = None
+            if self.task.bucket_by_length:
+                reader = self._reader(split)
+
+                def lengths_of(window: Window) -> np.ndarray:
+                    return self.task.prepare(reader.read_window(window)).lengths
+
+            self._left = key, remainder(split.row_group_sizes, stretches, world, batch_size=batch_size, seed=self.seed,
+                                        epoch=epoch, shuffle_rows=self.shuffle_rows, lengths_of=lengths_of)
+        return self._left[1]
+
+    def plan(self, split: SplitInfo, rank: int, world: int, stretches: tuple[tuple[int, int], ...] = (), *,
+             epoch: int = 0, batch_size: int = 1) -> ShardPlan:
+        """Rank ``rank``'s shard: Petastorm's, or with ``stretches`` its part of the rows they left in ``epoch``."""
+        if not stretches:
+            return plan_shard(split.row_group_sizes, rank, world)
+        left = self.remainder(split, stretches, world, epoch=epoch, batch_size=batch_size)
+        return resumed_plan(left, rank, world, stretches)
+
     def order(self, split: SplitInfo, plan: ShardPlan, *, training: bool, epoch: int, batch_size: int) -> EpochOrder:
+        left = None
+        if training and plan.stretches:
+            left = self.remainder(split, plan.stretches, plan.world, epoch=epoch, batch_size=batch_size)
         return epoch_order(split.row_group_sizes, plan, batch_size=batch_size, seed=self.seed, epoch=epoch,
-                           shuffle_rows=self.shuffle_rows, training=training)
+                           shuffle_rows=self.shuffle_rows, training=training, left=left)
 
     def __iter__(self) -> Iterator[tuple]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         c = [int(v) for v in self.control]
         split = self.splits[self.names[c[_SPLIT]]]
-        plan = plan_shard(split.row_group_sizes, c[_RANK], c[_WORLD])
+        flat = [int(v) for v in self.stretches[1:1 + 2 * int(self.stretches[0])]]
+        stretches = tuple(zip(flat[::2], flat[1::2]))
+        plan = self.plan(split, c[_RANK], c[_WORLD], stretches, epoch=c[_EPOCH], batch_size=c[_BATCH])
         order = self.order(split, plan, training=bool(c[_TRAINING]), epoch=c[_EPOCH], batch_size=c[_BATCH])
         for number, (window, first, last) in enumerate(chunks(order, start=c[_START], chunk=c[_CHUNK],
                                                               ramp=c[_RAMP])):
@@ -183,7 +227,7 @@ class _Passes(torch.utils.data.IterableDataset):
                 for batch in range(first, last):
                     at = (batch - window.first_batch) * order.batch_size
                     index = positions[at:at + order.batch_size]
-                    reals.append(max(0, min(len(index), order.local_rows - batch * order.batch_size)))
+                    reals.append(max(0, min(len(index), order.local_rows - (batch - order.first) * order.batch_size)))
                     batches.append(index)
                 buffers, layouts = self.task.chunk(prepared, batches, decoded=lambda: clock.mark("decode"))
                 packed = ({k: torch.from_numpy(v) for k, v in buffers.items()}, layouts)
@@ -199,11 +243,9 @@ class _Passes(torch.utils.data.IterableDataset):
 
     def _prepare(self, split: SplitInfo, order: EpochOrder, window: Window,
                  clock: StageClock) -> tuple[Prepared, np.ndarray]:
-        key = (split.url, order.epoch, order.rank, order.world, order.training, order.batch_size, window)
+        key = (split.url, order.epoch, order.rank, order.world, order.training, order.batch_size, order.key, window)
         if self._cached is None or self._cached[0] != key:
-            reader = self._readers.get(split.url) or self._readers.setdefault(split.url,
-                                                                               SplitReader(split, self.task.fields))
-            columns = reader.read_window(window)
+            columns = self._reader(split).read_window(window)
             clock.mark("read")
             prepared = self.task.prepare(columns)  # raw pixels: the .npy headers checked and cut off
             clock.mark("decode")
@@ -403,12 +445,12 @@ class Loader:
         the worker processes: they live as long as the thread that starts them, see ``_worker_init``); the
         iterator returned may then be read in another thread (``training.feed``)."""
         order = self.passes.order(split, plan, training=training, epoch=epoch, batch_size=batch_size)
-        total = order.batches
-        if training and plan.steps(batch_size) and not plan.local_rows:
+        total = order.end
+        if training and plan.steps(batch_size) and not plan.local_rows and not plan.stretches:
             raise DataCoverageError(f"rank {plan.rank}: its shard of {split.url} is empty, nothing to fill "
                                     f"{plan.steps(batch_size)} steps with")
-        if counter is not None and start:
-            before = min(start * batch_size, total * batch_size)
+        if counter is not None and start > order.first:  # a resumed stretch: its own batches before ``start``
+            before = (min(start, total) - order.first) * batch_size
             counter.first_pass_rows += min(before, plan.local_rows)
             counter.padding_rows += max(0, before - plan.local_rows)
         if start >= total:
@@ -426,7 +468,7 @@ class Loader:
         items = iter(self._loader(workers))
         if not workers:
             items = prefetched(items, self.prefetch)
-        self._at, self.expected = (split, order, list(np.cumsum([w.batches for w in order.windows]))), start
+        self._at, self.expected = (split, order, list(order.first + np.cumsum([w.batches for w in order.windows]))), start
         if counter is not None:
             counter.loader.workers = max(counter.loader.workers, workers)
         return self._delivered(items, plan, split, start, total, counter)

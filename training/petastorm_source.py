@@ -42,6 +42,13 @@ class PetastormSource:
         return self.loader.batches(self.splits["train"], plan, batch_size=batch_size, epoch=epoch, training=True,
                                    start=start, counter=counter)
 
+    def resumed_plan(self, rank: int, world: int, stretches: tuple[tuple[int, int], ...], *, batch_size: int,
+                     epoch: int) -> ShardPlan:
+        """Rank ``rank``'s plan for the rest of epoch ``epoch`` resumed at world size ``world``: its part of the
+        train split's rows that the earlier ``stretches`` of the epoch did not train (``training.order``)."""
+        return self.loader.passes.plan(self.splits["train"], rank, world, stretches, epoch=epoch,
+                                       batch_size=batch_size)
+
     def evaluation_batches(self, split: str, plan: ShardPlan, *, batch_size: int) -> Iterator[Batch]:
         return self.loader.batches(self.splits[split], plan, batch_size=batch_size, epoch=0, training=False)
 

@@ -3,7 +3,9 @@ steps and at each epoch end, and the checks that a run may continue from one.
 
 The loader's position is the number of batches of the current epoch already trained: the epoch's order is a
 function of (seed, epoch, rank, world size) only (``training.order``), whatever the number of loader workers, so
-the loader starts at that batch without reading the ones before it. Random states (torch, numpy, python) are
+the loader starts at that batch without reading the ones before it. Resumed on another world size, the epoch goes
+on with the rows no rank trained in it yet, each once, dealt to the new ranks; the point records that as a few
+integers (``Progress.stretches``), not as a list of rows. Random states (torch, numpy, python) are
 restored, so dropout draws the same masks as a run that was never interrupted.
 """
 from __future__ import annotations
@@ -34,6 +36,9 @@ class Progress:
     step: int = 0                   # batches of the current epoch already trained (the loader's position)
     global_step: int = 0            # optimizer steps so far
     world: int = 1                  # the world size ``step`` refers to
+    # the current epoch resumed on another world size: (world size, its steps trained by then) of each earlier
+    # stretch of it, from which every rank recomputes the rows left (training.order.remainder); [] for a plain epoch
+    stretches: list[list[int]] = field(default_factory=list)
     sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # this epoch so far, all ranks: loss*n, hits, n
     stall: list[float] = field(default_factory=lambda: [0.0, 0.0])      # seconds waiting for data, seconds in steps
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -45,7 +50,7 @@ class Progress:
     stopped_early: bool = False
 
     def start_epoch_over(self) -> None:
-        self.step, self.sums, self.stall = 0, [0.0, 0.0, 0.0], [0.0, 0.0]
+        self.step, self.sums, self.stall, self.stretches = 0, [0.0, 0.0, 0.0], [0.0, 0.0], []
 
 
 def random_states() -> dict[str, Any]:

@@ -32,14 +32,19 @@ class ShardPlan:
     by_row_group: bool        # False: fewer row groups than ranks, so every rank reads all and keeps every world-th row
     local_rows: int           # rows this rank's shard holds
     rows_per_rank: tuple[int, ...]
+    # An epoch resumed on another world size (``training.order.remainder``): the shard is this rank's part of the
+    # rows the earlier stretches of the epoch left, trained from the epoch's step ``first_step`` on; ``stretches``:
+    # each earlier stretch's (world size, steps trained by its end). Empty for a plain epoch.
+    first_step: int = 0
+    stretches: tuple[tuple[int, int], ...] = ()
 
     @property
     def max_rows(self) -> int:
         return max(self.rows_per_rank)
 
     def steps(self, batch_size: int) -> int:
-        """Training steps per epoch, the same on every rank."""
-        return math.ceil(self.max_rows / batch_size)
+        """Training steps per epoch, the same on every rank (a resumed stretch: those before it included)."""
+        return self.first_step + math.ceil(self.max_rows / batch_size)
 
 
 def plan_shard(row_group_sizes: tuple[int, ...] | list[int], rank: int, world: int) -> ShardPlan:

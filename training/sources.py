@@ -45,6 +45,10 @@ class BatchSource(Protocol):
     def evaluation_batches(self, split: str, plan: ShardPlan, *, batch_size: int) -> Iterator[Batch]:
         """Every row of ``split``'s shard ``plan`` once, unshuffled; the last batch may be short."""
 
+    # Optional: ``resumed_plan(rank, world, stretches, *, batch_size, epoch) -> ShardPlan``, the plan of an epoch
+    # resumed on another world size (``training.order.remainder``; ``PetastormSource`` has it). A source without it
+    # starts such an epoch over on the new shards.
+
     def class_rows(self, split: str) -> list[int]:
         """Rows of ``split`` per class, in the order of ``spec.classes``."""
 
