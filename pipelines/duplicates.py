@@ -177,7 +177,18 @@ def _keyed(parts: list[DataFrame], near: bool) -> DataFrame:
 def search(parts: list[DataFrame], *, near: bool) -> list[dict]:
     """The exact groups (one row per member, ``kind`` exact, ``grp`` the fingerprint) and verified near pairs (two
     rows per pair, ``kind`` near, ``other`` the pair's other source) among ``parts`` (``members``): one shuffle and
-    one pass of Python workers over sorted partitions (a Spark job: the caller names it)."""
+    one pass of Python workers over sorted partitions; without ``near``, one aggregation (a Spark job either way:
+    the caller names it)."""
+    if not near:  # exact copies only: an aggregation, no Python worker
+        union = parts[0]
+        for part in parts[1:]:
+            union = union.unionByName(part)
+        groups = (union.groupBy("fingerprint")
+                  .agg(F.count(F.lit(1)).alias("n"),
+                       F.collect_list(F.struct("source", "name", "split", "carried")).alias("rows"))
+                  .where(F.col("n") > 1))
+        return [{**m.asDict(), "kind": "exact", "grp": g["fingerprint"], "fingerprint": g["fingerprint"],
+                 "other": None} for g in groups.collect() for m in g["rows"]]
     keyed = _keyed(parts, near).repartition("tbl", "key").sortWithinPartitions("tbl", "key", "source")
 
     def walk(batches: Iterator) -> Iterator:
