@@ -191,40 +191,52 @@ def search(parts: list[DataFrame], *, near: bool) -> list[dict]:
                  "other": None} for g in groups.collect() for m in g["rows"]]
     keyed = _keyed(parts, near).repartition("tbl", "key").sortWithinPartitions("tbl", "key", "source")
 
-    def walk(batches: Iterator) -> Iterator:
-        import pyarrow as pa
-
-        bucket: list[dict] = []
-        current = None
-        out: list[dict] = []
-
-        def flush() -> None:
-            if len(bucket) < 2:
-                return
-            if bucket[0]["tbl"] == EXACT_TABLE:
-                out.extend({**_plain(m), "kind": "exact", "grp": m["key"], "other": None} for m in bucket)
-                return
-            thumbs = np.frombuffer(b"".join(m["thumbnail"] for m in bucket), np.uint8).reshape(len(bucket), 64)
-            for i, j in near_pairs(thumbs):
-                a, b = bucket[i], bucket[j]
-                out.append({**_plain(a), "kind": "near", "grp": 0, "other": b["source"]})
-                out.append({**_plain(b), "kind": "near", "grp": 0, "other": a["source"]})
-
-        for batch in batches:
-            for row in batch.to_pylist():
-                key = (row["tbl"], row["key"])
-                if key != current:
-                    flush()
-                    bucket, current = [], key
-                bucket.append(row)
-            if out:
-                yield pa.RecordBatch.from_pylist(out, schema=_arrow_search_schema())
-                out = []
-        flush()
-        if out:
-            yield pa.RecordBatch.from_pylist(out, schema=_arrow_search_schema())
-
     return [row.asDict() for row in keyed.mapInArrow(walk, _SEARCH_SCHEMA).collect()]
+
+
+def walk(batches: Iterator) -> Iterator:
+    """``search``'s Python pass: Arrow batches of one partition, sorted by (tbl, key) -> batches of its rows.
+    A bucket may span batches."""
+    import pyarrow as pa
+
+    schema = _arrow_search_schema()
+    pending = None  # the rows of the last bucket of the batches seen: it may go on in the next batch
+    for batch in batches:
+        table = pa.Table.from_batches([batch]) if pending is None else pa.concat_tables(
+            [pending, pa.Table.from_batches([batch])])
+        out, last = _buckets(table)
+        pending = table.slice(last)
+        if out:
+            yield pa.RecordBatch.from_pylist(out, schema=schema)
+    if pending is not None and pending.num_rows > 1:
+        out, _ = _buckets(pending, final=True)
+        if out:
+            yield pa.RecordBatch.from_pylist(out, schema=schema)
+
+
+def _buckets(table, *, final: bool = False) -> tuple[list[dict], int]:
+    """The search's rows of the buckets (runs of equal (tbl, key)) of a table sorted by them, and where its last
+    bucket starts (not read unless ``final``: it may go on in the next batch). Rows of one-row buckets, most of
+    them, are never turned into Python objects."""
+    tbl = table.column("tbl").to_numpy()
+    key = table.column("key").to_numpy()
+    starts = np.flatnonzero(np.r_[True, (tbl[1:] != tbl[:-1]) | (key[1:] != key[:-1])])
+    ends = np.r_[starts[1:], len(key)]
+    last = len(key) if final else int(starts[-1])
+    out: list[dict] = []
+    for start, end in zip(starts, ends):
+        if start >= last or end - start < 2:
+            continue
+        bucket = table.slice(int(start), int(end - start)).to_pylist()
+        if bucket[0]["tbl"] == EXACT_TABLE:
+            out.extend({**_plain(m), "kind": "exact", "grp": m["key"], "other": None} for m in bucket)
+            continue
+        thumbs = np.frombuffer(b"".join(m["thumbnail"] for m in bucket), np.uint8).reshape(len(bucket), 64)
+        for i, j in near_pairs(thumbs):
+            a, b = bucket[i], bucket[j]
+            out.append({**_plain(a), "kind": "near", "grp": 0, "other": b["source"]})
+            out.append({**_plain(b), "kind": "near", "grp": 0, "other": a["source"]})
+    return out, last
 
 
 def _plain(m: dict) -> dict:

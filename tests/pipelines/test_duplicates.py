@@ -125,6 +125,23 @@ def test_resized_and_reencoded_copies_share_a_near_key_and_pass_the_check_and_di
     assert sum(len(m) * (len(m) - 1) // 2 for m in buckets.values()) < 10 * len(thumbs)  # few candidates
 
 
+def test_the_python_pass_finds_buckets_that_span_arrow_batches_and_skips_one_row_buckets():
+    import pyarrow as pa
+
+    thumbs = {"x": bytes(64), "y": bytes([3]) * 64, "far": bytes([200]) * 64}
+    rows = [(-1, 5, "a/1.png", None), (-1, 5, "a/2.png", None), (-1, 6, "a/3.png", None),
+            (0, 9, "a/x.png", "x"), (0, 9, "a/y.png", "y"), (0, 9, "a/far.png", "far"), (1, 4, "a/z.png", "x")]
+    table = pa.table({"tbl": pa.array([r[0] for r in rows], pa.int32()), "key": [r[1] for r in rows],
+                      "fingerprint": [len(r[2]) for r in rows], "source": [r[2] for r in rows],
+                      "name": ["a"] * len(rows), "split": ["train"] * len(rows), "carried": [False] * len(rows),
+                      "thumbnail": pa.array([thumbs.get(r[3]) if r[3] else None for r in rows], pa.binary())})
+    for size in (1, 2, 3, 7):  # every cut of the partition into batches gives the same rows
+        found = [r for b in duplicates.walk(iter(table.to_batches(max_chunksize=size))) for r in b.to_pylist()]
+        assert sorted((r["kind"], r["source"], r["other"]) for r in found) == [
+            ("exact", "a/1.png", None), ("exact", "a/2.png", None),
+            ("near", "a/x.png", "a/y.png"), ("near", "a/y.png", "a/x.png")], size
+
+
 def test_an_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="duplicates 'drop' is not one of reject, keep, off"):
         decide([], mode="drop")
