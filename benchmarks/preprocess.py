@@ -109,10 +109,10 @@ def row_udf_decode(files, *, root_url, params):
 
         batch = pd.DataFrame({"path": [path], "size": [size], "problem": [problem]})
         row = next(images.decode_file_batch(batch, root_url=root_url, params=params)).iloc[0]
-        return (row["relpath"], row["class_name"], row["image"], row["reason"], row["thumbnail"])
+        return tuple(row[f.name] for f in result.fields)
 
     decoded = files.select("path", decode_one("path", "size", "problem").alias("d"))
-    return decoded.select("path", "d.relpath", "d.class_name", "d.image", "d.reason", "d.thumbnail")
+    return decoded.select("path", *[f"d.{f.name}" for f in result.fields])
 
 
 def jobs_launched(spark, run, timed: list | None = None) -> tuple[object, dict[str, int]]:

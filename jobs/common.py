@@ -156,6 +156,13 @@ def format_summary(summary: dict, *, job: str, unit: str) -> str:
     if summary["rejected"]:
         reasons = ", ".join(f"{reason} ({n})" for reason, n in summary["rejected_by_reason"].items())
         lines.append(f"  rejected   {summary['rejected']:>8} {unit} -> {summary['rejected_url']}: {reasons}")
+    copies = summary.get("duplicates")
+    if copies:
+        near = (f"; {copies['near_groups']} groups of near copies ({copies['near_rows']} rows), each in one split"
+                if copies.get("near_groups") is not None else "")
+        lines.append(f"  copies     {copies['groups']:>8} contents held by more than one {unit[:-1]}: "
+                     f"{copies['duplicates']} duplicates, {copies['conflicting']} under conflicting labels, "
+                     f"{copies['rejected']} rejected (duplicates: {copies['mode']}){near}")
     lines.extend(f"  warning: {gap}" for gap in class_gaps(summary["splits"]))
     return "\n".join(lines)
 

@@ -146,7 +146,8 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
     incremental.finish(run, draft, processed=processed, max_reject_fraction=config.max_reject_fraction,
                        allow_single_class=config.allow_single_class, strict=config.strict, copies=found,
                        duplicates_budget=config.duplicates_budget)
-    return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed}
+    return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed,
+            "duplicates": asdict(draft.duplicates) if draft.duplicates else None}
 
 
 def decode_files(spark, entries: list, *, input_url: str, params):

@@ -148,7 +148,8 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
     incremental.finish(run, draft, processed=processed, max_reject_fraction=config.max_reject_fraction,
                        allow_single_class=config.allow_single_class, strict=config.strict, copies=found,
                        duplicates_budget=config.duplicates_budget)
-    return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed}
+    return {**summary, "snapshot": run.snapshot_id, "run": run.reason, "processed": processed,
+            "duplicates": asdict(draft.duplicates) if draft.duplicates else None}
 
 
 def count_records(spark, parsed, carried, *, max_length: int):
