@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import REPO, subprocess_env, tool
 from training import digests
 
-pytestmark = [pytest.mark.horovod, pytest.mark.spark]
+pytestmark = [pytest.mark.horovod, pytest.mark.spark, pytest.mark.slow]  # whole launcher runs: make test-slow
 TRAIN = str(REPO / "jobs" / "train.py")
 EVERY = 2  # a resume point every 2 optimizer steps
 

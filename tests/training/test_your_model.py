@@ -187,6 +187,7 @@ def test_your_model_under_horovodrun_and_torchrun_resumes_and_predicts(spark, te
 
 @pytest.mark.horovod
 @pytest.mark.spark
+@pytest.mark.slow  # four launcher runs (40 s): make test-slow
 @pytest.mark.parametrize("launcher", [horovodrun, torchrun], ids=["horovodrun", "torchrun"])
 def test_the_fasttext_and_transformer_models_train_under_both_launchers(text_dataset, tmp_path, launcher):
     for name in ("fasttext", "transformer"):
