@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -48,10 +49,11 @@ SHOWN = 3                                 # names quoted in a conflicting-labels
 
 # Near copies. Measured on the sample images at 16, 32 and 64 px (tests/pipelines/test_duplicates.py plants such
 # copies): a copy resized to 50-90 % and saved again as JPEG differs from its original's thumbnail by 0.3-0.5 grey
-# levels on average (at most 4.9), two different images by at least 7.2 in 45,000 pairs; 8 tables of 16 pixels in
-# cells of 48 levels gave every planted copy a shared key with fewer candidate pairs than rows.
+# levels on average (at most 4.9), two different images by at least 7.2 in 45,000 pairs. 4 tables of 16 pixels in
+# cells of 64 levels gave 299 of 300 planted copies a shared key, with fewer candidate pairs than rows (8 tables of
+# cells of 48: all 300, twice the rows through the search's shuffle).
 NEAR_MEAN_DIFF = 6.0
-NEAR_TABLES, NEAR_DIMS, NEAR_CELL, NEAR_SEED = 8, 16, 48, 20261207
+NEAR_TABLES, NEAR_DIMS, NEAR_CELL, NEAR_SEED = 4, 16, 64, 20261207
 EXACT_TABLE = -1
 _SEARCH_SCHEMA = ("kind string, grp long, source string, name string, split string, carried boolean, "
                   "fingerprint long, other string")
@@ -107,12 +109,34 @@ def carried_fingerprints(df: DataFrame | None, computed: Column | None) -> DataF
 
 
 def members(df: DataFrame, *, source: Column, name: Column, carried: bool, near: bool) -> DataFrame:
-    """The columns ``search`` reads: the accepted rows of ``df`` with a fingerprint (and their thumbnail when
-    ``near`` and ``df`` has one)."""
-    thumb = F.col(THUMBNAIL) if near and THUMBNAIL in df.columns else F.lit(None).cast("binary")
+    """The columns ``search`` reads: the accepted rows of ``df`` with a fingerprint, and with ``near`` their
+    thumbnail and its near keys (made by the decode step for new rows; for rows carried from a snapshot, from
+    their stored thumbnail, where they have one)."""
+    thumb, keys = F.lit(None).cast("binary"), F.lit(None).cast("array<long>")
+    if near and THUMBNAIL in df.columns:
+        thumb = F.col(THUMBNAIL)
+        keys = F.col("near_keys") if "near_keys" in df.columns else _keys_of(F.col(THUMBNAIL))
     return (df.where(F.col("reason").isNull() & F.col(FINGERPRINT).isNotNull())
             .select(F.col(FINGERPRINT).alias("fingerprint"), source.alias("source"), name.alias("name"),
-                    F.col("split"), F.lit(carried).alias("carried"), thumb.alias("thumbnail")))
+                    F.col("split"), F.lit(carried).alias("carried"), thumb.alias("thumbnail"),
+                    keys.alias("near_keys")))
+
+
+def _keys_of(thumbnail: Column) -> Column:
+    """``near_keys`` of a column of stored thumbnails (an Arrow UDF; rows carried from the previous snapshot)."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("array<long>")
+    def keys(thumbs: pd.Series) -> pd.Series:
+        present = [i for i, t in enumerate(thumbs) if t is not None and len(t) == 64]
+        out: list = [None] * len(thumbs)
+        if present:
+            for i, k in zip(present, near_keys(np.frombuffer(b"".join(bytes(thumbs.iloc[i]) for i in present),
+                                                            np.uint8).reshape(len(present), 64)).tolist()):
+                out[i] = k
+        return pd.Series(out, dtype=object)
+
+    return keys(thumbnail)
 
 
 def _tables() -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +166,8 @@ def near_pairs(thumbs: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _keyed(parts: list[DataFrame], near: bool) -> DataFrame:
-    """Every member once under its exact key (table -1, its fingerprint) and, with ``near``, under its near keys."""
+    """Every member once under its exact key (table -1, its fingerprint) and, with ``near``, under each of its near
+    keys (table 0-7)."""
     union = parts[0]
     for part in parts[1:]:
         union = union.unionByName(part)
@@ -151,26 +176,8 @@ def _keyed(parts: list[DataFrame], near: bool) -> DataFrame:
                          F.lit(None).cast("binary").alias("thumbnail"))
     if not near:
         return exact
-    schema = "tbl int, key long, fingerprint long, source string, name string, split string, carried boolean, " \
-             "thumbnail binary"
-
-    def with_keys(batches: Iterator) -> Iterator:
-        import pyarrow as pa
-
-        for batch in batches:
-            thumbs = batch.column("thumbnail").to_pylist()
-            rows = [i for i, t in enumerate(thumbs) if t is not None and len(t) == 64]
-            if not rows:
-                continue
-            keys = near_keys(np.frombuffer(b"".join(thumbs[i] for i in rows), np.uint8).reshape(len(rows), 64))
-            take = pa.array(np.repeat(rows, NEAR_TABLES))
-            picked = batch.take(take)
-            yield pa.RecordBatch.from_arrays(
-                [pa.array(np.tile(np.arange(NEAR_TABLES, dtype=np.int32), len(rows))), pa.array(keys.reshape(-1)),
-                 *[picked.column(name) for name in (*info, "thumbnail")]],
-                names=["tbl", "key", *info, "thumbnail"])
-
-    near_rows = union.where(F.col("thumbnail").isNotNull()).select(*info, "thumbnail").mapInArrow(with_keys, schema)
+    near_rows = union.where(F.col("near_keys").isNotNull()).select(
+        F.posexplode("near_keys").alias("tbl", "key"), *info, "thumbnail")
     return exact.unionByName(near_rows)
 
 

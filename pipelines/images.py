@@ -21,6 +21,7 @@ from pyspark.sql import DataFrame
 
 from core.paths import normalise_url
 from pipelines import inputs
+from pipelines.duplicates import near_keys
 from pipelines.labels import clean_label
 from pipelines.schemas import DECODED_SCHEMA, image_unischema
 
@@ -205,7 +206,7 @@ def _decode_rows(paths, sizes, problems, *, root_url: str, params: DecodeParams)
     """Listed files (path, size, problem) -> columns of DECODED_SCHEMA (lists), in chunks of bounded rows and
     bytes. Never raises per file."""
     prepare = image_preparer(params)
-    out: dict[str, list] = {name: [] for name in DECODED_COLUMNS}
+    out: dict[str, list] = {name: [] for name in DECODED_COLUMNS if name != "near_keys"}
     held = 0
     for path, size, problem in zip(paths, sizes, problems):
         relpath, folder = split_relpath(path, root_url)
@@ -227,10 +228,24 @@ def _decode_rows(paths, sizes, problems, *, root_url: str, params: DecodeParams)
             out[key].append(value)
         held += len(image or b"")
         if len(out["path"]) >= BATCH_ROWS or held >= BATCH_BYTES:
-            yield out
+            yield _with_near_keys(out)
             out, held = {key: [] for key in out}, 0
     if out["path"]:
-        yield out
+        yield _with_near_keys(out)
+
+
+def _with_near_keys(out: dict[str, list]) -> dict[str, list]:
+    """The chunk with each thumbnail's near-duplicate search keys (``pipelines.duplicates.near_keys``), computed
+    for the whole chunk at once."""
+    thumbs = out["thumbnail"]
+    rows = [i for i, t in enumerate(thumbs) if t is not None]
+    keys: list = [None] * len(thumbs)
+    if rows:
+        computed = near_keys(np.frombuffer(b"".join(thumbs[i] for i in rows), np.uint8).reshape(len(rows), -1))
+        for i, k in zip(rows, computed.tolist()):
+            keys[i] = k
+    out["near_keys"] = keys
+    return out
 
 
 DECODED_COLUMNS = tuple(DECODED_SCHEMA.names)
@@ -249,7 +264,7 @@ def _arrow_schema():
     return pa.schema([pa.field("path", pa.string(), nullable=False), pa.field("relpath", pa.string()),
                       pa.field("class_name", pa.string()), pa.field("image", pa.binary()),
                       pa.field("reason", pa.string()), pa.field("thumbnail", pa.binary()),
-                      pa.field("fingerprint", pa.int64())])
+                      pa.field("fingerprint", pa.int64()), pa.field("near_keys", pa.list_(pa.int64()))])
 
 
 def decode_arrow_batch(batch, *, root_url: str, params: DecodeParams) -> Iterator:

@@ -23,6 +23,7 @@ DECODED_SCHEMA = T.StructType([
     T.StructField("reason", T.StringType(), True),       # why the file was rejected; null when accepted
     T.StructField("thumbnail", T.BinaryType(), True),    # 8x8 grey thumbnail (pipelines.images.thumbnail)
     T.StructField("fingerprint", T.LongType(), True),    # pipelines.images.pixel_fingerprint; null when rejected
+    T.StructField("near_keys", T.ArrayType(T.LongType()), True),  # the thumbnail's pipelines.duplicates.near_keys
 ])
 
 def image_shape(image_size: int, channels: int) -> tuple[int, ...]:
