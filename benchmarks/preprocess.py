@@ -182,7 +182,7 @@ def image_results(spark, raw: str, work: str, n_images: int, scale: float = 1.0)
                         == seen["summary"]["rows_written"] else 0)
     finally:
         images.decode_images = original
-    without_search = rate(lambda: n_images if run_image_job(spark, raw, os.path.join(work, "off"), duplicates="off")[1][
+    without_search = rate(lambda: n_images if run_image_job(spark, raw, os.path.join(work, "off"), duplicates="ignore")[1][
         "rows_written"] == seen["summary"]["rows_written"] else 0)
     spark_cores = spark.sparkContext.defaultParallelism
     speedup = job_rate.median / udf_rate.median
@@ -195,7 +195,7 @@ def image_results(spark, raw: str, work: str, n_images: int, scale: float = 1.0)
                f"row UDF {udf_rate.text(unit=' images/s')}", ">= 3", check(speedup, ">=", 3)),
         *driver_rows(group, timed, n_images, share_target=DRIVER_SHARE_TARGET if scale >= FULL_SIZE else None),
         Result(group, "copies search (thumbnails + duplicates job): share of a run", search, "",
-               f"same job with duplicates: off (no thumbnails, no search) {without_search.text(unit=' images/s')}; "
+               f"same job with duplicates: ignore (no thumbnails, no search) {without_search.text(unit=' images/s')}; "
                "the fingerprint column, a hash in the JVM, is computed either way",
                f"<= {SEARCH_SHARE_TARGET}" if full else "",
                check(search, "<=", SEARCH_SHARE_TARGET) if full else None),

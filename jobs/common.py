@@ -45,6 +45,11 @@ def add_snapshot_flags(parser: argparse.ArgumentParser, section: str) -> None:
     group.add_argument("--max-reject-fraction", type=float, metavar="F",
                        help=f"fail (exit {EXIT_REJECTS}, nothing committed) when more than this fraction of the "
                             f"run's input is rejected (default: {section}.max_reject_fraction)")
+    group.add_argument("--duplicates", choices=("reject", "keep", "ignore"),
+                       help="records whose prepared content is the same (images: pixels; texts: normalised text): "
+                            "reject every copy after the first of one class and every copy under different classes, "
+                            "keep them (counted, each group in one split), or do not look "
+                            f"(default: {section}.duplicates; docs/guide.md, 'Copies of one content')")
     group.add_argument("--allow-removals", action="store_true",
                        help=f"commit an incremental run that removes more than {section}.max_removed_fraction of the "
                             "previous snapshot's input files, or (images) every file of a class folder (without "

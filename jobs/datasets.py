@@ -134,7 +134,7 @@ def show(dataset: str, as_json: bool) -> int:
     reasons = ", ".join(f"{r} ({n})" for r, n in contents.rejected_by_reason.items())
     lines.append(f"  rejected   {contents.rejected:>8} records{': ' + reasons if reasons else ''}")
     copies = contents.duplicates
-    lines.append("  copies     not looked for (a snapshot written before fingerprints, or duplicates: off)"
+    lines.append("  copies     not looked for (a snapshot written before fingerprints, or duplicates: ignore)"
                  if copies is None else
                  f"  copies   {copies.groups:>8} contents held by more than one record: {copies.duplicates} "
                  f"duplicates, {copies.conflicting} under conflicting labels, {copies.rejected} rejected "

@@ -64,7 +64,7 @@ def load_config(args: argparse.Namespace) -> PreprocessImagesConfig:
     flags = {"image_size": args.image_size, "channels": args.channels, "codec": args.codec,
              "row_group_size_mb": args.row_group_size_mb, "ranks": args.ranks, "mode": args.mode,
              "strict": True if args.strict else None,
-             "max_reject_fraction": args.max_reject_fraction}
+             "max_reject_fraction": args.max_reject_fraction, "duplicates": args.duplicates}
     return load_section("preprocess_images", PreprocessImagesConfig, config_file=args.config,
                         overrides=overrides, flags=flags)
 

@@ -62,7 +62,7 @@ def load_config(args: argparse.Namespace) -> PreprocessSequencesConfig:
              "tokens_field": args.tokens_field, "tokenizer": args.tokenizer, "max_length": args.max_length,
              "vocab_size": args.vocab_size, "min_count": args.min_count, "ranks": args.ranks, "mode": args.mode,
              "strict": True if args.strict else None,
-             "max_reject_fraction": args.max_reject_fraction}
+             "max_reject_fraction": args.max_reject_fraction, "duplicates": args.duplicates}
     return load_section("preprocess_sequences", PreprocessSequencesConfig, config_file=args.config,
                         overrides=args.overrides, flags=flags)
 

@@ -41,7 +41,7 @@ from pyspark.sql import functions as F
 from dataset.rows import FINGERPRINT, THUMBNAIL
 from pipelines.splits import split_of_hash_value
 
-MODES = ("reject", "keep", "off")
+MODES = ("reject", "keep", "ignore")  # not "off": YAML reads off as false
 DUPLICATE = "duplicate"                   # the rejection categories (a reason's text up to its first ':')
 CONFLICTING = "conflicting labels"
 CATEGORIES = (DUPLICATE, CONFLICTING)

@@ -52,7 +52,7 @@ class PreprocessImagesConfig:
     allow_single_class: bool = False  # commit a snapshot whose rows are all of one class
     strict: bool = False  # refuse (exit 6) a snapshot with a class the train split has no row of
     follow_links: bool = False  # read what symbolic links below --input point to (inside it only); else rejects
-    duplicates: Literal["reject", "keep", "off"] = "reject"  # copies of one content (pipelines.duplicates)
+    duplicates: Literal["reject", "keep", "ignore"] = "reject"  # copies of one content (pipelines.duplicates)
     near_duplicates: bool = True  # also group resized and re-encoded copies (one split each; never rejected)
     duplicates_budget: float = 0.1  # a run whose records duplicate others' content beyond this fraction is refused
 
@@ -103,7 +103,7 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
     params = images.DecodeParams(image_size=config.image_size, channels=config.channels, codec=config.storage_codec,
                                  max_pixels=config.max_pixels, min_side=config.min_side,
                                  max_aspect_ratio=config.max_aspect_ratio, max_file_bytes=config.max_file_bytes,
-                                 thumbnails=config.near_duplicates and config.duplicates != "off")
+                                 thumbnails=config.near_duplicates and config.duplicates != "ignore")
     decoded = decode_files(spark, run.entries_to_read(), input_url=input_url, params=params)
     try:
         new = splits.assign_split_by_content(decoded, fractions=config.splits, fallback_col="relpath")

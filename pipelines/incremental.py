@@ -187,8 +187,8 @@ def copies_rejected(snapshot_url: str, snapshot: Manifest) -> list[str]:
 def find_duplicates(spark: SparkSession, new: DataFrame, carried: DataFrame | None, *, source: Column,
                     name: Column, mode: str, fractions: dict[str, float], near: bool = False) -> duplicates.Found:
     """The copies (exact, and near with ``near``) among the accepted rows of ``new`` and ``carried``
-    (``pipelines.duplicates``), in one Spark job; nothing under ``duplicates: off``."""
-    if mode == "off":
+    (``pipelines.duplicates``), in one Spark job; nothing under ``duplicates: ignore``."""
+    if mode == "ignore":
         return duplicates.Found()
     parts = [duplicates.members(new, source=source, name=name, carried=False, near=near)]
     if carried is not None:
@@ -205,8 +205,8 @@ def find_duplicates(spark: SparkSession, new: DataFrame, carried: DataFrame | No
 
 
 def duplicate_counts(found: duplicates.Found, mode: str) -> manifest.DuplicateCounts | None:
-    """The manifest's counts of the copies ``found`` (None under ``duplicates: off``: nothing was looked for)."""
-    return None if mode == "off" else manifest.DuplicateCounts(mode=mode, **found.counts())
+    """The manifest's counts of the copies ``found`` (None under ``duplicates: ignore``: nothing was looked for)."""
+    return None if mode == "ignore" else manifest.DuplicateCounts(mode=mode, **found.counts())
 
 
 def check_removals(run: RunPlan, previous_inputs: dict[str, tuple[str, int, int]] | None, *,

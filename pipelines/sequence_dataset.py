@@ -49,7 +49,7 @@ class PreprocessSequencesConfig:
     allow_single_class: bool = False  # commit a snapshot whose rows are all of one class
     strict: bool = False  # refuse (exit 6) a snapshot with a class the train split has no row of
     follow_links: bool = False  # read what symbolic links below --input point to (inside it only); else rejects
-    duplicates: Literal["reject", "keep", "off"] = "reject"  # copies of one content (pipelines.duplicates)
+    duplicates: Literal["reject", "keep", "ignore"] = "reject"  # copies of one content (pipelines.duplicates)
     duplicates_budget: float = 0.1  # a run whose records duplicate others' content beyond this fraction is refused
 
     def validate(self, prefix: str) -> None:

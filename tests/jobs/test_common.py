@@ -131,6 +131,16 @@ def test_both_jobs_take_allow_removals(job):
     assert "--allow-removals" in parser.format_help() and "max_removed_fraction" in parser.format_help()
 
 
+@pytest.mark.parametrize("job", [preprocess_images, preprocess_sequences])
+def test_duplicates_is_a_flag_of_both_jobs_over_its_config_key(job):
+    parser = job.build_parser()
+    base = ["--input", "in", "--output", "out"]
+    assert job.load_config(parser.parse_args(base)).duplicates == "reject"
+    assert job.load_config(parser.parse_args([*base, "--duplicates", "keep"])).duplicates == "keep"
+    section = job.__name__.rsplit(".", 1)[1]
+    assert job.load_config(parser.parse_args([*base, "--set", f"{section}.duplicates=ignore"])).duplicates == "ignore"
+
+
 def test_an_incremental_summary_says_which_totals_are_the_snapshots_and_which_this_runs():
     from jobs.common import format_summary
 

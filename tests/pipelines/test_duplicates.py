@@ -143,7 +143,7 @@ def test_the_python_pass_finds_buckets_that_span_arrow_batches_and_skips_one_row
 
 
 def test_an_unknown_mode_is_refused():
-    with pytest.raises(ValueError, match="duplicates 'drop' is not one of reject, keep, off"):
+    with pytest.raises(ValueError, match="duplicates 'drop' is not one of reject, keep, ignore"):
         decide([], mode="drop")
 
 
