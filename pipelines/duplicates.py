@@ -100,12 +100,9 @@ def carried_fingerprints(df: DataFrame | None, computed: Column | None) -> DataF
     """Rows carried from the previous snapshot with their fingerprint: as stored, or (a snapshot written before
     fingerprints) ``computed`` from what is stored where that gives it (images: their decoded pixels), else null
     (texts: their normalised text is not stored; such rows take no part in the search until a full run)."""
-    if df is None or (FINGERPRINT in df.columns and computed is None):
+    if df is None or FINGERPRINT in df.columns:  # as stored (a Python UDF in a coalesce would run on every row)
         return df
-    computed = computed if computed is not None else F.lit(None).cast("long")
-    if FINGERPRINT in df.columns:
-        computed = F.coalesce(F.col(FINGERPRINT), computed)
-    return df.withColumn(FINGERPRINT, computed)
+    return df.withColumn(FINGERPRINT, computed if computed is not None else F.lit(None).cast("long"))
 
 
 def members(df: DataFrame, *, source: Column, name: Column, carried: bool, near: bool) -> DataFrame:
