@@ -93,14 +93,9 @@ def feeding_results(name: str, dataset: str, work: str, workers: int, batch: int
 def ledger_cost_results(dataset: str) -> list[Result]:
     """What keeping the ledger costs a step: the training thread's stage marks and heartbeat updates of one step,
     timed in a loop, against one step of the dataset's default model on a batch in memory."""
-    from benchmarks.train_bench import _setup, _step
+    from benchmarks.train_bench import _step, held_batches
 
-    torch.set_num_threads(cores())
-    _, model, optimizer, batches, source = _setup(dataset)
-    try:
-        held = [batch for _, batch in zip(range(8), batches())]
-    finally:
-        source.close()
+    model, optimizer, held = held_batches(dataset)
     step = seconds(lambda: [_step(model, optimizer, b) for b in held]).median / len(held)
     clock, beat, n = StageClock(), Heartbeat(), 20_000
 

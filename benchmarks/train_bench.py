@@ -21,6 +21,16 @@ from training.shards import EpochCounter, plan_shard
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def held_batches(dataset: str, n: int = 8):
+    """(model, optimizer, the first ``n`` batches held in memory) of ``dataset``, on this machine's cores."""
+    torch.set_num_threads(cores())
+    _, model, optimizer, batches, source = _setup(dataset)
+    try:
+        return model, optimizer, [batch for _, batch in zip(range(n), batches())]
+    finally:
+        source.close()
+
+
 def _setup(dataset: str):
     """The default model for the dataset and the run's loader (its default workers), as ``train`` sets them up."""
     config = load_section("train", TrainConfig)
@@ -136,12 +146,7 @@ def digest_cost_results(name: str, dataset: str, work: str) -> list[Result]:
 
     from training.digests import StepDigests
 
-    torch.set_num_threads(cores())
-    _, model, optimizer, batches, source = _setup(dataset)
-    try:
-        held = [batch for _, batch in zip(range(8), batches())]
-    finally:
-        source.close()
+    model, optimizer, held = held_batches(dataset)
     log = StepDigests(os.path.join(work, f"digests-{name}"), SimpleNamespace(rank=0, size=1))
 
     def steps(digests: bool) -> None:
