@@ -196,7 +196,7 @@ def image_results(spark, raw: str, work: str, n_images: int, scale: float = 1.0)
         *driver_rows(group, timed, n_images, share_target=DRIVER_SHARE_TARGET if scale >= FULL_SIZE else None),
         Result(group, "copies search (thumbnails + duplicates job): share of a run", search, "",
                f"same job with duplicates: ignore (no thumbnails, no search) {without_search.text(unit=' images/s')}; "
-               "the fingerprint column, a hash in the JVM, is computed either way",
+               "the fingerprint (BLAKE2b of the pixels, in the decode worker) is made either way",
                f"<= {SEARCH_SHARE_TARGET}" if full else "",
                check(search, "<=", SEARCH_SHARE_TARGET) if full else None),
     ]

@@ -104,7 +104,8 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
                                  max_pixels=config.max_pixels, min_side=config.min_side,
                                  max_aspect_ratio=config.max_aspect_ratio, max_file_bytes=config.max_file_bytes,
                                  thumbnails=config.near_duplicates and config.duplicates != "ignore")
-    decoded = decode_files(spark, run.entries_to_read(), input_url=input_url, params=params)
+    entries = run.entries_to_read()
+    decoded = decode_files(spark, entries, input_url=input_url, params=params)
     try:
         new = splits.assign_split_by_content(decoded, fractions=config.splits, fallback_col="relpath")
         previous = duplicates.carried_fingerprints(
@@ -112,7 +113,8 @@ def preprocess_images(spark, *, input_url: str, output_url: str, config: Preproc
             F.when(F.col("reason").isNull(), images.stored_fingerprints(params)(F.col("image"))))
         found = incremental.find_duplicates(spark, new, previous, source=F.col("relpath"),
                                             name=F.col("class_name"), mode=config.duplicates,
-                                            fractions=config.splits, near=config.near_duplicates)
+                                            fractions=config.splits, near=config.near_duplicates,
+                                            records=len(entries) + incremental.carried_records(run))
         new, previous = (duplicates.apply(df, found, spark=spark, source=F.col("relpath")) if df is not None
                          else None for df in (new, previous))
         parts = [incremental.projection(new, name=F.col("class_name"), carried=False, bytes_=F.length("image"))]

@@ -185,16 +185,20 @@ def copies_rejected(snapshot_url: str, snapshot: Manifest) -> list[str]:
 
 
 def find_duplicates(spark: SparkSession, new: DataFrame, carried: DataFrame | None, *, source: Column,
-                    name: Column, mode: str, fractions: dict[str, float], near: bool = False) -> duplicates.Found:
+                    name: Column, mode: str, fractions: dict[str, float], records: int,
+                    near: bool = False) -> duplicates.Found:
     """The copies (exact, and near with ``near``) among the accepted rows of ``new`` and ``carried``
-    (``pipelines.duplicates``), in one Spark job; nothing under ``duplicates: ignore``."""
+    (``pipelines.duplicates``), about ``records`` in all (it sizes the search's shuffle), in one Spark job;
+    nothing under ``duplicates: ignore``."""
     if mode == "ignore":
         return duplicates.Found()
     parts = [duplicates.members(new, source=source, name=name, carried=False, near=near)]
     if carried is not None:
         parts.append(duplicates.members(carried, source=source, name=name, carried=True, near=near))
+    most = int(spark.conf.get("spark.sql.shuffle.partitions"))
     with session.spark_job(spark, "duplicates", "copies of one content among the records"):
-        found = duplicates.decide(duplicates.search(parts, near=near), mode=mode, fractions=fractions, near=near)
+        rows = duplicates.search(parts, near=near, partitions=duplicates.partitions(records, near=near, most=most))
+        found = duplicates.decide(rows, mode=mode, fractions=fractions, near=near)
     if found.groups or found.near_groups:
         log.info("copies of one content: %d groups of exact copies (%d copies of a row of the same class, %d rows "
                  "under conflicting labels; %s)%s", found.groups, found.duplicates, found.conflicting,
@@ -202,6 +206,11 @@ def find_duplicates(spark: SparkSession, new: DataFrame, carried: DataFrame | No
                  f", {found.near_groups} groups of near copies ({found.near_rows} rows, each group in one split)"
                  if near else "")
     return found
+
+
+def carried_records(run: RunPlan) -> int:
+    """At most how many records of the previous snapshot this run carries (none on a full run)."""
+    return 0 if run.full or run.previous is None else run.previous.records_read
 
 
 def duplicate_counts(found: duplicates.Found, mode: str) -> manifest.DuplicateCounts | None:

@@ -21,6 +21,7 @@ from dataset.rows import FINGERPRINT, SEQUENCE
 from pipelines import inputs
 
 log = logging.getLogger("bigtrain.preprocess_sequences")
+BYTES_PER_RECORD = 64  # a low guess of a record's bytes in the input files: it sizes the copies search's shuffle
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
             spark, run, key=F.regexp_extract("source", r"(?s)^(.*):[0-9]+$", 1), name_col="label_name"), None)
         found = incremental.find_duplicates(spark, parsed, carried, source=F.col("source"),
                                             name=F.col("label_name"), mode=config.duplicates,
-                                            fractions=config.splits)
+                                            fractions=config.splits, records=sum(e.size for e in entries)
+                                            // BYTES_PER_RECORD + incremental.carried_records(run))
         parsed, carried = (duplicates.apply(df, found, spark=spark, source=F.col("source")) if df is not None
                            else None for df in (persisted, carried))
         counted = count_records(spark, parsed, carried, max_length=config.max_length)

@@ -3,10 +3,13 @@ image folders and text files found by the real jobs, the counts in the manifest,
 (read back from the written Parquet, not from the code under test), incremental runs and the budget."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
@@ -87,10 +90,6 @@ def test_near_copies_join_one_group_in_the_split_of_its_smallest_fingerprint_or_
 
 def test_resized_and_reencoded_copies_share_a_near_key_and_pass_the_check_and_different_images_do_not():
     """The search's two parts on 300 sample images and 100 copies resized to 50-90 % and saved as JPEG."""
-    import io
-    from collections import defaultdict
-
-    import numpy as np
     from PIL import Image
 
     from pipelines.images import DecodeParams, thumbnail, to_array
@@ -139,7 +138,57 @@ def test_the_python_pass_finds_buckets_that_span_arrow_batches_and_skips_one_row
         found = [r for b in duplicates.walk(iter(table.to_batches(max_chunksize=size))) for r in b.to_pylist()]
         assert sorted((r["kind"], r["source"], r["other"]) for r in found) == [
             ("exact", "a/1.png", None), ("exact", "a/2.png", None),
-            ("near", "a/x.png", "a/y.png"), ("near", "a/y.png", "a/x.png")], size
+            ("near", "a/x.png", "a/x.png"), ("near", "a/y.png", "a/x.png")], size  # each to its set's first
+
+
+def test_the_python_pass_links_the_same_sets_of_close_rows_as_comparing_every_pair_of_each_bucket():
+    """Random thumbnails in clusters, a bucket of 600 near-same ones (compared a block at a time) among them: the
+    sets ``walk`` links (joined by source, as ``decide`` does) are the connected components of every close pair
+    that shares a bucket, whatever the cut into batches."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(3)
+    centres = rng.integers(0, 256, (60, 64))
+    thumbs = np.clip(centres[rng.integers(0, 60, 900)] + rng.integers(-9, 10, (900, 64)), 0, 255)
+    thumbs = np.r_[thumbs, np.clip(5 + rng.integers(-2, 3, (600, 64)), 0, 255)].astype(np.uint8)
+    sources = [f"c/{i:04d}.png" for i in range(len(thumbs))]
+    keyed = sorted((t, int(k), sources[i]) for i, keys in enumerate(duplicates.near_keys(thumbs))
+                   for t, k in enumerate(keys))
+    index = {s: i for i, s in enumerate(sources)}
+    table = pa.table({"tbl": pa.array([t for t, _, _ in keyed], pa.int32()), "key": [k for _, k, _ in keyed],
+                      "fingerprint": [index[s] for _, _, s in keyed], "source": [s for _, _, s in keyed],
+                      "name": ["c"] * len(keyed), "split": ["train"] * len(keyed),
+                      "carried": [False] * len(keyed),
+                      "thumbnail": pa.array([thumbs[index[s]].tobytes() for _, _, s in keyed], pa.binary())})
+    buckets = defaultdict(list)
+    for t, k, s in keyed:
+        buckets[(t, k)].append(index[s])
+    expected = components(len(thumbs), [(m[a], m[b]) for m in buckets.values()
+                                        for a, b in duplicates.near_pairs(thumbs[m])])
+    assert max(len(m) for m in buckets.values()) > duplicates.BLOCK and len(expected) > 60
+    for size in (97, 1000, len(keyed)):
+        found = [r for b in duplicates.walk(iter(table.to_batches(max_chunksize=size))) for r in b.to_pylist()]
+        assert {r["kind"] for r in found} == {"near"}
+        # a row per source and call, not one per close pair (the 600 alone have ~180,000)
+        assert len(found) <= (len(thumbs) if size == len(keyed) else duplicates.NEAR_TABLES * len(thumbs))
+        assert components(len(thumbs), [(index[r["source"]], index[r["other"]]) for r in found]) == expected, size
+
+
+def components(n: int, pairs) -> set[frozenset]:
+    """The sets of more than one of ``range(n)`` that ``pairs`` link."""
+    parent = list(range(n))
+
+    def root(x):
+        while parent[x] != x:
+            parent[x] = x = parent[parent[x]]
+        return x
+
+    for a, b in pairs:
+        parent[root(a)] = root(b)
+    sets = defaultdict(set)
+    for x in range(n):
+        sets[root(x)].add(x)
+    return {frozenset(s) for s in sets.values() if len(s) > 1}
 
 
 def test_an_unknown_mode_is_refused():
