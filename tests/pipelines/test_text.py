@@ -192,6 +192,26 @@ def test_top_tokens_break_ties_by_token_and_respect_min_count(spark):
     assert [r["token"] for r in top_tokens(counts, vocab_size=10, min_count=2).collect()] == ["a", "b", "c"]
 
 
+def test_ids_of_a_whole_arrow_batch_are_encode_ids_of_each_row():
+    """The array version against the per-row one: unknown tokens, empty and null rows, rows longer than the cut,
+    a sliced batch (its offsets do not start at 0), both dtypes."""
+    import pyarrow as pa
+
+    from pipelines.text import encode_ids, ids_of
+
+    rng = np.random.default_rng(2)
+    words = make_vocabulary([f"w{i}" for i in range(40)])
+    index = {t: i for i, t in enumerate(words)}
+    rows = [None if rng.random() < 0.1 else [f"w{j}" for j in rng.integers(0, 60, rng.integers(0, 9))]
+            for _ in range(300)]
+    array = pa.array(rows, pa.list_(pa.string())).slice(7, 250)
+    for dtype, cut in (("<u2", 5), ("<i4", 64)):
+        ids, lengths = ids_of(array, pa.array(words), max_length=cut, dtype=dtype)
+        expected = [encode_ids(t, index, cut, dtype) if t is not None else (None, None) for t in rows[7:257]]
+        assert ids.to_pylist() == [e[0] for e in expected]
+        assert lengths.to_pylist() == [e[1] for e in expected]
+
+
 @pytest.mark.spark
 def test_ids_truncation_and_true_length(spark):
     vocab = make_vocabulary(["the", "good"])
