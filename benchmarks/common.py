@@ -95,6 +95,20 @@ def rate(run: Callable[[], int], runs: int | None = None, warmup: bool = True) -
     return timing(rates)
 
 
+def rates_alternated(runs: dict[str, Callable[[], int]]) -> dict[str, Timing]:
+    """``rate`` of each of ``runs``, measured in turns (a warm-up of each, then ``REPEATS`` rounds of one run of
+    each), so that the machine's drift over the measurement hits all of them alike."""
+    for run in runs.values():
+        run()
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(REPEATS):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            n = run()
+            rates[name].append(n / (time.perf_counter() - start))
+    return {name: timing(values) for name, values in rates.items()}
+
+
 def seconds(run: Callable[[], object], runs: int | None = None, warmup: bool = True) -> Timing:
     """Seconds of ``run``: the median of ``runs`` (default ``REPEATS``) timed runs after one warm-up, with their
     spread."""

@@ -15,7 +15,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import Result, Timing, check, rate, timing
+from benchmarks.common import Result, Timing, check, rate, rates_alternated, timing
 from core.config import load_section
 from core.paths import to_url
 from pipelines.image_dataset import PreprocessImagesConfig, preprocess_images
@@ -171,7 +171,13 @@ def image_results(spark, raw: str, work: str, n_images: int, scale: float = 1.0)
             spark, lambda: run_image_job(spark, raw, os.path.join(work, "job")), timed)
         return n_images
 
-    job_rate = rate(job)
+    def without() -> int:
+        summary = run_image_job(spark, raw, os.path.join(work, "off"), duplicates="ignore")[1]
+        return n_images if summary["rows_written"] == seen["summary"]["rows_written"] else 0
+
+    # in turns: the copies search's share is a difference of two run times, which drift would swamp
+    measured = rates_alternated({"job": job, "without": without})
+    job_rate, without_search = measured["job"], measured["without"]
     timed = timed[1:]  # the warm-up
     jobs = seen["jobs"]
     python_rate = rate(lambda: plain_python_images(raw, os.path.join(work, "plain"))[1])
@@ -182,8 +188,6 @@ def image_results(spark, raw: str, work: str, n_images: int, scale: float = 1.0)
                         == seen["summary"]["rows_written"] else 0)
     finally:
         images.decode_images = original
-    without_search = rate(lambda: n_images if run_image_job(spark, raw, os.path.join(work, "off"), duplicates="ignore")[1][
-        "rows_written"] == seen["summary"]["rows_written"] else 0)
     spark_cores = spark.sparkContext.defaultParallelism
     speedup = job_rate.median / udf_rate.median
     search = 1 - job_rate.median / without_search.median  # its share of a run's time

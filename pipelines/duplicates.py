@@ -32,6 +32,7 @@ which keep their partitions and their order, as ``routing.route`` needs.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -228,9 +229,10 @@ def _thumbnails(column, rows: int) -> np.ndarray:
     return out
 
 
-def _keyed(parts: list[DataFrame], near: bool) -> DataFrame:
-    """Every member once under its exact key (table -1, its fingerprint) and, with ``near``, under each of its near
-    keys (table 0-7)."""
+def _keyed(parts: list[DataFrame], near: bool, exact_table: bool) -> DataFrame:
+    """Every member under each of its near keys (table 0-3) with ``near``, and with ``exact_table`` once more under
+    its exact key (table -1, its fingerprint). Without it, exact copies are found in the buckets of near table 0:
+    one content has one thumbnail, so its copies share every near key."""
     union = parts[0]
     for part in parts[1:]:
         union = union.unionByName(part)
@@ -241,7 +243,7 @@ def _keyed(parts: list[DataFrame], near: bool) -> DataFrame:
         return exact
     near_rows = union.where(F.col("near_keys").isNotNull()).select(
         F.posexplode("near_keys").alias("tbl", "key"), *info, "thumbnail")
-    return exact.unionByName(near_rows)
+    return exact.unionByName(near_rows) if exact_table else near_rows
 
 
 ROWS_PER_PARTITION = 250_000  # keyed rows (a member's exact key and its near keys) per partition of the search
@@ -270,50 +272,68 @@ def search(parts: list[DataFrame], *, near: bool, partitions: int) -> list[dict]
                   .where(F.col("n") > 1))
         return [{**m.asDict(), "kind": "exact", "grp": g["fingerprint"], "fingerprint": g["fingerprint"],
                  "other": None} for g in groups.collect() for m in g["rows"]]
-    keyed = _keyed(parts, near).repartition(partitions, "tbl", "key").sortWithinPartitions("tbl", "key", "source")
+    # Rows carried from a snapshot may have no thumbnail (written before them, or with near_duplicates off), so
+    # that their copies among the new rows meet them only under the exact key; new rows all have one.
+    exact_table = len(parts) > 1
+    keyed = (_keyed(parts, near, exact_table).repartition(partitions, "tbl", "key")
+             .sortWithinPartitions("tbl", "key", "fingerprint"))
+    walker = functools.partial(walk, exact_table=EXACT_TABLE if exact_table else 0)
+    return [row.asDict() for row in keyed.mapInArrow(walker, _SEARCH_SCHEMA).collect()]
 
-    return [row.asDict() for row in keyed.mapInArrow(walk, _SEARCH_SCHEMA).collect()]
 
-
-def walk(batches: Iterator) -> Iterator:
-    """``search``'s Python pass: Arrow batches of one partition, sorted by (tbl, key) -> batches of its rows.
-    A bucket may span batches."""
+def walk(batches: Iterator, exact_table: int = EXACT_TABLE) -> Iterator:
+    """``search``'s Python pass: Arrow batches of one partition, sorted by (tbl, key, fingerprint) -> batches of
+    its rows; exact copies are the rows of one fingerprint in a bucket of ``exact_table``. A bucket may span
+    batches."""
     import pyarrow as pa
 
     pending = None  # the rows of the last bucket of the batches seen: it may go on in the next batch
     for batch in batches:
         table = pa.Table.from_batches([batch]) if pending is None else pa.concat_tables(
             [pending, pa.Table.from_batches([batch])])
-        out, last = _buckets(table)
+        out, last = _buckets(table, exact_table=exact_table)
         pending = table.slice(last)
         if out is not None:
             yield out
     if pending is not None and pending.num_rows > 1:
-        out, _ = _buckets(pending, final=True)
+        out, _ = _buckets(pending, final=True, exact_table=exact_table)
         if out is not None:
             yield out
 
 
-def _buckets(table, *, final: bool = False) -> tuple[object | None, int]:
+def _runs(changed: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, sizes) of the runs of rows 0..n-1, ``changed[i]`` telling whether row i+1 starts a new one."""
+    starts = np.flatnonzero(np.r_[True, changed]) if n else np.zeros(0, np.int64)
+    return starts, np.r_[starts[1:], n] - starts
+
+
+def _rows_of(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Every row index of the runs (starts, sizes), in order."""
+    return np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes) + np.repeat(starts, sizes)
+
+
+def _buckets(table, *, final: bool = False, exact_table: int = EXACT_TABLE) -> tuple[object | None, int]:
     """The search's rows (an Arrow batch, or None) of the buckets (runs of equal (tbl, key)) of a table sorted by
-    them, and where its last bucket starts (not read unless ``final``: it may go on in the next batch). Array
-    operations only: every row of an exact bucket, and of near buckets each row of a set of close rows with the
-    source of that set's first row as ``other`` (enough for ``decide``'s connected components; a set of n
-    near copies gives n rows, not n*(n-1), however many tables link them)."""
+    (tbl, key, fingerprint), and where its last bucket starts (not read unless ``final``: it may go on in the next
+    batch). Array operations only: every row of a run of one fingerprint in a bucket of ``exact_table`` (exact
+    copies), and of near buckets each row of a set of close rows with the source of that set's first row as
+    ``other`` (enough for ``decide``'s connected components; a set of n near copies gives n rows, not n*(n-1),
+    however many tables link them)."""
     import pyarrow as pa
 
     tbl = table.column("tbl").to_numpy()
     key = table.column("key").to_numpy()
+    fingerprint = table.column("fingerprint").to_numpy(zero_copy_only=False)
     n = len(key)
-    starts = np.flatnonzero(np.r_[True, (tbl[1:] != tbl[:-1]) | (key[1:] != key[:-1])]) if n else np.zeros(0, int)
-    sizes = np.r_[starts[1:], n] - starts
+    bucket_changed = (tbl[1:] != tbl[:-1]) | (key[1:] != key[:-1])
+    starts, sizes = _runs(bucket_changed, n)
     last = n if final or not n else int(starts[-1])
     read = (sizes > 1) & (starts < last)
     starts, sizes = starts[read], sizes[read]
     exact = tbl[starts] == EXACT_TABLE
-    lengths = sizes[exact]
-    exact_rows = (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-                  + np.repeat(starts[exact], lengths))
+    copies, lengths = _runs(bucket_changed | (fingerprint[1:] != fingerprint[:-1]), n)
+    copies_read = (lengths > 1) & (copies < last) & (tbl[copies] == exact_table)
+    exact_rows = _rows_of(copies[copies_read], lengths[copies_read])
     labels = np.arange(n)
     if (~exact).any():
         thumbs = _thumbnails(table.column("thumbnail"), n)
@@ -329,7 +349,7 @@ def _buckets(table, *, final: bool = False) -> tuple[object | None, int]:
         return None, last
     source = table.column("source")
     parts = []
-    for rows, kind, grp, other in ((exact_rows, "exact", key[exact_rows], None),
+    for rows, kind, grp, other in ((exact_rows, "exact", fingerprint[exact_rows], None),
                                    (near_rows, "near", np.zeros(len(near_rows), np.int64),
                                     source.take(pa.array(labels[near_rows])))):
         if not len(rows):

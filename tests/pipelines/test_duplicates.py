@@ -141,6 +141,26 @@ def test_the_python_pass_finds_buckets_that_span_arrow_batches_and_skips_one_row
             ("near", "a/x.png", "a/x.png"), ("near", "a/y.png", "a/x.png")], size  # each to its set's first
 
 
+def test_without_an_exact_table_the_python_pass_finds_exact_copies_in_the_first_near_tables_buckets():
+    import pyarrow as pa
+
+    rows = [(0, 9, 1, "a/x.png"), (0, 9, 1, "b/x.png"), (0, 9, 2, "a/y.png"), (1, 3, 1, "a/x.png"),
+            (1, 3, 1, "b/x.png")]  # sorted by (tbl, key, fingerprint), as the search sorts them
+    thumbs = {1: bytes(64), 2: bytes([2]) * 64}
+    table = pa.table({"tbl": pa.array([r[0] for r in rows], pa.int32()), "key": [r[1] for r in rows],
+                      "fingerprint": [r[2] for r in rows], "source": [r[3] for r in rows],
+                      "name": [r[3][0] for r in rows], "split": ["train"] * len(rows), "carried": [False] * len(rows),
+                      "thumbnail": pa.array([thumbs[r[2]] for r in rows], pa.binary())})
+    for size in (1, 2, 5):
+        found = [r for b in duplicates.walk(iter(table.to_batches(max_chunksize=size)), exact_table=0)
+                 for r in b.to_pylist()]
+        assert sorted((r["kind"], r["grp"], r["source"]) for r in found if r["kind"] == "exact") == [
+            ("exact", 1, "a/x.png"), ("exact", 1, "b/x.png")], size  # once, from table 0 only
+        assert {r["source"] for r in found if r["kind"] == "near"} == {"a/x.png", "b/x.png", "a/y.png"}
+        found = [r for b in duplicates.walk(iter(table.to_batches(max_chunksize=size))) for r in b.to_pylist()]
+        assert not [r for r in found if r["kind"] == "exact"]  # with an exact table (-1), only its buckets count
+
+
 def test_the_python_pass_links_the_same_sets_of_close_rows_as_comparing_every_pair_of_each_bucket():
     """Random thumbnails in clusters, a bucket of 600 near-same ones (compared a block at a time) among them: the
     sets ``walk`` links (joined by source, as ``decide`` does) are the connected components of every close pair
