@@ -278,7 +278,10 @@ def search(parts: list[DataFrame], *, near: bool, partitions: int) -> list[dict]
     keyed = (_keyed(parts, near, exact_table).repartition(partitions, "tbl", "key")
              .sortWithinPartitions("tbl", "key", "fingerprint"))
     walker = functools.partial(walk, exact_table=EXACT_TABLE if exact_table else 0)
-    return [row.asDict() for row in keyed.mapInArrow(walker, _SEARCH_SCHEMA).collect()]
+    found = keyed.mapInArrow(walker, _SEARCH_SCHEMA)
+    if hasattr(found, "toArrow"):  # PySpark 4: Arrow all the way (11,000 rows: 0.3 s less than Row objects)
+        return found.toArrow().to_pylist()
+    return [row.asDict() for row in found.collect()]
 
 
 def walk(batches: Iterator, exact_table: int = EXACT_TABLE) -> Iterator:
