@@ -310,8 +310,9 @@ def _runs(changed: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return starts, np.r_[starts[1:], n] - starts
 
 
-def _rows_of(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Every row index of the runs (starts, sizes), in order."""
+def rows_of(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Every row index of the runs (starts, sizes), in order: ``concatenate([arange(s, s + n) ...])`` without a
+    Python loop."""
     return np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes) + np.repeat(starts, sizes)
 
 
@@ -336,7 +337,7 @@ def _buckets(table, *, final: bool = False, exact_table: int = EXACT_TABLE) -> t
     exact = tbl[starts] == EXACT_TABLE
     copies, lengths = _runs(bucket_changed | (fingerprint[1:] != fingerprint[:-1]), n)
     copies_read = (lengths > 1) & (copies < last) & (tbl[copies] == exact_table)
-    exact_rows = _rows_of(copies[copies_read], lengths[copies_read])
+    exact_rows = rows_of(copies[copies_read], lengths[copies_read])
     labels = np.arange(n)
     if (~exact).any():
         thumbs = _thumbnails(table.column("thumbnail"), n)

@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines import inputs
+from pipelines.duplicates import rows_of
 from dataset.rows import is_integer_name
 from pipelines.labels import clean_label
 
@@ -416,7 +417,7 @@ def ids_of(tokens, words, *, max_length: int, dtype: str) -> tuple[Any, Any]:
     offsets = np.asarray(tokens.offsets.to_numpy(), np.int64)  # into tokens.values, the slice's own offset included
     starts = offsets[:-1]
     keep = np.where(valid, np.minimum(offsets[1:] - starts, max_length), 0)
-    positions = np.arange(keep.sum()) - np.repeat(np.cumsum(keep) - keep, keep) + np.repeat(starts, keep)
+    positions = rows_of(starts, keep)
     index = pc.index_in(tokens.values, value_set=words).fill_null(1).to_numpy(zero_copy_only=False)
     ids = np.ascontiguousarray(index[positions].astype(dtype))
     ends = (np.r_[0, np.cumsum(keep)] * np.dtype(dtype).itemsize).astype(np.int32)
