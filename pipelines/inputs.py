@@ -121,7 +121,7 @@ class _LocalWalk:
         self.listing, self.follow = listing, follow_links
         self.root = os.path.realpath(root)
         self.seen_folders: set[tuple[int, int]] = set()
-        self.seen_files: dict[tuple[int, int], str] = {}
+        self.seen_files: dict[tuple[int, int], bytes] = {}  # a file's first name, decoded when a link names it
         self.followed: list[tuple[bytes, bytes, os.stat_result]] = []
         self.folders: list[tuple[bytes, bytes]] = []
         self.prefix = normalise_url(listing.root).rstrip("/") + "/"
@@ -224,7 +224,7 @@ class _LocalWalk:
             else:
                 self.folders.append((path, rel))
         elif (target_st.st_dev, target_st.st_ino) in self.seen_files:
-            self.add(rel, st, f"symbolic link: the same file as {self.seen_files[target_st.st_dev, target_st.st_ino]} "
+            self.add(rel, st, f"symbolic link: the same file as {_text(self.seen_files[target_st.st_dev, target_st.st_ino])[0]} "
                               "(read once)")
         else:
             self.file(rel, target_st)
@@ -233,7 +233,7 @@ class _LocalWalk:
         if not stat.S_ISREG(st.st_mode):
             self.add(rel, st, "not a regular file: a device, pipe or socket")
             return
-        self.seen_files.setdefault((st.st_dev, st.st_ino), _text(rel)[0])
+        self.seen_files.setdefault((st.st_dev, st.st_ino), rel)
         self.add(rel, st, None)
 
     def add(self, rel: bytes, st: os.stat_result | None, problem: str | None) -> None:
