@@ -8,6 +8,7 @@ action.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
@@ -130,8 +131,8 @@ def thumbnail(array: np.ndarray) -> bytes:
 
 def thumbnails(arrays: list[np.ndarray | None]) -> list[bytes | None]:
     """``thumbnail`` of each prepared image (None stays None), with array operations over all images of one shape
-    whose sides divide by 8 (a job's images are all of one: 1 us an image, where Pillow's per image calls took
-    20); other shapes through Pillow's box filter."""
+    whose sides divide by 8 (a job's images are all of one: 2.6 us a 32 x 32 RGB image in batches of 256, where
+    Pillow's per image calls took 20); other shapes through Pillow's box filter."""
     from PIL import Image
 
     out: list[bytes | None] = [None] * len(arrays)
@@ -148,12 +149,20 @@ def thumbnails(arrays: list[np.ndarray | None]) -> list[bytes | None]:
                 out[i] = grey.resize((side, side), Image.BOX).tobytes()
             continue
         stack = np.stack([arrays[i] for i in rows]).astype(np.float32)
-        grey = stack @ LUMA if len(shape) == 3 else stack
-        small = grey.reshape(len(rows), side, height // side, side, width // side).mean(axis=(2, 4))
+        grey = (stack.reshape(-1, 3) @ LUMA).reshape(stack.shape[:3]) if len(shape) == 3 else stack
+        # each block's mean as two matrix products (rows, then columns): 17x faster than a mean over two
+        # strided axes, which took 5 us of the 7 an image cost
+        small = _block_means(height, side) @ grey @ _block_means(width, side).T
         packed = np.rint(small).clip(0, 255).astype(np.uint8).reshape(len(rows), side * side)
         for k, i in enumerate(rows):
             out[i] = packed[k].tobytes()
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _block_means(length: int, blocks: int) -> np.ndarray:
+    """(blocks, length) float32: row k averages the k-th of ``blocks`` equal runs of ``length`` values."""
+    return np.kron(np.eye(blocks, dtype=np.float32), np.full((1, length // blocks), blocks / length, np.float32))
 
 
 def pixel_fingerprint(array: np.ndarray) -> int:

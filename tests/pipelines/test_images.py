@@ -162,3 +162,20 @@ def test_the_arrow_batches_the_executors_run_hold_the_pandas_batches_rows(tmp_pa
     got = [row for out in decode_arrow_batch(batch, root_url=root, params=params()) for row in out.to_pylist()]
     assert got == expected and len(got) == 6
     assert sum(row["reason"] is None for row in got) == 1
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (48, 64, 3), (32, 32), (30, 30, 3)])
+def test_thumbnails_of_a_batch_are_pillows_grey_box_filter_within_one_level(shape):
+    """The batch's array operations (sides divisible by 8) and the per-image Pillow path (30 x 30) both give the
+    8x8 box average of the grey image; Pillow rounds each pixel's grey level first, hence up to 1 level apart."""
+    from pipelines.images import thumbnails
+
+    rng = np.random.default_rng(len(shape) * 100 + shape[0])
+    arrays = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(40)]
+    arrays[3] = np.full(shape, 255, np.uint8)
+    got = thumbnails([*arrays[:5], None, *arrays[5:]])
+    assert got[5] is None and all(len(t) == 64 for t in got[:5] + got[6:])
+    for array, thumb in zip(arrays, got[:5] + got[6:]):
+        want = np.asarray(Image.fromarray(array).convert("L").resize((8, 8), Image.BOX), np.int16).ravel()
+        assert np.abs(np.frombuffer(thumb, np.uint8).astype(np.int16) - want).max() <= 1
+    assert got[3] == bytes([255]) * 64
