@@ -250,11 +250,14 @@ ROWS_PER_PARTITION = 250_000  # keyed rows (a member's exact key and its near ke
 
 
 def partitions(records: int, *, near: bool, most: int) -> int:
-    """Partitions of the search's shuffle for about ``records`` members: one per ROWS_PER_PARTITION keyed rows,
-    at most ``most`` (spark.sql.shuffle.partitions). A partition costs a task and, with ``near``, a Python worker's
-    batch set-up: 16,000 images searched on 16 partitions of a 2-core machine took 1.3 s, on 2 0.57 s."""
+    """Partitions of the search's shuffle for about ``records`` members: one per ROWS_PER_PARTITION keyed rows.
+    With ``near`` each partition is held whole by a Python worker (``walk`` sorts it: about 33 MB at that many
+    rows), so their number follows the rows whatever ``most`` (spark.sql.shuffle.partitions) says; the exact
+    search alone is Spark's aggregation, at most ``most``. A partition costs a task and, with ``near``, a Python
+    worker's batch set-up: 16,000 images searched on 16 partitions of a 2-core machine took 1.3 s, on 2 0.57 s."""
     keyed = max(records, 1) * (1 + NEAR_TABLES if near else 1)
-    return max(1, min(most, -(-keyed // ROWS_PER_PARTITION)))
+    wanted = -(-keyed // ROWS_PER_PARTITION)
+    return max(1, wanted if near else min(most, wanted))
 
 
 def search(parts: list[DataFrame], *, near: bool, partitions: int) -> list[dict]:
