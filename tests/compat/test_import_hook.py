@@ -51,7 +51,11 @@ def test_a_plain_import_of_petastorm_applies_the_layer_and_reads_a_dataset(tmp_p
             f"with make_reader({FIXTURE.as_uri()!r}, reader_pool_type='dummy', num_epochs=1) as reader:\n"
             "    rows = sum(1 for _ in reader)\n"
             "print(json.dumps([petastorm._bigtrain_compat, rows, layer.APPLIED, petastorm.__spec__.loader.__class__"
-            ".__name__, petastorm.reader.ThreadPool.__name__]))")
+            ".__name__, petastorm.reader.ThreadPool.__name__]), flush=True)\n"
+            # Petastorm as released reads Parquet through Python file objects, after which pyarrow 26 aborts the
+            # interpreter's teardown now and then (apache/arrow#50482, docs/stack.md; seen here once in CI, after
+            # the line above was printed): what is checked is done by then
+            "import os; os._exit(0)")
     marked, rows, applied, loader, pool = last_json(run([sys.executable, "-c", code], cwd=tmp_path))
     assert marked and rows == 12 and pool == "OrderedEndThreadPool"
     assert loader == "SourceFileLoader"  # the hook's loader leaves no trace on the module
