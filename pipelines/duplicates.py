@@ -318,10 +318,10 @@ def rows_of(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 def _buckets(table, *, exact_table: int = EXACT_TABLE):
     """The search's rows (an Arrow batch, or None) of the buckets (runs of equal (tbl, key)) of a table sorted by
-    (tbl, key, fingerprint). Array operations only: every row of a run of one fingerprint in a bucket of ``exact_table`` (exact
-    copies), and of near buckets each row of a set of close rows with the source of that set's first row as
-    ``other`` (enough for ``decide``'s connected components; a set of n near copies gives n rows, not n*(n-1),
-    however many tables link them)."""
+    (tbl, key, fingerprint). Array operations only: every row of a run of one fingerprint in a bucket of
+    ``exact_table`` (exact copies), and of near buckets each row of a set of close rows with the source of that
+    set's first row as ``other`` (enough for ``decide``'s connected components; a set of n near copies gives n
+    rows, not n*(n-1), however many tables link them)."""
     import pyarrow as pa
 
     tbl = table.column("tbl").to_numpy()

@@ -224,8 +224,8 @@ class _LocalWalk:
             else:
                 self.folders.append((path, rel))
         elif (target_st.st_dev, target_st.st_ino) in self.seen_files:
-            self.add(rel, st, f"symbolic link: the same file as {_text(self.seen_files[target_st.st_dev, target_st.st_ino])[0]} "
-                              "(read once)")
+            first = _text(self.seen_files[target_st.st_dev, target_st.st_ino])[0]
+            self.add(rel, st, f"symbolic link: the same file as {first} (read once)")
         else:
             self.file(rel, target_st)
 

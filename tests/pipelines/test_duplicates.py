@@ -383,8 +383,8 @@ def test_texts_the_same_normalised_text_twice_is_a_copy_and_under_two_labels_a_c
 def test_the_near_search_has_a_partition_per_quarter_million_keyed_rows_whatever_the_shuffle_setting():
     """Its Python workers hold a partition whole: 100 million images on 16 partitions would be 25 million rows
     each. The exact search alone is Spark's aggregation and keeps to spark.sql.shuffle.partitions."""
-    keyed = 1 + duplicates.NEAR_TABLES
-    assert duplicates.partitions(64_000, near=True, most=16) == -(-64_000 * keyed // duplicates.ROWS_PER_PARTITION)
-    assert duplicates.partitions(10**8, near=True, most=16) == 10**8 * keyed // duplicates.ROWS_PER_PARTITION
+    assert (duplicates.NEAR_TABLES, duplicates.ROWS_PER_PARTITION) == (4, 250_000)  # 5 keyed rows a member
+    assert duplicates.partitions(64_000, near=True, most=16) == 2  # 320,000 keyed rows
+    assert duplicates.partitions(10**8, near=True, most=16) == 2_000
     assert duplicates.partitions(10**8, near=False, most=16) == 16
     assert duplicates.partitions(0, near=True, most=16) == duplicates.partitions(10, near=False, most=16) == 1
