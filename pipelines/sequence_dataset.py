@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from core.config import require
 from core.errors import UsageError
@@ -19,6 +19,9 @@ from dataset.layout import validate_fractions
 from dataset.manifest import Manifest, SequenceSpec
 from dataset.rows import FINGERPRINT, SEQUENCE
 from pipelines import inputs
+
+if TYPE_CHECKING:
+    from pipelines.incremental import Outcomes
 
 log = logging.getLogger("bigtrain.preprocess_sequences")
 BYTES_PER_RECORD = 64  # a low guess of a record's bytes in the input files: it sizes the copies search's shuffle
@@ -107,15 +110,16 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
                                             // BYTES_PER_RECORD + incremental.carried_records(run))
         parsed, carried = (duplicates.apply(df, found, spark=spark, source=F.col("source")) if df is not None
                            else None for df in (persisted, carried))
-        counted = count_records(spark, parsed, carried, max_length=config.max_length)
+        counted, top = count_records(spark, parsed, carried, max_length=config.max_length,
+                                     vocabulary=None if previous else config)
         records, reject_kind = without_mixed_label_kinds(parsed, counted) if not config.labels else (parsed, None)
         seen = counted.names(accepted_only=True, reject_kind=reject_kind)
         fixed = [str(name) for name in config.labels]  # labels: [0, 1, 2] names the classes "0", "1", "2"
         class_to_index = labels.class_map(fixed or seen + list(previous.class_to_index if previous else []))
         if previous:
             vocabulary, dtype = layout.read_vocabulary(run.previous_url), previous.sequence.token_dtype
-        else:
-            vocabulary = build_vocabulary(spark, records, config)
+        else:  # counted with the records, unless a label kind was rejected since: then without its records
+            vocabulary = text.make_vocabulary(top) if reject_kind is None else build_vocabulary(spark, records, config)
             dtype = text.token_dtype(len(vocabulary))
         log.info("%d labels, vocabulary of %d tokens (%s), max length %d", len(class_to_index), len(vocabulary),
                  dtype, config.max_length)
@@ -126,14 +130,15 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
         labelled = labels.assign_labels(records, class_to_index=class_to_index, name_col="label_name")
         encoded = text.map_to_ids(labelled, vocabulary=session.share(spark, vocabulary),
                                   max_length=config.max_length, dtype=dtype)
-        rows = splits.with_sample_id(encoded, key_col="source")
+        rows, unencoded = splits.with_sample_id(encoded, key_col="source"), labelled.select(*SEQUENCE.rejected)
         if carried is not None:
-            rows = rows.unionByName(labels.assign_labels(carried, class_to_index=class_to_index,
-                                                         name_col="label_name"), allowMissingColumns=True)
+            kept = labels.assign_labels(carried, class_to_index=class_to_index, name_col="label_name")
+            rows = rows.unionByName(kept, allowMissingColumns=True)
+            unencoded = unencoded.unionByName(kept.select("source", "reason"), allowMissingColumns=True)
         summary = writing.write_splits(
             spark, rows, groups=groups, output_url=run.snapshot_url, schema=sequence_unischema(),
             label_names=list(class_to_index), row_group_size_mb=config.row_group_size_mb, ranks=config.ranks,
-            rejected_columns=list(SEQUENCE.rejected))
+            rejected_columns=list(SEQUENCE.rejected), rejected_from=unencoded)
         lengths = length_stats(counted.lengths(reject_kind=reject_kind), previous)
     finally:
         persisted.unpersist()
@@ -154,12 +159,15 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
             "duplicates": asdict(draft.duplicates) if draft.duplicates else None}
 
 
-def count_records(spark, parsed, carried, *, max_length: int):
+def count_records(spark, parsed, carried, *, max_length: int,
+                  vocabulary: PreprocessSequencesConfig | None = None) -> tuple[Outcomes, list[str]]:
     """The one aggregation of a run (``incremental.group_counts``): names, label kinds, outcomes, sizes and
-    lengths of the new records (``parsed``) and of the rows ``carried`` from the previous snapshot."""
+    lengths of the new records (``parsed``) and of the rows ``carried`` from the previous snapshot; with
+    ``vocabulary`` (its ``vocab_size`` and ``min_count``), in the same Spark job, the most frequent tokens of the
+    accepted new records (``text.top_tokens``), else none. (Outcomes, those tokens by frequency)."""
     from pyspark.sql import functions as F
 
-    from pipelines import incremental, session
+    from pipelines import incremental, session, text
 
     parts = [incremental.projection(parsed, name=F.col("label_name"), is_number=F.col("label_is_number"), carried=False,
                                  ids=F.least(F.col("n_tokens"), F.lit(max_length)), tokens=F.col("n_tokens"),
@@ -167,8 +175,17 @@ def count_records(spark, parsed, carried, *, max_length: int):
     if carried is not None:
         parts.append(incremental.projection(carried, name=F.col("label_name"), carried=True,
                                          bytes_=F.length("tokens")))
-    with session.spark_job(spark, "aggregate", "labels, outcomes, sizes and lengths of the records"):
-        return incremental.Outcomes([r.asDict() for r in incremental.group_counts(parts).collect()])
+    counts = incremental.group_counts(parts)
+    if vocabulary is not None:  # a union: one job, whose rows with a token are the vocabulary's
+        counts = counts.unionByName(text.top_tokens(text.token_counts(parsed), vocab_size=vocabulary.vocab_size,
+                                                    min_count=vocabulary.min_count), allowMissingColumns=True)
+    what = "labels, outcomes, sizes and lengths of the records" + (", token counts" if vocabulary else "")
+    with session.spark_job(spark, "aggregate", what):
+        rows = [r.asDict() for r in counts.collect()]
+    top = sorted((r for r in rows if r.get("token") is not None), key=lambda r: (-r["count"], r["token"]))
+    return (incremental.Outcomes([{k: v for k, v in r.items() if k not in ("token", "count")}
+                                  for r in rows if r.get("token") is None]),
+            [r["token"] for r in top])
 
 
 def without_mixed_label_kinds(parsed, counted):
@@ -186,7 +203,8 @@ def without_mixed_label_kinds(parsed, counted):
 
 
 def build_vocabulary(spark, records, config: PreprocessSequencesConfig) -> list[str]:
-    """The most frequent tokens of the accepted records, in id order after the reserved ones."""
+    """The most frequent tokens of the accepted records, in id order after the reserved ones, in a Spark job of
+    their own (``count_records`` counts them in its job, unless a label kind is rejected after it)."""
     from pipelines import session, text
 
     with session.spark_job(spark, "vocabulary", "token counts of the accepted records"):

@@ -69,9 +69,12 @@ def write_petastorm_metadata(spark: SparkSession, url: str, schema) -> None:
 
 
 def write_splits(spark: SparkSession, rows: DataFrame, *, groups: list[dict[str, Any]], output_url: str, schema,
-                 label_names: list[str], row_group_size_mb: int, ranks: int,
-                 rejected_columns: list[str]) -> dict[str, Any]:
-    """Write the accepted rows (``reason`` null) as one Petastorm dataset per split and the rest to ``rejected/``.
+                 label_names: list[str], row_group_size_mb: int, ranks: int, rejected_columns: list[str],
+                 rejected_from: DataFrame | None = None) -> dict[str, Any]:
+    """Write the accepted rows (``reason`` null) as one Petastorm dataset per split and the rest to ``rejected/``,
+    picked out of ``rejected_from`` where given: the same records before a step only accepted rows need (Spark
+    does not push the ``reason`` filter through a Python pass such as ``text.map_to_ids``, which would otherwise
+    run again over every record to find the rejected ones: 0.9 s of a 9 s text run at 320,000 records).
 
     ``groups`` are ``rows`` counted by ``incremental.group_counts`` (``Outcomes.resolve``: per partition, split,
     ``label``, ``category``, with ``rows`` and ``bytes``, the row's main payload that sizes the row groups).
@@ -114,7 +117,8 @@ def write_splits(spark: SparkSession, rows: DataFrame, *, groups: list[dict[str,
     rejected = sum(g["rows"] for g in groups if g["category"] is not None)
     if rejected:  # no records rejected: no rejected/ folder (the manifest says 0; nothing reads it then)
         with spark_job(spark, "rejected", f"{rejected} rejected records -> {rejected_url}"):
-            write_rejected(rows.where(F.col("reason").isNotNull()).select(*rejected_columns), url=rejected_url)
+            write_rejected((rows if rejected_from is None else rejected_from).where(F.col("reason").isNotNull())
+                           .select(*rejected_columns), url=rejected_url)
     return summarise(groups, splits, output_url=output_url, rejected_url=rejected_url)
 
 

@@ -165,6 +165,9 @@ def test_a_number_label_among_text_labels_is_rejected_not_a_class_of_its_own(spa
     assert rejected["source"] == "part.jsonl:21"
     assert rejected["reason"] == ("mixed label types: the label is a number, as in 1 record, where 20 records have "
                                   "text labels")
+    # the vocabulary is of the accepted records: the rejected record's own words are not in it
+    vocabulary = set(read_vocabulary(to_url(str(out))))
+    assert {"review", "number", "good", "bad"} <= vocabulary and not {"whose", "label", "is", "a"} & vocabulary
 
 
 def test_a_stray_text_label_in_a_csv_column_of_integers_is_rejected_and_integer_labels_can_be_fixed(spark, tmp_path):

@@ -64,11 +64,11 @@ def test_an_image_run_launches_three_spark_jobs_and_one_more_for_rejects(spark, 
     assert jobs == {"duplicates": 1, "aggregate": 1, "write": 1, "rejected": 1}
 
 
-def test_a_text_run_launches_four_spark_jobs(spark, tmp_path):
+def test_a_text_run_launches_three_spark_jobs_the_vocabulary_counted_in_the_aggregation(spark, tmp_path):
     generate_texts(tmp_path / "in", records=400, files=3, seed=2)
     summary, jobs = jobs_launched(spark, lambda: texts(spark, tmp_path / "in", tmp_path / "ds"))
     assert summary["rejected"] == 0 and all(s["rows"] for s in summary["splits"].values())
-    assert jobs == {"duplicates": 1, "aggregate": 1, "vocabulary": 1, "write": 1}
+    assert jobs == {"duplicates": 1, "aggregate": 1, "write": 1}
 
 
 def test_a_csv_run_reads_its_headers_quote_states_and_line_numbers_in_the_reading_job(spark, tmp_path):
@@ -79,7 +79,7 @@ def test_a_csv_run_reads_its_headers_quote_states_and_line_numbers_in_the_readin
         spark, input_url=to_url(str(tmp_path / "in")), output_url=to_url(str(tmp_path / "ds")), fmt="csv",
         config=load_section("preprocess_sequences", PreprocessSequencesConfig, flags={"ranks": 2})))
     assert summary["records_read"] == 300 and summary["rejected"] == 0
-    assert jobs == {"duplicates": 1, "aggregate": 1, "vocabulary": 1, "write": 1}
+    assert jobs == {"duplicates": 1, "aggregate": 1, "write": 1}
 
 
 def test_nothing_rejected_writes_no_rejected_table_and_the_snapshot_still_verifies_and_grows(spark, tmp_path, capsys):

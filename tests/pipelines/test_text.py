@@ -175,6 +175,23 @@ def test_parse_batch_keeps_max_length_tokens_and_counts_them_all():
     assert rows["split_key"].tolist() == ["one two three four five"]  # the split still sees the whole text
 
 
+def test_parse_batch_labels_each_record_as_parse_record_does_whatever_came_before():
+    """A batch remembers the labels it has cleaned: 1, 1.0 and "1" are one class, true and 1.5 stay rejected
+    after them, and a reason is the record's own."""
+    labels = ['1', '1.0', '"1"', 'true', '1.5', '" pos "', '"pos"', '""', '1', 'true', '"a\\nb"']
+    raws = [f'{{"text": "t {i}", "label": {label}}}'.encode() for i, label in enumerate(labels)]
+    rows = parse_batch(pd.DataFrame({"source": [f"a.jsonl:{i}" for i in range(len(raws))], "raw": raws}),
+                       params=JSONL)
+    expected = [parse_or_reason(raw, JSONL) for raw in raws]
+    assert rows["label_name"].tolist() == [p.label if p else None for p, _ in expected]
+    assert rows["label_is_number"].tolist() == [p.label_is_number if p else None for p, _ in expected]
+    assert rows["reason"].tolist() == [reason for _, reason in expected]
+    assert rows["label_name"].tolist()[:3] == ["1", "1", "1"] and rows["label_name"].tolist()[5:7] == ["pos", "pos"]
+    assert [r.split(":")[0] if r else None for r in rows["reason"]] == [
+        None, None, None, "unmappable label", "unmappable label", None, None, "missing label", None,
+        "unmappable label", "label has a control character"]
+
+
 def test_vocabulary_keeps_reserved_ids_first():
     vocab = make_vocabulary(["the", "<unk>", "a"])
     assert vocab[:2] == list(RESERVED) == ["<pad>", "<unk>"] and vocab[2:] == ["the", "a"]
