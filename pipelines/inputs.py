@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import stat
+import time
 import zlib
 from dataclasses import dataclass
 from typing import IO, Iterator
@@ -41,6 +42,7 @@ COPYING_SUFFIX = "._COPYING_"         # a file `hdfs dfs -put` is still writing
 LINK = "symbolic link: not followed (follow_links is false)"
 READ_CHUNK = 1 << 20
 LIST_THREADS = 8                      # threads listing the folders below an input root (``list_files``)
+SLOW_LISTING = 50e-6                  # seconds an entry above which the listing is worth those threads
 BOM = b"\xef\xbb\xbf"                 # UTF-8's byte order mark
 
 
@@ -132,12 +134,14 @@ class _LocalWalk:
             self.folder(*self.folders.pop())
 
     def walk_parallel(self, path: bytes) -> bool:
-        """``walk(path, b"")`` with the folders below the root walked by a pool of threads (``os.scandir`` and
-        ``os.lstat`` wait on the file system without the GIL: an NFS mount, a cold cache, a large tree), each into
-        a walker of its own, merged in the order ``walk`` visits them (the stack pops the last folder first), so
-        the entries, the file a link names as "the same file as" and the order links are followed in are
-        ``walk``'s. False (nothing listed: walk again in one thread) when two walks met the same folder (a bind
-        mount), which ``walk`` would have read once."""
+        """``walk(path, b"")`` with the folders below the root walked each into a walker of its own, by a pool of
+        threads when the storage is slow (``os.scandir`` and ``os.lstat`` wait on an NFS mount or a cold disk
+        without the GIL), merged in the order ``walk`` visits them (the stack pops the last folder first), so the
+        entries, the file a link names as "the same file as" and the order links are followed in are ``walk``'s.
+        The first folder is walked here and timed: at under ``SLOW_LISTING`` seconds an entry (the files are in
+        the page cache) the rest are walked here too, since threads then only contend for the GIL (64,000 cached
+        files: 0.44-0.50 s in one thread, 0.74-0.87 s in 8). False (nothing listed: walk again in one thread)
+        when two walks met the same folder (a bind mount), which ``walk`` would have read once."""
         self.folder(path, b"")
         tops, self.folders = self.folders, []
         if len(tops) < 2:
@@ -153,8 +157,13 @@ class _LocalWalk:
             sub.walk(*top)
             return sub
 
-        with ThreadPoolExecutor(min(LIST_THREADS, len(tops))) as pool:
-            subs = list(pool.map(walk_one, tops[::-1]))
+        start = time.perf_counter()
+        subs = [walk_one(tops.pop())]
+        if time.perf_counter() - start < SLOW_LISTING * max(len(subs[0].listing.entries), 1):
+            subs += [walk_one(top) for top in tops[::-1]]
+        else:
+            with ThreadPoolExecutor(min(LIST_THREADS, len(tops))) as pool:
+                subs += pool.map(walk_one, tops[::-1])
         for sub in subs:
             if sub.seen_folders & self.seen_folders:
                 return False
@@ -347,12 +356,29 @@ def failure(exc: Exception) -> str:
 
 
 def read_bytes(path: str, max_bytes: int | None) -> bytes:
-    """A whole file's bytes, never more than ``max_bytes`` held (UnreadableFile when it holds more: it grew)."""
+    """A whole file's bytes, never more than ``max_bytes`` held (UnreadableFile when it holds more: it grew).
+    A read asks for the file's size and a byte more where the size is known (a read of ``max_bytes + 1`` makes
+    room for that many bytes first: 256 MiB for a 3 KB image, 33 us of an image's 11 us read), then for the rest
+    up to the cap only when that byte came (the file grew since)."""
     with _raw(path) as f:
-        data = f.read() if max_bytes is None else f.read(max_bytes + 1)
-    if max_bytes is not None and len(data) > max_bytes:
+        if max_bytes is None:
+            return f.read()
+        size = _size_of(f)
+        data = f.read(max_bytes + 1 if size is None else min(size, max_bytes) + 1)
+        if size is not None and len(data) > size and len(data) <= max_bytes:
+            data += f.read(max_bytes + 1 - len(data))
+    if len(data) > max_bytes:
         raise UnreadableFile(f"file too large: more than max_file_bytes {max_bytes} bytes")
     return data
+
+
+def _size_of(f: IO[bytes]) -> int | None:
+    """The size of an open file (a local file's ``fstat``, an fsspec file's ``size``), None when it has none."""
+    try:
+        return os.fstat(f.fileno()).st_size
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        size = getattr(f, "size", None)
+        return size if isinstance(size, int) else None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -123,6 +124,22 @@ def test_corrupt_and_truncated_files_are_one_reject_each_and_the_lines_before_st
     assert reject.source == "bad.parquet:1" and "ArrowInvalid" in reject.broken
 
 
+def test_a_file_is_read_whole_up_to_the_cap_and_one_that_grew_past_it_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "a.png").write_bytes(b"x" * 100)
+    url = f"file:{tmp_path}/a.png"
+    assert inputs.read_bytes(url, 100) == inputs.read_bytes(url, None) == b"x" * 100
+    with pytest.raises(inputs.UnreadableFile, match="file too large: more than max_file_bytes 99 bytes"):
+        inputs.read_bytes(url, 99)
+
+    class Grown(io.BytesIO):  # a file whose size was taken at 10 bytes, then it grew to 50
+        size = 10
+
+    monkeypatch.setattr(inputs, "_raw", lambda path: Grown(b"y" * 50))
+    assert inputs.read_bytes("s3a://b/grown.png", 50) == b"y" * 50  # read on past its size, to the cap
+    with pytest.raises(inputs.UnreadableFile, match="file too large"):
+        inputs.read_bytes("s3a://b/grown.png", 49)
+
+
 def test_a_line_over_the_cap_is_measured_without_being_held(tmp_path):
     big = 8 * 1024 * 1024
     with open(tmp_path / "a.jsonl", "wb") as f:
@@ -215,7 +232,9 @@ def one_thread_listing(url: str, *, follow_links: bool) -> inputs.Listing:
     return listing
 
 
-def test_folders_listed_by_threads_give_the_one_thread_walks_entries_order_and_reasons(tmp_path):
+def test_folders_listed_by_threads_give_the_one_thread_walks_entries_order_and_reasons(tmp_path, monkeypatch):
+    """Per-folder walks, in a pool of threads (slow storage: its first folder took over ``SLOW_LISTING`` an entry)
+    or one after the other (cached files), merge into the one-thread walk's listing."""
     root = tmp_path / "in"
     for folder in ("a", "b", "c/deep/er", "_hidden", "d"):
         (root / folder).mkdir(parents=True)
@@ -231,10 +250,24 @@ def test_folders_listed_by_threads_give_the_one_thread_walks_entries_order_and_r
     os.symlink(root / "b", root / "link-to-b")
     os.symlink("..", root / "d" / "loop")
     os.symlink(tmp_path, root / "a" / "out")
-    for follow in (False, True):
-        url = f"file://{root}"
-        threaded, single = inputs.list_files(url, follow_links=follow), one_thread_listing(url, follow_links=follow)
-        assert threaded.entries == single.entries and threaded.hidden == single.hidden == 3
+    walks_in = set()
+    walk = inputs._LocalWalk.walk
+
+    def recorded(self, path, rel):
+        walks_in.add(threading.current_thread() is threading.main_thread())
+        return walk(self, path, rel)
+
+    monkeypatch.setattr(inputs._LocalWalk, "walk", recorded)
+    for slow, threads in ((0.0, {False}), (1.0, {True})):  # every entry slow: threads; none: this thread alone
+        monkeypatch.setattr(inputs, "SLOW_LISTING", slow)
+        for follow in (False, True):
+            url = f"file://{root}"
+            walks_in.clear()
+            threaded = inputs.list_files(url, follow_links=follow)
+            # the first folder is walked (and timed) in this thread either way
+            assert walks_in == {True} | threads
+            single = one_thread_listing(url, follow_links=follow)
+            assert threaded.entries == single.entries and threaded.hidden == single.hidden == 3
     followed = listed(root, follow_links=True)
     assert followed["c/to-x.png"].startswith("symbolic link: the same file as d/x.png")  # walk: d before b and a
 
