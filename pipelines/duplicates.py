@@ -467,13 +467,13 @@ def apply(df: DataFrame, found: Found, *, spark, source: Column) -> DataFrame:
                 return F.lit(None).cast("string")
             return F.from_json(F.lit(json.dumps(pairs)), "map<string,string>")[source]
 
-        return (df.withColumn("split", F.coalesce(lookup(0), F.col("split")))
-                .withColumn("reason", F.coalesce(F.col("reason"), lookup(1))))
+        return df.withColumns({"split": F.coalesce(lookup(0), F.col("split")),
+                               "reason": F.coalesce(F.col("reason"), lookup(1))})
     marks = spark.createDataFrame([(s, split, reason) for s, (split, reason) in sorted(found.marks.items())],
                                   "_bt_source string, _bt_split string, _bt_reason string")
     return (df.withColumn("_bt_source", source).join(F.broadcast(marks), "_bt_source", "left")
-            .withColumn("split", F.coalesce(F.col("_bt_split"), F.col("split")))
-            .withColumn("reason", F.coalesce(F.col("reason"), F.col("_bt_reason")))
+            .withColumns({"split": F.coalesce(F.col("_bt_split"), F.col("split")),
+                          "reason": F.coalesce(F.col("reason"), F.col("_bt_reason"))})
             .drop("_bt_source", "_bt_split", "_bt_reason"))
 
 
