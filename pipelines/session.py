@@ -33,6 +33,17 @@ def is_connect(spark) -> bool:
     return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
+# The SQL settings of every bigtrain session, classic or Connect (a job's spark_conf comes after and may change them).
+SESSION_SQL_CONF = {
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    # Spark (4.2 and later) looks a key up in a constant map through a hash from this many keys; below, it compares
+    # the keys one after the other. The copies search's marks (``duplicates.apply``) are such a map, looked up for
+    # every row by every job that reads them: 144 marks cost 0.2 s a scan of 320,000 records one by one, 0.08 s
+    # hashed. Older Spark does not know the setting (it scans).
+    "spark.sql.optimizer.mapLookupHashThreshold": "16",
+}
+
+
 def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | None = None,
                 remote: str | None = None) -> SparkSession:
     """A SparkSession for a job. ``master=None`` leaves it to spark-submit (``--master`` on its command line).
@@ -57,7 +68,8 @@ def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | Non
         builder = builder.master(master)
     if (master or "").startswith("local") and "PYSPARK_PYTHON" not in os.environ:
         os.environ["PYSPARK_PYTHON"] = sys.executable
-    builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    for key, value in SESSION_SQL_CONF.items():
+        builder = builder.config(key, value)
     # petastorm 0.13 runs on pyarrow's deprecated legacy API in the Python workers too; its FutureWarnings there
     # would bury the job's own log.
     builder = builder.config("spark.executorEnv.PYTHONWARNINGS", "ignore::FutureWarning")
@@ -83,8 +95,8 @@ def _connect(url: str, *, app_name: str, conf: dict[str, Any] | None) -> SparkSe
         raise LaunchError(f"--remote {url}: this Python has no Spark Connect client ({exc.name} is not "
                                     "installed; requirements/runtime.txt pins grpcio, grpcio-status, "
                                     "googleapis-common-protos and zstandard)") from None
-    builder = SparkSession.builder.remote(url).config("spark.sql.execution.arrow.pyspark.enabled", "true")
-    for key, value in (conf or {}).items():
+    builder = SparkSession.builder.remote(url)
+    for key, value in {**SESSION_SQL_CONF, **(conf or {})}.items():
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
     log.info("%s on the Spark Connect server %s (Spark %s)", app_name, url, spark.version)
