@@ -164,32 +164,30 @@ def raw_images(files: DataFrame, *, root_url: str, params: images.DecodeParams) 
     return _with_id(files.select("path", "size", "problem").mapInPandas(prepare, schema=schema))
 
 
-def prepare_text_batch(batch: pd.DataFrame, *, params: text.ParseParams, vocabulary: list[str], max_length: int,
-                       dtype: str, keep: tuple[str, ...] = ()) -> pd.DataFrame:
-    """RECORD_SCHEMA rows (``pipelines.text``) -> SCORING_SCHEMA rows (no id yet), then the ``keep`` columns of
-    each record (``columns.kept_values``); never raises per record."""
+def prepare_text_batch(records: list[text.RawRecord], *, params: text.ParseParams, vocabulary: list[str],
+                       max_length: int, dtype: str, keep: tuple[str, ...] = ()):
+    """Read records (``pipelines.text.read_partition``) -> an Arrow record batch of SCORING_SCHEMA (no id yet),
+    then the ``keep`` columns of each record (``columns.kept_values``); never raises per record."""
     index = {token: i for i, token in enumerate(vocabulary)}
     header_of = text.csv_header()
-    out: dict[str, list] = {name: [] for name in SCORING_SCHEMA.names if name != "id"}
-    kept: list[list] = []
-    for source, raw, broken, header in zip(batch["source"], batch["raw"], text.broken_of(batch),
-                                           text.headers_of(batch)):
+    rows = []
+    for source, _, raw, broken, header in records:
         label = features = length = None
-        raw = bytes(raw) if raw is not None else b""
+        raw = raw if raw is not None else b""
         parsed, reason = (None, broken) if broken else text.parse_or_reason(raw, params, header_of(header),
                                                                              require_label=False)
         if parsed:
             label = parsed.label
             features, length = text.encode_ids(parsed.tokens, index, max_length, dtype)
-        for name, value in zip(out, (source, None, label, features, length, reason)):
-            out[name].append(value)
-        if keep:
-            kept.append(columns.kept_values(raw, fmt=params.fmt, header=header_of(header), names=keep))
-    frame = pd.DataFrame(out, columns=list(out), dtype=object)  # None stays None under pandas 3
-    frame["length"] = pd.array(frame["length"], dtype="Int32")
-    for i, name in enumerate(keep):
-        frame[name] = pd.Series([values[i] for values in kept], index=frame.index, dtype=object)
-    return frame
+        kept = columns.kept_values(raw, fmt=params.fmt, header=header_of(header), names=keep) if keep else []
+        rows.append((source, None, label, features, length, reason, *kept))
+    return text.arrow_batch(rows, raw_text_schema(keep))
+
+
+def raw_text_schema(keep: tuple[str, ...] = ()) -> T.StructType:
+    """What ``prepare_text_batch`` makes of raw texts: SCORING_SCHEMA without the id, then the ``keep`` columns."""
+    return T.StructType([f for f in SCORING_SCHEMA.fields if f.name != "id"]
+                        + [T.StructField(name, T.StringType(), True) for name in keep])
 
 
 def raw_texts(spark, entries: list, *, fmt: str, fields: list[str], max_record_bytes: int | None,
@@ -199,16 +197,14 @@ def raw_texts(spark, entries: list, *, fmt: str, fields: list[str], max_record_b
     (``inference.raw_inputs.read_records``: Parquet files with the ``optional`` columns each has) and prepared in the
     same worker -> SCORING_SCHEMA and the ``keep`` columns. ``vocabulary`` is a list of tokens in id order or a
     Spark Broadcast of one."""
-    schema = T.StructType([f for f in SCORING_SCHEMA.fields if f.name != "id"]
-                          + [T.StructField(name, T.StringType(), True) for name in keep])
-
-    def prepare(batch: pd.DataFrame) -> pd.DataFrame:
+    def prepare(records: list[text.RawRecord]):
         words = vocabulary.value if hasattr(vocabulary, "value") else vocabulary
-        return prepare_text_batch(batch, params=params, vocabulary=words, max_length=max_length, dtype=dtype,
+        return prepare_text_batch(records, params=params, vocabulary=words, max_length=max_length, dtype=dtype,
                                   keep=keep)
 
     return _with_id(raw_inputs.read_records(spark, entries, fmt=fmt, fields=fields, optional=optional,
-                                         max_record_bytes=max_record_bytes, prepare=prepare, schema=schema), keep)
+                                         max_record_bytes=max_record_bytes, prepare=prepare,
+                                         schema=raw_text_schema(keep)), keep)
 
 
 def _model_inputs(features: list[bytes], lengths: list[int], source: ModelSource, decoder):

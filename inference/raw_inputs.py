@@ -114,8 +114,6 @@ def read_records(spark, entries: list, *, fmt: str, fields: list[str], optional:
     Parquet file is read with the optional columns it has (its footer tells, read in the worker that reads the
     file) and a row of a file without one has it null. The required ``fields`` are checked as preprocessing
     checks them: the first readable file without one is a MissingColumnError naming the column."""
-    import pandas as pd
-
     from pipelines import reading, text
 
     wanted = [name for name in dict.fromkeys(optional) if name not in fields]
@@ -124,16 +122,14 @@ def read_records(spark, entries: list, *, fmt: str, fields: list[str], optional:
                                     prepare=prepare, schema=schema)
     _check_required(entries, fields)
 
-    def read(files: Iterator[Any]) -> Iterator[Any]:
-        for batch in files:
-            for row in batch.itertuples(index=False):
-                have = fields + [name for name in wanted if name in _columns(row.path, row.problem)]
-                one = pd.DataFrame([row._asdict()], dtype=object)
-                for frame in text.read_partition(iter([one]), fmt=fmt, fields=have,
-                                                 max_record_bytes=max_record_bytes):
-                    yield prepare(frame)
+    def read(batches: Iterator[Any]) -> Iterator[Any]:
+        for path, relpath, problem in reading.listed_files(batches):
+            have = fields + [name for name in wanted if name in _columns(path, problem)]
+            for records in text.read_partition(iter([(path, relpath, problem)]), fmt=fmt, fields=have,
+                                               max_record_bytes=max_record_bytes):
+                yield prepare(records)
 
-    return reading.files_frame(spark, entries).select("path", "relpath", "problem").mapInPandas(read, schema)
+    return reading.files_frame(spark, entries).select("path", "relpath", "problem").mapInArrow(read, schema)
 
 
 def _check_required(entries: list, fields: list[str]) -> None:

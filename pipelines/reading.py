@@ -92,7 +92,8 @@ def read_records(spark: SparkSession, entries: list, *, fmt: str, fields: list[s
     """RECORD_SCHEMA rows (``pipelines.text``: source, file_path, raw, broken, header) of every record of the listed
     files ``entries``, read by the Python workers (``text.file_records``): a line (JSON Lines), a CSV record (its
     header line is not one) or a Parquet row as a JSON object of ``fields``; or, with ``prepare`` (a function of a
-    frame of such records -> a frame of ``schema``), what it makes of them in the same worker: records are never
+    list of such records, ``text.RawRecord`` -> an Arrow record batch of ``schema``, ``text.arrow_batch``), what it
+    makes of them in the same worker (``mapInArrow``: no pandas frame on the way): records are never
     batched again between reading and parsing (Spark batches by rows, and 10,000 records of up to
     ``max_record_bytes`` each would not fit). Preprocessing and batch inference both read through this, so a
     record has the same source (and sample id) in both. MissingColumnError when the first readable Parquet file
@@ -100,12 +101,19 @@ def read_records(spark: SparkSession, entries: list, *, fmt: str, fields: list[s
     if fmt == "parquet":
         _check_columns(entries, fields)
 
-    def read(files: Iterator) -> Iterator:
-        for frame in text.read_partition(files, fmt=fmt, fields=fields, max_record_bytes=max_record_bytes):
-            yield prepare(frame) if prepare is not None else frame
+    def read(batches: Iterator) -> Iterator:
+        for records in text.read_partition(listed_files(batches), fmt=fmt, fields=fields,
+                                           max_record_bytes=max_record_bytes):
+            yield prepare(records) if prepare is not None else text.records_batch(records)
 
-    return files_frame(spark, entries).select("path", "relpath", "problem").mapInPandas(
+    return files_frame(spark, entries).select("path", "relpath", "problem").mapInArrow(
         read, schema if prepare is not None else text.RECORD_SCHEMA)
+
+
+def listed_files(batches: Iterator) -> Iterator[tuple[str, str, str | None]]:
+    """(path, relpath, problem) of each file in Arrow record batches of ``files_frame``'s rows."""
+    for batch in batches:
+        yield from zip(*(batch.column(name).to_pylist() for name in ("path", "relpath", "problem")))
 
 
 def _check_columns(entries: list, fields: list[str]) -> None:

@@ -2,8 +2,9 @@
 Parquet rows, numbered), parse records, normalise and tokenise, build the vocabulary, map tokens to ids.
 
 ``file_records``, ``parse_record`` and friends are plain Python (testable without Spark); the DataFrame functions
-run them on the executors in Arrow batches (``mapInPandas``; ``map_to_ids`` in ``mapInArrow``). ``parse_record`` is the one record parser: preprocessing and
-batch inference (``inference.predict``, label optional) both decode, parse, normalise and tokenise through it.
+run them on the executors in Arrow batches (``mapInArrow``: records are read into plain lists and parsed into
+Arrow arrays, no pandas frame either way). ``parse_record`` is the one record parser: preprocessing and batch
+inference (``inference.predict``, label optional) both decode, parse, normalise and tokenise through it.
 No transform builds a session, names a path or runs an action.
 """
 from __future__ import annotations
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple
 
 import numpy as np
-import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -214,13 +214,23 @@ def _given_tokens(value: Any, name: str) -> list[str]:
     return [str(v) for v in value]
 
 
-def parse_batch(batch: pd.DataFrame, *, params: ParseParams) -> pd.DataFrame:
-    """RECORD_SCHEMA rows (source, raw, broken, header) -> PARSED_SCHEMA rows; never raises per record."""
+def parse_batch(records: list[RawRecord], *, params: ParseParams):
+    """Read records (``read_partition``) -> an Arrow record batch of PARSED_SCHEMA; never raises per record."""
     with without_cyclic_gc():
-        rows = _parsed_rows(batch, params)
-    columns = zip(*rows) if rows else [()] * len(PARSED_SCHEMA.names)
-    return pd.DataFrame(dict(zip(PARSED_SCHEMA.names, columns)), columns=PARSED_SCHEMA.names,
-                        dtype=object)  # None stays None under pandas 3
+        rows = _parsed_rows(records, params)
+    return arrow_batch(rows, PARSED_SCHEMA)
+
+
+def arrow_batch(rows: list[tuple], schema: T.StructType):
+    """``rows`` (tuples in ``schema``'s column order) as an Arrow record batch of ``schema``, as ``mapInArrow``
+    hands it to Spark: built from the columns' Python lists, with no pandas frame on the way (a frame of object
+    columns, then Arrow from it, took a fifth of a worker's time parsing texts)."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    arrow = to_arrow_schema(schema)
+    columns = list(zip(*rows)) if rows else [()] * len(arrow)
+    return pa.RecordBatch.from_arrays([pa.array(c, f.type) for c, f in zip(columns, arrow)], schema=arrow)
 
 
 @contextlib.contextmanager
@@ -237,12 +247,12 @@ def without_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _parsed_rows(batch: pd.DataFrame, params: ParseParams) -> list[tuple]:
+def _parsed_rows(records: list[RawRecord], params: ParseParams) -> list[tuple]:
     """``parse_batch``'s rows, as tuples of PARSED_SCHEMA's columns."""
     rows = []
     header_of, labels = csv_header(), {}
-    for source, raw, broken, header in zip(batch["source"], batch["raw"], broken_of(batch), headers_of(batch)):
-        raw = bytes(raw) if raw is not None else b""
+    for source, _, raw, broken, header in records:
+        raw = raw if raw is not None else b""
         parsed, reason = (None, broken) if broken else parse_or_reason(raw, params, header_of(header), labels=labels)
         if parsed is None:
             rows.append((source, None, None, None, None, None, reason,
@@ -270,18 +280,6 @@ def csv_header():
         return parsed[line]
 
     return header_of
-
-
-def headers_of(batch: pd.DataFrame) -> list:
-    return list(batch["header"]) if "header" in batch else [None] * len(batch)
-
-
-def broken_of(batch: pd.DataFrame) -> list:
-    """The ``broken`` column of a batch of records (why the reading rejected each one), all null when absent.
-    A null is None whatever pandas made of it (pandas 3's string columns hold NaN for null, which is truthy)."""
-    if "broken" not in batch:
-        return [None] * len(batch)
-    return [value if isinstance(value, str) else None for value in batch["broken"]]
 
 
 RECORD_SCHEMA = T.StructType([
@@ -383,27 +381,26 @@ def _record(relpath: str, path: str, number: int, raw: bytes, length: int, max_b
     return RawRecord(f"{relpath}:{number}", path, raw, None, header)
 
 
-def read_partition(files: Iterator[pd.DataFrame], *, fmt: str, fields: list[str],
-                   max_record_bytes: int | None) -> Iterator[pd.DataFrame]:
-    """Rows of listed files (path, relpath, problem) -> RECORD_SCHEMA rows, in batches of bounded rows and bytes."""
+def read_partition(files: Iterator[tuple[str, str, str | None]], *, fmt: str, fields: list[str],
+                   max_record_bytes: int | None) -> Iterator[list[RawRecord]]:
+    """Listed files (path, relpath, problem) -> their records, in lists of bounded rows and bytes."""
     held: list[RawRecord] = []
     size = 0
-    for batch in files:
-        for path, relpath, problem in zip(batch["path"], batch["relpath"], batch["problem"]):
-            problem = problem if isinstance(problem, str) else None
-            for record in file_records(path, relpath, problem, fmt=fmt, fields=fields,
-                                       max_record_bytes=max_record_bytes):
-                held.append(record)
-                size += len(record.raw or b"")
-                if len(held) >= BATCH_ROWS or size >= BATCH_BYTES:
-                    yield _frame(held)
-                    held, size = [], 0
+    for path, relpath, problem in files:
+        for record in file_records(path, relpath, problem, fmt=fmt, fields=fields,
+                                   max_record_bytes=max_record_bytes):
+            held.append(record)
+            size += len(record.raw or b"")
+            if len(held) >= BATCH_ROWS or size >= BATCH_BYTES:
+                yield held
+                held, size = [], 0
     if held:
-        yield _frame(held)
+        yield held
 
 
-def _frame(records: list[RawRecord]) -> pd.DataFrame:
-    return pd.DataFrame(records, columns=RECORD_SCHEMA.names, dtype=object)
+def records_batch(records: list[RawRecord]):
+    """Read records as an Arrow record batch of RECORD_SCHEMA."""
+    return arrow_batch(records, RECORD_SCHEMA)
 
 
 def csv_quote_state(raw: bytes, quoted: bool) -> bool:

@@ -42,14 +42,13 @@ def test_raw_lines_keep_the_named_columns_and_read_the_fields_given():
                               tokenizer="word", lowercase=True)
     lines = [b'{"body": "The plot", "category": 2, "ticket_id": 7}', b'{"body": "good", "customer": "ann"}',
              b'{"text": "the plot", "ticket_id": 9}']
-    batch_ = pd.DataFrame({"source": [f"t.jsonl:{i + 1}" for i in range(3)], "file_path": ["t.jsonl"] * 3,
-                           "raw": lines})
+    batch_ = [text.RawRecord(f"t.jsonl:{i + 1}", "t.jsonl", line, None) for i, line in enumerate(lines)]
     rows = predict.prepare_text_batch(batch_, params=params, vocabulary=VOCABULARY, max_length=8, dtype="<u2",
-                                      keep=("ticket_id", "customer"))
-    assert list(rows.columns[-2:]) == ["ticket_id", "customer"]
-    assert rows["ticket_id"].tolist() == ["7", None, "9"] and rows["customer"].tolist() == [None, "ann", None]
-    assert rows["label"].tolist() == ["2", None, None]
-    assert rows["reason"].tolist() == [None, None, "missing field: text field 'body' is absent"]
+                                      keep=("ticket_id", "customer")).to_pydict()
+    assert list(rows)[-2:] == ["ticket_id", "customer"]
+    assert rows["ticket_id"] == ["7", None, "9"] and rows["customer"] == [None, "ann", None]
+    assert rows["label"] == ["2", None, None]
+    assert rows["reason"] == [None, None, "missing field: text field 'body' is absent"]
     assert np.frombuffer(rows["features"][0], "<u2").tolist() == [2, 3]
 
 

@@ -67,19 +67,20 @@ def test_raw_lines_are_prepared_as_preprocessing_parses_them_with_the_label_opti
                               tokenizer="word", lowercase=True)
     lines = [b'{"text": "The plot was GOOD", "label": "pos"}', b'{"text": "the plot"}', b'{"label": "pos"}',
              b'{"text": "caf\xe9", "label": "pos"}', b'{"text": "the end", "label": 2.0}', b""]
-    batch = pd.DataFrame({"source": [f"a.jsonl:{i + 1}" for i in range(len(lines))],
-                          "file_path": ["a.jsonl"] * len(lines), "raw": lines})
+    batch = [text.RawRecord(f"a.jsonl:{i + 1}", "a.jsonl", line, None) for i, line in enumerate(lines)]
     vocabulary = ["<pad>", "<unk>", "the", "plot", "was", "good"]
-    scored = predict.prepare_text_batch(batch, params=params, vocabulary=vocabulary, max_length=8, dtype="<u2")
-    parsed = text.parse_batch(batch, params=params)
-    assert scored["label"].tolist() == ["pos", None, None, None, "2", None]
-    assert parsed["label_name"].tolist() == ["pos", None, None, None, "2", None]
+    scored = predict.prepare_text_batch(batch, params=params, vocabulary=vocabulary, max_length=8,
+                                        dtype="<u2").to_pydict()
+    parsed = text.parse_batch(batch, params=params).to_pydict()
+    assert scored["source"] == [f"a.jsonl:{i + 1}" for i in range(len(lines))]
+    assert scored["label"] == ["pos", None, None, None, "2", None]
+    assert parsed["label_name"] == ["pos", None, None, None, "2", None]
     assert parsed["reason"][1] == "missing field: label field 'label' is absent"  # preprocessing needs the label
     assert [r for i, r in enumerate(scored["reason"]) if i != 1] == [r for i, r in enumerate(parsed["reason"])
                                                                     if i != 1]
-    assert scored["reason"].tolist() == [None, None, "missing field: text field 'text' is absent",
+    assert scored["reason"] == [None, None, "missing field: text field 'text' is absent",
                                          "invalid UTF-8: byte 13: invalid continuation byte", None, "empty line"]
     assert np.frombuffer(scored["features"][0], "<u2").tolist() == [2, 3, 4, 5] and scored["length"][0] == 4
     assert np.frombuffer(scored["features"][1], "<u2").tolist() == [2, 3]
     assert np.frombuffer(scored["features"][4], "<u2").tolist() == [2, 1]  # "end" is not in the vocabulary
-    assert scored["features"][2] is None and pd.isna(scored["length"][2])
+    assert scored["features"][2] is None and scored["length"][2] is None

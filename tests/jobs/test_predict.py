@@ -203,13 +203,13 @@ def test_raw_csv_lines_are_prepared_like_preprocessing_with_the_label_optional()
     params = text.ParseParams(fmt="csv", text_field="review", label_field="stars", tokens_field=None,
                               tokenizer="word", lowercase=True)
     vocabulary = ["<pad>", "<unk>", "the", "plot", "was", "good"]
-    batch = pd.DataFrame({"source": ["a.csv:2", "a.csv:3", "a.csv:4", "b.csv:1"],
-                          "file_path": ["a.csv", "a.csv", "a.csv", "b.csv"],
-                          "raw": [b"The  PLOT was good!,5", b'"the plot",', b"only one cell", b"x,y"],
-                          "header": [b"review,stars"] * 3 + [None]})
-    rows = predict.prepare_text_batch(batch, params=params, vocabulary=vocabulary, max_length=3, dtype="<u2")
-    assert rows["reason"].tolist()[:3] == [None, None, "broken CSV: 1 cells, the header has 2"]
+    batch = [text.RawRecord(source, source.split(":")[0], raw, None, header) for source, raw, header in zip(
+        ["a.csv:2", "a.csv:3", "a.csv:4", "b.csv:1"],
+        [b"The  PLOT was good!,5", b'"the plot",', b"only one cell", b"x,y"], [b"review,stars"] * 3 + [None])]
+    rows = predict.prepare_text_batch(batch, params=params, vocabulary=vocabulary, max_length=3,
+                                      dtype="<u2").to_pydict()
+    assert rows["reason"][:3] == [None, None, "broken CSV: 1 cells, the header has 2"]
     assert rows["reason"][3] == "broken CSV: the file has no header line"
     assert np.frombuffer(rows["features"][0], "<u2").tolist() == [2, 3, 4] and rows["length"][0] == 3  # truncated
-    assert rows["label"].tolist()[:2] == ["5", None]  # an empty label cell is no label, not a rejection
+    assert rows["label"][:2] == ["5", None]  # an empty label cell is no label, not a rejection
     assert np.frombuffer(rows["features"][1], "<u2").tolist() == [2, 3]

@@ -3,13 +3,13 @@ built here: vocabulary, ids and truncation, labels, split stability."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from pipelines.labels import assign_labels, class_map
 from pipelines.text import (
     RESERVED,
     ParseParams,
+    RawRecord,
     RejectedRecord,
     label_name,
     make_vocabulary,
@@ -155,13 +155,16 @@ def test_parse_or_reason_never_raises_and_parse_batch_keeps_the_rejected_line():
     xml = ParseParams(fmt="xml", text_field="text", label_field="label", tokens_field=None, tokenizer="word",
                       lowercase=True)
     assert parse_or_reason(b"<r/>", xml) == (None, "parse failed: ValueError: format 'xml' is not jsonl, csv or parquet")
-    batch = pd.DataFrame({"source": ["a.jsonl:1", "a.jsonl:2"], "file_path": ["a.jsonl", "a.jsonl"],
-                          "raw": [b'{"text": "Fine", "label": "p"}', b'{"text": "caf\xe9", "label": "p"}']})
-    rows = parse_batch(batch, params=JSONL)
-    assert rows["tokens"].tolist()[0] == ["fine"] and rows["label_name"].tolist()[0] == "p"
-    assert rows["reason"].tolist() == [None, "invalid UTF-8: byte 13: invalid continuation byte"]
-    assert rows["raw_text"].tolist() == [None, '{"text": "caf\ufffd", "label": "p"}']
-    assert rows["tokens"].tolist()[1] is None and rows["split_key"].tolist() == ["fine", None]
+    batch = [RawRecord("a.jsonl:1", "a.jsonl", b'{"text": "Fine", "label": "p"}', None),
+             RawRecord("a.jsonl:2", "a.jsonl", b'{"text": "caf\xe9", "label": "p"}', None),
+             RawRecord("a.jsonl:3", "a.jsonl", b"x" * 20, "record too long: 20 bytes")]
+    rows = parse_batch(batch, params=JSONL).to_pydict()
+    assert rows["source"] == ["a.jsonl:1", "a.jsonl:2", "a.jsonl:3"]
+    assert rows["tokens"][0] == ["fine"] and rows["label_name"][0] == "p" and rows["n_tokens"][0] == 1
+    assert rows["reason"] == [None, "invalid UTF-8: byte 13: invalid continuation byte", "record too long: 20 bytes"]
+    assert rows["raw_text"] == [None, '{"text": "caf\ufffd", "label": "p"}', "x" * 20]
+    assert rows["tokens"][1:] == [None, None] and rows["split_key"] == ["fine", None, None]
+    assert parse_batch([], params=JSONL).num_rows == 0
 
 
 def test_parse_batch_keeps_max_length_tokens_and_counts_them_all():
@@ -169,10 +172,10 @@ def test_parse_batch_keeps_max_length_tokens_and_counts_them_all():
     so a record's tokens never fill an executor's memory; the count before the cut feeds the length statistics."""
     import dataclasses
 
-    batch = pd.DataFrame({"source": ["a.jsonl:1"], "raw": [b'{"text": "one two three four five", "label": "p"}']})
-    rows = parse_batch(batch, params=dataclasses.replace(JSONL, max_length=3))
-    assert rows["tokens"].tolist() == [["one", "two", "three"]] and rows["n_tokens"].tolist() == [5]
-    assert rows["split_key"].tolist() == ["one two three four five"]  # the split still sees the whole text
+    batch = [RawRecord("a.jsonl:1", "a.jsonl", b'{"text": "one two three four five", "label": "p"}', None)]
+    rows = parse_batch(batch, params=dataclasses.replace(JSONL, max_length=3)).to_pydict()
+    assert rows["tokens"] == [["one", "two", "three"]] and rows["n_tokens"] == [5]
+    assert rows["split_key"] == ["one two three four five"]  # the split still sees the whole text
 
 
 def test_parse_batch_labels_each_record_as_parse_record_does_whatever_came_before():
@@ -180,13 +183,13 @@ def test_parse_batch_labels_each_record_as_parse_record_does_whatever_came_befor
     after them, and a reason is the record's own."""
     labels = ['1', '1.0', '"1"', 'true', '1.5', '" pos "', '"pos"', '""', '1', 'true', '"a\\nb"']
     raws = [f'{{"text": "t {i}", "label": {label}}}'.encode() for i, label in enumerate(labels)]
-    rows = parse_batch(pd.DataFrame({"source": [f"a.jsonl:{i}" for i in range(len(raws))], "raw": raws}),
-                       params=JSONL)
+    rows = parse_batch([RawRecord(f"a.jsonl:{i}", "a.jsonl", raw, None) for i, raw in enumerate(raws)],
+                       params=JSONL).to_pydict()
     expected = [parse_or_reason(raw, JSONL) for raw in raws]
-    assert rows["label_name"].tolist() == [p.label if p else None for p, _ in expected]
-    assert rows["label_is_number"].tolist() == [p.label_is_number if p else None for p, _ in expected]
-    assert rows["reason"].tolist() == [reason for _, reason in expected]
-    assert rows["label_name"].tolist()[:3] == ["1", "1", "1"] and rows["label_name"].tolist()[5:7] == ["pos", "pos"]
+    assert rows["label_name"] == [p.label if p else None for p, _ in expected]
+    assert rows["label_is_number"] == [p.label_is_number if p else None for p, _ in expected]
+    assert rows["reason"] == [reason for _, reason in expected]
+    assert rows["label_name"][:3] == ["1", "1", "1"] and rows["label_name"][5:7] == ["pos", "pos"]
     assert [r.split(":")[0] if r else None for r in rows["reason"]] == [
         None, None, None, "unmappable label", "unmappable label", None, None, "missing label", None,
         "unmappable label", "label has a control character"]
