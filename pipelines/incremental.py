@@ -332,13 +332,16 @@ def projection(df: DataFrame, *, name: Column, carried: bool, is_number: Column 
 def group_counts(parts: list[DataFrame]) -> DataFrame:
     """Rows, sums and the longest sequence per (partition of the union of ``parts``, split, name, label kind,
     outcome category, carried). ``parts`` are ``projection``s, in the order the written rows are unioned in, so
-    that ``pid`` is the partition the write sees each row in."""
+    that ``pid`` is the partition the write sees each row in. The groups are few and all collected on the driver:
+    their final aggregation is one task (coalesced), not spark.sql.shuffle.partitions tasks of a few rows each
+    (16 such tasks took 0.13-0.29 s of a text run of 6.5 s on 2 cores)."""
     union = parts[0]
     for part in parts[1:]:
         union = union.unionByName(part)
     keys = [F.spark_partition_id().alias("pid"), "split", "name", "is_number", "category", "carried"]
     return union.groupBy(*keys).agg(F.count(F.lit(1)).alias("rows"), *[F.sum(m).alias(m) for m in MEASURES],
-                                    F.max("tokens").alias("longest"), F.sum("truncated").alias("truncated"))
+                                    F.max("tokens").alias("longest"), F.sum("truncated").alias("truncated")
+                                    ).coalesce(1)
 
 
 MIXED_LABELS = "mixed label types"   # pipelines.labels.reject_label_kind's reason, up to its first ':'

@@ -101,25 +101,27 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
     entries = inputs.capped(run.entries_to_read(), config.max_file_bytes, "max_file_bytes")
     parsed = persisted = parse_inputs(spark, entries, fmt=fmt, config=config)
     previous = None if run.full else run.previous
+    records = sum(e.size for e in entries) // BYTES_PER_RECORD + incremental.carried_records(run)
+    # the token counts' tasks after their shuffle: sized as the copies search's (one per 250,000 records)
+    partitions = duplicates.partitions(records, near=False, most=int(spark.conf.get("spark.sql.shuffle.partitions")))
     try:
         carried = duplicates.carried_fingerprints(incremental.previous_records(
             spark, run, key=F.regexp_extract("source", r"(?s)^(.*):[0-9]+$", 1), name_col="label_name"), None)
         found = incremental.find_duplicates(spark, parsed, carried, source=F.col("source"),
                                             name=F.col("label_name"), mode=config.duplicates,
-                                            fractions=config.splits, records=sum(e.size for e in entries)
-                                            // BYTES_PER_RECORD + incremental.carried_records(run))
+                                            fractions=config.splits, records=records)
         parsed, carried = (duplicates.apply(df, found, spark=spark, source=F.col("source")) if df is not None
                            else None for df in (persisted, carried))
         counted, top = count_records(spark, parsed, carried, max_length=config.max_length,
-                                     vocabulary=None if previous else config)
-        records, reject_kind = without_mixed_label_kinds(parsed, counted) if not config.labels else (parsed, None)
+                                     vocabulary=None if previous else config, partitions=partitions)
+        kept, reject_kind = without_mixed_label_kinds(parsed, counted) if not config.labels else (parsed, None)
         seen = counted.names(accepted_only=True, reject_kind=reject_kind)
         fixed = [str(name) for name in config.labels]  # labels: [0, 1, 2] names the classes "0", "1", "2"
         class_to_index = labels.class_map(fixed or seen + list(previous.class_to_index if previous else []))
         if previous:
             vocabulary, dtype = layout.read_vocabulary(run.previous_url), previous.sequence.token_dtype
         else:  # counted with the records, unless a label kind was rejected since: then without its records
-            vocabulary = text.make_vocabulary(top) if reject_kind is None else build_vocabulary(spark, records, config)
+            vocabulary = text.make_vocabulary(top) if reject_kind is None else build_vocabulary(spark, kept, config, partitions)
             dtype = text.token_dtype(len(vocabulary))
         log.info("%d labels, vocabulary of %d tokens (%s), max length %d", len(class_to_index), len(vocabulary),
                  dtype, config.max_length)
@@ -127,7 +129,7 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
         for g in groups:  # the encoded tokens of a new row: its (truncated) ids, in the dtype's width
             g["bytes"] = (g["bytes"] or 0) + (g["ids"] or 0) * np.dtype(dtype).itemsize
         processed = incremental.processed(groups)
-        labelled = labels.assign_labels(records, class_to_index=class_to_index, name_col="label_name")
+        labelled = labels.assign_labels(kept, class_to_index=class_to_index, name_col="label_name")
         encoded = text.map_to_ids(labelled, vocabulary=session.share(spark, vocabulary),
                                   max_length=config.max_length, dtype=dtype)
         rows, unencoded = splits.with_sample_id(encoded, key_col="source"), labelled.select(*SEQUENCE.rejected)
@@ -159,12 +161,13 @@ def preprocess_sequences(spark, *, input_url: str, output_url: str, fmt: str, co
             "duplicates": asdict(draft.duplicates) if draft.duplicates else None}
 
 
-def count_records(spark, parsed, carried, *, max_length: int,
-                  vocabulary: PreprocessSequencesConfig | None = None) -> tuple[Outcomes, list[str]]:
+def count_records(spark, parsed, carried, *, max_length: int, vocabulary: PreprocessSequencesConfig | None = None,
+                  partitions: int | None = None) -> tuple[Outcomes, list[str]]:
     """The one aggregation of a run (``incremental.group_counts``): names, label kinds, outcomes, sizes and
     lengths of the new records (``parsed``) and of the rows ``carried`` from the previous snapshot; with
     ``vocabulary`` (its ``vocab_size`` and ``min_count``), in the same Spark job, the most frequent tokens of the
-    accepted new records (``text.top_tokens``), else none. (Outcomes, those tokens by frequency)."""
+    accepted new records (``text.top_tokens``, counted in ``partitions`` tasks), else none. (Outcomes, those
+    tokens by frequency)."""
     from pyspark.sql import functions as F
 
     from pipelines import incremental, session, text
@@ -177,7 +180,7 @@ def count_records(spark, parsed, carried, *, max_length: int,
                                          bytes_=F.length("tokens")))
     counts = incremental.group_counts(parts)
     if vocabulary is not None:  # a union: one job, whose rows with a token are the vocabulary's
-        counts = counts.unionByName(text.top_tokens(text.token_counts(parsed), vocab_size=vocabulary.vocab_size,
+        counts = counts.unionByName(text.top_tokens(text.token_counts(parsed, partitions), vocab_size=vocabulary.vocab_size,
                                                     min_count=vocabulary.min_count), allowMissingColumns=True)
     what = "labels, outcomes, sizes and lengths of the records" + (", token counts" if vocabulary else "")
     with session.spark_job(spark, "aggregate", what):
@@ -202,13 +205,13 @@ def without_mixed_label_kinds(parsed, counted):
     return labels.reject_label_kind(parsed, numbers=rarer, counts=kinds), rarer
 
 
-def build_vocabulary(spark, records, config: PreprocessSequencesConfig) -> list[str]:
+def build_vocabulary(spark, records, config: PreprocessSequencesConfig, partitions: int | None = None) -> list[str]:
     """The most frequent tokens of the accepted records, in id order after the reserved ones, in a Spark job of
     their own (``count_records`` counts them in its job, unless a label kind is rejected after it)."""
     from pipelines import session, text
 
     with session.spark_job(spark, "vocabulary", "token counts of the accepted records"):
-        top = [r["token"] for r in text.top_tokens(text.token_counts(records), vocab_size=config.vocab_size,
+        top = [r["token"] for r in text.top_tokens(text.token_counts(records, partitions), vocab_size=config.vocab_size,
                                                    min_count=config.min_count).collect()]
     return text.make_vocabulary(top)
 

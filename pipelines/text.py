@@ -423,11 +423,13 @@ def csv_quote_state(raw: bytes, quoted: bool) -> bool:
     return quoted
 
 
-def token_counts(parsed: DataFrame) -> DataFrame:
-    """(token, count) over the accepted records."""
-    return (parsed.where(F.col("reason").isNull())
-            .select(F.explode("tokens").alias("token"))
-            .groupBy("token").count())
+def token_counts(parsed: DataFrame, partitions: int | None = None) -> DataFrame:
+    """(token, count) over the accepted records; counted in ``partitions`` tasks after the shuffle where given
+    (coalesced: spark.sql.shuffle.partitions tasks of a few hundred tokens each cost more than they count)."""
+    counts = (parsed.where(F.col("reason").isNull())
+              .select(F.explode("tokens").alias("token"))
+              .groupBy("token").count())
+    return counts.coalesce(partitions) if partitions else counts
 
 
 def top_tokens(counts: DataFrame, *, vocab_size: int, min_count: int) -> DataFrame:
