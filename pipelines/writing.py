@@ -4,16 +4,18 @@ All splits of a snapshot are written by one Spark job (``partitionBy("split")``,
 ``<snapshot>/<split>/``), routed by ``pipelines.routing``. Petastorm's metadata (``_common_metadata`` with the
 pickled Unischema and the row groups per file) is written on the driver from the files' footers with Petastorm's
 own functions: what ``materialize_dataset`` writes, without its Spark pass per split. The rejected table is
-written only when a record was rejected.
+written only when a record was rejected, by a Spark job of its own that runs beside the splits' write (a thread).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pickle
+import threading
 import warnings
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -23,7 +25,7 @@ from core.errors import DatasetError
 from core.paths import filesystem, join
 from dataset import layout
 from pipelines.routing import route, row_groups_for
-from pipelines.session import spark_job
+from pipelines.session import is_connect, spark_job, without_adaptive
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +89,12 @@ def write_splits(spark: SparkSession, rows: DataFrame, *, groups: list[dict[str,
                                row_group_size_mb=row_group_size_mb, shard_multiple=ranks) for s in layout.SPLITS}
     columns = [F.col(name) for name in schema.fields]
     kept = rows.where(F.col("reason").isNull()).select(*columns, "split")
-    with spark_job(spark, "write", f"{sum(rows_of.values())} rows in {sum(files.values())} files -> {output_url}"):
-        if any(rows_of.values()):
-            counts: dict[tuple[int, str], int] = {}
-            for g in accepted:
-                counts[(g["pid"], g["split"])] = counts.get((g["pid"], g["split"]), 0) + g["rows"]
-            staging = join(output_url, STAGING_DIR)
-            (route(kept, counts, {s: n for s, n in files.items() if n}).write.partitionBy("split")
-             .options(**parquet_options(row_group_size_mb)).mode("overwrite").parquet(staging))
-            _move_splits(staging, output_url, [s for s in layout.SPLITS if rows_of[s]])
-        for split in (s for s in layout.SPLITS if not rows_of[s]):  # Spark writes one file: the schema, no rows
-            kept.where(F.lit(False)).drop("split").write.options(**parquet_options(row_group_size_mb)) \
-                .mode("overwrite").parquet(join(output_url, split))
+    rejected_url = join(output_url, layout.REJECTED_DIR)
+    rejected = sum(g["rows"] for g in groups if g["category"] is not None)
+    with without_adaptive(spark), _beside(spark, _rejected_job(
+            spark, rows if rejected_from is None else rejected_from, rejected, rejected_columns, rejected_url)):
+        _write_accepted(spark, kept, groups=accepted, rows_of=rows_of, files=files, output_url=output_url,
+                        row_group_size_mb=row_group_size_mb)
     splits = {}
     for split in layout.SPLITS:
         url = join(output_url, split)
@@ -113,13 +109,72 @@ def write_splits(spark: SparkSession, rows: DataFrame, *, groups: list[dict[str,
             if g["split"] == split:
                 per_class[label_names[g["label"]]] += g["rows"]
         splits[split] = {"rows": rows_of[split], "row_groups": len(on_disk), "per_class": per_class, "url": url}
-    rejected_url = join(output_url, layout.REJECTED_DIR)
-    rejected = sum(g["rows"] for g in groups if g["category"] is not None)
-    if rejected:  # no records rejected: no rejected/ folder (the manifest says 0; nothing reads it then)
-        with spark_job(spark, "rejected", f"{rejected} rejected records -> {rejected_url}"):
-            write_rejected((rows if rejected_from is None else rejected_from).where(F.col("reason").isNotNull())
-                           .select(*rejected_columns), url=rejected_url)
     return summarise(groups, splits, output_url=output_url, rejected_url=rejected_url)
+
+
+def _write_accepted(spark: SparkSession, kept: DataFrame, *, groups: list[dict[str, Any]], rows_of: dict[str, int],
+                    files: dict[str, int], output_url: str, row_group_size_mb: int) -> None:
+    """All splits of the accepted rows ``kept`` in one Spark job (``route``: ``files[s]`` near-equal row groups
+    for split ``s``, from the accepted ``groups``' rows per partition), each split then moved to its folder; a
+    split without rows is one file of the schema."""
+    with spark_job(spark, "write", f"{sum(rows_of.values())} rows in {sum(files.values())} files -> {output_url}"):
+        if any(rows_of.values()):
+            counts: dict[tuple[int, str], int] = {}
+            for g in groups:
+                counts[(g["pid"], g["split"])] = counts.get((g["pid"], g["split"]), 0) + g["rows"]
+            staging = join(output_url, STAGING_DIR)
+            (route(kept, counts, {s: n for s, n in files.items() if n}).write.partitionBy("split")
+             .options(**parquet_options(row_group_size_mb)).mode("overwrite").parquet(staging))
+            _move_splits(staging, output_url, [s for s in layout.SPLITS if rows_of[s]])
+        for split in (s for s in layout.SPLITS if not rows_of[s]):  # Spark writes one file: the schema, no rows
+            kept.where(F.lit(False)).drop("split").write.options(**parquet_options(row_group_size_mb)) \
+                .mode("overwrite").parquet(join(output_url, split))
+
+
+def _rejected_job(spark: SparkSession, records: DataFrame, rejected: int, columns: list[str],
+                  url: str) -> Callable[[], None] | None:
+    """The Spark job that writes the ``rejected`` records of ``records`` to ``url`` (``write_rejected``), or
+    None when none was rejected: no rejected/ folder then (the manifest says 0; nothing reads it)."""
+    if not rejected:
+        return None
+
+    def job() -> None:
+        with spark_job(spark, "rejected", f"{rejected} rejected records -> {url}"):
+            write_rejected(records.where(F.col("reason").isNotNull()).select(*columns), url=url)
+
+    return job
+
+
+@contextlib.contextmanager
+def _beside(spark: SparkSession, job: Callable[[], None] | None) -> Iterator[None]:
+    """Run ``job`` in a thread of its own while the block runs (Spark runs the jobs of two threads side by side:
+    its planning and its tasks fill the gaps of the block's job), waited for when the block ends; its error, if
+    any, raised then, unless the block raised its own. Both are planned without adaptive query execution: the
+    caller holds ``without_adaptive`` around the block, since the setting is the session's, not a thread's."""
+    if job is None:
+        yield
+        return
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            job()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            failed.append(exc)
+
+    if is_connect(spark):  # the job is the server's; this thread only waits for it
+        thread = threading.Thread(target=run, name="bigtrain-rejected")
+    else:  # a Python thread with a JVM thread of its own, which ends with it (its job group is its own)
+        from pyspark import InheritableThread
+
+        thread = InheritableThread(run)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 def _move_splits(staging: str, output_url: str, names: list[str]) -> None:
