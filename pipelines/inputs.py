@@ -242,7 +242,8 @@ class _LocalWalk:
         if not stat.S_ISREG(st.st_mode):
             self.add(rel, st, "not a regular file: a device, pipe or socket")
             return
-        self.seen_files.setdefault((st.st_dev, st.st_ino), rel)
+        if self.follow:  # only a link followed asks which name a file had first
+            self.seen_files.setdefault((st.st_dev, st.st_ino), rel)
         self.add(rel, st, None)
 
     def add(self, rel: bytes, st: os.stat_result | None, problem: str | None) -> None:
