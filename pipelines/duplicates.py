@@ -33,7 +33,6 @@ which keep their partitions and their order, as ``routing.route`` needs.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -43,6 +42,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from dataset.rows import FINGERPRINT, THUMBNAIL
+from pipelines.session import constant_map
 from pipelines.splits import split_of_hash_value
 
 MODES = ("reject", "keep", "ignore")  # not "off": YAML reads off as false
@@ -454,18 +454,17 @@ LITERAL_MARKS = 10_000  # up to this many marks travel in the query as map liter
 def apply(df: DataFrame, found: Found, *, spark, source: Column) -> DataFrame:
     """``df`` with the marks of ``found``: ``split`` moved and ``reason`` set where marked. Up to LITERAL_MARKS
     marks are looked up in map literals of the query (a lookup per row, no join: measured at 0.8 us a row with
-    10,000 marks), each sent as one JSON string that Spark's optimiser folds into the map (10,000 marks: 0.03 s
-    on the driver, where a literal per key and value took 9 s); more are joined as a broadcast table, which costs
+    10,000 marks), sent as JSON that Spark's optimiser folds into the map (``session.constant_map``); more are joined as a broadcast table, which costs
     each Spark action one job more. Either way ``df`` keeps its partitions and their row order, as
     ``routing.route`` needs."""
     if not found.marks:
         return df
     if len(found.marks) <= LITERAL_MARKS:
         def lookup(index: int) -> Column:
-            pairs = {s: mark[index] for s, mark in sorted(found.marks.items()) if mark[index] is not None}
+            pairs = {s: mark[index] for s, mark in found.marks.items() if mark[index] is not None}
             if not pairs:
                 return F.lit(None).cast("string")
-            return F.from_json(F.lit(json.dumps(pairs)), "map<string,string>")[source]
+            return constant_map(pairs, "string", "string")[source]
 
         return df.withColumns({"split": F.coalesce(lookup(0), F.col("split")),
                                "reason": F.coalesce(F.col("reason"), lookup(1))})

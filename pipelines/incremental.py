@@ -297,8 +297,7 @@ def previous_records(spark: SparkSession, run: RunPlan, *, key: Column, name_col
     out = parts[0]
     for part in parts[1:]:
         out = out.unionByName(part, allowMissingColumns=True)
-    names = F.create_map(*[F.lit(x) for idx, name in sorted((i, n) for n, i in prev.class_to_index.items())
-                           for x in (idx, name)])
+    names = session.constant_map({i: n for n, i in prev.class_to_index.items()}, "int", "string")
     name = names[F.col("label")] if "label" in out.columns and prev.class_to_index else F.lit(None).cast("string")
     if name_col in out.columns:  # rejected image records keep their class folder
         name = F.coalesce(name, F.col(name_col))

@@ -185,11 +185,21 @@ class _LocalWalk:
         except OSError as exc:
             self.add(rel or b".", None, f"unreadable folder: {exc.strerror or exc}")
             return
+        base, entries, prefix = rel + b"/" if rel else b"", self.listing.entries, self.prefix
         for child in children:
-            if _hidden(child.name):
+            name = child.name
+            if _hidden(name):
                 self.listing.hidden += 1
                 continue
-            self.entry(child.path, rel + b"/" + child.name if rel else child.name)
+            if not self.follow:  # the common case, ``entry`` inlined: a regular file with a UTF-8 name
+                try:
+                    st, relpath = os.lstat(child.path), (base + name).decode("utf-8")  # lstat: DirEntry.stat is slower
+                except (OSError, UnicodeDecodeError):
+                    st = None
+                if st is not None and stat.S_ISREG(st.st_mode):
+                    entries.append(Entry(prefix + relpath, relpath, st.st_size, st.st_mtime_ns // 1_000_000))
+                    continue
+            self.entry(child.path, base + name)
 
     def entry(self, path: bytes, rel: bytes) -> None:
         try:

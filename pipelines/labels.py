@@ -8,6 +8,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from dataset.rows import is_integer_name
+from pipelines.session import constant_map
 
 # A class name prints in summaries, reports and the manifest, and names a folder of image inputs, which file systems
 # cap at 255 bytes. 256 characters is above any real class name and far below the 10 KB of text a label column
@@ -68,8 +69,7 @@ def class_map(class_names) -> dict[str, int]:
 
 def assign_labels(df: DataFrame, *, class_to_index: dict[str, int], name_col: str = "class_name") -> DataFrame:
     """Add the integer ``label`` from the map; a name missing from the map rejects the row (``reason``), never drops it."""
-    pairs = [x for name, idx in sorted(class_to_index.items()) for x in (F.lit(name), F.lit(idx))]
-    label = F.create_map(*pairs)[F.col(name_col)] if class_to_index else F.lit(None).cast("int")
+    label = constant_map(class_to_index, "string", "int")[F.col(name_col)]
     unmapped = F.concat(F.lit(f"missing label: {name_col} "), F.coalesce(F.col(name_col), F.lit("(null)")),
                         F.lit(" is not in the label map"))
     label = label.cast("int")

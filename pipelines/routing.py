@@ -13,6 +13,8 @@ import math
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from pipelines.session import constant_map
+
 _ROW_BITS = 33  # monotonically_increasing_id() = partition index << 33 | row index within the partition
 
 
@@ -58,15 +60,13 @@ def route(df: DataFrame, counts: dict[tuple[int, str], int], files: dict[str, in
         keys.setdefault(spark_hash_long(candidate) % total, candidate)
         candidate += 1
 
-    def lookup(mapping: dict, key):
-        return F.create_map(*[F.lit(x) for pair in sorted(mapping.items()) for x in pair])[key]
-
-    split_index = lookup({s: i for i, s in enumerate(order)}, F.col("split"))
+    split_index = constant_map({s: i for i, s in enumerate(order)}, "string", "bigint")[F.col("split")]
     mid = F.col("_bt_mid")
     code = F.shiftright(mid, _ROW_BITS) * len(order) + split_index
-    index = lookup({k: v for k, v in shift.items()}, code).cast("long") + mid.bitwiseAND(F.lit((1 << _ROW_BITS) - 1))
-    target = lookup(base, F.col("split")) + F.pmod(index, lookup(files, F.col("split")))
-    key = lookup({p: k for p, k in keys.items()}, target).cast("long")
+    index = constant_map(shift, "bigint", "bigint")[code] + mid.bitwiseAND(F.lit((1 << _ROW_BITS) - 1))
+    target = (constant_map(base, "string", "bigint")[F.col("split")]
+              + F.pmod(index, constant_map(files, "string", "bigint")[F.col("split")]))
+    key = constant_map(keys, "bigint", "bigint")[target]
     return (df.sortWithinPartitions("split")
             .withColumn("_bt_mid", F.monotonically_increasing_id())
             .withColumn("_bt_key", key)

@@ -13,6 +13,7 @@ vocabulary, a checkpoint) travels in the Python functions' closures, not in broa
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pyspark import SparkContext
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from core.errors import LaunchError
 from core.locales import effective_ctype, file_name_problem, jvm_locale_changes
@@ -42,6 +44,16 @@ SESSION_SQL_CONF = {
     # hashed. Older Spark does not know the setting (it scans).
     "spark.sql.optimizer.mapLookupHashThreshold": "16",
 }
+
+
+def constant_map(mapping: dict, key_type: str, value_type: str) -> Column:
+    """``mapping`` (keys of one type, values not null) as a map column of ``key_type`` to ``value_type`` (Spark SQL
+    type names) that Spark's optimiser folds into one map literal: its keys and its values each travel as one JSON
+    array. ``F.create_map`` of a ``F.lit`` per key and value is a call to the JVM apiece: 10,000 marks of the
+    copies search took 9 s on the driver that way, 0.03 s this way; the image job's routing maps 0.03 s of a run."""
+    keys, values = zip(*sorted(mapping.items())) if mapping else ((), ())
+    return F.map_from_arrays(F.from_json(F.lit(json.dumps(list(keys))), f"array<{key_type}>"),
+                             F.from_json(F.lit(json.dumps(list(values))), f"array<{value_type}>"))
 
 
 def build_spark(*, app_name: str, master: str | None, conf: dict[str, Any] | None = None,
