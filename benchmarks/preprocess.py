@@ -161,6 +161,45 @@ def per_core_row(group: str, job: Timing, python: Timing, cores: int, unit: str,
                   f"plain Python {python.text(unit=f' {unit}/s')}", f">= {target}", check(ratio, ">=", target))
 
 
+SMALL_RUN = 8  # files per class folder (images) or lines per file (texts) of the fixed-cost run
+
+
+def small_input(raw: str, dst: str, *, lines: bool) -> int:
+    """A copy of the first ``SMALL_RUN`` files of each class folder of ``raw`` (``lines``: the first ``SMALL_RUN``
+    lines of each of its files) in ``dst``; the records it holds."""
+    shutil.rmtree(dst, ignore_errors=True)
+    os.makedirs(dst)
+    count = 0
+    for name in sorted(os.listdir(raw)):
+        source = os.path.join(raw, name)
+        if lines:
+            with open(source, "rb") as fh, open(os.path.join(dst, name), "wb") as out:
+                head = [fh.readline() for _ in range(SMALL_RUN)]
+                out.writelines(head)
+            count += sum(1 for line in head if line)
+        elif os.path.isdir(source):
+            os.makedirs(os.path.join(dst, name))
+            for file in sorted(os.listdir(source))[:SMALL_RUN]:
+                shutil.copyfile(os.path.join(source, file), os.path.join(dst, name, file))
+                count += 1
+    return count
+
+
+def fixed_cost_row(group: str, run_small, records: int, *, total: int, unit: str, target_rate: float) -> Result:
+    """Seconds of a run of a handful of records (``run_small``, ``records`` of them): what a run costs whatever its
+    size (the listing, planning, the Spark jobs' own start and end, the commit), set beside the seconds a run of
+    ``total`` records may take at ``target_rate`` (records a second at the per-core target)."""
+    def once() -> int:
+        run_small()
+        return 1
+
+    runs = rate(once)  # runs a second
+    seconds = Timing(1 / runs.median, 1 / runs.high, 1 / runs.low, runs.runs)
+    return Result(group, f"fixed cost: a run of {records} {unit}", seconds.median, "s",
+                  f"{seconds.text(fmt='.2f', unit=' s')}; at the per-core target a run of all {total:,} {unit} "
+                  f"has {total / target_rate:.2f} s")
+
+
 def image_results(spark, raw: str, work: str, n_images: int, scale: float = 1.0) -> list[Result]:
     group = "preprocess/images"
     seen: dict = {}
@@ -192,9 +231,15 @@ def image_results(spark, raw: str, work: str, n_images: int, scale: float = 1.0)
     speedup = job_rate.median / udf_rate.median
     search = 1 - job_rate.median / without_search.median  # its share of a run's time
     full = scale >= FULL_SIZE
+    target = per_core_target("images", scale)
+    small = small_input(raw, os.path.join(work, "small-raw"), lines=False)
+    fixed = fixed_cost_row(group, lambda: run_image_job(spark, os.path.join(work, "small-raw"),
+                                                        os.path.join(work, "small")), small, total=n_images,
+                           unit="images", target_rate=target * spark_cores * python_rate.median)
     return [
         jobs_row(group, jobs),
-        per_core_row(group, job_rate, python_rate, spark_cores, "images", per_core_target("images", scale)),
+        per_core_row(group, job_rate, python_rate, spark_cores, "images", target),
+        fixed,
         Result(group, "Spark job / same job with a row UDF", speedup, "x",
                f"row UDF {udf_rate.text(unit=' images/s')}", ">= 3", check(speedup, ">=", 3)),
         *driver_rows(group, timed, n_images, share_target=DRIVER_SHARE_TARGET if scale >= FULL_SIZE else None),
@@ -259,6 +304,18 @@ def text_results(spark, raw: str, work: str, n_lines: int, scale: float = 1.0) -
     python_rate = rate(lambda: plain_python_texts(raw, os.path.join(work, "plain"))[1])
     spark_cores = spark.sparkContext.defaultParallelism
     files = sum(1 for name in os.listdir(raw) if not name.startswith((".", "_")))
+    target = per_core_target("texts", scale)
+    small_raw = os.path.join(work, "small-raw")
+    small = small_input(raw, small_raw, lines=True)
+    fixed = fixed_cost_row(group, lambda: preprocess_sequences(
+        spark, input_url=to_url(small_raw), output_url=to_url(_fresh(os.path.join(work, "small"))), fmt="jsonl",
+        config=config), small, total=n_lines, unit="lines", target_rate=target * spark_cores * python_rate.median)
     return [jobs_row(group, seen["jobs"]),
-            per_core_row(group, job_rate, python_rate, spark_cores, "lines", per_core_target("texts", scale)),
+            per_core_row(group, job_rate, python_rate, spark_cores, "lines", target), fixed,
             *driver_rows(group, timed, files, share_target=None)]
+
+
+def _fresh(folder: str) -> str:
+    """``folder``, removed first."""
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder

@@ -237,13 +237,14 @@ def _keyed(parts: list[DataFrame], near: bool, exact_table: bool) -> DataFrame:
     for part in parts[1:]:
         union = union.unionByName(part)
     info = ["fingerprint", "source", "name", "split", "carried"]
+    if near:
+        near_rows = union.where(F.col("near_keys").isNotNull()).select(
+            F.posexplode("near_keys").alias("tbl", "key"), *info, "thumbnail")
+        if not exact_table:  # not built at all: each DataFrame step is an analysis of the plan on the driver
+            return near_rows
     exact = union.select(F.lit(EXACT_TABLE).alias("tbl"), F.col("fingerprint").alias("key"), *info,
                          F.lit(None).cast("binary").alias("thumbnail"))
-    if not near:
-        return exact
-    near_rows = union.where(F.col("near_keys").isNotNull()).select(
-        F.posexplode("near_keys").alias("tbl", "key"), *info, "thumbnail")
-    return exact.unionByName(near_rows) if exact_table else near_rows
+    return exact.unionByName(near_rows) if near else exact
 
 
 ROWS_PER_PARTITION = 250_000  # keyed rows (a member's exact key and its near keys) per partition of the search

@@ -3,7 +3,7 @@
 ``build_spark`` starts (or joins) the session with the locale and logging bigtrain needs, or connects to a Spark
 Connect server (``remote``, or ``SPARK_REMOTE``); ``spark_job`` names the Spark jobs of a preprocessing run per kind
 so that a run's jobs can be counted (``jobs_by_kind``); ``require_connector`` names the Hadoop connector an output
-URL needs before any work.
+URL needs before any work; ``constant_map`` puts a driver-side mapping in a query as one literal.
 
 Spark Connect: a Connect session has no ``sparkContext``, RDD or JVM gateway. The preprocessing and predict paths
 use none of them there: the log level, the job groups, the status tracker, the connector check and the JVM's file
