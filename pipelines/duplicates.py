@@ -455,9 +455,9 @@ LITERAL_MARKS = 10_000  # up to this many marks travel in the query as map liter
 def apply(df: DataFrame, found: Found, *, spark, source: Column) -> DataFrame:
     """``df`` with the marks of ``found``: ``split`` moved and ``reason`` set where marked. Up to LITERAL_MARKS
     marks are looked up in map literals of the query (a lookup per row, no join: measured at 0.8 us a row with
-    10,000 marks), sent as JSON that Spark's optimiser folds into the map (``session.constant_map``); more are joined as a broadcast table, which costs
-    each Spark action one job more. Either way ``df`` keeps its partitions and their row order, as
-    ``routing.route`` needs."""
+    10,000 marks), sent as JSON that Spark's optimiser folds into the map (``session.constant_map``); more are
+    joined as a broadcast table, which costs each Spark action one job more. Either way ``df`` keeps its
+    partitions and their row order, as ``routing.route`` needs."""
     if not found.marks:
         return df
     if len(found.marks) <= LITERAL_MARKS:
