@@ -62,6 +62,12 @@ def image_config(**flags) -> PreprocessImagesConfig:
     return load_section("preprocess_images", PreprocessImagesConfig, flags={"ranks": 2, **flags})
 
 
+def run_text_job(spark, raw: str, out: str, config: PreprocessSequencesConfig) -> dict:
+    """The summary of one full run of the text job on the JSON Lines of ``raw``, into a fresh ``out``."""
+    shutil.rmtree(out, ignore_errors=True)
+    return preprocess_sequences(spark, input_url=to_url(raw), output_url=to_url(out), fmt="jsonl", config=config)
+
+
 def run_image_job(spark, raw: str, out: str, **flags) -> tuple[float, dict]:
     """(seconds, summary) of one full run of the image job, into a fresh ``out``."""
     shutil.rmtree(out, ignore_errors=True)
@@ -294,9 +300,7 @@ def text_results(spark, raw: str, work: str, n_lines: int, scale: float = 1.0) -
     timed: list[tuple[float, float]] = []
 
     def job() -> int:
-        shutil.rmtree(out, ignore_errors=True)
-        _, seen["jobs"] = jobs_launched(spark, lambda: preprocess_sequences(
-            spark, input_url=to_url(raw), output_url=to_url(out), fmt="jsonl", config=config), timed)
+        _, seen["jobs"] = jobs_launched(spark, lambda: run_text_job(spark, raw, out, config), timed)
         return n_lines
 
     job_rate = rate(job)
@@ -307,15 +311,8 @@ def text_results(spark, raw: str, work: str, n_lines: int, scale: float = 1.0) -
     target = per_core_target("texts", scale)
     small_raw = os.path.join(work, "small-raw")
     small = small_input(raw, small_raw, lines=True)
-    fixed = fixed_cost_row(group, lambda: preprocess_sequences(
-        spark, input_url=to_url(small_raw), output_url=to_url(_fresh(os.path.join(work, "small"))), fmt="jsonl",
-        config=config), small, total=n_lines, unit="lines", target_rate=target * spark_cores * python_rate.median)
+    fixed = fixed_cost_row(group, lambda: run_text_job(spark, small_raw, os.path.join(work, "small"), config), small,
+                           total=n_lines, unit="lines", target_rate=target * spark_cores * python_rate.median)
     return [jobs_row(group, seen["jobs"]),
             per_core_row(group, job_rate, python_rate, spark_cores, "lines", target), fixed,
             *driver_rows(group, timed, files, share_target=None)]
-
-
-def _fresh(folder: str) -> str:
-    """``folder``, removed first."""
-    shutil.rmtree(folder, ignore_errors=True)
-    return folder
